@@ -1,0 +1,40 @@
+"""Declares the Cython extensions only: every ext/NAME.pyx builds as tether._native.NAME.
+
+TETHER_DEBUG=1 builds with line tracing and invariant checks (the `TETHER_DEBUG`
+compile-time constant). TETHER_EXT=a,b builds only those modules (for development).
+"""
+import glob
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("TETHER_DEBUG") == "1"
+ONLY = {n for n in os.environ.get("TETHER_EXT", "").split(",") if n}
+
+extensions = []
+for path in sorted(glob.glob("ext/*.pyx")):
+    name = os.path.splitext(os.path.basename(path))[0]
+    if ONLY and name not in ONLY:
+        continue
+    extensions.append(
+        Extension(
+            f"tether._native.{name}",
+            [path],
+            define_macros=[("CYTHON_TRACE", "1")] if DEBUG else [],
+            extra_compile_args=["-O2"],
+        )
+    )
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=["ext"],
+        compiler_directives={
+            "language_level": "3",
+            "embedsignature": True,
+            "linetrace": DEBUG,
+        },
+        compile_time_env={"TETHER_DEBUG": DEBUG},
+    ),
+)

@@ -1,0 +1,42 @@
+"""tether: reliable sessions and durable queues for Python services.
+
+The public API (DESIGN.md "Public API"): `connect`, `serve`, `open_connection`,
+`start_server`, `create_connection`, `create_server`, `QueueManager`, `QueueClient`, and
+the error classes of `tether.errors`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import errors as _errors
+from .errors import *  # noqa: F401,F403
+
+__version__ = "0.1.0"
+
+# Public names that live in submodules, imported on first use so `import tether` stays cheap.
+_LAZY = {
+    "connect": "tether.session.api",
+    "serve": "tether.session.api",
+    "Session": "tether.session.api",
+    "Server": "tether.session.api",
+    "open_connection": "tether.streams",
+    "start_server": "tether.streams",
+    "create_connection": "tether.streams",
+    "create_server": "tether.streams",
+    "QueueManager": "tether.queue.manager",
+    "Message": "tether.queue.message",
+    "QueueClient": "tether.queue.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tether' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_errors.__all__ + list(_LAZY))

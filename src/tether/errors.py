@@ -1,0 +1,157 @@
+"""Every error tether raises. Each fault has a stable string `.code` (the one sent in a
+Fault frame) so a peer's fault is raised locally as the same class."""
+from __future__ import annotations
+
+
+class TetherError(Exception):
+    """Base of every tether error."""
+
+    code = "tether-error"
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(message or self.__class__.__doc__.strip().splitlines()[0], *args)
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# ---- session faults (DESIGN.md "Reliable sessions") ----
+
+class SessionFault(TetherError):
+    """A reliable session failed."""
+
+    code = "session-fault"
+
+
+class SequenceTerminated(SessionFault):
+    """The peer terminated the sequence."""
+
+    code = "sequence-terminated"
+
+
+class UnknownSequence(SessionFault):
+    """A frame named a sequence this endpoint does not know."""
+
+    code = "unknown-sequence"
+
+
+class InvalidAcknowledgement(SessionFault):
+    """An acknowledgement covered a message number that was never sent."""
+
+    code = "invalid-acknowledgement"
+
+
+class MessageNumberRollover(SessionFault):
+    """The 64-bit message number space is exhausted."""
+
+    code = "message-number-rollover"
+
+
+class CreateSequenceRefused(SessionFault):
+    """The peer refused to create the sequence."""
+
+    code = "create-sequence-refused"
+
+
+class SequenceClosed(SessionFault):
+    """The sequence is closed: nothing more can be sent on it."""
+
+    code = "sequence-closed"
+
+
+class RetryLimitExceeded(SessionFault):
+    """A message was retransmitted max_retry_count times without acknowledgement."""
+
+    code = "retry-limit-exceeded"
+
+
+class InactivityTimeout(SessionFault):
+    """Nothing was heard from the peer for inactivity_timeout seconds."""
+
+    code = "inactivity-timeout"
+
+
+class MessageTooLarge(SessionFault):
+    """A message is larger than max_message_size."""
+
+    code = "message-too-large"
+
+
+class ProtocolError(SessionFault):
+    """A malformed, oversized or wrong-typed frame."""
+
+    code = "protocol-error"
+
+
+SESSION_FAULTS: dict[str, type[SessionFault]] = {
+    cls.code: cls
+    for cls in (
+        SessionFault, SequenceTerminated, UnknownSequence, InvalidAcknowledgement,
+        MessageNumberRollover, CreateSequenceRefused, SequenceClosed, RetryLimitExceeded,
+        InactivityTimeout, MessageTooLarge, ProtocolError,
+    )
+}
+
+
+def fault_from_code(code: str, reason: str) -> SessionFault:
+    """The local exception for a Fault frame received from the peer."""
+    return SESSION_FAULTS.get(code, SessionFault)(reason)
+
+
+# ---- queue errors (DESIGN.md "Queues") ----
+
+class QueueError(TetherError):
+    """A queue operation failed."""
+
+    code = "queue-error"
+
+
+class QueueNotFound(QueueError):
+    """No queue by that name."""
+
+    code = "queue-not-found"
+
+
+class QueueExists(QueueError):
+    """A queue by that name exists with different settings."""
+
+    code = "queue-exists"
+
+
+class QueueFull(QueueError):
+    """The queue holds max_length messages; the send was refused."""
+
+    code = "queue-full"
+
+
+class PoisonMessage(QueueError):
+    """The queue stopped delivering: a message failed every retry (receive_error_handling='fault')."""
+
+    code = "poison-message"
+
+    def __init__(self, message: str = "", message_id: str | None = None, queue: str | None = None) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+        self.queue = queue
+
+
+class TransactionError(QueueError):
+    """A transaction could not be committed, or was used after it ended."""
+
+    code = "transaction-error"
+
+
+class LockLost(QueueError):
+    """The peek-lock on a received message expired before complete()/abandon()."""
+
+    code = "lock-lost"
+
+
+class JournalCorrupt(QueueError):
+    """The journal cannot be recovered."""
+
+    code = "journal-corrupt"
+
+
+__all__ = [n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, TetherError)]

@@ -1,0 +1,19 @@
+"""Shared fixtures. `twins(name)` gives the compiled module and its pure-Python twin."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+
+def twins(name: str):
+    """(native, reference) modules for ext/NAME.pyx and src/tether/_reference/NAME.py."""
+    return (
+        importlib.import_module(f"tether._native.{name}"),
+        importlib.import_module(f"tether._reference.{name}"),
+    )
+
+
+def pytest_configure(config):
+    # Tests must run the compiled extensions: a missing build is an error, not a skip.
+    import tether._native  # noqa: F401
