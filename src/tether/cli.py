@@ -1,0 +1,119 @@
+"""The `tether` command: benchmarks, the queue manager service, and queue tools.
+
+Errors print one clear line to stderr and exit non-zero; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from typing import Sequence
+
+from .errors import TetherError
+
+# `tether bench KIND`: module with configure(parser) and async run(args, progress) -> list[Result]
+BENCH_KINDS = {
+    "session": "tether.bench.session_bench",
+    "queue": "tether.bench.queue_bench",
+}
+# Other sub-commands: module with configure(parser) and main(args) -> int
+COMMANDS = {
+    "send": ("tether.queue.cli_tools", "send a message to a queue URL"),
+    "recv": ("tether.queue.cli_tools", "receive messages from a queue URL"),
+    "queues": ("tether.queue.cli_tools", "list the queues of a queue manager"),
+}
+
+
+def _available(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name) or exc.name == module:
+            return False
+        raise
+    return True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="throughput/latency beside a same-run baseline")
+    kinds = bench.add_subparsers(dest="kind")
+    for kind, module in BENCH_KINDS.items():
+        if _available(module):
+            p = kinds.add_parser(kind, help=f"{kind} benchmark")
+            importlib.import_module(module).configure(p)
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    if _available("tether.queue.service"):
+        qm = sub.add_parser("qm", help="queue manager service")
+        qm_sub = qm.add_subparsers(dest="qm_command", required=True)
+        serve = qm_sub.add_parser("serve", help="run a queue manager service")
+        importlib.import_module("tether.queue.service").configure(serve)
+
+    for name, (module, help_text) in COMMANDS.items():
+        if _available(module):
+            p = sub.add_parser(name, help=help_text)
+            getattr(importlib.import_module(module), f"configure_{name}")(p)
+    return parser
+
+
+async def _run_bench(args: argparse.Namespace) -> int:
+    from .bench.report import Progress, emit
+
+    kinds = [args.kind] if args.kind else [k for k, m in BENCH_KINDS.items() if _available(m)]
+    progress = Progress(enabled=not args.quiet)
+    everything = []
+    for kind in kinds:
+        module = importlib.import_module(BENCH_KINDS[kind])
+        if not args.kind:
+            # `tether bench` alone: each kind with its defaults
+            sub = argparse.ArgumentParser()
+            module.configure(sub)
+            kind_args = sub.parse_args([])
+            kind_args.json, kind_args.quiet = args.json, args.quiet
+        else:
+            kind_args = args
+        results = await module.run(kind_args, progress)
+        everything.extend(results)
+        if not args.json:
+            print(f"\n== tether bench {kind} ==")
+            emit(results, as_json=False)
+    if args.json:
+        emit(everything, as_json=True)
+    return 0
+
+
+def _new_loop_runner():
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a dependency; plain asyncio still works without it
+        return asyncio.run
+    return uvloop.run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tether` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = _new_loop_runner()
+    try:
+        if args.command == "bench":
+            return run(_run_bench(args))
+        if args.command == "qm":
+            return importlib.import_module("tether.queue.service").main(args)
+        module = importlib.import_module(COMMANDS[args.command][0])
+        return getattr(module, f"main_{args.command}")(args)
+    except KeyboardInterrupt:
+        print("tether: interrupted", file=sys.stderr)
+        return 130
+    except (TetherError, OSError, ValueError) as exc:
+        print(f"tether: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
