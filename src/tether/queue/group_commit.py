@@ -1,0 +1,123 @@
+"""Group commit: many concurrent writers share one write and one sync.
+
+Records handed to `GroupCommit.add` from any number of tasks collect in a pending list;
+one batch at a time goes to a single writer thread (a 1-worker executor), which writes and
+syncs it while the next batch collects. Every task waiting on a batch is woken when that
+batch is done, with its result or its error. The event loop never blocks on the disk.
+
+`run_exclusive(fn)` runs `fn` on the writer thread after every record added before the
+call is written, and holds every record added meanwhile until `fn` has returned: the
+ordering a journal rewrite or close needs.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from concurrent.futures import Future as ThreadFuture
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class GroupCommit:
+    """Batches records for `write_batch`, which runs on `executor`'s single thread.
+
+    `write_batch(records)` must write the records in order and raise on failure; its
+    exception is raised in every task whose record was in that batch. `after_batch()`, if
+    given, runs on the loop after each batch (the journal arms its interval sync there).
+    """
+
+    __slots__ = ("_loop", "_executor", "_write_batch", "_after_batch", "_records", "_waiters",
+                 "_in_flight", "_scheduled", "_hold", "batch_count", "record_count")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, executor: Executor,
+                 write_batch: Callable[[list[bytes]], None],
+                 after_batch: Callable[[], None] | None = None) -> None:
+        self._loop = loop
+        self._executor = executor
+        self._write_batch = write_batch
+        self._after_batch = after_batch
+        self._records: list[bytes] = []
+        self._waiters: list[asyncio.Future] = []
+        self._in_flight = 0          # batches handed to the writer thread, not yet done
+        self._scheduled = False      # a _start is queued with call_soon
+        self._hold = 0               # exclusive jobs running: batches wait for them
+        self.batch_count = 0         # batches written (for the benchmark's average batch size)
+        self.record_count = 0
+
+    def add(self, record: bytes) -> asyncio.Future:
+        """Queue one record; the returned future completes when its batch is written."""
+        self._records.append(record)
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        if not (self._scheduled or self._in_flight or self._hold):
+            self._schedule()
+        return waiter
+
+    def add_many(self, records: list[bytes]) -> asyncio.Future:
+        """Queue several records, written together in one batch, in order."""
+        self._records.extend(records)
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        if not (self._scheduled or self._in_flight or self._hold):
+            self._schedule()
+        return waiter
+
+    async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the writer thread, ordered after every record added before
+        this call and before every record added after it. Returns what `fn` returns."""
+        self._hold += 1
+        try:
+            # Whatever is pending was added before us: it goes to the writer ahead of fn,
+            # even if another batch is still in flight (the executor keeps FIFO order).
+            if self._records:
+                self._submit()
+            return await asyncio.wrap_future(self._executor.submit(fn, *args), loop=self._loop)
+        finally:
+            self._hold -= 1
+            if self._records and not (self._scheduled or self._in_flight or self._hold):
+                self._schedule()
+
+    def _schedule(self) -> None:
+        # call_soon, not an immediate start: every task that is ready to run this loop
+        # iteration (for instance all those woken by the last batch) joins the batch.
+        self._scheduled = True
+        self._loop.call_soon(self._start)
+
+    def _start(self) -> None:
+        self._scheduled = False
+        if self._records and not (self._in_flight or self._hold):
+            self._submit()
+
+    def _submit(self) -> None:
+        records, waiters = self._records, self._waiters
+        self._records, self._waiters = [], []
+        self._in_flight += 1
+        job = self._executor.submit(self._write_batch, records)
+        count = len(records)
+        job.add_done_callback(lambda done: self._call_on_loop(self._done, done, waiters, count))
+
+    def _call_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            # The loop was closed under a running journal; nobody is left to wake.
+            pass
+
+    def _done(self, job: ThreadFuture, waiters: list[asyncio.Future], count: int) -> None:
+        self._in_flight -= 1
+        error = job.exception()
+        if error is None:
+            self.batch_count += 1
+            self.record_count += count
+            for waiter in waiters:
+                if not waiter.done():   # a cancelled append: its record is written anyway
+                    waiter.set_result(None)
+        else:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+        if self._after_batch is not None:
+            self._after_batch()
+        if self._records and not (self._scheduled or self._in_flight or self._hold):
+            self._schedule()
