@@ -17,10 +17,6 @@ from libc.string cimport memcpy, memmove
 
 import operator
 
-
-cdef extern from "Python.h":
-    const Py_ssize_t PY_SSIZE_T_MAX
-
 __all__ = ["RangeSet", "MAX_NUMBER"]
 
 MAX_NUMBER = 2**64 - 1  # message numbers are unsigned 64-bit
@@ -433,16 +429,13 @@ cdef class RangeSet:
             return None
         return self._ranges[i].hi + 1  # ranges never touch: hi + 1 is missing
 
+    # No __len__: iteration yields ranges, and list(rs) would preallocate len(rs) slots
+    # (MemoryError on a set of a few big ranges). The count is .count, the ranges .range_count.
+
     @property
     def count(self) -> int:
-        """How many numbers the set holds (may exceed 2**63)."""
+        """How many numbers the set holds (up to 2**64, beyond a C ssize_t)."""
         return self._count_object()
-
-    def __len__(self) -> int:
-        if (self._len and self._count == 0) or self._count > <uint64_t>PY_SSIZE_T_MAX:
-            raise OverflowError(
-                f"RangeSet holds {self._count_object()} numbers, more than len() can return; use .count")
-        return <Py_ssize_t>self._count
 
     @property
     def range_count(self) -> int:

@@ -6,7 +6,6 @@ Written for clarity, not speed; the tests compare every result with the native m
 from __future__ import annotations
 
 import operator
-import sys
 from bisect import bisect_left, bisect_right
 from typing import Iterable, Iterator
 
@@ -131,16 +130,13 @@ class RangeSet:
         hi = self._ranges[i][1]
         return hi + 1 if hi < MAX_NUMBER else None  # ranges never touch: hi + 1 is missing
 
+    # No __len__: iteration yields ranges, and list(rs) would preallocate len(rs) slots
+    # (MemoryError on a set of a few big ranges). The count is .count, the ranges .range_count.
+
     @property
     def count(self) -> int:
-        """How many numbers the set holds (may exceed 2**63)."""
+        """How many numbers the set holds (up to 2**64, beyond a C ssize_t)."""
         return sum(hi - lo + 1 for lo, hi in self._ranges)
-
-    def __len__(self) -> int:
-        count = self.count
-        if count > sys.maxsize:
-            raise OverflowError(f"RangeSet holds {count} numbers, more than len() can return; use .count")
-        return count
 
     @property
     def range_count(self) -> int:
