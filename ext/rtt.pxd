@@ -32,6 +32,7 @@ cdef class DeadlineHeap:
     cdef uint64_t _seq             # set() counter: orders equal deadlines first set, first out
     cdef dict _handles             # key -> handle (a Python int)
     cdef list _keys                # handle -> key object (None beyond _count)
+    cdef list _numbers             # handle -> its int object, so dict stores allocate nothing
 
     cdef int _resize(self, Py_ssize_t capacity) except -1
     cdef Py_ssize_t _handle_of(self, object key) except -2

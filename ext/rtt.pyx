@@ -120,9 +120,8 @@ cdef class RttEstimator:
         try:
             for i in range(n):
                 checked[i] = _sample(items[i])
-            with nogil:
-                for i in range(n):
-                    self._apply(checked[i])
+            for i in range(n):
+                self._apply(checked[i])
         finally:
             PyMem_Free(checked)
 
@@ -221,6 +220,7 @@ cdef class DeadlineHeap:
         self._seq = 0
         self._handles = {}
         self._keys = []
+        self._numbers = []
 
     def __dealloc__(self):
         PyMem_Free(self._heap)
@@ -239,8 +239,10 @@ cdef class DeadlineHeap:
         self._position = position
         if capacity > self._capacity:
             self._keys.extend([None] * (capacity - self._capacity))
+            self._numbers.extend(range(self._capacity, capacity))
         else:
             del self._keys[capacity:]
+            del self._numbers[capacity:]
         self._capacity = capacity
         return 0
 
@@ -291,7 +293,7 @@ cdef class DeadlineHeap:
         # Python-level updates first: if one raises, the C arrays are untouched.
         if handle != last:
             moved_key = self._keys[last]
-            self._handles[moved_key] = handle
+            self._handles[moved_key] = self._numbers[handle]
         del self._handles[key]
         # Take the heap entry out: the last entry fills the hole and sifts either way.
         self._count = last
@@ -333,7 +335,7 @@ cdef class DeadlineHeap:
         if self._count == self._capacity:
             self._resize(self._capacity * 2 if self._capacity else MIN_CAPACITY)
         handle = self._count
-        self._handles[key] = handle
+        self._handles[key] = self._numbers[handle]
         self._keys[handle] = key
         self._heap[handle].deadline = when
         self._heap[handle].seq = self._seq
