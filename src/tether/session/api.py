@@ -1,0 +1,313 @@
+"""`tether.connect()` and `tether.serve()`: reliable sessions over udp:// and tcp:// URLs."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from typing import Any, Awaitable, Callable, Generator
+
+from ..errors import SequenceClosed, TetherError
+from .demux import Demux
+from .engine import SessionEngine
+from .session import Session
+from .settings import SessionSettings
+from .tcp import (RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection,
+                  max_packet_size)
+from .udp import UdpClientProtocol, UdpServerProtocol, datagram_size
+from .url import SessionURL, parse
+
+log = logging.getLogger("tether.session")
+
+Handler = Callable[[Session], Awaitable[Any]]
+# How long Server.wait_closed() lets sessions close gracefully before aborting them.
+SERVER_CLOSE_GRACE = 5.0
+
+
+def _new_session_id() -> int:
+    return secrets.randbits(63) | 1
+
+
+class connect:
+    """Open a client session: `session = await tether.connect(url, **settings)` or
+    `async with tether.connect(url, **settings) as session:`.
+
+    Raises ValueError/TypeError for a bad URL or setting (at once), OSError when a TCP
+    server cannot be reached, CreateSequenceRefused when the server refuses, and
+    RetryLimitExceeded when nobody answers within connect_timeout.
+    """
+
+    def __init__(self, url: str, **settings: Any) -> None:
+        self._url = parse(url)
+        self._settings = SessionSettings.from_kwargs(**settings)
+        self._session: Session | None = None
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Session:
+        self._session = await self._open()
+        return self._session
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if self._session is not None:
+            await self._session.__aexit__(exc_type, exc, tb)
+
+    async def _open(self) -> Session:
+        if self._url.scheme == "udp":
+            return await _open_udp(self._url, self._settings)
+        return await _open_tcp(self._url, self._settings)
+
+
+async def _open_udp(url: SessionURL, settings: SessionSettings) -> Session:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        UdpClientProtocol, remote_addr=(url.host, url.port))
+    engine = SessionEngine.client(
+        settings, session_id=_new_session_id(), token=os.urandom(16), now=loop.time(),
+        reliable_transport=False, max_packet_size=datagram_size(url.host))
+    session = Session(engine, protocol, loop)
+    protocol.session = session
+    session.add_end_callback(lambda s: protocol.close())
+    engine.start(loop.time())
+    session._pump()
+    try:
+        await session.wait_connected(settings.connect_timeout)
+    except BaseException:
+        protocol.close()
+        raise
+    return session
+
+
+class _TcpReconnector:
+    """Keeps a client session's TCP connection: reconnects with capped backoff after a drop
+    and resumes the session on the new connection."""
+
+    def __init__(self, session: Session, url: SessionURL) -> None:
+        self.session = session
+        self.url = url
+        self.loop = session._loop
+        self.task: asyncio.Task | None = None
+        self.reconnects = 0
+        session.add_end_callback(self._ended)
+
+    async def connect(self) -> TcpConnection:
+        session = self.session
+        _, conn = await self.loop.create_connection(
+            lambda: TcpConnection(max_packet_size(session.settings.max_message_size),
+                                  session.feed, self._lost, session.fail),
+            self.url.host, self.url.port)
+        session.attach(conn)
+        return conn
+
+    def _lost(self, conn: TcpConnection, exc: Exception | None) -> None:
+        session = self.session
+        if session._link is conn:
+            session.attach(None)
+        if exc is not None and not session.closed and self.task is None:
+            self.task = self.loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = RECONNECT_FIRST
+        try:
+            while not self.session.closed:
+                await asyncio.sleep(delay)
+                try:
+                    await self.connect()
+                except OSError:
+                    delay = min(delay * 2, RECONNECT_CAP)
+                    continue
+                self.reconnects += 1
+                self.session.engine.resume(self.loop.time())
+                self.session._pump()
+                return
+        finally:
+            self.task = None
+
+    def _ended(self, session: Session) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if session._link is not None:
+            session._link.close()
+
+
+async def _open_tcp(url: SessionURL, settings: SessionSettings) -> Session:
+    loop = asyncio.get_running_loop()
+    engine = SessionEngine.client(
+        settings, session_id=_new_session_id(), token=os.urandom(16), now=loop.time(),
+        reliable_transport=True, max_packet_size=TCP_PACKET)
+    session = Session(engine, None, loop)
+    reconnector = _TcpReconnector(session, url)
+    session.reconnector = reconnector  # type: ignore[attr-defined]
+    await asyncio.wait_for(reconnector.connect(), settings.connect_timeout)
+    engine.start(loop.time())
+    session._pump()
+    try:
+        await session.wait_connected(settings.connect_timeout)
+    except BaseException:
+        if session._link is not None:
+            session._link.close()
+        raise
+    return session
+
+
+class Server:
+    """A listening endpoint of reliable sessions. `address` is the bound (host, port).
+    Without a handler, take sessions with `await server.accept()`."""
+
+    def __init__(self, url: SessionURL, settings: SessionSettings, handler: Handler | None) -> None:
+        self.url = url
+        self.settings = settings
+        self._handler = handler
+        self._loop = asyncio.get_running_loop()
+        reliable = url.scheme == "tcp"
+        self.demux = Demux(settings, reliable_transport=reliable,
+                           max_packet_size=TCP_PACKET if reliable else datagram_size(url.host))
+        self.sessions: dict[int, Session] = {}
+        self._backlog: asyncio.Queue[Session | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task] = set()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.AbstractServer | None = None
+        self._closing = False
+        self._closed = self._loop.create_future()
+        self.address: tuple = ()
+
+    async def _start(self) -> None:
+        host, port = self.url.host, self.url.port
+        if self.url.scheme == "udp":
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: UdpServerProtocol(self.demux, self._loop, self._new_session, self.sessions),
+                local_addr=(host, port))
+            self._udp = transport
+            sockname = transport.get_extra_info("sockname")
+        else:
+            self._tcp = await self._loop.create_server(
+                lambda: TcpServerConnection(self.demux, self._loop, self._new_session, self.sessions),
+                host, port)
+            sockname = self._tcp.sockets[0].getsockname()
+        self.address = tuple(sockname[:2])
+
+    @property
+    def url_bound(self) -> str:
+        """The URL clients connect to (with the port actually bound)."""
+        host = self.address[0]
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.url.scheme}://{host}:{self.address[1]}"
+
+    def _new_session(self, engine: SessionEngine, link: Any) -> Session:
+        session = Session(engine, link, self._loop)
+        self.sessions[engine.session_id] = session
+        session.add_end_callback(self._session_ended)
+        if self._handler is not None:
+            self._mark_accepted(session)
+            task = self._loop.create_task(self._run_handler(session))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._backlog.put_nowait(session)
+        return session
+
+    def _mark_accepted(self, session: Session) -> None:
+        if not session.accepted:
+            session.accepted = True
+            self.demux.accepted(session.engine)
+
+    def _session_ended(self, session: Session) -> None:
+        if self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
+        self.demux.remove(session.engine, session.accepted)
+        if self.url.scheme == "tcp" and session._link is not None:
+            session._link.close()
+
+    async def _run_handler(self, session: Session) -> None:
+        try:
+            await self._handler(session)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            session.abort("the server is shutting down")
+            raise
+        except TetherError as exc:
+            log.info("session %#x ended in its handler: %s", session.session_id, exc)
+            session.abort(f"handler failed: {exc}")
+        except Exception:
+            log.exception("session handler failed for session %#x", session.session_id)
+            session.abort("the server's handler failed")
+        else:
+            if not session.closed:
+                try:
+                    await session.close()
+                except TetherError as exc:
+                    log.info("session %#x did not close cleanly: %s", session.session_id, exc)
+
+    async def accept(self) -> Session:
+        """The next new session (waits). Raises SequenceClosed once the server is closed."""
+        if self._handler is not None:
+            raise RuntimeError("accept() is for servers started without a handler")
+        while True:
+            if self._closing and self._backlog.empty():
+                raise SequenceClosed("the server is closed")
+            session = await self._backlog.get()
+            if session is None:
+                self._backlog.put_nowait(None)  # wake other accept() callers too
+                raise SequenceClosed("the server is closed")
+            self._mark_accepted(session)
+            return session
+
+    def close(self) -> None:
+        """Stop accepting sessions and close every open one gracefully (wait_closed() waits)."""
+        if self._closing:
+            return
+        self._closing = True
+        self.demux.closing = True
+        if self._tcp is not None:
+            self._tcp.close()
+        for session in list(self.sessions.values()):
+            if not session.closed:
+                session._engine.close(self._loop.time())
+                session._pump()
+        self._backlog.put_nowait(None)
+        self._loop.create_task(self._finish_close())
+
+    async def _finish_close(self) -> None:
+        try:
+            deadline = self._loop.time() + SERVER_CLOSE_GRACE
+            while self.sessions and self._loop.time() < deadline:
+                await asyncio.wait([asyncio.ensure_future(s.wait_closed()) for s in self.sessions.values()],
+                                   timeout=deadline - self._loop.time())
+            for session in list(self.sessions.values()):
+                session.abort("the server closed")
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=1.0)
+            if self._udp is not None:
+                self._udp.close()
+            if self._tcp is not None:
+                await self._tcp.wait_closed()
+        finally:
+            if not self._closed.done():
+                self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Wait until close() has finished: sessions ended, sockets closed."""
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> "Server":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __repr__(self) -> str:
+        return f"<Server {self.url.scheme} {self.address} sessions={len(self.sessions)}>"
+
+
+async def serve(handler: Handler | None, url: str, **settings: Any) -> Server:
+    """Listen for sessions at `url` (udp:// or tcp://; port 0 picks a free port, see
+    `Server.address`). Each new session goes to `await handler(session)` in its own task (the
+    session is closed when the handler returns), or, with handler None, to `Server.accept()`."""
+    if handler is not None and not callable(handler):
+        raise TypeError(f"handler must be an async callable or None, not {type(handler).__name__}")
+    server = Server(parse(url), SessionSettings.from_kwargs(**settings), handler)
+    await server._start()
+    return server

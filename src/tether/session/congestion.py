@@ -1,0 +1,45 @@
+"""Congestion control for UDP sessions: NewReno (RFC 9002 section 7), counted in bytes with
+the datagram size as the segment size. TCP sessions leave this to TCP."""
+from __future__ import annotations
+
+# RFC 9002 7.2: initial window of 10 datagrams, minimum of 2.
+K_INITIAL_WINDOW_PACKETS = 10
+K_MINIMUM_WINDOW_PACKETS = 2
+# RFC 9002 7.3.2: halve on loss.
+K_LOSS_REDUCTION_FACTOR = 0.5
+
+
+class NewReno:
+    """Slow start, congestion avoidance and one multiplicative decrease per recovery period
+    (a loss of a message sent before the period began does not reduce the window again)."""
+
+    __slots__ = ("datagram_size", "cwnd", "ssthresh", "recovery_start", "losses")
+
+    def __init__(self, datagram_size: int) -> None:
+        self.datagram_size = datagram_size
+        self.cwnd = K_INITIAL_WINDOW_PACKETS * datagram_size
+        self.ssthresh = float("inf")
+        # First message number sent after recovery began; None when not in recovery.
+        self.recovery_start: int | None = None
+        self.losses = 0
+
+    def on_acked(self, acked_bytes: int) -> None:
+        if self.cwnd < self.ssthresh:
+            self.cwnd += acked_bytes                       # slow start
+        else:
+            self.cwnd += self.datagram_size * acked_bytes // max(1, int(self.cwnd))
+
+    def on_lost(self, highest_lost_number: int, next_number: int) -> None:
+        """Messages up to `highest_lost_number` were declared lost; `next_number` is the
+        number the next new message will get."""
+        self.losses += 1
+        if self.recovery_start is not None and highest_lost_number < self.recovery_start:
+            return
+        self.recovery_start = next_number
+        self.ssthresh = max(self.cwnd * K_LOSS_REDUCTION_FACTOR,
+                            K_MINIMUM_WINDOW_PACKETS * self.datagram_size)
+        self.cwnd = self.ssthresh
+
+    def available(self, bytes_in_flight: int) -> int:
+        """Bytes that may be sent now."""
+        return max(0, int(self.cwnd) - bytes_in_flight)

@@ -1,0 +1,38 @@
+"""Which implementation of layer 1 an engine runs on: the compiled one (always, for users)
+or the pure-Python twins (tests run the simulation on both)."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class Core:
+    SendWindow: type
+    ReceiveWindow: type
+    RttEstimator: type
+    codec: ModuleType
+
+
+@lru_cache(maxsize=None)
+def load(package: str = "tether._native") -> Core:
+    """The layer-1 classes from `package` (tether._native or tether._reference)."""
+    def mod(name: str) -> ModuleType:
+        return importlib.import_module(f"{package}.{name}")
+
+    return Core(
+        SendWindow=mod("send_window").SendWindow,
+        ReceiveWindow=mod("receive_window").ReceiveWindow,
+        RttEstimator=mod("rtt").RttEstimator,
+        codec=mod("codec"),
+    )
+
+
+def native() -> Core:
+    return load("tether._native")
+
+
+def reference() -> Core:
+    return load("tether._reference")

@@ -1,0 +1,806 @@
+"""The sans-IO reliable session engine: one session, one sequence each way.
+
+It never reads a clock or touches a socket (after aioquic's QuicConnection): every entry
+point takes `now`; the adapter feeds it packets (`receive_packet`), application sends
+(`send`) and timer expiries (`handle_timer`), and takes back packet bodies
+(`packets_to_send`), events (`events`) and the next deadline (`next_timer`).
+
+Work is per batch: a whole packet, a whole ack, a whole run of new messages goes through
+one call of the layer-1 structures (tether._native), which do the per-message work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from typing import Any
+
+from ..errors import (
+    CreateSequenceRefused, InactivityTimeout, MessageTooLarge, ProtocolError,
+    RetryLimitExceeded, SequenceClosed, SequenceTerminated, TetherError, fault_from_code,
+)
+from .congestion import NewReno
+from .core import Core, native
+from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
+from .fragments import Fragment, Reassembler, cut
+from .frames import FrameType as F
+from .settings import SessionSettings
+from .state import FINAL_STATES, OPEN_STATES, Event, State, next_state
+
+MAX_NUMBER = 2**64 - 1
+# Ranges carried per ack: the cumulative one plus the highest gaps (QUIC sends a bounded set too).
+MAX_ACK_RANGES = 32
+# RFC 9002 6.2.2: the RTT assumed before the first sample.
+K_INITIAL_RTT = 0.333
+# RFC 6298 2.4 recommends a 1 s floor for the open Internet; sessions here mostly run on
+# LANs and loopback, and the peer's ack delay is added on top (RFC 9002 6.2.1 does the same).
+MIN_RTO = 0.02
+# RFC 6298 2.5: a maximum RTO of at least 60 s may be placed.
+MAX_RTO = 60.0
+# Acknowledge at least every second packet carrying data (RFC 9000 13.2.2).
+ACK_ELICITING_THRESHOLD = 2
+MAX_FRAMES_PER_PACKET = 8192
+# Room kept in a data packet for a piggybacked ack (32 ranges of two uint64 + header).
+ACK_RESERVE = 1024
+FIRST_NUMBER = 1
+
+
+class _Control:
+    """A control frame that waits for its response; resent with doubling backoff."""
+
+    __slots__ = ("kind", "frame", "sent_at", "deadline", "retries")
+
+    def __init__(self, kind: str, frame: bytes, now: float, rto: float) -> None:
+        self.kind = kind
+        self.frame = frame
+        self.sent_at = now
+        self.deadline = now + rto
+        self.retries = 0
+
+
+class SessionEngine:
+    """One reliable session. Create a client with `SessionEngine.client(...)` and call
+    `start(now)`; a server creates one per CreateSequence with `SessionEngine.accept(...)`."""
+
+    def __init__(self, settings: SessionSettings, *, session_id: int, token: bytes,
+                 is_client: bool, now: float, reliable_transport: bool,
+                 max_packet_size: int, core: Core | None = None) -> None:
+        core = core or native()
+        self.settings = settings
+        self.session_id = session_id
+        self.token = token
+        self.is_client = is_client
+        self.reliable_transport = reliable_transport
+        self.max_packet_size = max_packet_size
+        self._codec = core.codec
+        window = settings.max_transfer_window
+        self._sw = core.SendWindow(window, settings.max_retry_count, FIRST_NUMBER)
+        self._rw = core.ReceiveWindow(window, settings.ordered, FIRST_NUMBER)
+        self._rtt = core.RttEstimator(K_INITIAL_RTT, MIN_RTO, MAX_RTO)
+        self._cc = NewReno(max_packet_size) if (not reliable_transport and settings.flow_control) else None
+        self._max_body = max_packet_size - ACK_RESERVE
+        # UDP: a message larger than a datagram goes as fragments.
+        self._fragment_size = None if reliable_transport else self._max_body - 64
+        self.state = State.CONNECTING if is_client else State.ESTABLISHED
+        self.error: TetherError | None = None
+        self.peer_window = window
+        self.peer_max_message_size = settings.max_message_size
+        # Exclusive bound on the numbers the peer's receive window accepts (flow control).
+        self._send_limit = FIRST_NUMBER + window
+
+        self._pending: list = []          # accepted from the app, not yet in the send window
+        self._pending_head = 0
+        self._pending_bytes = 0
+        self._fragments_queued = 0        # Fragment objects in _pending or the send window
+        self._resend: list = []           # (number, payload) to retransmit
+        self._control_out: list[bytes] = []
+        self._ctl: _Control | None = None
+
+        self._ack_now = False
+        self._ack_deadline: float | None = None
+        self._packets_unacked = 0
+        self._acked_first = False
+        self._delivered: list = []
+        self._reassembler: Reassembler | None = None
+        self._incoming_last: int | None = None
+        self._close_response_sent = False
+        self._peer_closed_reported = False
+        self._close_out_requested = False
+        self._out_closed = False
+        self._out_close_confirmed = False
+        self._terminate_sent = False
+
+        self._last_heard = now
+        self._last_sent = now
+        self._events: list = []
+        self.messages_sent = 0
+        self.messages_resent = 0
+        self.messages_acked = 0
+        self.messages_delivered = 0
+        self.packets_sent = 0
+        self.packets_received = 0
+
+    # ---- creation ----
+
+    @classmethod
+    def client(cls, settings: SessionSettings, *, session_id: int, token: bytes, now: float,
+               reliable_transport: bool, max_packet_size: int, core: Core | None = None) -> "SessionEngine":
+        """A client session; call start(now) to send CreateSequence."""
+        return cls(settings, session_id=session_id, token=token, is_client=True, now=now,
+                   reliable_transport=reliable_transport, max_packet_size=max_packet_size, core=core)
+
+    @classmethod
+    def accept(cls, frame: tuple, settings: SessionSettings, *, now: float,
+               reliable_transport: bool, max_packet_size: int, core: Core | None = None) -> "SessionEngine":
+        """The server side of a CreateSequence frame (already decoded). The session takes the
+        client's `ordered` choice; windows and message sizes are each side's own."""
+        _, session_id, token, window, max_message_size, ordered = frame
+        if len(token) != 16:
+            raise ProtocolError("CreateSequence token must be 16 bytes")
+        if not 1 <= window <= 65536:
+            raise ProtocolError(f"CreateSequence window {window} out of range")
+        if max_message_size < 1:
+            raise ProtocolError(f"CreateSequence max_message_size {max_message_size} out of range")
+        if ordered != settings.ordered:
+            settings = dataclasses.replace(settings, ordered=ordered)
+        engine = cls(settings, session_id=session_id, token=token, is_client=False, now=now,
+                     reliable_transport=reliable_transport, max_packet_size=max_packet_size, core=core)
+        engine._peer_handshake(window, max_message_size)
+        engine._control_out.append(engine._codec.encode_frame(
+            (F.CREATE_SEQUENCE_RESPONSE, session_id, settings.max_transfer_window,
+             settings.max_message_size)))
+        engine._events.append(Connected())
+        return engine
+
+    def start(self, now: float) -> None:
+        """Client: send CreateSequence (with the Offer of the reverse sequence)."""
+        s = self.settings
+        frame = self._codec.encode_frame(
+            (F.CREATE_SEQUENCE, self.session_id, self.token, s.max_transfer_window,
+             s.max_message_size, s.ordered))
+        self._start_control("create", frame, now)
+
+    def _peer_handshake(self, window: int, max_message_size: int) -> None:
+        self.peer_window = window
+        self.peer_max_message_size = max_message_size
+        self._send_limit = FIRST_NUMBER + window
+
+    # ---- application side ----
+
+    @property
+    def pending_count(self) -> int:
+        """Messages accepted by send() and not yet sent for the first time."""
+        return len(self._pending) - self._pending_head
+
+    @property
+    def send_capacity(self) -> int:
+        """How many more messages send() should take before the caller waits: one window
+        queued beyond the window in flight (a sender never runs ahead unboundedly)."""
+        return self.settings.max_transfer_window - self.pending_count
+
+    @property
+    def all_acknowledged(self) -> bool:
+        """Everything sent so far has been acknowledged (what flush() waits for)."""
+        return self.pending_count == 0 and self._sw.in_flight == 0 and not self._resend
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def send(self, payloads: list, now: float) -> None:
+        """Queue messages for sending. Raises MessageTooLarge (nothing queued) when one is
+        larger than the smaller of the two sides' max_message_size, SequenceClosed after
+        close, or the session's fault once it has ended."""
+        if self.state in FINAL_STATES:
+            raise self.error or SequenceClosed("the session is closed")
+        if self._close_out_requested or self.state is State.CLOSING:
+            raise SequenceClosed("the session is closing: nothing more can be sent")
+        if not payloads:
+            return
+        kinds = set(map(type, payloads))
+        if kinds != {bytes}:
+            payloads = _as_bytes(payloads, kinds)
+        limit = min(self.settings.max_message_size, self.peer_max_message_size)
+        biggest = max(map(len, payloads))
+        if biggest > limit:
+            raise MessageTooLarge(f"a message of {biggest} bytes exceeds max_message_size {limit}")
+        if self._fragment_size is not None and biggest > self._fragment_size:
+            payloads = self._cut_large(payloads)
+        self._pending.extend(payloads)
+        self._pending_bytes += sum(map(len, payloads))
+
+    def _cut_large(self, payloads: list) -> list:
+        out: list = []
+        for p in payloads:
+            if len(p) > self._fragment_size:
+                pieces = cut(p, self._fragment_size)
+                self._fragments_queued += len(pieces)
+                out.extend(pieces)
+            else:
+                out.append(p)
+        return out
+
+    def release(self, count: int, now: float) -> None:
+        """The application consumed `count` delivered messages: their buffer space frees up,
+        and the peer hears of it at once when the buffer had filled (flow control)."""
+        if count <= 0 or self.state in FINAL_STATES:
+            return
+        before = self._rw.buffer_remaining
+        self._rw.release(count)
+        capacity = self.settings.max_transfer_window
+        if before == 0 or before * 2 < capacity <= self._rw.buffer_remaining * 2:
+            self._ack_now = True
+
+    def close(self, now: float) -> None:
+        """Graceful close: send what is pending, wait for it to be acknowledged, then
+        CloseSequence and TerminateSequence. SessionEnded(None) follows."""
+        if self.state is State.CONNECTING:
+            self._transition(Event.CLOSE)
+            self._end(None)
+            return
+        if self.state is State.ESTABLISHED:
+            self._transition(Event.CLOSE)
+        self._advance_close(now)
+
+    def close_sending(self, now: float) -> None:
+        """Half-close (write_eof): end our sequence after what is pending; the peer sees EOF
+        after the last message and may go on sending."""
+        if self.state in OPEN_STATES:
+            self._close_out_requested = True
+            self._advance_close(now)
+
+    def fail(self, error: TetherError, now: float) -> None:
+        """Fault the session with a local error (e.g. the TCP stream could not be de-framed);
+        the peer is told with a Fault frame."""
+        self._fault(error, now)
+
+    def abort(self, now: float, reason: str = "aborted by the peer") -> None:
+        """End the session at once: the peer gets a Fault, pending messages are dropped."""
+        self._fault(SequenceTerminated(reason), now)
+
+    # ---- network side ----
+
+    def receive_packet(self, body: bytes, now: float) -> None:
+        """One packet from the peer. A malformed one faults this session."""
+        if self.state in FINAL_STATES:
+            return
+        try:
+            frames = self._codec.decode_packet(body, self.settings.max_message_size,
+                                               MAX_FRAMES_PER_PACKET)
+        except ProtocolError as exc:
+            self._fault(exc, now)
+            return
+        self.receive_frames(frames, now)
+
+    def receive_frames(self, frames: list, now: float) -> None:
+        """Decoded frames of one packet, all for this session."""
+        if self.state in FINAL_STATES:
+            return
+        self._last_heard = now
+        self.packets_received += 1
+        had_data = False
+        try:
+            for frame in frames:
+                kind = frame[0]
+                if frame[1] != self.session_id:
+                    raise ProtocolError(
+                        f"frame for session {frame[1]:#x} arrived on session {self.session_id:#x}")
+                if kind == F.DATA:
+                    self._on_data(frame, now)
+                    had_data = True
+                elif kind == F.ACK:
+                    self._on_ack(frame, now)
+                elif kind == F.ACK_REQUESTED:
+                    self._ack_now = True
+                else:
+                    self._on_control(kind, frame, now)
+                if self.state in FINAL_STATES:
+                    return
+        except TetherError as exc:
+            self._fault(exc, now)
+            return
+        except (ValueError, OverflowError, TypeError) as exc:
+            # hostile field values the codec let through (it checks types, not meaning)
+            self._fault(ProtocolError(f"invalid frame: {exc}"), now)
+            return
+        if self._delivered:
+            self.messages_delivered += len(self._delivered)
+            self._events.append(MessagesDelivered(self._delivered))
+            self._delivered = []
+        if had_data:
+            self._packets_unacked += 1
+            if self._packets_unacked >= ACK_ELICITING_THRESHOLD or self.settings.ack_interval == 0:
+                self._ack_now = True
+            elif self._ack_deadline is None:
+                self._ack_deadline = now + self.settings.ack_interval
+        self._check_incoming_closed()
+
+    def _on_data(self, frame: tuple, now: float) -> None:
+        _, _, first, payloads, fragments = frame
+        count = len(payloads)
+        if count == 0:
+            return
+        last = first + count - 1
+        if first < FIRST_NUMBER or last > MAX_NUMBER:
+            raise ProtocolError(f"message numbers {first}..{last} out of range")
+        if self._incoming_last is not None and last > self._incoming_last:
+            raise ProtocolError(f"message {last} after CloseSequence at {self._incoming_last}")
+        if fragments:
+            payloads = self._wrap_fragments(first, payloads, fragments)
+        rw = self._rw
+        duplicates, refused, had_gap = rw.duplicates, rw.refused, rw.has_gap
+        delivered = rw.accept(first, payloads)
+        if delivered:
+            if self._reassembler is not None:
+                delivered, absorbed = self._reassembler.join(delivered)
+                if absorbed:
+                    rw.release(absorbed)
+            self._delivered.extend(delivered)
+        # Ack at once on a gap (so the sender can fast-retransmit), a duplicate (our ack was
+        # lost), a refusal (the sender overran us) and the very first message.
+        if rw.has_gap or had_gap or rw.duplicates != duplicates or rw.refused != refused \
+                or not self._acked_first:
+            self._ack_now = True
+            self._acked_first = True
+
+    def _wrap_fragments(self, first: int, payloads: list, fragments: list) -> list:
+        if self._reassembler is None:
+            self._reassembler = Reassembler(self.settings.max_message_size,
+                                            self.settings.max_transfer_window)
+        payloads = list(payloads)
+        for offset, index, total in fragments:
+            if not 0 <= offset < len(payloads) or not 0 <= index < total:
+                raise ProtocolError(f"bad fragment descriptor ({offset}, {index}, {total})")
+            number = first + offset
+            if number - index < FIRST_NUMBER:
+                raise ProtocolError(f"fragment {index} at message {number} starts before 1")
+            payloads[offset] = Fragment(payloads[offset], index, total, number - index)
+        return payloads
+
+    def _on_ack(self, frame: tuple, now: float) -> None:
+        _, _, ranges, buffer_remaining, _final = frame
+        sw = self._sw
+        if ranges:
+            count, nbytes, samples = sw.apply_ack(ranges, now)
+            if samples:
+                self._rtt.update_many(samples)
+            if count:
+                self.messages_acked += count
+                if self._cc is not None:
+                    self._cc.on_acked(nbytes)
+                if self._fragments_queued:
+                    self._fragments_queued = max(0, self._fragments_queued - count)
+            if not self.reliable_transport and sw.in_flight:
+                lost = sw.fast_retransmit(now)
+                if lost:
+                    self._lost(lost)
+        # Flow control: the peer accepts numbers below floor + buffer_remaining (+ what it
+        # holds out of order, when ordered); take the largest bound seen (acks may reorder).
+        if ranges and ranges[0][0] == FIRST_NUMBER:
+            floor, above = ranges[0][1] + 1, ranges[1:]
+        else:
+            floor, above = FIRST_NUMBER, ranges
+        limit = floor + buffer_remaining
+        if self.settings.ordered:
+            for lo, hi in above:
+                limit += hi - lo + 1
+        if limit > self._send_limit:
+            self._send_limit = limit
+        self._advance_close(now)
+
+    def _lost(self, lost: list) -> None:
+        self._resend.extend(lost)
+        self.messages_resent += len(lost)
+        if self._cc is not None:
+            self._cc.on_lost(max(n for n, _ in lost), self._sw.next_number)
+
+    def _on_control(self, kind: int, frame: tuple, now: float) -> None:
+        codec = self._codec
+        sid = self.session_id
+        if kind == F.CREATE_SEQUENCE_RESPONSE:
+            if self.state is State.CONNECTING and self._ctl is not None and self._ctl.kind == "create":
+                if self._ctl.retries == 0:  # Karn's rule: no sample from a resent request
+                    self._rtt.update(now - self._ctl.sent_at)
+                self._ctl = None
+                _, _, window, max_message_size = frame
+                if not 1 <= window <= 65536 or max_message_size < 1:
+                    raise ProtocolError("CreateSequenceResponse with out-of-range window or size")
+                self._peer_handshake(window, max_message_size)
+                self._transition(Event.HANDSHAKE_DONE)
+                self._events.append(Connected())
+        elif kind == F.CREATE_SEQUENCE:
+            if not self.is_client:  # our response was lost: send it again
+                self._control_out.append(codec.encode_frame(
+                    (F.CREATE_SEQUENCE_RESPONSE, sid, self.settings.max_transfer_window,
+                     self.settings.max_message_size)))
+        elif kind == F.CREATE_SEQUENCE_REFUSED:
+            if self.state is State.CONNECTING:
+                self._fault(CreateSequenceRefused(frame[2] or "refused by the peer"), now, notify=False)
+        elif kind == F.CLOSE_SEQUENCE:
+            last = frame[2]
+            if last < self._rw.highest:
+                raise ProtocolError(f"CloseSequence at {last} below message {self._rw.highest} already received")
+            if self._incoming_last is not None and last != self._incoming_last:
+                raise ProtocolError("CloseSequence moved the last message number")
+            self._incoming_last = last
+            self._close_response_sent = False  # (re)send the response once complete
+        elif kind == F.CLOSE_SEQUENCE_RESPONSE:
+            if self._ctl is not None and self._ctl.kind == "close":
+                self._ctl = None
+                self._out_close_confirmed = True
+                self._advance_close(now)
+        elif kind == F.TERMINATE_SEQUENCE:
+            self._control_out.append(codec.encode_frame((F.TERMINATE_SEQUENCE_RESPONSE, sid)))
+            unacked = self.pending_count + self._sw.in_flight
+            if unacked:
+                self._end(SequenceTerminated(
+                    f"the peer terminated the session with {unacked} messages unacknowledged"))
+            else:
+                self._transition(Event.TERMINATED)
+                self._end(None)
+        elif kind == F.TERMINATE_SEQUENCE_RESPONSE:
+            if self._ctl is not None and self._ctl.kind == "terminate":
+                self._ctl = None
+                self._transition(Event.TERMINATED)
+                self._end(None)
+        elif kind == F.FAULT:
+            self._fault(fault_from_code(frame[2], f"peer fault: {frame[3]}"), now, notify=False)
+        elif kind == F.RESUME_RESPONSE:
+            pass  # the client resent everything with its Resume already
+        elif kind == F.RESUME:
+            # a wrong token is refused by the server's demultiplexer; it never harms the session
+            if not self.is_client and hmac.compare_digest(frame[2], self.token):
+                self.peer_resumed(now)
+        elif kind == F.NACK:
+            self._on_nack(frame[2])
+        else:
+            raise ProtocolError(f"unexpected frame type {kind}")
+
+    def _on_nack(self, numbers: list) -> None:
+        wanted = set(numbers)
+        resend = [(n, p) for n, p in self._sw.unacked() if n in wanted]
+        self._resend.extend(resend)
+        self.messages_resent += len(resend)
+
+    def _check_incoming_closed(self) -> None:
+        last = self._incoming_last
+        if last is None or self._rw.floor <= last:
+            return
+        if not self._close_response_sent:
+            self._close_response_sent = True
+            self._control_out.append(self._codec.encode_frame(
+                (F.CLOSE_SEQUENCE_RESPONSE, self.session_id, last)))
+            self._ack_now = True
+        if not self._peer_closed_reported and (self._reassembler is None or not self._reassembler.has_partial):
+            self._peer_closed_reported = True
+            self._events.append(PeerClosed())
+
+    # ---- transport loss and resume (TCP) ----
+
+    def resume(self, now: float) -> None:
+        """Client: a new connection is up; send Resume and everything unacknowledged."""
+        if self.state in FINAL_STATES:
+            return
+        self._control_out = []
+        if self._ctl is not None:
+            self._control_out.append(self._ctl.frame)
+            self._ctl.deadline = now + self._rto()
+        if self.state is not State.CONNECTING:
+            self._control_out.insert(0, self._codec.encode_frame((F.RESUME, self.session_id, self.token)))
+            self._resend_everything(now)
+        self._last_heard = now
+
+    def peer_resumed(self, now: float) -> None:
+        """Server: the client re-attached on a new connection (token already checked)."""
+        self._control_out = [self._codec.encode_frame((F.RESUME_RESPONSE, self.session_id))]
+        if self._ctl is not None:
+            self._control_out.append(self._ctl.frame)
+        if self._close_response_sent and self._incoming_last is not None:
+            self._control_out.append(self._codec.encode_frame(
+                (F.CLOSE_SEQUENCE_RESPONSE, self.session_id, self._incoming_last)))
+        self._resend_everything(now)
+
+    def _resend_everything(self, now: float) -> None:
+        self._resend = self._sw.unacked()
+        self._sw.mark_all_sent(now)
+        self._ack_now = True
+
+    # ---- timers ----
+
+    def _rto(self) -> float:
+        # the peer may hold an ack for up to ack_interval (RFC 9002 6.2.1 adds max_ack_delay)
+        return self._rtt.rto + self.settings.ack_interval
+
+    def next_timer(self) -> float | None:
+        """The earliest time handle_timer must be called; None when the session is over."""
+        if self.state in FINAL_STATES:
+            return None
+        t = self._last_heard + self.settings.inactivity_timeout
+        t = min(t, self._last_sent + self._keepalive_interval())
+        if self._ctl is not None:
+            t = min(t, self._ctl.deadline)
+        if self._ack_deadline is not None:
+            t = min(t, self._ack_deadline)
+        if not self.reliable_transport and self._sw.in_flight:
+            deadline = self._sw.next_deadline(self._rto(), MAX_RTO)
+            if deadline is not None and deadline < t:
+                t = deadline
+        return t
+
+    def _keepalive_interval(self) -> float:
+        # Blocked by the peer's buffer: probe every RTO, in case the ack that reopens it was lost.
+        if (self.settings.flow_control and not self.reliable_transport and self.pending_count
+                and self._sw.next_number >= self._send_limit):
+            return self._rto()
+        return self.settings.keepalive_interval
+
+    def handle_timer(self, now: float) -> None:
+        """Do what is due at `now`: retransmissions, delayed acks, keepalives, timeouts."""
+        if self.state in FINAL_STATES:
+            return
+        if now - self._last_heard >= self.settings.inactivity_timeout:
+            self._fault(InactivityTimeout(
+                f"nothing heard from the peer for {self.settings.inactivity_timeout} s"), now)
+            return
+        ctl = self._ctl
+        if ctl is not None and now >= ctl.deadline:
+            if ctl.retries >= self.settings.max_retry_count:
+                if ctl.kind == "terminate":  # everything was flushed; the peer went away
+                    self._ctl = None
+                    self._transition(Event.TERMINATED)
+                    self._end(None)
+                    return
+                self._fault(RetryLimitExceeded(
+                    f"no response to {ctl.kind} after {ctl.retries} retransmissions"), now)
+                return
+            ctl.retries += 1
+            ctl.deadline = now + min(self._rto() * 2 ** ctl.retries, MAX_RTO)
+            self._control_out.append(ctl.frame)
+        if self._ack_deadline is not None and now >= self._ack_deadline:
+            self._ack_now = True
+        if not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES:
+            try:
+                due = self._sw.retransmit_due(now, self._rto(), MAX_RTO)
+            except RetryLimitExceeded as exc:
+                self._fault(exc, now)
+                return
+            if due:
+                self._lost(due)
+        if self.state in OPEN_STATES and now - self._last_sent >= self._keepalive_interval():
+            self._control_out.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
+
+    # ---- output ----
+
+    def packets_to_send(self, now: float) -> list[bytes]:
+        """Packet bodies to send now (each at most max_packet_size unless one message alone
+        is larger, TCP only). Acks ride on data when there is any."""
+        frames: list[bytes] = []
+        if self._control_out:
+            frames.extend(self._control_out)
+            self._control_out = []
+        data_sent = False
+        if self.state in OPEN_STATES:
+            try:
+                if self._resend:
+                    resend, self._resend = self._resend, []
+                    resend.sort(key=_number)
+                    frames.extend(self._encode_runs(resend))
+                    data_sent = True
+                new = self._take_new(now)
+            except TetherError as exc:
+                self._fault(exc, now)
+                frames.extend(self._control_out)
+                self._control_out = []
+                return self._pack(frames, now)
+            if new:
+                frames.extend(new)
+                data_sent = True
+                # the end of a burst, or a full window: ask for an ack now rather than after
+                # the peer's ack_interval, so flush() and a blocked sender move on promptly
+                if self.pending_count == 0 or self._sw.free == 0:
+                    frames.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
+            self._advance_close(now)
+            if self._control_out:
+                frames.extend(self._control_out)
+                self._control_out = []
+            if self._ack_now or (self._ack_deadline is not None and (data_sent or now >= self._ack_deadline)):
+                frames.insert(0, self._ack_frame())
+        if not frames:
+            return []
+        return self._pack(frames, now)
+
+    def _pack(self, frames: list[bytes], now: float) -> list[bytes]:
+        if not frames:
+            return []
+        self._last_sent = now
+        limit = self.max_packet_size
+        packets: list[bytes] = []
+        current: list[bytes] = []
+        size = 0
+        for f in frames:
+            if current and size + len(f) > limit:
+                packets.append(b"".join(current))
+                current, size = [], 0
+            current.append(f)
+            size += len(f)
+        if current:
+            packets.append(current[0] if len(current) == 1 else b"".join(current))
+        self.packets_sent += len(packets)
+        return packets
+
+    def _ack_frame(self) -> bytes:
+        self._ack_now = False
+        self._ack_deadline = None
+        self._packets_unacked = 0
+        rw = self._rw
+        last = self._incoming_last
+        final = last is not None and rw.floor > last
+        return self._codec.encode_ack(self.session_id, rw.ack_ranges(MAX_ACK_RANGES),
+                                      rw.buffer_remaining, final)
+
+    def _take_new(self, now: float) -> list[bytes]:
+        """Move what the windows allow from pending into the send window; its DATA frames."""
+        waiting = len(self._pending) - self._pending_head
+        if waiting == 0 or self.state is State.CONNECTING:
+            return []
+        sw = self._sw
+        allowed = min(sw.free, waiting)
+        if self.settings.flow_control:
+            allowed = min(allowed, self._send_limit - sw.next_number)
+            if self._cc is not None and allowed > 0:
+                room = self._cc.available(sw.bytes_in_flight)
+                average = self._pending_bytes / waiting
+                allowed = min(allowed, int(room // average) if average >= 1 else allowed)
+                if allowed == 0 and room > 0:
+                    allowed = 1
+        if allowed <= 0:
+            return []
+        head = self._pending_head
+        batch = self._pending[head:head + allowed]
+        taken = sw.push(batch, now)
+        if taken < len(batch):
+            batch = batch[:taken]
+        first = sw.next_number - taken
+        self._pending_head = head + taken
+        if self._pending_head == len(self._pending):
+            self._pending.clear()
+            self._pending_head = 0
+        elif self._pending_head > 4096 and self._pending_head * 2 > len(self._pending):
+            del self._pending[:self._pending_head]
+            self._pending_head = 0
+        self._pending_bytes -= sum(map(len, batch))
+        self.messages_sent += taken
+        return self._encode_batch(first, batch)
+
+    def _encode_batch(self, first: int, payloads: list) -> list[bytes]:
+        if self._fragments_queued and Fragment in set(map(type, payloads)):
+            return self._encode_fragmented(first, payloads)
+        return self._codec.split_data(self.session_id, first, payloads, self._max_body)
+
+    def _encode_fragmented(self, first: int, payloads: list) -> list[bytes]:
+        frames: list[bytes] = []
+        run_first, run = first, []
+        for i, p in enumerate(payloads):
+            if type(p) is Fragment:
+                if run:
+                    frames.extend(self._codec.split_data(self.session_id, run_first, run, self._max_body))
+                    run = []
+                frames.append(self._codec.encode_data(
+                    self.session_id, first + i, [p.data], 0, -1, [(0, p.index, p.total)]))
+                run_first = first + i + 1
+            else:
+                run.append(p)
+        if run:
+            frames.extend(self._codec.split_data(self.session_id, run_first, run, self._max_body))
+        return frames
+
+    def _encode_runs(self, items: list) -> list[bytes]:
+        """Retransmissions, (number, payload) ascending, as DATA frames of consecutive runs."""
+        frames: list[bytes] = []
+        run_first = -1
+        run: list = []
+        for number, payload in items:
+            if run and number == run_first + len(run):
+                run.append(payload)
+                continue
+            if run:
+                frames.extend(self._encode_batch(run_first, run))
+            run_first, run = number, [payload]
+        if run:
+            frames.extend(self._encode_batch(run_first, run))
+        return frames
+
+    # ---- closing, faults ----
+
+    def _advance_close(self, now: float) -> None:
+        closing = self.state is State.CLOSING
+        if not (closing or self._close_out_requested) or self.state in FINAL_STATES:
+            return
+        if not self._out_closed:
+            if self.pending_count or self._sw.in_flight or self._resend or self._ctl is not None:
+                return  # flush first
+            self._out_closed = True
+            frame = self._codec.encode_frame(
+                (F.CLOSE_SEQUENCE, self.session_id, self._sw.next_number - 1))
+            self._start_control("close", frame, now)
+            return
+        if closing and self._out_close_confirmed and not self._terminate_sent and self._ctl is None:
+            self._terminate_sent = True
+            frame = self._codec.encode_frame(
+                (F.TERMINATE_SEQUENCE, self.session_id, self._sw.next_number - 1))
+            self._start_control("terminate", frame, now)
+
+    def _start_control(self, kind: str, frame: bytes, now: float) -> None:
+        self._ctl = _Control(kind, frame, now, self._rto())
+        self._control_out.append(frame)
+
+    def _fault(self, error: TetherError, now: float, notify: bool = True) -> None:
+        if self.state in FINAL_STATES:
+            return
+        if notify:
+            self._control_out.append(self._codec.encode_frame(
+                (F.FAULT, self.session_id, error.code, str(error)[:512])))
+        self._pending.clear()
+        self._pending_head = 0
+        self._resend = []
+        self._ctl = None
+        self._transition(Event.FAULT)
+        self._end(error)
+
+    def _end(self, error: TetherError | None) -> None:
+        self.error = error
+        if self._delivered:
+            self.messages_delivered += len(self._delivered)
+            self._events.append(MessagesDelivered(self._delivered))
+            self._delivered = []
+        self._events.append(SessionEnded(error))
+
+    def _transition(self, event: Event) -> None:
+        self.state = next_state(self.state, event)
+
+    def events(self) -> list:
+        """Events since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    # ---- introspection ----
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters and estimates (Session.stats shows these)."""
+        rtt = self._rtt
+        return {
+            "state": self.state.value,
+            "sent": self.messages_sent,
+            "resent": self.messages_resent,
+            "acked": self.messages_acked,
+            "delivered": self.messages_delivered,
+            "duplicates": self._rw.duplicates,
+            "refused": self._rw.refused,
+            "packets_sent": self.packets_sent,
+            "packets_received": self.packets_received,
+            "in_flight": self._sw.in_flight,
+            "pending": self.pending_count,
+            "window": self.settings.max_transfer_window,
+            "peer_window": self.peer_window,
+            "buffer_remaining": self._rw.buffer_remaining,
+            "held": self._rw.held,
+            "rtt": rtt.srtt,
+            "rttvar": rtt.rttvar,
+            "rto": self._rto(),
+            "cwnd": None if self._cc is None else int(self._cc.cwnd),
+        }
+
+
+def _number(item: tuple) -> int:
+    return item[0]
+
+
+def _as_bytes(payloads: list, kinds: set) -> list:
+    if not kinds <= {bytes, bytearray, memoryview}:
+        bad = next(k for k in kinds if k not in (bytes, bytearray, memoryview))
+        raise TypeError(f"messages must be bytes-like, not {bad.__name__}")
+    return [bytes(p) for p in payloads]

@@ -1,0 +1,20 @@
+"""Frame type numbers of the session protocol (ext/README.md "codec"), named after
+WS-ReliableMessaging 1.1."""
+import enum
+
+
+class FrameType(enum.IntEnum):
+    CREATE_SEQUENCE = 1
+    CREATE_SEQUENCE_RESPONSE = 2
+    CREATE_SEQUENCE_REFUSED = 3
+    DATA = 4
+    ACK = 5
+    NACK = 6
+    ACK_REQUESTED = 7
+    CLOSE_SEQUENCE = 8
+    CLOSE_SEQUENCE_RESPONSE = 9
+    TERMINATE_SEQUENCE = 10
+    TERMINATE_SEQUENCE_RESPONSE = 11
+    FAULT = 12
+    RESUME = 13
+    RESUME_RESPONSE = 14

@@ -1,0 +1,358 @@
+"""`Session`: the application's handle on one reliable session. It drives a sans-IO
+SessionEngine with the event loop's clock, moves packets to and from a link (a UDP peer or a
+TCP connection), and keeps one deadline in the loop's TimerService."""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Awaitable, Callable, Iterable, Protocol
+
+from ..errors import RetryLimitExceeded, SequenceClosed, TetherError
+from .engine import SessionEngine
+from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
+from .timers import timer_service
+
+
+class Link(Protocol):
+    """Where a session's packets go."""
+
+    def transmit(self, packets: list[bytes]) -> None: ...
+    def close(self) -> None: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+class Session:
+    """One reliable session (exactly once, in order unless ordered=False).
+
+    `send`/`send_many` wait while the window is full (flow control); `recv`/`recv_many` and
+    `async for` deliver messages; `flush` waits until everything sent is acknowledged;
+    `close` flushes, then ends the session gracefully. A fault of the session is raised by
+    the next call as the matching `tether.TetherError` subclass.
+    """
+
+    def __init__(self, engine: SessionEngine, link: Link | None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._engine = engine
+        self._link = link
+        self._loop = loop or asyncio.get_running_loop()
+        self._timers = timer_service(self._loop)
+        self._inbox: deque = deque()
+        self._consumed = 0
+        # release delivered buffer space to the peer in batches, not per message
+        self._release_batch = max(1, engine.settings.max_transfer_window // 4)
+        self._eof = False
+        self._ended = False
+        self._error: TetherError | None = None
+        self._scheduled = False
+        self._recv_waiter: asyncio.Future | None = None
+        self._space_waiters: list[asyncio.Future] = []
+        self._flush_waiters: list[asyncio.Future] = []
+        self._connected = self._loop.create_future()
+        self._closed = self._loop.create_future()
+        self._on_end: list[Callable[["Session"], None]] = []
+        self.accepted = False
+
+    # ---- identity ----
+
+    @property
+    def session_id(self) -> int:
+        return self._engine.session_id
+
+    @property
+    def settings(self):
+        return self._engine.settings
+
+    @property
+    def engine(self) -> SessionEngine:
+        """The sans-IO engine (for diagnostics; drive the session through this object)."""
+        return self._engine
+
+    @property
+    def peer_address(self) -> Any:
+        return None if self._link is None else self._link.get_extra_info("peername")
+
+    @property
+    def local_address(self) -> Any:
+        return None if self._link is None else self._link.get_extra_info("sockname")
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """sent, resent, acked, delivered, duplicates, rtt, rto, window, in_flight, cwnd, ..."""
+        return self._engine.stats
+
+    @property
+    def closed(self) -> bool:
+        """The session has ended (gracefully or by a fault)."""
+        return self._ended
+
+    @property
+    def error(self) -> TetherError | None:
+        """The fault that ended the session, if any."""
+        return self._error
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer closed its side and every message has been received."""
+        return (self._eof or self._ended) and not self._inbox
+
+    # ---- sending ----
+
+    async def send(self, data: bytes) -> None:
+        """Send one message; waits while the window is full."""
+        await self.send_many((data,))
+
+    async def send_many(self, messages: Iterable[bytes]) -> None:
+        """Send messages in order; one call moves them to the engine in window-sized batches."""
+        if not isinstance(messages, (list, tuple)):
+            messages = list(messages)
+        engine = self._engine
+        total = len(messages)
+        done = 0
+        while done < total:
+            if self._ended:
+                raise self._error or SequenceClosed("the session is closed")
+            room = engine.send_capacity
+            if room <= 0:
+                await self._wait(self._space_waiters)
+                continue
+            chunk = messages if (done == 0 and room >= total) else messages[done:done + room]
+            engine.send(chunk if isinstance(chunk, list) else list(chunk), self._loop.time())
+            done += len(chunk)
+            self._schedule()
+
+    def send_nowait(self, messages: list[bytes]) -> None:
+        """Queue messages without waiting for window space (the caller bounds its own
+        buffering, as the asyncio Transport adapter does)."""
+        if self._ended:
+            raise self._error or SequenceClosed("the session is closed")
+        self._engine.send(messages, self._loop.time())
+        self._schedule()
+
+    async def flush(self) -> None:
+        """Wait until every message sent so far has been acknowledged by the peer."""
+        while not self._engine.all_acknowledged:
+            if self._ended:
+                raise self._error or SequenceClosed("the session ended before everything was acknowledged")
+            self._schedule()
+            await self._wait(self._flush_waiters)
+
+    # ---- receiving ----
+
+    async def recv(self) -> bytes:
+        """The next message. Raises SequenceClosed once the peer has closed and everything
+        was delivered, or the session's fault."""
+        while not self._inbox:
+            self._raise_if_done()
+            await self._wait_inbox()
+        self._consumed += 1
+        if self._consumed >= self._release_batch or len(self._inbox) == 1:
+            self._schedule()
+        return self._inbox.popleft()
+
+    async def recv_many(self, max_count: int | None = None) -> list[bytes]:
+        """Every message waiting (at most max_count), waiting for at least one."""
+        while not self._inbox:
+            self._raise_if_done()
+            await self._wait_inbox()
+        inbox = self._inbox
+        if max_count is None or max_count >= len(inbox):
+            out = list(inbox)
+            inbox.clear()
+        else:
+            if max_count < 1:
+                raise ValueError(f"max_count must be at least 1, not {max_count}")
+            out = [inbox.popleft() for _ in range(max_count)]
+        self._consumed += len(out)
+        self._schedule()
+        return out
+
+    def __aiter__(self) -> "Session":
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.recv()
+        except SequenceClosed:
+            if self._inbox:
+                raise
+            raise StopAsyncIteration from None
+
+    def _raise_if_done(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._eof or self._ended:
+            raise SequenceClosed("the peer closed the session")
+
+    async def _wait_inbox(self) -> None:
+        waiter = self._loop.create_future()
+        self._recv_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._recv_waiter = None
+
+    # ---- closing ----
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush, then end the session gracefully (CloseSequence, TerminateSequence).
+        Raises the fault if the session fails while closing."""
+        if self._ended:
+            return
+        self._engine.close(self._loop.time())
+        self._pump()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        except asyncio.TimeoutError:
+            self.abort("close timed out")
+            raise
+        if self._error is not None:
+            raise self._error
+
+    def close_sending(self) -> None:
+        """Half-close: the peer gets EOF after the last message sent; receiving goes on."""
+        self._engine.close_sending(self._loop.time())
+        self._schedule()
+
+    def abort(self, reason: str = "aborted by the peer") -> None:
+        """End the session now; what is unacknowledged is dropped."""
+        if not self._ended:
+            self._engine.abort(self._loop.time(), reason)
+            self._pump()
+
+    def fail(self, error: TetherError) -> None:
+        """Fault the session with a local error (adapters use it for undecodable input)."""
+        if not self._ended:
+            self._engine.fail(error, self._loop.time())
+            self._pump()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session has ended, however it ends."""
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> "Session":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            self.abort(f"the peer's application failed: {exc_type.__name__}")
+
+    def add_end_callback(self, callback: Callable[["Session"], None]) -> None:
+        """Call callback(session) once the session has ended (adapters clean up with it)."""
+        if self._ended:
+            self._loop.call_soon(callback, self)
+        else:
+            self._on_end.append(callback)
+
+    # ---- driving the engine (adapters call these) ----
+
+    def attach(self, link: Link | None) -> None:
+        """Send through `link` from now on (a new connection after a resume, or None while
+        disconnected)."""
+        self._link = link
+
+    def feed(self, body: bytes) -> None:
+        """A packet arrived from the peer."""
+        self._engine.receive_packet(body, self._loop.time())
+        self._pump()
+
+    def on_timer(self, now: float) -> None:
+        self._engine.handle_timer(now)
+        self._pump()
+
+    async def wait_connected(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+        except asyncio.TimeoutError:
+            self.abort("connect timed out")
+            raise RetryLimitExceeded(f"no answer to CreateSequence within {timeout} s") from None
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run_scheduled)
+
+    def _run_scheduled(self) -> None:
+        self._scheduled = False
+        self._pump()
+
+    def _pump(self) -> None:
+        engine = self._engine
+        now = self._loop.time()
+        if self._consumed:
+            engine.release(self._consumed, now)
+            self._consumed = 0
+        self._handle_events(engine.events())
+        packets = engine.packets_to_send(now)
+        if packets and self._link is not None:
+            self._link.transmit(packets)
+        self._handle_events(engine.events())
+        self._timers.set(self, engine.next_timer())
+        if self._space_waiters and (engine.send_capacity > 0 or self._ended):
+            _wake_all(self._space_waiters)
+        if self._flush_waiters and (engine.all_acknowledged or self._ended):
+            _wake_all(self._flush_waiters)
+
+    def _handle_events(self, events: list) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is MessagesDelivered:
+                self._inbox.extend(event.messages)
+                self._wake_recv()
+            elif kind is Connected:
+                if not self._connected.done():
+                    self._connected.set_result(None)
+            elif kind is PeerClosed:
+                self._eof = True
+                self._wake_recv()
+            elif kind is SessionEnded:
+                self._finish(event.error)
+
+    def _finish(self, error: TetherError | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._error = error
+        self._timers.cancel(self)
+        if not self._connected.done():
+            if error is not None:
+                self._connected.set_exception(error)
+                self._connected.exception()  # retrieved: connect() re-raises it
+            else:
+                self._connected.set_result(None)
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._wake_recv()
+        _wake_all(self._space_waiters)
+        _wake_all(self._flush_waiters)
+        callbacks, self._on_end = self._on_end, []
+        for callback in callbacks:
+            self._loop.call_soon(callback, self)
+
+    def _wake_recv(self) -> None:
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, waiters: list[asyncio.Future]) -> None:
+        waiter = self._loop.create_future()
+        waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.session_id:#x} {self._engine.state.value}>"
+
+
+def _wake_all(waiters: list[asyncio.Future]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
+
+
+AsyncHandler = Callable[[Session], Awaitable[None]]
