@@ -1,8 +1,11 @@
-"""Which implementation of layer 1 an engine runs on: the compiled one (always, for users)
-or the pure-Python twins (tests run the simulation on both)."""
+"""Which implementation of layer 1 an engine runs on: the compiled one (what users get), or
+the pure-Python twins: tests run the simulation on both, and TETHER_PUREPYTHON=1 selects
+the twins for everything explicitly (as msgpack's MSGPACK_PUREPYTHON does). A missing
+compiled module is an ImportError, never a silent fallback."""
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
@@ -13,6 +16,7 @@ class Core:
     SendWindow: type
     ReceiveWindow: type
     RttEstimator: type
+    DeadlineHeap: type
     codec: ModuleType
 
 
@@ -26,6 +30,7 @@ def load(package: str = "tether._native") -> Core:
         SendWindow=mod("send_window").SendWindow,
         ReceiveWindow=mod("receive_window").ReceiveWindow,
         RttEstimator=mod("rtt").RttEstimator,
+        DeadlineHeap=mod("rtt").DeadlineHeap,
         codec=mod("codec"),
     )
 
@@ -36,3 +41,10 @@ def native() -> Core:
 
 def reference() -> Core:
     return load("tether._reference")
+
+
+def default() -> Core:
+    """The compiled core, unless TETHER_PUREPYTHON=1 asks for the twins."""
+    if os.environ.get("TETHER_PUREPYTHON") == "1":
+        return reference()
+    return native()

@@ -8,7 +8,7 @@ import hmac
 from dataclasses import dataclass, field
 
 from ..errors import ProtocolError, UnknownSequence
-from .core import Core, native
+from .core import Core, default
 from .engine import MAX_FRAMES_PER_PACKET, SessionEngine
 from .frames import FrameType as F
 from .settings import SessionSettings
@@ -32,7 +32,7 @@ class Demux:
         self.settings = settings
         self.reliable_transport = reliable_transport
         self.max_packet_size = max_packet_size
-        self.core = core or native()
+        self.core = core or default()
         self._codec = self.core.codec
         self.sessions: dict[int, SessionEngine] = {}
         # handshaken sessions the application has not accepted yet (max_pending_channels)

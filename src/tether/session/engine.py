@@ -19,7 +19,7 @@ from ..errors import (
     RetryLimitExceeded, SequenceClosed, SequenceTerminated, TetherError, fault_from_code,
 )
 from .congestion import NewReno
-from .core import Core, native
+from .core import Core, default
 from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
 from .fragments import Fragment, Reassembler, cut
 from .frames import FrameType as F
@@ -64,7 +64,7 @@ class SessionEngine:
     def __init__(self, settings: SessionSettings, *, session_id: int, token: bytes,
                  is_client: bool, now: float, reliable_transport: bool,
                  max_packet_size: int, core: Core | None = None) -> None:
-        core = core or native()
+        core = core or default()
         self.settings = settings
         self.session_id = session_id
         self.token = token

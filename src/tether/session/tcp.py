@@ -7,7 +7,7 @@ import asyncio
 import struct
 from typing import Any, Callable
 
-from .._native.codec import PacketReader
+from .core import default as default_core
 from ..errors import ProtocolError
 from .demux import Demux
 
@@ -32,7 +32,7 @@ class TcpConnection(asyncio.Protocol):
     def __init__(self, max_packet: int, on_packet: Callable[[bytes], None],
                  on_lost: Callable[["TcpConnection", Exception | None], None],
                  on_error: Callable[[ProtocolError], None]) -> None:
-        self._reader = PacketReader(max_packet)
+        self._reader = default_core().codec.PacketReader(max_packet)
         self.on_packet = on_packet
         self.on_lost = on_lost
         self.on_error = on_error

@@ -6,7 +6,7 @@ import asyncio
 import weakref
 from typing import Protocol
 
-from .._native.rtt import DeadlineHeap
+from .core import default as default_core
 
 
 class TimerClient(Protocol):
@@ -18,7 +18,7 @@ class TimerService:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._heap = DeadlineHeap()
+        self._heap = default_core().DeadlineHeap()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
 
