@@ -1,0 +1,107 @@
+"""Dead letters: the reasons, which queue takes them, and the time-to-live index.
+
+A message not received before `expires_at` goes to its queue's dead-letter queue (`$dead`
+for `dead_letter_queue="system"`, a named queue, or nowhere for `"none"`) with
+`dead_letter_reason` and `dead_letter_source` set (DESIGN.md "Queues").
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Callable, Iterator
+
+from .message import Message
+from .settings import DEAD_LETTER_NONE, DEAD_LETTER_SYSTEM, SYSTEM_DEAD_LETTER_QUEUE, QueueSettings
+
+EXPIRED = "expired"                  # time_to_live ran out
+REJECTED = "rejected"                # receive_error_handling="reject" after every retry failed
+QUEUE_NOT_FOUND = "queue-not-found"  # store-and-forward: the target queue does not exist
+
+# A compaction drops stale index entries once they outnumber live messages by this much.
+_STALE_SLACK = 1024
+
+
+def dead_letter_queue_name(settings: QueueSettings) -> str | None:
+    """The queue that takes a dead letter from a queue with `settings`; None: drop it."""
+    target = settings.dead_letter_queue
+    if target == DEAD_LETTER_NONE:
+        return None
+    if target == DEAD_LETTER_SYSTEM:
+        return SYSTEM_DEAD_LETTER_QUEUE
+    return target
+
+
+def as_dead_letter(message: Message, reason: str, source: str) -> Message:
+    """A fresh copy of `message` for a dead-letter queue: the reason and source set, and no
+    expiry (a dead letter waits until someone deals with it)."""
+    return Message(message.id, message.body, message.headers,
+                   delivery_count=message.delivery_count, enqueued_at=message.enqueued_at,
+                   expires_at=None, dead_letter_reason=reason, dead_letter_source=source,
+                   destination=message.destination)
+
+
+class ExpiryIndex:
+    """The messages of one queue by `expires_at`, for the TTL timer.
+
+    Appends are O(1) while expiry times arrive in order (one time_to_live per queue, the
+    common case); out-of-order times go to a heap. Entries are removed lazily: the caller
+    checks that a due message is still waiting in its queue, and `compact()` drops stale
+    entries once they outnumber live messages, so memory stays proportional to the queue.
+    """
+
+    __slots__ = ("_fifo", "_heap", "_tail", "_seq")
+
+    def __init__(self) -> None:
+        self._fifo: deque[Message] = deque()
+        self._heap: list[tuple[float, int, Message]] = []
+        self._tail = float("-inf")
+        self._seq = 0
+
+    def add(self, message: Message) -> None:
+        """Index a message that has an `expires_at`."""
+        expires_at = message.expires_at
+        if expires_at >= self._tail:
+            self._fifo.append(message)
+            self._tail = expires_at
+        else:
+            self._seq += 1
+            heapq.heappush(self._heap, (expires_at, self._seq, message))
+
+    def __len__(self) -> int:
+        return len(self._fifo) + len(self._heap)
+
+    def next_deadline(self) -> float | None:
+        """The earliest indexed expiry (perhaps of a message that left since)."""
+        best = None
+        if self._fifo:
+            best = self._fifo[0].expires_at
+        if self._heap and (best is None or self._heap[0][0] < best):
+            best = self._heap[0][0]
+        return best
+
+    def pop_due(self, now: float) -> list[Message]:
+        """Every indexed message with expires_at <= now, removed from the index."""
+        due = []
+        fifo = self._fifo
+        while fifo and fifo[0].expires_at <= now:
+            due.append(fifo.popleft())
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due.append(heapq.heappop(heap)[2])
+        if not fifo:
+            self._tail = float("-inf")
+        return due
+
+    def maybe_compact(self, live: int, keep: Callable[[Message], bool]) -> None:
+        """Drop entries for which keep() is false, when stale ones clearly dominate."""
+        if len(self._fifo) + len(self._heap) <= 2 * live + _STALE_SLACK:
+            return
+        self._fifo = deque(m for m in self._fifo if keep(m))
+        self._heap = [e for e in self._heap if keep(e[2])]
+        heapq.heapify(self._heap)
+        self._tail = self._fifo[-1].expires_at if self._fifo else float("-inf")
+
+    def __iter__(self) -> Iterator[Message]:
+        yield from self._fifo
+        for entry in self._heap:
+            yield entry[2]

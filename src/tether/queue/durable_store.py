@@ -1,0 +1,271 @@
+"""The durable store: queue operations journaled before they take effect.
+
+`submit(op, apply, arg)` queues an operation and returns a future shared by everything
+submitted while the previous batch was being written; the batch becomes ONE journal record
+(so a transaction, always submitted whole, is atomic), and once the journal says it is
+durable each `apply(arg)` runs in submission order and the future resolves. Applying only
+after the write keeps the in-memory state equal to the journaled state between batches,
+which is what a compaction snapshot needs.
+
+Compaction: when the journal is `compact_ratio` times larger than the live data (and over
+`compact_min_bytes`), `journal.rewrite()` replaces it with a snapshot of the live state, so
+disk use stays proportional to the messages actually held.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Callable, Iterable
+
+from ..errors import JournalCorrupt
+from . import records
+
+log = logging.getLogger("tether.queue")
+
+# Snapshot records are cut at about this size, so no single record is huge.
+SNAPSHOT_RECORD_BYTES = 256 * 1024
+
+
+class SharedBatchFuture(asyncio.Future):
+    """The future of one journal batch, awaited by every operation in it. One waiter's
+    cancellation must not cancel the others' wait, so cancel() is refused: a cancelled
+    waiter gets CancelledError once the batch is written (its operation still happens)."""
+
+    def cancel(self, msg: object = None) -> bool:
+        return False
+
+
+class DurableStore:
+    """Operations batched into journal records; applied in order once durable."""
+
+    durable = True
+
+    def __init__(self, journal: Any, *, compact_ratio: float, compact_min_bytes: int) -> None:
+        self._journal = journal
+        self._loop = asyncio.get_running_loop()
+        self._packer = records.encoder()
+        self._ops: list = []
+        self._applies: list = []
+        self._args: list = []
+        self._future: asyncio.Future | None = None
+        self._flush_task: asyncio.Task | None = None
+        self._rewrite_task: asyncio.Task | None = None
+        self._gate: asyncio.Future | None = None
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._snapshot: Callable[[], Iterable[list]] | None = None
+        self._live_bytes: Callable[[], int] = lambda: 0
+        self.compact_ratio = compact_ratio
+        self.compact_min_bytes = compact_min_bytes
+        self.compactions = 0
+        #: the records that survived recovery, to replay once (then dropped)
+        self.recovered: list[bytes] = list(journal.recovered)
+        self.recovery_log: list[str] = list(getattr(journal, "recovery_log", []))
+
+    @classmethod
+    async def open(cls, directory: str | os.PathLike, *, fsync: str = "always",
+                   fsync_interval: float = 0.05, segment_size: int = 64 * 1024 * 1024,
+                   compact_ratio: float = 4.0, compact_min_bytes: int = 16 * 1024 * 1024) -> "DurableStore":
+        """Open (recovering) the journal in `directory`."""
+        from .journal import Journal
+
+        if not compact_ratio > 1:
+            raise ValueError(f"compact_ratio must be > 1, not {compact_ratio!r}")
+        if compact_min_bytes < 0:
+            raise ValueError(f"compact_min_bytes must be >= 0, not {compact_min_bytes!r}")
+        journal = await Journal.open(directory, fsync=fsync, fsync_interval=fsync_interval,
+                                     segment_size=segment_size)
+        return cls(journal, compact_ratio=compact_ratio, compact_min_bytes=compact_min_bytes)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the journal takes on disk."""
+        return self._journal.size_bytes
+
+    @property
+    def journal(self) -> Any:
+        return self._journal
+
+    def set_snapshot(self, snapshot: Callable[[], Iterable[list]], live_bytes: Callable[[], int]) -> None:
+        """`snapshot()` gives the operations that rebuild the live state; `live_bytes()`
+        estimates its size (for the compaction trigger)."""
+        self._snapshot = snapshot
+        self._live_bytes = live_bytes
+
+    # ---- writing ----
+
+    def submit(self, op: list, apply: Callable[[Any], None] | None, arg: Any) -> asyncio.Future:
+        """Journal `op` in the next batch; then call apply(arg). Await the result for
+        durability (it raises if the journal write failed)."""
+        if self._failed is not None or self._closed:
+            return self._refused()
+        self._ops.append(op)
+        self._applies.append(apply)
+        self._args.append(arg)
+        future = self._future
+        if future is None:
+            future = self._future = SharedBatchFuture(loop=self._loop)
+            if self._flush_task is None:
+                self._flush_task = self._loop.create_task(self._flush())
+        return future
+
+    def submit_many(self, ops: Iterable[list], apply: Callable[[Any], None] | None, arg: Any) -> asyncio.Future:
+        """Several operations in the same record (atomic), one apply(arg) after them."""
+        if self._failed is not None or self._closed:
+            return self._refused()
+        self._ops.extend(ops)
+        self._applies.append(apply)
+        self._args.append(arg)
+        future = self._future
+        if future is None:
+            future = self._future = SharedBatchFuture(loop=self._loop)
+            if self._flush_task is None:
+                self._flush_task = self._loop.create_task(self._flush())
+        return future
+
+    def _refused(self) -> asyncio.Future:
+        future = self._loop.create_future()
+        if self._closed:
+            future.set_exception(ValueError("the queue store is closed"))
+        else:
+            future.set_exception(JournalCorrupt(f"the journal failed earlier: {self._failed!r}"))
+        return future
+
+    async def _flush(self) -> None:
+        journal = self._journal
+        try:
+            while self._ops:
+                if self._gate is not None:
+                    # a compaction is taking its snapshot: appends must come after it
+                    await self._gate
+                    continue
+                ops, applies, args, future = self._ops, self._applies, self._args, self._future
+                self._ops, self._applies, self._args, self._future = [], [], [], None
+                try:
+                    await journal.append(self._packer.pack(ops))
+                except BaseException as exc:
+                    self._fail(exc, future)
+                    if not isinstance(exc, Exception):
+                        raise
+                    return
+                for apply, arg in zip(applies, args):
+                    if apply is not None:
+                        try:
+                            apply(arg)
+                        except Exception:  # a bug in one apply must not lose the others
+                            log.exception("applying a journaled queue operation failed")
+                future.set_result(None)
+                if self._rewrite_task is None and self._should_compact():
+                    self._start_compaction()
+        finally:
+            self._flush_task = None
+
+    def _fail(self, exc: BaseException, future: asyncio.Future) -> None:
+        log.error("journal write failed; the queue manager stops accepting durable work: %r", exc)
+        self._failed = exc
+        error = exc if isinstance(exc, Exception) else JournalCorrupt(f"journal write interrupted: {exc!r}")
+        futures = [future] + ([self._future] if self._future is not None else [])
+        self._ops, self._applies, self._args, self._future = [], [], [], None
+        for f in futures:
+            if not f.done():
+                f.set_exception(error)
+                f.exception()  # logged above; do not warn again if nobody awaited it
+
+    # ---- compaction ----
+
+    def _should_compact(self) -> bool:
+        if self._snapshot is None:
+            return False
+        size = self._journal.size_bytes
+        return size >= self.compact_min_bytes and size >= self.compact_ratio * self._live_bytes()
+
+    def _start_compaction(self) -> asyncio.Task:
+        """Begin journal.rewrite() with the live state. Must be called when no append of
+        ours is in flight (between batches): then the in-memory state is exactly the
+        journaled state. Appends wait behind `_gate` until the journal took the snapshot,
+        so the snapshot is ordered before every later append."""
+        loop = self._loop
+        gate = self._gate = loop.create_future()
+        snapshot_records = self._snapshot_records()
+
+        def open_gate() -> None:
+            if not gate.done():
+                gate.set_result(None)
+            if self._gate is gate:
+                self._gate = None
+
+        def snapshot() -> list[bytes]:
+            try:
+                return snapshot_records
+            finally:
+                try:
+                    on_loop = asyncio.get_running_loop() is loop
+                except RuntimeError:
+                    on_loop = False
+                if on_loop:
+                    open_gate()
+                else:   # the journal may call it from its writer thread
+                    loop.call_soon_threadsafe(open_gate)
+
+        task = self._rewrite_task = loop.create_task(self._rewrite(snapshot))
+        task.add_done_callback(lambda _: open_gate())
+        return task
+
+    async def _rewrite(self, snapshot: Callable[[], list[bytes]]) -> None:
+        before = self._journal.size_bytes
+        try:
+            await self._journal.rewrite(snapshot)
+            self.compactions += 1
+            log.info("journal compacted: %d -> %d bytes", before, self._journal.size_bytes)
+        except Exception:
+            log.exception("journal compaction failed; the journal is left as it was")
+        finally:
+            self._rewrite_task = None
+
+    def _snapshot_records(self) -> list[bytes]:
+        out: list[bytes] = []
+        chunk: list = []
+        size = 0
+        for op in self._snapshot():
+            chunk.append(op)
+            size += 64 + (len(op[2][1]) if op[0] == records.ENQUEUE else 0)
+            if size >= SNAPSHOT_RECORD_BYTES:
+                out.append(self._packer.pack(chunk))
+                chunk, size = [], 0
+        if chunk:
+            out.append(self._packer.pack(chunk))
+        return out
+
+    async def compact(self) -> None:
+        """Rewrite the journal now as a snapshot of the live state, and wait for it."""
+        if self._snapshot is None:
+            return
+        while True:
+            await self.flush()
+            if self._rewrite_task is not None:
+                await asyncio.shield(self._rewrite_task)
+                continue
+            if self._flush_task is None:   # still between batches: safe to snapshot
+                break
+        await asyncio.shield(self._start_compaction())
+
+    # ---- shutdown ----
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is journaled and applied."""
+        while self._flush_task is not None:
+            await asyncio.shield(self._flush_task)
+
+    async def close(self) -> None:
+        """Flush pending operations, finish a running compaction, close the journal."""
+        if self._closed:
+            return
+        try:
+            await self.flush()
+            while self._rewrite_task is not None:
+                await asyncio.shield(self._rewrite_task)
+                await self.flush()
+        finally:
+            self._closed = True
+            await self._journal.close()

@@ -1,0 +1,135 @@
+"""Queue settings (DESIGN.md "Queues": names after WCF's MSMQ binding, defaults as there).
+
+`QueueSettings.from_kwargs(**settings)` validates every value and raises `ValueError` (or
+`TypeError` for a wrong type) naming the setting; the result is immutable and round-trips
+through `as_dict()` / `from_dict()` so a queue definition can be journaled.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
+from typing import Any
+
+from .address import validate_queue_name
+
+DAY = 86400.0
+
+#: What happens to a message once every retry failed (DESIGN.md `receive_error_handling`).
+RECEIVE_ERROR_HANDLING = ("fault", "drop", "reject", "move")
+#: `dead_letter_queue` values that are not a queue name.
+DEAD_LETTER_NONE = "none"
+DEAD_LETTER_SYSTEM = "system"
+#: The system dead-letter queue.
+SYSTEM_DEAD_LETTER_QUEUE = "$dead"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """The validated settings of one queue."""
+
+    durable: bool = True
+    exactly_once: bool = True
+    time_to_live: float | None = DAY          # seconds; None: messages never expire
+    dead_letter_queue: str = DEAD_LETTER_SYSTEM
+    receive_retry_count: int = 5
+    max_retry_cycles: int = 2
+    retry_cycle_delay: float = 1800.0
+    receive_error_handling: str = "fault"
+    max_message_size: int = 65536
+    validity_duration: float = 300.0
+    max_length: int | None = None
+
+    @classmethod
+    def from_kwargs(cls, **settings: Any) -> "QueueSettings":
+        """Validated settings; unknown names, wrong types and out-of-range values raise."""
+        known = {f.name for f in fields(cls)}
+        for name in settings:
+            if name not in known:
+                raise ValueError(f"unknown queue setting {name!r} (known: {', '.join(sorted(known))})")
+        values = asdict(cls())
+        values.update(settings)
+        return cls(
+            durable=_bool("durable", values["durable"]),
+            exactly_once=_bool("exactly_once", values["exactly_once"]),
+            time_to_live=_seconds("time_to_live", values["time_to_live"], allow_none=True, allow_zero=False),
+            dead_letter_queue=_dead_letter_queue(values["dead_letter_queue"]),
+            receive_retry_count=_count("receive_retry_count", values["receive_retry_count"], minimum=0),
+            max_retry_cycles=_count("max_retry_cycles", values["max_retry_cycles"], minimum=0),
+            retry_cycle_delay=_seconds("retry_cycle_delay", values["retry_cycle_delay"], allow_zero=True),
+            receive_error_handling=_choice("receive_error_handling", values["receive_error_handling"],
+                                           RECEIVE_ERROR_HANDLING),
+            max_message_size=_count("max_message_size", values["max_message_size"], minimum=1),
+            validity_duration=_seconds("validity_duration", values["validity_duration"], allow_zero=False),
+            max_length=(None if values["max_length"] is None
+                        else _count("max_length", values["max_length"], minimum=1)),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QueueSettings":
+        """Settings from `as_dict()` output (a journaled definition), validated again."""
+        return cls.from_kwargs(**data)
+
+    def as_dict(self) -> dict:
+        """Plain values, suitable for msgpack/JSON."""
+        return asdict(self)
+
+    @property
+    def attempts_per_message(self) -> int:
+        """How many times a failing message is delivered before `receive_error_handling`."""
+        return (self.receive_retry_count + 1) * (self.max_retry_cycles + 1)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"queue setting {name} must be True or False, not {value!r}")
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"queue setting {name} must be a number of seconds, not {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"queue setting {name} must be finite, not {value!r}")
+    return value
+
+
+def _seconds(name: str, value: Any, *, allow_none: bool = False, allow_zero: bool) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise TypeError(f"queue setting {name} must be a number of seconds, not None")
+    seconds = _number(name, value)
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"queue setting {name} must be {bound} seconds, not {value!r}")
+    return seconds
+
+
+def _count(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"queue setting {name} must be an integer, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"queue setting {name} must be >= {minimum}, not {value!r}")
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"queue setting {name} must be one of {', '.join(choices)}; not {value!r}")
+    return value
+
+
+def _dead_letter_queue(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"queue setting dead_letter_queue must be a string, not {value!r}")
+    if value in (DEAD_LETTER_NONE, DEAD_LETTER_SYSTEM):
+        return value
+    try:
+        validate_queue_name(value)
+    except ValueError as exc:
+        raise ValueError(f"queue setting dead_letter_queue: {exc}") from None
+    return value
