@@ -521,10 +521,8 @@ def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str
 
     doomed: list[str] = []   # files to delete
     names = sorted(os.listdir(directory))
-    for name in names:
-        if parse_segment_name(name, ".seg" + TMP_SUFFIX) is not None:
-            doomed.append(name)
-            note(f"removed {name}: part of a rewrite interrupted before it finished")
+    # Files of a rewrite that did not finish: its .tmp files and any segments it renamed.
+    unfinished = [name for name in names if parse_segment_name(name, ".seg" + TMP_SUFFIX) is not None]
 
     # seq -> header, or the reason it is unreadable; plus each file's size
     headers: dict[int, SegmentHeader | str] = {}
@@ -556,8 +554,7 @@ def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str
             if s < start:
                 continue
             if s > start and isinstance(header, SegmentHeader) and header.base != start:
-                doomed.append(segment_name(s))
-                note(f"removed {segment_name(s)}: part of a rewrite interrupted before it finished")
+                unfinished.append(segment_name(s))
                 continue
             later.append(s)
         expected = start
@@ -578,6 +575,11 @@ def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str
                 break
             chain.append(s)
             expected += 1
+
+    if unfinished:
+        doomed.extend(unfinished)
+        note(f"removed {len(unfinished)} file(s) of a rewrite interrupted before it finished: "
+             + (unfinished[0] if len(unfinished) == 1 else f"{unfinished[0]} .. {unfinished[-1]}"))
 
     files = _SegmentFiles(directory, lock_fd, policy, interval, segment_size)
     records: list[bytes] = []
