@@ -17,3 +17,11 @@ def twins(name: str):
 def pytest_configure(config):
     # Tests must run the compiled extensions: a missing build is an error, not a skip.
     import tether._native  # noqa: F401
+
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Async tests run on uvloop, as users do; tests that need plain asyncio make their own loop."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}

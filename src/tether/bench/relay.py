@@ -62,6 +62,7 @@ class UdpRelay:
         self.random = random.Random(seed)
         self.address: tuple = ()
         self.forwarded = self.dropped = self.duplicated = self.delayed = 0
+        self.blackhole = False  # drop everything (a partition) while True
         self._front: asyncio.DatagramTransport | None = None
         self._upstreams: dict[Any, _Upstream] = {}
         self._pending: dict[Any, list[bytes]] = {}
@@ -95,7 +96,7 @@ class UdpRelay:
 
     def _forward(self, send, data: bytes) -> None:
         r = self.random
-        if self.loss and r.random() < self.loss:
+        if self.blackhole or (self.loss and r.random() < self.loss):
             self.dropped += 1
             return
         copies = 2 if (self.duplicate and r.random() < self.duplicate) else 1
@@ -107,6 +108,14 @@ class UdpRelay:
                 self._loop.call_later(self.delay * (1 + r.random()), _safe_send, send, data)
             else:
                 send(data)
+
+    def rebind(self) -> None:
+        """Close every upstream socket: the next datagram of each client goes out from a new
+        source port, as if the client's address had changed."""
+        upstreams, self._upstreams = self._upstreams, {}
+        for upstream in upstreams.values():
+            if upstream.transport is not None:
+                upstream.transport.close()
 
     def close(self) -> None:
         if self._front is not None:

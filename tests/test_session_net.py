@@ -1,0 +1,308 @@
+"""Reliable sessions over real loopback sockets, through fault-injecting relays."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+
+import pytest
+
+import tether
+from tether.bench.relay import TcpRelay, UdpRelay
+from tether.session.frames import FrameType as F
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def url(scheme: str, address: tuple) -> str:
+    host, port = address[0], address[1]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+async def exchange(client, peer, count: int, size: int = 40) -> None:
+    """count messages each way, concurrently; exactly once and in order on both sides."""
+    out = [os.urandom(8) + i.to_bytes(4, "big") + b"x" * (size - 12) for i in range(count)]
+    back = [b"reply-%d" % i for i in range(count)]
+
+    async def pump(sender, receiver, messages):
+        async def rx():
+            got = []
+            while len(got) < len(messages):
+                got.extend(await receiver.recv_many())
+            return got
+        task = asyncio.ensure_future(rx())
+        for i in range(0, len(messages), 97):
+            await sender.send_many(messages[i:i + 97])
+        await sender.flush()
+        return await task
+
+    got_out, got_back = await asyncio.gather(pump(client, peer, out), pump(peer, client, back))
+    assert got_out == out
+    assert got_back == back
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+async def test_round_trip_both_directions_and_graceful_close(scheme):
+    async with await tether.serve(None, f"{scheme}://127.0.0.1:0") as server:
+        assert server.address[0] == "127.0.0.1" and server.address[1] > 0
+        client = await tether.connect(url(scheme, server.address), max_transfer_window=64)
+        peer = await server.accept()
+        await exchange(client, peer, 2000)
+        await client.send(b"last")
+        await client.close()
+        assert client.closed and client.error is None
+        # the server side delivers what it holds, then ends iteration cleanly
+        assert [m async for m in peer] == [b"last"]
+        await asyncio.wait_for(peer.wait_closed(), 5)
+        assert peer.error is None
+        with pytest.raises(tether.SequenceClosed):
+            await client.send(b"after close")
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+async def test_ipv6_loopback(scheme):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = await tether.serve(None, f"{scheme}://[::1]:0")
+    except OSError:
+        pytest.skip("::1 not configured")
+    async with server:
+        async with tether.connect(url(scheme, server.address)) as client:
+            peer = await server.accept()
+            await client.send(b"six")
+            assert await peer.recv() == b"six"
+            assert peer.peer_address[0] == "::1"
+
+
+async def test_handler_server_echo():
+    async def echo(session):
+        async for message in session:
+            await session.send(message.upper())
+
+    async with await tether.serve(echo, "tcp://127.0.0.1:0") as server:
+        async with tether.connect(url("tcp", server.address)) as client:
+            await client.send_many([b"a", b"b", b"c"])
+            assert [await client.recv() for _ in range(3)] == [b"A", b"B", b"C"]
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_udp_through_loss_duplication_and_reordering(ordered):
+    # a small window makes many data datagrams, so the relay's losses hit data too
+    async with await tether.serve(None, "udp://127.0.0.1:0", max_transfer_window=32) as server:
+        relay = await UdpRelay(server.address, loss=0.1, duplicate=0.05, reorder=0.2,
+                               delay=0.002, seed=7).start()
+        try:
+            client = await tether.connect(url("udp", relay.address), max_transfer_window=32,
+                                          ordered=ordered, ack_interval=0.02)
+            peer = await server.accept()
+            messages = [b"m%05d" % i for i in range(5000)]
+
+            async def rx():
+                got = []
+                while len(got) < len(messages):
+                    got.extend(await peer.recv_many())
+                return got
+            task = asyncio.ensure_future(rx())
+            await client.send_many(messages)
+            await client.flush()
+            got = await asyncio.wait_for(task, 60)
+            if ordered:
+                assert got == messages
+            else:
+                assert sorted(got) == messages  # exactly once, any order
+            assert relay.dropped > 0 and relay.duplicated > 0
+            assert client.stats["resent"] > 0
+            await client.close()
+        finally:
+            relay.close()
+
+
+@pytest.mark.fault
+async def test_tcp_cut_every_few_tens_of_kilobytes_resumes_without_loss_or_duplicates():
+    async with await tether.serve(None, "tcp://127.0.0.1:0", max_transfer_window=128) as server:
+        relay = await TcpRelay(server.address, cut_every=40_000, seed=3).start()
+        try:
+            client = await tether.connect(url("tcp", relay.address), max_transfer_window=128)
+            peer = await server.accept()
+            await asyncio.wait_for(exchange(client, peer, 6000, size=100), 90)
+            assert relay.cuts >= 3, relay.cuts
+            assert client.reconnector.reconnects >= 3
+            await client.close()
+        finally:
+            relay.close()
+
+
+@pytest.mark.fault
+async def test_udp_peer_address_change_keeps_the_session():
+    async with await tether.serve(None, "udp://127.0.0.1:0") as server:
+        relay = await UdpRelay(server.address).start()
+        try:
+            client = await tether.connect(url("udp", relay.address))
+            peer = await server.accept()
+            await client.send(b"before")
+            assert await peer.recv() == b"before"
+            first_address = peer.peer_address
+            relay.rebind()
+            await client.send(b"after")
+            assert await asyncio.wait_for(peer.recv(), 5) == b"after"
+            assert peer.peer_address != first_address
+            await peer.send(b"back")
+            assert await asyncio.wait_for(client.recv(), 5) == b"back"
+        finally:
+            relay.close()
+
+
+@pytest.mark.fault
+async def test_silent_server_connect_fails_with_retry_limit():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))  # bound, never answers
+    try:
+        with pytest.raises(tether.RetryLimitExceeded):
+            await tether.connect(url("udp", sock.getsockname()), max_retry_count=2,
+                                 connect_timeout=1.0, ack_interval=0.01)
+    finally:
+        sock.close()
+
+
+@pytest.mark.fault
+async def test_peer_goes_silent_retry_limit_then_inactivity():
+    async with await tether.serve(None, "udp://127.0.0.1:0") as server:
+        relay = await UdpRelay(server.address).start()
+        try:
+            client = await tether.connect(url("udp", relay.address), max_retry_count=2,
+                                          ack_interval=0.01, inactivity_timeout=30)
+            peer = await server.accept()
+            relay.blackhole = True
+            await client.send(b"into the void")
+            with pytest.raises(tether.RetryLimitExceeded):
+                await asyncio.wait_for(client.flush(), 20)
+        finally:
+            relay.close()
+
+    async with await tether.serve(None, "udp://127.0.0.1:0", inactivity_timeout=0.5) as server:
+        relay = await UdpRelay(server.address).start()
+        try:
+            client = await tether.connect(url("udp", relay.address), inactivity_timeout=0.5)
+            peer = await server.accept()
+            relay.blackhole = True
+            with pytest.raises(tether.InactivityTimeout):
+                await asyncio.wait_for(peer.recv(), 10)
+            with pytest.raises(tether.InactivityTimeout):
+                await asyncio.wait_for(client.recv(), 10)
+        finally:
+            relay.close()
+
+
+async def test_idle_session_survives_on_keepalives():
+    async with await tether.serve(None, "udp://127.0.0.1:0", inactivity_timeout=0.4) as server:
+        async with tether.connect(url("udp", server.address), inactivity_timeout=0.4) as client:
+            peer = await server.accept()
+            await asyncio.sleep(1.5)  # well past the timeout: keepalives kept it alive
+            await client.send(b"still here")
+            assert await peer.recv() == b"still here"
+
+
+async def test_max_pending_channels_refuses_beyond_the_limit():
+    async with await tether.serve(None, "udp://127.0.0.1:0", max_pending_channels=2) as server:
+        a = await tether.connect(url("udp", server.address))
+        b = await tether.connect(url("udp", server.address))
+        with pytest.raises(tether.CreateSequenceRefused, match="max_pending_channels"):
+            await tether.connect(url("udp", server.address))
+        await server.accept()  # one accepted: room for one more
+        c = await tether.connect(url("udp", server.address))
+        for s in (a, b, c):
+            s.abort()
+
+
+async def test_message_too_large_at_the_sender_leaves_the_session_usable():
+    async with await tether.serve(None, "tcp://127.0.0.1:0", max_message_size=1000) as server:
+        async with tether.connect(url("tcp", server.address), max_message_size=5000) as client:
+            peer = await server.accept()
+            with pytest.raises(tether.MessageTooLarge):
+                await client.send(b"x" * 1001)  # the server's limit is the smaller one
+            await client.send(b"y" * 1000)
+            assert await peer.recv() == b"y" * 1000
+
+
+@pytest.mark.fault
+async def test_hostile_bytes_never_hurt_the_server_or_other_sessions():
+    rng = random.Random(11)
+    for scheme in ("udp", "tcp"):
+        async with await tether.serve(None, f"{scheme}://127.0.0.1:0") as server:
+            client = await tether.connect(url(scheme, server.address), max_transfer_window=64)
+            peer = await server.accept()
+            loop = asyncio.get_running_loop()
+
+            async def attack():
+                for i in range(300):
+                    junk = rng.randbytes(rng.randrange(0, 2000))
+                    if scheme == "udp":
+                        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        s.sendto(junk, server.address)
+                        s.close()
+                    else:
+                        try:
+                            r, w = await asyncio.open_connection(*server.address)
+                            w.write(rng.choice([junk, b"\xff\xff\xff\xff" + junk, b"\x00\x00\x00\x05" + junk]))
+                            await w.drain()
+                            w.close()
+                        except OSError:
+                            pass
+                    if i % 20 == 0:
+                        await asyncio.sleep(0)
+
+            await asyncio.gather(attack(), exchange(client, peer, 1000))
+            # the server still takes new sessions
+            async with tether.connect(url(scheme, server.address)) as late:
+                other = await server.accept()
+                await late.send(b"ok")
+                assert await other.recv() == b"ok"
+            assert not client.closed and not peer.closed
+            await client.close()
+
+
+async def test_resume_with_a_wrong_token_is_refused_and_harms_nothing():
+    from tether._native import codec
+    async with await tether.serve(None, "tcp://127.0.0.1:0") as server:
+        async with tether.connect(url("tcp", server.address)) as client:
+            peer = await server.accept()
+            reader, writer = await asyncio.open_connection(*server.address)
+            body = codec.encode_frame((F.RESUME, client.session_id, b"\x00" * 16))
+            writer.write(codec.frame_packet(body))
+            header = await asyncio.wait_for(reader.readexactly(4), 5)
+            reply = codec.decode_packet(await reader.readexactly(int.from_bytes(header, "big")))
+            assert reply[0][0] == F.CREATE_SEQUENCE_REFUSED and "token" in reply[0][2]
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection is closed
+            writer.close()
+            await client.send(b"unharmed")
+            assert await peer.recv() == b"unharmed"
+
+
+def test_works_on_plain_asyncio_too():
+    async def main():
+        assert "uvloop" not in type(asyncio.get_running_loop()).__module__
+        async with await tether.serve(None, "udp://127.0.0.1:0") as server:
+            async with tether.connect(url("udp", server.address)) as client:
+                peer = await server.accept()
+                await client.send(b"plain")
+                return await peer.recv()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()) == b"plain"
+    finally:
+        loop.close()
+
+
+def test_bad_urls_and_settings_are_named():
+    with pytest.raises(ValueError, match="scheme"):
+        tether.connect("http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="port"):
+        tether.connect("udp://127.0.0.1")
+    with pytest.raises(ValueError, match="max_transfer_window"):
+        tether.connect("udp://127.0.0.1:1", max_transfer_window=0)
+    with pytest.raises(TypeError, match="unknown session setting 'windw'"):
+        tether.connect("udp://127.0.0.1:1", windw=3)
