@@ -176,18 +176,22 @@ cdef class RttEstimator:
 
     @property
     def initial_rto(self) -> float:
+        """The RTO used before the first sample."""
         return self._initial_rto
 
     @property
     def min_rto(self) -> float:
+        """Floor of the RTO (RFC 6298 section 2.4)."""
         return self._min_rto
 
     @property
     def max_rto(self) -> float:
+        """Ceiling of the RTO, backoff included (RFC 6298 section 2.5)."""
         return self._max_rto
 
     @property
     def granularity(self) -> float:
+        """Clock granularity G in RFC 6298 section 2.2: the least variance term."""
         return self._granularity
 
     def __repr__(self):
