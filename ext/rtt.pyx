@@ -231,17 +231,21 @@ cdef class DeadlineHeap:
         PyMem_Free(self._position)
 
     cdef int _resize(self, Py_ssize_t capacity) except -1:
-        # Each array is stored as soon as it is reallocated, so a failure leaves both valid.
+        # Each array is stored as soon as it is reallocated, so a failed grow leaves both at
+        # least _capacity long; a failed shrink keeps the larger block, which is just as good.
+        cdef bint growing = capacity > self._capacity
         cdef HeapEntry* heap = <HeapEntry*>PyMem_Realloc(self._heap, capacity * sizeof(HeapEntry))
-        if heap == NULL:
+        if heap != NULL:
+            self._heap = heap
+        elif growing:
             raise MemoryError()
-        self._heap = heap
         cdef Py_ssize_t* position = <Py_ssize_t*>PyMem_Realloc(
             self._position, capacity * sizeof(Py_ssize_t))
-        if position == NULL:
+        if position != NULL:
+            self._position = position
+        elif growing:
             raise MemoryError()
-        self._position = position
-        if capacity > self._capacity:
+        if growing:
             self._keys.extend([None] * (capacity - self._capacity))
             self._numbers.extend(range(self._capacity, capacity))
         else:
