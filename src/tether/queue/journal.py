@@ -225,15 +225,17 @@ class Journal:
     # ---- interval policy ----
 
     def _after_batch(self) -> None:
-        # A batch was written but not synced: make sure a sync follows within the interval.
-        if self._files.dirty and self._sync_timer is None and not self._closed:
-            self._sync_timer = self._loop.call_later(self._files.interval, self._interval_sync)
+        # Written but not synced: make sure a sync follows once the interval is up.
+        files = self._files
+        if files.dirty and self._sync_timer is None and not self._closed:
+            delay = max(0.0, files.interval - (time.monotonic() - files.last_sync))
+            self._sync_timer = self._loop.call_later(delay, self._interval_sync)
 
     def _interval_sync(self) -> None:
         self._sync_timer = None
         if self._closed:
             return
-        job = self._executor.submit(self._files.sync_if_dirty)
+        job = self._executor.submit(self._files.sync_if_due)
         job.add_done_callback(lambda _done: _call_on_loop(self._loop, self._after_batch))
 
 
@@ -298,7 +300,7 @@ class _SegmentFiles:
         self.segment_count = 0
         self.failure: BaseException | None = None
         self.dirty = False                   # written but not yet synced
-        self._last_sync = time.monotonic()
+        self.last_sync = time.monotonic()
         self.sync_count = 0
 
     def _path(self, seq: int) -> str:
@@ -353,7 +355,7 @@ class _SegmentFiles:
                 self._sync()
             elif self.policy == "interval":
                 self.dirty = True
-                if time.monotonic() - self._last_sync >= self.interval:
+                if time.monotonic() - self.last_sync >= self.interval:
                     self._sync()
         except OSError as exc:
             # After a failed write or fdatasync the file's state is unknown (and a retried
@@ -365,11 +367,13 @@ class _SegmentFiles:
         datasync(self._fd)
         self.sync_count += 1
         self.dirty = False
-        self._last_sync = time.monotonic()
+        self.last_sync = time.monotonic()
 
-    def sync_if_dirty(self) -> None:
-        """The interval policy's timer: sync what was written since the last sync."""
-        if self.dirty and self.failure is None and self._fd >= 0:
+    def sync_if_due(self) -> None:
+        """The interval policy's timer: sync what was written since the last sync, if the
+        last sync is at least an interval ago (else the loop re-arms the timer)."""
+        if self.dirty and self.failure is None and self._fd >= 0 \
+                and time.monotonic() - self.last_sync >= self.interval:
             try:
                 self._sync()
             except OSError as exc:
