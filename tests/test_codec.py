@@ -1,0 +1,624 @@
+"""codec: both twins round-trip every frame type; DATA and ACK are byte-identical to
+msgpack.packb; native and reference encode the same bytes and decode the same frames; fuzzed,
+truncated, bit-flipped and hostile bodies make both decoders agree, failing only with
+ProtocolError and never allocating by a length field; PacketReader cuts any chunking of a
+stream into the same packets."""
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import twins
+from tether.errors import ProtocolError
+
+native, reference = twins("codec")
+MODULES = [native, reference]
+MAX = 2**64 - 1
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(params=MODULES, ids=["native", "reference"])
+def codec(request):
+    return request.param
+
+
+def packb(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def decoded(module, body, **limits):
+    """('ok', repr of the frames) or ('error',): repr keeps True apart from 1 and lists
+    apart from tuples. Any exception but ProtocolError fails the test."""
+    try:
+        return "ok", repr(module.decode_packet(body, **limits))
+    except ProtocolError:
+        return ("error",)
+
+
+def agree(body, **limits):
+    """Both decoders give the same frames, or both raise ProtocolError; returns the outcome."""
+    outcome = decoded(native, body, **limits)
+    assert outcome == decoded(reference, body, **limits), body.hex()
+    return outcome
+
+
+def raised(call, *args, **kwargs):
+    """The exception type a call raises (None if it returns)."""
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the type itself is what is compared
+        return type(exc)
+    return None
+
+
+# ---------------------------------------------------------------- frame strategies
+
+u64 = st.one_of(
+    st.sampled_from([0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63, MAX]),
+    st.integers(0, MAX),
+)
+token = st.binary(min_size=16, max_size=16)
+text = st.text(max_size=40)
+payload = st.binary(max_size=300)
+
+
+@st.composite
+def data_frames(draw):
+    count = draw(st.integers(1, 20))
+    payloads = draw(st.lists(payload, min_size=count, max_size=count))
+    first = draw(st.one_of(st.integers(0, MAX - count + 1), st.just(MAX - count + 1)))
+    fragments = None
+    if draw(st.booleans()):
+        offsets = sorted(draw(st.sets(st.integers(0, count - 1), min_size=1)))
+        fragments = []
+        for offset in offsets:
+            total = draw(st.integers(2, 10))
+            index = draw(st.integers(0, min(total - 1, first + offset)))
+            if first + offset - index + total - 1 > MAX:
+                continue
+            fragments.append((offset, index, total))
+        fragments = fragments or None
+    return (4, draw(u64), first, payloads, fragments)
+
+
+@st.composite
+def ack_frames(draw):
+    bounds = sorted(draw(st.sets(u64, max_size=24)))
+    if len(bounds) % 2:
+        bounds.pop()
+    ranges = [(bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2)]
+    if ranges and draw(st.booleans()):
+        ranges[0] = (ranges[0][0], ranges[0][0])      # a single-number range
+    return (5, draw(u64), ranges, draw(u64), draw(st.booleans()))
+
+
+frames = st.one_of(
+    st.tuples(st.just(1), u64, token, u64, u64, st.booleans()),
+    st.tuples(st.just(2), u64, u64, u64),
+    st.tuples(st.just(3), u64, text),
+    data_frames(),
+    ack_frames(),
+    st.tuples(st.just(6), u64, st.lists(u64, max_size=20)),
+    st.tuples(st.just(7), u64),
+    st.tuples(st.sampled_from([8, 9, 10]), u64, u64),
+    st.tuples(st.just(11), u64),
+    st.tuples(st.just(12), u64, text, text),
+    st.tuples(st.just(13), u64, token),
+    st.tuples(st.just(14), u64),
+)
+
+
+def wire_form(frame: tuple) -> list:
+    """The msgpack array a frame is on the wire (the table in ext/README.md)."""
+    if frame[0] == 4:
+        out = [4, frame[1], frame[2], list(frame[3])]
+        if frame[4]:
+            out.append([n for triple in frame[4] for n in triple])
+        return out
+    if frame[0] == 5:
+        return [5, frame[1], [n for pair in frame[2] for n in pair], frame[3], frame[4]]
+    return list(frame)
+
+
+# ---------------------------------------------------------------- round trips
+
+@SETTINGS
+@given(st.lists(frames, min_size=1, max_size=6))
+def test_every_frame_round_trips_and_twins_agree(packet):
+    bodies = [native.encode_frame(frame) for frame in packet]
+    assert bodies == [reference.encode_frame(frame) for frame in packet]
+    for frame, body in zip(packet, bodies):
+        assert body == packb(wire_form(frame))       # the wire format is msgpack's own
+    body = b"".join(bodies)
+    for module in MODULES:
+        assert repr(module.decode_packet(body)) == repr(list(packet))
+
+
+@SETTINGS
+@given(data_frames(), st.integers(0, 5), st.integers(-1, 5))
+def test_encode_data_is_msgpack_of_the_slice(frame, start, count):
+    _, session_id, first, payloads, fragments = frame
+    start = min(start, len(payloads) - 1)
+    if count != -1:
+        count = min(max(count, 1), len(payloads) - start)
+    chosen = payloads[start:] if count == -1 else payloads[start:start + count]
+    expected = packb([4, session_id, first, chosen])
+    for module in MODULES:
+        assert module.encode_data(session_id, first, payloads, start, count) == expected
+    if fragments:
+        expected = packb([4, session_id, first, payloads,
+                          [n for triple in fragments for n in triple]])
+        for module in MODULES:
+            assert module.encode_data(session_id, first, payloads, fragments=fragments) == expected
+
+
+@SETTINGS
+@given(ack_frames())
+def test_encode_ack_is_msgpack(frame):
+    _, session_id, ranges, remaining, final = frame
+    expected = packb([5, session_id, [n for pair in ranges for n in pair], remaining, final])
+    for module in MODULES:
+        assert module.encode_ack(session_id, ranges, remaining, final) == expected
+        assert module.encode_ack(session_id, tuple(ranges), remaining, final) == expected
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70000])
+def test_bin_header_boundaries(codec, size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    body = codec.encode_data(1, 1, [data])
+    assert body == packb([4, 1, 1, [data]])
+    assert codec.decode_packet(body, max_message_size=size)[0][3] == [data]
+
+
+@pytest.mark.parametrize("count", [15, 16, 65535, 65536])
+def test_array_header_boundaries(codec, count):
+    payloads = [b""] * count
+    body = codec.encode_data(9, 1, payloads)
+    assert body == packb([4, 9, 1, payloads])
+    assert codec.decode_packet(body, max_frames=count)[0][3] == payloads
+    ranges = [(2 * i, 2 * i) for i in range(count // 2)]
+    assert codec.encode_ack(9, ranges, 0, True) == packb([5, 9, [n for r in ranges for n in r], 0, True])
+
+
+def test_bytes_like_payloads_encode_like_bytes(codec):
+    expected = packb([4, 1, 5, [b"abc", b"de", b"", b"xyz"]])
+    payloads = [bytearray(b"abc"), memoryview(b"de"), b"", memoryview(b"-xyz-")[1:4]]
+    assert codec.encode_data(1, 5, payloads) == expected
+
+
+def test_decode_accepts_any_bytes_like_body(codec):
+    body = codec.encode_data(3, 4, [b"one", b"two"]) + codec.encode_ack(3, [(1, 2)], 7, False)
+    expected = codec.decode_packet(body)
+    assert codec.decode_packet(bytearray(body)) == expected
+    assert codec.decode_packet(memoryview(body)) == expected
+    assert codec.decode_packet(memoryview(b"xx" + body)[2:]) == expected
+
+
+def test_decode_rejects_what_is_not_a_contiguous_bytes_like_body(codec):
+    with pytest.raises(TypeError):
+        codec.decode_packet("not bytes")
+    with pytest.raises(TypeError):
+        codec.decode_packet(memoryview(b"\x92\x07\x01" * 2)[::2])
+
+
+def test_decoded_numbers_are_plain_ints_and_payloads_plain_bytes(codec):
+    [frame] = codec.decode_packet(codec.encode_data(MAX, MAX - 1, [b"a", b"b"]))
+    assert frame == (4, MAX, MAX - 1, [b"a", b"b"], None)
+    assert all(type(v) is int for v in frame[:3])
+    assert all(type(p) is bytes for p in frame[3])
+
+
+# ---------------------------------------------------------------- split_data
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=400), max_size=60), st.integers(1, 3000), u64)
+def test_split_data_fills_frames_greedily_within_max_body(payloads, max_body, session_id):
+    first = 1
+    split = native.split_data(session_id, first, payloads, max_body)
+    assert split == reference.split_data(session_id, first, payloads, max_body)
+    got, number = [], first
+    for body in split:
+        [frame] = native.decode_packet(body, max_frames=len(payloads))
+        assert frame[1] == session_id and frame[2] == number
+        assert len(body) <= max_body or len(frame[3]) == 1    # one payload too big on its own
+        number += len(frame[3])
+        got += frame[3]
+    assert got == payloads
+    # Greedy: no frame could have taken the first payload of the next one.
+    decoded_frames = [native.decode_packet(body, max_frames=len(payloads))[0] for body in split]
+    for frame, following in zip(decoded_frames, decoded_frames[1:]):
+        grown = native.encode_data(session_id, frame[2], frame[3] + following[3][:1])
+        assert len(grown) > max_body
+
+
+def test_split_data_datagram_sized_bodies(codec):
+    payloads = [bytes([i % 256]) * 64 for i in range(5000)]
+    split = codec.split_data(77, 1000, payloads, 60_000)
+    assert all(len(body) <= 60_000 for body in split)
+    assert len(split) == 6            # 66 bytes a message: ~908 per 60 KB body
+    frames = [codec.decode_packet(body)[0] for body in split]
+    assert [p for f in frames for p in f[3]] == payloads
+    assert [f[2] for f in frames] == [1000 + sum(len(g[3]) for g in frames[:i]) for i in range(len(frames))]
+
+
+def test_split_data_empty_and_bad_arguments(codec):
+    assert codec.split_data(1, 1, [], 100) == []
+    with pytest.raises(ValueError):
+        codec.split_data(1, 1, [b"x"], 0)
+    with pytest.raises(TypeError):
+        codec.split_data(1, 1, [b"x"], 1.5)
+    with pytest.raises(TypeError):
+        codec.split_data(1, 1, [b"x", "y"], 100)
+    with pytest.raises(ValueError):
+        codec.split_data(1, MAX, [b"x", b"y"], 100)   # MAX + 1 is not a number
+
+
+# ---------------------------------------------------------------- encode argument errors
+
+BAD_CALLS = [
+    ("encode_data", (-1, 1, [b"x"]), {}),
+    ("encode_data", (2**64, 1, [b"x"]), {}),
+    ("encode_data", (True, 1, [b"x"]), {}),
+    ("encode_data", (1, 1.0, [b"x"]), {}),
+    ("encode_data", (1, 1, b"x"), {}),
+    ("encode_data", (1, 1, []), {}),
+    ("encode_data", (1, 1, ["x"]), {}),
+    ("encode_data", (1, 1, [b"x", 3]), {}),
+    ("encode_data", (1, 1, [memoryview(b"abcd")[::2]]), {}),
+    ("encode_data", (1, MAX, [b"x", b"y"]), {}),
+    ("encode_data", (1, 1, [b"x"]), {"start": 2}),
+    ("encode_data", (1, 1, [b"x"]), {"start": -1}),
+    ("encode_data", (1, 1, [b"x"]), {"start": 1}),
+    ("encode_data", (1, 1, [b"x"]), {"count": 2}),
+    ("encode_data", (1, 1, [b"x"]), {"count": -2}),
+    ("encode_data", (1, 1, [b"x"]), {"count": 0}),
+    ("encode_data", (1, 1, [b"x"]), {"start": 2**70}),
+    ("encode_data", (1, 1, [b"x"]), {"count": "1"}),
+    ("encode_data", (1, 1, [b"x", b"y"]), {"fragments": [(2, 0, 2)]}),
+    ("encode_data", (1, 1, [b"x", b"y"]), {"fragments": [(1, 0, 2), (1, 1, 2)]}),
+    ("encode_data", (1, 1, [b"x", b"y"]), {"fragments": [(0, 2, 2)]}),
+    ("encode_data", (1, 1, [b"x", b"y"]), {"fragments": [(0, 0, 1)]}),
+    ("encode_data", (1, 1, [b"x", b"y"]), {"fragments": [(0, 2, 3)]}),   # message would start at -1
+    ("encode_data", (1, MAX - 1, [b"x", b"y"]), {"fragments": [(1, 0, 2)]}),
+    ("encode_data", (1, 1, [b"x", b"y"]), {"fragments": [(0, 1)]}),
+    ("encode_data", (1, 1, [b"x", b"y"]), {"fragments": (0, 1, 2)}),
+    ("encode_data", (1, 1, [b"x", b"y"]), {"fragments": 5}),
+    ("encode_ack", (1, [(2, 1)], 0, False), {}),
+    ("encode_ack", (1, [(1, 2), (2, 3)], 0, False), {}),
+    ("encode_ack", (1, [(5, 6), (1, 2)], 0, False), {}),
+    ("encode_ack", (1, [(1, 2, 3)], 0, False), {}),
+    ("encode_ack", (1, [[1, -2]], 0, False), {}),
+    ("encode_ack", (1, [(1, 2)], 0, 1), {}),
+    ("encode_ack", (1, [(1, 2)], -1, True), {}),
+    ("encode_ack", (1, {(1, 2)}, 0, True), {}),
+    ("encode_frame", ((),), {}),
+    ("encode_frame", ([0, 1],), {}),
+    ("encode_frame", ((15, 1),), {}),
+    ("encode_frame", ("7",), {}),
+    ("encode_frame", ((7, 1, 2),), {}),
+    ("encode_frame", ((4, 1, 2),), {}),
+    ("encode_frame", ((5, 1, [], 0),), {}),
+    ("encode_frame", ((1, 1, b"short", 8, 100, True),), {}),
+    ("encode_frame", ((1, 1, "x" * 16, 8, 100, True),), {}),
+    ("encode_frame", ((1, 1, b"k" * 16, 8, 100, 1),), {}),
+    ("encode_frame", ((3, 1, b"reason"),), {}),
+    ("encode_frame", ((12, 1, "code", "\ud800"),), {}),
+    ("encode_frame", ((6, 1, [1, -1]),), {}),
+    ("encode_frame", ((6, 1, 5),), {}),
+    ("encode_frame", ((13, 1, bytearray(17)),), {}),
+    ("encode_frame", ((7, None),), {}),
+    ("frame_packet", (b"",), {}),
+    ("frame_packet", ("abc",), {}),
+    ("decode_packet", (b"\x92\x07\x01",), {"max_message_size": -1}),
+    ("decode_packet", (b"\x92\x07\x01",), {"max_frames": 0}),
+    ("decode_packet", (b"\x92\x07\x01",), {"max_frames": 1.0}),
+]
+
+
+@pytest.mark.parametrize("name,args,kwargs", BAD_CALLS)
+def test_bad_arguments_raise_the_same_error_in_both_twins(name, args, kwargs):
+    expected = raised(getattr(reference, name), *args, **kwargs)
+    assert expected in (TypeError, ValueError), expected
+    assert raised(getattr(native, name), *args, **kwargs) is expected
+
+
+def test_error_messages_name_the_argument(codec):
+    with pytest.raises(TypeError, match=r"payloads\[1\]"):
+        codec.encode_data(1, 1, [b"x", "y"])
+    with pytest.raises(ValueError, match="first_number"):
+        codec.encode_data(1, -5, [b"x"])
+    with pytest.raises(ValueError, match=r"ranges\[1\]"):
+        codec.encode_ack(1, [(1, 2), (2, 3)], 0, False)
+    with pytest.raises(ValueError, match="token"):
+        codec.encode_frame((13, 1, b"short"))
+
+
+def test_good_variants_encode_identically():
+    from enum import IntEnum
+
+    class Kind(IntEnum):
+        RESUME = 13
+
+    for frame in [(Kind.RESUME, 5, bytearray(16)), (4, 1, 2, (b"x",)), [4, 1, 2, [b"x"], []],
+                  (4, 1, 2, [b"x", b"y"], [[0, 1, 2]]), (5, 1, [[1, 2]], 3, True), (6, 1, ())]:
+        assert native.encode_frame(frame) == reference.encode_frame(frame)
+
+
+# ---------------------------------------------------------------- strictness
+
+def test_non_canonical_but_unsigned_integers_are_accepted():
+    # uint64 holding 1, int8 holding 5, int64 holding 7: msgpack itself reads them as ints.
+    body = b"\x93\x08\xcf" + (1).to_bytes(8, "big") + b"\xd0\x05"
+    assert agree(body) == ("ok", repr([(8, 1, 5)]))
+    assert agree(b"\x92\xd3" + (7).to_bytes(8, "big") + b"\x01") == ("ok", repr([(7, 1)]))
+
+
+REJECTED = {
+    "empty body": b"",
+    "not an array": b"\x07",
+    "empty frame": b"\x90",
+    "unknown type 0": b"\x92\x00\x01",
+    "unknown type 15": b"\x92\x0f\x01",
+    "type is negative": b"\x92\xff\x01",
+    "type is a str": b"\x92\xa1\x07\x01",
+    "wrong arity": b"\x93\x07\x01\x02",
+    "missing field": b"\x91\x07",
+    "session id negative": b"\x92\x07\xd0\xff",
+    "session id float": b"\x92\x07\xcb" + bytes(8),
+    "session id bool": b"\x92\x07\xc3",
+    "session id nil": b"\x92\x07\xc0",
+    "payload is str": packb([4, 1, 1, ["text"]]),
+    "payload is int": packb([4, 1, 1, [5]]),
+    "payloads not array": packb([4, 1, 1, b"x"]),
+    "no payloads": packb([4, 1, 1, []]),
+    "numbers overflow": packb([4, 1, MAX, [b"a", b"b"]]),
+    "fragments empty": packb([4, 1, 1, [b"a"], []]),
+    "fragments not triples": packb([4, 1, 1, [b"a", b"b"], [0, 1]]),
+    "fragment offset out of frame": packb([4, 1, 1, [b"a"], [1, 0, 2]]),
+    "fragment index >= total": packb([4, 1, 1, [b"a"], [0, 2, 2]]),
+    "fragment total 1": packb([4, 1, 1, [b"a"], [0, 0, 1]]),
+    "fragment offsets repeat": packb([4, 1, 1, [b"a", b"b"], [0, 0, 2, 0, 1, 2]]),
+    "fragment before number 0": packb([4, 1, 0, [b"a"], [0, 1, 2]]),
+    "ack odd ranges": packb([5, 1, [1, 2, 3], 0, False]),
+    "ack lo > hi": packb([5, 1, [3, 2], 0, False]),
+    "ack overlapping": packb([5, 1, [1, 5, 5, 6], 0, False]),
+    "ack descending": packb([5, 1, [7, 8, 1, 2], 0, False]),
+    "ack final is int": packb([5, 1, [], 0, 1]),
+    "ack remaining negative": packb([5, 1, [], -3, True]),
+    "nack number float": packb([6, 1, [1.5]]),
+    "token 15 bytes": packb([13, 1, b"k" * 15]),
+    "token 17 bytes": packb([13, 1, b"k" * 17]),
+    "token is str": packb([13, 1, "k" * 16]),
+    "ordered is int": packb([1, 1, b"k" * 16, 8, 100, 1]),
+    "reason is bin": packb([3, 1, b"why"]),
+    "reason bad utf-8": b"\x93\x03\x01\xa2\xff\xfe",
+    "reason surrogate": b"\x93\x03\x01\xa3\xed\xa0\x80",
+    "field is map": b"\x92\x07\x81\xa1a\x01",
+    "field is ext": b"\x92\x07\xd4\x05\x01",
+    "field is timestamp": b"\x92\x07\xd6\xff" + bytes(4),
+    "reserved byte": b"\x92\x07\xc1",
+    "trailing garbage": packb([7, 1]) + b"\xc1",
+    "trailing partial frame": packb([7, 1]) + b"\x92\x07",
+    "trailing scalar": packb([7, 1]) + b"\x01",
+}
+
+
+@pytest.mark.parametrize("body", REJECTED.values(), ids=REJECTED.keys())
+def test_malformed_frames_are_rejected_by_both(body):
+    assert agree(body) == ("error",)
+
+
+def test_limits(codec):
+    body = codec.encode_data(1, 1, [b"x" * 100, b"y"])
+    assert codec.decode_packet(body, max_message_size=100)[0][3] == [b"x" * 100, b"y"]
+    with pytest.raises(ProtocolError, match="max_message_size"):
+        codec.decode_packet(body, max_message_size=99)
+    three = codec.encode_frame((7, 1)) * 3
+    assert len(codec.decode_packet(three, max_frames=3)) == 3
+    with pytest.raises(ProtocolError, match="max_frames"):
+        codec.decode_packet(three, max_frames=2)
+    # payloads count against max_frames across the whole packet
+    two_frames = codec.encode_data(1, 1, [b"a"] * 3) + codec.encode_data(1, 4, [b"b"] * 3)
+    assert len(codec.decode_packet(two_frames, max_frames=6)) == 2
+    with pytest.raises(ProtocolError, match="max_frames"):
+        codec.decode_packet(two_frames, max_frames=5)
+    # a token is 16 bytes even when payloads may be smaller
+    resume = codec.encode_frame((13, 1, b"k" * 16))
+    assert codec.decode_packet(resume, max_message_size=0) == [(13, 1, b"k" * 16)]
+
+
+def test_error_names_the_frame_and_field():
+    with pytest.raises(ProtocolError, match="DATA.*payload"):
+        native.decode_packet(packb([4, 1, 1, ["text"]]))
+    with pytest.raises(ProtocolError, match="ACK.*final"):
+        native.decode_packet(packb([5, 1, [], 0, 1]))
+    with pytest.raises(ProtocolError, match="unknown frame type 99"):
+        native.decode_packet(packb([99, 1]))
+
+
+# ---------------------------------------------------------------- fuzzing
+
+def sample_packets() -> list[list[bytes]]:
+    """Valid packets, each as its frames."""
+    rng = random.Random(5)
+    return [
+        [native.encode_data(7, 1, [b"hello", b"", b"x" * 300])],
+        [native.encode_data(2**40, 2**33, [bytes([i]) * i for i in range(20)],
+                            fragments=[(3, 0, 2), (4, 1, 2)])],
+        [native.encode_ack(2**64 - 1, [(1, 9), (12, 12), (2**40, 2**41)], 300, True)],
+        [native.encode_frame((1, 5, bytes(range(16)), 8, 65536, False))],
+        [native.encode_frame((12, 5, "protocol-error", "bad frame \u00e9"))],
+        [native.encode_frame((6, 5, [3, 70000, 2**35])), native.encode_frame((7, 5))],
+        [native.encode_frame((t, rng.getrandbits(64), rng.getrandbits(20))) for t in (8, 9, 10)]
+        + [native.encode_frame((13, 1, b"t" * 16))],
+    ]
+
+
+@pytest.mark.parametrize("frames", sample_packets(), ids=lambda f: f[0][:2].hex())
+def test_every_truncation_is_rejected_by_both(frames):
+    packet = b"".join(frames)
+    boundaries = {sum(map(len, frames[:i])) for i in range(1, len(frames) + 1)}
+    for end in range(len(packet) + 1):
+        # only a prefix ending where a frame ends is itself a valid packet
+        assert agree(packet[:end])[0] == ("ok" if end in boundaries else "error"), end
+
+
+@pytest.mark.parametrize("frames", sample_packets(), ids=lambda f: f[0][:2].hex())
+def test_every_single_bit_flip_gives_the_same_outcome_in_both(frames):
+    packet = b"".join(frames)
+    flipped = bytearray(packet)
+    for i in range(len(packet) * 8):
+        flipped[i // 8] ^= 1 << (i % 8)
+        agree(bytes(flipped))
+        flipped[i // 8] ^= 1 << (i % 8)
+
+
+@SETTINGS
+@given(st.binary(max_size=200))
+def test_random_bytes(body):
+    agree(body)
+
+
+@SETTINGS
+@given(st.binary(min_size=1, max_size=60))
+def test_random_bytes_after_a_valid_frame_header(tail):
+    for head in (b"\x94\x04\x01\x01", b"\x95\x05\x01", b"\x94\x04", b"\x93\x06\x01", b"\x96\x01\x01"):
+        agree(head + tail)
+
+
+any_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**63, MAX), st.floats(allow_nan=False),
+              st.binary(max_size=20), st.text(max_size=8), u64,
+              st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4))),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=8,
+)
+
+
+@SETTINGS
+@given(frames, st.data())
+def test_one_field_replaced_by_anything(frame, data):
+    wire = wire_form(frame)
+    where = data.draw(st.integers(0, len(wire) - 1))
+    if isinstance(wire[where], list) and wire[where] and data.draw(st.booleans()):
+        wire[where][data.draw(st.integers(0, len(wire[where]) - 1))] = data.draw(any_value)
+    else:
+        wire[where] = data.draw(any_value)
+    if data.draw(st.booleans()):
+        wire.append(data.draw(any_value))
+    agree(packb(wire))
+    agree(msgpack.packb(wire, use_bin_type=False))       # bytes as str: never a valid bin
+
+
+@SETTINGS
+@given(st.lists(any_value, min_size=1, max_size=6), st.integers(0, 15))
+def test_frame_like_arrays(fields, frame_type):
+    agree(packb([frame_type, *fields]))
+
+
+# ---------------------------------------------------------------- hostile lengths
+
+HOSTILE = {
+    "bin32 of 4 GB": b"\x94\x04\x01\x01\x91\xc6\xff\xff\xff\xff" + b"x" * 10,
+    "array32 of 2**32-1 payloads": b"\x94\x04\x01\x01\xdd\xff\xff\xff\xff" + b"\xc4\x00" * 5,
+    "array32 of 2**32-1 ranges": b"\x95\x05\x01\xdd\xff\xff\xff\xff" + b"\x01" * 10,
+    "frame of 2**32-1 fields": b"\xdd\xff\xff\xff\xff\x07\x01",
+    "str32 of 4 GB": b"\x93\x03\x01\xdb\xff\xff\xff\xff" + b"x" * 10,
+    "map32 of 2**32-1": b"\x92\x07\xdf\xff\xff\xff\xff" + b"\x01" * 10,
+    "ext32 of 4 GB": b"\x92\x07\xc9\xff\xff\xff\xff\x05" + b"x" * 10,
+    "deep nesting": b"\x91" * 100_000,
+    "deep nesting in a field": b"\x92\x07" + b"\x91" * 100_000 + b"\x01",
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_lengths_are_rejected_without_allocating(body):
+    tracemalloc.start()
+    try:
+        assert agree(body, max_frames=4096) == ("error",)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(body) + 200_000
+
+
+# ---------------------------------------------------------------- TCP framing
+
+def test_frame_packet(codec):
+    body = codec.encode_frame((7, 1))
+    assert codec.frame_packet(body) == len(body).to_bytes(4, "big") + body
+    assert codec.frame_packet(bytearray(body)) == codec.frame_packet(memoryview(body))
+
+
+@SETTINGS
+@given(st.lists(st.binary(min_size=1, max_size=3000), max_size=12), st.randoms(use_true_random=False))
+def test_packet_reader_any_chunking_gives_the_same_packets(bodies, rng):
+    stream = b"".join(native.frame_packet(body) for body in bodies)
+    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 30)))) if len(stream) > 1 else []
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    for module in MODULES:
+        whole = module.PacketReader(4000)
+        assert whole.feed(stream) == bodies and whole.pending == 0
+        chunked = module.PacketReader(4000)
+        got = []
+        for chunk in chunks:
+            got += chunked.feed(memoryview(chunk))
+        assert got == bodies and chunked.pending == 0
+
+
+def test_packet_reader_byte_by_byte(codec):
+    bodies = [b"a", b"bc" * 40, bytes(300), b"\x00\x00\x00\x00"]
+    stream = b"".join(codec.frame_packet(body) for body in bodies)
+    reader = codec.PacketReader(1000)
+    got, pendings = [], []
+    for i in range(len(stream)):
+        got += reader.feed(stream[i:i + 1])
+        pendings.append(reader.pending)
+    assert got == bodies
+    assert pendings[3] == 4 and pendings[4] == 0 and pendings[-1] == 0
+    assert reader.feed(b"") == []
+
+
+def test_packet_reader_rejects_a_bad_length_before_buffering_the_body(codec):
+    reader = codec.PacketReader(100)
+    assert reader.feed(codec.frame_packet(b"ok")) == [b"ok"]
+    assert reader.feed(b"\x00\x00") == [] and reader.pending == 2
+    with pytest.raises(ProtocolError, match="101"):
+        reader.feed(b"\x00\x65")                  # 101 > 100: refused at the prefix
+    with pytest.raises(ProtocolError):
+        reader.feed(codec.frame_packet(b"ok"))    # the stream is out of step for good
+    assert reader.pending == 0
+    with pytest.raises(ProtocolError):
+        codec.PacketReader(100).feed(b"\x00\x00\x00\x00")     # length 0
+    assert codec.PacketReader(100).feed(b"\x00\x00\x00\x64" + b"x" * 99) == []
+    with pytest.raises(ProtocolError):
+        codec.PacketReader(100).feed(b"\x00\x00\x00\x02ok\x00\x00\x10\x00")
+
+
+def test_packet_reader_does_not_allocate_by_the_length_prefix(codec):
+    reader = codec.PacketReader(2**32 - 1)
+    tracemalloc.start()
+    try:
+        assert reader.feed(b"\xff\xff\xff\xff" + b"x" * 10) == []
+        for _ in range(100):
+            reader.feed(b"y" * 10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reader.pending == 4 + 10 + 1000
+    assert peak < 100_000
+
+
+def test_packet_reader_argument_checks(codec):
+    with pytest.raises(ValueError):
+        codec.PacketReader(0)
+    with pytest.raises(ValueError):
+        codec.PacketReader(2**32)
+    with pytest.raises(TypeError):
+        codec.PacketReader(10).feed("text")
