@@ -35,6 +35,12 @@ def _available(module: str) -> bool:
     return True
 
 
+def _output_options(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--json", action="store_true", default=default,
+                        help="print JSON instead of a table")
+    parser.add_argument("--quiet", action="store_true", default=default, help="no progress lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         if _available(module):
             p = kinds.add_parser(kind, help=f"{kind} benchmark")
             importlib.import_module(module).configure(p)
-    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    bench.add_argument("--quiet", action="store_true", help="no progress lines")
+            _output_options(p, argparse.SUPPRESS)  # accepted after the kind too
+    _output_options(bench, False)
 
     if _available("tether.queue.service"):
         qm = sub.add_parser("qm", help="queue manager service")

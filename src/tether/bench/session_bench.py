@@ -61,15 +61,15 @@ def _latencies(messages: list[bytes], start_index: int, into: list[float]) -> No
 
 
 async def _session_run(name: str, url_scheme: str, size: int, count: int, window: int,
-                       loss: float, progress: Progress) -> Result:
+                       loss: float, progress: Progress, relay: bool = False) -> Result:
     payload_batch = _payloads(size, BATCH)
     settings = dict(max_transfer_window=window, ordered=True)
     server = await serve(None, f"{url_scheme}://127.0.0.1:0", **settings)
-    relay = None
+    lossy = None
     target = server.address
-    if loss:
-        relay = await UdpRelay(server.address, loss=loss, seed=1).start()
-        target = relay.address
+    if relay:
+        lossy = await UdpRelay(server.address, loss=loss, seed=1).start()
+        target = lossy.address
     latencies: list[float] = []
     try:
         client = await connect(f"{url_scheme}://{target[0]}:{target[1]}", **settings)
@@ -100,10 +100,10 @@ async def _session_run(name: str, url_scheme: str, size: int, count: int, window
     finally:
         server.close()
         await server.wait_closed()
-        if relay is not None:
-            relay.close()
+        if lossy is not None:
+            lossy.close()
     return make_result(name, count, size, elapsed, latencies,
-                       resent=stats["resent"], loss=loss, transport=url_scheme)
+                       resent=stats["resent"], loss=loss, transport=url_scheme, relay=relay)
 
 
 class _BaselineReceiver(asyncio.Protocol):
@@ -176,8 +176,11 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
             group.append(await _session_run(f"{transport}-{label}", transport, size, count,
                                             args.window, 0.0, progress))
         if args.loss and "udp" in transports:
+            # the same relay without loss first: the fair lossless figure for the lossy row
+            group.append(await _session_run(f"udp-{label}-relay", "udp", size, count,
+                                            args.window, 0.0, progress, relay=True))
             group.append(await _session_run(f"udp-{label}-loss{args.loss:g}", "udp", size, count,
-                                            args.window, args.loss, progress))
+                                            args.window, args.loss, progress, relay=True))
         for r in group:
             r.ratio = r.msgs_per_s / baseline.msgs_per_s
             r.baseline = baseline.name

@@ -33,7 +33,7 @@ MAX_ACK_RANGES = 32
 K_INITIAL_RTT = 0.333
 # RFC 6298 2.4 recommends a 1 s floor for the open Internet; sessions here mostly run on
 # LANs and loopback, and the peer's ack delay is added on top (RFC 9002 6.2.1 does the same).
-MIN_RTO = 0.02
+MIN_RTO = 0.025
 # RFC 6298 2.5: a maximum RTO of at least 60 s may be placed.
 MAX_RTO = 60.0
 # Acknowledge at least every second packet carrying data (RFC 9000 13.2.2).
@@ -78,6 +78,7 @@ class SessionEngine:
         self._rtt = core.RttEstimator(K_INITIAL_RTT, MIN_RTO, MAX_RTO)
         self._cc = NewReno(max_packet_size) if (not reliable_transport and settings.flow_control) else None
         self._max_body = max_packet_size - ACK_RESERVE
+        self._ack_request = self._codec.encode_frame((F.ACK_REQUESTED, session_id))
         # UDP: a message larger than a datagram goes as fragments.
         self._fragment_size = None if reliable_transport else self._max_body - 64
         self.state = State.CONNECTING if is_client else State.ESTABLISHED
@@ -511,8 +512,9 @@ class SessionEngine:
     # ---- timers ----
 
     def _rto(self) -> float:
-        # the peer may hold an ack for up to ack_interval (RFC 9002 6.2.1 adds max_ack_delay)
-        return self._rtt.rto + self.settings.ack_interval
+        # No max_ack_delay term (RFC 9002 6.2.1 adds one): every burst of data ends with
+        # AckRequested, which the peer answers at once.
+        return self._rtt.rto
 
     def next_timer(self) -> float | None:
         """The earliest time handle_timer must be called; None when the session is over."""
@@ -598,10 +600,12 @@ class SessionEngine:
             if new:
                 frames.extend(new)
                 data_sent = True
-                # the end of a burst, or a full window: ask for an ack now rather than after
-                # the peer's ack_interval, so flush() and a blocked sender move on promptly
-                if self.pending_count == 0 or self._sw.free == 0:
-                    frames.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
+            if data_sent and not self.reliable_transport or new and not self.pending_count:
+                # The end of a burst (we send nothing more until an ack or a timer): ask for
+                # the ack now rather than after the peer's ack_interval. So the peer never
+                # delays the ack a retransmission timer waits for, the RTO needs no ack delay
+                # added, and flush() and a blocked sender move on promptly.
+                frames.append(self._ack_request)
             self._advance_close(now)
             if self._control_out:
                 frames.extend(self._control_out)
