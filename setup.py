@@ -5,12 +5,20 @@ compile-time constant). TETHER_EXT=a,b builds only those modules (for developmen
 """
 import glob
 import os
+import shutil
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("TETHER_DEBUG") == "1"
 ONLY = {n for n in os.environ.get("TETHER_EXT", "").split(",") if n}
+
+# Cython finds a module's own .pxd by its dotted name (tether/_native/NAME.pxd) and ext/ is
+# flat, so mirror ext/*.pxd into that layout under build/ and search it.
+PXD_ROOT = os.path.join("build", "pxd")
+os.makedirs(os.path.join(PXD_ROOT, "tether", "_native"), exist_ok=True)
+for pxd in glob.glob("ext/*.pxd"):
+    shutil.copy2(pxd, os.path.join(PXD_ROOT, "tether", "_native"))
 
 extensions = []
 for path in sorted(glob.glob("ext/*.pyx")):
@@ -29,7 +37,7 @@ for path in sorted(glob.glob("ext/*.pyx")):
 setup(
     ext_modules=cythonize(
         extensions,
-        include_path=["ext"],
+        include_path=["ext", PXD_ROOT],
         compiler_directives={
             "language_level": "3",
             "embedsignature": True,
