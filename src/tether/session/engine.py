@@ -543,7 +543,9 @@ class SessionEngine:
         """Do what is due at `now`: retransmissions, delayed acks, keepalives, timeouts."""
         if self.state in FINAL_STATES:
             return
-        if now - self._last_heard >= self.settings.inactivity_timeout:
+        # Compare as next_timer() computes the deadline: (a + b) - a can round below b, and a
+        # timer that fires without acting would be re-armed at the same instant (a spin).
+        if now >= self._last_heard + self.settings.inactivity_timeout:
             self._fault(InactivityTimeout(
                 f"nothing heard from the peer for {self.settings.inactivity_timeout} s"), now)
             return
@@ -571,7 +573,7 @@ class SessionEngine:
                 return
             if due:
                 self._lost(due)
-        if self.state in OPEN_STATES and now - self._last_sent >= self._keepalive_interval():
+        if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
             self._control_out.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
 
     # ---- output ----
