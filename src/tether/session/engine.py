@@ -91,7 +91,7 @@ class SessionEngine:
         self._pending: list = []          # accepted from the app, not yet in the send window
         self._pending_head = 0
         self._pending_bytes = 0
-        self._fragments_queued = 0        # Fragment objects in _pending or the send window
+        self._fragments_queued = 0        # nonzero while a Fragment may be in _pending or the send window
         self._resend: list = []           # (number, payload) to retransmit
         self._control_out: list[bytes] = []
         self._ctl: _Control | None = None
@@ -372,8 +372,10 @@ class SessionEngine:
                 self.messages_acked += count
                 if self._cc is not None:
                     self._cc.on_acked(nbytes)
-                if self._fragments_queued:
-                    self._fragments_queued = max(0, self._fragments_queued - count)
+                # Acked messages need not be fragments: the gate opens again only once no
+                # Fragment can be left anywhere (nothing in flight, nothing pending).
+                if self._fragments_queued and not sw.in_flight and not self.pending_count:
+                    self._fragments_queued = 0
             if not self.reliable_transport and sw.in_flight:
                 lost = sw.fast_retransmit(now)
                 if lost:
