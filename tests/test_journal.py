@@ -637,6 +637,17 @@ async def test_missing_middle_segment_drops_the_segments_after_the_gap(tmp_path)
         assert seg_files(tmp_path) == names[:1]
 
 
+async def test_missing_first_segment_is_reported_and_the_rest_kept(tmp_path):
+    records = [numbered(i, 100) for i in range(40)]
+    await write_journal(tmp_path, records, segment_size=1024)
+    names = seg_files(tmp_path)
+    os.unlink(tmp_path / names[0])
+    per_segment = (1024 - seg.HEADER_SIZE) // (seg.RECORD_HEADER_SIZE + 100)
+    async with await Journal.open(tmp_path, segment_size=1024) as journal:
+        assert journal.recovered == records[per_segment:]
+        assert "first segment" in journal.recovery_log[0] and names[0] in journal.recovery_log[0]
+
+
 async def test_segment_renamed_by_hand_is_treated_as_damaged(tmp_path):
     await write_journal(tmp_path, [b"a"])
     os.rename(tmp_path / seg.segment_name(1), tmp_path / seg.segment_name(7))

@@ -506,7 +506,12 @@ def _recover(directory: str, segment_size: int, policy: str,
        segment is truncated there and every later segment dropped: the journal keeps the
        longest intact prefix, which holds every acknowledged append.
     """
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory)
+    except FileExistsError:
+        pass
+    else:
+        fsync_directory(os.path.dirname(directory))   # the new directory's own entry
     lock_fd = _lock_directory(directory)
     try:
         return _recover_locked(directory, lock_fd, segment_size, policy, interval)
@@ -528,7 +533,7 @@ def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str
     # Files of a rewrite that did not finish: its .tmp files and any segments it renamed.
     unfinished = [name for name in names if parse_segment_name(name, ".seg" + TMP_SUFFIX) is not None]
 
-    # seq -> header, or the reason it is unreadable; plus each file's size
+    # seq -> header, or the reason it is unreadable
     headers: dict[int, SegmentHeader | str] = {}
     for name in names:
         seq = parse_segment_name(name)
@@ -546,6 +551,12 @@ def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str
     chain: list[int] = []
     if seqs:
         start = starts[-1] if starts else seqs[0]
+        first = headers[start]
+        base = first.base if isinstance(first, SegmentHeader) else start
+        if base != start:
+            # Never made by a crash (old segments go only after the new start is durable).
+            note(f"the journal's first segment {segment_name(base)} is missing: "
+                 f"reading what remains from {segment_name(start)} on")
         obsolete = [s for s in seqs if s < start]
         if obsolete:
             doomed.extend(segment_name(s) for s in obsolete)
@@ -557,7 +568,7 @@ def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str
             header = headers[s]
             if s < start:
                 continue
-            if s > start and isinstance(header, SegmentHeader) and header.base != start:
+            if s > start and isinstance(header, SegmentHeader) and header.base != base:
                 unfinished.append(segment_name(s))
                 continue
             later.append(s)
