@@ -656,7 +656,9 @@ class SessionEngine:
             return []
         sw = self._sw
         allowed = min(sw.free, waiting)
-        if self.settings.flow_control:
+        # Over TCP nothing would resend what the peer's window refused (no RTO): honour it
+        # even without flow_control.
+        if self.settings.flow_control or self.reliable_transport:
             allowed = min(allowed, self._send_limit - sw.next_number)
             if self._cc is not None and allowed > 0:
                 room = self._cc.available(sw.bytes_in_flight)
