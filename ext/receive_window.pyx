@@ -175,13 +175,16 @@ cdef class ReceiveWindow:
                 self._duplicates += 1
                 continue
             off = n - self._floor
-            if off >= <uint64_t>(self._capacity - self._held):
-                self._refused += 1  # not acknowledged: the sender will resend it
+            if off >= <uint64_t>self._capacity:
+                self._refused += 1  # never received: beyond every window so far
                 continue
             index = n & self._mask
             bit = (<uint64_t>1) << (index & 63)
             if self._bits[index >> 6] & bit:
                 self._duplicates += 1
+                continue
+            if off >= <uint64_t>(self._capacity - self._held):
+                self._refused += 1  # not acknowledged: the sender will resend it
                 continue
             if n > self._highest:
                 self._highest = n
