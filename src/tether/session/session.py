@@ -50,6 +50,7 @@ class Session:
         self._connected = self._loop.create_future()
         self._closed = self._loop.create_future()
         self._on_end: list[Callable[["Session"], None]] = []
+        self._listener: Callable[[], None] | None = None
         self.accepted = False
 
     # ---- identity ----
@@ -94,6 +95,29 @@ class Session:
     def at_eof(self) -> bool:
         """The peer closed its side and every message has been received."""
         return (self._eof or self._ended) and not self._inbox
+
+    @property
+    def peer_closed(self) -> bool:
+        """The peer ended its sequence (half-close or close): no message will arrive after
+        those already waiting. Unlike at_eof, False when the session ended any other way."""
+        return self._eof
+
+    @property
+    def unacknowledged_bytes(self) -> int:
+        """Bytes given to send() that the peer has not acknowledged yet (queued or in flight):
+        what an asyncio Transport reports as its write buffer size."""
+        if self._ended:
+            return 0
+        return self._engine._pending_bytes + self._engine._sw.bytes_in_flight
+
+    @property
+    def unfragmented_size(self) -> int:
+        """The largest message that travels whole: the smaller of both sides'
+        max_message_size and, over UDP, what fits one datagram (larger ones are fragmented)."""
+        engine = self._engine
+        size = min(engine.settings.max_message_size, engine.peer_max_message_size)
+        fragment = engine._fragment_size
+        return size if fragment is None else min(size, fragment)
 
     # ---- sending ----
 
@@ -165,6 +189,31 @@ class Session:
         self._consumed += len(out)
         self._schedule()
         return out
+
+    def recv_many_nowait(self, max_count: int | None = None) -> list[bytes]:
+        """The messages waiting now (at most max_count), possibly none; never waits. Taking
+        them frees their receive-buffer space as recv_many does, so a caller that stops
+        taking them holds the peer back by flow control."""
+        if max_count is not None and max_count < 1:
+            raise ValueError(f"max_count must be at least 1, not {max_count}")
+        inbox = self._inbox
+        if not inbox:
+            return []
+        if max_count is None or max_count >= len(inbox):
+            out = list(inbox)
+            inbox.clear()
+        else:
+            out = [inbox.popleft() for _ in range(max_count)]
+        self._consumed += len(out)
+        if self._consumed >= self._release_batch or not inbox:
+            self._schedule()
+        return out
+
+    def set_listener(self, listener: Callable[[], None] | None) -> None:
+        """Call listener() after every batch of work the session does (packets in, acks,
+        timers, sends, the end), or stop with None. Adapters that are told rather than
+        awaiting (the asyncio Transport) deliver messages and track acks from it."""
+        self._listener = listener
 
     def __aiter__(self) -> "Session":
         return self
@@ -293,6 +342,8 @@ class Session:
             _wake_all(self._space_waiters)
         if self._flush_waiters and (engine.all_acknowledged or self._ended):
             _wake_all(self._flush_waiters)
+        if self._listener is not None:
+            self._listener()
 
     def _handle_events(self, events: list) -> None:
         for event in events:
