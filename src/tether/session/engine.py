@@ -16,7 +16,8 @@ from typing import Any
 
 from ..errors import (
     CreateSequenceRefused, InactivityTimeout, MessageTooLarge, ProtocolError,
-    RetryLimitExceeded, SequenceClosed, SequenceTerminated, TetherError, fault_from_code,
+    RetryLimitExceeded, SequenceClosed, SequenceTerminated, TetherError, UnknownSequence,
+    fault_from_code,
 )
 from .congestion import NewReno
 from .core import Core, default
@@ -450,6 +451,13 @@ class SessionEngine:
                 self._transition(Event.TERMINATED)
                 self._end(None)
         elif kind == F.FAULT:
+            if frame[2] == UnknownSequence.code and self._ctl is not None and self._ctl.kind == "terminate":
+                # Our TerminateSequence already ended the session there and a late packet of
+                # ours found it gone: everything was flushed both ways, so this is the end.
+                self._ctl = None
+                self._transition(Event.TERMINATED)
+                self._end(None)
+                return
             self._fault(fault_from_code(frame[2], f"peer fault: {frame[3]}"), now, notify=False)
         elif kind == F.RESUME_RESPONSE:
             pass  # the client resent everything with its Resume already
