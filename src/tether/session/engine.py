@@ -531,11 +531,14 @@ class SessionEngine:
         if self.state in FINAL_STATES:
             return None
         t = self._last_heard + self.settings.inactivity_timeout
-        t = min(t, self._last_sent + self._keepalive_interval())
         if self._ctl is not None:
             t = min(t, self._ctl.deadline)
-        if self._ack_deadline is not None:
-            t = min(t, self._ack_deadline)
+        # Keepalives and acks go out only once open (handle_timer and packets_to_send skip
+        # them while connecting): their deadlines would fire without effect, over and over.
+        if self.state in OPEN_STATES:
+            t = min(t, self._last_sent + self._keepalive_interval())
+            if self._ack_deadline is not None:
+                t = min(t, self._ack_deadline)
         if not self.reliable_transport and self._sw.in_flight:
             deadline = self._sw.next_deadline(self._rto(), MAX_RTO)
             if deadline is not None and deadline < t:
