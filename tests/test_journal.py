@@ -6,11 +6,15 @@ import asyncio
 import errno
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 
 import pytest
 import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tether.errors import JournalCorrupt, QueueError
 from tether.queue import segment as seg
@@ -585,7 +589,8 @@ async def test_flipped_bit_in_earlier_segment_drops_later_segments(tmp_path):
 async def test_half_written_segment_header_is_dropped(tmp_path, caplog, header_bytes):
     records = [numbered(i) for i in range(5)]
     await write_journal(tmp_path, records)
-    (tmp_path / seg.segment_name(2)).write_bytes(seg.encode_header(2, 1)[:header_bytes])
+    size = os.path.getsize(tmp_path / seg.segment_name(1))
+    (tmp_path / seg.segment_name(2)).write_bytes(seg.encode_header(2, 1, size)[:header_bytes])
     caplog.set_level(logging.WARNING, LOGGER)
     async with await Journal.open(tmp_path) as journal:
         assert journal.recovered == records
@@ -625,6 +630,19 @@ async def test_damaged_header_in_middle_drops_it_and_later_segments(tmp_path):
         assert "CRC" in journal.recovery_log[0] and "damaged" in journal.recovery_log[0]
 
 
+async def test_middle_segment_cut_at_a_record_boundary_drops_later_segments(tmp_path):
+    records = [numbered(i, 100) for i in range(40)]
+    await write_journal(tmp_path, records, segment_size=1024)
+    names = seg_files(tmp_path)
+    per_segment = (1024 - seg.HEADER_SIZE) // (seg.RECORD_HEADER_SIZE + 100)
+    # the second segment loses its last record cleanly: every remaining record is intact
+    os.truncate(tmp_path / names[1], seg.HEADER_SIZE + (per_segment - 1) * (seg.RECORD_HEADER_SIZE + 100))
+    async with await Journal.open(tmp_path, segment_size=1024) as journal:
+        assert journal.recovered == records[: 2 * per_segment - 1]
+        assert f"when {names[2]} was started" in journal.recovery_log[0]
+        assert seg_files(tmp_path) == names[:2]
+
+
 async def test_missing_middle_segment_drops_the_segments_after_the_gap(tmp_path):
     records = [numbered(i, 100) for i in range(40)]
     await write_journal(tmp_path, records, segment_size=1024)
@@ -662,7 +680,7 @@ async def test_unknown_format_version_is_refused_without_deleting(tmp_path):
     data = bytearray(path.read_bytes())
     import struct
     import zlib
-    body = struct.pack("<4sHHQQ", seg.MAGIC, seg.VERSION + 1, 0, 1, 1)
+    body = struct.pack("<4sHHQQQ", seg.MAGIC, seg.VERSION + 1, 0, 1, 1, 0)
     data[: seg.HEADER_SIZE] = body + struct.pack("<I", zlib.crc32(body))
     path.write_bytes(bytes(data))
     with pytest.raises(JournalCorrupt, match="format version"):
@@ -684,6 +702,72 @@ async def test_zero_filled_tail_is_not_taken_for_records(tmp_path):
         assert "CRC" in journal.recovery_log[0]
 
 
+RANDOM_RECORDS = [numbered(i, 10 + (i * 37) % 120) for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def template_journal(tmp_path_factory):
+    """A journal of RANDOM_RECORDS over several segments, and where each record starts."""
+    path = tmp_path_factory.mktemp("template")
+    asyncio.run(write_journal(path, RANDOM_RECORDS, segment_size=1024))
+    starts: list[tuple[str, int]] = []        # (segment name, offset) per record
+    for name in seg_files(path):
+        data = (path / name).read_bytes()
+        pos = seg.HEADER_SIZE
+        while pos < len(data):
+            starts.append((name, pos))
+            (length, _crc) = seg.RECORD_HEADER.unpack_from(data, pos)
+            pos += seg.RECORD_HEADER_SIZE + length
+    assert len(starts) == len(RANDOM_RECORDS)
+    return path, starts
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_any_damage_recovers_an_intact_prefix_up_to_the_damage(template_journal, data):
+    template, starts = template_journal
+    names = seg_files(template)
+    name = data.draw(st.sampled_from(names), label="segment")
+    size = os.path.getsize(template / name)
+    boundaries = [o for n, o in starts if n == name]
+    offset = data.draw(st.one_of(st.integers(0, size - 1), st.sampled_from(boundaries)), label="offset")
+    truncate = data.draw(st.booleans(), label="truncate")
+    # every record that ends before the damaged byte (in journal order) must survive
+    where = (names.index(name), offset)
+    safe = 0
+    for (n, o), record in zip(starts, RANDOM_RECORDS):
+        if (names.index(n), o + seg.RECORD_HEADER_SIZE + len(record)) > where:
+            break
+        safe += 1
+    clean_cut = truncate and name == names[-1] and offset in boundaries
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in names:
+            shutil.copy(template / n, os.path.join(tmp, n))
+        path = os.path.join(tmp, name)
+        if truncate:
+            os.truncate(path, offset)
+        else:
+            with open(path, "r+b") as f:
+                f.seek(offset)
+                byte = f.read(1)[0]
+                f.seek(offset)
+                f.write(bytes([byte ^ (1 << data.draw(st.integers(0, 7), label="bit"))]))
+
+        async def reopen() -> tuple[list[bytes], list[str]]:
+            async with await Journal.open(tmp, segment_size=1024) as journal:
+                return journal.recovered, journal.recovery_log
+
+        recovered, log = asyncio.run(reopen())
+        assert recovered == RANDOM_RECORDS[: len(recovered)]
+        if clean_cut:   # indistinguishable from a journal that was never longer
+            assert len(recovered) == safe and log == []
+        else:
+            assert safe <= len(recovered) < len(RANDOM_RECORDS)
+            assert log, "damage went unreported"
+        recovered_again, log_again = asyncio.run(reopen())
+        assert recovered_again == recovered and log_again == []
+
+
 # ---- uvloop ----
 
 def test_round_trip_with_concurrent_appends_and_rewrite_on_uvloop(tmp_path):
@@ -698,3 +782,30 @@ def test_round_trip_with_concurrent_appends_and_rewrite_on_uvloop(tmp_path):
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(scenario()) == [b"snap"] + [numbered(i) for i in range(300, 310)]
+
+
+# ---- the benchmark baseline ----
+
+def test_fdatasync_baseline_measures_and_cleans_up(tmp_path):
+    from tether.bench.fsync_baseline import fdatasync_baseline
+    rate = fdatasync_baseline(tmp_path, 64, 10.5, 0.05)
+    assert rate > 0
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, name", [
+    (("missing-dir", 64, 1, 0.1), "directory"),
+    ((None, 64, 1, 0.1), "directory"),
+    ((".", 0, 1, 0.1), "record_size"),
+    ((".", 64.0, 1, 0.1), "record_size"),
+    ((".", 64, 0.5, 0.1), "batch_size"),
+    ((".", 64, float("nan"), 0.1), "batch_size"),
+    ((".", 64, True, 0.1), "batch_size"),
+    ((".", 64, 1, 0), "seconds"),
+    ((".", 64, 1, float("inf")), "seconds"),
+])
+def test_fdatasync_baseline_rejects_bad_arguments(tmp_path, monkeypatch, args, name):
+    from tether.bench.fsync_baseline import fdatasync_baseline
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=name):
+        fdatasync_baseline(*args)

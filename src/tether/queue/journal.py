@@ -306,6 +306,11 @@ class _SegmentFiles:
     def _path(self, seq: int) -> str:
         return os.path.join(self.directory, segment_name(seq))
 
+    @property
+    def last_size(self) -> int:
+        """Bytes in the current (last) segment."""
+        return self._size
+
     def adopt(self, seq: int, base: int, size: int) -> None:
         """Recovery: count an existing segment (in seq order; the last becomes current)."""
         self._sizes[seq] = size
@@ -316,12 +321,12 @@ class _SegmentFiles:
     def open_current(self) -> None:
         """Recovery: open the last adopted segment for appending, or start the journal."""
         if not self._sizes:
-            self._start_segment(1, 1)
+            self._start_segment(1, 1, 0)
             return
         self._fd = os.open(self._path(self.seq), os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
 
-    def _start_segment(self, seq: int, base: int) -> None:
-        fd = create_segment(self._path(seq), seq, base)
+    def _start_segment(self, seq: int, base: int, prev_size: int) -> None:
+        fd = create_segment(self._path(seq), seq, base, prev_size)
         fsync_directory(self.directory)
         if self._fd >= 0:
             os.close(self._fd)
@@ -346,7 +351,7 @@ class _SegmentFiles:
                 # Flush the full segment first so a crash keeps a prefix of the journal.
                 if self.policy != "never":
                     self._sync()
-                self._start_segment(self.seq + 1, self.base)
+                self._start_segment(self.seq + 1, self.base, self._size)
             write_all(self._fd, data)
             self._size += len(data)
             self._sizes[self.seq] = self._size
@@ -390,6 +395,7 @@ class _SegmentFiles:
         tmp_paths: list[str] = []
         sizes: dict[int, int] = {}
         fd = -1
+        prev_size = 0
         try:
             for i, chunk in enumerate(chunks):
                 seq = base + i
@@ -400,10 +406,10 @@ class _SegmentFiles:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
                              | getattr(os, "O_CLOEXEC", 0), 0o644)
                 tmp_paths.append(path)
-                data = encode_header(seq, base) + chunk
+                data = encode_header(seq, base, prev_size) + chunk
                 write_all(fd, data)
                 datasync(fd)
-                sizes[seq] = len(data)
+                sizes[seq] = prev_size = len(data)
         except OSError:
             # Nothing is in place yet: the old journal stands and stays usable.
             if fd >= 0:
@@ -599,6 +605,16 @@ def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str
     files = _SegmentFiles(directory, lock_fd, policy, interval, segment_size)
     records: list[bytes] = []
     for i, s in enumerate(chain):
+        header = headers[s]
+        if i and header.prev_size != files.last_size:
+            # The previous segment lost (or gained) bytes after this one was started: its
+            # records end early, so this segment no longer follows them.
+            rest = chain[i:]
+            note(f"segment {segment_name(chain[i - 1])} holds {files.last_size} bytes but held "
+                 f"{header.prev_size} when {segment_name(s)} was started: dropped {len(rest)} segment(s) "
+                 f"{segment_name(s)}..{segment_name(rest[-1])}")
+            doomed.extend(segment_name(x) for x in rest)
+            break
         path = os.path.join(directory, segment_name(s))
         with open(path, "rb") as f:
             data = f.read()

@@ -2,13 +2,17 @@
 
 A segment file is named ``{seq:020d}.seg`` and holds a header, then records:
 
-    header  = magic "TJNL" | u16 version | u16 flags | u64 seq | u64 base | u32 crc32(previous 24 bytes)
+    header  = magic "TJNL" | u16 version | u16 flags | u64 seq | u64 base | u64 prev_size
+              | u32 crc32(previous 32 bytes)
     record  = u32 length | u32 crc32(payload, seeded with length ^ CRC_SEED) | payload
 
 All integers are little-endian. ``seq`` repeats the number in the file name (a file renamed
 by hand is caught). ``base`` is the seq of the segment that starts the journal this segment
 belongs to: a segment with ``base == seq`` starts a journal (the first segment ever, or the
 first segment written by a rewrite), and every older segment is obsolete once it exists.
+``prev_size`` is the size the previous segment had when this one was started (0 for a start
+segment): a previous segment that lost records at a record boundary would otherwise look
+intact.
 
 Seeding the record CRC with the length makes a damaged length field fail the check, and
 the seed makes a run of zero bytes (a file extended but never written) fail it too.
@@ -28,7 +32,7 @@ SEGMENT_SUFFIX = ".seg"
 # A rewrite writes its segments under this suffix and renames them into place when done.
 TMP_SUFFIX = ".tmp"
 
-_HEADER_BODY = struct.Struct("<4sHHQQ")
+_HEADER_BODY = struct.Struct("<4sHHQQQ")
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _HEADER_BODY.size + _CRC.size
 RECORD_HEADER = struct.Struct("<II")
@@ -62,15 +66,17 @@ class SegmentHeader:
 
     seq: int
     base: int
+    prev_size: int
 
 
 class BadHeader(Exception):
     """A segment header that is short or damaged; the message says how."""
 
 
-def encode_header(seq: int, base: int) -> bytes:
-    """The header bytes of segment `seq` in the journal started by segment `base`."""
-    body = _HEADER_BODY.pack(MAGIC, VERSION, 0, seq, base)
+def encode_header(seq: int, base: int, prev_size: int) -> bytes:
+    """The header bytes of segment `seq` in the journal started by segment `base`, started
+    when the previous segment held `prev_size` bytes (0 if seq == base)."""
+    body = _HEADER_BODY.pack(MAGIC, VERSION, 0, seq, base, prev_size)
     return body + _CRC.pack(_crc32(body))
 
 
@@ -86,7 +92,7 @@ def decode_header(data: bytes, expected_seq: int) -> SegmentHeader:
         raise BadHeader(f"half-written header ({len(data)} of {HEADER_SIZE} bytes)")
     body = data[: _HEADER_BODY.size]
     (crc,) = _CRC.unpack_from(data, _HEADER_BODY.size)
-    magic, version, _flags, seq, base = _HEADER_BODY.unpack(body)
+    magic, version, _flags, seq, base, prev_size = _HEADER_BODY.unpack(body)
     if magic != MAGIC:
         raise BadHeader("not a journal segment header (bad magic)")
     if crc != _crc32(body):
@@ -98,7 +104,9 @@ def decode_header(data: bytes, expected_seq: int) -> SegmentHeader:
         raise BadHeader(f"header names segment {seq}, not {expected_seq}")
     if base > seq or base == 0:
         raise BadHeader(f"header names an impossible base segment {base}")
-    return SegmentHeader(seq, base)
+    if (base == seq) != (prev_size == 0):
+        raise BadHeader(f"header has an impossible previous segment size {prev_size}")
+    return SegmentHeader(seq, base, prev_size)
 
 
 def record_crc(payload: bytes) -> int:
@@ -179,12 +187,12 @@ def fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def create_segment(path: str, seq: int, base: int) -> int:
+def create_segment(path: str, seq: int, base: int, prev_size: int) -> int:
     """Create the segment file `path` holding just its header, flushed; return an fd that
     appends to it. The caller fsyncs the directory."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
-        write_all(fd, encode_header(seq, base))
+        write_all(fd, encode_header(seq, base, prev_size))
         datasync(fd)
     except BaseException:
         os.close(fd)
