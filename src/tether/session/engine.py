@@ -559,6 +559,13 @@ class SessionEngine:
         # Compare as next_timer() computes the deadline: (a + b) - a can round below b, and a
         # timer that fires without acting would be re-armed at the same instant (a spin).
         if now >= self._last_heard + self.settings.inactivity_timeout:
+            if self._ctl is not None and self._ctl.kind == "terminate":
+                # As when the terminate retries run out: everything was flushed both ways and
+                # the peer went away (it ended, and its TerminateSequenceResponse was lost).
+                self._ctl = None
+                self._transition(Event.TERMINATED)
+                self._end(None)
+                return
             self._fault(InactivityTimeout(
                 f"nothing heard from the peer for {self.settings.inactivity_timeout} s"), now)
             return
