@@ -295,6 +295,21 @@ def test_add_many_batches(RangeSet):
     assert rs.ranges() == [(0, 50), (58, 60), (99, 101), (200, 200), (MAX - 1, MAX)]
 
 
+@pytest.mark.parametrize(
+    "batch,expected",
+    [
+        ([0, MAX], [(0, 0), (MAX, MAX)]),  # MAX + 1 wraps to 0 in C: must not touch the run at 0
+        ([MAX, 0], [(0, 0), (MAX, MAX)]),
+        ([0, 1, MAX, MAX - 1, 2], [(0, 2), (MAX - 1, MAX)]),
+        ([MAX, MAX - 1, 0, MAX], [(0, 0), (MAX - 1, MAX)]),
+    ],
+)
+def test_add_many_wraparound_at_the_ends(RangeSet, batch, expected):
+    rs = RangeSet()
+    assert rs.add_many(batch) == len(set(batch))
+    assert rs.ranges() == expected
+
+
 def test_add_many_large_mostly_ascending(RangeSet):
     rnd = random.Random(7)
     batch = [n for n in range(1, 20001) if rnd.random() > 0.01]
