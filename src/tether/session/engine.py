@@ -420,6 +420,10 @@ class SessionEngine:
                 self._control_out.append(codec.encode_frame(
                     (F.CREATE_SEQUENCE_RESPONSE, sid, self.settings.max_transfer_window,
                      self.settings.max_message_size)))
+                if self.reliable_transport:
+                    # TCP loses nothing on a live connection: the client reconnected before
+                    # the handshake completed, so what we sent since was lost with the old one.
+                    self._resend_everything(now)
         elif kind == F.CREATE_SEQUENCE_REFUSED:
             if self.state is State.CONNECTING:
                 self._fault(CreateSequenceRefused(frame[2] or "refused by the peer"), now, notify=False)
