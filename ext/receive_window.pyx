@@ -27,21 +27,35 @@ cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
 
 
-cdef object _int(object value, str name):
+cdef Py_ssize_t _int(object value, str name) except? -1:
+    """`value` as a Py_ssize_t (an int or __index__), TypeError naming `name` otherwise.
+    Values outside -1..2**62 come back as -2, which every caller refuses by its own range."""
+    cdef Py_ssize_t n
+    if type(value) is not int:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+        n = value
+    except OverflowError:
+        return -2
+    if n < -1 or n > (<Py_ssize_t>1) << 62:
+        return -2
+    return n
 
 
 cdef uint64_t _number(object value, str name) except? 0xFFFFFFFFFFFFFFFF:
     """`value` as an int in 0..2**64-1, or TypeError/ValueError naming `name`."""
-    if type(value) is int and 0 <= value <= MAX_NUMBER:
+    if type(value) is not int:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    try:
         return value
-    n = _int(value, name)
-    if n < 0 or n > MAX_NUMBER:
-        raise ValueError(f"{name} must be in 0..2**64-1, got {n}")
-    return n
+    except OverflowError:
+        raise ValueError(f"{name} must be in 0..2**64-1, got {value}") from None
 
 
 @cython.final
@@ -54,10 +68,10 @@ cdef class ReceiveWindow:
     """
 
     def __cinit__(self, capacity, ordered=True, first_number=1):
-        cdef object cap = _int(capacity, "capacity")
+        cdef Py_ssize_t cap = _int(capacity, "capacity")
         cdef Py_ssize_t ring = 64
         if not 1 <= cap <= _MAX_CAPACITY:
-            raise ValueError(f"capacity must be in 1..{_MAX_CAPACITY}, got {cap}")
+            raise ValueError(f"capacity must be in 1..{_MAX_CAPACITY}, got {capacity}")
         self._first = _number(first_number, "first_number")
         if self._first == 0:
             raise ValueError("first_number must be in 1..2**64-1 (number 0 is never accepted), got 0")
@@ -229,10 +243,10 @@ cdef class ReceiveWindow:
     def release(self, n) -> None:
         """The application consumed `n` delivered messages, freeing their window slots
         (ValueError if n > held)."""
-        count = _int(n, "n")
+        cdef Py_ssize_t count = _int(n, "n")
         if not 0 <= count <= self._held:
-            raise ValueError(f"n must be in 0..{self._held} (held), got {count}")
-        self._held -= <Py_ssize_t>count
+            raise ValueError(f"n must be in 0..{self._held} (held), got {n}")
+        self._held -= count
 
     # ---- acknowledgement ----
 
@@ -273,12 +287,16 @@ cdef class ReceiveWindow:
         """Received numbers as ascending closed (lo, hi) ranges, at most max_ranges (>= 1):
         when there are more, the lowest range and the max_ranges-1 highest ones. Empty when
         nothing has been received."""
-        cdef object most = _int(max_ranges, "max_ranges")
+        cdef Py_ssize_t most = _int(max_ranges, "max_ranges")
         cdef Py_ssize_t runs, total, skip_to, r
         cdef bint cumulative = self._complete or self._floor > self._first
         cdef list out = []
-        if most < 1:
-            raise ValueError(f"max_ranges must be >= 1, got {most}")
+        if most < 1 and most != -2:
+            raise ValueError(f"max_ranges must be >= 1, got {max_ranges}")
+        if most == -2:  # beyond 2**62 or below -1
+            if max_ranges < 1:
+                raise ValueError(f"max_ranges must be >= 1, got {max_ranges}")
+            most = (<Py_ssize_t>1) << 62
         runs = self._collect_runs()
         total = runs + cumulative
         # Keep range 0, then the highest most-1: skip ranges 1 .. total-most.

@@ -38,30 +38,41 @@ cdef object _TWO64 = 2**64
 cdef Py_ssize_t _int(object value, str name) except? -1:
     """`value` as a Py_ssize_t (an int or __index__), TypeError naming `name` otherwise.
     Values outside -1..2**62 come back as -2, which every caller refuses by its own range."""
+    cdef Py_ssize_t n
+    if type(value) is not int:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if n < -1 or n > 2**62:
+        n = value
+    except OverflowError:
+        return -2
+    if n < -1 or n > (<Py_ssize_t>1) << 62:
         return -2
     return n
 
 
 cdef uint64_t _number(object value, str name) except? 0xFFFFFFFFFFFFFFFF:
     """`value` as an int in 0..2**64-1, or TypeError/ValueError naming `name`."""
+    if type(value) is not int:
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if n < 0 or n > MAX_NUMBER:
-        raise ValueError(f"{name} must be in 0..2**64-1, got {n}")
-    return n
+        return value
+    except OverflowError:
+        raise ValueError(f"{name} must be in 0..2**64-1, got {value}") from None
 
 
 cdef uint64_t _range_end(object value, Py_ssize_t i, int which) except? 0xFFFFFFFFFFFFFFFF:
     """One end of ranges[i]; the name is only formatted on error."""
-    if type(value) is int and 0 <= value <= MAX_NUMBER:
-        return value
+    if type(value) is int:
+        try:
+            return value
+        except OverflowError:
+            pass
     return _number(value, f"ranges[{i}][{which}]")
 
 
@@ -105,6 +116,8 @@ cdef double _max_rto(object value) except? -1.0:
 
 cdef Py_ssize_t _limit(object value) except -2:
     cdef Py_ssize_t n = _int(value, "limit")
+    if n == -2 and value > 0:
+        return -1  # more than could ever be held: no limit
     if n < -1:
         raise ValueError(f"limit must be -1 (no limit) or >= 0, got {value}")
     return n
