@@ -18,7 +18,7 @@ from cpython.list cimport PyList_Check, PyList_New
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check
-from cpython.object cimport PyObject
+from cpython.object cimport Py_SIZE, PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_Check, PyTuple_New
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -40,6 +40,7 @@ cdef extern from "Python.h":
     void list_steal "PyList_SET_ITEM"(object lst, Py_ssize_t i, PyObject* item)
     void tuple_steal "PyTuple_SET_ITEM"(object tup, Py_ssize_t i, PyObject* item)
     unsigned long long raw_as_uint "PyLong_AsUnsignedLongLong"(object o) noexcept
+    Py_ssize_t raw_as_ssize "PyLong_AsSsize_t"(object o) noexcept
     Py_ssize_t PY_SSIZE_T_MAX
 
 # Big-endian loads and stores (compilers turn these into one bswap).
@@ -145,6 +146,26 @@ cdef tuple SIMPLE_FIELDS = (
     (("session_id", K_UINT),),
 )
 
+# The same table in C for the decoder: kinds and arity by frame type (0: not simple).
+cdef unsigned char SIMPLE_KINDS[T_LAST + 1][6]
+cdef Py_ssize_t SIMPLE_ARITY[T_LAST + 1]
+cdef tuple FIELD_NAMES = tuple(
+    ("type", *(name for name, _ in fields)) if fields else () for fields in SIMPLE_FIELDS)
+cdef tuple FRAME_TYPES = tuple(range(T_LAST + 1))     # the Python ints decoded frames start with
+
+
+cdef int _fill_simple_tables() except -1:
+    cdef Py_ssize_t t, k
+    for t in range(T_LAST + 1):
+        fields = SIMPLE_FIELDS[t]
+        SIMPLE_ARITY[t] = len(fields) + 1 if fields else 0
+        for k in range(6):
+            SIMPLE_KINDS[t][k] = fields[k - 1][1] if fields and 1 <= k <= len(fields) else 0
+    return 0
+
+
+_fill_simple_tables()
+
 cdef tuple NAMES = (
     "", "CREATE_SEQUENCE", "CREATE_SEQUENCE_RESPONSE", "CREATE_SEQUENCE_REFUSED", "DATA",
     "ACK", "NACK", "ACK_REQUESTED", "CLOSE_SEQUENCE", "CLOSE_SEQUENCE_RESPONSE",
@@ -245,21 +266,29 @@ cdef str _what(str what, Py_ssize_t index):
 
 
 cdef Py_ssize_t as_index(object value, str what, Py_ssize_t lowest) except? -2:
+    """value as a Py_ssize_t >= lowest; beyond Py_ssize_t it is PY_SSIZE_T_MAX, which is
+    past any sequence (callers compare it with a length)."""
     if PyBool_Check(value) or not PyLong_Check(value):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < lowest:
+    cdef Py_ssize_t v = raw_as_ssize(value)
+    if v == -1 and PyErr_Occurred():
+        PyErr_Clear()     # OverflowError: the int does not fit Py_ssize_t
+        v = PY_SSIZE_T_MAX if value > 0 else -PY_SSIZE_T_MAX
+    if v < lowest:
         raise ValueError(f"{what} must be >= {lowest}, got {value}")
-    if value > PY_SSIZE_T_MAX:
-        return PY_SSIZE_T_MAX     # beyond any sequence; callers compare it with a length
-    return <Py_ssize_t>value
+    return v
 
 
 cdef Py_ssize_t as_limit(object value, str what, Py_ssize_t lowest, Py_ssize_t highest) except -1:
     if PyBool_Check(value) or not PyLong_Check(value):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if not lowest <= value <= highest:
+    cdef Py_ssize_t v = raw_as_ssize(value)
+    if v == -1 and PyErr_Occurred():
+        PyErr_Clear()     # OverflowError: far outside any limit
+        v = -1 if value < 0 else PY_SSIZE_T_MAX
+    if v < lowest or v > highest:
         raise ValueError(f"{what} must be in {lowest}..{highest}, got {value}")
-    return <Py_ssize_t>value
+    return v
 
 
 cdef int check_sequence(object value, str what) except -1:
@@ -402,7 +431,7 @@ cdef bytes encode_data_checked(object session_id, object first_number, object pa
     as_uint(session_id, &sid, "session_id")
     as_uint(first_number, &first, "first_number")
     check_sequence(payloads, "payloads")
-    n = len(payloads)
+    n = Py_SIZE(payloads)     # the storage the raw item pointers read, whatever __len__ says
     s = as_index(start, "start", 0)
     c = as_index(count, "count", -1)
     if s > n:
@@ -458,18 +487,21 @@ cdef bytes encode_ack_checked(object session_id, object ranges, object buffer_re
     cdef Py_ssize_t n, i
     as_uint(session_id, &sid, "session_id")
     check_sequence(ranges, "ranges")
-    n = len(ranges)
+    n = Py_SIZE(ranges)
     if 2 * n > 64:
         flat = <uint64_t*>PyMem_Malloc(2 * n * sizeof(uint64_t))
         if flat == NULL:
             raise MemoryError()
+    cdef PyObject** items = PySequence_Fast_ITEMS(ranges)
+    cdef PyObject** bounds
     try:
         for i in range(n):
-            pair = ranges[i]
-            if not (PyList_Check(pair) or PyTuple_Check(pair)) or len(pair) != 2:
+            pair = <object>items[i]
+            if not (PyList_Check(pair) or PyTuple_Check(pair)) or Py_SIZE(pair) != 2:
                 raise TypeError(f"ranges[{i}] must be a (lo, hi) tuple")
-            as_uint(pair[0], &flat[2 * i], "ranges[{}] lo", i)
-            as_uint(pair[1], &flat[2 * i + 1], "ranges[{}] hi", i)
+            bounds = PySequence_Fast_ITEMS(pair)
+            as_uint(<object>bounds[0], &flat[2 * i], "ranges[{}] lo", i)
+            as_uint(<object>bounds[1], &flat[2 * i + 1], "ranges[{}] hi", i)
             if flat[2 * i] > flat[2 * i + 1]:
                 raise ValueError(f"ranges[{i}]: lo {flat[2 * i]} > hi {flat[2 * i + 1]}")
             if i and flat[2 * i] <= flat[2 * i - 1]:
@@ -589,12 +621,11 @@ def split_data(session_id, first_number, payloads, max_body):
     if max_body < 1:
         raise ValueError(f"max_body must be >= 1, got {max_body}")
     limit = PY_SSIZE_T_MAX if max_body > PY_SSIZE_T_MAX else <Py_ssize_t>max_body
-    n = len(payloads)
+    n = Py_SIZE(payloads)
     check_numbers(first, n)
-    # Check every payload before building anything, as the twin does.
+    # Payloads are checked in order as the frames are cut, so a bad one raises the same
+    # error as in the twin (which checks them all first); frames built before it are dropped.
     cdef PyObject** items = PySequence_Fast_ITEMS(payloads)
-    for s in range(n):
-        payload_size(items[s], s)
     frames = []
     s = 0
     while s < n:
@@ -897,31 +928,36 @@ cdef tuple decode_nack(Reader* r, Py_ssize_t arity):
 
 
 cdef tuple decode_simple(Reader* r, Py_ssize_t arity):
-    cdef tuple fields = SIMPLE_FIELDS[r.frame_type]
-    cdef Py_ssize_t i
+    cdef int t = r.frame_type
+    cdef Py_ssize_t i, size
     cdef uint64_t number
     cdef const unsigned char* data
-    cdef Py_ssize_t size
     cdef bint flag = False
-    if arity != len(fields) + 1:
-        fail(r, "", f"{arity} elements, expected {len(fields) + 1}")
-    out = [r.frame_type]
-    for i in range(len(fields)):
-        field, kind = fields[i]
+    cdef tuple names = FIELD_NAMES[t]
+    if arity != SIMPLE_ARITY[t]:
+        fail(r, "", f"{arity} elements, expected {SIMPLE_ARITY[t]}")
+    cdef tuple out = PyTuple_New(arity)
+    Py_INCREF(FRAME_TYPES[t])
+    tuple_steal(out, 0, <PyObject*>FRAME_TYPES[t])
+    for i in range(1, arity):
+        kind = SIMPLE_KINDS[t][i]
         if kind == K_UINT:
-            read_uint(r, &number, field)
-            out.append(number)
-        elif kind == K_TOKEN:
-            read_bin(r, &data, &size, field)
+            read_uint(r, &number, <str>names[i])
+            tuple_steal(out, i, raw_new_uint(number))
+            continue
+        if kind == K_TOKEN:
+            read_bin(r, &data, &size, <str>names[i])
             if size != C_TOKEN_SIZE:
-                fail(r, field, f"must be {C_TOKEN_SIZE} bytes, got {size}")
-            out.append(PyBytes_FromStringAndSize(<char*>data, size))
+                fail(r, <str>names[i], f"must be {C_TOKEN_SIZE} bytes, got {size}")
+            value = PyBytes_FromStringAndSize(<char*>data, size)
         elif kind == K_STR:
-            out.append(read_str(r, field))
+            value = read_str(r, <str>names[i])
         else:
-            read_bool(r, &flag, field)
-            out.append(flag)
-    return tuple(out)
+            read_bool(r, &flag, <str>names[i])
+            value = flag
+        Py_INCREF(value)
+        tuple_steal(out, i, <PyObject*>value)
+    return out
 
 
 cdef list decode_body(const unsigned char* data, Py_ssize_t size,
