@@ -622,3 +622,43 @@ def test_packet_reader_argument_checks(codec):
         codec.PacketReader(2**32)
     with pytest.raises(TypeError):
         codec.PacketReader(10).feed("text")
+
+
+def test_packet_reader_large_packet_then_small_ones(codec):
+    big = bytes(range(256)) * 800                    # 204 800 bytes, fed in 1000-byte chunks
+    stream = codec.frame_packet(big) + codec.frame_packet(b"after") + codec.frame_packet(b"x")
+    reader = codec.PacketReader(len(big))
+    got = []
+    for i in range(0, len(stream), 1000):
+        got += reader.feed(stream[i:i + 1000])
+    assert got == [big, b"after", b"x"] and reader.pending == 0
+    assert reader.feed(codec.frame_packet(b"again")) == [b"again"]
+
+
+# ---------------------------------------------------------------- module surface
+
+def test_both_twins_export_the_same_constants():
+    names = ["CREATE_SEQUENCE", "CREATE_SEQUENCE_RESPONSE", "CREATE_SEQUENCE_REFUSED", "DATA",
+             "ACK", "NACK", "ACK_REQUESTED", "CLOSE_SEQUENCE", "CLOSE_SEQUENCE_RESPONSE",
+             "TERMINATE_SEQUENCE", "TERMINATE_SEQUENCE_RESPONSE", "FAULT", "RESUME",
+             "RESUME_RESPONSE"]
+    assert [getattr(native, n) for n in names] == list(range(1, 15))
+    assert [getattr(reference, n) for n in names] == list(range(1, 15))
+    assert native.FRAME_NAMES == reference.FRAME_NAMES == dict(zip(range(1, 15), names))
+    for name in ("TOKEN_SIZE", "LENGTH_PREFIX_SIZE", "U64_MAX", "MAX_BIN"):
+        assert getattr(native, name) == getattr(reference, name)
+
+
+def test_split_data_takes_bytes_like_payloads():
+    payloads = [bytearray(b"a" * 50), memoryview(b"b" * 70), b"c" * 30] * 5
+    assert native.split_data(1, 1, payloads, 200) == reference.split_data(1, 1, payloads, 200)
+
+
+def test_native_reads_a_list_subclass_by_its_storage_not_its_len():
+    class Lying(list):
+        def __len__(self):
+            return 1000
+
+    assert native.encode_data(1, 1, Lying([b"x"])) == packb([4, 1, 1, [b"x"]])
+    assert native.split_data(1, 1, Lying([b"x"]), 100) == [packb([4, 1, 1, [b"x"]])]
+    assert native.encode_ack(1, Lying([(1, 2)]), 0, False) == packb([5, 1, [1, 2], 0, False])
