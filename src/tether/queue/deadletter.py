@@ -49,32 +49,33 @@ class ExpiryIndex:
     entries once they outnumber live messages, so memory stays proportional to the queue.
     """
 
-    __slots__ = ("_fifo", "_heap", "_tail", "_seq")
+    __slots__ = ("fifo", "_heap", "tail", "_seq")
 
     def __init__(self) -> None:
-        self._fifo: deque[Message] = deque()
+        # `fifo` and `tail` are public so the hot path (Queue.accept) can append inline
+        self.fifo: deque[Message] = deque()
         self._heap: list[tuple[float, int, Message]] = []
-        self._tail = float("-inf")
+        self.tail = float("-inf")
         self._seq = 0
 
     def add(self, message: Message) -> None:
         """Index a message that has an `expires_at`."""
         expires_at = message.expires_at
-        if expires_at >= self._tail:
-            self._fifo.append(message)
-            self._tail = expires_at
+        if expires_at >= self.tail:
+            self.fifo.append(message)
+            self.tail = expires_at
         else:
             self._seq += 1
             heapq.heappush(self._heap, (expires_at, self._seq, message))
 
     def __len__(self) -> int:
-        return len(self._fifo) + len(self._heap)
+        return len(self.fifo) + len(self._heap)
 
     def next_deadline(self) -> float | None:
         """The earliest indexed expiry (perhaps of a message that left since)."""
         best = None
-        if self._fifo:
-            best = self._fifo[0].expires_at
+        if self.fifo:
+            best = self.fifo[0].expires_at
         if self._heap and (best is None or self._heap[0][0] < best):
             best = self._heap[0][0]
         return best
@@ -82,26 +83,26 @@ class ExpiryIndex:
     def pop_due(self, now: float) -> list[Message]:
         """Every indexed message with expires_at <= now, removed from the index."""
         due = []
-        fifo = self._fifo
+        fifo = self.fifo
         while fifo and fifo[0].expires_at <= now:
             due.append(fifo.popleft())
         heap = self._heap
         while heap and heap[0][0] <= now:
             due.append(heapq.heappop(heap)[2])
         if not fifo:
-            self._tail = float("-inf")
+            self.tail = float("-inf")
         return due
 
     def maybe_compact(self, live: int, keep: Callable[[Message], bool]) -> None:
         """Drop entries for which keep() is false, when stale ones clearly dominate."""
-        if len(self._fifo) + len(self._heap) <= 2 * live + _STALE_SLACK:
+        if len(self.fifo) + len(self._heap) <= 2 * live + _STALE_SLACK:
             return
-        self._fifo = deque(m for m in self._fifo if keep(m))
+        self.fifo = deque(m for m in self.fifo if keep(m))
         self._heap = [e for e in self._heap if keep(e[2])]
         heapq.heapify(self._heap)
-        self._tail = self._fifo[-1].expires_at if self._fifo else float("-inf")
+        self.tail = self.fifo[-1].expires_at if self.fifo else float("-inf")
 
     def __iter__(self) -> Iterator[Message]:
-        yield from self._fifo
+        yield from self.fifo
         for entry in self._heap:
             yield entry[2]

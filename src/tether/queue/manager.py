@@ -45,6 +45,9 @@ from .timers import DeadlineScheduler
 from .transaction import Transaction
 
 log = logging.getLogger("tether.queue")
+_time = time.time
+ENQUEUE = records.ENQUEUE
+REMOVE = records.REMOVE
 
 #: The system dead-letter queue's settings: dead letters never expire and never move on.
 DEAD_LETTER_SETTINGS = QueueSettings(time_to_live=None, dead_letter_queue="none",
@@ -310,14 +313,12 @@ class QueueManager:
                                   f"{settings.max_message_size} of queue {queue.name!r}")
         if headers is not None:
             _check_headers(headers)
-        now = time.time()
-        if time_to_live is None:
-            ttl = settings.time_to_live
-        else:
-            ttl = _seconds("time_to_live", time_to_live)
+        now = _time()
+        ttl = settings.time_to_live if time_to_live is None else _seconds("time_to_live", time_to_live)
         self._id_counter += 1
-        return Message(f"{self._id_prefix}{self._id_counter:x}", body, headers, enqueued_at=now,
-                       expires_at=None if ttl is None else now + ttl, destination=destination)
+        # positional: the hot path of every send
+        return Message(f"{self._id_prefix}{self._id_counter:x}", body, headers, 0, now,
+                       None if ttl is None else now + ttl, None, None, destination)
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None) -> str:
@@ -336,7 +337,7 @@ class QueueManager:
             raise QueueFull(f"queue {queue.name!r} holds max_length={max_length} messages")
         if queue.journaled:
             queue.reserved += 1
-            await self._store.submit([records.ENQUEUE, queue.name, message.to_record()],
+            await self._store.submit([ENQUEUE, queue.name, message.to_record()],
                                      queue.accept_reserved, message)
         else:
             queue.accept(message)
@@ -356,7 +357,7 @@ class QueueManager:
             queue = self._receivable(name)
         if queue.faulted:
             raise queue.poison_error()
-        message = queue.take(self, time.time())
+        message = queue.take(self, _time())
         if message is not None:
             return message
         return await self._wait(queue, self, timeout)
@@ -404,12 +405,18 @@ class QueueManager:
 
     async def complete_message(self, message: Message) -> None:
         """Remove a received message (durably on a durable queue). LockLost if the lock expired."""
-        self._check_open()
-        queue = self._check_lock(message, self)
+        # _check_lock() inlined: this is the hot path of every complete
+        if message._state != LOCKED or message._owner is not self or message._lock_deadline < _time():
+            self._check_lock(message, self)
+        if self._closed:
+            self._check_open()
+        queue = message._home
         if queue.journaled:
             message._state = SETTLING
-            await self._store.submit([records.REMOVE, queue.name, message.id], queue.remove, message)
+            await self._store.submit([REMOVE, queue.name, message.id], queue.remove, message)
         else:
+            if queue.deleted:
+                self._check_lock(message, self)
             queue.remove(message)
 
     async def abandon_message(self, message: Message) -> None:

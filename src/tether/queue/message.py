@@ -6,7 +6,7 @@ the very same class.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Awaitable, Protocol
 
 from ..errors import LockLost
 
@@ -36,7 +36,7 @@ class Message:
         "attempts", "retry_at", "_owner", "_home", "_state", "_lock_deadline",
     )
 
-    def __init__(self, id: str, body: bytes, headers: dict | None = None, *,
+    def __init__(self, id: str, body: bytes, headers: dict | None = None,
                  delivery_count: int = 0, enqueued_at: float = 0.0,
                  expires_at: float | None = None, dead_letter_reason: str | None = None,
                  dead_letter_source: str | None = None, destination: str | None = None,
@@ -69,23 +69,24 @@ class Message:
         home = self._home
         return home.name if home is not None else None
 
-    async def complete(self) -> None:
-        """Remove the message from its queue (durably, on a durable queue).
+    def complete(self) -> Awaitable[None]:
+        """Remove the message from its queue (durably, on a durable queue). Await it.
 
         Raises `LockLost` when the peek-lock expired first (the message went back to the
         queue) or the message was not received under a lock."""
         owner = self._owner
         if owner is None:
-            raise LockLost(f"message {self.id} is not locked by a receiver")
-        await owner.complete_message(self)
+            return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
+        # the owner's coroutine itself, not a wrapper: one coroutine less per message
+        return owner.complete_message(self)
 
-    async def abandon(self) -> None:
+    def abandon(self) -> Awaitable[None]:
         """Give the message back: it is redelivered (or retried later, or handled as
-        poison once every retry failed). Raises `LockLost` like `complete()`."""
+        poison once every retry failed). Await it. Raises `LockLost` like `complete()`."""
         owner = self._owner
         if owner is None:
-            raise LockLost(f"message {self.id} is not locked by a receiver")
-        await owner.abandon_message(self)
+            return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
+        return owner.abandon_message(self)
 
     def redelivery_copy(self) -> "Message":
         """A fresh, unlocked copy to put back in a queue. The receiver keeps the old
@@ -119,3 +120,7 @@ class Message:
             extra = f" dead_letter_reason={self.dead_letter_reason!r} source={self.dead_letter_source!r}"
         return (f"<Message id={self.id!r} {len(self.body)} bytes "
                 f"delivery_count={self.delivery_count}{extra}>")
+
+
+async def _raise(error: BaseException) -> None:
+    raise error

@@ -47,7 +47,7 @@ class Queue:
     __slots__ = (
         "name", "settings", "kind", "parent", "journaled", "ready", "depth", "inflight",
         "held", "bytes", "reserved", "waiters", "expiry", "retry", "poison", "deleted",
-        "faulted", "_hooks", "_timer_at", "_validity", "_indexes_expiry",
+        "faulted", "_hooks", "_timer_at", "_validity", "_indexes_expiry", "_sweep_countdown",
     )
 
     def __init__(self, name: str, settings: QueueSettings, hooks: QueueHooks, *,
@@ -75,6 +75,7 @@ class Queue:
         self._validity = settings.validity_duration
         # dead letters sitting in ;poison do not expire; everything else with a TTL does
         self._indexes_expiry = kind != POISON
+        self._sweep_countdown = _STALE_SLACK
 
     # ---- names and state ----
 
@@ -111,6 +112,7 @@ class Queue:
 
     def accept(self, message: Message) -> None:
         """Add a message at the back (a send, a move from another queue)."""
+        # the hot path of every send: _track() and the ExpiryIndex append are inlined
         message._home = self
         message._state = READY
         message._owner = None
@@ -118,13 +120,28 @@ class Queue:
         self.bytes += len(message.body)
         if message.dead_letter_source is not None:
             self._hooks.count_dead_letter(message.dead_letter_source, 1)
-        self._track(message)
-        if self.kind == POISON:
-            self.parent._poison_changed()
+        expires_at = message.expires_at
+        if expires_at is not None and self._indexes_expiry:
+            expiry = self.expiry
+            if expires_at >= expiry.tail:
+                expiry.fifo.append(message)
+                expiry.tail = expires_at
+            else:
+                expiry.add(message)
+            if expires_at < self._timer_at:
+                self._schedule(expires_at)
+        if self.kind is not MAIN:
+            self._track_subqueue(message)
         if self.waiters and self._hand_off(message):
             return
         self.ready.append(message)
         self.depth += 1
+
+    def _track_subqueue(self, message: Message) -> None:
+        if self.kind == POISON:
+            self.parent._poison_changed()
+        elif message.retry_at is not None and message.retry_at < self._timer_at:
+            self._schedule(message.retry_at)
 
     def accept_reserved(self, message: Message) -> None:
         """accept() for a send whose slot was reserved (max_length) before journaling."""
@@ -133,6 +150,7 @@ class Queue:
             self.accept(message)
 
     def _track(self, message: Message) -> None:
+        """Index a message (back in the queue) for its expiry and retry time."""
         expires_at = message.expires_at
         if expires_at is not None and self._indexes_expiry:
             self.expiry.add(message)
@@ -178,7 +196,14 @@ class Queue:
             message = ready.popleft()
             if message._state == READY and message._home is self:
                 self.depth -= 1
-                self.lock(message, owner, now)
+                # lock() inlined: this is the hot path of every receive
+                message._state = LOCKED
+                message._owner = owner
+                message.delivery_count += 1
+                deadline = message._lock_deadline = now + self._validity
+                self.inflight[message.id] = message
+                if deadline < self._timer_at:
+                    self._schedule(deadline)
                 return message
         return None
 
@@ -236,21 +261,25 @@ class Queue:
         """The message left this queue for good (completed, moved, dropped)."""
         if message._home is not self or message._state == GONE:
             return
-        inflight = self.inflight
-        if inflight.get(message.id) is message:
-            del inflight[message.id]
-        elif message._state == READY:
+        if self.inflight.pop(message.id, None) is None and message._state == READY:
             self.depth -= 1          # dropped while waiting (stays in the deque as stale)
         message._state = GONE
         self.held -= 1
         self.bytes -= len(message.body)
         if message.dead_letter_source is not None:
             self._hooks.count_dead_letter(message.dead_letter_source, -1)
-        if self.kind == POISON:
+        if self.kind is POISON:
             self.parent._poison_changed()
+        self._sweep_countdown -= 1
+        if not self._sweep_countdown:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop stale index and ready-list entries once they clearly outnumber live ones
+        (checked every _STALE_SLACK removals, so memory follows the live messages)."""
+        self._sweep_countdown = _STALE_SLACK
         held = self.held
-        if len(self.expiry) > 2 * held + _STALE_SLACK:
-            self.expiry.maybe_compact(held, self._still_waiting)
+        self.expiry.maybe_compact(held, self._still_waiting)
         if len(self.ready) > 2 * self.depth + _STALE_SLACK:
             self.ready = deque(m for m in self.ready if m._home is self and m._state != GONE)
 

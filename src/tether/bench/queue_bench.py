@@ -1,0 +1,156 @@
+"""`tether bench queue`: an embedded queue manager, durable (journal, fsync policy as given)
+and volatile, 64 B and 1 KiB messages: `--senders` concurrent senders fill a queue, then
+as many consumers receive and complete every message. Rows per mode and size:
+
+    {mode}-{size}-send            the send phase (latency: each send call)
+    {mode}-{size}-recv+complete   the receive phase (latency: receive + complete)
+    {mode}-{size}-total           every message sent, received and completed / both phases
+
+Beside them, measured in the same run on the same disk, `baseline-fdatasync-{size}`: a
+plain os.write + os.fdatasync loop writing as many messages per fdatasync as the durable
+send phase averaged per journal batch (`tether.bench.fsync_baseline`). Every row's ratio
+divides by the baseline of its size, so the journal's overhead is a ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+
+from ..queue.manager import QueueManager
+from .fsync_baseline import fdatasync_baseline
+from .report import Progress, Result, apply_ratios, make_result
+
+SIZES = {"64B": 64, "1KiB": 1024}
+MODES = ("durable", "volatile")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=100_000, help="messages per mode and size")
+    parser.add_argument("--senders", type=int, default=64,
+                        help="concurrent senders, and concurrent consumers (default 64)")
+    parser.add_argument("--sizes", default="64B,1KiB", help="comma-separated: 64B,1KiB")
+    parser.add_argument("--modes", default="durable,volatile", help="comma-separated: durable,volatile")
+    parser.add_argument("--fsync", default="always", choices=("always", "interval", "never"),
+                        help="journal fsync policy of the durable runs")
+    parser.add_argument("--data-dir", default=None,
+                        help="directory for the journal and the baseline file (default: a temporary "
+                             "directory under the system temp dir)")
+    parser.add_argument("--baseline-seconds", type=float, default=1.0,
+                        help="how long the fdatasync baseline runs per size")
+
+
+def _choices(text: str, allowed, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    for item in items:
+        if item not in allowed:
+            raise ValueError(f"--{what}: unknown {item!r} (choose from {', '.join(allowed)})")
+    if not items:
+        raise ValueError(f"--{what}: nothing chosen")
+    return items
+
+
+async def _phase(label: str, workers: int, count: int, work, progress: Progress) -> tuple[float, list[float]]:
+    """Run `workers` tasks sharing `count` calls of work(); seconds taken and each call's latency."""
+    latencies: list[float] = []
+    remaining = count
+    clock = time.perf_counter
+
+    async def worker() -> None:
+        nonlocal remaining
+        record = latencies.append
+        while remaining > 0:
+            remaining -= 1
+            t0 = clock()
+            await work()
+            record(clock() - t0)
+            done = count - remaining
+            if not done & 1023:
+                progress.update(label, done, count)
+
+    start = clock()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    seconds = clock() - start
+    progress.done(label)
+    return seconds, latencies
+
+
+async def _run_mode(mode: str, size_name: str, size: int, args: argparse.Namespace,
+                    directory: str, progress: Progress) -> tuple[list[Result], float]:
+    """The rows of one mode and size, and the average messages per journal batch."""
+    data_dir = os.path.join(directory, f"qm-{mode}-{size_name}")
+    body = (bytes(range(256)) * (size // 256 + 1))[:size]
+    count = args.count
+    async with QueueManager.open(data_dir, fsync=args.fsync) as qm:
+        await qm.create_queue("bench", durable=(mode == "durable"))
+        journal = getattr(qm._store, "journal", None)
+        batches_before = journal.batch_count if journal is not None else 0
+        send = qm.send
+
+        async def send_one() -> None:
+            await send("bench", body)
+
+        send_s, send_lat = await _phase(f"{mode} {size_name} send", args.senders, count, send_one, progress)
+        batches = (journal.batch_count - batches_before) if journal is not None else 0
+        receive = qm.receive
+
+        async def receive_one() -> None:
+            message = await receive("bench")
+            await message.complete()
+
+        recv_s, recv_lat = await _phase(f"{mode} {size_name} recv+complete", args.senders, count,
+                                        receive_one, progress)
+        info = await qm.queue_info("bench")
+        assert info.depth == 0 and info.in_flight == 0, info
+    shutil.rmtree(data_dir, ignore_errors=True)
+    prefix = f"{mode}-{size_name}"
+    per_batch = count / batches if batches else 0.0
+    extra = {"senders": args.senders, "fsync": args.fsync if mode == "durable" else None}
+    if per_batch:
+        extra["msgs_per_fsync"] = round(per_batch, 1)
+    rows = [
+        make_result(f"{prefix}-send", count, size, send_s, send_lat, **extra),
+        make_result(f"{prefix}-recv+complete", count, size, recv_s, recv_lat, **extra),
+        make_result(f"{prefix}-total", count, size, send_s + recv_s, **extra),
+    ]
+    return rows, per_batch
+
+
+async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
+    """Every mode and size, then each size's fdatasync baseline; ratios per size."""
+    sizes = _choices(args.sizes, SIZES, "sizes")
+    modes = _choices(args.modes, MODES, "modes")
+    if args.count < 1 or args.senders < 1:
+        raise ValueError("--count and --senders must be >= 1")
+    if args.data_dir is not None:
+        os.makedirs(args.data_dir, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="tether-bench-queue-", dir=args.data_dir)
+    results: list[Result] = []
+    try:
+        for size_name in sizes:
+            size = SIZES[size_name]
+            group: list[Result] = []
+            per_batch = float(args.senders)
+            for mode in modes:
+                rows, batch = await _run_mode(mode, size_name, size, args, directory, progress)
+                if mode == "durable" and batch:
+                    per_batch = batch
+                group.extend(rows)
+            label = f"baseline {size_name} fdatasync"
+            progress.update(label, 0, 1, force=True)
+            loop = asyncio.get_running_loop()
+            per_s = await loop.run_in_executor(
+                None, fdatasync_baseline, directory, size, max(1.0, per_batch), args.baseline_seconds)
+            progress.done(label)
+            baseline_name = f"baseline-fdatasync-{size_name}"
+            seconds = 1.0
+            group.append(make_result(baseline_name, int(per_s * seconds), size, seconds,
+                                     msgs_per_fsync=round(per_batch, 1)))
+            apply_ratios(group, baseline_name)
+            results.extend(group)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return results
