@@ -1,0 +1,12 @@
+"""Deterministic network simulation of reliable sessions (issue 3, DESIGN.md "How we test").
+
+A simulated clock and network (network.py) join client SessionEngines to a server Demux;
+application models (app.py) send and consume on both sides; the harness (harness.py) drives
+everything event by event and checks the invariants (invariants.py) after every step;
+scenarios.py turns a seed into conditions and settings. The same seed always gives the same
+run, on tether._native and on the pure-Python twins alike.
+"""
+from .harness import Simulation, SimulationFailure, run_scenario
+from .scenarios import FAMILIES, Scenario, make_scenario
+
+__all__ = ["FAMILIES", "Scenario", "Simulation", "SimulationFailure", "make_scenario", "run_scenario"]
