@@ -113,6 +113,7 @@ class SessionEngine:
 
         self._last_heard = now
         self._last_sent = now
+        self._stream_reader = None  # receive_data() only
         self._events: list = []
         self.messages_sent = 0
         self.messages_resent = 0
@@ -492,6 +493,34 @@ class SessionEngine:
         if not self._peer_closed_reported and (self._reassembler is None or not self._reassembler.has_partial):
             self._peer_closed_reported = True
             self._events.append(PeerClosed())
+
+    # ---- DESIGN.md's aioquic-style names for the same entry points ----
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """UDP: one datagram is one packet."""
+        self.receive_packet(data, now)
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """UDP: the datagrams to send now."""
+        return self.packets_to_send(now)
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """TCP: bytes from the stream, de-framed into packets here."""
+        if self._stream_reader is None:
+            self._stream_reader = self._codec.PacketReader(
+                max(self.max_packet_size, self.settings.max_message_size + 4096))
+        try:
+            packets = self._stream_reader.feed(data)
+        except ProtocolError as exc:
+            self._fault(exc, now)
+            return
+        for body in packets:
+            self.receive_packet(body, now)
+
+    def data_to_send(self, now: float) -> bytes:
+        """TCP: the length-prefixed bytes to write now."""
+        frame = self._codec.frame_packet
+        return b"".join([frame(p) for p in self.packets_to_send(now)])
 
     # ---- transport loss and resume (TCP) ----
 

@@ -14,6 +14,9 @@ from .demux import Demux
 # TCP packets batch many messages; one message alone may be larger (up to max_message_size).
 TCP_PACKET = 256 * 1024
 FRAMING_OVERHEAD = 4096
+# A peer that stops reading while it keeps asking for acks would grow our write buffer;
+# data is bounded by the send window, so far beyond that the peer is hostile or stuck.
+MAX_WRITE_BUFFER = 64 * 1024 * 1024
 # Reconnect backoff: first retry soon, never more than a couple of seconds between tries.
 RECONNECT_FIRST = 0.05
 RECONNECT_CAP = 2.0
@@ -69,6 +72,10 @@ class TcpConnection(asyncio.Protocol):
             chunks.append(_LENGTH.pack(len(body)))
             chunks.append(body)
         transport.writelines(chunks)
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            self.on_error(ProtocolError(
+                f"the peer stopped reading: over {MAX_WRITE_BUFFER} bytes wait to be written"))
+            self.close()
 
     def close(self) -> None:
         if not self.closed:

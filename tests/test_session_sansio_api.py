@@ -1,0 +1,53 @@
+"""DESIGN.md's sans-IO entry points by name: datagrams for UDP, a byte stream for TCP."""
+from __future__ import annotations
+
+import os
+
+from tether.session.demux import Demux
+from tether.session.engine import SessionEngine
+from tether.session.events import MessagesDelivered, SessionEnded
+from tether.session.settings import SessionSettings
+
+
+def pair(reliable: bool):
+    settings = SessionSettings(max_transfer_window=16)
+    client = SessionEngine.client(settings, session_id=42, token=os.urandom(16), now=0.0,
+                                  reliable_transport=reliable, max_packet_size=65000)
+    demux = Demux(settings, reliable_transport=reliable, max_packet_size=65000)
+    client.start(0.0)
+    return client, demux
+
+
+def delivered(engine) -> list:
+    return [m for e in engine.events() if isinstance(e, MessagesDelivered) for m in e.messages]
+
+
+def test_udp_datagram_names():
+    client, demux = pair(False)
+    server = None
+    now = 0.0
+    for _ in range(3):
+        for d in client.datagrams_to_send(now):
+            server = demux.route(d, now).engine or server
+        for d in server.datagrams_to_send(now):
+            client.receive_datagram(d, now)
+        now += 0.001
+    client.send([b"one", b"two"], now)
+    for d in client.datagrams_to_send(now):
+        server.receive_datagram(d, now)
+    assert delivered(server) == [b"one", b"two"]
+
+
+def test_tcp_stream_names_split_anywhere():
+    client, demux = pair(True)
+    first = client.data_to_send(0.0)
+    assert int.from_bytes(first[:4], "big") == len(first) - 4
+    server = demux.route(first[4:], 0.0).engine
+    client.receive_data(server.data_to_send(0.0), 0.0)
+    client.send([b"x" * 100, b"y" * 100], 0.1)
+    stream = client.data_to_send(0.1)
+    for i in range(0, len(stream), 7):  # any chunking of the stream gives the same packets
+        server.receive_data(stream[i:i + 7], 0.1)
+    assert delivered(server) == [b"x" * 100, b"y" * 100]
+    server.receive_data(b"\xff\xff\xff\xff", 0.2)  # a length no packet may have
+    assert any(isinstance(e, SessionEnded) and e.error.code == "protocol-error" for e in server.events())
