@@ -26,7 +26,7 @@ BATCH = 64
 MAX_BODY = 60_000            # a UDP datagram body, well under 65 507
 ACKS = 100_000
 SESSION = 0x5EED_0001_2345_6789
-ROUNDS = 3
+ROUNDS = 5                   # the box is shared: report the min of a few rounds
 
 
 def module(impl: str):
