@@ -32,6 +32,7 @@ from ..errors import LockLost, MessageTooLarge, QueueError, QueueExists, QueueFu
 from . import records
 from .address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
 from .deadletter import EXPIRED, REJECTED, as_dead_letter, dead_letter_queue_name
+from .dedupe import DEFAULT_WINDOW, DedupeWindow
 from .info import QueueInfo
 from .memory_store import MemoryStore
 from .message import LOCKED, SETTLING, Message
@@ -74,7 +75,7 @@ def _seconds(name: str, value: Any) -> float:
 class QueueManager:
     """The queues of this process. Create it with `await QueueManager.open(data_dir)`."""
 
-    def __init__(self, store: Any, data_dir: str | None) -> None:
+    def __init__(self, store: Any, data_dir: str | None, dedupe_window: float = DEFAULT_WINDOW) -> None:
         self._store = store
         self._loop = asyncio.get_running_loop()
         self.data_dir = data_dir
@@ -84,6 +85,8 @@ class QueueManager:
         self._defining: dict[str, QueueSettings] = {}      # definitions being journaled
         self._scheduler = DeadlineScheduler(self._loop)
         self._dead_counts: Counter[str] = Counter()
+        self._dedupe = DedupeWindow(dedupe_window)
+        self._dedupe_pending: set[str] = set()
         self._id_prefix = os.urandom(8).hex() + "-"
         self._id_counter = 0
         self._closed = False
@@ -94,12 +97,14 @@ class QueueManager:
     @classmethod
     def open(cls, data_dir: str | os.PathLike | None = None, *, fsync: str = "always",
              fsync_interval: float = 0.05, segment_size: int = 64 * 1024 * 1024,
-             compact_ratio: float = 4.0, compact_min_bytes: int = 16 * 1024 * 1024) -> "_Opening":
+             compact_ratio: float = 4.0, compact_min_bytes: int = 16 * 1024 * 1024,
+             dedupe_window: float = DEFAULT_WINDOW) -> "_Opening":
         """Open the queue manager whose journal is in `data_dir` (created if missing),
         recovering its queues and durable messages. Without `data_dir` everything is in
         memory. `fsync`: "always" (a durable send returns once fdatasync'ed), "interval"
         (at most every `fsync_interval` s), "never". The journal is compacted when it is
-        `compact_ratio` times the live data and over `compact_min_bytes`.
+        `compact_ratio` times the live data and over `compact_min_bytes`. Forwarded
+        message ids are remembered for `dedupe_window` seconds (see `accept_forwarded`).
 
         Await it (`qm = await QueueManager.open(d)`) or use it as an async context
         manager (`async with QueueManager.open(d) as qm:`), which closes on exit."""
@@ -114,7 +119,7 @@ class QueueManager:
                 store = await DurableStore.open(path, fsync=fsync, fsync_interval=fsync_interval,
                                                 segment_size=segment_size, compact_ratio=compact_ratio,
                                                 compact_min_bytes=compact_min_bytes)
-            manager = cls(store, None if data_dir is None else os.fspath(data_dir))
+            manager = cls(store, None if data_dir is None else os.fspath(data_dir), dedupe_window)
             try:
                 manager._recover()
             except BaseException:
@@ -140,6 +145,9 @@ class QueueManager:
             for fields in messages.values():
                 queue.accept(Message.from_record(fields))
             restored += len(messages)
+        now = time.time()
+        for message_id, when in state.seen.items():
+            self._dedupe.add(message_id, when, now)
         self._store.set_snapshot(self._snapshot_ops, self._live_bytes)
         if self._store.durable:
             log.info("queue manager recovered %d queues and %d messages from %s",
@@ -342,6 +350,79 @@ class QueueManager:
         else:
             queue.accept(message)
         return message.id
+
+    async def accept_forwarded(self, queue_name: str, message_id: str, body: bytes, *,
+                               headers: dict | None = None, enqueued_at: float | None = None,
+                               expires_at: float | None = None) -> bool:
+        """The target side of store-and-forward: queue a message another queue manager
+        forwarded, keeping its id, enqueue time and expiry. Returns once it is durable
+        (durable queue); False, storing nothing, when this id was accepted before (within
+        the dedupe window, which survives a restart) on an exactly_once queue, so a
+        retried transfer delivers once. Raises QueueNotFound, QueueFull, MessageTooLarge."""
+        self._check_open()
+        if not isinstance(message_id, str) or not message_id:
+            raise TypeError(f"message_id must be a non-empty string, not {message_id!r}")
+        queue = self._sendable.get(queue_name)
+        if queue is None:
+            queue, _ = await self.route(queue_name)
+        message = self._new_message(queue, body, headers, None, None)
+        message.id = message_id
+        if enqueued_at is not None:
+            message.enqueued_at = float(enqueued_at)
+        message.expires_at = None if expires_at is None else float(expires_at)
+        dedupe = queue.settings.exactly_once
+        if dedupe and (message_id in self._dedupe or message_id in self._dedupe_pending):
+            return False
+        max_length = queue.settings.max_length
+        if max_length is not None and queue.held + queue.reserved >= max_length:
+            raise QueueFull(f"queue {queue.name!r} holds max_length={max_length} messages")
+        now = time.time()
+        steps = [(queue, [ENQUEUE, queue.name, message.to_record()])]
+        if dedupe:
+            self._dedupe_pending.add(message_id)
+            steps.append((queue, [records.SEEN, [message_id], now]))
+        queue.reserved += 1
+
+        def apply() -> None:
+            if dedupe:
+                self._dedupe_pending.discard(message_id)
+                self._dedupe.add(message_id, now, now)
+            queue.accept_reserved(message)
+
+        try:
+            pending = self._perform(steps, apply)
+            if pending is not None:
+                await pending
+        except asyncio.CancelledError:
+            raise       # the write goes on (SharedBatchFuture): apply() settles the id
+        except BaseException:
+            self._dedupe_pending.discard(message_id)   # the journal failed: nothing stored
+            raise
+        return True
+
+    async def forget_forwarded(self, message_ids: list[str]) -> None:
+        """Forget accepted forwarded ids (the sender will never send them again), durably."""
+        self._check_open()
+        ids = [i for i in message_ids if i in self._dedupe]
+        if not ids:
+            return
+        if self._store.durable:
+            await self._store.submit([records.FORGET, ids], self._dedupe.forget, ids)
+        else:
+            self._dedupe.forget(ids)
+
+    async def dead_letter_message(self, message: Message, reason: str) -> None:
+        """Settle a received message by moving it to its queue's dead-letter queue with
+        `reason` (a forwarder does this for "rejected" and "queue-not-found"; the source
+        is its destination address, or its queue). LockLost if the lock was lost."""
+        self._check_open()
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"dead-letter reason must be a non-empty string, not {reason!r}")
+        queue = self._check_lock(message, self)
+        message._state = SETTLING
+        pending = self._dead_letter(queue, message, reason)
+        if pending is not None:
+            await pending
 
     # ---- receiving ----
 
@@ -603,6 +684,12 @@ class QueueManager:
                 name = queue.name
                 for message in queue.messages():
                     yield [records.ENQUEUE, name, message.to_record()]
+        if self._store.durable:
+            yield from self._snapshot_seen()
+
+    def _snapshot_seen(self) -> Iterator[list]:
+        for message_id, when in self._dedupe.items():
+            yield [records.SEEN, [message_id], when]
 
     def _live_bytes(self) -> int:
         return sum(q.bytes + 96 * q.held for q in self._queues.values() if q.journaled)

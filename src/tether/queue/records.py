@@ -10,6 +10,8 @@ order rebuilds exactly the state they describe.
     ["e", queue, message]                      a message (Message.to_record()) joins a queue
     ["r", queue, id]                           a message leaves a queue
     ["u", queue, id, delivery_count, attempts] a message's delivery counts changed
+    ["s", [id, ...], time]                     forwarded ids accepted at `time` (de-duplication)
+    ["f", [id, ...]]                           accepted ids the sender will never send again
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ DELETE = "d"
 ENQUEUE = "e"
 REMOVE = "r"
 UPDATE = "u"
+SEEN = "s"
+FORGET = "f"
 
 # Message.to_record() field positions used by replay
 _DELIVERY_COUNT = 5
@@ -53,6 +57,8 @@ class ReplayState:
     def __init__(self) -> None:
         self.definitions: dict[str, dict] = {}
         self.messages: dict[str, dict[str, list]] = {}
+        #: de-duplication: forwarded message id -> when it was first seen
+        self.seen: dict[str, float] = {}
 
     def apply_records(self, records: Iterable[bytes]) -> None:
         for record in records:
@@ -73,6 +79,14 @@ class ReplayState:
                 if message is not None:
                     message[_DELIVERY_COUNT] = op[3]
                     message[_ATTEMPTS] = op[4]
+            elif kind == SEEN:
+                seen, when = self.seen, op[2]
+                for message_id in op[1]:
+                    seen.setdefault(message_id, when)
+            elif kind == FORGET:
+                seen = self.seen
+                for message_id in op[1]:
+                    seen.pop(message_id, None)
             elif kind == DEFINE:
                 self.definitions[op[1]] = op[2]
             elif kind == DELETE:
