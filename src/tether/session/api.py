@@ -14,6 +14,7 @@ from .session import Session
 from .settings import SessionSettings
 from .tcp import (RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection,
                   max_packet_size)
+from .timers import clock
 from .udp import UdpClientProtocol, UdpServerProtocol, datagram_size
 from .url import SessionURL, parse
 
@@ -64,12 +65,12 @@ async def _open_udp(url: SessionURL, settings: SessionSettings) -> Session:
     transport, protocol = await loop.create_datagram_endpoint(
         UdpClientProtocol, remote_addr=(url.host, url.port))
     engine = SessionEngine.client(
-        settings, session_id=_new_session_id(), token=os.urandom(16), now=loop.time(),
+        settings, session_id=_new_session_id(), token=os.urandom(16), now=clock(),
         reliable_transport=False, max_packet_size=datagram_size(url.host))
     session = Session(engine, protocol, loop)
     protocol.session = session
     session.add_end_callback(lambda s: protocol.close())
-    engine.start(loop.time())
+    engine.start(clock())
     session._pump()
     try:
         await session.wait_connected(settings.connect_timeout)
@@ -118,7 +119,7 @@ class _TcpReconnector:
                     delay = min(delay * 2, RECONNECT_CAP)
                     continue
                 self.reconnects += 1
-                self.session.engine.resume(self.loop.time())
+                self.session.engine.resume(clock())
                 self.session._pump()
                 return
         finally:
@@ -134,13 +135,13 @@ class _TcpReconnector:
 async def _open_tcp(url: SessionURL, settings: SessionSettings) -> Session:
     loop = asyncio.get_running_loop()
     engine = SessionEngine.client(
-        settings, session_id=_new_session_id(), token=os.urandom(16), now=loop.time(),
+        settings, session_id=_new_session_id(), token=os.urandom(16), now=clock(),
         reliable_transport=True, max_packet_size=TCP_PACKET)
     session = Session(engine, None, loop)
     reconnector = _TcpReconnector(session, url)
     session.reconnector = reconnector  # type: ignore[attr-defined]
     await asyncio.wait_for(reconnector.connect(), settings.connect_timeout)
-    engine.start(loop.time())
+    engine.start(clock())
     session._pump()
     try:
         await session.wait_connected(settings.connect_timeout)
@@ -262,17 +263,17 @@ class Server:
             self._tcp.close()
         for session in list(self.sessions.values()):
             if not session.closed:
-                session._engine.close(self._loop.time())
+                session._engine.close(clock())
                 session._pump()
         self._backlog.put_nowait(None)
         self._loop.create_task(self._finish_close())
 
     async def _finish_close(self) -> None:
         try:
-            deadline = self._loop.time() + SERVER_CLOSE_GRACE
-            while self.sessions and self._loop.time() < deadline:
+            deadline = clock() + SERVER_CLOSE_GRACE
+            while self.sessions and clock() < deadline:
                 await asyncio.wait([asyncio.ensure_future(s.wait_closed()) for s in self.sessions.values()],
-                                   timeout=deadline - self._loop.time())
+                                   timeout=deadline - clock())
             for session in list(self.sessions.values()):
                 session.abort("the server closed")
             for task in list(self._tasks):

@@ -721,6 +721,7 @@ class SessionEngine:
             return []
         head = self._pending_head
         batch = self._pending[head:head + allowed]
+        bytes_before = sw.bytes_in_flight
         taken = sw.push(batch, now)
         if taken < len(batch):
             batch = batch[:taken]
@@ -732,7 +733,7 @@ class SessionEngine:
         elif self._pending_head > 4096 and self._pending_head * 2 > len(self._pending):
             del self._pending[:self._pending_head]
             self._pending_head = 0
-        self._pending_bytes -= sum(map(len, batch))
+        self._pending_bytes -= sw.bytes_in_flight - bytes_before
         self.messages_sent += taken
         return self._encode_batch(first, batch)
 

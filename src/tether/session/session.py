@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol
 from ..errors import RetryLimitExceeded, SequenceClosed, TetherError
 from .engine import SessionEngine
 from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
-from .timers import timer_service
+from .timers import clock, timer_service
 
 
 class Link(Protocol):
@@ -140,7 +140,7 @@ class Session:
                 await self._wait(self._space_waiters)
                 continue
             chunk = messages if (done == 0 and room >= total) else messages[done:done + room]
-            engine.send(chunk if isinstance(chunk, list) else list(chunk), self._loop.time())
+            engine.send(chunk if isinstance(chunk, list) else list(chunk), clock())
             done += len(chunk)
             self._schedule()
 
@@ -149,7 +149,7 @@ class Session:
         buffering, as the asyncio Transport adapter does)."""
         if self._ended:
             raise self._error or SequenceClosed("the session is closed")
-        self._engine.send(messages, self._loop.time())
+        self._engine.send(messages, clock())
         self._schedule()
 
     async def flush(self) -> None:
@@ -247,7 +247,7 @@ class Session:
         Raises the fault if the session fails while closing."""
         if self._ended:
             return
-        self._engine.close(self._loop.time())
+        self._engine.close(clock())
         self._pump()
         try:
             await asyncio.wait_for(asyncio.shield(self._closed), timeout)
@@ -259,19 +259,19 @@ class Session:
 
     def close_sending(self) -> None:
         """Half-close: the peer gets EOF after the last message sent; receiving goes on."""
-        self._engine.close_sending(self._loop.time())
+        self._engine.close_sending(clock())
         self._schedule()
 
     def abort(self, reason: str = "aborted by the peer") -> None:
         """End the session now; what is unacknowledged is dropped."""
         if not self._ended:
-            self._engine.abort(self._loop.time(), reason)
+            self._engine.abort(clock(), reason)
             self._pump()
 
     def fail(self, error: TetherError) -> None:
         """Fault the session with a local error (adapters use it for undecodable input)."""
         if not self._ended:
-            self._engine.fail(error, self._loop.time())
+            self._engine.fail(error, clock())
             self._pump()
 
     async def wait_closed(self) -> None:
@@ -303,7 +303,7 @@ class Session:
 
     def feed(self, body: bytes) -> None:
         """A packet arrived from the peer."""
-        self._engine.receive_packet(body, self._loop.time())
+        self._engine.receive_packet(body, clock())
         self._pump()
 
     def on_timer(self, now: float) -> None:
@@ -328,7 +328,7 @@ class Session:
 
     def _pump(self) -> None:
         engine = self._engine
-        now = self._loop.time()
+        now = clock()
         if self._consumed:
             engine.release(self._consumed, now)
             self._consumed = 0

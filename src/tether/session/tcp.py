@@ -7,9 +7,10 @@ import asyncio
 import struct
 from typing import Any, Callable
 
-from .core import default as default_core
 from ..errors import ProtocolError
+from .core import default as default_core
 from .demux import Demux
+from .timers import clock
 
 # TCP packets batch many messages; one message alone may be larger (up to max_message_size).
 TCP_PACKET = 256 * 1024
@@ -104,7 +105,7 @@ class TcpServerConnection(TcpConnection):
         self.session = None
 
     def _first_packet(self, body: bytes) -> None:
-        routed = self.demux.route(body, self.loop.time())
+        routed = self.demux.route(body, clock())
         if routed.replies:
             self.transmit(routed.replies)
         engine = routed.engine

@@ -1,12 +1,20 @@
 """One asyncio timer for many sessions: a deadline heap (tether._native.rtt.DeadlineHeap)
-and a single loop.call_at, re-armed only when the earliest deadline moves."""
+and a single loop timer, re-armed only when the earliest deadline moves.
+
+Sessions run on `clock()` (time.monotonic), not loop.time(): uvloop's loop.time() is the
+libuv time cached once per loop iteration in whole milliseconds, which turns loopback RTT
+samples into zeros. The loop timer is armed relative to that clock with call_later."""
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from typing import Protocol
 
 from .core import default as default_core
+
+
+clock = time.monotonic
 
 
 class TimerClient(Protocol):
@@ -51,12 +59,12 @@ class TimerService:
             self._handle = None
         self._armed_at = earliest
         if earliest is not None:
-            self._handle = self._loop.call_at(earliest, self._fire)
+            self._handle = self._loop.call_later(max(0.0, earliest - clock()), self._fire)
 
     def _fire(self) -> None:
         self._handle = None
         self._armed_at = None
-        now = self._loop.time()
+        now = clock()
         for client in self._heap.pop_due(now):
             client.on_timer(now)
         self._rearm()

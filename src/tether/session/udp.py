@@ -8,6 +8,7 @@ import socket
 from typing import Any, Callable
 
 from .demux import Demux
+from .timers import clock
 
 # Loopback carries 64 KiB datagrams; elsewhere stay under a common Ethernet MTU
 # (1500 - 40 IPv6 - 8 UDP) so datagrams are not IP-fragmented.
@@ -123,7 +124,7 @@ class UdpServerProtocol(asyncio.DatagramProtocol):
         tune_socket(transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        routed = self.demux.route(data, self.loop.time())
+        routed = self.demux.route(data, clock())
         if routed.replies and self.transport is not None:
             for reply in routed.replies:
                 self.transport.sendto(reply, addr)
