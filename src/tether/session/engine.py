@@ -604,7 +604,10 @@ class SessionEngine:
             return
         ctl = self._ctl
         if ctl is not None and now >= ctl.deadline:
-            if ctl.retries >= self.settings.max_retry_count:
+            # Over TCP a control frame is lost only with its connection and the client's
+            # resume resends it: an outage must cost delay, not the session (the inactivity
+            # timeout bounds it, as it does for data, which has no retransmission timer there).
+            if ctl.retries >= self.settings.max_retry_count and not self.reliable_transport:
                 if ctl.kind == "terminate":  # everything was flushed; the peer went away
                     self._ctl = None
                     self._transition(Event.TERMINATED)
