@@ -445,8 +445,10 @@ class SessionEngine:
             self._control_out.append(codec.encode_frame((F.TERMINATE_SEQUENCE_RESPONSE, sid)))
             unacked = self.pending_count + self._sw.in_flight
             if unacked:
-                self._end(SequenceTerminated(
-                    f"the peer terminated the session with {unacked} messages unacknowledged"))
+                # a fault (the state becomes FAULTED, timers stop); the peer ended already
+                self._fault(SequenceTerminated(
+                    f"the peer terminated the session with {unacked} messages unacknowledged"),
+                    now, notify=False)
             else:
                 self._transition(Event.TERMINATED)
                 self._end(None)
