@@ -11,7 +11,7 @@ import h11
 import pytest
 
 import tether
-from tether.bench.relay import UdpRelay
+from tether.bench.relay import TcpRelay, UdpRelay
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,6 +64,39 @@ async def test_50_megabytes_through_a_lossy_relay_arrive_exactly():
             assert await within(counted, 5) == size
             assert answer.decode() == sent.hexdigest() == received.hexdigest()
             assert relay.dropped > 0 and writer.transport.get_extra_info("stats")["resent"] > 0
+            writer.close()
+            await within(writer.wait_closed(), 10)
+        finally:
+            relay.close()
+
+
+@pytest.mark.fault
+async def test_stream_survives_tcp_connection_cuts_unnoticed():
+    """Over tcp:// the session reconnects and resumes after each cut; the stream sees
+    nothing but delay."""
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async with await tether.start_server(echo, "tcp://127.0.0.1:0", max_transfer_window=64) as server:
+        relay = await TcpRelay(server.address, cut_every=500_000, seed=4).start()
+        try:
+            reader, writer = await tether.open_connection(
+                f"tcp://127.0.0.1:{relay.address[1]}", max_transfer_window=64)
+            payload = os.urandom(3 * 1024 * 1024)
+
+            async def send_all():
+                for i in range(0, len(payload), 100_000):
+                    writer.write(payload[i:i + 100_000])
+                    await writer.drain()
+                writer.write_eof()
+
+            sending = asyncio.ensure_future(send_all())
+            assert await within(reader.read(), 45) == payload
+            await within(sending, 5)
+            assert relay.cuts >= 2
             writer.close()
             await within(writer.wait_closed(), 10)
         finally:
