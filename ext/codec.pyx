@@ -608,6 +608,25 @@ def encode_frame(frame):
     return packb(packed, use_bin_type=True)
 
 
+def payload_sizes(payloads):
+    """(total bytes, largest, all exactly bytes) of a list or tuple of payloads, in one pass:
+    what a sender checks before queueing a batch. TypeError names a payload that is not
+    bytes-like."""
+    cdef Py_ssize_t i, n, size, total = 0, largest = 0
+    cdef bint exact = True
+    check_sequence(payloads, "payloads")
+    n = Py_SIZE(payloads)
+    cdef PyObject** items = PySequence_Fast_ITEMS(payloads)
+    for i in range(n):
+        if not PyBytes_CheckExact(<object>items[i]):
+            exact = False
+        size = payload_size(items[i], i)
+        total += size
+        if size > largest:
+            largest = size
+    return total, largest, exact
+
+
 def split_data(session_id, first_number, payloads, max_body):
     """DATA frames for consecutive payloads, greedily filled: each frame is at most max_body
     bytes, except that a payload too large for any frame gets a frame of its own."""

@@ -662,3 +662,21 @@ def test_native_reads_a_list_subclass_by_its_storage_not_its_len():
     assert native.encode_data(1, 1, Lying([b"x"])) == packb([4, 1, 1, [b"x"]])
     assert native.split_data(1, 1, Lying([b"x"]), 100) == [packb([4, 1, 1, [b"x"]])]
     assert native.encode_ack(1, Lying([(1, 2)]), 0, False) == packb([5, 1, [1, 2], 0, False])
+
+
+# ---- payload_sizes: the sender's one-pass check of a batch ----
+
+@pytest.mark.parametrize("codec", [native, reference], ids=["native", "reference"])
+def test_payload_sizes(codec):
+    assert codec.payload_sizes([]) == (0, 0, True)
+    assert codec.payload_sizes([b"ab", b"", b"xyz"]) == (5, 3, True)
+    assert codec.payload_sizes((b"ab", bytearray(b"1234"), memoryview(b"x"))) == (7, 4, False)
+    with pytest.raises(TypeError, match=r"payloads\[1\]"):
+        codec.payload_sizes([b"ok", "text"])
+    with pytest.raises(TypeError, match="payloads"):
+        codec.payload_sizes(b"not a list")
+
+
+@given(st.lists(st.one_of(st.binary(max_size=40), st.binary(max_size=40).map(bytearray)), max_size=30))
+def test_payload_sizes_twins_agree(payloads):
+    assert native.payload_sizes(payloads) == reference.payload_sizes(payloads)

@@ -279,6 +279,21 @@ def encode_frame(frame: tuple) -> bytes:
     return _pack(out)
 
 
+def payload_sizes(payloads: list) -> tuple[int, int, bool]:
+    """(total bytes, largest, all exactly bytes) of a list or tuple of payloads: what a
+    sender checks before queueing a batch. TypeError names a payload that is not bytes-like."""
+    items = _sequence(payloads, "payloads")
+    total = largest = 0
+    exact = True
+    for i, item in enumerate(items):
+        if type(item) is not bytes:
+            exact = False
+        size = memoryview(_binary(item, f"payloads[{i}]")).nbytes
+        total += size
+        largest = max(largest, size)
+    return total, largest, exact
+
+
 def split_data(session_id: int, first_number: int, payloads: list, max_body: int) -> list[bytes]:
     """DATA frames for consecutive payloads, greedily filled: each frame is at most max_body
     bytes, except that a payload too large for any frame gets a frame of its own."""

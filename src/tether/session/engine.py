@@ -203,17 +203,16 @@ class SessionEngine:
             raise SequenceClosed("the session is closing: nothing more can be sent")
         if not payloads:
             return
-        kinds = set(map(type, payloads))
-        if kinds != {bytes}:
-            payloads = _as_bytes(payloads, kinds)
+        total, biggest, exact = self._codec.payload_sizes(payloads)
+        if not exact:  # a bytearray/memoryview may change after send() returns: copy it
+            payloads = [bytes(p) for p in payloads]
         limit = min(self.settings.max_message_size, self.peer_max_message_size)
-        biggest = max(map(len, payloads))
         if biggest > limit:
             raise MessageTooLarge(f"a message of {biggest} bytes exceeds max_message_size {limit}")
         if self._fragment_size is not None and biggest > self._fragment_size:
             payloads = self._cut_large(payloads)
         self._pending.extend(payloads)
-        self._pending_bytes += sum(map(len, payloads))
+        self._pending_bytes += total
 
     def _cut_large(self, payloads: list) -> list:
         out: list = []
@@ -865,9 +864,3 @@ class SessionEngine:
 def _number(item: tuple) -> int:
     return item[0]
 
-
-def _as_bytes(payloads: list, kinds: set) -> list:
-    if not kinds <= {bytes, bytearray, memoryview}:
-        bad = next(k for k in kinds if k not in (bytes, bytearray, memoryview))
-        raise TypeError(f"messages must be bytes-like, not {bad.__name__}")
-    return [bytes(p) for p in payloads]
