@@ -1,9 +1,12 @@
 """The durable store: queue operations journaled before they take effect.
 
-`submit(op, apply, arg)` queues an operation and returns a future shared by everything
-submitted while the previous batch was being written; the batch becomes ONE journal record
-(so a transaction, always submitted whole, is atomic), and once the journal says it is
-durable each `apply(arg)` runs in submission order and the future resolves. Applying only
+`submit(op, apply, arg)` queues an operation and returns a future; everything submitted
+while the previous batch was being written becomes ONE journal record (so a transaction,
+always submitted whole, is atomic), and once the journal says it is durable each
+`apply(arg)` runs in submission order and the futures resolve. Each operation has its
+own plain future (not one shared by the batch: cancelling one waiter must not cancel the
+others, and awaiting an exact asyncio.Future is the fast path of the C Task). A cancelled
+waiter's operation still happens. Applying only
 after the write keeps the in-memory state equal to the journaled state between batches,
 which is what a compaction snapshot needs.
 
@@ -27,15 +30,6 @@ log = logging.getLogger("tether.queue")
 SNAPSHOT_RECORD_BYTES = 256 * 1024
 
 
-class SharedBatchFuture(asyncio.Future):
-    """The future of one journal batch, awaited by every operation in it. One waiter's
-    cancellation must not cancel the others' wait, so cancel() is refused: a cancelled
-    waiter gets CancelledError once the batch is written (its operation still happens)."""
-
-    def cancel(self, msg: object = None) -> bool:
-        return False
-
-
 class DurableStore:
     """Operations batched into journal records; applied in order once durable."""
 
@@ -48,7 +42,7 @@ class DurableStore:
         self._ops: list = []
         self._applies: list = []
         self._args: list = []
-        self._future: asyncio.Future | None = None
+        self._futures: list[asyncio.Future] = []
         self._flush_task: asyncio.Task | None = None
         self._rewrite_task: asyncio.Task | None = None
         self._gate: asyncio.Future | None = None
@@ -103,11 +97,10 @@ class DurableStore:
         self._ops.append(op)
         self._applies.append(apply)
         self._args.append(arg)
-        future = self._future
-        if future is None:
-            future = self._future = SharedBatchFuture(loop=self._loop)
-            if self._flush_task is None:
-                self._flush_task = self._loop.create_task(self._flush())
+        future = self._loop.create_future()
+        self._futures.append(future)
+        if self._flush_task is None:
+            self._flush_task = self._loop.create_task(self._flush())
         return future
 
     def submit_many(self, ops: Iterable[list], apply: Callable[[Any], None] | None, arg: Any) -> asyncio.Future:
@@ -117,11 +110,10 @@ class DurableStore:
         self._ops.extend(ops)
         self._applies.append(apply)
         self._args.append(arg)
-        future = self._future
-        if future is None:
-            future = self._future = SharedBatchFuture(loop=self._loop)
-            if self._flush_task is None:
-                self._flush_task = self._loop.create_task(self._flush())
+        future = self._loop.create_future()
+        self._futures.append(future)
+        if self._flush_task is None:
+            self._flush_task = self._loop.create_task(self._flush())
         return future
 
     def _refused(self) -> asyncio.Future:
@@ -140,12 +132,12 @@ class DurableStore:
                     # a compaction is taking its snapshot: appends must come after it
                     await self._gate
                     continue
-                ops, applies, args, future = self._ops, self._applies, self._args, self._future
-                self._ops, self._applies, self._args, self._future = [], [], [], None
+                ops, applies, args, futures = self._ops, self._applies, self._args, self._futures
+                self._ops, self._applies, self._args, self._futures = [], [], [], []
                 try:
                     await journal.append(self._packer.pack(ops))
                 except BaseException as exc:
-                    self._fail(exc, future)
+                    self._fail(exc, futures)
                     if not isinstance(exc, Exception):
                         raise
                     return
@@ -155,18 +147,20 @@ class DurableStore:
                             apply(arg)
                         except Exception:  # a bug in one apply must not lose the others
                             log.exception("applying a journaled queue operation failed")
-                future.set_result(None)
+                for future in futures:
+                    if not future.done():      # done: its waiter was cancelled
+                        future.set_result(None)
                 if self._rewrite_task is None and self._should_compact():
                     self._start_compaction()
         finally:
             self._flush_task = None
 
-    def _fail(self, exc: BaseException, future: asyncio.Future) -> None:
+    def _fail(self, exc: BaseException, futures: list[asyncio.Future]) -> None:
         log.error("journal write failed; the queue manager stops accepting durable work: %r", exc)
         self._failed = exc
         error = exc if isinstance(exc, Exception) else JournalCorrupt(f"journal write interrupted: {exc!r}")
-        futures = [future] + ([self._future] if self._future is not None else [])
-        self._ops, self._applies, self._args, self._future = [], [], [], None
+        futures = futures + self._futures
+        self._ops, self._applies, self._args, self._futures = [], [], [], []
         for f in futures:
             if not f.done():
                 f.set_exception(error)

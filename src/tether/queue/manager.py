@@ -394,7 +394,7 @@ class QueueManager:
             if pending is not None:
                 await pending
         except asyncio.CancelledError:
-            raise       # the write goes on (SharedBatchFuture): apply() settles the id
+            raise       # the write goes on: its apply() settles the id
         except BaseException:
             self._dedupe_pending.discard(message_id)   # the journal failed: nothing stored
             raise
