@@ -177,6 +177,23 @@ async def test_line_protocol_readline_readuntil_readexactly(scheme):
         await within(writer.wait_closed())
 
 
+async def test_stream_limit_and_extra_info_pass_through_the_stdlib_writer():
+    async def long_line(reader, writer):
+        writer.write(b"x" * 5000 + b"\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async with await tether.start_server(long_line, "udp://127.0.0.1:0") as server:
+        reader, writer = await tether.open_connection(server.url, limit=1000)
+        assert writer.get_extra_info("peername")[:2] == server.address
+        assert isinstance(writer.get_extra_info("session"), tether.Session)
+        with pytest.raises(ValueError, match="limit"):
+            await within(reader.readline())
+        writer.close()
+        await within(writer.wait_closed())
+
+
 async def test_peer_fault_reaches_the_stream_reader():
     async def handler(reader, writer):
         await reader.readexactly(3)
@@ -262,6 +279,27 @@ async def test_callbacks_in_asyncio_order_and_falsy_eof_received_closes(scheme):
         assert await within(client.lost) is None
         assert client.events == ["connection_made", "eof_received", "connection_lost"]
         assert transport.is_closing()
+
+
+async def test_no_data_received_after_close():
+    class Talker(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.write(os.urandom(2_000_000))
+
+    class ClosesAtOnce(Recorder):
+        calls = 0
+
+        def data_received(self, data):
+            super().data_received(data)
+            self.calls += 1
+            self.transport.close()
+
+    async with await tether.create_server(Talker, "udp://127.0.0.1:0") as server:
+        transport, client = await tether.create_connection(ClosesAtOnce, server.url)
+        await within(client.lost)
+        assert client.calls == 1
+        assert client.events == ["connection_made", "data_received", "connection_lost"]
 
 
 async def test_buffered_protocol_gets_every_byte_in_order():
