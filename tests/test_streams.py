@@ -139,6 +139,23 @@ async def test_echo_server_with_stdlib_streams(scheme):
         await within(asyncio.gather(client(1), client(100_000), client(700_000)), 30)
 
 
+def test_echo_on_the_stdlib_event_loop_too():
+    async def main():
+        async with await tether.start_server(echo, "udp://127.0.0.1:0") as server:
+            reader, writer = await tether.open_connection(server.url)
+            writer.write(b"plain asyncio")
+            writer.write_eof()
+            assert await within(reader.read()) == b"plain asyncio"
+            writer.close()
+            await within(writer.wait_closed())
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 async def test_line_protocol_readline_readuntil_readexactly(scheme):
     async def handler(reader, writer):
