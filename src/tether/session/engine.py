@@ -43,6 +43,9 @@ MAX_FRAMES_PER_PACKET = 8192
 # Room kept in a data packet for a piggybacked ack (32 ranges of two uint64 + header).
 ACK_RESERVE = 1024
 FIRST_NUMBER = 1
+# TerminateSequence is resent this many times at most (like TCP's LAST_ACK, short): by then
+# both sequences are closed and acknowledged, so only the peer's bookkeeping is at stake.
+K_TERMINATE_RETRIES = 3
 
 
 class _Control:
@@ -121,6 +124,8 @@ class SessionEngine:
         self.messages_delivered = 0
         self.packets_sent = 0
         self.packets_received = 0
+        self.fast_retransmits = 0           # loss events detected by later acks
+        self.retransmission_timeouts = 0    # loss events detected by the RTO
 
     # ---- creation ----
 
@@ -380,6 +385,7 @@ class SessionEngine:
             if not self.reliable_transport and sw.in_flight:
                 lost = sw.fast_retransmit(now)
                 if lost:
+                    self.fast_retransmits += 1
                     self._lost(lost)
         # Flow control: the peer accepts numbers below floor + buffer_remaining (+ what it
         # holds out of order, when ordered); take the largest bound seen (acks may reorder).
@@ -608,12 +614,14 @@ class SessionEngine:
             # Over TCP a control frame is lost only with its connection and the client's
             # resume resends it: an outage must cost delay, not the session (the inactivity
             # timeout bounds it, as it does for data, which has no retransmission timer there).
+            if ctl.kind == "terminate" and ctl.retries >= min(K_TERMINATE_RETRIES, self.settings.max_retry_count):
+                # Everything was flushed both ways; the peer most likely ended and its
+                # response was lost (a client's socket closes with it): don't hold close().
+                self._ctl = None
+                self._transition(Event.TERMINATED)
+                self._end(None)
+                return
             if ctl.retries >= self.settings.max_retry_count and not self.reliable_transport:
-                if ctl.kind == "terminate":  # everything was flushed; the peer went away
-                    self._ctl = None
-                    self._transition(Event.TERMINATED)
-                    self._end(None)
-                    return
                 self._fault(RetryLimitExceeded(
                     f"no response to {ctl.kind} after {ctl.retries} retransmissions"), now)
                 return
@@ -629,6 +637,7 @@ class SessionEngine:
                 self._fault(exc, now)
                 return
             if due:
+                self.retransmission_timeouts += 1
                 self._lost(due)
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
             self._control_out.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
@@ -846,6 +855,8 @@ class SessionEngine:
             "delivered": self.messages_delivered,
             "duplicates": self._rw.duplicates,
             "refused": self._rw.refused,
+            "fast_retransmits": self.fast_retransmits,
+            "retransmission_timeouts": self.retransmission_timeouts,
             "packets_sent": self.packets_sent,
             "packets_received": self.packets_received,
             "in_flight": self._sw.in_flight,
