@@ -10,6 +10,8 @@ import asyncio
 import random
 from typing import Any
 
+from ..session.udp import tune_socket
+
 
 def _check_probability(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
@@ -26,6 +28,7 @@ class _Upstream(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        tune_socket(transport)  # the relay must not drop what it was not told to
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         front = self.relay._front
@@ -39,6 +42,9 @@ class _Upstream(asyncio.DatagramProtocol):
 class _Front(asyncio.DatagramProtocol):
     def __init__(self, relay: "UdpRelay") -> None:
         self.relay = relay
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tune_socket(transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.relay._from_client(data, addr)

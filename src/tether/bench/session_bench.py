@@ -26,7 +26,7 @@ SIZES = {"64B": 64, "1KiB": 1024}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--count", type=int, default=400_000,
+    parser.add_argument("--count", type=int, default=1_000_000,
                         help="64-byte messages per run (1 KiB runs move a fifth as many)")
     parser.add_argument("--loss", type=float, default=0.0,
                         help="also run UDP through an in-process relay dropping this fraction (0..0.5)")
