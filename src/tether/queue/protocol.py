@@ -1,0 +1,311 @@
+"""The queue protocol: what a `QueueClient` (or another queue manager's forwarder) and a
+queue manager service say to each other over one reliable session.
+
+Every session message is a *frame*: a msgpack array of items, so many requests (and many
+replies, many deliveries) share one session message and one round trip. An item is an
+array whose first element is its op code:
+
+    requests (client -> service), `rid` > 0 asks for a reply, 0 for none
+    [HELLO, rid, version, client_id, held_ids]          first item of a session
+    [CREATE, rid, name, settings]                       create_queue
+    [DELETE, rid, name]                                 delete_queue
+    [SEND, rid, address, body, headers, ttl, id]        send (client-chosen id: a resend is deduped)
+    [SUBSCRIBE, rid, consumer, queue, credit]           start delivering `queue` to `consumer`
+    [CREDIT, 0, consumer, credit]                       the consumer may take `credit` more messages
+    [UNSUBSCRIBE, rid, consumer]                        stop delivering
+    [RELEASE, 0, ids]                                   prefetched, never handed out: unlock, uncounted
+    [RECEIVE, rid, queue, timeout, txid]                one message (or nil); txid 0: no transaction
+    [COMPLETE, rid, id] / [ABANDON, rid, id]            settle a peek-locked message
+    [INFO, rid, name]                                   queue_info; name nil: every queue
+    [TX_BEGIN, rid] / [TX_COMMIT, rid, txid] / [TX_ROLLBACK, rid, txid]
+    [TX_SEND, rid, txid, address, body, headers, ttl]
+    [FORWARD, rid, queue, id, body, headers, enqueued_at, expires_at]   store-and-forward
+
+    replies and pushes (service -> client)
+    [REPLY, rid, value]
+    [ERROR, rid, code, text]                            code: a tether error's `.code`, or
+                                                        "value-error" / "type-error" / "expired"
+    [DELIVER, consumer, message, validity]              a message for a subscription
+    [CONSUMER_ERROR, consumer, code, text]              the subscription ended (e.g. poison)
+
+A message on the wire is [id, body, headers, delivery_count, enqueued_at, expires_at,
+dead_letter_reason, dead_letter_source]. `validity` is the seconds its peek-lock lasts.
+
+The first item of every session is HELLO with the protocol VERSION; the service refuses
+another version with an ERROR naming both. Every field of every item is checked
+(`parse_request`, `parse_response`): a malformed item raises ProtocolError naming it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import msgpack
+
+from .. import errors
+from ..errors import ProtocolError, TetherError
+
+VERSION = 1
+
+# requests
+HELLO = 1
+CREATE = 2
+DELETE = 3
+SEND = 4
+SUBSCRIBE = 5
+CREDIT = 6
+UNSUBSCRIBE = 7
+RELEASE = 8
+RECEIVE = 9
+COMPLETE = 10
+ABANDON = 11
+INFO = 12
+TX_BEGIN = 13
+TX_SEND = 14
+TX_COMMIT = 15
+TX_ROLLBACK = 16
+FORWARD = 17
+# replies and pushes
+REPLY = 100
+ERROR = 101
+DELIVER = 102
+CONSUMER_ERROR = 103
+
+#: Session settings both ends use: frames carry many items, so a frame may be large and a
+#: window of frames keeps several batches in flight.
+SESSION_SETTINGS = {"max_message_size": 8 * 1024 * 1024, "max_transfer_window": 64,
+                    "max_pending_channels": 256}
+#: A sender cuts frames at about this many bytes (one item alone may be larger).
+FRAME_BYTES = 512 * 1024
+#: Most items in one frame.
+MAX_ITEMS = 65536
+MAX_NAME = 1024           # queue names and addresses (the queue manager checks them exactly)
+MAX_ID = 255              # message ids
+MAX_CREDIT = 1 << 20
+EXPIRED_CODE = "expired"
+
+
+
+def encode(items: list) -> bytes:
+    """One frame."""
+    return msgpack.packb(items, use_bin_type=True)
+
+
+def decode(frame: bytes) -> list:
+    """The items of one frame; ProtocolError if it is not a msgpack array of arrays."""
+    try:
+        items = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True,
+                                max_array_len=MAX_ITEMS * 8, max_map_len=4096)
+    except Exception as exc:
+        raise ProtocolError(f"queue protocol frame is not msgpack: {exc}") from None
+    if not isinstance(items, list) or not items:
+        raise ProtocolError(f"queue protocol frame must be a non-empty array, not {type(items).__name__}")
+    if len(items) > MAX_ITEMS:
+        raise ProtocolError(f"queue protocol frame has {len(items)} items (at most {MAX_ITEMS})")
+    return items
+
+
+# ---- field checks: each returns the value or raises ProtocolError naming the field ----
+
+def _fail(op: str, field: str, value: Any, want: str) -> ProtocolError:
+    return ProtocolError(f"queue protocol {op}: field {field} must be {want}, not {value!r:.80}")
+
+
+def _int(low: int, high: int) -> Callable[[str, str, Any], int]:
+    def check(op: str, field: str, value: Any) -> int:
+        if value.__class__ is not int or not low <= value <= high:
+            raise _fail(op, field, value, f"an integer {low}..{high}")
+        return value
+    return check
+
+
+def _str(limit: int) -> Callable[[str, str, Any], str]:
+    def check(op: str, field: str, value: Any) -> str:
+        if value.__class__ is not str or not 0 < len(value) <= limit:
+            raise _fail(op, field, value, f"a string of 1..{limit} characters")
+        return value
+    return check
+
+
+def _optional(inner: Callable[[str, str, Any], Any]) -> Callable[[str, str, Any], Any]:
+    def check(op: str, field: str, value: Any) -> Any:
+        return None if value is None else inner(op, field, value)
+    return check
+
+
+def _bytes(op: str, field: str, value: Any) -> bytes:
+    if value.__class__ is not bytes:
+        raise _fail(op, field, value, "bytes")
+    return value
+
+
+def _headers(op: str, field: str, value: Any) -> dict | None:
+    if value is None:
+        return None
+    if value.__class__ is not dict:
+        raise _fail(op, field, value, "a map or nil")
+    return value
+
+
+def _settings(op: str, field: str, value: Any) -> dict:
+    if value.__class__ is not dict or not all(isinstance(k, str) for k in value):
+        raise _fail(op, field, value, "a map of setting names")
+    return value
+
+
+def _number(op: str, field: str, value: Any) -> float:
+    if value.__class__ not in (int, float) or not math.isfinite(value):
+        raise _fail(op, field, value, "a finite number")
+    return value
+
+
+def _seconds(op: str, field: str, value: Any) -> float:
+    value = _number(op, field, value)
+    if value < 0:
+        raise _fail(op, field, value, "a number of seconds >= 0")
+    return value
+
+
+def _ids(op: str, field: str, value: Any) -> list[str]:
+    if value.__class__ is not list or not all(i.__class__ is str and 0 < len(i) <= MAX_ID for i in value):
+        raise _fail(op, field, value, f"an array of message ids (strings of 1..{MAX_ID} characters)")
+    return value
+
+
+def _client_id(op: str, field: str, value: Any) -> bytes:
+    if value.__class__ is not bytes or not 8 <= len(value) <= 64:
+        raise _fail(op, field, value, "8..64 bytes")
+    return value
+
+
+_rid = _int(0, (1 << 63) - 1)
+_id = _str(MAX_ID)
+_name = _str(MAX_NAME)
+_txid = _int(0, (1 << 63) - 1)
+_consumer = _int(1, (1 << 63) - 1)
+_credit = _int(0, MAX_CREDIT)
+_ttl = _optional(_number)
+
+# op -> (name, field names and checks after the op and rid)
+REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
+    HELLO: ("hello", (("version", _int(0, 1 << 16)), ("client_id", _client_id), ("held", _ids))),
+    CREATE: ("create", (("name", _name), ("settings", _settings))),
+    DELETE: ("delete", (("name", _name),)),
+    SEND: ("send", (("address", _name), ("body", _bytes), ("headers", _headers), ("ttl", _ttl),
+                    ("id", _id))),
+    SUBSCRIBE: ("subscribe", (("consumer", _consumer), ("queue", _name), ("credit", _credit))),
+    CREDIT: ("credit", (("consumer", _consumer), ("credit", _credit))),
+    UNSUBSCRIBE: ("unsubscribe", (("consumer", _consumer),)),
+    RELEASE: ("release", (("ids", _ids),)),
+    RECEIVE: ("receive", (("queue", _name), ("timeout", _optional(_seconds)), ("txid", _txid))),
+    COMPLETE: ("complete", (("id", _id),)),
+    ABANDON: ("abandon", (("id", _id),)),
+    INFO: ("info", (("name", _optional(_name)),)),
+    TX_BEGIN: ("tx-begin", ()),
+    TX_SEND: ("tx-send", (("txid", _txid), ("address", _name), ("body", _bytes), ("headers", _headers),
+                          ("ttl", _ttl))),
+    TX_COMMIT: ("tx-commit", (("txid", _txid),)),
+    TX_ROLLBACK: ("tx-rollback", (("txid", _txid),)),
+    FORWARD: ("forward", (("queue", _name), ("id", _id), ("body", _bytes), ("headers", _headers),
+                          ("enqueued_at", _number), ("expires_at", _optional(_number)))),
+}
+
+
+def parse_request(item: Any) -> list:
+    """A checked request item ([op, rid, *fields]); ProtocolError naming what is wrong."""
+    if item.__class__ is not list or len(item) < 2:
+        raise ProtocolError(f"queue protocol request must be an array [op, rid, ...], not {item!r:.80}")
+    op = item[0]
+    spec = REQUESTS.get(op) if op.__class__ is int else None
+    if spec is None:
+        raise ProtocolError(f"queue protocol: unknown request op {op!r:.40}")
+    name, fields = spec
+    if len(item) != 2 + len(fields):
+        raise ProtocolError(f"queue protocol {name}: {len(item) - 2} fields, expected {len(fields)}")
+    _rid(name, "rid", item[1])
+    for i, (field, check) in enumerate(fields, 2):
+        check(name, field, item[i])
+    return item
+
+
+def _message_fields(op: str, field: str, value: Any) -> list:
+    if value.__class__ is not list or len(value) != 8:
+        raise _fail(op, field, value, "an array of 8 message fields")
+    _id(op, "message.id", value[0])
+    _bytes(op, "message.body", value[1])
+    _headers(op, "message.headers", value[2])
+    _int(0, 1 << 62)(op, "message.delivery_count", value[3])
+    _number(op, "message.enqueued_at", value[4])
+    _optional(_number)(op, "message.expires_at", value[5])
+    _optional(_str(MAX_NAME))(op, "message.dead_letter_reason", value[6])
+    _optional(_str(MAX_NAME))(op, "message.dead_letter_source", value[7])
+    return value
+
+
+def _any(op: str, field: str, value: Any) -> Any:
+    return value
+
+
+RESPONSES: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
+    REPLY: ("reply", (("rid", _rid), ("value", _any))),
+    ERROR: ("error", (("rid", _rid), ("code", _str(MAX_NAME)), ("text", _str(1 << 16)))),
+    DELIVER: ("deliver", (("consumer", _consumer), ("message", _message_fields), ("validity", _seconds))),
+    CONSUMER_ERROR: ("consumer-error", (("consumer", _consumer), ("code", _str(MAX_NAME)),
+                                        ("text", _str(1 << 16)))),
+}
+
+
+def parse_response(item: Any) -> list:
+    """A checked reply or push item; ProtocolError naming what is wrong."""
+    if item.__class__ is not list or not item:
+        raise ProtocolError(f"queue protocol response must be an array, not {item!r:.80}")
+    op = item[0]
+    spec = RESPONSES.get(op) if op.__class__ is int else None
+    if spec is None:
+        raise ProtocolError(f"queue protocol: unknown response op {op!r:.40}")
+    name, fields = spec
+    if len(item) != 1 + len(fields):
+        raise ProtocolError(f"queue protocol {name}: {len(item) - 1} fields, expected {len(fields)}")
+    for i, (field, check) in enumerate(fields, 1):
+        check(name, field, item[i])
+    return item
+
+
+# ---- messages and errors on the wire ----
+
+def message_fields(message: Any) -> list:
+    """A queue `Message` as the wire's 8 fields."""
+    return [message.id, message.body, message.headers or None, message.delivery_count,
+            message.enqueued_at, message.expires_at, message.dead_letter_reason,
+            message.dead_letter_source]
+
+
+_ERRORS: dict[str, type[TetherError]] = {
+    cls.code: cls for cls in (getattr(errors, name) for name in errors.__all__)
+}
+
+
+def error_code(exc: BaseException) -> str:
+    """The wire code of an exception raised while serving a request."""
+    if isinstance(exc, TetherError):
+        return exc.code
+    if isinstance(exc, TypeError):
+        return "type-error"
+    if isinstance(exc, ValueError):
+        return "value-error"
+    return "internal-error"
+
+
+def error_from_code(code: str, text: str) -> BaseException:
+    """The local exception for an ERROR item: the same tether error class, or
+    ValueError/TypeError, or QueueError for a code this version does not know."""
+    if code == "value-error":
+        return ValueError(text)
+    if code == "type-error":
+        return TypeError(text)
+    if code == "poison-message":
+        return errors.PoisonMessage(text)
+    cls = _ERRORS.get(code)
+    if cls is None:
+        return errors.QueueError(f"{text} ({code})")
+    return cls(text)
