@@ -35,7 +35,7 @@ from .deadletter import EXPIRED, REJECTED, as_dead_letter, dead_letter_queue_nam
 from .dedupe import DEFAULT_WINDOW, DedupeWindow
 from .info import QueueInfo
 from .memory_store import MemoryStore
-from .message import LOCKED, SETTLING, Message
+from .message import GONE, LOCKED, SETTLING, Message
 from .poison import POISON, RETRY_LATER, RETRY_NOW, after_failure
 from .queue import MAIN
 from .queue import POISON as POISON_QUEUE
@@ -682,8 +682,14 @@ class QueueManager:
         for queue in self._queues.values():
             if queue.journaled:
                 name = queue.name
-                for message in queue.messages():
-                    yield [records.ENQUEUE, name, message.to_record()]
+                for message in queue.inflight.values():
+                    # as journaled: the delivery in progress is not (receives are not journaled)
+                    record = message.to_record()
+                    record[5] -= 1
+                    yield [records.ENQUEUE, name, record]
+                for message in queue.ready:
+                    if message._home is queue and message._state != GONE:
+                        yield [records.ENQUEUE, name, message.to_record()]
         if self._store.durable:
             yield from self._snapshot_seen()
 

@@ -100,7 +100,8 @@ class Message:
     # ---- journal form ----
 
     def to_record(self) -> list:
-        """The fields as a msgpack-ready list (see `from_record`)."""
+        """The fields as a msgpack-ready list (see `from_record`); delivery_count is at
+        index 5."""
         return [self.id, self.body, self.headers or None, self.enqueued_at, self.expires_at,
                 self.delivery_count, self.attempts, self.dead_letter_reason,
                 self.dead_letter_source, self.destination, self.retry_at]
