@@ -51,3 +51,16 @@ def test_tcp_stream_names_split_anywhere():
     assert delivered(server) == [b"x" * 100, b"y" * 100]
     server.receive_data(b"\xff\xff\xff\xff", 0.2)  # a length no packet may have
     assert any(isinstance(e, SessionEnded) and e.error.code == "protocol-error" for e in server.events())
+
+
+def test_mtu_sized_datagrams_keep_most_of_the_packet_for_data():
+    settings = SessionSettings(max_transfer_window=8)
+    client = SessionEngine.client(settings, session_id=1, token=os.urandom(16), now=0.0,
+                                  reliable_transport=False, max_packet_size=1452)
+    # a quarter of the datagram is kept for a piggybacked ack, not a fixed kilobyte
+    assert client.fragment_size >= 1000
+    client.start(0.0)
+    client.datagrams_to_send(0.0)
+    assert client.unacknowledged_bytes == 0
+    client.send([b"z" * 5000], 0.0)
+    assert client.unacknowledged_bytes == 5000

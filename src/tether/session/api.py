@@ -189,6 +189,17 @@ class Server:
         self.address = tuple(sockname[:2])
 
     @property
+    def sockets(self) -> tuple:
+        """The listening socket(s), as asyncio.Server.sockets; empty once closed."""
+        if self._closing:
+            return ()
+        if self._tcp is not None:
+            return tuple(self._tcp.sockets)
+        if self._udp is not None:
+            return (self._udp.get_extra_info("socket"),)
+        return ()
+
+    @property
     def url_bound(self) -> str:
         """The URL clients connect to (with the port actually bound)."""
         host = self.address[0]

@@ -40,8 +40,11 @@ MAX_RTO = 60.0
 # Acknowledge at least every second packet carrying data (RFC 9000 13.2.2).
 ACK_ELICITING_THRESHOLD = 2
 MAX_FRAMES_PER_PACKET = 8192
-# Room kept in a data packet for a piggybacked ack (32 ranges of two uint64 + header).
+# Room kept in a data packet for a piggybacked ack: 32 ranges of two uint64 and a header on
+# big datagrams; a quarter of a small (MTU-sized) datagram, with fewer ranges to fit.
 ACK_RESERVE = 1024
+ACK_RANGE_BYTES = 18
+ACK_HEADER_BYTES = 32
 FIRST_NUMBER = 1
 # TerminateSequence is resent this many times at most (like TCP's LAST_ACK, short): by then
 # both sequences are closed and acknowledged, so only the peer's bookkeeping is at stake.
@@ -81,7 +84,9 @@ class SessionEngine:
         self._rw = core.ReceiveWindow(window, settings.ordered, FIRST_NUMBER)
         self._rtt = core.RttEstimator(K_INITIAL_RTT, MIN_RTO, MAX_RTO)
         self._cc = NewReno(max_packet_size) if (not reliable_transport and settings.flow_control) else None
-        self._max_body = max_packet_size - ACK_RESERVE
+        ack_reserve = min(ACK_RESERVE, max_packet_size // 4)
+        self._max_ack_ranges = max(1, min(MAX_ACK_RANGES, (ack_reserve - ACK_HEADER_BYTES) // ACK_RANGE_BYTES))
+        self._max_body = max_packet_size - ack_reserve
         self._ack_request = self._codec.encode_frame((F.ACK_REQUESTED, session_id))
         # UDP: a message larger than a datagram goes as fragments.
         self._fragment_size = None if reliable_transport else self._max_body - 64
@@ -184,6 +189,16 @@ class SessionEngine:
         """How many more messages send() should take before the caller waits: one window
         queued beyond the window in flight (a sender never runs ahead unboundedly)."""
         return self.settings.max_transfer_window - self.pending_count
+
+    @property
+    def unacknowledged_bytes(self) -> int:
+        """Bytes accepted by send() that the peer has not acknowledged (queued or in flight)."""
+        return self._pending_bytes + self._sw.bytes_in_flight
+
+    @property
+    def fragment_size(self) -> int | None:
+        """UDP: messages larger than this travel as fragments; None over TCP."""
+        return self._fragment_size
 
     @property
     def all_acknowledged(self) -> bool:
@@ -710,7 +725,7 @@ class SessionEngine:
         rw = self._rw
         last = self._incoming_last
         final = last is not None and rw.floor > last
-        return self._codec.encode_ack(self.session_id, rw.ack_ranges(MAX_ACK_RANGES),
+        return self._codec.encode_ack(self.session_id, rw.ack_ranges(self._max_ack_ranges),
                                       rw.buffer_remaining, final)
 
     def _take_new(self, now: float) -> list[bytes]:

@@ -108,7 +108,7 @@ class Session:
         what an asyncio Transport reports as its write buffer size."""
         if self._ended:
             return 0
-        return self._engine._pending_bytes + self._engine._sw.bytes_in_flight
+        return self._engine.unacknowledged_bytes
 
     @property
     def unfragmented_size(self) -> int:
@@ -116,7 +116,7 @@ class Session:
         max_message_size and, over UDP, what fits one datagram (larger ones are fragmented)."""
         engine = self._engine
         size = min(engine.settings.max_message_size, engine.peer_max_message_size)
-        fragment = engine._fragment_size
+        fragment = engine.fragment_size
         return size if fragment is None else min(size, fragment)
 
     # ---- sending ----

@@ -60,14 +60,7 @@ class StreamServer:
     @property
     def sockets(self) -> tuple:
         """The listening socket(s), as asyncio.Server.sockets; empty once closed."""
-        server = self._tether_server
-        if not self._serving:
-            return ()
-        if server._tcp is not None:
-            return tuple(server._tcp.sockets)
-        if server._udp is not None:
-            return (server._udp.get_extra_info("socket"),)
-        return ()
+        return self._tether_server.sockets if self._serving else ()
 
     @property
     def _tether_server(self) -> Server:
