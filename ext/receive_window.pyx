@@ -173,7 +173,7 @@ cdef class ReceiveWindow:
         """Take payloads numbered first_number, first_number+1, ...; returns what became
         deliverable (ordered: the in-order run; unordered: new messages in arrival order).
         Duplicates (numbers received before, number 0, numbers below first_number) are
-        counted and dropped; numbers at or beyond floor + capacity - held are counted as
+        counted and dropped; numbers at or beyond floor + capacity - held (unordered: once held reaches capacity) are counted as
         refused and dropped (not acknowledged: the sender resends them)."""
         cdef uint64_t first = _number(first_number, "first_number")
         cdef Py_ssize_t size = PyList_GET_SIZE(payloads)
@@ -197,7 +197,11 @@ cdef class ReceiveWindow:
             if self._bits[index >> 6] & bit:
                 self._duplicates += 1
                 continue
-            if off >= <uint64_t>(self._capacity - self._held):
+            # Ordered: `held` counts messages below the floor, so the span shrinks by it.
+            # Unordered: messages delivered above the floor are in `held` too; bound memory by
+            # held alone, so every number inside an advertised floor + capacity - held fits.
+            if (off >= <uint64_t>(self._capacity - self._held) if self._ordered
+                    else self._held >= self._capacity):
                 self._refused += 1  # not acknowledged: the sender will resend it
                 continue
             if n > self._highest:

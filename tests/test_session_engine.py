@@ -283,9 +283,6 @@ def test_over_tcp_the_peer_window_is_honoured_even_without_flow_control(core) ->
     assert p.server.stats["refused"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="ReceiveWindow (unordered) counts a message delivered above "
-                   "the floor in `held` and in the span it accepts: it refuses numbers inside the window "
-                   "it advertised. Fix in receive_window: accept n < floor + capacity - held_below_floor.")
 def test_unordered_window_refuses_within_advertised_window(core) -> None:
     s = server_engine(core, window=4, ordered=False)
     # advertised: floor 1, buffer_remaining 4 -> numbers 1..4 may be sent; 1 is delayed

@@ -115,7 +115,14 @@ class ReceiveWindow:
             if number < self._floor or number in self._seen:
                 self._duplicates += 1
                 continue
-            if number >= self._floor + self._capacity - self._held:
+            if number >= self._floor + self._capacity:
+                self._refused += 1  # beyond the span of numbers tracked
+                continue
+            # Ordered: `held` counts messages below the floor, so the span shrinks by it.
+            # Unordered: messages delivered above the floor are in `held` too; bound memory by
+            # held alone, so every number inside an advertised floor + capacity - held fits.
+            if (number >= self._floor + self._capacity - self._held if self._ordered
+                    else self._held >= self._capacity):
                 self._refused += 1  # not acknowledged: the sender will resend it
                 continue
             self._highest = max(self._highest, number)
