@@ -27,7 +27,7 @@ SIZES = {"64B": 64, "1KiB": 1024}
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=1_000_000,
-                        help="64-byte messages per run (1 KiB runs move a fifth as many)")
+                        help="64-byte messages per run (1 KiB runs move half as many)")
     parser.add_argument("--loss", type=float, default=0.0,
                         help="also run UDP through an in-process relay dropping this fraction (0..0.5)")
     parser.add_argument("--window", type=int, default=4096, help="max_transfer_window")
@@ -167,7 +167,7 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
     results: list[Result] = []
     for label in sizes:
         size = SIZES[label]
-        count = args.count if size <= 64 else max(1, args.count // 5)
+        count = args.count if size <= 64 else max(1, args.count // 2)
         suffix = "" if label == "64B" else f"-{label}"
         group: list[Result] = []
         baseline = await _baseline_run(f"baseline-uvloop-tcp{suffix}", size, count, progress)

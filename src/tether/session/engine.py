@@ -121,6 +121,7 @@ class SessionEngine:
 
         self._last_heard = now
         self._last_sent = now
+        self._keepalive = settings.keepalive_interval
         self._stream_reader = None  # receive_data() only
         self._events: list = []
         self.messages_sent = 0
@@ -448,6 +449,15 @@ class SessionEngine:
         elif kind == F.CREATE_SEQUENCE_REFUSED:
             if self.state is State.CONNECTING:
                 self._fault(CreateSequenceRefused(frame[2] or "refused by the peer"), now, notify=False)
+            elif self.is_client and self._ctl is not None and self._ctl.kind == "terminate":
+                self._ctl = None  # as UnknownSequence during terminate: the server ended it
+                self._transition(Event.TERMINATED)
+                self._end(None)
+            elif self.is_client:
+                # Our Resume was refused: the server no longer holds the session (it
+                # restarted, or ended it); reconnecting again would only be refused again.
+                self._fault(UnknownSequence(f"the server refused to resume the session: {frame[2]}"),
+                            now, notify=False)
         elif kind == F.CLOSE_SEQUENCE:
             last = frame[2]
             if last < self._rw.highest:
@@ -605,7 +615,7 @@ class SessionEngine:
         if (self.settings.flow_control and not self.reliable_transport and self.pending_count
                 and self._sw.next_number >= self._send_limit):
             return self._rto()
-        return self.settings.keepalive_interval
+        return self._keepalive
 
     def handle_timer(self, now: float) -> None:
         """Do what is due at `now`: retransmissions, delayed acks, keepalives, timeouts."""
