@@ -449,8 +449,8 @@ class SessionEngine:
         elif kind == F.CREATE_SEQUENCE_REFUSED:
             if self.state is State.CONNECTING:
                 self._fault(CreateSequenceRefused(frame[2] or "refused by the peer"), now, notify=False)
-            elif self.is_client and self._ctl is not None and self._ctl.kind == "terminate":
-                self._ctl = None  # as UnknownSequence during terminate: the server ended it
+            elif self.is_client and self._only_formalities_left():
+                self._ctl = None  # as UnknownSequence then: the server ended the session
                 self._transition(Event.TERMINATED)
                 self._end(None)
             elif self.is_client:
@@ -488,9 +488,9 @@ class SessionEngine:
                 self._transition(Event.TERMINATED)
                 self._end(None)
         elif kind == F.FAULT:
-            if frame[2] == UnknownSequence.code and self._ctl is not None and self._ctl.kind == "terminate":
-                # Our TerminateSequence already ended the session there and a late packet of
-                # ours found it gone: everything was flushed both ways, so this is the end.
+            if frame[2] == UnknownSequence.code and self._only_formalities_left():
+                # The peer ended the session (on our Terminate, or it terminated and its
+                # Terminate was lost) and a packet of ours found it gone: nothing was lost.
                 self._ctl = None
                 self._transition(Event.TERMINATED)
                 self._end(None)
@@ -586,6 +586,14 @@ class SessionEngine:
 
     # ---- timers ----
 
+    def _only_formalities_left(self) -> bool:
+        """Our TerminateSequence is out, or both sequences are closed and acknowledged: the
+        session can only end gracefully now, whether or not the peer says so."""
+        if self._ctl is not None and self._ctl.kind == "terminate":
+            return True
+        last = self._incoming_last
+        return self._out_close_confirmed and last is not None and self._rw.floor > last
+
     def _rto(self) -> float:
         # No max_ack_delay term (RFC 9002 6.2.1 adds one): every burst of data ends with
         # AckRequested, which the peer answers at once.
@@ -624,9 +632,9 @@ class SessionEngine:
         # Compare as next_timer() computes the deadline: (a + b) - a can round below b, and a
         # timer that fires without acting would be re-armed at the same instant (a spin).
         if now >= self._last_heard + self.settings.inactivity_timeout:
-            if self._ctl is not None and self._ctl.kind == "terminate":
+            if self._only_formalities_left():
                 # As when the terminate retries run out: everything was flushed both ways and
-                # the peer went away (it ended, and its TerminateSequenceResponse was lost).
+                # the peer went away (it ended, and its Terminate or response was lost).
                 self._ctl = None
                 self._transition(Event.TERMINATED)
                 self._end(None)
