@@ -13,7 +13,9 @@ delays) share one asyncio timer (timers.py). What happens to a failed delivery i
 here, with the rule of poison.py, because it may move the message to another queue.
 
 Addresses: a plain name is a local queue; `tether://host:port/queue` goes to the
-transmission queue for that queue manager (`route()`), where a forwarder picks it up.
+transmission queue for that queue manager (`route()`), where a forwarder picks it up
+(forwarder.py: one per transmission queue, started when the queue is defined or recovered).
+`listen()` (or `open(listen=URL)`) serves this manager to remote clients (service.py).
 """
 from __future__ import annotations
 
@@ -90,12 +92,15 @@ class QueueManager:
         self._id_prefix = os.urandom(8).hex() + "-"
         self._id_counter = 0
         self._closed = False
+        self._services: list[Any] = []        # service.QueueService, see listen()
+        self._forwarders: dict[str, Any] = {}  # transmission queue name -> forwarder.Forwarder
         self._define_queue(SYSTEM_DEAD_LETTER_QUEUE, DEAD_LETTER_SETTINGS)
 
     # ---- opening and closing ----
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike | None = None, *, fsync: str = "always",
+    def open(cls, data_dir: str | os.PathLike | None = None, *, listen: str | None = None,
+             fsync: str = "always",
              fsync_interval: float = 0.05, segment_size: int = 64 * 1024 * 1024,
              compact_ratio: float = 4.0, compact_min_bytes: int = 16 * 1024 * 1024,
              dedupe_window: float = DEFAULT_WINDOW) -> "_Opening":
@@ -105,6 +110,9 @@ class QueueManager:
         (at most every `fsync_interval` s), "never". The journal is compacted when it is
         `compact_ratio` times the live data and over `compact_min_bytes`. Forwarded
         message ids are remembered for `dedupe_window` seconds (see `accept_forwarded`).
+
+        With `listen` (e.g. "tcp://127.0.0.1:7600") it also serves remote clients and other
+        queue managers' forwarders there (see `listen()`).
 
         Await it (`qm = await QueueManager.open(d)`) or use it as an async context
         manager (`async with QueueManager.open(d) as qm:`), which closes on exit."""
@@ -125,6 +133,12 @@ class QueueManager:
             except BaseException:
                 await store.close()
                 raise
+            if listen is not None:
+                try:
+                    await manager.listen(listen)
+                except BaseException:
+                    await manager.close()
+                    raise
             return manager
 
         return _Opening(opening)
@@ -163,6 +177,10 @@ class QueueManager:
         still locked are not completed: a durable one is redelivered after reopening."""
         if self._closed:
             return
+        for service in self._services:      # first: remote transactions roll back
+            await service.close()
+        for forwarder in list(self._forwarders.values()):
+            await forwarder.close()
         self._closed = True
         self._scheduler.close()
         error = QueueError("the queue manager is closed")
@@ -225,6 +243,10 @@ class QueueManager:
             self._definitions[name] = settings
         if not name.startswith("$"):
             self._sendable[name] = main
+        elif name.startswith(TRANSMISSION_PREFIX) and not self._closed:
+            from .forwarder import Forwarder
+
+            self._forwarders[name] = Forwarder.start(self, main, name[len(TRANSMISSION_PREFIX):])
         return main
 
     async def delete_queue(self, name: str) -> None:
@@ -423,6 +445,23 @@ class QueueManager:
         pending = self._dead_letter(queue, message, reason)
         if pending is not None:
             await pending
+
+    async def listen(self, url: str, **settings: Any) -> Any:
+        """Serve this manager at `url` (tcp://HOST:PORT, port 0: any free port) with the
+        protocol of `tether qm serve`, for QueueClients and other queue managers'
+        forwarders. Returns the `QueueService` (its `.address`, `.url`); closed with the
+        manager. `settings`: client_grace and session settings."""
+        self._check_open()
+        from .service import QueueService
+
+        service = await QueueService.start(self, url, **settings)
+        self._services.append(service)
+        return service
+
+    @property
+    def services(self) -> list[Any]:
+        """The QueueServices serving this manager (see `listen()`)."""
+        return list(self._services)
 
     # ---- receiving ----
 
