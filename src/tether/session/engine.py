@@ -346,6 +346,12 @@ class SessionEngine:
         count = len(payloads)
         if count == 0:
             return
+        if self.state is State.CONNECTING:
+            # Data overtook the CreateSequenceResponse (UDP) or came from a server incarnation
+            # that may yet forget the session (a restart: our CreateSequence then opens a new
+            # one with the same id). Take data only from the sequence we connected to; the
+            # server resends it, as nothing is acknowledged.
+            return
         last = first + count - 1
         if first < FIRST_NUMBER or last > MAX_NUMBER:
             raise ProtocolError(f"message numbers {first}..{last} out of range")
