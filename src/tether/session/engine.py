@@ -593,12 +593,14 @@ class SessionEngine:
     # ---- timers ----
 
     def _only_formalities_left(self) -> bool:
-        """Our TerminateSequence is out, or both sequences are closed and acknowledged: the
-        session can only end gracefully now, whether or not the peer says so."""
+        """Our TerminateSequence is out, or the peer closed its sequence, we hold all of it
+        and everything we sent is acknowledged: nothing can be lost any more, so the session
+        can only end gracefully, whether or not the peer says so."""
         if self._ctl is not None and self._ctl.kind == "terminate":
             return True
         last = self._incoming_last
-        return self._out_close_confirmed and last is not None and self._rw.floor > last
+        return (self.state in OPEN_STATES and last is not None and self._rw.floor > last
+                and self.all_acknowledged)
 
     def _rto(self) -> float:
         # No max_ack_delay term (RFC 9002 6.2.1 adds one): every burst of data ends with
