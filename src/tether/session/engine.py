@@ -485,6 +485,12 @@ class SessionEngine:
                 self._fault(SequenceTerminated(
                     f"the peer terminated the session with {unacked} messages unacknowledged"),
                     now, notify=False)
+            elif self.state is State.CONNECTING:
+                # The server created, closed and terminated the session before its response
+                # reached us (reordered or lost): it is over, as a close while connecting is.
+                self._ctl = None
+                self._transition(Event.CLOSE)
+                self._end(None)
             else:
                 self._transition(Event.TERMINATED)
                 self._end(None)
