@@ -117,6 +117,7 @@ class QueueClient:
         self._consumers: dict[str, _Consumer] = {}
         self._by_consumer_id: dict[int, _Consumer] = {}
         self._locks: dict[str, Message] = {}      # received (buffered or handed out), unsettled
+        self._forget: list[str] = []              # answered send ids the service may forget
         self._reader: asyncio.Task | None = None
         self._closing = False
         self._error: BaseException | None = None
@@ -257,7 +258,10 @@ class QueueClient:
                 if op == P.ERROR and item[1] == 0:
                     log.error("the queue manager at %s reported: %s", self.url, item[3])
                 return
-            future = entry[1]
+            request, future = entry
+            if op == P.REPLY and request[0] == P.SEND:
+                self._forget.append(request[6])     # answered: it is never resent
+                self._schedule_flush()
             if future.done():
                 return
             if op == P.REPLY:
@@ -315,7 +319,12 @@ class QueueClient:
                 self._out.append([P.CREDIT, 0, consumer.consumer_id, consumer.owed])
                 consumer.granted += consumer.owed
                 consumer.owed = 0
-        if not self._out or not self._connected:
+        if not self._connected:
+            return
+        if self._forget:
+            self._out.append([P.FORGET, 0, self._forget])
+            self._forget = []
+        if not self._out:
             return
         out, self._out, self._out_bytes = self._out, [], 0
         try:

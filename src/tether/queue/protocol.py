@@ -20,6 +20,7 @@ array whose first element is its op code:
     [TX_BEGIN, rid] / [TX_COMMIT, rid, txid] / [TX_ROLLBACK, rid, txid]
     [TX_SEND, rid, txid, address, body, headers, ttl]
     [FORWARD, rid, queue, id, body, headers, enqueued_at, expires_at]   store-and-forward
+    [FORGET, 0, ids]                                    the sender will never resend these ids
 
     replies and pushes (service -> client)
     [REPLY, rid, value]
@@ -65,6 +66,7 @@ TX_SEND = 14
 TX_COMMIT = 15
 TX_ROLLBACK = 16
 FORWARD = 17
+FORGET = 18
 # replies and pushes
 REPLY = 100
 ERROR = 101
@@ -208,6 +210,7 @@ REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
     TX_ROLLBACK: ("tx-rollback", (("txid", _txid),)),
     FORWARD: ("forward", (("queue", _name), ("id", _id), ("body", _bytes), ("headers", _headers),
                           ("enqueued_at", _number), ("expires_at", _optional(_number)))),
+    FORGET: ("forget", (("ids", _ids),)),
 }
 
 

@@ -263,6 +263,8 @@ class _Connection:
                     message = locks.pop(message_id, None)
                     if message is not None:
                         release(message)
+            elif op == P.FORGET:
+                self._spawn(self.manager.forget_forwarded(item[2]), 0)
             elif op == P.HELLO:
                 raise ProtocolError("queue protocol: HELLO may only open a session")
             else:
