@@ -1,0 +1,196 @@
+"""`tether send`, `tether recv`, `tether queues`: a queue manager service from the shell.
+
+    tether send tether://127.0.0.1:7600/orders 'hello'        # prints the message id
+    echo hello | tether send tether://127.0.0.1:7600/orders -
+    tether recv tether://127.0.0.1:7600/orders --count 10 --timeout 5
+    tether queues tether://127.0.0.1:7600 [--json]
+
+Every failure is one line on stderr ("tether: error: ...") and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+from ..errors import TetherError
+from .address import split_subqueue, validate_queue_name
+
+EXIT_ERROR = 1
+EXIT_TIMEOUT = 2
+_COLUMNS = (("name", "name"), ("durable", "durable"), ("depth", "depth"), ("in flight", "in_flight"),
+            ("retrying", "retrying"), ("dead", "dead_lettered"), ("poison", "poison"))
+
+
+def _queue_url(url: str) -> tuple[str, str]:
+    """(service URL, queue) of tether://HOST:PORT/QUEUE; ValueError naming what is wrong."""
+    from .client import service_url
+
+    parts = urlsplit(url)
+    if parts.scheme != "tether":
+        raise ValueError(f"bad queue URL {url!r}: expected tether://HOST:PORT/QUEUE")
+    queue = parts.path.lstrip("/")
+    if not queue:
+        raise ValueError(f"bad queue URL {url!r}: no queue name after the port")
+    base, _ = split_subqueue(queue)
+    if base != "$dead" and not base.startswith("$xmit:"):
+        validate_queue_name(base)
+    return service_url(url), queue
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+                        help="give up connecting after S seconds (default 5)")
+
+
+def configure_send(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="tether://HOST:PORT/QUEUE")
+    parser.add_argument("data", nargs="?", default="-", help="the message body, or - for stdin (default)")
+    parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                        help="a message header (repeatable)")
+    parser.add_argument("--ttl", type=float, default=None, metavar="S", help="time to live in seconds")
+    _common(parser)
+
+
+def configure_recv(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="tether://HOST:PORT/QUEUE (sub-queues: QUEUE;poison, QUEUE;retry)")
+    parser.add_argument("--count", type=int, default=1, metavar="N", help="messages to receive (default 1)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="wait at most S seconds in all (default: until --count arrived)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per message")
+    _common(parser)
+
+
+def configure_queues(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="tcp://HOST:PORT or tether://HOST:PORT of a queue manager")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(parser)
+
+
+def _run(work: Callable[[], Awaitable[int]]) -> int:
+    """Run `work` and turn every failure into one line and a non-zero status."""
+    from ..cli import _new_loop_runner
+
+    try:
+        return _new_loop_runner()(work())
+    except KeyboardInterrupt:
+        print("tether: interrupted", file=sys.stderr)
+        return 130
+    except (TetherError, OSError, ValueError, TypeError, asyncio.TimeoutError) as exc:
+        text = str(exc) or exc.__class__.__name__
+        if isinstance(exc, ConnectionRefusedError):
+            text = f"connection refused ({text})"
+        print(f"tether: error: {text}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+async def _connect(url: str, timeout: float) -> Any:
+    from .client import QueueClient
+
+    if not timeout > 0:
+        raise ValueError(f"--connect-timeout must be > 0, not {timeout}")
+    try:
+        return await asyncio.wait_for(QueueClient.connect(url, connect_timeout=timeout, prefetch=1), timeout + 1)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no queue manager answered at {url} within {timeout} s") from None
+
+
+def main_send(args: argparse.Namespace) -> int:
+    """`tether send URL [DATA|-]`: prints the new message's id."""
+    async def work() -> int:
+        service, queue = _queue_url(args.url)
+        headers = {}
+        for header in args.header:
+            name, sep, value = header.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--header {header!r}: expected NAME=VALUE")
+            headers[name] = value
+        body = sys.stdin.buffer.read() if args.data == "-" else args.data.encode()
+        client = await _connect(service, args.connect_timeout)
+        try:
+            message_id = await client.send(queue, body, headers=headers or None, time_to_live=args.ttl)
+        finally:
+            await client.close()
+        print(message_id)
+        return 0
+
+    return _run(work)
+
+
+def main_recv(args: argparse.Namespace) -> int:
+    """`tether recv URL`: writes each body (or JSON) to stdout and completes it."""
+    async def work() -> int:
+        service, queue = _queue_url(args.url)
+        if args.count < 1:
+            raise ValueError(f"--count must be >= 1, not {args.count}")
+        if args.timeout is not None and args.timeout < 0:
+            raise ValueError(f"--timeout must be >= 0, not {args.timeout}")
+        client = await _connect(service, args.connect_timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if args.timeout is None else loop.time() + args.timeout
+        received = 0
+        out = sys.stdout.buffer
+        try:
+            while received < args.count:
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                message = await client.receive(queue, timeout=remaining)
+                if message is None:
+                    break
+                if args.json:
+                    out.write(json.dumps(_as_json(message)).encode() + b"\n")
+                else:
+                    out.write(message.body + b"\n")
+                out.flush()
+                await message.complete()
+                received += 1
+        finally:
+            await client.close()
+        if received < args.count:
+            print(f"tether: error: received {received} of {args.count} messages within {args.timeout} s",
+                  file=sys.stderr)
+            return EXIT_TIMEOUT
+        return 0
+
+    return _run(work)
+
+
+def _as_json(message: Any) -> dict:
+    try:
+        body: Any = message.body.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        body, encoding = base64.b64encode(message.body).decode(), "base64"
+    return {"id": message.id, "body": body, "body_encoding": encoding, "headers": message.headers,
+            "delivery_count": message.delivery_count, "enqueued_at": message.enqueued_at,
+            "expires_at": message.expires_at, "dead_letter_reason": message.dead_letter_reason,
+            "dead_letter_source": message.dead_letter_source}
+
+
+def main_queues(args: argparse.Namespace) -> int:
+    """`tether queues URL`: a table (or --json) of every queue's counts."""
+    async def work() -> int:
+        from .client import service_url
+
+        client = await _connect(service_url(args.url), args.connect_timeout)
+        try:
+            infos = await client.queue_infos()
+        finally:
+            await client.close()
+        if args.json:
+            print(json.dumps([dict(info) for info in infos], indent=2))
+            return 0
+        rows = [[str(info[key]).lower() if key == "durable" else str(info[key]) for _, key in _COLUMNS]
+                for info in infos]
+        widths = [max(len(title), *(len(row[i]) for row in rows)) if rows else len(title)
+                  for i, (title, _) in enumerate(_COLUMNS)]
+        print("  ".join(title.ljust(w) if i == 0 else title.rjust(w)
+                        for i, ((title, _), w) in enumerate(zip(_COLUMNS, widths))))
+        for row in rows:
+            print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        return 0
+
+    return _run(work)
