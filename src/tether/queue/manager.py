@@ -358,11 +358,22 @@ class QueueManager:
         if self._closed:
             self._check_open()
         queue = self._sendable.get(address)
-        destination = None
-        if queue is None:
-            queue, destination = await self.route(address)
-        message = self._new_message(queue, body, headers, time_to_live, destination)
-        max_length = queue.settings.max_length
+        settings = queue.settings if queue is not None else None
+        if (settings is not None and body.__class__ is bytes and headers is None and time_to_live is None
+                and len(body) <= settings.max_message_size):
+            # the common case, inlined (_new_message() does the same with every check)
+            now = _time()
+            ttl = settings.time_to_live
+            self._id_counter += 1
+            message = Message(f"{self._id_prefix}{self._id_counter:x}", body, None, 0, now,
+                              None if ttl is None else now + ttl)
+        else:
+            destination = None
+            if queue is None:
+                queue, destination = await self.route(address)
+                settings = queue.settings
+            message = self._new_message(queue, body, headers, time_to_live, destination)
+        max_length = settings.max_length
         if max_length is not None and queue.held + queue.reserved >= max_length:
             raise QueueFull(f"queue {queue.name!r} holds max_length={max_length} messages")
         if queue.journaled:
