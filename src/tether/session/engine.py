@@ -598,15 +598,19 @@ class SessionEngine:
 
     # ---- timers ----
 
-    def _only_formalities_left(self) -> bool:
+    def _only_formalities_left(self, peer_silent: bool = False) -> bool:
         """Our TerminateSequence is out, or the peer closed its sequence, we hold all of it
-        and everything we sent is acknowledged: nothing can be lost any more, so the session
-        can only end gracefully, whether or not the peer says so."""
+        and everything we sent is acknowledged, so nothing can be lost any more: the
+        session can only end gracefully. After long silence that holds as it is; when the
+        peer says it no longer knows the session, only if we too declared that we send no
+        more (else it forgot us, e.g. restarted, while we might still send: a fault)."""
         if self._ctl is not None and self._ctl.kind == "terminate":
             return True
         last = self._incoming_last
-        return (self.state in OPEN_STATES and last is not None and self._rw.floor > last
-                and self.all_acknowledged)
+        if not (self.state in OPEN_STATES and last is not None and self._rw.floor > last
+                and self.all_acknowledged):
+            return False
+        return peer_silent or self._close_out_requested or self.state is State.CLOSING
 
     def _rto(self) -> float:
         # No max_ack_delay term (RFC 9002 6.2.1 adds one): every burst of data ends with
@@ -646,7 +650,7 @@ class SessionEngine:
         # Compare as next_timer() computes the deadline: (a + b) - a can round below b, and a
         # timer that fires without acting would be re-armed at the same instant (a spin).
         if now >= self._last_heard + self.settings.inactivity_timeout:
-            if self._only_formalities_left():
+            if self._only_formalities_left(peer_silent=True):
                 # As when the terminate retries run out: everything was flushed both ways and
                 # the peer went away (it ended, and its Terminate or response was lost).
                 self._ctl = None
