@@ -13,6 +13,13 @@ from .engine import MAX_FRAMES_PER_PACKET, SessionEngine
 from .frames import FrameType as F
 from .settings import SessionSettings
 
+# Sessions that ended gracefully are remembered (a bounded number, for a while) so that a
+# peer which missed our TerminateSequence - lost, or we gave up resending it - hears it
+# again on its next packet rather than UnknownSequence, and a late duplicate CreateSequence
+# does not open the ended session anew. (TCP's TIME_WAIT does this for a connection.)
+ENDED_REMEMBERED = 16384
+ENDED_LINGER = 120.0   # seconds after the first late packet; keepalives come every <= 30 s
+
 
 @dataclass(slots=True)
 class Routed:
@@ -39,6 +46,8 @@ class Demux:
         self.unaccepted = 0
         self.dropped_packets = 0
         self.closing = False  # the server is shutting down: refuse new sessions
+        # session id -> [last message number sent, time of the first late packet or None]
+        self._ended: dict[int, list] = {}
 
     def route(self, body: bytes, now: float) -> Routed:
         """Decode one packet and hand it to its session. A packet that does not decode names
@@ -59,6 +68,15 @@ class Demux:
                 return Routed(replies=[self.refusal(session_id, "resume refused: wrong token")])
             engine.receive_frames(frames, now)
             return Routed(engine)
+        if session_id in self._ended and kind not in (F.TERMINATE_SEQUENCE, F.TERMINATE_SEQUENCE_RESPONSE,
+                                                      F.FAULT):
+            ended = self._ended[session_id]
+            if ended[1] is None:
+                ended[1] = now
+            if now - ended[1] <= ENDED_LINGER:
+                return Routed(replies=[self._codec.encode_frame(
+                    (F.TERMINATE_SEQUENCE, session_id, ended[0]))])
+            del self._ended[session_id]
         if kind == F.CREATE_SEQUENCE:
             return self._create(frames, now)
         if kind == F.TERMINATE_SEQUENCE:
@@ -109,4 +127,9 @@ class Demux:
             del self.sessions[engine.session_id]
             if not was_accepted:
                 self.unaccepted = max(0, self.unaccepted - 1)
+            if engine.is_finished and engine.error is None:   # ended gracefully
+                ended = self._ended
+                ended[engine.session_id] = [engine.stats["sent"], None]
+                if len(ended) > ENDED_REMEMBERED:
+                    del ended[next(iter(ended))]
 
