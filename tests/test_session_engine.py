@@ -283,7 +283,7 @@ def test_over_tcp_the_peer_window_is_honoured_even_without_flow_control(core) ->
     assert p.server.stats["refused"] == 0
 
 
-def test_unordered_window_refuses_within_advertised_window(core) -> None:
+def test_unordered_window_accepts_all_it_advertised(core) -> None:
     s = server_engine(core, window=4, ordered=False)
     # advertised: floor 1, buffer_remaining 4 -> numbers 1..4 may be sent; 1 is delayed
     s.receive_packet(data(core, 2, [b"2", b"3", b"4"]), 0.0)
@@ -398,6 +398,54 @@ def test_connecting_client_that_got_data_has_no_spinning_ack_timer(core) -> None
     assert p.client.next_timer() > t
 
 
+def test_data_before_the_handshake_completes_is_not_taken(core) -> None:
+    # The server sent data, its CreateSequenceResponse was lost, then it restarted: the
+    # client's CreateSequence opens a new session with the same id whose numbers start over.
+    # Data taken from the first incarnation would make the second one's look like duplicates.
+    p = Pair(core=core, handshake=False)
+    p.client.start(0.0)
+    p.to_server()
+    assert p.kinds(p.server.packets_to_send(0.0)) == [F.CREATE_SEQUENCE_RESPONSE]   # lost
+    p.server.send([b"from the first incarnation"], 0.0)
+    early = p.server.packets_to_send(0.0)
+    assert F.DATA in p.kinds(early)
+    for body in early:
+        p.client.receive_packet(body, 0.001)
+    p._collect()
+    assert p.client_got == []
+    p.demux = Demux(p.demux.settings, reliable_transport=False, max_packet_size=DATAGRAM, core=core)
+    p.server = None                                   # the restart forgot the session
+    p.fire(p.client)                                  # CreateSequence again: a new session
+    p.exchange()
+    p.server.send([b"from the second incarnation"], p.now)
+    p.exchange()
+    assert p.client_got == [b"from the second incarnation"]
+
+
+def test_terminate_reaching_a_client_still_connecting_ends_it(core) -> None:
+    # The server accepted, closed and terminated at once; its response came last
+    # (reordering). This raised RuntimeError out of receive_packet (simulation attacked 258).
+    p = Pair(core=core, handshake=False, auto_release=False)
+    p.client.start(0.0)
+    p.to_server()
+    p.server.close(0.0)
+    packets = []
+    for _ in range(3):
+        packets += p.server.packets_to_send(p.now)
+        for f in p.frames(packets):
+            if f[0] == F.CLOSE_SEQUENCE:    # answer as the client would have, had it got it
+                p.route(p.core.codec.encode_frame((F.CLOSE_SEQUENCE_RESPONSE, SESSION_ID, 0)))
+    kinds = p.kinds(packets)
+    assert kinds.index(F.CREATE_SEQUENCE_RESPONSE) < kinds.index(F.TERMINATE_SEQUENCE)
+    response = [b for b in packets if F.CREATE_SEQUENCE_RESPONSE in p.kinds([b])]
+    for body in [b for b in packets if b not in response] + response:   # response last
+        p.client.receive_packet(body, 0.01)
+    p._collect()
+    assert p.client.state is State.CLOSED
+    assert ended(p.client_events) == [SessionEnded(None)]
+    assert p.client.next_timer() is None
+
+
 # ---- close ----
 
 def test_graceful_close(core) -> None:
@@ -487,11 +535,48 @@ def test_unknown_sequence_answering_our_terminate_is_a_graceful_end(core) -> Non
     p.to_client()
     p.to_server()
     p.demux.remove(p.server, True)
+    # the demux now answers a late packet of an ended session with TerminateSequence; a
+    # server that no longer remembers it (or an older one) answers UnknownSequence
     late_ack = core.codec.encode_ack(SESSION_ID, [], 8, False)
-    p.route(late_ack)
-    (fault,) = frames_of(core, p.replies)
-    assert fault[0] == F.FAULT and fault[2] == UnknownSequence.code
-    p.client.receive_packet(p.replies.pop(), p.now)
+    assert p.kinds(p.route(late_ack).replies) == [F.TERMINATE_SEQUENCE]
+    p.replies.clear()
+    assert p.client.is_open                       # its TerminateSequenceResponse was lost
+    fault = core.codec.encode_frame((F.FAULT, SESSION_ID, UnknownSequence.code, "no session"))
+    p.client.receive_packet(fault, p.now)
+    p._collect()
+    assert ended(p.client_events) == [SessionEnded(None)]
+
+
+def test_server_forgetting_a_session_we_may_still_send_on_is_a_fault(core) -> None:
+    # The server closed its side and we hold all of it, all ours is acknowledged, but we
+    # never said we were done: a server that forgot us (restart) is a fault, not an end
+    # (simulation restart seed 331). Silence in the same state is the end of the session.
+    p = Pair(core=core)
+    p.client.send([b"a"], p.now)
+    p.server.close_sending(p.now)
+    p.exchange()
+    assert PeerClosed() in p.client_events and p.client.all_acknowledged
+    quiet = Pair(core=core)
+    quiet.server.close_sending(quiet.now)
+    quiet.exchange()
+    fault = core.codec.encode_frame((F.FAULT, SESSION_ID, UnknownSequence.code, "no session"))
+    p.client.receive_packet(fault, p.now)
+    assert isinstance(p.client.error, UnknownSequence)
+    while quiet.client.is_open:                   # the server went silent instead
+        quiet.fire(quiet.client)
+        quiet.client.packets_to_send(quiet.now)
+    quiet._collect()
+    assert ended(quiet.client_events) == [SessionEnded(None)]
+
+
+def test_after_close_sending_a_forgotten_session_ends_gracefully(core) -> None:
+    p = Pair(core=core)
+    p.client.send([b"a"], p.now)
+    p.client.close_sending(p.now)
+    p.server.close_sending(p.now)
+    p.exchange()
+    fault = core.codec.encode_frame((F.FAULT, SESSION_ID, UnknownSequence.code, "no session"))
+    p.client.receive_packet(fault, p.now)
     p._collect()
     assert ended(p.client_events) == [SessionEnded(None)]
 
@@ -699,6 +784,72 @@ def test_unknown_session_terminate_and_fault_are_answered_safely(core) -> None:
     assert [f[0] for f in frames_of(core, routed.replies)] == [F.TERMINATE_SEQUENCE_RESPONSE]
     routed = demux.route(core.codec.encode_frame((F.FAULT, 42, "protocol-error", "x")), 0.0)
     assert routed.replies == []          # answering a fault could loop
+
+
+def _closed_by_server(core, lose_terminates: bool) -> Pair:
+    """The server closes; the client (receive-only) waits; maybe every Terminate is lost."""
+    p = Pair(core=core)
+    p.server.send([b"x"], p.now)
+    p.server.close(p.now)
+    lost = (lambda body: F.TERMINATE_SEQUENCE in p.kinds([body])) if lose_terminates else None
+    for _ in range(20):
+        p.to_server()
+        p.to_client(drop=lost)
+        if not p.server.is_open:
+            break
+        p.fire(p.server)
+    p.demux.remove(p.server, True)          # what the adapter does on SessionEnded
+    return p
+
+
+def test_demux_answers_a_gracefully_ended_session_with_terminate(core) -> None:
+    # The closer gave up resending TerminateSequence (all lost); the waiting client's next
+    # packet hears it from the demux instead of UnknownSequence (simulation attacked 101935).
+    p = _closed_by_server(core, lose_terminates=True)
+    assert ended(p.server_events) == [SessionEnded(None)] and p.client.is_open
+    p.client.handle_timer(p.client.next_timer())            # a keepalive, some time later
+    p.advance(25.0)
+    p.to_server()
+    assert [f[0] for f in p.frames(p.replies)] == [F.TERMINATE_SEQUENCE]
+    p.to_client()
+    assert ended(p.client_events) == [SessionEnded(None)]
+    assert p.client_got == [b"x"]
+
+
+def test_demux_does_not_reopen_an_ended_session_for_a_late_create_sequence(core) -> None:
+    p = _closed_by_server(core, lose_terminates=False)
+    late = core.codec.encode_frame((F.CREATE_SEQUENCE, SESSION_ID, TOKEN, 8, 65536, True))
+    routed = p.route(late)
+    assert not routed.created and not p.demux.sessions
+    assert [f[0] for f in frames_of(core, routed.replies)] == [F.TERMINATE_SEQUENCE]
+
+
+def test_demux_forgets_ended_sessions_after_a_while_and_beyond_a_bound(core, monkeypatch) -> None:
+    import tether.session.demux as demux_module
+    p = _closed_by_server(core, lose_terminates=False)
+    ping = core.codec.encode_frame((F.ACK_REQUESTED, SESSION_ID))
+    assert frames_of(core, p.demux.route(ping, 1.0).replies)[0][0] == F.TERMINATE_SEQUENCE
+    later = 1.0 + demux_module.ENDED_LINGER + 1
+    assert frames_of(core, p.demux.route(ping, later).replies)[0][2] == UnknownSequence.code
+    monkeypatch.setattr(demux_module, "ENDED_REMEMBERED", 2)
+    demux = Demux(SessionSettings(), reliable_transport=False, max_packet_size=DATAGRAM, core=core)
+    for sid in (1, 2, 3):
+        create = core.codec.encode_frame((F.CREATE_SEQUENCE, sid, TOKEN, 8, 65536, True))
+        engine = demux.route(create, 0.0).engine
+        demux.route(core.codec.encode_frame((F.TERMINATE_SEQUENCE, sid, 0)), 0.0)
+        assert engine.state is State.CLOSED
+        demux.remove(engine, False)
+    kinds = [frames_of(core, demux.route(core.codec.encode_frame((F.ACK_REQUESTED, sid)), 0.0).replies)[0][0]
+             for sid in (1, 2, 3)]
+    assert kinds == [F.FAULT, F.TERMINATE_SEQUENCE, F.TERMINATE_SEQUENCE]   # 1 was pushed out
+
+
+def test_demux_does_not_remember_faulted_sessions(core) -> None:
+    p = Pair(core=core)
+    p.server.abort(p.now)
+    p.demux.remove(p.server, True)
+    ping = core.codec.encode_frame((F.ACK_REQUESTED, SESSION_ID))
+    assert frames_of(core, p.demux.route(ping, p.now).replies)[0][2] == UnknownSequence.code
 
 
 def test_ack_for_a_number_never_sent_is_invalid_acknowledgement(core) -> None:

@@ -22,11 +22,13 @@ from sim.network import Conditions
 from sim.scenarios import basic
 
 from tether._reference.receive_window import ReceiveWindow as ReferenceReceiveWindow
-from tether.errors import InactivityTimeout, ProtocolError, RetryLimitExceeded
+from tether.errors import (
+    InactivityTimeout, ProtocolError, RetryLimitExceeded, SequenceTerminated, UnknownSequence,
+)
 from tether.session import core as cores
 from tether.session.core import Core
 
-# Seeds per family in CI (native): about 20 s on a quiet 2-core machine.
+# Seeds per family in CI (native): about 15 s on a quiet 2-core machine.
 CI_SEEDS = {
     "clean": 200,
     "lossy": 250,
@@ -35,6 +37,8 @@ CI_SEEDS = {
     "attacked": 80,
     "partition": 120,
     "hostile": 120,
+    "restart": 120,
+    "abort": 150,
 }
 BLOCK = 25
 DIFFERENTIAL_SEEDS = 6
@@ -156,6 +160,8 @@ def test_families_exercise_what_they_claim() -> None:
     assert seen["partition"][RetryLimitExceeded.__name__] > 0
     assert seen["partition"][InactivityTimeout.__name__] > 0
     assert seen["hostile"][ProtocolError.__name__] > 0
+    assert seen["restart"][UnknownSequence.__name__] > 5 and seen["restart"]["cuts"] > 3
+    assert seen["abort"][SequenceTerminated.__name__] > 5
 
 
 # ---- the harness catches what it claims to catch ----

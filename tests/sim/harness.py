@@ -17,7 +17,8 @@ from collections import deque
 from typing import Any
 
 from tether.errors import (
-    InactivityTimeout, RetryLimitExceeded, SessionFault, TetherError,
+    InactivityTimeout, RetryLimitExceeded, SequenceTerminated, SessionFault, TetherError,
+    UnknownSequence,
 )
 from tether.session.core import Core
 from tether.session.demux import Demux
@@ -35,6 +36,11 @@ MAX_STEPS = 3_000_000
 MAX_TIMER_SPINS = 3
 # Faults a session may end with when its peer is gone for good.
 PARTITION_FAULTS = (RetryLimitExceeded, InactivityTimeout)
+# ... when the server forgot it (restart), or the peer aborted or terminated it.
+RESTART_FAULTS = (UnknownSequence, RetryLimitExceeded, InactivityTimeout)
+ABORTED_PEER_FAULTS = (SequenceTerminated, UnknownSequence, RetryLimitExceeded, InactivityTimeout)
+# A client must notice a server restart within its keepalive interval plus this.
+RESTART_NOTICE = 10.0
 STRAY_PLAN = AppPlan(total=0, close_role="none")
 
 
@@ -63,6 +69,8 @@ class Endpoint:
         self.timer_version = 0
         self.spins = 0
         self.victim = bool(spec and spec.victim)
+        self.crashed = False        # server side of a restart: the engine is gone
+        self.aborted = False        # "abort" family: this side aborted or closed early
         self.stray = spec is None
         self.events_after_end = 0
         self.packets_dropped_unlinked = 0
@@ -86,6 +94,7 @@ class Simulation:
         self.clients: list[Endpoint] = []
         self.servers: list[Endpoint] = []       # server side of each client, by index
         self.strays: list[Endpoint] = []        # server sessions no client meant to open
+        self.replaced: list[Endpoint] = []      # server sessions lost in a restart, replaced
         self.by_session: dict[int, Endpoint] = {}
         self.paths: list[Path] = []
         self.addr_owner: dict[Any, int] = {}
@@ -121,6 +130,10 @@ class Simulation:
         if scenario.attack_interval:
             self.attack_rng = random.Random(f"{seed}-attacker")
             self.clock.at(0.0, self._attack)
+        if scenario.restart_at is not None:
+            self.clock.at(scenario.restart_at, self._restart)
+        if scenario.abort_at is not None:
+            self.clock.at(scenario.abort_at, self._abort)
 
     # ---- running ----
 
@@ -263,7 +276,8 @@ class Simulation:
         epoch = path.up.epoch
         server = self.servers[index]
         bound = next((ep for ep in [server] + self.strays
-                      if ep.conn == epoch and ep.index == index and ep.engine is not None), None)
+                      if ep.conn == epoch and ep.index == index and ep.engine is not None
+                      and not ep.crashed), None)
         if bound is not None:  # later packets of a bound connection go straight to its session
             bound.engine.receive_packet(body, self.clock.now)
             self._pump(bound)
@@ -273,9 +287,10 @@ class Simulation:
             path.down.transmit(reply, SERVER_ADDRESS, self.clients[index].addr)
         engine = routed.engine
         if engine is None:
-            # refused or unknown: the server closes the connection; the client reconnects
+            # refused or unknown: the server closes the connection once its replies are out
+            # (TCP delivers what was written before the FIN); the client reconnects
             self._record("server-closes", f"c{index}")
-            self._cut(index, 0.05)
+            self.clock.at(path.down.last_arrival, self._cut, index, 0.05)
             return
         ep = self._created(engine, self.clients[index].addr) if routed.created else self._endpoint_of(engine)
         ep.conn = epoch
@@ -291,6 +306,22 @@ class Simulation:
 
     def _created(self, engine: SessionEngine, src: Any) -> Endpoint:
         ep = self.by_session.get(engine.session_id)
+        if ep is not None and (ep.crashed or (ep.removed and not ep.peer.connected)):
+            # After a restart (or the server application ending the session at once), a
+            # client still connecting sends CreateSequence again and opens a new session with
+            # the same id: a new one for the server application.
+            old = ep
+            client = old.peer
+            if client.app.received:
+                self.fail(f"{client.name}: took {client.app.received} messages from a server "
+                          f"incarnation that then forgot the session; the new one starts over")
+            ep = Endpoint(old.name + "'", 1, old.index,
+                          App(1, old.spec.server_plan, random.Random(f"{self.scenario.seed}-again"),
+                              self.bodies, old.app.max_message), old.spec)
+            ep.peer, client.peer = client, ep
+            self.servers[old.index] = ep
+            self.by_session[engine.session_id] = ep
+            self.replaced.append(old)
         if ep is None or ep.engine is not None:
             # A session nobody meant to open: a forged or corrupted CreateSequence, or a
             # duplicate CreateSequence arriving after the real session ended.
@@ -309,7 +340,7 @@ class Simulation:
         return ep
 
     def _accept(self, ep: Endpoint, pump: bool = True) -> None:
-        if ep.accepted or ep.removed:
+        if ep.accepted or ep.removed or ep.crashed:
             return
         ep.accepted = True
         self.demux.accepted(ep.engine)
@@ -365,9 +396,42 @@ class Simulation:
         self._server_udp_packet(body, ("attacker",))
         self.clock.after(self.attack_rng.expovariate(1.0 / self.scenario.attack_interval), self._attack)
 
+    # ---- restart and abort ----
+
+    def _restart(self) -> None:
+        """The server process restarts: every session it held is gone, a new Demux starts
+        empty; over TCP its connections drop and the clients reconnect."""
+        self._record("restart")
+        for ep in self.servers + self.strays:
+            if ep.engine is not None and not ep.app.ended:
+                ep.crashed = True
+                ep.timer_version += 1
+        s = self.scenario
+        self.demux = Demux(s.server_settings, reliable_transport=self.tcp,
+                           max_packet_size=s.max_packet_size, core=self.core)
+        if self.tcp:
+            for i in range(len(self.paths)):
+                self._cut(i, 0.1)
+
+    def _abort(self) -> None:
+        s = self.scenario
+        ep = self.clients[0] if s.aborter == 0 else self.servers[0]
+        if ep.engine is None or ep.app.ended or not ep.engine.is_open:
+            return
+        ep.aborted = True
+        self._record(s.abort_kind, ep.name)
+        if s.abort_kind == "abort":
+            ep.engine.abort(self.clock.now, "the application aborted")
+        else:
+            ep.app.close_called = True
+            ep.engine.close(self.clock.now)
+        self._pump(ep)
+
     # ---- the engine loop of one endpoint (Session._pump) ----
 
     def _pump(self, ep: Endpoint) -> None:
+        if ep.crashed:
+            return
         engine = ep.engine
         app = ep.app
         now = self.clock.now
@@ -457,7 +521,7 @@ class Simulation:
             self.clock.after(plan.start_delay, self._maybe_close_later, ep)
 
     def _maybe_close_later(self, ep: Endpoint) -> None:
-        if ep.engine is not None and not ep.app.ended:
+        if ep.engine is not None and not ep.app.ended and not ep.crashed:
             self._maybe_close(ep)
             self._pump(ep)
 
@@ -471,7 +535,7 @@ class Simulation:
         app = ep.app
         app.send_scheduled = False
         engine = ep.engine
-        if app.ended or engine.is_finished or app.close_called or app.close_sending_called:
+        if app.ended or engine.is_finished or app.close_called or app.close_sending_called or ep.crashed:
             return
         if not app.batch:
             if app.next_index >= app.plan.total:
@@ -535,7 +599,7 @@ class Simulation:
         batches of window/4 or when the inbox empties, as Session does."""
         app = ep.app
         app.consume_scheduled = False
-        if app.waiting == 0:
+        if app.waiting == 0 or ep.crashed:
             return
         take = app.waiting if app.plan.consume == "eager" else 1
         app.inbox_head += take
@@ -601,11 +665,7 @@ class Simulation:
         peer = ep.peer
         if ep.victim or ep.stray or peer is None:
             return
-        # Unordered windows are exempt: ReceiveWindow counts a message delivered above the
-        # floor both in `held` and in the span it accepts, so it refuses within the advertised
-        # window (test_session_engine.py::test_unordered_window_refuses_within_advertised_window).
-        if (settings.ordered and peer.engine is not None and peer.engine.settings.flow_control
-                and stats["refused"]):
+        if peer.engine is not None and peer.engine.settings.flow_control and stats["refused"]:
             self.fail(f"{ep.name}: refused {stats['refused']} messages although the peer's flow control "
                       f"should never overrun this window")
         if engine.all_acknowledged and peer.app.received < app.handed:
@@ -616,7 +676,8 @@ class Simulation:
         peer = ep.peer
         if ep.victim or ep.stray or peer is None:
             return
-        if ep.app.received != peer.app.handed or not peer.app.done_sending:
+        # (a peer that closed early, "abort" family, only had to deliver what it handed over)
+        if ep.app.received != peer.app.handed or not (peer.app.done_sending or peer.aborted):
             self.fail(f"{ep.name}: PeerClosed after {ep.app.received} messages, but the peer sent "
                       f"{peer.app.handed} of {peer.app.plan.total}")
 
@@ -633,7 +694,13 @@ class Simulation:
         expect = self.scenario.expect
         if ep.stray or ep.victim:
             return
-        if expect == "graceful" or (expect == "hostile" and not ep.victim):
+        if expect == "restart" and ep.side == 0:
+            self._ended_after_restart(ep, error)
+            return
+        if expect == "abort":
+            self._ended_after_abort(ep, error)
+            return
+        if expect in ("graceful", "hostile", "restart"):
             if error is not None:
                 self.fail(f"{ep.name}: faulted with {type(error).__name__}: {error} under survivable conditions")
         elif expect == "partition":
@@ -649,6 +716,40 @@ class Simulation:
                     self.fail(f"{ep.name}: took until {self.clock.now:.3f} to notice a partition from "
                               f"{self.scenario.partition_at} (bound {bound:.3f})")
 
+    def _ended_after_restart(self, ep: Endpoint, error: TetherError | None) -> None:
+        at = self.scenario.restart_at
+        if error is None:
+            if not self._complete(ep):
+                self.fail(f"{ep.name}: ended gracefully with messages missing around a server restart")
+            return
+        if not isinstance(error, RESTART_FAULTS):
+            self.fail(f"{ep.name}: faulted with {type(error).__name__} ({error}); a server restart "
+                      f"should give UnknownSequence (or RetryLimitExceeded, InactivityTimeout)")
+        if self.clock.now < at:
+            self.fail(f"{ep.name}: faulted with {type(error).__name__} before the server restarted")
+        bound = at + ep.engine.settings.keepalive_interval + RESTART_NOTICE
+        if self.clock.now > bound:
+            self.fail(f"{ep.name}: took until {self.clock.now:.3f} to notice the server restart at "
+                      f"{at} (bound {bound:.3f})")
+
+    def _ended_after_abort(self, ep: Endpoint, error: TetherError | None) -> None:
+        kind = self.scenario.abort_kind
+        if ep.aborted:
+            expected = SequenceTerminated if kind == "abort" else None
+            if (error is None) != (expected is None) or (error is not None and type(error) is not expected):
+                self.fail(f"{ep.name}: after its own {kind} ended with {error!r}, expected "
+                          f"{expected.__name__ if expected else None}")
+            return
+        if error is None:
+            if ep.peer.app.received != ep.app.handed:
+                self.fail(f"{ep.name}: ended gracefully but the peer received {ep.peer.app.received} "
+                          f"of the {ep.app.handed} messages it sent")
+        elif not isinstance(error, ABORTED_PEER_FAULTS):
+            self.fail(f"{ep.name}: faulted with {type(error).__name__} ({error}); the peer's {kind} "
+                      f"should give SequenceTerminated (or what a lost Fault leaves)")
+        elif not any(other.aborted for other in self.clients + self.servers + self.replaced):
+            self.fail(f"{ep.name}: faulted with {type(error).__name__} ({error}) but nobody aborted")
+
     def _complete(self, ep: Endpoint) -> bool:
         peer = ep.peer
         return (ep.app.done_sending and peer.app.received == ep.app.handed
@@ -658,8 +759,10 @@ class Simulation:
         expect = self.scenario.expect
         for ep in self.clients + self.servers + self.strays:
             if ep.engine is None:
-                if ep.side == 1 and not ep.peer.victim and expect != "partition":
+                if ep.side == 1 and not ep.peer.victim and expect not in ("partition", "restart"):
                     self.fail(f"{ep.name}: the server never created the session")
+                continue
+            if ep.crashed:
                 continue
             if not ep.app.ended:
                 self.fail(f"{ep.name}: never ended ({ep.engine.state.value})")

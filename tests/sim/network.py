@@ -135,6 +135,11 @@ class Direction:
                 end = p.end
         return end
 
+    @property
+    def last_arrival(self) -> float:
+        """TCP: when the last packet sent so far arrives."""
+        return max(self._last_arrival, self.clock.now)
+
     def cut(self) -> None:
         """TCP: the connection broke; everything in flight is lost."""
         self.epoch += 1

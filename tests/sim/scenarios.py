@@ -16,6 +16,14 @@ Families and what they expect:
   hostile     two clients; one path rewrites bytes of some packets       -> that session may fault
               (a hostile or broken peer)                                    (any SessionFault); the
                                                                             other ends gracefully
+  restart     the server process restarts (forgets every session; TCP:   -> the client faults with
+              its connections drop) during the transfer                    UnknownSequence (or the
+                                                                            retry/inactivity faults)
+                                                                            within a bound
+  abort       one side aborts, or closes without waiting for the peer's  -> it ends as it asked; the
+              EOF, while the peer is still sending                         peer faults with
+                                                                            SequenceTerminated (or
+                                                                            what a lost Fault leaves)
 """
 from __future__ import annotations
 
@@ -28,7 +36,8 @@ from tether.session.settings import SessionSettings
 from .app import HEADER_SIZE, AppPlan
 from .network import Conditions, Interval
 
-FAMILIES = ("clean", "lossy", "tcp_cuts", "multi", "attacked", "partition", "hostile")
+FAMILIES = ("clean", "lossy", "tcp_cuts", "multi", "attacked", "partition", "hostile", "restart",
+            "abort")
 
 # Packet sizes the adapters use (udp.py: NETWORK_DATAGRAM / LOOPBACK_DATAGRAM).
 UDP_NETWORK = 1452
@@ -86,6 +95,10 @@ class Scenario:
     max_packet_size: int
     expect: str                         # "graceful" | "partition" | "hostile"
     partition_at: float | None = None   # permanent partition from here
+    restart_at: float | None = None     # the server forgets every session here
+    abort_at: float | None = None       # "abort" family: when the aborting side acts
+    aborter: int = 0                    # which side aborts (0 client, 1 server)
+    abort_kind: str = "abort"           # "abort" | "close" (close() without waiting for EOF)
     attack_interval: float | None = None
     time_limit: float = 3000.0
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -102,6 +115,10 @@ class Scenario:
             head += f" partition_at={self.partition_at:.3f}"
         if self.attack_interval:
             head += f" attack_every={self.attack_interval * 1000:.1f}ms"
+        if self.restart_at is not None:
+            head += f" restart_at={self.restart_at:.3f}"
+        if self.abort_at is not None:
+            head += f" {self.abort_kind}_by={'client' if self.aborter == 0 else 'server'}@{self.abort_at:.3f}"
         server = (f"  server settings: window={s.max_transfer_window} flow_control={s.flow_control} "
                   f"ack_interval={s.ack_interval} retries={s.max_retry_count} "
                   f"inactivity={s.inactivity_timeout} max_message={s.max_message_size} "
@@ -140,7 +157,7 @@ def _settings(rng: random.Random, *, lossy: bool, inactivity: float | None = Non
         max_retry_count=rng.choice((12, 16, 20)) if lossy else rng.choice((4, 8, 8)),
         max_transfer_window=rng.choice(WINDOWS),
         ordered=rng.random() < 0.7,
-        max_message_size=rng.choice((512, 4096, 65536)) if not tcp else rng.choice((4096, 65536)),
+        max_message_size=rng.choice((2048, 4096, 16384, 65536)) if not tcp else rng.choice((4096, 65536)),
     )
 
 
@@ -151,9 +168,9 @@ def _plan(rng: random.Random, *, total: int, max_message: int, packet: int, role
     large_rate = 0.0
     large_max = 0
     limit = min(max_message, 8 * packet)
-    if fragments and limit > small_max + 1 and rng.random() < 0.4:
+    if fragments and limit > small_max + 1 and rng.random() < 0.5:
         large_rate = rng.choice((0.02, 0.1, 0.3))
-        large_max = rng.randint(small_max + 1, limit)
+        large_max = limit if rng.random() < 0.5 else rng.randint(small_max + 1, limit)
     return AppPlan(
         total=total,
         batch_max=rng.choice((1, 4, 16, 64)),
@@ -207,6 +224,12 @@ def _client(rng: random.Random, *, settings: SessionSettings, server_settings: S
         settings = replace(settings, max_transfer_window=max(settings.max_transfer_window,
                                                              server_settings.max_transfer_window))
         plan = replace(plan, consume="eager")
+    # flow_control also carries the congestion window: without it a sender floods a
+    # bottleneck queue and its resends run out (as designed), so no bottleneck there.
+    if not settings.flow_control:
+        up = replace(up, bandwidth=None)
+    if not server_settings.flow_control:
+        down = replace(down, bandwidth=None)
     return ClientSpec(
         session_id=rng.getrandbits(64),
         token=rng.randbytes(16),
@@ -230,7 +253,7 @@ def _server_settings(rng: random.Random, client: SessionSettings, *, lossy: bool
         max_retry_count=rng.choice((12, 16, 20)) if lossy else rng.choice((4, 8, 8)),
         max_transfer_window=rng.choice(WINDOWS),
         ordered=client.ordered,
-        max_message_size=rng.choice((512, 4096, 65536)) if not tcp else rng.choice((4096, 65536)),
+        max_message_size=rng.choice((2048, 4096, 16384, 65536)) if not tcp else rng.choice((4096, 65536)),
     )
 
 
@@ -366,6 +389,33 @@ def _hostile(rng: random.Random, seed: int) -> Scenario:
     return Scenario(seed, "hostile", "udp", ss, (victim, other), packet, "hostile", time_limit=1000.0)
 
 
+def _restart(rng: random.Random, seed: int) -> Scenario:
+    tcp = rng.random() < 0.4
+    packet = TCP_PACKET if tcp else UDP_NETWORK
+    inactivity = rng.choice((20.0, 60.0, 600.0))
+    cs = _settings(rng, lossy=False, tcp=tcp, inactivity=inactivity)
+    ss = _server_settings(rng, cs, lossy=False, tcp=tcp)
+    client = _client(rng, settings=cs, server_settings=ss, packet=packet,
+                     total=(rng.randint(20, 300), rng.randint(0, 300)),
+                     up=_clean_conditions(rng), down=_clean_conditions(rng), fragments=not tcp)
+    return Scenario(seed, "restart", "tcp" if tcp else "udp", ss, (client,), packet, "restart",
+                    restart_at=rng.choice((0.01, 0.05, 0.2, 0.5)))
+
+
+def _abort(rng: random.Random, seed: int) -> Scenario:
+    tcp = rng.random() < 0.3
+    packet = TCP_PACKET if tcp else UDP_NETWORK
+    cs = _settings(rng, lossy=True, tcp=tcp, inactivity=rng.choice((20.0, 60.0)))
+    ss = _server_settings(rng, cs, lossy=True, tcp=tcp)
+    conditions = _clean_conditions(rng) if tcp else _lossy_conditions(rng)
+    client = _client(rng, settings=cs, server_settings=ss, packet=packet,
+                     total=(rng.randint(20, 300), rng.randint(20, 300)),
+                     up=conditions, down=conditions, fragments=not tcp)
+    return Scenario(seed, "abort", "tcp" if tcp else "udp", ss, (client,), packet, "abort",
+                    abort_at=rng.choice((0.01, 0.05, 0.2, 0.5)), aborter=rng.randint(0, 1),
+                    abort_kind=rng.choice(("abort", "close")))
+
+
 def basic(seed: int = 0, *, transport: str = "udp", client: dict | None = None,
           server: dict | None = None, client_total: int = 50, server_total: int = 50,
           conditions: Conditions | None = None) -> Scenario:
@@ -391,4 +441,6 @@ _BUILDERS = {
     "attacked": _attacked,
     "partition": _partition,
     "hostile": _hostile,
+    "restart": _restart,
+    "abort": _abort,
 }
