@@ -8,10 +8,10 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
+from arguments cimport _int, _number
 from libc.stdint cimport uint64_t
 from libc.string cimport memset
 
-import operator
 
 __all__ = ["ReceiveWindow", "MAX_NUMBER", "MAX_CAPACITY"]
 
@@ -25,37 +25,6 @@ cdef object _TWO64 = 2**64
 
 cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
-
-
-cdef Py_ssize_t _int(object value, str name) except? -1:
-    """`value` as a Py_ssize_t (an int or __index__), TypeError naming `name` otherwise.
-    Values outside -1..2**62 come back as -2, which every caller refuses by its own range."""
-    cdef Py_ssize_t n
-    if type(value) is not int:
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    try:
-        n = value
-    except OverflowError:
-        return -2
-    if n < -1 or n > (<Py_ssize_t>1) << 62:
-        return -2
-    return n
-
-
-cdef uint64_t _number(object value, str name) except? 0xFFFFFFFFFFFFFFFF:
-    """`value` as an int in 0..2**64-1, or TypeError/ValueError naming `name`."""
-    if type(value) is not int:
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    try:
-        return value
-    except OverflowError:
-        raise ValueError(f"{name} must be in 0..2**64-1, got {value}") from None
 
 
 @cython.final

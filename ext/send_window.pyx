@@ -11,11 +11,11 @@ from cpython.object cimport PyObject, PyObject_Length
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport INFINITY, fmin, isfinite, ldexp
+from arguments cimport _int, _number
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memset
 
-import operator
 
 from tether.errors import InvalidAcknowledgement, MessageNumberRollover, RetryLimitExceeded
 
@@ -33,37 +33,6 @@ cdef Py_ssize_t _MAX_RETRIES = 2**31 - 1
 cdef uint64_t _MAX = 0xFFFFFFFFFFFFFFFF
 cdef uint32_t NIL = 0xFFFFFFFF
 cdef object _TWO64 = 2**64
-
-
-cdef Py_ssize_t _int(object value, str name) except? -1:
-    """`value` as a Py_ssize_t (an int or __index__), TypeError naming `name` otherwise.
-    Values outside -1..2**62 come back as -2, which every caller refuses by its own range."""
-    cdef Py_ssize_t n
-    if type(value) is not int:
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    try:
-        n = value
-    except OverflowError:
-        return -2
-    if n < -1 or n > (<Py_ssize_t>1) << 62:
-        return -2
-    return n
-
-
-cdef uint64_t _number(object value, str name) except? 0xFFFFFFFFFFFFFFFF:
-    """`value` as an int in 0..2**64-1, or TypeError/ValueError naming `name`."""
-    if type(value) is not int:
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    try:
-        return value
-    except OverflowError:
-        raise ValueError(f"{name} must be in 0..2**64-1, got {value}") from None
 
 
 cdef uint64_t _range_end(object value, Py_ssize_t i, int which) except? 0xFFFFFFFFFFFFFFFF:
