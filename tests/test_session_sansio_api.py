@@ -64,3 +64,15 @@ def test_mtu_sized_datagrams_keep_most_of_the_packet_for_data():
     assert client.unacknowledged_bytes == 0
     client.send([b"z" * 5000], 0.0)
     assert client.unacknowledged_bytes == 5000
+
+
+def test_frame_type_numbers_are_the_codecs():
+    # The codec twins define the wire numbers (C constants in the native one); the engine
+    # names them through FrameType: the two must never drift apart.
+    from conftest import twins
+    from tether.session.frames import FrameType
+
+    for codec in twins("codec"):
+        assert {t.value: t.name for t in FrameType} == codec.FRAME_NAMES
+        for t in FrameType:
+            assert getattr(codec, t.name) == t.value
