@@ -168,7 +168,7 @@ class Simulation:
             f"{message}\n  at {where}\n{s.describe()}\n  states: {self._states()}\n"
             f"  last events:\n{recent}\n"
             f"  replay: TETHER_SIM_FAMILY={family} TETHER_SIM_SEED={s.seed} TETHER_SIM_CORE={self.core_name} "
-            f"python -m pytest tests/test_session_sim.py -k replay")
+            f"python -m pytest tests/test_session_sim.py -k replay -s")
 
     def _states(self) -> str:
         out = []
