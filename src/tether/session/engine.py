@@ -118,6 +118,7 @@ class SessionEngine:
         self._out_closed = False
         self._out_close_confirmed = False
         self._terminate_sent = False
+        self._resume_frame: bytes | None = None
 
         self._last_heard = now
         self._last_sent = now
@@ -577,7 +578,8 @@ class SessionEngine:
             self._control_out.append(self._ctl.frame)
             self._ctl.deadline = now + self._rto()
         if self.state is not State.CONNECTING:
-            self._control_out.insert(0, self._codec.encode_frame((F.RESUME, self.session_id, self.token)))
+            self._resume_frame = self._codec.encode_frame((F.RESUME, self.session_id, self.token))
+            self._control_out.insert(0, self._resume_frame)
             self._resend_everything(now)
         self._last_heard = now
 
@@ -730,7 +732,9 @@ class SessionEngine:
                 frames.extend(self._control_out)
                 self._control_out = []
             if self._ack_now or (self._ack_deadline is not None and (data_sent or now >= self._ack_deadline)):
-                frames.insert(0, self._ack_frame())
+                # Resume leads its packet: the server's demux checks the token (and binds a
+                # new TCP connection) on the first frame.
+                frames.insert(1 if frames and frames[0] is self._resume_frame else 0, self._ack_frame())
         if not frames:
             return []
         return self._pack(frames, now)
