@@ -26,7 +26,7 @@ from tether.session.engine import SessionEngine
 from tether.session.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
 
 from .app import App, AppPlan, Bodies
-from .network import Clock, Conditions, Direction, Path
+from .network import Clock, Direction, Path
 from .scenarios import SERVER_ADDRESS, ClientSpec, Scenario
 
 # A run that takes more steps than this is stuck in a loop (the largest scenarios take ~10^5).
