@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..errors import LockLost, QueueError, QueueFull
+from ..errors import LockLost, QueueFull, TetherError
 from . import records
 from .message import LOCKED, SETTLING, Message
 
@@ -70,7 +70,7 @@ async def send_batch(qm: Any, items: list[tuple], *, dedupe: bool) -> list[Any]:
                     steps.append((queue, [records.SEEN, ids, now]))
                 ids.append(message.id)
             results[i] = message.id
-        except (QueueError, TypeError, ValueError) as exc:
+        except (TetherError, TypeError, ValueError) as exc:     # MessageTooLarge is a TetherError
             results[i] = exc
     if not accepted:
         return results

@@ -302,7 +302,10 @@ class _Connection:
 
     async def _sends(self, items: list) -> None:
         batch = [(i[2], i[3], i[4], i[5], i[6], None, None) for i in items]
-        results = await send_batch(self.manager, batch, dedupe=True)
+        try:
+            results = await send_batch(self.manager, batch, dedupe=True)
+        except Exception as exc:       # the journal failed, the manager closed: each is told
+            results = [exc] * len(items)
         self._answer(items, results)
 
     async def _forwards(self, items: list) -> None:
@@ -318,7 +321,10 @@ class _Connection:
         keep = [n for n in range(len(items)) if n not in early]
         results: list[Any] = [None] * len(items)
         if keep:
-            done = await send_batch(self.manager, [batch[n] for n in keep], dedupe=True)
+            try:
+                done = await send_batch(self.manager, [batch[n] for n in keep], dedupe=True)
+            except Exception as exc:
+                done = [exc] * len(keep)
             for n, result in zip(keep, done):
                 results[n] = result
         for n, exc in early.items():
@@ -352,7 +358,11 @@ class _Connection:
             messages.append(message)
             waiting.append(item)
         if messages:
-            for item, message, error in zip(waiting, messages, await complete_many(self.manager, messages)):
+            try:
+                errors = await complete_many(self.manager, messages)
+            except Exception as exc:
+                errors = [exc] * len(messages)
+            for item, message, error in zip(waiting, messages, errors):
                 if error is None:
                     state.remember_completed(message.id)
                 results.append((item, error))
