@@ -43,6 +43,8 @@ log = logging.getLogger("tether.queue.client")
 RECONNECT_FIRST = 0.05
 RECONNECT_CAP = 2.0     # never more than this between reconnect attempts
 DEFAULT_PREFETCH = 16
+# requests that only mean something to the service process that saw the lock or transaction
+_NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_ROLLBACK)
 
 
 def service_url(url: str) -> str:
@@ -144,34 +146,40 @@ class QueueClient:
 
         session = await connect(self.url, connect_timeout=self.connect_timeout, **self._session_settings)
         try:
+            # HELLO alone first: whether the service still knows us decides what to resend
             hello = [P.HELLO, next(self._rids), P.VERSION, self._client_id, list(self._locks)]
-            items: list = [hello]
-            for consumer in self._consumers.values():
-                if consumer.subscribed or consumer.granted:
-                    consumer.granted = max(0, self.prefetch - len(consumer.buffer))
-                    consumer.owed = 0
-                    items.append([P.SUBSCRIBE, 0, consumer.consumer_id, consumer.queue, consumer.granted])
-            sent_upto = hello[1]
-            for rid, (item, _) in self._pending.items():
-                sent_upto = max(sent_upto, rid)
-                if item[0] == P.SUBSCRIBE:
-                    continue        # every consumer was re-subscribed above
-                items.append(item)
             self._out, self._out_bytes = [], 0
-            session.send_nowait([P.encode(items)])
+            session.send_nowait([P.encode([hello])])
             reply = await asyncio.wait_for(self._read_hello(session, hello[1]), self.connect_timeout)
         except BaseException:
             session.abort("queue protocol handshake failed")
             raise
         self.max_frame_bytes = min(P.FRAME_BYTES, int(reply.get("max_frame_bytes", P.FRAME_BYTES)) // 2)
+        resumed = bool(reply.get("resumed"))
         self._session = session
         self._connected = True
+        for consumer in self._consumers.values():
+            if consumer.subscribed or consumer.granted:
+                consumer.granted = max(0, self.prefetch - len(consumer.buffer))
+                consumer.owed = 0
+                self._send([P.SUBSCRIBE, 0, consumer.consumer_id, consumer.queue, consumer.granted])
         for rid, (item, future) in list(self._pending.items()):
-            if rid > sent_upto:
-                self._send(item)        # asked for during the handshake
-            elif item[0] == P.SUBSCRIBE and not future.done():
+            op = item[0]
+            if op == P.SUBSCRIBE:       # every consumer was re-subscribed above
                 self._pending.pop(rid)
-                future.set_result(None)
+                if not future.done():
+                    future.set_result(None)
+            elif not resumed and op in _NEEDS_THE_SAME_SERVICE:
+                # a settle or transaction step of the service that restarted: its outcome
+                # is unknown and its lock or transaction is gone
+                self._pending.pop(rid)
+                if not future.done():
+                    error = (LockLost(f"the queue manager restarted: the lock of message {item[2]} is gone")
+                             if op in (P.COMPLETE, P.ABANDON) else
+                             TransactionError("the queue manager restarted: the transaction is gone"))
+                    future.set_exception(error)
+            else:
+                self._send(item)
         if self._out:
             self._schedule_flush()
 
@@ -193,10 +201,23 @@ class QueueClient:
                         if not isinstance(item[2], dict):
                             raise ProtocolError(f"{self.url}: HELLO answered with {item[2]!r:.60}")
                         answer = item[2]
+                        if not answer.get("resumed") and self._locks:
+                            self._forget_locks()
                     else:
                         self._dispatch(item)
             if answer is not None:
                 return answer
+
+    def _forget_locks(self) -> None:
+        """The service restarted: every lock we held is gone (those messages are
+        redelivered), so complete()/abandon() of them must raise LockLost, and the
+        prefetched ones are dropped (their credit is given again)."""
+        for message in self._locks.values():
+            message._owner = None
+        self._locks.clear()
+        for consumer in self._consumers.values():
+            consumer.owed += len(consumer.buffer)
+            consumer.buffer.clear()
 
     def _decode(self, frame: bytes) -> list:
         try:

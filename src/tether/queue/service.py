@@ -236,8 +236,10 @@ class _Connection:
         _, rid, version, client_id, held = item
         if version != P.VERSION:
             raise ProtocolError(f"queue protocol version {version} is not supported (this service speaks {P.VERSION})")
+        resumed = client_id in self.service.clients
         self.state = self.service.attach(client_id, self, held)
-        self.push([P.REPLY, rid, {"version": P.VERSION, "server": "tether-qm",
+        # resumed False: this service never saw the client (it restarted): its locks are void
+        self.push([P.REPLY, rid, {"version": P.VERSION, "server": "tether-qm", "resumed": resumed,
                                   "max_frame_bytes": self.session.settings.max_message_size}])
 
     def _dispatch(self, items: list) -> None:
