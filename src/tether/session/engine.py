@@ -675,6 +675,12 @@ class SessionEngine:
                 self._end(None)
                 return
             if ctl.retries >= self.settings.max_retry_count and not self.reliable_transport:
+                if self._only_formalities_left(peer_silent=True):
+                    # e.g. our CloseSequence unanswered after the peer ended: nothing is lost
+                    self._ctl = None
+                    self._transition(Event.TERMINATED)
+                    self._end(None)
+                    return
                 self._fault(RetryLimitExceeded(
                     f"no response to {ctl.kind} after {ctl.retries} retransmissions"), now)
                 return
