@@ -527,6 +527,33 @@ def test_lost_terminate_response_still_ends_the_closer_gracefully(core) -> None:
     assert ended(p.client_events) == [SessionEnded(None)]
 
 
+def test_unanswered_close_after_the_peer_ended_is_a_graceful_end(core) -> None:
+    # The client's CloseSequenceResponse and Terminates were lost, it ended; the server's
+    # CloseSequence then goes unanswered to the retry limit (simulation lossy seed 302413).
+    p = Pair(core=core, server={"max_retry_count": 4})
+    p.client.send([b"a"], p.now)
+    p.server.send([b"b"], p.now)
+    p.client.close_sending(p.now)
+    p.exchange()                                      # the client's side is closed
+    assert PeerClosed() in p.server_events
+    p.server.close_sending(p.now)
+    p.to_client()                                     # the server's CloseSequence arrives
+    p.to_server(drop=lambda body: True)               # the client's answer is lost...
+    p.client.close(p.now)
+    while p.client.is_open:                           # ... and so are its Terminates
+        p.fire(p.client)
+        p.client.packets_to_send(p.now)
+    p._collect()
+    assert ended(p.client_events) == [SessionEnded(None)]
+    p.to_client(drop=lambda body: True)
+    while p.server.is_open:
+        p.fire(p.server)
+        p.server.packets_to_send(p.now)
+    p._collect()
+    assert ended(p.server_events) == [SessionEnded(None)]
+    assert p.server_got == [b"a"] and p.client_got == [b"b"]
+
+
 def test_unknown_sequence_answering_our_terminate_is_a_graceful_end(core) -> None:
     # A late packet of ours reached the server after it had ended (simulation clean seed 52).
     p = Pair(core=core)
