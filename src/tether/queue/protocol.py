@@ -301,7 +301,7 @@ def error_code(exc: BaseException) -> str:
 
 def error_from_code(code: str, text: str) -> BaseException:
     """The local exception for an ERROR item: the same tether error class, or
-    ValueError/TypeError, or QueueError for a code this version does not know."""
+    ValueError/TypeError, or a QueueError carrying the code for one without a class."""
     if code == "value-error":
         return ValueError(text)
     if code == "type-error":
@@ -310,5 +310,7 @@ def error_from_code(code: str, text: str) -> BaseException:
         return errors.PoisonMessage(text)
     cls = _ERRORS.get(code)
     if cls is None:
-        return errors.QueueError(f"{text} ({code})")
+        error = errors.QueueError(text)
+        error.code = code       # e.g. "expired": the forwarder's dead-letter reason
+        return error
     return cls(text)

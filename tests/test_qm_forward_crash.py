@@ -1,0 +1,95 @@
+"""Two queue managers, the target a child process that starts after the senders, is
+SIGKILLed in the middle of the transfer and restarted: every message arrives once, in
+order per sender."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+
+import pytest
+
+import tether
+
+pytestmark = pytest.mark.fault
+
+PER_SENDER = 3000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _start_target(config):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tether", "qm", "serve", "--config", str(config), "--log-level", "WARNING",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    line = await asyncio.wait_for(proc.stdout.readline(), 20)
+    assert line.startswith(b"tether qm: ready"), (line, await proc.stderr.read())
+    return proc
+
+
+async def _target_depth(url):
+    try:
+        async with tether.QueueClient.connect(url, connect_timeout=2) as client:
+            return (await client.queue_info("orders")).depth
+    except (OSError, tether.TetherError, asyncio.TimeoutError):
+        return None
+
+
+async def test_target_killed_and_restarted_mid_transfer(tmp_path):
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    address = f"tether://127.0.0.1:{port}/orders"
+    config = tmp_path / "target.toml"
+    config.write_text(f'data_dir = "{tmp_path / "target"}"\nlisten = "{url}"\n[queues.orders]\n')
+    procs = []
+    try:
+        async with tether.QueueManager.open(tmp_path / "a") as a, tether.QueueManager.open(tmp_path / "b") as b:
+            sent = {"a": [], "b": []}
+
+            async def sender(qm, name):
+                sent[name].append(await qm.send(address, b"%s.0" % name.encode()))
+                for start in range(1, PER_SENDER, 500):
+                    # sends started together are queued in the order they were made
+                    sent[name] += await asyncio.gather(*(
+                        qm.send(address, b"%s.%d" % (name.encode(), i))
+                        for i in range(start, min(start + 500, PER_SENDER))))
+
+            # the target is not there yet: everything waits in the transmission queues
+            await asyncio.gather(sender(a, "a"), sender(b, "b"))
+            procs.append(await _start_target(config))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            watcher = await tether.QueueClient.connect(url, connect_timeout=5)
+            try:
+                while True:         # kill it once part of the transfer has landed
+                    depth = (await watcher.queue_info("orders")).depth
+                    if depth > 0:
+                        break
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0.002)
+                procs[-1].kill()
+            finally:
+                await watcher.close()
+            await procs[-1].wait()
+            assert depth < 2 * PER_SENDER, "the transfer finished before the kill; nothing was tested"
+            procs.append(await _start_target(config))
+            while (await _target_depth(url)) != 2 * PER_SENDER:
+                assert loop.time() < deadline + 30, "not every message arrived"
+                await asyncio.sleep(0.1)
+            async with tether.QueueClient.connect(url, prefetch=256) as client:
+                got = {"a": [], "b": []}
+                for _ in range(2 * PER_SENDER):
+                    m = await client.receive("orders", timeout=10)
+                    got[m.body[:1].decode()].append(m.id)
+                    await m.complete()
+                assert await client.receive("orders", timeout=0.2) is None
+            assert got == sent          # once each, in order per sender
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
