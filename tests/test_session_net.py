@@ -281,6 +281,27 @@ async def test_resume_with_a_wrong_token_is_refused_and_harms_nothing():
             assert await peer.recv() == b"unharmed"
 
 
+async def test_a_new_tcp_connection_naming_a_session_cannot_take_it_over_or_inject():
+    from tether._native import codec
+    async with await tether.serve(None, "tcp://127.0.0.1:0") as server:
+        async with tether.connect(url("tcp", server.address)) as client:
+            peer = await server.accept()
+            reader, writer = await asyncio.open_connection(*server.address)
+            # data and an ack request naming the live session, without Resume or its token
+            body = (codec.encode_data(client.session_id, 1, [b"injected"])
+                    + codec.encode_frame((F.ACK_REQUESTED, client.session_id)))
+            writer.write(codec.frame_packet(body))
+            header = await asyncio.wait_for(reader.readexactly(4), 5)
+            reply = codec.decode_packet(await reader.readexactly(int.from_bytes(header, "big")))
+            assert reply[0][0] == F.CREATE_SEQUENCE_REFUSED and "token" in reply[0][2]
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            await client.send(b"genuine")
+            assert await peer.recv() == b"genuine"  # not b"injected": nothing was fed
+            await peer.send(b"back")
+            assert await client.recv() == b"back"  # the session still answers its owner
+
+
 def test_works_on_plain_asyncio_too():
     async def main():
         assert "uvloop" not in type(asyncio.get_running_loop()).__module__

@@ -282,7 +282,7 @@ class Simulation:
             bound.engine.receive_packet(body, self.clock.now)
             self._pump(bound)
             return
-        routed = self.demux.route(body, self.clock.now)
+        routed = self.demux.route(body, self.clock.now, opening=True)
         for reply in routed.replies:
             path.down.transmit(reply, SERVER_ADDRESS, self.clients[index].addr)
         engine = routed.engine

@@ -49,9 +49,14 @@ class Demux:
         # session id -> [last message number sent, time of the first late packet or None]
         self._ended: dict[int, list] = {}
 
-    def route(self, body: bytes, now: float) -> Routed:
+    def route(self, body: bytes, now: float, opening: bool = False) -> Routed:
         """Decode one packet and hand it to its session. A packet that does not decode names
-        no session reliably, so it is dropped (counted); it never reaches another session."""
+        no session reliably, so it is dropped (counted); it never reaches another session.
+
+        `opening`: the first packet of a new TCP connection, which binds the connection to
+        the session it names. For a session that exists it must begin with a Resume or a
+        CreateSequence carrying the session's token; anything else is refused unread, so
+        nobody takes over a session or injects into it by naming its id."""
         try:
             frames = self._codec.decode_packet(body, self.settings.max_message_size,
                                                MAX_FRAMES_PER_PACKET)
@@ -66,6 +71,11 @@ class Demux:
         if engine is not None:
             if kind == F.RESUME and not self.token_matches(engine, frames[0][2]):
                 return Routed(replies=[self.refusal(session_id, "resume refused: wrong token")])
+            if opening and not (kind == F.RESUME or (
+                    kind == F.CREATE_SEQUENCE and self.token_matches(engine, frames[0][2]))):
+                return Routed(replies=[self.refusal(
+                    session_id, "a new connection must start with Resume (or CreateSequence) "
+                                "carrying the session's token")])
             engine.receive_frames(frames, now)
             return Routed(engine)
         if session_id in self._ended and kind not in (F.TERMINATE_SEQUENCE, F.TERMINATE_SEQUENCE_RESPONSE,

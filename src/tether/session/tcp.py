@@ -105,7 +105,7 @@ class TcpServerConnection(TcpConnection):
         self.session = None
 
     def _first_packet(self, body: bytes) -> None:
-        routed = self.demux.route(body, clock())
+        routed = self.demux.route(body, clock(), opening=True)
         if routed.replies:
             self.transmit(routed.replies)
         engine = routed.engine
