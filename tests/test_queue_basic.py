@@ -231,10 +231,10 @@ async def test_cancelled_receiver_does_not_lose_the_message(qm):
 
 
 async def test_remote_address_goes_to_a_transmission_queue(qm):
-    sent = await qm.send("tether://127.0.0.1:7601/billing", b"x", time_to_live=60)
-    assert "$xmit:127.0.0.1:7601" in qm.queues()
-    m = await qm.receive("$xmit:127.0.0.1:7601", timeout=1)
-    assert (m.id, m.destination) == (sent, "tether://127.0.0.1:7601/billing")
+    sent = await qm.send("tether://127.0.0.1:1/billing", b"x", time_to_live=60)
+    assert "$xmit:127.0.0.1:1" in qm.queues()
+    m = await qm.receive("$xmit:127.0.0.1:1", timeout=1)
+    assert (m.id, m.destination) == (sent, "tether://127.0.0.1:1/billing")
     with pytest.raises(ValueError, match="bad queue address"):
         await qm.send("tether://127.0.0.1/billing", b"x")
 

@@ -52,21 +52,21 @@ async def test_not_exactly_once_queue_does_not_dedupe():
 
 async def test_expiry_in_transit_dead_letters_with_the_destination_as_source(tmp_path):
     async with tether.QueueManager.open(tmp_path / "qm") as qm:
-        sent = await qm.send("tether://127.0.0.1:7601/billing", b"x", time_to_live=0.05)
+        sent = await qm.send("tether://127.0.0.1:1/billing", b"x", time_to_live=0.05)
         dead = await qm.receive("$dead", timeout=2)
         assert (dead.id, dead.dead_letter_reason) == (sent, "expired")
-        assert dead.dead_letter_source == "tether://127.0.0.1:7601/billing"
-        assert (await qm.queue_info("$xmit:127.0.0.1:7601")).depth == 0
+        assert dead.dead_letter_source == "tether://127.0.0.1:1/billing"
+        assert (await qm.queue_info("$xmit:127.0.0.1:1")).depth == 0
 
 
 async def test_forwarder_can_dead_letter_a_rejected_message():
     async with tether.QueueManager.open() as qm:
-        sent = await qm.send("tether://10.0.0.1:7601/billing", b"x")
-        m = await qm.receive("$xmit:10.0.0.1:7601", timeout=1)
+        sent = await qm.send("tether://127.0.0.1:1/billing", b"x")
+        m = await qm.receive("$xmit:127.0.0.1:1", timeout=1)
         await qm.dead_letter_message(m, "rejected")
         dead = await qm.receive("$dead", timeout=1)
         assert (dead.id, dead.dead_letter_reason, dead.dead_letter_source) == \
-            (sent, "rejected", "tether://10.0.0.1:7601/billing")
+            (sent, "rejected", "tether://127.0.0.1:1/billing")
         with pytest.raises(tether.LockLost):
             await qm.dead_letter_message(m, "rejected")
 
