@@ -354,3 +354,24 @@ async def test_a_resent_send_is_queued_once(served):
         again = await client._request(list(item))      # as after a lost reply
         assert first == again
         assert (await qm.queue_info("q")).depth == 1
+
+
+async def test_many_concurrent_receivers_on_one_client(served):
+    """Concurrent receive() calls share one subscription and each gets its own message."""
+    qm, url = served
+    await qm.create_queue("q")
+    async with tether.QueueClient.connect(url, prefetch=16) as client:
+        ids = await client.send_many("q", [b"%d" % i for i in range(500)])
+        got = []
+
+        async def receiver():
+            while True:
+                m = await client.receive("q", timeout=0.5)
+                if m is None:
+                    return
+                got.append(m.id)
+                await m.complete()
+
+        await asyncio.wait_for(asyncio.gather(*(receiver() for _ in range(40))), 30)
+        assert sorted(got) == sorted(ids)
+        assert len(client._consumers) == 1

@@ -72,22 +72,34 @@ def service_url(url: str) -> str:
 class _Consumer:
     """A subscription of this client to one queue: the prefetched messages and who waits."""
 
-    __slots__ = ("consumer_id", "queue", "buffer", "waiter", "error", "subscribed", "granted", "owed")
+    __slots__ = ("consumer_id", "queue", "buffer", "waiters", "error", "subscribed", "subscribing",
+                 "granted", "owed")
 
     def __init__(self, consumer_id: int, queue: str) -> None:
         self.consumer_id = consumer_id
         self.queue = queue
         self.buffer: deque[Message] = deque()
-        self.waiter: asyncio.Future | None = None
+        self.waiters: deque[asyncio.Future] = deque()     # receive() calls waiting, oldest first
         self.error: BaseException | None = None
         self.subscribed = False
+        self.subscribing: asyncio.Future | None = None     # the SUBSCRIBE in progress
         self.granted = 0        # credit the service still has for us
         self.owed = 0           # credit to return with the next frame
 
     def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """Wake the longest-waiting receive() (a message arrived)."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def wake_all(self) -> None:
+        waiters, self.waiters = self.waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class QueueClient:
@@ -295,7 +307,7 @@ class QueueClient:
                 consumer.subscribed = False
                 consumer.granted = 0
                 consumer.error = P.error_from_code(item[2], item[3])
-                consumer.wake()
+                consumer.wake_all()
 
     def _message(self, fields: list, validity: float) -> Message:
         message = Message(fields[0], fields[1], fields[2], fields[3], fields[4], fields[5], fields[6], fields[7])
@@ -415,8 +427,10 @@ class QueueClient:
                 if message is not None:
                     return message
             return await self._receive_now(name, 0.0)
-        if consumer is None or not consumer.subscribed:
+        if consumer is None or not (consumer.subscribed or consumer.subscribing):
             consumer = await self._subscribe(name)
+        elif not consumer.subscribed:
+            await asyncio.shield(consumer.subscribing)      # another receive() is subscribing
         deadline = None if timeout is None else self._loop.time() + timeout
         while True:
             message = self._take(consumer)
@@ -431,13 +445,17 @@ class QueueClient:
             remaining = None if deadline is None else deadline - self._loop.time()
             if remaining is not None and remaining <= 0:
                 return None
-            waiter = consumer.waiter = self._loop.create_future()
+            waiter = self._loop.create_future()
+            consumer.waiters.append(waiter)
             try:
                 await asyncio.wait_for(waiter, remaining)
             except asyncio.TimeoutError:
                 pass
             finally:
-                consumer.waiter = None
+                if waiter.done() and not waiter.cancelled() and consumer.buffer:
+                    consumer.wake()     # woken but leaving: pass the message on
+                elif not waiter.done():
+                    waiter.cancel()
 
     async def _receive_now(self, name: str, timeout: float) -> Message | None:
         reply = await self._request([P.RECEIVE, 0, name, timeout, 0])
@@ -467,11 +485,16 @@ class QueueClient:
         self._consumers[name] = consumer
         self._by_consumer_id[consumer.consumer_id] = consumer
         consumer.granted = self.prefetch
+        subscribing = consumer.subscribing = self._request([P.SUBSCRIBE, 0, consumer.consumer_id, name, self.prefetch])
         try:
-            await self._request([P.SUBSCRIBE, 0, consumer.consumer_id, name, self.prefetch])
+            await asyncio.shield(subscribing)
         except BaseException:
+            if not subscribing.done():
+                subscribing.cancel()
             self._drop_consumer(consumer)
             raise
+        finally:
+            consumer.subscribing = None
         consumer.subscribed = True
         return consumer
 

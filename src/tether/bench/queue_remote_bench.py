@@ -1,0 +1,197 @@
+"""`tether bench queue --remote`: a queue manager service in a child process (durable,
+fsync policy as given) and a QueueClient in this one; 64 B messages by default.
+
+    remote-{size}-send            `--senders` concurrent client.send() calls fill a queue
+    remote-{size}-recv+complete   as many consumers receive and complete every message
+    remote-{size}-total           both phases
+    forward-{size}                store-and-forward: an embedded queue manager here with
+                                  `--count` messages in its transmission queue, delivered to
+                                  the service once it comes up (time until the last landed)
+    baseline-fdatasync-{size}     os.write + os.fdatasync of `--senders` messages per sync on
+                                  the same disk, in the same run: every row's ratio
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+
+from .fsync_baseline import fdatasync_baseline
+from .report import Progress, Result, apply_ratios, make_result
+
+SIZES = {"64B": 64, "1KiB": 1024}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=100_000, help="messages per phase")
+    parser.add_argument("--senders", type=int, default=256,
+                        help="concurrent senders, and concurrent consumers (default 256)")
+    parser.add_argument("--prefetch", type=int, default=1024, help="the consumers' client prefetch")
+    parser.add_argument("--sizes", default="64B", help="comma-separated: 64B,1KiB")
+    parser.add_argument("--fsync", default="always", choices=("always", "interval", "never"),
+                        help="journal fsync policy of the service")
+    parser.add_argument("--no-forward", action="store_true", help="skip the store-and-forward row")
+    parser.add_argument("--data-dir", default=None, help="directory for journals (default: a temporary one)")
+    parser.add_argument("--baseline-seconds", type=float, default=1.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _start_service(data_dir: str, fsync: str, port: int = 0) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tether", "qm", "serve", "--listen", f"tcp://127.0.0.1:{port}",
+        "--data-dir", data_dir, "--fsync", fsync, "--log-level", "WARNING",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    except BaseException:
+        proc.kill()
+        raise
+    if not line.startswith(b"tether qm: ready "):
+        proc.kill()
+        raise RuntimeError(f"the queue manager service did not start: {line!r}")
+    return proc, line.split()[-1].decode()
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _phase(label: str, workers: int, count: int, work, progress: Progress) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    remaining = count
+    clock = time.perf_counter
+
+    async def worker() -> None:
+        nonlocal remaining
+        record = latencies.append
+        while remaining > 0:
+            remaining -= 1
+            t0 = clock()
+            await work()
+            record(clock() - t0)
+            done = count - remaining
+            if not done & 4095:
+                progress.update(label, done, count)
+
+    start = clock()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    seconds = clock() - start
+    progress.done(label)
+    return seconds, latencies
+
+
+async def _client_rows(size_name: str, size: int, args: argparse.Namespace, directory: str,
+                       progress: Progress) -> list[Result]:
+    from ..queue.client import QueueClient
+
+    proc, url = await _start_service(os.path.join(directory, f"service-{size_name}"), args.fsync)
+    try:
+        body = (bytes(range(256)) * (size // 256 + 1))[:size]
+        async with QueueClient.connect(url, prefetch=args.prefetch) as client:
+            await client.create_queue("bench")
+            send = client.send
+
+            async def send_one() -> None:
+                await send("bench", body)
+
+            send_s, send_lat = await _phase(f"remote {size_name} send", args.senders, args.count,
+                                            send_one, progress)
+            receive = client.receive
+
+            async def receive_one() -> None:
+                message = await receive("bench")
+                await message.complete()
+
+            recv_s, recv_lat = await _phase(f"remote {size_name} recv+complete", args.senders, args.count,
+                                            receive_one, progress)
+    finally:
+        await _stop(proc)
+    extra = {"senders": args.senders, "fsync": args.fsync, "prefetch": args.prefetch}
+    prefix = f"remote-{size_name}"
+    return [make_result(f"{prefix}-send", args.count, size, send_s, send_lat, **extra),
+            make_result(f"{prefix}-recv+complete", args.count, size, recv_s, recv_lat, **extra),
+            make_result(f"{prefix}-total", args.count, size, send_s + recv_s, **extra)]
+
+
+async def _forward_row(size_name: str, size: int, args: argparse.Namespace, directory: str,
+                       progress: Progress) -> Result:
+    from ..queue.client import QueueClient
+    from ..queue.manager import QueueManager
+
+    port = _free_port()
+    address = f"tether://127.0.0.1:{port}/bench"
+    body = (bytes(range(256)) * (size // 256 + 1))[:size]
+    label = f"forward {size_name}"
+    async with QueueManager.open(os.path.join(directory, f"sender-{size_name}"), fsync=args.fsync) as qm:
+        await qm.send(address, body)
+        for start in range(1, args.count, 4096):
+            await asyncio.gather(*(qm.send(address, body) for _ in range(min(4096, args.count - start))))
+            progress.update(f"{label} (filling)", start, args.count)
+        target_dir = os.path.join(directory, f"target-{size_name}")
+        os.makedirs(target_dir, exist_ok=True)
+        async with QueueManager.open(target_dir) as target:      # the queue, defined before start
+            await target.create_queue("bench")
+        proc, url = await _start_service(target_dir, args.fsync, port)
+        try:
+            start_t = time.perf_counter()
+            async with QueueClient.connect(url) as client:
+                while True:
+                    depth = (await client.queue_info("bench")).depth
+                    progress.update(label, depth, args.count)
+                    if depth >= args.count:
+                        break
+                    await asyncio.sleep(0.02)
+            seconds = time.perf_counter() - start_t
+        finally:
+            await _stop(proc)
+    progress.done(label)
+    return make_result(f"forward-{size_name}", args.count, size, seconds, fsync=args.fsync,
+                       note="includes the forwarder's first connect")
+
+
+async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
+    """The remote rows of every size, the forwarding row, and each size's baseline."""
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    for size_name in sizes:
+        if size_name not in SIZES:
+            raise ValueError(f"--sizes: unknown {size_name!r} (choose from {', '.join(SIZES)})")
+    if args.count < 1 or args.senders < 1 or args.prefetch < 1:
+        raise ValueError("--count, --senders and --prefetch must be >= 1")
+    if args.data_dir is not None:
+        os.makedirs(args.data_dir, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="tether-bench-remote-", dir=args.data_dir)
+    results: list[Result] = []
+    try:
+        for size_name in sizes:
+            size = SIZES[size_name]
+            group = await _client_rows(size_name, size, args, directory, progress)
+            if not args.no_forward:
+                group.append(await _forward_row(size_name, size, args, directory, progress))
+            label = f"baseline {size_name} fdatasync"
+            progress.update(label, 0, 1, force=True)
+            per_s = await asyncio.get_running_loop().run_in_executor(
+                None, fdatasync_baseline, directory, size, float(args.senders), args.baseline_seconds)
+            progress.done(label)
+            baseline = f"baseline-fdatasync-{size_name}"
+            group.append(make_result(baseline, int(per_s), size, 1.0, msgs_per_fsync=args.senders))
+            apply_ratios(group, baseline)
+            results.extend(group)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return results
