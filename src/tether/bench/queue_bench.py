@@ -51,6 +51,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="how long the fdatasync baseline runs per size and repeat")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of everything, interleaved; each row keeps its best (default 3)")
+    parser.add_argument("--remote", action="store_true",
+                        help="the queue manager as a service in a child process, a QueueClient here, "
+                             "and store-and-forward between two (bench/queue_remote_bench.py)")
+    parser.add_argument("--prefetch", type=int, default=1024, help="with --remote: the client's prefetch")
+    parser.add_argument("--no-forward", action="store_true", help="with --remote: skip the forwarding row")
 
 
 def _choices(text: str, allowed, what: str) -> list[str]:
@@ -178,6 +183,10 @@ async def _run_mode(mode: str, size_name: str, size: int, args: argparse.Namespa
 
 async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
     """Every mode and size, then each size's fdatasync baseline; ratios per size."""
+    if args.remote:
+        from .queue_remote_bench import run as run_remote
+
+        return await run_remote(args, progress)
     sizes = _choices(args.sizes, SIZES, "sizes")
     modes = _choices(args.modes, MODES, "modes")
     if args.count < 1 or args.senders < 1:
