@@ -32,6 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--senders", type=int, default=256,
                         help="concurrent senders, and concurrent consumers (default 256)")
     parser.add_argument("--prefetch", type=int, default=1024, help="the consumers' client prefetch")
+    # `tether bench queue --remote` passes queue_bench's options (same names) to run()
     parser.add_argument("--sizes", default="64B", help="comma-separated: 64B,1KiB")
     parser.add_argument("--fsync", default="always", choices=("always", "interval", "never"),
                         help="journal fsync policy of the service")
@@ -138,17 +139,18 @@ async def _forward_row(size_name: str, size: int, args: argparse.Namespace, dire
     address = f"tether://127.0.0.1:{port}/bench"
     body = (bytes(range(256)) * (size // 256 + 1))[:size]
     label = f"forward {size_name}"
-    async with QueueManager.open(os.path.join(directory, f"sender-{size_name}"), fsync=args.fsync) as qm:
-        await qm.send(address, body)
-        for start in range(1, args.count, 4096):
-            await asyncio.gather(*(qm.send(address, body) for _ in range(min(4096, args.count - start))))
-            progress.update(f"{label} (filling)", start, args.count)
-        target_dir = os.path.join(directory, f"target-{size_name}")
-        os.makedirs(target_dir, exist_ok=True)
-        async with QueueManager.open(target_dir) as target:      # the queue, defined before start
-            await target.create_queue("bench")
-        proc, url = await _start_service(target_dir, args.fsync, port)
-        try:
+    target_dir = os.path.join(directory, f"target-{size_name}")
+    os.makedirs(target_dir, exist_ok=True)
+    async with QueueManager.open(target_dir) as target:      # the queue, defined before start
+        await target.create_queue("bench")
+    proc = None
+    try:
+        async with QueueManager.open(os.path.join(directory, f"sender-{size_name}"), fsync=args.fsync) as qm:
+            await qm.send(address, body)
+            for start in range(1, args.count, 4096):
+                await asyncio.gather(*(qm.send(address, body) for _ in range(min(4096, args.count - start))))
+                progress.update(f"{label} (filling)", start, args.count)
+            proc, url = await _start_service(target_dir, args.fsync, port)
             start_t = time.perf_counter()
             async with QueueClient.connect(url) as client:
                 while True:
@@ -158,7 +160,8 @@ async def _forward_row(size_name: str, size: int, args: argparse.Namespace, dire
                         break
                     await asyncio.sleep(0.02)
             seconds = time.perf_counter() - start_t
-        finally:
+    finally:
+        if proc is not None:
             await _stop(proc)
     progress.done(label)
     return make_result(f"forward-{size_name}", args.count, size, seconds, fsync=args.fsync,
@@ -181,7 +184,7 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
         for size_name in sizes:
             size = SIZES[size_name]
             group = await _client_rows(size_name, size, args, directory, progress)
-            if not args.no_forward:
+            if not getattr(args, "no_forward", False):
                 group.append(await _forward_row(size_name, size, args, directory, progress))
             label = f"baseline {size_name} fdatasync"
             progress.update(label, 0, 1, force=True)
