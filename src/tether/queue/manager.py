@@ -58,6 +58,12 @@ DEAD_LETTER_SETTINGS = QueueSettings(time_to_live=None, dead_letter_queue="none"
 #: Transmission queues (store-and-forward) are named TRANSMISSION_PREFIX + "host:port".
 TRANSMISSION_PREFIX = "$xmit:"
 TRANSMISSION_SETTINGS = QueueSettings(receive_error_handling="move")
+#: Store-and-forward rejects: a forwarded message that receive_error_handling="reject"
+#: refuses goes (as a dead letter) to RETURN_PREFIX + its origin, the header ORIGIN_HEADER
+#: the target set on arrival; the origin's forwarder takes it back to its own $dead.
+RETURN_PREFIX = "$return:"
+ORIGIN_HEADER = "tether.origin"
+RETURN_SETTINGS = QueueSettings(time_to_live=None, dead_letter_queue="none", receive_error_handling="move")
 
 
 def _call(apply: Callable[[], None]) -> None:
@@ -304,6 +310,18 @@ class QueueManager:
         if queue is None:
             if name not in self._defining:
                 await self._journal_definition(name, TRANSMISSION_SETTINGS)
+            else:
+                await self._store.flush()
+            queue = self._queues[name]
+        return queue
+
+    async def return_queue(self, origin: str) -> Queue:
+        """The (durable) queue of rejected messages to send back to queue manager `origin`."""
+        name = RETURN_PREFIX + origin
+        queue = self._queues.get(name)
+        if queue is None:
+            if name not in self._defining:
+                await self._journal_definition(name, RETURN_SETTINGS)
             else:
                 await self._store.flush()
             queue = self._queues[name]
@@ -611,6 +629,10 @@ class QueueManager:
         if mode == "drop":
             return self._drop(queue, old)
         if mode == "reject":
+            origin = old.headers.get(ORIGIN_HEADER) if old.headers else None
+            back = self._queues.get(RETURN_PREFIX + origin) if isinstance(origin, str) else None
+            if back is not None:        # forwarded: the negative acknowledgement goes home
+                return self._move(queue, old, back, as_dead_letter(old, REJECTED, queue.main.name))
             return self._dead_letter(queue, old, REJECTED)
         return self._move(queue, old, queue.poison, fresh)   # "move", and "fault" (which also stops the queue)
 
