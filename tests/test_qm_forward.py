@@ -49,7 +49,8 @@ async def test_forwarded_messages_keep_fields_and_order_per_sender(tmp_path):
         await asyncio.gather(sender(a, "a", 300), sender(b, "b", 300))
         await _until(lambda: _has(target, "orders", 601))
         m = await target.receive("orders", timeout=1)
-        assert (m.id, m.body, m.headers) == (first, b"a-first", {"k": "v"})
+        origin = m.headers.pop("tether.origin")     # the sending queue manager, for rejects
+        assert (m.id, m.body, m.headers) == (first, b"a-first", {"k": "v"}) and len(origin) == 32
         assert before <= m.enqueued_at <= time.time() and m.expires_at == pytest.approx(m.enqueued_at + 600)
         await m.complete()
         got = {"a": [], "b": []}
@@ -145,3 +146,28 @@ async def test_target_refuses_a_forward_that_expired_in_transit(tmp_path):
             # a retried transfer (same id) is accepted again but queued once
             assert await client._request([P.FORWARD, 0, "orders", "id-2", b"y", None, now, now + 60]) == "id-2"
         assert await _depth(target, "orders") == 1
+
+
+async def test_reject_at_the_target_dead_letters_at_the_sender(tmp_path):
+    async with tether.QueueManager.open(tmp_path / "t", listen="tcp://127.0.0.1:0") as target, \
+            tether.QueueManager.open(tmp_path / "a") as a:
+        await target.create_queue("strict", receive_retry_count=0, max_retry_cycles=0,
+                                  receive_error_handling="reject")
+        address = f"tether://127.0.0.1:{target.services[0].address[1]}/strict"
+        sent = await a.send(address, b"unprocessable", headers={"k": "v"})
+        m = await target.receive("strict", timeout=10)
+        assert m.headers["k"] == "v"
+        await m.abandon()           # its only attempt failed: rejected
+        dead = await a.receive("$dead", timeout=10)
+        assert (dead.id, dead.body, dead.dead_letter_reason, dead.dead_letter_source, dead.headers) == \
+            (sent, b"unprocessable", "rejected", address, {"k": "v"})
+        await dead.complete()
+        # the target keeps nothing: not in its own $dead, its return queue emptied
+        assert await target.receive("$dead", timeout=0.2) is None
+        await _until(lambda: _returns_empty(target))
+
+
+async def _returns_empty(qm):
+    names = [n for n in qm.queues() if n.startswith("$return:")]
+    infos = [await qm.queue_info(n) for n in names]
+    return names and all(i.depth == 0 and i.in_flight == 0 for i in infos)

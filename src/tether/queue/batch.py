@@ -119,6 +119,39 @@ async def complete_many(qm: Any, messages: list[Message]) -> list[BaseException 
     return results
 
 
+async def accept_dead_letter(qm: Any, fields: list, reason: str, source: str) -> bool:
+    """Put a dead letter that came back from another queue manager (a reject) in
+    $dead: `fields` as protocol.message_fields. De-duplicated by id like a transfer, so a
+    return retried after a crash lands once. False when it had landed before."""
+    from .settings import SYSTEM_DEAD_LETTER_QUEUE
+
+    qm._check_open()
+    message_id, body, headers, delivery_count, enqueued_at = fields[:5]
+    window, pending_ids = qm._dedupe, qm._dedupe_pending
+    if message_id in window or message_id in pending_ids:
+        return False
+    queue = qm._queues[SYSTEM_DEAD_LETTER_QUEUE]
+    message = Message(message_id, body, headers, delivery_count, enqueued_at, None, reason, source)
+    now = _time()
+    queue.reserved += 1
+    pending_ids.add(message_id)
+
+    def apply() -> None:
+        pending_ids.discard(message_id)
+        window.add(message_id, now, now)
+        queue.accept_reserved(message)
+
+    try:
+        pending = qm._perform([(queue, [records.ENQUEUE, queue.name, message.to_record()]),
+                               (queue, [records.SEEN, [message_id], now])], apply)
+        if pending is not None:
+            await pending
+    except Exception:
+        pending_ids.discard(message_id)
+        raise
+    return True
+
+
 def release(message: Message) -> None:
     """Unlock a message that was received but never handed to anyone (a client's unused
     prefetch, a forwarder's unsent batch): it goes back to the front of its queue and the

@@ -106,7 +106,7 @@ class QueueClient:
     """A connection to a queue manager service. Create with `await QueueClient.connect(url)`."""
 
     def __init__(self, url: str, *, prefetch: int, connect_timeout: float,
-                 session_settings: dict[str, Any]) -> None:
+                 session_settings: dict[str, Any], client_id: bytes | None = None) -> None:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 65536:
             raise ValueError(f"prefetch must be an integer 1..65536, not {prefetch!r}")
         if not connect_timeout > 0:
@@ -117,7 +117,9 @@ class QueueClient:
         self._session_settings = dict(P.SESSION_SETTINGS)
         self._session_settings.update(session_settings)
         self._loop = asyncio.get_running_loop()
-        self._client_id = os.urandom(16)
+        if client_id is not None and not (isinstance(client_id, bytes) and 8 <= len(client_id) <= 64):
+            raise ValueError(f"client_id must be 8..64 bytes, not {client_id!r}")
+        self._client_id = client_id if client_id is not None else os.urandom(16)
         self._id_prefix = self._client_id.hex()[:16] + "-"
         self._ids = itertools.count(1)
         self._rids = itertools.count(1)
@@ -140,12 +142,14 @@ class QueueClient:
 
     @classmethod
     def connect(cls, url: str, *, prefetch: int = DEFAULT_PREFETCH, connect_timeout: float = 10.0,
-                **session_settings: Any) -> "_Connecting":
+                client_id: bytes | None = None, **session_settings: Any) -> "_Connecting":
         """Connect to the queue manager service at `url` (tcp://HOST:PORT). Await it, or use
         it as an async context manager (closed on exit). `prefetch`: messages a consumer may
         hold ahead of receive(). Raises OSError / RetryLimitExceeded when nothing answers,
-        ProtocolError when what answers is not a queue manager of this protocol version."""
-        return _Connecting(cls, url, prefetch, connect_timeout, session_settings)
+        ProtocolError when what answers is not a queue manager of this protocol version.
+        `client_id` (8..64 bytes, default random) names this client to the service across
+        sessions; a queue manager's forwarder uses a stable one (its rejects come back to it)."""
+        return _Connecting(cls, url, prefetch, connect_timeout, session_settings, client_id)
 
     # ---- the session ----
 
@@ -677,13 +681,14 @@ class _Connecting:
     """What QueueClient.connect() returns: awaitable, or an async context manager."""
 
     def __init__(self, cls: type[QueueClient], url: str, prefetch: int, connect_timeout: float,
-                 session_settings: dict[str, Any]) -> None:
-        self._args = (cls, url, prefetch, connect_timeout, session_settings)
+                 session_settings: dict[str, Any], client_id: bytes | None) -> None:
+        self._args = (cls, url, prefetch, connect_timeout, session_settings, client_id)
         self._client: QueueClient | None = None
 
     async def _connect(self) -> QueueClient:
-        cls, url, prefetch, connect_timeout, session_settings = self._args
-        client = cls(url, prefetch=prefetch, connect_timeout=connect_timeout, session_settings=session_settings)
+        cls, url, prefetch, connect_timeout, session_settings, client_id = self._args
+        client = cls(url, prefetch=prefetch, connect_timeout=connect_timeout, session_settings=session_settings,
+                     client_id=client_id)
         await client._open()
         return client
 

@@ -15,17 +15,25 @@ so a lost connection is re-established with capped backoff and every unanswered 
 is resent in order; the target de-duplicates by message id, so a message retried after
 either side crashed is delivered once. Once a message is settled here, the target is told
 to forget its id.
+
+A target queue with receive_error_handling="reject" sends a negative acknowledgement: the
+target keeps the rejected message in its return queue for this sender (manager.py
+RETURN_PREFIX, named by the forwarder's stable client id), and the forwarder takes it back
+into the sender's dead-letter queue with reason `rejected` (de-duplicated, then completed
+at the target).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from typing import Any
 
 from ..errors import QueueError, TetherError
 from . import protocol as P
-from .batch import complete_many, release
+from .batch import accept_dead_letter, complete_many, release
 from .deadletter import EXPIRED, QUEUE_NOT_FOUND, REJECTED
 from .message import Message
 
@@ -59,7 +67,14 @@ class Forwarder:
         self._retry_after = 0.0
         self._task: asyncio.Task | None = None
         self._settler: asyncio.Task | None = None
+        self._returns: asyncio.Task | None = None
         self._closed = False
+        # stable across restarts of a durable sender, so rejects find their way back
+        if manager.data_dir is not None:
+            seed = os.path.abspath(manager.data_dir) + "\0" + authority
+            self.client_id = hashlib.sha256(seed.encode()).digest()[:16]
+        else:
+            self.client_id = os.urandom(16)
 
     @classmethod
     def start(cls, manager: Any, queue: Any, authority: str) -> "Forwarder":
@@ -74,10 +89,10 @@ class Forwarder:
         if self._closed:
             return
         self._closed = True
-        for task in (self._task, self._settler):
+        for task in (self._task, self._settler, self._returns):
             if task is not None:
                 task.cancel()
-        for task in (self._task, self._settler):
+        for task in (self._task, self._settler, self._returns):
             if task is not None:
                 try:
                     await task
@@ -102,13 +117,14 @@ class Forwarder:
         delay = RECONNECT_FIRST
         while True:
             try:
-                self.client = await QueueClient.connect(self.url, connect_timeout=5.0)
+                self.client = await QueueClient.connect(self.url, connect_timeout=5.0, client_id=self.client_id)
             except (OSError, TetherError, asyncio.TimeoutError) as exc:
                 log.info("forwarder to %s: cannot connect (%s); retrying in %.2f s", self.authority, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_CAP)
                 continue
             log.info("forwarder to %s connected", self.authority)
+            self._returns = self._loop.create_task(self._take_back_rejects())
             await self._pump()      # the client reconnects by itself from now on
 
     # ---- sending ----
@@ -189,6 +205,31 @@ class Forwarder:
                     client._send([P.FORGET, 0, [m.id for m in delivered]])
             if len(self._in_flight) < MAX_IN_FLIGHT:
                 self._room.set()
+
+    async def _take_back_rejects(self) -> None:
+        """Negative acknowledgements: the target's rejects for us land in our $dead."""
+        from ..errors import QueueNotFound
+        from .manager import ORIGIN_HEADER, RETURN_PREFIX
+
+        client = self.client
+        name = RETURN_PREFIX + self.client_id.hex()
+        while True:
+            try:
+                message = await client.receive(name)
+            except QueueNotFound:       # made by the target with our first transfer
+                await asyncio.sleep(1.0)
+                continue
+            headers = dict(message.headers or {})
+            headers.pop(ORIGIN_HEADER, None)
+            source = f"tether://{self.authority}/{message.dead_letter_source}"
+            fields = [message.id, message.body, headers or None, message.delivery_count, message.enqueued_at]
+            if await accept_dead_letter(self.manager, fields, REJECTED, source):
+                self.dead_lettered += 1
+                log.warning("forwarder to %s: message %s was rejected by %s", self.authority, message.id, source)
+            try:
+                await message.complete()
+            except TetherError as exc:      # it comes again; the dead letter is de-duplicated
+                log.info("forwarder: a returned message could not be settled: %s", exc)
 
     def __repr__(self) -> str:
         return f"<Forwarder to {self.authority} in_flight={len(self._in_flight)} forwarded={self.forwarded}>"

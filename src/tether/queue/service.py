@@ -31,6 +31,7 @@ from ..session.api import serve
 from . import protocol as P
 from .address import is_remote
 from .batch import complete_many, release, send_batch
+from .manager import ORIGIN_HEADER
 from .message import Message
 
 log = logging.getLogger("tether.queue.service")
@@ -203,6 +204,7 @@ class _Connection:
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task] = set()
         self._ended = False
+        self._return_ready: asyncio.Future | None = None   # forwards: the origin's return queue
 
     # ---- the request loop ----
 
@@ -311,10 +313,19 @@ class _Connection:
         self._answer(items, results)
 
     async def _forwards(self, items: list) -> None:
+        # a reject at this queue manager goes back to the sender through its return queue,
+        # which must exist before the first message from it does (every batch waits for it
+        # in arrival order, so their order is kept)
+        origin = self.state.client_id.hex()
+        if self._return_ready is None:
+            self._return_ready = asyncio.ensure_future(self.manager.return_queue(origin))
+        await self._return_ready
         now = time.time()
         batch = []
         early: dict[int, BaseException] = {}
         for n, (_, rid, queue, message_id, body, headers, enqueued_at, expires_at) in enumerate(items):
+            headers = dict(headers) if headers else {}
+            headers[ORIGIN_HEADER] = origin
             if is_remote(queue):
                 early[n] = ValueError(f"forwarded message {message_id}: {queue!r} is not a queue of this queue manager")
             elif expires_at is not None and expires_at <= now:
