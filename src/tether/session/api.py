@@ -140,7 +140,10 @@ async def _open_tcp(url: SessionURL, settings: SessionSettings) -> Session:
     session = Session(engine, None, loop)
     reconnector = _TcpReconnector(session, url)
     session.reconnector = reconnector  # type: ignore[attr-defined]
-    await asyncio.wait_for(reconnector.connect(), settings.connect_timeout)
+    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that races
+    # the connection completing, leaving a cancelled caller running.
+    async with asyncio.timeout(settings.connect_timeout):
+        await reconnector.connect()
     engine.start(clock())
     session._pump()
     try:

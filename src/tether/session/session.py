@@ -250,8 +250,9 @@ class Session:
         self._engine.close(clock())
         self._pump()
         try:
-            await asyncio.wait_for(asyncio.shield(self._closed), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._closed)
+        except TimeoutError:
             self.abort("close timed out")
             raise
         if self._error is not None:
@@ -312,8 +313,9 @@ class Session:
 
     async def wait_connected(self, timeout: float) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(self._connected), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._connected)
+        except TimeoutError:
             self.abort("connect timed out")
             raise RetryLimitExceeded(f"no answer to CreateSequence within {timeout} s") from None
 
