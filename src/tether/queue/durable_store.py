@@ -43,7 +43,12 @@ class DurableStore:
         self._applies: list = []
         self._args: list = []
         self._futures: list[asyncio.Future] = []
-        self._flush_task: asyncio.Task | None = None
+        self._cut_scheduled = False     # a _cut is queued with call_soon
+        self._cut_count = 0             # records handed to the journal
+        self._done_count = 0            # ... and reported written (or failed)
+        # flush() callers: (the cut count they wait for, their future)
+        self._flushers: list[tuple[int, asyncio.Future]] = []
+        self._compact_wanted = False    # a compaction waits for the batches in flight
         self._rewrite_task: asyncio.Task | None = None
         self._gate: asyncio.Future | None = None
         self._failed: BaseException | None = None
@@ -68,8 +73,10 @@ class DurableStore:
             raise ValueError(f"compact_ratio must be > 1, not {compact_ratio!r}")
         if compact_min_bytes < 0:
             raise ValueError(f"compact_min_bytes must be >= 0, not {compact_min_bytes!r}")
+        # max_in_flight 2: the next batch's write starts as soon as the previous fdatasync
+        # returns, while the loop is still applying that batch and waking its senders
         journal = await Journal.open(directory, fsync=fsync, fsync_interval=fsync_interval,
-                                     segment_size=segment_size)
+                                     segment_size=segment_size, max_in_flight=2)
         return cls(journal, compact_ratio=compact_ratio, compact_min_bytes=compact_min_bytes)
 
     @property
@@ -99,8 +106,8 @@ class DurableStore:
         self._args.append(arg)
         future = self._loop.create_future()
         self._futures.append(future)
-        if self._flush_task is None:
-            self._flush_task = self._loop.create_task(self._flush())
+        if not self._cut_scheduled:
+            self._schedule_cut()
         return future
 
     def submit_many(self, ops: Iterable[list], apply: Callable[[Any], None] | None, arg: Any) -> asyncio.Future:
@@ -112,8 +119,8 @@ class DurableStore:
         self._args.append(arg)
         future = self._loop.create_future()
         self._futures.append(future)
-        if self._flush_task is None:
-            self._flush_task = self._loop.create_task(self._flush())
+        if not self._cut_scheduled:
+            self._schedule_cut()
         return future
 
     def _refused(self) -> asyncio.Future:
@@ -124,40 +131,67 @@ class DurableStore:
             future.set_exception(JournalCorrupt(f"the journal failed earlier: {self._failed!r}"))
         return future
 
-    async def _flush(self) -> None:
-        journal = self._journal
+    def _schedule_cut(self) -> None:
+        # call_soon: every task ready to run this iteration (for instance all those the
+        # last batch woke) submits first, and the batch holds them all.
+        self._cut_scheduled = True
+        self._loop.call_soon(self._cut)
+
+    def _cut(self) -> None:
+        """Make the operations submitted so far one journal record and hand it over."""
+        self._cut_scheduled = False
+        if not self._ops or self._gate is not None or self._compact_wanted or self._failed is not None:
+            return      # nothing to do, or a compaction is taking its snapshot: it re-cuts
+        batch = (self._applies, self._args, self._futures)
+        ops = self._ops
+        self._ops, self._applies, self._args, self._futures = [], [], [], []
+        self._cut_count += 1
         try:
-            while self._ops:
-                if self._gate is not None:
-                    # a compaction is taking its snapshot: appends must come after it
-                    await self._gate
-                    continue
-                ops, applies, args, futures = self._ops, self._applies, self._args, self._futures
-                self._ops, self._applies, self._args, self._futures = [], [], [], []
-                try:
-                    await journal.append(self._packer.pack(ops))
-                except BaseException as exc:
-                    self._fail(exc, futures)
-                    if not isinstance(exc, Exception):
-                        raise
-                    return
-                for apply, arg in zip(applies, args):
-                    if apply is not None:
-                        try:
-                            apply(arg)
-                        except Exception:  # a bug in one apply must not lose the others
-                            log.exception("applying a journaled queue operation failed")
-                for future in futures:
-                    if not future.done():      # done: its waiter was cancelled
-                        future.set_result(None)
-                if self._rewrite_task is None and self._should_compact():
+            self._journal.append_then(self._packer.pack(ops), self._written, batch)
+        except Exception as exc:    # closed under us, or a record over the size limit
+            self._written(batch, exc)
+
+    def _written(self, batch: tuple[list, list, list], error: BaseException | None) -> None:
+        """The journal's callback (on the loop, in cut order): apply, then wake the senders."""
+        self._done_count += 1
+        applies, args, futures = batch
+        if error is not None:
+            self._fail(error, futures)
+        else:
+            for apply, arg in zip(applies, args):
+                if apply is not None:
+                    try:
+                        apply(arg)
+                    except Exception:  # a bug in one apply must not lose the others
+                        log.exception("applying a journaled queue operation failed")
+            for future in futures:
+                if not future.done():      # done: its waiter was cancelled
+                    future.set_result(None)
+        idle = self._done_count == self._cut_count
+        if self._flushers:
+            self._wake_flushers()
+        if self._failed is None and self._rewrite_task is None and self._gate is None:
+            if self._compact_wanted or self._should_compact():
+                if idle:
+                    # nothing of ours is in flight: the in-memory state is the journaled one
+                    self._compact_wanted = False
                     self._start_compaction()
-        finally:
-            self._flush_task = None
+                else:
+                    self._compact_wanted = True   # hold new batches until the others land
+
+    def _wake_flushers(self) -> None:
+        done, waiting = self._done_count, []
+        for target, waiter in self._flushers:
+            if target > done and self._failed is None:
+                waiting.append((target, waiter))
+            elif not waiter.done():
+                waiter.set_result(None)
+        self._flushers = waiting
 
     def _fail(self, exc: BaseException, futures: list[asyncio.Future]) -> None:
-        log.error("journal write failed; the queue manager stops accepting durable work: %r", exc)
-        self._failed = exc
+        if self._failed is None:
+            log.error("journal write failed; the queue manager stops accepting durable work: %r", exc)
+            self._failed = exc
         error = exc if isinstance(exc, Exception) else JournalCorrupt(f"journal write interrupted: {exc!r}")
         futures = futures + self._futures
         self._ops, self._applies, self._args, self._futures = [], [], [], []
@@ -175,10 +209,10 @@ class DurableStore:
         return size >= self.compact_min_bytes and size >= self.compact_ratio * self._live_bytes()
 
     def _start_compaction(self) -> asyncio.Task:
-        """Begin journal.rewrite() with the live state. Must be called when no append of
-        ours is in flight (between batches): then the in-memory state is exactly the
-        journaled state. Appends wait behind `_gate` until the journal took the snapshot,
-        so the snapshot is ordered before every later append."""
+        """Begin journal.rewrite() with the live state. Must be called when no record of
+        ours is in flight (every cut written and applied): then the in-memory state is
+        exactly the journaled state. New records wait behind `_gate` until the journal
+        took the snapshot, so the snapshot is ordered before every later append."""
         loop = self._loop
         gate = self._gate = loop.create_future()
         snapshot_records = self._snapshot_records()
@@ -188,6 +222,8 @@ class DurableStore:
                 gate.set_result(None)
             if self._gate is gate:
                 self._gate = None
+                if self._ops and not self._cut_scheduled:
+                    self._schedule_cut()   # what was held back behind the snapshot
 
         def snapshot() -> list[bytes]:
             try:
@@ -240,16 +276,25 @@ class DurableStore:
             if self._rewrite_task is not None:
                 await asyncio.shield(self._rewrite_task)
                 continue
-            if self._flush_task is None:   # still between batches: safe to snapshot
-                break
-        await asyncio.shield(self._start_compaction())
+            if self._done_count == self._cut_count and self._gate is None:
+                break               # between batches: safe to snapshot
+        self._compact_wanted = False
+        task = self._start_compaction()
+        await asyncio.shield(task)
 
     # ---- shutdown ----
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is journaled and applied."""
-        while self._flush_task is not None:
-            await asyncio.shield(self._flush_task)
+        if self._failed is not None:
+            return
+        target = self._cut_count + (1 if self._ops else 0)
+        while self._done_count < target and self._failed is None:
+            if self._ops and not self._cut_scheduled:
+                self._schedule_cut()
+            waiter = self._loop.create_future()
+            self._flushers.append((target, waiter))
+            await waiter
 
     async def close(self) -> None:
         """Flush pending operations, finish a running compaction, close the journal."""

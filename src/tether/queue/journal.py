@@ -59,7 +59,8 @@ class Journal:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor,
-                 files: "_SegmentFiles", recovered: list[bytes], recovery_log: list[str]) -> None:
+                 files: "_SegmentFiles", recovered: list[bytes], recovery_log: list[str],
+                 max_in_flight: int = 1) -> None:
         # Use Journal.open(): construction needs recovery to have run on the writer thread.
         self._loop = loop
         self._executor = executor
@@ -67,7 +68,8 @@ class Journal:
         self.recovered: list[bytes] = recovered
         self.recovery_log: list[str] = recovery_log
         self._commit = GroupCommit(loop, executor, files.write_batch,
-                                   self._after_batch if files.policy == "interval" else None)
+                                   self._after_batch if files.policy == "interval" else None,
+                                   max_in_flight)
         self._closed = False
         self._close_job: asyncio.Future | None = None
         self._sync_timer: asyncio.TimerHandle | None = None
@@ -75,13 +77,15 @@ class Journal:
     @classmethod
     async def open(cls, directory: str | os.PathLike, *, fsync: str = "always",
                    fsync_interval: float = 0.05,
-                   segment_size: int = DEFAULT_SEGMENT_SIZE) -> "Journal":
+                   segment_size: int = DEFAULT_SEGMENT_SIZE, max_in_flight: int = 1) -> "Journal":
         """Open (creating if needed) the journal in `directory` and recover it.
 
         fsync: "always" (an append returns once its bytes are fdatasync'ed), "interval"
         (fdatasync at most every `fsync_interval` seconds; an append returns once written)
         or "never" (write only). A new segment starts when the current one would grow past
-        `segment_size` bytes. Raises ValueError naming a bad argument, QueueError if another
+        `segment_size` bytes. `max_in_flight`: batches handed to the writer thread at once
+        (2 lets the next batch's write start as soon as the previous fdatasync returns;
+        see group_commit). Raises ValueError naming a bad argument, QueueError if another
         Journal holds the directory, JournalCorrupt if it holds a newer format, OSError on
         I/O failure."""
         path = _check_directory(directory)
@@ -94,6 +98,8 @@ class Journal:
                 or not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
             raise ValueError(f"segment_size must be an int from {MIN_SEGMENT_SIZE} to {MAX_SEGMENT_SIZE}, "
                              f"got {segment_size!r}")
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-journal")
         job = executor.submit(_recover, path, segment_size, fsync, float(fsync_interval))
@@ -104,7 +110,7 @@ class Journal:
             job.add_done_callback(_close_abandoned)
             executor.shutdown(wait=False)
             raise
-        return cls(loop, executor, files, recovered, recovery_log)
+        return cls(loop, executor, files, recovered, recovery_log, max_in_flight)
 
     # ---- appending ----
 
@@ -122,6 +128,26 @@ class Journal:
         elif len(record) > MAX_RECORD_SIZE:
             raise ValueError(f"record is {len(record)} bytes; the limit is {MAX_RECORD_SIZE}")
         await self._commit.add(record)
+
+    def append_then(self, record: bytes, callback: Callable[[object, BaseException | None], None],
+                    arg: object) -> None:
+        """Append one record without a future: `callback(arg, None)` runs on the loop
+        once it is durable per the fsync policy, `callback(arg, error)` if writing it
+        failed; callbacks run in append order. The record goes to the writer thread at
+        once (the caller batches; see group_commit). Raises ValueError at once if the
+        journal is closed or the record is not bytes or too large."""
+        if self._closed:
+            raise ValueError("journal is closed")
+        if type(record) is not bytes:
+            raise ValueError(f"record must be bytes, got {type(record).__name__}")
+        if len(record) > MAX_RECORD_SIZE:
+            raise ValueError(f"record is {len(record)} bytes; the limit is {MAX_RECORD_SIZE}")
+        self._commit.add_then(record, callback, arg)
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches handed to the writer thread and not yet reported done."""
+        return self._commit.in_flight
 
     async def append_many(self, records: list[bytes]) -> None:
         """Append several records in one batch, in order; returns when all are durable.
