@@ -279,7 +279,15 @@ class Queue:
         (checked every _STALE_SLACK removals, so memory follows the live messages)."""
         self._sweep_countdown = _STALE_SLACK
         held = self.held
-        self.expiry.maybe_compact(held, self._still_waiting)
+        expiry = self.expiry
+        fifo = expiry.fifo
+        # Messages mostly leave in the order they came: drop the stale head of the expiry
+        # FIFO in place (cheap), so the full rebuild below rarely has anything to do.
+        while fifo and (fifo[0]._home is not self or fifo[0]._state != READY):
+            fifo.popleft()
+        if not fifo:
+            expiry.tail = -_INF
+        expiry.maybe_compact(held, self._still_waiting)
         if len(self.ready) > 2 * self.depth + _STALE_SLACK:
             self.ready = deque(m for m in self.ready if m._home is self and m._state != GONE)
 
