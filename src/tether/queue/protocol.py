@@ -180,7 +180,8 @@ def _client_id(op: str, field: str, value: Any) -> bytes:
     return value
 
 
-_rid = _int(0, (1 << 63) - 1)
+_RID_END = 1 << 63
+_rid = _int(0, _RID_END - 1)
 _id = _str(MAX_ID)
 _name = _str(MAX_NAME)
 _txid = _int(0, (1 << 63) - 1)
@@ -219,6 +220,19 @@ def parse_request(item: Any) -> list:
     if item.__class__ is not list or len(item) < 2:
         raise ProtocolError(f"queue protocol request must be an array [op, rid, ...], not {item!r:.80}")
     op = item[0]
+    # the per-message requests, checked inline (the same checks as the table's)
+    if op == COMPLETE and len(item) == 3:
+        rid, message_id = item[1], item[2]
+        if rid.__class__ is int and 0 <= rid < _RID_END and message_id.__class__ is str \
+                and 0 < len(message_id) <= MAX_ID:
+            return item
+    elif op == SEND and len(item) == 7:
+        rid, address, body, headers, ttl, message_id = item[1:]
+        if rid.__class__ is int and 0 <= rid < _RID_END and address.__class__ is str \
+                and 0 < len(address) <= MAX_NAME and body.__class__ is bytes \
+                and (headers is None or headers.__class__ is dict) and ttl is None \
+                and message_id.__class__ is str and 0 < len(message_id) <= MAX_ID:
+            return item
     spec = REQUESTS.get(op) if op.__class__ is int else None
     if spec is None:
         raise ProtocolError(f"queue protocol: unknown request op {op!r:.40}")
