@@ -1,12 +1,11 @@
 """The durable store (tether.queue.durable_store): how operations become journal records —
-batching, the split of a large batch into two records, atomic submit_many, flush, and
-compaction while batches are in flight."""
+batching, atomic submit_many, flush, and compaction while batches are in flight."""
 from __future__ import annotations
 
 import asyncio
 
 from tether.queue import records
-from tether.queue.durable_store import SPLIT_MIN_OPS, DurableStore
+from tether.queue.durable_store import DurableStore
 
 
 def op(i: int) -> list:
@@ -22,21 +21,21 @@ async def replayed(store_dir) -> list:
         await store.close()
 
 
-async def test_a_large_batch_of_single_ops_becomes_two_records_in_order(tmp_path):
+async def test_concurrent_submits_become_one_record_applied_in_order(tmp_path):
     store = await DurableStore.open(tmp_path)
     applied: list[int] = []
-    n = 2 * SPLIT_MIN_OPS + 3
+    n = 64
     before = store.journal.record_count
     await asyncio.gather(*(store.submit(op(i), applied.append, i) for i in range(n)))
     assert applied == list(range(n))        # applied in submission order, once each
-    assert store.journal.record_count - before == 2
+    assert store.journal.record_count - before == 1
     await store.close()
     assert await replayed(tmp_path) == [op(i) for i in range(n)]
 
 
-async def test_a_batch_holding_a_submit_many_stays_one_record(tmp_path):
+async def test_submit_many_shares_the_record_of_its_batch(tmp_path):
     store = await DurableStore.open(tmp_path)
-    n = 2 * SPLIT_MIN_OPS
+    n = 40
     before = store.journal.record_count
     futures = [store.submit(op(i), None, None) for i in range(n)]
     futures.append(store.submit_many([op(n), op(n + 1)], None, None))
@@ -46,12 +45,16 @@ async def test_a_batch_holding_a_submit_many_stays_one_record(tmp_path):
     assert await replayed(tmp_path) == [op(i) for i in range(n + 2)]
 
 
-async def test_small_batches_are_not_split(tmp_path):
+async def test_submits_made_while_a_batch_is_written_form_the_next_records(tmp_path):
     store = await DurableStore.open(tmp_path)
-    before = store.journal.record_count
-    await asyncio.gather(*(store.submit(op(i), None, None) for i in range(SPLIT_MIN_OPS - 1)))
-    assert store.journal.record_count - before == 1
+    applied: list[int] = []
+    first = [store.submit(op(i), applied.append, i) for i in range(10)]
+    await asyncio.sleep(0)                  # the first batch is cut and handed over
+    second = [store.submit(op(i), applied.append, i) for i in range(10, 20)]
+    await asyncio.gather(*first, *second)
+    assert applied == list(range(20))
     await store.close()
+    assert await replayed(tmp_path) == [op(i) for i in range(20)]
 
 
 async def test_flush_waits_for_what_was_submitted_before_it(tmp_path):

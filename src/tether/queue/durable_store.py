@@ -26,10 +26,6 @@ from . import records
 
 log = logging.getLogger("tether.queue")
 
-# A batch of at least this many single-operation submits, cut while the writer is idle, is
-# handed over as two records (see _cut).
-SPLIT_MIN_OPS = 16
-
 # Snapshot records are cut at about this size, so no single record is huge.
 SNAPSHOT_RECORD_BYTES = 256 * 1024
 
@@ -48,7 +44,6 @@ class DurableStore:
         self._args: list = []
         self._futures: list[asyncio.Future] = []
         self._cut_scheduled = False     # a _cut is queued with call_soon
-        self._single_ops = True         # every pending submit is one operation (splittable)
         self._cut_count = 0             # records handed to the journal
         self._done_count = 0            # ... and reported written (or failed)
         # flush() callers: (the cut count they wait for, their future)
@@ -120,7 +115,6 @@ class DurableStore:
         if self._failed is not None or self._closed:
             return self._refused()
         self._ops.extend(ops)
-        self._single_ops = False
         self._applies.append(apply)
         self._args.append(arg)
         future = self._loop.create_future()
@@ -150,20 +144,7 @@ class DurableStore:
             return      # nothing to do, or a compaction is taking its snapshot: it re-cuts
         ops, applies, args, futures = self._ops, self._applies, self._args, self._futures
         self._ops, self._applies, self._args, self._futures = [], [], [], []
-        single = self._single_ops
-        self._single_ops = True
-        n = len(ops)
-        if n >= SPLIT_MIN_OPS and single and not self._journal.batches_in_flight:
-            # The writer is idle and many senders wait: give it two halves. It syncs the
-            # first while the second follows; when the first lands, the loop wakes its
-            # senders (and they prepare the next batch) while the second is being synced,
-            # so Python work and fdatasync overlap instead of taking turns. Split only
-            # between single-operation submits: a submit_many stays one record (atomic).
-            half = n // 2
-            self._hand(ops[:half], (applies[:half], args[:half], futures[:half]))
-            self._hand(ops[half:], (applies[half:], args[half:], futures[half:]))
-        else:
-            self._hand(ops, (applies, args, futures))
+        self._hand(ops, (applies, args, futures))
 
     def _hand(self, ops: list, batch: tuple[list, list, list]) -> None:
         self._cut_count += 1
