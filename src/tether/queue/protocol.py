@@ -277,6 +277,23 @@ def parse_response(item: Any) -> list:
     if item.__class__ is not list or not item:
         raise ProtocolError(f"queue protocol response must be an array, not {item!r:.80}")
     op = item[0]
+    # the per-message items, checked inline (the same checks as the table's)
+    if op == REPLY and len(item) == 3:
+        rid = item[1]
+        if rid.__class__ is int and 0 <= rid < _RID_END:
+            return item
+    elif op == DELIVER and len(item) == 4:
+        consumer, fields, validity = item[1], item[2], item[3]
+        if consumer.__class__ is int and 0 < consumer < _RID_END and validity.__class__ in (int, float) \
+                and 0 <= validity < math.inf and fields.__class__ is list and len(fields) == 8:
+            message_id, body, headers, count, enqueued_at, expires_at, reason, source = fields
+            if message_id.__class__ is str and 0 < len(message_id) <= MAX_ID and body.__class__ is bytes \
+                    and (headers is None or headers.__class__ is dict) \
+                    and count.__class__ is int and 0 <= count <= 1 << 62 \
+                    and enqueued_at.__class__ in (int, float) and math.isfinite(enqueued_at) \
+                    and (expires_at is None or (expires_at.__class__ in (int, float) and math.isfinite(expires_at))) \
+                    and reason is None and source is None:
+                return item
     spec = RESPONSES.get(op) if op.__class__ is int else None
     if spec is None:
         raise ProtocolError(f"queue protocol: unknown response op {op!r:.40}")
