@@ -1,14 +1,15 @@
 """The durable store: queue operations journaled before they take effect.
 
 `submit(op, apply, arg)` queues an operation and returns a future; everything submitted
-while the previous batch was being written becomes ONE journal record (so a transaction,
-always submitted whole, is atomic), and once the journal says it is durable each
-`apply(arg)` runs in submission order and the futures resolve. Each operation has its
+in one loop iteration becomes ONE journal record (so a transaction, always submitted
+whole, is atomic), handed to the journal with a callback (`Journal.append_then`); once
+the journal says it is durable that callback runs each `apply(arg)` in submission order
+and resolves the futures, with no task or future per batch. Each operation has its
 own plain future (not one shared by the batch: cancelling one waiter must not cancel the
 others, and awaiting an exact asyncio.Future is the fast path of the C Task). A cancelled
-waiter's operation still happens. Applying only
-after the write keeps the in-memory state equal to the journaled state between batches,
-which is what a compaction snapshot needs.
+waiter's operation still happens. Applying only after the write keeps the in-memory state
+equal to the journaled state whenever no record is in flight, which is what a compaction
+snapshot needs (a due compaction holds new records until those in flight have landed).
 
 Compaction: when the journal is `compact_ratio` times larger than the live data (and over
 `compact_min_bytes`), `journal.rewrite()` replaces it with a snapshot of the live state, so
