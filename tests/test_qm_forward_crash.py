@@ -93,3 +93,49 @@ async def test_target_killed_and_restarted_mid_transfer(tmp_path):
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
+
+
+async def test_a_stalled_target_does_not_poison_the_transmission_queue(tmp_path, monkeypatch):
+    """A target that stops answering (SIGSTOP) for longer than the transmission queue's
+    peek-lock: the forwarder keeps its locks, nothing is counted as a failed delivery, and
+    everything arrives once when the target resumes."""
+    import signal
+
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    address = f"tether://127.0.0.1:{port}/orders"
+    config = tmp_path / "target.toml"
+    config.write_text(f'data_dir = "{tmp_path / "target"}"\nlisten = "{url}"\n[queues.orders]\n')
+    monkeypatch.setattr("tether.queue.forwarder.LOCK_RENEW_EVERY", 0.05)
+    proc = await _start_target(config)
+    try:
+        async with tether.QueueManager.open(tmp_path / "a") as a:
+            await a.send(address, b"first")
+            while (await _target_depth(url)) != 1:
+                await asyncio.sleep(0.05)
+            xmit = a._queues[f"$xmit:127.0.0.1:{port}"]
+            xmit._validity = 0.3            # a short peek-lock, so the stall outlasts it
+            proc.send_signal(signal.SIGSTOP)
+            ids = [await a.send(address, b"%d" % i) for i in range(20)]
+            await asyncio.sleep(1.5)        # five lock lifetimes
+            info = await a.queue_info(f"$xmit:127.0.0.1:{port}")
+            assert info.poison == 0 and info.retrying == 0
+            held = list(xmit.messages())
+            assert len(held) == 20 and all(m.attempts == 0 for m in held), "a held lock expired"
+            proc.send_signal(signal.SIGCONT)
+            while (await _target_depth(url)) != 21:
+                await asyncio.sleep(0.05)
+            async with tether.QueueClient.connect(url) as client:
+                got = []
+                for _ in range(21):
+                    m = await client.receive("orders", timeout=10)
+                    got.append(m.id)
+                    await m.complete()
+            assert got[1:] == ids
+            info = await a.queue_info(f"$xmit:127.0.0.1:{port}")
+            assert (info.depth, info.poison, info.retrying) == (0, 0, 0)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        await proc.wait()

@@ -35,7 +35,7 @@ from ..errors import QueueError, TetherError
 from . import protocol as P
 from .batch import accept_dead_letter, complete_many, release
 from .deadletter import EXPIRED, QUEUE_NOT_FOUND, REJECTED
-from .message import Message
+from .message import LOCKED, Message
 
 log = logging.getLogger("tether.queue.forwarder")
 
@@ -43,6 +43,7 @@ RECONNECT_FIRST = 0.05
 RECONNECT_CAP = 2.0         # at most this long between connection attempts
 MAX_IN_FLIGHT = 4096        # messages sent and not yet answered
 QUEUE_FULL_PAUSE = 1.0      # a full target queue: wait this long before trying again
+LOCK_RENEW_EVERY = 1.0      # seconds between renewals of the locks of unanswered messages
 # target refusals that end a message's transfer, and the dead-letter reason each gives
 _FINAL = {"queue-not-found": QUEUE_NOT_FOUND, P.EXPIRED_CODE: EXPIRED, "message-too-large": "message-too-large"}
 
@@ -68,6 +69,7 @@ class Forwarder:
         self._task: asyncio.Task | None = None
         self._settler: asyncio.Task | None = None
         self._returns: asyncio.Task | None = None
+        self._renewer: asyncio.Task | None = None
         self._closed = False
         # stable across restarts of a durable sender, so rejects find their way back
         if manager.data_dir is not None:
@@ -82,6 +84,7 @@ class Forwarder:
         forwarder = cls(manager, queue, authority)
         forwarder._task = forwarder._loop.create_task(forwarder._run())
         forwarder._settler = forwarder._loop.create_task(forwarder._settle_loop())
+        forwarder._renewer = forwarder._loop.create_task(forwarder._renew_locks())
         return forwarder
 
     async def close(self) -> None:
@@ -89,10 +92,10 @@ class Forwarder:
         if self._closed:
             return
         self._closed = True
-        for task in (self._task, self._settler, self._returns):
+        for task in (self._task, self._settler, self._returns, self._renewer):
             if task is not None:
                 task.cancel()
-        for task in (self._task, self._settler, self._returns):
+        for task in (self._task, self._settler, self._returns, self._renewer):
             if task is not None:
                 try:
                     await task
@@ -205,6 +208,19 @@ class Forwarder:
                     client._send([P.FORGET, 0, [m.id for m in delivered]])
             if len(self._in_flight) < MAX_IN_FLIGHT:
                 self._room.set()
+
+    async def _renew_locks(self) -> None:
+        """Keep the peek-locks of messages sent and not yet answered (the target may be
+        unreachable for hours): an expired lock would count as a failed delivery, and
+        enough of them would move the message to the transmission queue's ;poison."""
+        queue = self.queue
+        while True:
+            validity = queue._validity
+            await asyncio.sleep(max(0.01, min(LOCK_RENEW_EVERY, validity / 3)))
+            deadline = time.time() + validity
+            for message in self._in_flight.values():
+                if message._state == LOCKED and message._owner is self.manager:
+                    message._lock_deadline = deadline
 
     async def _take_back_rejects(self) -> None:
         """Negative acknowledgements: the target's rejects for us land in our $dead."""
