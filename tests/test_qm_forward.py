@@ -171,3 +171,17 @@ async def _returns_empty(qm):
     names = [n for n in qm.queues() if n.startswith("$return:")]
     infos = [await qm.queue_info(n) for n in names]
     return names and all(i.depth == 0 and i.in_flight == 0 for i in infos)
+
+
+async def test_concurrent_first_sends_share_journal_writes(tmp_path):
+    """Senders racing the transmission queue's definition wait for that one write, not
+    for the journal to go idle (which, with a forwarder busy, took one write per sender)."""
+    async with tether.QueueManager.open(listen="tcp://127.0.0.1:0") as target, \
+            tether.QueueManager.open(tmp_path / "a") as a:
+        await target.create_queue("orders")
+        address = f"tether://127.0.0.1:{target.services[0].address[1]}/orders"
+        journal = a._store.journal
+        before = journal.batch_count
+        await asyncio.gather(*(a.send(address, b"%d" % i) for i in range(2000)))
+        assert journal.batch_count - before < 100, journal.batch_count - before
+        await _until(lambda: _has(target, "orders", 2000))
