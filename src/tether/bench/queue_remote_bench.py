@@ -6,7 +6,8 @@ fsync policy as given) and a QueueClient in this one; 64 B messages by default.
     remote-{size}-total           both phases
     forward-{size}                store-and-forward: an embedded queue manager here with
                                   `--count` messages in its transmission queue, delivered to
-                                  the service once it comes up (time until the last landed)
+                                  the service once it comes up (from the first landed message
+                                  to the last)
     baseline-fdatasync-{size}     os.write + os.fdatasync of `--senders` messages per sync on
                                   the same disk, in the same run: every row's ratio
 """
@@ -151,21 +152,26 @@ async def _forward_row(size_name: str, size: int, args: argparse.Namespace, dire
                 await asyncio.gather(*(qm.send(address, body) for _ in range(min(4096, args.count - start))))
                 progress.update(f"{label} (filling)", start, args.count)
             proc, url = await _start_service(target_dir, args.fsync, port)
-            start_t = time.perf_counter()
+            # timed from the first message landing, so the forwarder's reconnect backoff
+            # (it has been retrying since the fill) is not counted
+            start_t, first = 0.0, 0
             async with QueueClient.connect(url) as client:
                 while True:
                     depth = (await client.queue_info("bench")).depth
+                    now = time.perf_counter()
+                    if not start_t and depth:
+                        start_t, first = now, depth
                     progress.update(label, depth, args.count)
                     if depth >= args.count:
                         break
-                    await asyncio.sleep(0.02)
-            seconds = time.perf_counter() - start_t
+                    await asyncio.sleep(0.005)
+            seconds = max(now - start_t, 1e-6)
+            counted = args.count - first
     finally:
         if proc is not None:
             await _stop(proc)
     progress.done(label)
-    return make_result(f"forward-{size_name}", args.count, size, seconds, fsync=args.fsync,
-                       note="includes the forwarder's first connect")
+    return make_result(f"forward-{size_name}", counted, size, seconds, fsync=args.fsync)
 
 
 async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
