@@ -7,27 +7,11 @@ Everything below `floor` has been received; above it, `_seen` holds the numbers 
 """
 from __future__ import annotations
 
-import operator
+from .arguments import MAX_NUMBER, _int, _number
 
 __all__ = ["ReceiveWindow", "MAX_NUMBER", "MAX_CAPACITY"]
 
-MAX_NUMBER = 2**64 - 1  # message numbers are unsigned 64-bit
 MAX_CAPACITY = 65536
-
-
-def _int(value: object, name: str) -> int:
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-
-
-def _number(value: object, name: str) -> int:
-    """`value` as an int in 0..MAX_NUMBER, or TypeError/ValueError naming `name`."""
-    n = _int(value, name)
-    if n < 0 or n > MAX_NUMBER:
-        raise ValueError(f"{name} must be in 0..2**64-1, got {n}")
-    return n
 
 
 class ReceiveWindow:

@@ -9,33 +9,17 @@ transmission first: a resend moves it to the end), which is what fast retransmit
 from __future__ import annotations
 
 import math
-import operator
 
 from ..errors import InvalidAcknowledgement, MessageNumberRollover, RetryLimitExceeded
+from .arguments import MAX_NUMBER, _int, _number
 
 __all__ = ["SendWindow", "K_PACKET_THRESHOLD", "MAX_NUMBER", "MAX_CAPACITY"]
 
-MAX_NUMBER = 2**64 - 1  # message numbers are unsigned 64-bit
 MAX_CAPACITY = 65536
 MAX_RETRIES = 2**31 - 1
 # RFC 9002 6.1.1 (kPacketThreshold): a message is lost once a message transmitted this many
 # transmissions after it has been acknowledged.
 K_PACKET_THRESHOLD = 3
-
-
-def _int(value: object, name: str) -> int:
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-
-
-def _number(value: object, name: str) -> int:
-    """`value` as an int in 0..MAX_NUMBER, or TypeError/ValueError naming `name`."""
-    n = _int(value, name)
-    if n < 0 or n > MAX_NUMBER:
-        raise ValueError(f"{name} must be in 0..2**64-1, got {n}")
-    return n
 
 
 def _time(value: object, name: str) -> float:
