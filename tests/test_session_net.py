@@ -327,3 +327,25 @@ def test_bad_urls_and_settings_are_named():
         tether.connect("udp://127.0.0.1:1", max_transfer_window=0)
     with pytest.raises(TypeError, match="unknown session setting 'windw'"):
         tether.connect("udp://127.0.0.1:1", windw=3)
+
+
+async def test_concurrent_receivers_each_get_a_message_and_all_wake_on_close():
+    """Two tasks waiting in recv() at once: each is woken (by a message or by the end),
+    none is stranded when a later waiter replaces it."""
+    async with await tether.serve(None, "udp://127.0.0.1:0") as server:
+        client = await tether.connect(url("udp", server.address))
+        peer = await server.accept()
+        first = asyncio.ensure_future(peer.recv())
+        second = asyncio.ensure_future(peer.recv())
+        third = asyncio.ensure_future(peer.recv())
+        await asyncio.sleep(0.01)
+        await client.send_many([b"a", b"b"])
+        done, pending = await asyncio.wait([first, second, third], timeout=5,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(0.05)
+        assert sorted(t.result() for t in (first, second, third) if t.done()) == [b"a", b"b"]
+        await client.close()
+        results = await asyncio.wait_for(asyncio.gather(first, second, third,
+                                                        return_exceptions=True), 5)
+        assert sorted(r for r in results if isinstance(r, bytes)) == [b"a", b"b"]
+        assert [type(r) for r in results if not isinstance(r, bytes)] == [tether.SequenceClosed]

@@ -44,7 +44,9 @@ class Session:
         self._ended = False
         self._error: TetherError | None = None
         self._scheduled = False
-        self._recv_waiter: asyncio.Future | None = None
+        # every task waiting in recv()/recv_many(): all are woken and re-check the inbox, so
+        # concurrent receivers are never stranded by a later one
+        self._recv_waiters: list[asyncio.Future] = []
         self._space_waiters: list[asyncio.Future] = []
         self._flush_waiters: list[asyncio.Future] = []
         self._connected = self._loop.create_future()
@@ -233,12 +235,7 @@ class Session:
             raise SequenceClosed("the peer closed the session")
 
     async def _wait_inbox(self) -> None:
-        waiter = self._loop.create_future()
-        self._recv_waiter = waiter
-        try:
-            await waiter
-        finally:
-            self._recv_waiter = None
+        await self._wait(self._recv_waiters)
 
     # ---- closing ----
 
@@ -384,9 +381,8 @@ class Session:
             self._loop.call_soon(callback, self)
 
     def _wake_recv(self) -> None:
-        waiter = self._recv_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._recv_waiters:
+            _wake_all(self._recv_waiters)
 
     async def _wait(self, waiters: list[asyncio.Future]) -> None:
         waiter = self._loop.create_future()
