@@ -65,9 +65,18 @@ class TimerService:
         self._handle = None
         self._armed_at = None
         now = clock()
-        for client in self._heap.pop_due(now):
-            client.on_timer(now)
-        self._rearm()
+        try:
+            for client in self._heap.pop_due(now):
+                try:
+                    client.on_timer(now)
+                except Exception as exc:
+                    # one broken session must not cost every other session on this loop
+                    # its timers (the rest of the due batch, and the re-arm below)
+                    self._loop.call_exception_handler({
+                        "message": "a session's timer callback failed",
+                        "exception": exc, "client": client})
+        finally:
+            self._rearm()
 
 
 _services: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerService]" = weakref.WeakKeyDictionary()
