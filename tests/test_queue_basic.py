@@ -257,3 +257,13 @@ async def test_open_as_async_context_manager(tmp_path):
         await qm.send("q", b"x")
     async with await tether.QueueManager.open(tmp_path / "d") as qm:
         assert (await qm.receive("q", timeout=1)).body == b"x"
+
+
+async def test_nan_receive_timeout_is_refused_and_leaves_no_waiter(qm):
+    await qm.create_queue("q")
+    with pytest.raises(ValueError, match="timeout"):
+        await qm.receive("q", timeout=float("nan"))
+    assert len(qm._queues["q"].waiters) == 0
+    await qm.send("q", b"x")
+    m = await qm.receive("q", timeout=0)    # not swallowed by a forgotten waiter
+    assert m is not None and m.body == b"x"

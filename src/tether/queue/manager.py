@@ -523,6 +523,10 @@ class QueueManager:
     async def _wait(self, queue: Queue, owner: Any, timeout: float | None) -> Message | None:
         if timeout is not None:
             timeout = float(timeout)
+            if timeout != timeout:
+                # checked before the waiter is queued: a waiter nobody awaits would take
+                # (and lock) the next message, hiding it until its lock expired
+                raise ValueError("receive timeout must be a number of seconds or None, not nan")
             if timeout <= 0:
                 return None
         future = queue.wait(owner, self._loop)
