@@ -349,3 +349,28 @@ async def test_concurrent_receivers_each_get_a_message_and_all_wake_on_close():
                                                         return_exceptions=True), 5)
         assert sorted(r for r in results if isinstance(r, bytes)) == [b"a", b"b"]
         assert [type(r) for r in results if not isinstance(r, bytes)] == [tether.SequenceClosed]
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+async def test_a_cancelled_connect_leaves_no_session_behind(scheme):
+    """Cancelling connect() while the handshake is unanswered ends the half-made session
+    at once (no timers keep retransmitting CreateSequence, no socket stays open)."""
+    from tether.session.timers import timer_service
+    loop = asyncio.get_running_loop()
+    kind = socket.SOCK_DGRAM if scheme == "udp" else socket.SOCK_STREAM
+    silent = socket.socket(socket.AF_INET, kind)
+    silent.bind(("127.0.0.1", 0))
+    if scheme == "tcp":
+        silent.listen(1)  # the kernel completes the handshake; nobody ever answers
+    try:
+        address = silent.getsockname()
+        task = asyncio.ensure_future(tether.connect(url(scheme, address), connect_timeout=30))
+        await asyncio.sleep(0.2)
+        assert len(timer_service(loop)) == 1  # the handshake is being retransmitted
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        assert len(timer_service(loop)) == 0
+    finally:
+        silent.close()

@@ -309,12 +309,20 @@ class Session:
         self._pump()
 
     async def wait_connected(self, timeout: float) -> None:
+        """Wait for the handshake to complete. Raises the session's fault, or
+        RetryLimitExceeded after `timeout` seconds; either way, or if cancelled, the session
+        has ended when this raises."""
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._connected)
         except TimeoutError:
             self.abort("connect timed out")
             raise RetryLimitExceeded(f"no answer to CreateSequence within {timeout} s") from None
+        except BaseException:
+            # cancelled: end the half-made session now, or its timers go on retransmitting
+            # CreateSequence until the retry limit
+            self.abort("connect was given up")
+            raise
 
     def _schedule(self) -> None:
         if not self._scheduled:
