@@ -374,3 +374,19 @@ async def test_a_cancelled_connect_leaves_no_session_behind(scheme):
         assert len(timer_service(loop)) == 0
     finally:
         silent.close()
+
+
+async def test_server_close_also_closes_tcp_connections_that_named_no_session():
+    """A TCP connection that never sent a whole first packet is closed with the server,
+    not left open after wait_closed()."""
+    server = await tether.serve(None, "tcp://127.0.0.1:0")
+    reader, writer = await asyncio.open_connection(*server.address)
+    writer.write(b"\x00\x00")  # half a length prefix, then nothing
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), 10)
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()

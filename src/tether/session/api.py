@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import secrets
+import weakref
 from typing import Any, Awaitable, Callable, Generator
 
 from ..errors import SequenceClosed, TetherError
@@ -172,6 +173,9 @@ class Server:
         self._tasks: set[asyncio.Task] = set()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
+        # open TCP connections; close() ends those not bound to a session (a bound one ends
+        # with its session). asyncio's and uvloop's Server.close() leave connections open.
+        self._tcp_connections: "weakref.WeakSet[TcpServerConnection]" = weakref.WeakSet()
         self._closing = False
         self._closed = self._loop.create_future()
         self.address: tuple = ()
@@ -185,9 +189,7 @@ class Server:
             self._udp = transport
             sockname = transport.get_extra_info("sockname")
         else:
-            self._tcp = await self._loop.create_server(
-                lambda: TcpServerConnection(self.demux, self._loop, self._new_session, self.sessions),
-                host, port)
+            self._tcp = await self._loop.create_server(self._new_tcp_connection, host, port)
             sockname = self._tcp.sockets[0].getsockname()
         self.address = tuple(sockname[:2])
 
@@ -208,6 +210,11 @@ class Server:
         host = self.address[0]
         host = f"[{host}]" if ":" in host else host
         return f"{self.url.scheme}://{host}:{self.address[1]}"
+
+    def _new_tcp_connection(self) -> TcpServerConnection:
+        conn = TcpServerConnection(self.demux, self._loop, self._new_session, self.sessions)
+        self._tcp_connections.add(conn)
+        return conn
 
     def _new_session(self, engine: SessionEngine, link: Any) -> Session:
         session = Session(engine, link, self._loop)
@@ -275,6 +282,9 @@ class Server:
         self.demux.closing = True
         if self._tcp is not None:
             self._tcp.close()
+            for conn in list(self._tcp_connections):
+                if conn.session is None:
+                    conn.close()
         for session in list(self.sessions.values()):
             if not session.closed:
                 session._engine.close(clock())
