@@ -375,3 +375,29 @@ async def test_many_concurrent_receivers_on_one_client(served):
         await asyncio.wait_for(asyncio.gather(*(receiver() for _ in range(40))), 30)
         assert sorted(got) == sorted(ids)
         assert len(client._consumers) == 1
+
+
+@pytest.mark.parametrize("label", ["empty address", "unencodable header", "long queue name",
+                                   "int header key", "nan transaction timeout", "empty receive name"])
+async def test_client_refuses_what_the_service_would_abort_the_session_for(served, label):
+    # such a request used to make the service abort the session; the client resent it on
+    # every reconnect, so the call (and every concurrent one) hung in a reconnect loop
+    qm, url = served
+    await qm.create_queue("q")
+    async with tether.QueueClient.connect(url) as client:
+        calls = {
+            "empty address": lambda: client.send("", b"x"),
+            "unencodable header": lambda: client.send("q", b"x", headers={"k": object()}),
+            "long queue name": lambda: client.create_queue("a" * 2000),
+            "int header key": lambda: client.send("q", b"x", headers={1: "v"}),
+            "nan transaction timeout": lambda: client.transaction().receive("q", timeout=float("nan")),
+            "empty receive name": lambda: client.receive("", timeout=1),
+        }
+        other = asyncio.ensure_future(client.send("q", b"ok"))
+        with pytest.raises((ValueError, TypeError)):
+            await asyncio.wait_for(calls[label](), 5)
+        assert isinstance(await asyncio.wait_for(other, 5), str)
+        assert client.reconnects == 0
+        assert (await client.receive("q", timeout=5)).body == b"ok"
+        async with client.transaction() as tx:      # a negative timeout means no wait, as locally
+            assert await tx.receive("q", timeout=-1) is None

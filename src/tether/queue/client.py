@@ -35,6 +35,7 @@ from ..errors import (LockLost, MessageTooLarge, ProtocolError, QueueError, Sequ
                       TransactionError)
 from . import protocol as P
 from .info import QueueInfo
+from .manager import check_headers
 from .message import LOCKED, Message
 from .settings import QueueSettings
 
@@ -330,6 +331,12 @@ class QueueClient:
     def _request(self, item: list) -> asyncio.Future:
         rid = next(self._rids)
         item[1] = rid
+        try:
+            # checked here, as the service will: a malformed item makes the service abort
+            # the session, and resending it after the reconnect would abort it again, forever
+            P.parse_request(item)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from None
         future = self._loop.create_future()
         self._pending[rid] = (item, future)
         if self._connected:
@@ -392,8 +399,8 @@ class QueueClient:
         limit = self._session_settings["max_message_size"] - 4096
         if len(body) > limit:
             raise MessageTooLarge(f"message of {len(body)} bytes is over the protocol's limit of {limit} bytes")
-        if headers is not None and not isinstance(headers, dict):
-            raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
+        if headers is not None:
+            check_headers(headers)      # one that cannot be encoded would lose its whole frame
         if time_to_live is not None and (isinstance(time_to_live, bool) or not isinstance(time_to_live, (int, float))):
             raise TypeError(f"time_to_live must be a number of seconds, not {time_to_live!r}")
         return [P.SEND, 0, address, body, headers, time_to_live, f"{self._id_prefix}{next(self._ids):x}"]
@@ -424,6 +431,8 @@ class QueueClient:
         self._check_open()
         if timeout is not None:
             timeout = float(timeout)
+            if timeout != timeout:
+                raise ValueError("receive timeout must be a number of seconds or None, not nan")
         consumer = self._consumers.get(name)
         if timeout is not None and timeout <= 0:
             if consumer is not None:
@@ -486,10 +495,10 @@ class QueueClient:
         if old is not None:
             self._drop_consumer(old)
         consumer = _Consumer(next(self._consumer_ids), name)
+        subscribing = consumer.subscribing = self._request([P.SUBSCRIBE, 0, consumer.consumer_id, name, self.prefetch])
         self._consumers[name] = consumer
         self._by_consumer_id[consumer.consumer_id] = consumer
         consumer.granted = self.prefetch
-        subscribing = consumer.subscribing = self._request([P.SUBSCRIBE, 0, consumer.consumer_id, name, self.prefetch])
         try:
             await asyncio.shield(subscribing)
         except BaseException:
@@ -614,8 +623,12 @@ class RemoteTransaction:
 
     async def receive(self, name: str, timeout: float | None = None) -> Message | None:
         """Like QueueClient.receive(); the message is settled by commit or rollback."""
+        if timeout is not None:
+            timeout = float(timeout)
+            if timeout < 0:
+                timeout = 0.0       # as receive(): no wait (nan stays, and _request refuses it)
         txid = await self._id()
-        reply = await self._client._request([P.RECEIVE, 0, name, None if timeout is None else float(timeout), txid])
+        reply = await self._client._request([P.RECEIVE, 0, name, timeout, txid])
         if reply is None:
             return None
         fields, validity = reply

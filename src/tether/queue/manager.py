@@ -360,7 +360,7 @@ class QueueManager:
             raise MessageTooLarge(f"message of {len(body)} bytes is over max_message_size "
                                   f"{settings.max_message_size} of queue {queue.name!r}")
         if headers is not None:
-            _check_headers(headers)
+            check_headers(headers)
         now = _time()
         ttl = settings.time_to_live if time_to_live is None else _seconds("time_to_live", time_to_live)
         self._id_counter += 1
@@ -789,7 +789,8 @@ def _wait_timed_out(queue: Queue, future: asyncio.Future) -> None:
 _header_packer = msgpack.Packer(use_bin_type=True)
 
 
-def _check_headers(headers: Any) -> None:
+def check_headers(headers: Any) -> None:
+    """TypeError unless `headers` is a dict of str keys to msgpack-serializable values."""
     if not isinstance(headers, dict):
         raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
     for key in headers:
