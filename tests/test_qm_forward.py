@@ -185,3 +185,20 @@ async def test_concurrent_first_sends_share_journal_writes(tmp_path):
         await asyncio.gather(*(a.send(address, b"%d" % i) for i in range(2000)))
         assert journal.batch_count - before < 100, journal.batch_count - before
         await _until(lambda: _has(target, "orders", 2000))
+
+
+async def test_a_transmission_queue_defined_while_closing_starts_no_forwarder():
+    # close() waits for each forwarder to stop; a send to a new remote address meanwhile
+    # used to start a forwarder that close() never saw: its tasks and session ran on
+    qm = await tether.QueueManager.open()
+    await qm.send(f"tether://127.0.0.1:{_free_port()}/q", b"first")
+    closing = asyncio.ensure_future(qm.close())
+    await asyncio.sleep(0)
+    assert all(f._closed for f in qm._forwarders.values())     # close() is waiting on them
+    try:
+        await qm.send(f"tether://127.0.0.1:{_free_port()}/q", b"second")
+        await closing
+        assert all(f._closed for f in qm._forwarders.values())
+    finally:
+        for forwarder in list(qm._forwarders.values()):
+            await forwarder.close()

@@ -98,6 +98,7 @@ class QueueManager:
         self._id_prefix = os.urandom(8).hex() + "-"
         self._id_counter = 0
         self._closed = False
+        self._closing = False                 # close() has begun: start no more forwarders
         self._services: list[Any] = []        # service.QueueService, see listen()
         self._forwarders: dict[str, Any] = {}  # transmission queue name -> forwarder.Forwarder
         self._define_queue(SYSTEM_DEAD_LETTER_QUEUE, DEAD_LETTER_SETTINGS)
@@ -183,6 +184,7 @@ class QueueManager:
         still locked are not completed: a durable one is redelivered after reopening."""
         if self._closed:
             return
+        self._closing = True
         for service in self._services:      # first: remote transactions roll back
             await service.close()
         for forwarder in list(self._forwarders.values()):
@@ -249,7 +251,9 @@ class QueueManager:
             self._definitions[name] = settings
         if not name.startswith("$"):
             self._sendable[name] = main
-        elif name.startswith(TRANSMISSION_PREFIX) and not self._closed:
+        elif name.startswith(TRANSMISSION_PREFIX) and not self._closing:
+            # (one defined while close() waits for the others would never be closed; the
+            # next open starts it from the journal)
             from .forwarder import Forwarder
 
             self._forwarders[name] = Forwarder.start(self, main, name[len(TRANSMISSION_PREFIX):])
