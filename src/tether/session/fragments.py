@@ -49,30 +49,37 @@ class Reassembler:
         """(whole messages, how many fragments were absorbed beyond one per message)."""
         out = []
         absorbed = 0
+        limit = self.max_message_size
         for item in delivered:
             if type(item) is not Fragment:
                 out.append(item)
                 continue
-            pieces = self._partial.get(item.first)
-            if pieces is None:
-                if not 1 < item.total <= self.max_message_size:
+            # [total, bytes so far, {index: data}]: storage grows with the pieces that
+            # arrive, never with the total the peer announces
+            partial = self._partial.get(item.first)
+            if partial is None:
+                if not 1 < item.total <= limit:
                     raise ProtocolError(f"fragment count {item.total} out of range")
                 if len(self._partial) >= self.max_partial:
                     raise ProtocolError(f"more than {self.max_partial} fragmented messages open at once")
-                pieces = self._partial[item.first] = [None] * item.total
-            elif len(pieces) != item.total:
+                partial = self._partial[item.first] = [item.total, 0, {}]
+            elif partial[0] != item.total:
                 raise ProtocolError(f"fragment total changed for message {item.first}")
-            if not 0 <= item.index < item.total or pieces[item.index] is not None:
+            pieces = partial[2]
+            if not 0 <= item.index < item.total or item.index in pieces:
                 raise ProtocolError(f"bad fragment index {item.index} of {item.total}")
+            # absorbed pieces leave the receive window, so the window does not bound a
+            # partial message: check its size as it grows
+            partial[1] += len(item.data)
+            if partial[1] > limit:
+                raise ProtocolError(
+                    f"fragmented message {item.first} exceeds max_message_size {limit} "
+                    f"({partial[1]} bytes and not complete)" if len(pieces) + 1 < item.total else
+                    f"reassembled message of {partial[1]} bytes exceeds max_message_size {limit}")
             pieces[item.index] = item.data
-            if any(p is None for p in pieces):
+            if len(pieces) < item.total:
                 absorbed += 1
                 continue
             del self._partial[item.first]
-            message = b"".join(pieces)
-            if len(message) > self.max_message_size:
-                raise ProtocolError(
-                    f"reassembled message of {len(message)} bytes exceeds max_message_size "
-                    f"{self.max_message_size}")
-            out.append(message)
+            out.append(b"".join([pieces[i] for i in range(item.total)]))
         return out, absorbed
