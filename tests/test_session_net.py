@@ -390,3 +390,19 @@ async def test_server_close_also_closes_tcp_connections_that_named_no_session():
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+async def test_link_and_start_close_are_public(scheme):
+    """Adapters reach a session through public names: its current link, pump(), and a
+    graceful close begun without waiting."""
+    async with await tether.serve(None, f"{scheme}://127.0.0.1:0") as server:
+        client = await tether.connect(url(scheme, server.address))
+        peer = await server.accept()
+        assert client.link is not None and peer.link is not None
+        assert peer.link.get_extra_info("peername") == peer.peer_address
+        await client.send(b"before close")
+        client.start_close()
+        assert await peer.recv() == b"before close"
+        await asyncio.wait_for(client.wait_closed(), 5)
+        assert client.closed and client.error is None

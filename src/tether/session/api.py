@@ -72,7 +72,7 @@ async def _open_udp(url: SessionURL, settings: SessionSettings) -> Session:
     protocol.session = session
     session.add_end_callback(lambda s: protocol.close())
     engine.start(clock())
-    session._pump()
+    session.pump()
     try:
         await session.wait_connected(settings.connect_timeout)
     except BaseException:
@@ -88,7 +88,7 @@ class _TcpReconnector:
     def __init__(self, session: Session, url: SessionURL) -> None:
         self.session = session
         self.url = url
-        self.loop = session._loop
+        self.loop = asyncio.get_running_loop()
         self.task: asyncio.Task | None = None
         self.reconnects = 0
         session.add_end_callback(self._ended)
@@ -104,7 +104,7 @@ class _TcpReconnector:
 
     def _lost(self, conn: TcpConnection, exc: Exception | None) -> None:
         session = self.session
-        if session._link is conn:
+        if session.link is conn:
             session.attach(None)
         if exc is not None and not session.closed and self.task is None:
             self.task = self.loop.create_task(self._reconnect())
@@ -121,7 +121,7 @@ class _TcpReconnector:
                     continue
                 self.reconnects += 1
                 self.session.engine.resume(clock())
-                self.session._pump()
+                self.session.pump()
                 return
         finally:
             self.task = None
@@ -129,8 +129,8 @@ class _TcpReconnector:
     def _ended(self, session: Session) -> None:
         if self.task is not None:
             self.task.cancel()
-        if session._link is not None:
-            session._link.close()
+        if session.link is not None:
+            session.link.close()
 
 
 async def _open_tcp(url: SessionURL, settings: SessionSettings) -> Session:
@@ -146,12 +146,12 @@ async def _open_tcp(url: SessionURL, settings: SessionSettings) -> Session:
     async with asyncio.timeout(settings.connect_timeout):
         await reconnector.connect()
     engine.start(clock())
-    session._pump()
+    session.pump()
     try:
         await session.wait_connected(settings.connect_timeout)
     except BaseException:
-        if session._link is not None:
-            session._link.close()
+        if session.link is not None:
+            session.link.close()
         raise
     return session
 
@@ -238,8 +238,8 @@ class Server:
         if self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
         self.demux.remove(session.engine, session.accepted)
-        if self.url.scheme == "tcp" and session._link is not None:
-            session._link.close()
+        if self.url.scheme == "tcp" and session.link is not None:
+            session.link.close()
 
     async def _run_handler(self, session: Session) -> None:
         try:
@@ -287,8 +287,7 @@ class Server:
                     conn.close()
         for session in list(self.sessions.values()):
             if not session.closed:
-                session._engine.close(clock())
-                session._pump()
+                session.start_close()
         self._backlog.put_nowait(None)
         self._loop.create_task(self._finish_close())
 

@@ -71,6 +71,11 @@ class Session:
         return self._engine
 
     @property
+    def link(self) -> Link | None:
+        """Where the session's packets go now (None while a TCP session is disconnected)."""
+        return self._link
+
+    @property
     def peer_address(self) -> Any:
         return None if self._link is None else self._link.get_extra_info("peername")
 
@@ -244,8 +249,7 @@ class Session:
         Raises the fault if the session fails while closing."""
         if self._ended:
             return
-        self._engine.close(clock())
-        self._pump()
+        self.start_close()
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._closed)
@@ -254,6 +258,13 @@ class Session:
             raise
         if self._error is not None:
             raise self._error
+
+    def start_close(self) -> None:
+        """Begin the graceful close without waiting for it (close() waits; wait_closed()
+        can wait later)."""
+        if not self._ended:
+            self._engine.close(clock())
+            self.pump()
 
     def close_sending(self) -> None:
         """Half-close: the peer gets EOF after the last message sent; receiving goes on."""
@@ -264,13 +275,13 @@ class Session:
         """End the session now; what is unacknowledged is dropped."""
         if not self._ended:
             self._engine.abort(clock(), reason)
-            self._pump()
+            self.pump()
 
     def fail(self, error: TetherError) -> None:
         """Fault the session with a local error (adapters use it for undecodable input)."""
         if not self._ended:
             self._engine.fail(error, clock())
-            self._pump()
+            self.pump()
 
     async def wait_closed(self) -> None:
         """Wait until the session has ended, however it ends."""
@@ -302,11 +313,11 @@ class Session:
     def feed(self, body: bytes) -> None:
         """A packet arrived from the peer."""
         self._engine.receive_packet(body, clock())
-        self._pump()
+        self.pump()
 
     def on_timer(self, now: float) -> None:
         self._engine.handle_timer(now)
-        self._pump()
+        self.pump()
 
     async def wait_connected(self, timeout: float) -> None:
         """Wait for the handshake to complete. Raises the session's fault, or
@@ -331,9 +342,12 @@ class Session:
 
     def _run_scheduled(self) -> None:
         self._scheduled = False
-        self._pump()
+        self.pump()
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
+        """Run the engine now: release consumed buffer space, take its events, transmit
+        its packets, re-arm its timer, wake waiters. Adapters call it after handing the
+        engine packets themselves (through the server's Demux)."""
         engine = self._engine
         now = clock()
         if self._consumed:

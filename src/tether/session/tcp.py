@@ -119,17 +119,17 @@ class TcpServerConnection(TcpConnection):
             if session is None:
                 self.close()
                 return
-            old = session._link
+            old = session.link
             session.attach(self)
             if old is not None and old is not self:
                 old.close()  # the client resumed on this connection
         self.session = session
         self.on_packet = session.feed
-        session._pump()
+        session.pump()
 
     def _lost(self, conn: TcpConnection, exc: Exception | None) -> None:
         session = self.session
-        if session is not None and session._link is self:
+        if session is not None and session.link is self:
             session.attach(None)  # wait for a Resume (or the inactivity timeout)
 
     def _error(self, exc: ProtocolError) -> None:

@@ -137,10 +137,10 @@ class UdpServerProtocol(asyncio.DatagramProtocol):
             session = self.sessions.get(engine.session_id)
             if session is None:
                 return
-            link = session._link
+            link = session.link
             if link is not None and link.addr != addr:
                 link.addr = addr  # the peer moved: the session follows its id, not its address
-        session._pump()
+        session.pump()
 
     def error_received(self, exc: Exception) -> None:
         pass  # a peer went away; its session times out or retransmits
