@@ -406,3 +406,20 @@ async def test_link_and_start_close_are_public(scheme):
         assert await peer.recv() == b"before close"
         await asyncio.wait_for(client.wait_closed(), 5)
         assert client.closed and client.error is None
+
+
+async def test_sessions_ended_before_accept_keep_their_pending_slot_until_accepted():
+    """A peer that opens sessions and ends them at once must not grow the accept backlog
+    without bound: an ended session waiting for accept() still counts against
+    max_pending_channels, and accept() still hands it over with what it delivered."""
+    async with await tether.serve(None, "udp://127.0.0.1:0", max_pending_channels=2) as server:
+        for i in range(2):
+            client = await tether.connect(url("udp", server.address))
+            await client.send(b"m%d" % i)
+            await client.close()
+        with pytest.raises(tether.CreateSequenceRefused, match="max_pending_channels"):
+            await tether.connect(url("udp", server.address))
+        first = await server.accept()
+        assert [m async for m in first] == [b"m0"]
+        c = await tether.connect(url("udp", server.address))  # one taken: room for one more
+        c.abort()

@@ -340,7 +340,12 @@ class Simulation:
         return ep
 
     def _accept(self, ep: Endpoint, pump: bool = True) -> None:
-        if ep.accepted or ep.removed or ep.crashed:
+        if ep.accepted or ep.crashed:
+            return
+        if ep.removed:
+            # ended before the app took it: taking it now frees its slot (Server.accept)
+            ep.accepted = True
+            self.demux.accepted(ep.engine)
             return
         ep.accepted = True
         self.demux.accepted(ep.engine)
@@ -690,7 +695,7 @@ class Simulation:
             self.fail(f"{ep.name}: ended with {type(error).__name__}, not a SessionFault")
         if ep.side == 1 and not ep.removed:
             ep.removed = True
-            self.demux.remove(ep.engine, ep.accepted)
+            self.demux.remove(ep.engine, was_accepted=True)  # as Server: the slot waits for accept
         expect = self.scenario.expect
         if ep.stray or ep.victim:
             return

@@ -237,7 +237,10 @@ class Server:
     def _session_ended(self, session: Session) -> None:
         if self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
-        self.demux.remove(session.engine, session.accepted)
+        # An unaccepted session that ended waits in the backlog all the same, so it keeps
+        # its max_pending_channels slot until accept() takes it; else a peer opening and
+        # ending sessions fast would grow the backlog without bound.
+        self.demux.remove(session.engine, was_accepted=True)
         if self.url.scheme == "tcp" and session.link is not None:
             session.link.close()
 
