@@ -423,3 +423,20 @@ async def test_sessions_ended_before_accept_keep_their_pending_slot_until_accept
         assert [m async for m in first] == [b"m0"]
         c = await tether.connect(url("udp", server.address))  # one taken: room for one more
         c.abort()
+
+
+async def test_a_tcp_connection_that_names_no_session_in_time_is_closed():
+    """Holding a connection open without a whole first packet costs the server a socket and
+    a partial-packet buffer: after connect_timeout it is closed, and the server goes on."""
+    async with await tether.serve(None, "tcp://127.0.0.1:0", connect_timeout=0.3) as server:
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(b"\x00\x01\x00\x00" + b"x" * 1000)  # a 64 KiB packet begun, never finished
+        await writer.drain()
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            writer.close()
+        async with tether.connect(url("tcp", server.address)) as client:
+            peer = await server.accept()
+            await client.send(b"still serving")
+            assert await peer.recv() == b"still serving"

@@ -103,8 +103,24 @@ class TcpServerConnection(TcpConnection):
         self.on_new = on_new
         self.sessions = sessions
         self.session = None
+        self._first_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # A connection that names no session holds a socket and a partial-packet buffer;
+        # a real client sends its first packet at once, so give it connect_timeout.
+        self._first_deadline = self.loop.call_later(
+            self.demux.settings.connect_timeout, self._no_first_packet)
+
+    def _no_first_packet(self) -> None:
+        self._first_deadline = None
+        if self.session is None:
+            self.close()
 
     def _first_packet(self, body: bytes) -> None:
+        if self._first_deadline is not None:
+            self._first_deadline.cancel()
+            self._first_deadline = None
         routed = self.demux.route(body, clock(), opening=True)
         if routed.replies:
             self.transmit(routed.replies)
@@ -128,6 +144,9 @@ class TcpServerConnection(TcpConnection):
         session.pump()
 
     def _lost(self, conn: TcpConnection, exc: Exception | None) -> None:
+        if self._first_deadline is not None:
+            self._first_deadline.cancel()
+            self._first_deadline = None
         session = self.session
         if session is not None and session.link is self:
             session.attach(None)  # wait for a Resume (or the inactivity timeout)
