@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol
 from ..errors import RetryLimitExceeded, SequenceClosed, TetherError
 from .engine import SessionEngine
 from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
+from .settings import SessionSettings
 from .timers import clock, timer_service
 
 
@@ -59,10 +60,12 @@ class Session:
 
     @property
     def session_id(self) -> int:
+        """The 63-bit id both sides name the session by (the server routes on it)."""
         return self._engine.session_id
 
     @property
-    def settings(self):
+    def settings(self) -> SessionSettings:
+        """This side's settings (validated)."""
         return self._engine.settings
 
     @property
@@ -77,10 +80,12 @@ class Session:
 
     @property
     def peer_address(self) -> Any:
+        """The peer's socket address now (it may change over UDP), or None when disconnected."""
         return None if self._link is None else self._link.get_extra_info("peername")
 
     @property
     def local_address(self) -> Any:
+        """This side's socket address, or None when disconnected."""
         return None if self._link is None else self._link.get_extra_info("sockname")
 
     @property
@@ -316,6 +321,7 @@ class Session:
         self.pump()
 
     def on_timer(self, now: float) -> None:
+        """The session's deadline has come (the TimerService calls this)."""
         self._engine.handle_timer(now)
         self.pump()
 

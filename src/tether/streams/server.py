@@ -69,9 +69,11 @@ class StreamServer:
         return self._server
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on."""
         return self._loop
 
     def is_serving(self) -> bool:
+        """True until close() is called."""
         return self._serving
 
     async def start_serving(self) -> None:

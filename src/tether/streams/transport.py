@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import TetherError
 from ..session.session import Session
@@ -205,7 +205,8 @@ class SessionTransport(asyncio.Transport):
             self._loop.call_soon(self._flush_soon)
         self._maybe_pause_protocol()
 
-    def writelines(self, list_of_data) -> None:
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write every buffer in order, as one write()."""
         self.write(b"".join(list_of_data))
 
     def write_eof(self) -> None:
