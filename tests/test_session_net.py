@@ -440,3 +440,12 @@ async def test_a_tcp_connection_that_names_no_session_in_time_is_closed():
             peer = await server.accept()
             await client.send(b"still serving")
             assert await peer.recv() == b"still serving"
+
+
+async def test_recv_many_rejects_a_bad_max_count_at_once():
+    """recv_many(0) is a caller's mistake: named at once, not after waiting for a message."""
+    async with await tether.serve(None, "udp://127.0.0.1:0") as server:
+        async with tether.connect(url("udp", server.address)) as client:
+            for bad in (0, -1):
+                with pytest.raises(ValueError, match="max_count"):
+                    await asyncio.wait_for(client.recv_many(bad), 1)

@@ -187,6 +187,8 @@ class Session:
 
     async def recv_many(self, max_count: int | None = None) -> list[bytes]:
         """Every message waiting (at most max_count), waiting for at least one."""
+        if max_count is not None and max_count < 1:
+            raise ValueError(f"max_count must be at least 1, not {max_count}")
         while not self._inbox:
             self._raise_if_done()
             await self._wait_inbox()
@@ -195,8 +197,6 @@ class Session:
             out = list(inbox)
             inbox.clear()
         else:
-            if max_count < 1:
-                raise ValueError(f"max_count must be at least 1, not {max_count}")
             out = [inbox.popleft() for _ in range(max_count)]
         self._consumed += len(out)
         self._schedule()
