@@ -457,9 +457,7 @@ class SessionEngine:
             if self.state is State.CONNECTING:
                 self._fault(CreateSequenceRefused(frame[2] or "refused by the peer"), now, notify=False)
             elif self.is_client and self._only_formalities_left():
-                self._ctl = None  # as UnknownSequence then: the server ended the session
-                self._transition(Event.TERMINATED)
-                self._end(None)
+                self._end_gracefully()  # as UnknownSequence then: the server ended the session
             elif self.is_client:
                 # Our Resume was refused: the server no longer holds the session (it
                 # restarted, or ended it); reconnecting again would only be refused again.
@@ -497,16 +495,12 @@ class SessionEngine:
                 self._end(None)
         elif kind == F.TERMINATE_SEQUENCE_RESPONSE:
             if self._ctl is not None and self._ctl.kind == "terminate":
-                self._ctl = None
-                self._transition(Event.TERMINATED)
-                self._end(None)
+                self._end_gracefully()
         elif kind == F.FAULT:
             if frame[2] == UnknownSequence.code and self._only_formalities_left():
                 # The peer ended the session (on our Terminate, or it terminated and its
                 # Terminate was lost) and a packet of ours found it gone: nothing was lost.
-                self._ctl = None
-                self._transition(Event.TERMINATED)
-                self._end(None)
+                self._end_gracefully()
                 return
             self._fault(fault_from_code(frame[2], f"peer fault: {frame[3]}"), now, notify=False)
         elif kind == F.RESUME_RESPONSE:
@@ -655,9 +649,7 @@ class SessionEngine:
             if self._only_formalities_left(peer_silent=True):
                 # As when the terminate retries run out: everything was flushed both ways and
                 # the peer went away (it ended, and its Terminate or response was lost).
-                self._ctl = None
-                self._transition(Event.TERMINATED)
-                self._end(None)
+                self._end_gracefully()
                 return
             self._fault(InactivityTimeout(
                 f"nothing heard from the peer for {self.settings.inactivity_timeout} s"), now)
@@ -670,16 +662,12 @@ class SessionEngine:
             if ctl.kind == "terminate" and ctl.retries >= min(K_TERMINATE_RETRIES, self.settings.max_retry_count):
                 # Everything was flushed both ways; the peer most likely ended and its
                 # response was lost (a client's socket closes with it): don't hold close().
-                self._ctl = None
-                self._transition(Event.TERMINATED)
-                self._end(None)
+                self._end_gracefully()
                 return
             if ctl.retries >= self.settings.max_retry_count and not self.reliable_transport:
                 if self._only_formalities_left(peer_silent=True):
                     # e.g. our CloseSequence unanswered after the peer ended: nothing is lost
-                    self._ctl = None
-                    self._transition(Event.TERMINATED)
-                    self._end(None)
+                    self._end_gracefully()
                     return
                 self._fault(RetryLimitExceeded(
                     f"no response to {ctl.kind} after {ctl.retries} retransmissions"), now)
@@ -885,6 +873,12 @@ class SessionEngine:
         self._ctl = None
         self._transition(Event.FAULT)
         self._end(error)
+
+    def _end_gracefully(self) -> None:
+        # nothing can be lost any more: no control frame awaits an answer, the session ends
+        self._ctl = None
+        self._transition(Event.TERMINATED)
+        self._end(None)
 
     def _end(self, error: TetherError | None) -> None:
         self.error = error
