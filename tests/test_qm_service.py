@@ -401,3 +401,16 @@ async def test_client_refuses_what_the_service_would_abort_the_session_for(serve
         assert (await client.receive("q", timeout=5)).body == b"ok"
         async with client.transaction() as tx:      # a negative timeout means no wait, as locally
             assert await tx.receive("q", timeout=-1) is None
+
+
+async def test_close_wakes_a_waiting_receive_with_an_error(served):
+    # close() dropped the consumer without waking its waiting receive() calls: they hung
+    qm, url = served
+    await qm.create_queue("q")
+    client = await tether.QueueClient.connect(url)
+    waiting = asyncio.ensure_future(client.receive("q"))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await client.close()
+    with pytest.raises(tether.QueueError, match="closed"):
+        await asyncio.wait_for(waiting, 5)

@@ -572,10 +572,13 @@ class QueueClient:
         """Give back prefetched messages, end the session, fail waiting calls."""
         if self._closing:
             return
-        for consumer in list(self._consumers.values()):
+        consumers = list(self._consumers.values())
+        for consumer in consumers:
             self._drop_consumer(consumer)
         self._flush()
         self._closing = True
+        for consumer in consumers:
+            consumer.wake_all()     # a waiting receive() sees the client closed and raises
         error = QueueError("the queue client is closed")
         for _, future in self._pending.values():
             if not future.done():
