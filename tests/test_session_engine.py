@@ -971,3 +971,19 @@ def test_abort_tells_the_peer(core) -> None:
     assert isinstance(p.server.error, SequenceTerminated)
     assert isinstance(p.client.error, SequenceTerminated)
     assert p.demux.sessions == {SESSION_ID: p.server}   # the adapter removes it on SessionEnded
+
+
+def test_repeated_nacks_resend_each_message_once(core) -> None:
+    """A NACK is the peer's claim: however often one packet (or several before we send)
+    names a message, it is resent once, so a small packet cannot multiply our output."""
+    p = Pair(core=core, client={"max_transfer_window": 16})
+    sent = [b"m%d" % i + b"x" * 1000 for i in range(1, 5)]
+    p.client.send(sent, p.now)
+    p.client.packets_to_send(p.now)                       # all lost
+    nack = core.codec.encode_frame((F.NACK, SESSION_ID, [1, 2, 3, 4, 2]))
+    p.client.receive_packet(nack * 500, p.now)
+    p.client.receive_packet(nack * 3, p.now)
+    resent = [payload for f in p.frames(p.client.packets_to_send(p.now)) if f[0] == F.DATA
+              for payload in f[3]]
+    assert sorted(resent) == sorted(sent)
+    assert p.client.stats["resent"] == 4

@@ -102,6 +102,7 @@ class SessionEngine:
         self._pending_bytes = 0
         self._fragments_queued = 0        # nonzero while a Fragment may be in _pending or the send window
         self._resend: list = []           # (number, payload) to retransmit
+        self._nacked: set = set()         # numbers a NACK put in _resend since the last send
         self._control_out: list[bytes] = []
         self._ctl: _Control | None = None
 
@@ -515,8 +516,16 @@ class SessionEngine:
             raise ProtocolError(f"unexpected frame type {kind}")
 
     def _on_nack(self, numbers: list) -> None:
-        wanted = set(numbers)
-        resend = [(n, p) for n, p in self._sw.unacked() if n in wanted]
+        # A NACK is the peer's claim: each unacked message it names is queued once until
+        # the next send, however many NACKs repeat it, so a packet of them cannot multiply
+        # our output (or our work: only new numbers cost a scan of the window).
+        sw = self._sw
+        low, high, queued = sw.lowest_unacked, sw.next_number, self._nacked
+        wanted = {n for n in numbers if low <= n < high and n not in queued}
+        if not wanted:
+            return
+        resend = [(n, p) for n, p in sw.unacked() if n in wanted]
+        queued.update(n for n, _ in resend)
         self._resend.extend(resend)
         self.messages_resent += len(resend)
 
@@ -703,6 +712,7 @@ class SessionEngine:
             try:
                 if self._resend:
                     resend, self._resend = self._resend, []
+                    self._nacked.clear()
                     resend.sort(key=_number)
                     frames.extend(self._encode_runs(resend))
                     data_sent = True
