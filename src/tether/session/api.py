@@ -177,6 +177,7 @@ class Server:
         # with its session). asyncio's and uvloop's Server.close() leave connections open.
         self._tcp_connections: "weakref.WeakSet[TcpServerConnection]" = weakref.WeakSet()
         self._closing = False
+        self._finisher: asyncio.Task | None = None
         self._closed = self._loop.create_future()
         self.address: tuple = ()
 
@@ -292,7 +293,8 @@ class Server:
             if not session.closed:
                 session.start_close()
         self._backlog.put_nowait(None)
-        self._loop.create_task(self._finish_close())
+        # kept: the loop holds only a weak reference to a task
+        self._finisher = self._loop.create_task(self._finish_close())
 
     async def _finish_close(self) -> None:
         try:
