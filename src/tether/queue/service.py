@@ -205,6 +205,7 @@ class _Connection:
         self._tasks: set[asyncio.Task] = set()
         self._ended = False
         self._return_ready: asyncio.Future | None = None   # forwards: the origin's return queue
+        self._forward_turn: asyncio.Future | None = None   # done once the last FORWARD batch queued
 
     # ---- the request loop ----
 
@@ -314,12 +315,23 @@ class _Connection:
 
     async def _forwards(self, items: list) -> None:
         # a reject at this queue manager goes back to the sender through its return queue,
-        # which must exist before the first message from it does (every batch waits for it
-        # in arrival order, so their order is kept)
+        # which must exist before the first message from it does. Batches queue in arrival
+        # order (the order per sender): each takes its turn after the one before it, since
+        # a batch arriving just as the return queue became ready would not wait for it and
+        # overtake the batches still waking from that wait.
         origin = self.state.client_id.hex()
-        if self._return_ready is None:
-            self._return_ready = asyncio.ensure_future(self.manager.return_queue(origin))
-        await self._return_ready
+        previous, turn = self._forward_turn, self._loop.create_future()
+        self._forward_turn = turn
+        try:
+            if self._return_ready is None:
+                self._return_ready = asyncio.ensure_future(self.manager.return_queue(origin))
+            await self._return_ready
+            if previous is not None and not previous.done():
+                await previous
+        finally:
+            # the next batch runs only once this one has yielded, i.e. after send_batch
+            # below queued it (send_batch does not suspend before that)
+            turn.set_result(None)
         now = time.time()
         batch = []
         early: dict[int, BaseException] = {}
