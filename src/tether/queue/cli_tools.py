@@ -48,6 +48,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_send(parser: argparse.ArgumentParser) -> None:
+    """Options of `tether send`."""
     parser.add_argument("url", help="tether://HOST:PORT/QUEUE")
     parser.add_argument("data", nargs="?", default="-", help="the message body, or - for stdin (default)")
     parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
@@ -57,6 +58,7 @@ def configure_send(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_recv(parser: argparse.ArgumentParser) -> None:
+    """Options of `tether recv`."""
     parser.add_argument("url", help="tether://HOST:PORT/QUEUE (sub-queues: QUEUE;poison, QUEUE;retry)")
     parser.add_argument("--count", type=int, default=1, metavar="N", help="messages to receive (default 1)")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -66,6 +68,7 @@ def configure_recv(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_queues(parser: argparse.ArgumentParser) -> None:
+    """Options of `tether queues`."""
     parser.add_argument("url", help="tcp://HOST:PORT or tether://HOST:PORT of a queue manager")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(parser)

@@ -43,10 +43,12 @@ class DedupeWindow:
         self.prune(now)
 
     def forget(self, message_ids: Iterable[str]) -> None:
+        """Drop these ids (their sender will never send them again)."""
         for message_id in message_ids:
             self._seen.pop(message_id, None)
 
     def prune(self, now: float) -> None:
+        """Drop ids older than `window` seconds, and the oldest beyond `max_entries`."""
         seen = self._seen
         oldest = now - self.window
         while seen and (len(seen) > self.max_entries or next(iter(seen.values())) < oldest):

@@ -87,6 +87,7 @@ class DurableStore:
 
     @property
     def journal(self) -> Any:
+        """The underlying `Journal` (for its counters)."""
         return self._journal
 
     def set_snapshot(self, snapshot: Callable[[], Iterable[list]], live_bytes: Callable[[], int]) -> None:

@@ -209,18 +209,22 @@ class Journal:
 
     @property
     def directory(self) -> str:
+        """The journal's directory (absolute)."""
         return self._files.directory
 
     @property
     def fsync(self) -> str:
+        """The fsync policy: "always", "interval" or "never"."""
         return self._files.policy
 
     @property
     def fsync_interval(self) -> float:
+        """Seconds between syncs under the "interval" policy."""
         return self._files.interval
 
     @property
     def segment_size(self) -> int:
+        """Bytes after which a new segment is started."""
         return self._files.segment_size
 
     @property

@@ -663,22 +663,27 @@ class QueueManager:
     # ---- QueueHooks: called by queues ----
 
     def schedule(self, deadline: float, queue: Queue) -> None:
+        """QueueHooks: wake `queue.on_timer` at `deadline` (wall-clock seconds)."""
         self._scheduler.schedule(deadline, queue)
 
     def expire(self, queue: Queue, message: Message, now: float) -> None:
+        """QueueHooks: a waiting message's time-to-live ran out: dead-letter it (expired)."""
         queue.settle_ready(message)
         self._dead_letter(queue, message, EXPIRED)
 
     def lock_expired(self, queue: Queue, message: Message, now: float) -> None:
+        """QueueHooks: a peek-lock expired: a failed delivery (see poison.py)."""
         self._fail(queue, message, now)
 
     def retry_due(self, queue: Queue, message: Message, now: float) -> None:
+        """QueueHooks: a message's retry delay ended: back from ;retry to its main queue."""
         queue.settle_ready(message)
         fresh = message.redelivery_copy()
         fresh.retry_at = None
         self._move(queue, message, queue.parent, fresh)
 
     def count_dead_letter(self, source: str, delta: int) -> None:
+        """QueueHooks: a dead letter from queue `source` arrived (+1) or left (-1)."""
         self._dead_counts[source] += delta
 
     # ---- transactions ----

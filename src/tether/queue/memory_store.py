@@ -21,6 +21,7 @@ class MemoryStore:
 
     @classmethod
     async def open(cls) -> "MemoryStore":
+        """A new, empty store (the same call shape as DurableStore.open)."""
         return cls()
 
     def set_snapshot(self, snapshot: Callable[[], Iterable[list]], live_bytes: Callable[[], int]) -> None:
@@ -31,6 +32,7 @@ class MemoryStore:
         return self.submit_many((op,), apply, arg)
 
     def submit_many(self, ops: Iterable[list], apply: Callable[[Any], None] | None, arg: Any) -> asyncio.Future:
+        """Apply at once (the operations are not kept); the returned future is done."""
         if apply is not None:
             apply(arg)
         future = asyncio.get_running_loop().create_future()

@@ -61,11 +61,13 @@ class ReplayState:
         self.seen: dict[str, float] = {}
 
     def apply_records(self, records: Iterable[bytes]) -> None:
+        """Replay journal records in order; JournalCorrupt for a malformed one."""
         for record in records:
             for op in decode(record):
                 self.apply(op)
 
     def apply(self, op: list) -> None:
+        """Replay one operation (see the module docstring for the forms)."""
         try:
             kind = op[0]
             if kind == ENQUEUE:

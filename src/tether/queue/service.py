@@ -154,6 +154,8 @@ class QueueService:
             connection.ended()
 
     def attach(self, client_id: bytes, connection: "_Connection", held: list[str]) -> _ClientState:
+        """A session said HELLO as `client_id`: its state (new, or resumed, releasing the
+        locks it does not list in `held`)."""
         state = self.clients.get(client_id)
         if state is None:
             state = self.clients[client_id] = _ClientState(client_id)
@@ -174,6 +176,7 @@ class QueueService:
         return state
 
     def detach(self, state: _ClientState, connection: "_Connection") -> None:
+        """The session ended: the client has `client_grace` seconds to come back."""
         if state.connection is not connection:
             return
         state.connection = None

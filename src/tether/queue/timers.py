@@ -18,6 +18,8 @@ log = logging.getLogger("tether.queue")
 
 
 class TimerTarget(Protocol):
+    """What DeadlineScheduler wakes: a queue."""
+
     def on_timer(self, now: float) -> None: ...
 
 
