@@ -110,3 +110,12 @@ def test_remote_addresses():
                 "tether://h:7601/a;zz", "tether://h:99999/q", "tether://h:7601/q?x=1"):
         with pytest.raises(ValueError, match="bad queue address"):
             parse_remote(bad)
+
+
+def test_max_message_size_is_bounded():
+    # one record must hold a batch of them: an unbounded size could stop the durable store
+    from tether.queue.settings import MAX_MESSAGE_SIZE_LIMIT
+    limit = MAX_MESSAGE_SIZE_LIMIT
+    assert QueueSettings.from_kwargs(max_message_size=limit).max_message_size == limit
+    with pytest.raises(ValueError, match="max_message_size must be <="):
+        QueueSettings.from_kwargs(max_message_size=limit + 1)

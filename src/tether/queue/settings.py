@@ -24,6 +24,10 @@ DEAD_LETTER_SYSTEM = "system"
 SYSTEM_DEAD_LETTER_QUEUE = "$dead"
 
 
+# A message must fit a journal record (4 GiB length field) many times over in one batch, and
+# the session that carries it remotely (tether.session.settings.MAX_MESSAGE_SIZE_LIMIT).
+MAX_MESSAGE_SIZE_LIMIT = 16 * 1024 * 1024
+
 @dataclass(frozen=True, slots=True)
 class QueueSettings:
     """The validated settings of one queue."""
@@ -59,7 +63,8 @@ class QueueSettings:
             retry_cycle_delay=_seconds("retry_cycle_delay", values["retry_cycle_delay"], allow_zero=True),
             receive_error_handling=_choice("receive_error_handling", values["receive_error_handling"],
                                            RECEIVE_ERROR_HANDLING),
-            max_message_size=_count("max_message_size", values["max_message_size"], minimum=1),
+            max_message_size=_count("max_message_size", values["max_message_size"], minimum=1,
+                                    maximum=MAX_MESSAGE_SIZE_LIMIT),
             validity_duration=_seconds("validity_duration", values["validity_duration"], allow_zero=False),
             max_length=(None if values["max_length"] is None
                         else _count("max_length", values["max_length"], minimum=1)),
@@ -109,11 +114,13 @@ def _seconds(name: str, value: Any, *, allow_none: bool = False, allow_zero: boo
     return seconds
 
 
-def _count(name: str, value: Any, *, minimum: int) -> int:
+def _count(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"queue setting {name} must be an integer, not {value!r}")
     if value < minimum:
         raise ValueError(f"queue setting {name} must be >= {minimum}, not {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"queue setting {name} must be <= {maximum}, not {value!r}")
     return value
 
 
