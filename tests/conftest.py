@@ -25,3 +25,16 @@ def pytest_asyncio_loop_factories(config, item):
     import uvloop
 
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(params=["memory", "durable"])
+async def qm(request, tmp_path):
+    """A queue manager, in memory and journal-backed (each test runs on both)."""
+    import tether
+
+    data_dir = None if request.param == "memory" else tmp_path / "qm"
+    manager = await tether.QueueManager.open(data_dir)
+    try:
+        yield manager
+    finally:
+        await manager.close()

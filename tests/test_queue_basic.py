@@ -12,16 +12,6 @@ import tether
 from tether import LockLost, MessageTooLarge, QueueExists, QueueFull, QueueNotFound
 
 
-@pytest.fixture(params=["memory", "durable"])
-async def qm(request, tmp_path):
-    data_dir = None if request.param == "memory" else tmp_path / "qm"
-    manager = await tether.QueueManager.open(data_dir)
-    try:
-        yield manager
-    finally:
-        await manager.close()
-
-
 async def test_fifo_and_message_fields(qm):
     await qm.create_queue("orders")
     ids = [await qm.send("orders", b"m%d" % i, headers={"n": i}) for i in range(20)]

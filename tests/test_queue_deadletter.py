@@ -8,18 +8,7 @@ import asyncio
 
 import pytest
 
-import tether
 from tether import PoisonMessage
-
-
-@pytest.fixture(params=["memory", "durable"])
-async def qm(request, tmp_path):
-    data_dir = None if request.param == "memory" else tmp_path / "qm"
-    manager = await tether.QueueManager.open(data_dir)
-    try:
-        yield manager
-    finally:
-        await manager.close()
 
 
 async def wait_for_info(qm, name, key, value, timeout=3.0):

@@ -9,16 +9,6 @@ import tether
 from tether import QueueFull, TransactionError
 
 
-@pytest.fixture(params=["memory", "durable"])
-async def qm(request, tmp_path):
-    data_dir = None if request.param == "memory" else tmp_path / "qm"
-    manager = await tether.QueueManager.open(data_dir)
-    try:
-        yield manager
-    finally:
-        await manager.close()
-
-
 async def test_commit_moves_atomically(qm):
     await qm.create_queue("orders")
     await qm.create_queue("billing")
