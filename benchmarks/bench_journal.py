@@ -16,7 +16,7 @@ import pytest
 import uvloop
 
 from tether.bench.fsync_baseline import fdatasync_baseline
-from tether.queue.journal import Journal
+from tether.queue.store.journal import Journal
 
 APPENDERS = 64
 RECORD_SIZE = 64

@@ -1,4 +1,4 @@
-"""The journal (tether.queue.journal): round trips, fsync policies, group commit, segment
+"""The journal (tether.queue.store.journal): round trips, fsync policies, group commit, segment
 rollover, rewrite, and recovery from damaged files. Crash tests are in test_journal_crash."""
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tether.errors import JournalCorrupt, QueueError
-from tether.queue import segment as seg
-from tether.queue.journal import Journal
-from tether.queue.segment import HEADER_SIZE, RECORD_HEADER_SIZE
+from tether.queue.store import segment as seg
+from tether.queue.store.journal import Journal
+from tether.queue.store.segment import HEADER_SIZE, RECORD_HEADER_SIZE
 
 LOGGER = "tether.journal"
 

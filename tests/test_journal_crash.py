@@ -20,11 +20,11 @@ import time
 import pytest
 
 import tether
-from tether.queue.journal import Journal
+from tether.queue.store.journal import Journal
 
 CHILD = r"""
 import asyncio, itertools, sys
-from tether.queue.journal import Journal
+from tether.queue.store.journal import Journal
 
 directory, run, loop_name, policy, rewrite = sys.argv[1:6]
 

@@ -68,7 +68,7 @@ class DurableStore:
                    fsync_interval: float = 0.05, segment_size: int = 64 * 1024 * 1024,
                    compact_ratio: float = 4.0, compact_min_bytes: int = 16 * 1024 * 1024) -> "DurableStore":
         """Open (recovering) the journal in `directory`."""
-        from .journal import Journal
+        from .store.journal import Journal
 
         if not compact_ratio > 1:
             raise ValueError(f"compact_ratio must be > 1, not {compact_ratio!r}")

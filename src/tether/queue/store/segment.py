@@ -24,7 +24,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from ..errors import JournalCorrupt
+from ...errors import JournalCorrupt
 
 MAGIC = b"TJNL"
 VERSION = 1

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
-from ..errors import QueueError
+from ...errors import QueueError
 from .group_commit import GroupCommit
 from .segment import (
     HEADER_SIZE,
