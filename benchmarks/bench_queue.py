@@ -39,7 +39,7 @@ def test_volatile_send_receive_complete_10k(benchmark):
 async def _durable_sends(directory: str, per_task: int) -> tuple[float, float]:
     async with QueueManager.open(directory) as qm:
         await qm.create_queue("b")
-        journal = qm._store.journal
+        journal = qm.operations.store.journal
 
         async def sender() -> None:
             for _ in range(per_task):

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import tether
+from tether.queue.core.settings import QueueSettings
 
 pytestmark = pytest.mark.fault
 
@@ -111,21 +112,21 @@ async def test_a_stalled_target_does_not_poison_the_transmission_queue(tmp_path,
     config = tmp_path / "target.toml"
     config.write_text(f'data_dir = "{tmp_path / "target"}"\nlisten = "{url}"\n[queues.orders]\n')
     monkeypatch.setattr("tether.queue.forwarder.LOCK_RENEW_EVERY", 0.05)
+    # a short peek-lock, so the stall outlasts it, and the first expired one would poison
+    monkeypatch.setattr("tether.queue.core.system_queues.TRANSMISSION_SETTINGS",
+                        QueueSettings(receive_error_handling="move", validity_duration=0.3,
+                                      receive_retry_count=0, max_retry_cycles=0))
     proc = await _start_target(config)
     try:
         async with tether.QueueManager.open(tmp_path / "a") as a:
             await a.send(address, b"first")
             while (await _target_depth(url)) != 1:
                 await asyncio.sleep(0.05)
-            xmit = a._queues[f"$xmit:127.0.0.1:{port}"]
-            xmit._validity = 0.3            # a short peek-lock, so the stall outlasts it
             proc.send_signal(signal.SIGSTOP)
             ids = [await a.send(address, b"%d" % i) for i in range(20)]
             await asyncio.sleep(1.5)        # five lock lifetimes
             info = await a.queue_info(f"$xmit:127.0.0.1:{port}")
-            assert info.poison == 0 and info.retrying == 0
-            held = list(xmit.messages())
-            assert len(held) == 20 and all(m.attempts == 0 for m in held), "a held lock expired"
+            assert (info.in_flight, info.poison, info.retrying) == (20, 0, 0), "a held lock expired"
             proc.send_signal(signal.SIGCONT)
             while (await _target_depth(url)) != 21:
                 await asyncio.sleep(0.05)

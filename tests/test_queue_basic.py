@@ -42,7 +42,7 @@ async def test_receive_times_out_with_none(qm):
     start = loop.time()
     assert await qm.receive("q", timeout=0.05) is None
     assert loop.time() - start >= 0.04
-    assert len(qm._queues["q"].waiters) == 0
+    assert (await qm.queue_info("q")).waiting == 0
 
 
 async def test_waiting_receivers_are_served_in_arrival_order(qm):
@@ -253,7 +253,7 @@ async def test_nan_receive_timeout_is_refused_and_leaves_no_waiter(qm):
     await qm.create_queue("q")
     with pytest.raises(ValueError, match="timeout"):
         await qm.receive("q", timeout=float("nan"))
-    assert len(qm._queues["q"].waiters) == 0
+    assert (await qm.queue_info("q")).waiting == 0
     await qm.send("q", b"x")
     m = await qm.receive("q", timeout=0)    # not swallowed by a forgotten waiter
     assert m is not None and m.body == b"x"

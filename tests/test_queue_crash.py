@@ -57,8 +57,8 @@ CHILD = textwrap.dedent("""
             seen = 0
             while True:
                 await asyncio.sleep(0.01)
-                if qm._store.compactions != seen:
-                    seen = qm._store.compactions
+                if qm.operations.store.compactions != seen:
+                    seen = qm.operations.store.compactions
                     say(f"K {seen}")
 
         say("ready")
@@ -118,8 +118,10 @@ def _started(log_path: str) -> bool:
 async def contents(directory) -> list[tuple[str, bytes]]:
     """(id, body) of every message in queue q, in flight or not."""
     async with tether.QueueManager.open(directory) as qm:
-        queue = qm._queues["q"]
-        return [(m.id, m.body) for m in queue.messages()]
+        out = []
+        while (m := await qm.receive("q", timeout=0)) is not None:
+            out.append((m.id, m.body))      # locked, never completed: nothing changes on disk
+        return out
 
 
 def test_sigkill_under_concurrent_sends_loses_nothing_acknowledged(tmp_path):

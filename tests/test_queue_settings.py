@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import pytest
 
-from tether.queue.address import parse_remote, split_subqueue, validate_queue_name
-from tether.queue.poison import POISON, RETRY_LATER, RETRY_NOW, after_failure
-from tether.queue.settings import QueueSettings
+from tether.queue.core.address import parse_remote, split_subqueue, validate_queue_name
+from tether.queue.core.retry_rule import POISON, RETRY_LATER, RETRY_NOW, after_failure
+from tether.queue.core.settings import QueueSettings
 
 
 def test_defaults_follow_the_design_table():
@@ -114,7 +114,7 @@ def test_remote_addresses():
 
 def test_max_message_size_is_bounded():
     # one record must hold a batch of them: an unbounded size could stop the durable store
-    from tether.queue.settings import MAX_MESSAGE_SIZE_LIMIT
+    from tether.queue.core.settings import MAX_MESSAGE_SIZE_LIMIT
     limit = MAX_MESSAGE_SIZE_LIMIT
     assert QueueSettings.from_kwargs(max_message_size=limit).max_message_size == limit
     with pytest.raises(ValueError, match="max_message_size must be <="):

@@ -157,7 +157,7 @@ async def test_commit_is_one_record_and_survives_restart(tmp_path):
     await qm.create_queue("b")
     await qm.send("a", b"1")
     await qm.send("a", b"2")
-    journal = qm._store.journal
+    journal = qm.operations.store.journal
     before = journal.record_count
     async with qm.transaction() as tx:
         for _ in range(2):

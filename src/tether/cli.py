@@ -5,12 +5,12 @@ Errors print one clear line to stderr and exit non-zero; never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import sys
 from typing import Sequence
 
 from .errors import TetherError
+from .runner import new_loop_runner
 
 # `tether bench KIND`: module with configure(parser) and async run(args, progress) -> list[Result]
 BENCH_KINDS = {
@@ -54,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
             _output_options(p, argparse.SUPPRESS)  # accepted after the kind too
     _output_options(bench, False)
 
-    if _available("tether.queue.service"):
+    if _available("tether.queue.serve_command"):
         qm = sub.add_parser("qm", help="queue manager service")
         qm_sub = qm.add_subparsers(dest="qm_command", required=True)
         serve = qm_sub.add_parser("serve", help="run a queue manager service")
-        importlib.import_module("tether.queue.service").configure(serve)
+        importlib.import_module("tether.queue.serve_command").configure(serve)
 
     for name, (module, help_text) in COMMANDS.items():
         if _available(module):
@@ -93,24 +93,16 @@ async def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_loop_runner():
-    try:
-        import uvloop
-    except ImportError:  # uvloop is a dependency; plain asyncio still works without it
-        return asyncio.run
-    return uvloop.run
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tether` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    run = _new_loop_runner()
+    run = new_loop_runner()
     try:
         if args.command == "bench":
             return run(_run_bench(args))
         if args.command == "qm":
-            return importlib.import_module("tether.queue.service").main(args)
+            return importlib.import_module("tether.queue.serve_command").main(args)
         module = importlib.import_module(COMMANDS[args.command][0])
         return getattr(module, f"main_{args.command}")(args)
     except KeyboardInterrupt:

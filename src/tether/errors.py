@@ -149,9 +149,33 @@ class LockLost(QueueError):
 
 
 class JournalCorrupt(QueueError):
-    """The journal cannot be recovered."""
+    """The journal is damaged beyond a torn tail; nothing was changed (see `tether qm check`)."""
 
     code = "journal-corrupt"
+
+
+class StorageError(QueueError):
+    """The queue store could not write: the operation did not take effect."""
+
+    code = "storage-error"
+
+
+class QueueUnavailable(QueueError):
+    """The queue manager could not be reached within the request timeout."""
+
+    code = "queue-unavailable"
+
+
+class ProducerFenced(QueueError):
+    """A newer instance of this producer (the same client id) connected: this one is fenced off."""
+
+    code = "producer-fenced"
+
+
+class QueueMessageTooLarge(MessageTooLarge, QueueError):
+    """A message (or its headers) is larger than the queue's max_message_size."""
+
+    code = "message-too-large"
 
 
 __all__ = [n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, TetherError)]

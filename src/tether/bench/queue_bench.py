@@ -155,7 +155,7 @@ async def _run_mode(mode: str, size_name: str, size: int, args: argparse.Namespa
     count = args.count
     async with QueueManager.open(data_dir, fsync=args.fsync) as qm:
         await qm.create_queue("bench", durable=(mode == "durable"))
-        journal = getattr(qm._store, "journal", None)
+        journal = getattr(qm.operations.store, "journal", None)
         batches_before = journal.batch_count if journal is not None else 0
         send_s, send_lat = await _phase(f"{mode} {size_name} send", args.senders, count, qm, body, progress)
         batches = (journal.batch_count - batches_before) if journal is not None else 0

@@ -14,11 +14,13 @@ import asyncio
 import base64
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from ..errors import TetherError
-from .address import split_subqueue, validate_queue_name
+from ..runner import new_loop_runner
+from .core.address import split_subqueue, validate_queue_name
 
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
@@ -76,10 +78,8 @@ def configure_queues(parser: argparse.ArgumentParser) -> None:
 
 def _run(work: Callable[[], Awaitable[int]]) -> int:
     """Run `work` and turn every failure into one line and a non-zero status."""
-    from ..cli import _new_loop_runner
-
     try:
-        return _new_loop_runner()(work())
+        return new_loop_runner()(work())
     except KeyboardInterrupt:
         print("tether: interrupted", file=sys.stderr)
         return 130
@@ -167,10 +167,21 @@ def _as_json(message: Any) -> dict:
         encoding = "utf-8"
     except UnicodeDecodeError:
         body, encoding = base64.b64encode(message.body).decode(), "base64"
-    return {"id": message.id, "body": body, "body_encoding": encoding, "headers": message.headers,
+    return {"id": message.id, "body": body, "body_encoding": encoding, "headers": _jsonable(message.headers),
             "delivery_count": message.delivery_count, "enqueued_at": message.enqueued_at,
             "expires_at": message.expires_at, "dead_letter_reason": message.dead_letter_reason,
             "dead_letter_source": message.dead_letter_source}
+
+
+def _jsonable(value: Any) -> Any:
+    """Read-only header maps and tuples as JSON objects and arrays (bytes as base64)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
 
 
 def main_queues(args: argparse.Namespace) -> int:

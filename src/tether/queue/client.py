@@ -8,42 +8,51 @@
 
 Requests travel over one reliable session (protocol.py); concurrent calls share frames, so
 a round trip is paid per batch, not per message. Receiving is credit-based: the first
-`receive()` of a queue subscribes with `prefetch` credits, the service delivers at most that
-many messages ahead (each peek-locked), and every message taken returns one credit, so a
-slow consumer is never flooded.
+`receive()` of a queue subscribes with `prefetch` credits, the service delivers at most
+that many messages ahead (each peek-locked), and every message taken returns one credit.
 
-After the session is lost (service restarted, network down longer than the session
-survives) the client reconnects with capped backoff, says HELLO with the same client id
-and the locks it still holds, re-subscribes its consumers and resends every request still
-unanswered. Sends carry ids chosen here and the service de-duplicates them, so a resent
-send is queued once. A lock the service no longer knows (it restarted, or the lock
-expired) makes complete()/abandon() raise LockLost; the message is redelivered, not lost.
+The client is an idempotent producer: its `client_id` (stable if you give one) names it to
+the service, which gives it an epoch and the next sequence to number its sends with. After
+the session is lost (service restarted, network down) the client reconnects with capped
+backoff, says HELLO with the same id and epoch and the locks it still holds, re-subscribes
+and resends every request still unanswered: a resent send is queued once. A client started
+again with the same `client_id` continues the sequence (nothing it sends collides with its
+earlier life) and fences the earlier instance if that one still runs (ProducerFenced).
+
+While the service is unreachable, every call waits at most `request_timeout` seconds, then
+raises QueueUnavailable (a send's outcome is then unknown: it may have been queued); a
+`receive(timeout=t)` returns by `t` whatever the connection does.
 """
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import math
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from types import TracebackType
-from typing import Any, Generator
+from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import (LockLost, MessageTooLarge, ProtocolError, QueueError, SequenceClosed, TetherError,
-                      TransactionError)
+from ..errors import (
+    LockLost, ProducerFenced, ProtocolError, QueueError, QueueMessageTooLarge, QueueUnavailable, TetherError,
+    TransactionError,
+)
 from . import protocol as P
-from .info import QueueInfo
-from .manager import check_headers
-from .message import LOCKED, Message
-from .settings import QueueSettings
+from .backoff import Backoff
+from .core.headers import encode_headers
+from .core.info import QueueInfo
+from .core.settings import QueueSettings
+from .message import Message
+from .opening import Opening
 
 log = logging.getLogger("tether.queue.client")
 
 RECONNECT_FIRST = 0.05
 RECONNECT_CAP = 2.0     # never more than this between reconnect attempts
 DEFAULT_PREFETCH = 16
+DEFAULT_REQUEST_TIMEOUT = 30.0
 # requests that only mean something to the service process that saw the lock or transaction
 _NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_ROLLBACK)
 
@@ -68,6 +77,23 @@ def service_url(url: str) -> str:
         raise ValueError(f"bad queue manager URL {url!r}: tcp:// takes no path")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"tcp://{host}:{port}"
+
+
+def _seconds_or_none(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number of seconds > 0 (or None), not {value!r}")
+    return float(value)
+
+
+class _Request:
+    __slots__ = ("item", "future", "deadline")
+
+    def __init__(self, item: list, future: asyncio.Future, deadline: float) -> None:
+        self.item = item
+        self.future = future
+        self.deadline = deadline
 
 
 class _Consumer:
@@ -106,81 +132,100 @@ class _Consumer:
 class QueueClient:
     """A connection to a queue manager service. Create with `await QueueClient.connect(url)`."""
 
-    def __init__(self, url: str, *, prefetch: int, connect_timeout: float,
+    def __init__(self, url: str, *, prefetch: int, connect_timeout: float, request_timeout: float | None,
                  session_settings: dict[str, Any], client_id: bytes | None = None) -> None:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 65536:
             raise ValueError(f"prefetch must be an integer 1..65536, not {prefetch!r}")
-        if not connect_timeout > 0:
-            raise ValueError(f"connect_timeout must be > 0 seconds, not {connect_timeout!r}")
+        if _seconds_or_none("connect_timeout", connect_timeout) is None:
+            raise ValueError("connect_timeout must be a finite number of seconds > 0, not None")
+        if client_id is not None and not (isinstance(client_id, bytes) and 8 <= len(client_id) <= 64):
+            raise ValueError(f"client_id must be 8..64 bytes, not {client_id!r}")
         self.url = service_url(url)
         self.prefetch = prefetch
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = float(connect_timeout)
+        self.request_timeout = _seconds_or_none("request_timeout", request_timeout)
         self._session_settings = dict(P.SESSION_SETTINGS)
         self._session_settings.update(session_settings)
         self._loop = asyncio.get_running_loop()
-        if client_id is not None and not (isinstance(client_id, bytes) and 8 <= len(client_id) <= 64):
-            raise ValueError(f"client_id must be 8..64 bytes, not {client_id!r}")
-        self._client_id = client_id if client_id is not None else os.urandom(16)
-        self._id_prefix = self._client_id.hex()[:16] + "-"
-        self._ids = itertools.count(1)
-        self._rids = itertools.count(1)
-        self._consumer_ids = itertools.count(1)
+        self.client_id = client_id if client_id is not None else os.urandom(16)
+        self.epoch = 0                 # the producer epoch the service gave us (0: not yet)
+        self._next_sequence = 0
+        self._unanswered: OrderedDict[int, None] = OrderedDict()   # send sequences awaiting a reply
+        self._floor_sent = 0
+        self._rids = 0
+        self._consumer_ids = 0
         self._session: Any = None
         self._connected = False
-        self._pending: dict[int, tuple[list, asyncio.Future]] = {}
+        self._disconnected_at: float | None = None
+        self._pending: dict[int, _Request] = {}
         self._out: list = []
         self._out_bytes = 0
         self._flush_scheduled = False
         self._consumers: dict[str, _Consumer] = {}
         self._by_consumer_id: dict[int, _Consumer] = {}
-        self._locks: dict[str, Message] = {}      # received (buffered or handed out), unsettled
-        self._forget: list[str] = []              # answered send ids the service may forget
+        self._locks: dict[int, Message] = {}      # lock tag -> received message, unsettled
         self._reader: asyncio.Task | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
-        self._error: BaseException | None = None
+        self._fatal: BaseException | None = None
         self.reconnects = 0
         self.max_frame_bytes = P.FRAME_BYTES
 
     @classmethod
     def connect(cls, url: str, *, prefetch: int = DEFAULT_PREFETCH, connect_timeout: float = 10.0,
-                client_id: bytes | None = None, **session_settings: Any) -> "_Connecting":
+                request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT, client_id: bytes | None = None,
+                **session_settings: Any) -> "Opening[QueueClient]":
         """Connect to the queue manager service at `url` (tcp://HOST:PORT). Await it, or use
         it as an async context manager (closed on exit). `prefetch`: messages a consumer may
-        hold ahead of receive(). Raises OSError / RetryLimitExceeded when nothing answers,
-        ProtocolError when what answers is not a queue manager of this protocol version.
-        `client_id` (8..64 bytes, default random) names this client to the service across
-        sessions; a queue manager's forwarder uses a stable one (its rejects come back to it)."""
-        return _Connecting(cls, url, prefetch, connect_timeout, session_settings, client_id)
+        hold ahead of receive(). `request_timeout`: the longest any call waits while the
+        service does not answer (then QueueUnavailable; None: no limit). `client_id` (8..64
+        bytes, default random) names this client, as a producer, across sessions and
+        restarts. Raises OSError / RetryLimitExceeded when nothing answers, ProtocolError
+        when what answers is not a queue manager of this protocol version."""
+        async def opening() -> QueueClient:
+            client = cls(url, prefetch=prefetch, connect_timeout=connect_timeout, request_timeout=request_timeout,
+                         session_settings=session_settings, client_id=client_id)
+            await client._open()
+            return client
+
+        return Opening(opening, QueueClient.close)
 
     # ---- the session ----
 
     async def _open(self) -> None:
-        await self._new_session(first=True)
+        await self._new_session()
         self._reader = self._loop.create_task(self._read_loop())
 
-    async def _new_session(self, first: bool) -> None:
+    async def _new_session(self) -> None:
         from ..session.api import connect
 
         session = await connect(self.url, connect_timeout=self.connect_timeout, **self._session_settings)
         try:
             # HELLO alone first: whether the service still knows us decides what to resend
-            hello = [P.HELLO, next(self._rids), P.VERSION, self._client_id, list(self._locks)]
+            self._rids += 1
+            hello = [P.HELLO, self._rids, P.VERSION, self.client_id, self.epoch, list(self._locks)]
             self._out, self._out_bytes = [], 0
             session.send_nowait([P.encode([hello])])
-            reply = await asyncio.wait_for(self._read_hello(session, hello[1]), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                reply = await self._read_hello(session, hello[1])
         except BaseException:
             session.abort("queue protocol handshake failed")
             raise
         self.max_frame_bytes = min(P.FRAME_BYTES, int(reply.get("max_frame_bytes", P.FRAME_BYTES)) // 2)
         resumed = bool(reply.get("resumed"))
+        self.epoch = int(reply["epoch"])
+        self._next_sequence = max(self._next_sequence, int(reply["next_sequence"]))
         self._session = session
         self._connected = True
+        self._disconnected_at = None
+        self._floor_sent = 0        # tell the (maybe restarted) service again
         for consumer in self._consumers.values():
             if consumer.subscribed or consumer.granted:
                 consumer.granted = max(0, self.prefetch - len(consumer.buffer))
                 consumer.owed = 0
                 self._send([P.SUBSCRIBE, 0, consumer.consumer_id, consumer.queue, consumer.granted])
-        for rid, (item, future) in list(self._pending.items()):
+        for rid, request in list(self._pending.items()):
+            item, future = request.item, request.future
             op = item[0]
             if op == P.SUBSCRIBE:       # every consumer was re-subscribed above
                 self._pending.pop(rid)
@@ -197,8 +242,7 @@ class QueueClient:
                     future.set_exception(error)
             else:
                 self._send(item)
-        if self._out:
-            self._schedule_flush()
+        self._schedule_flush()
 
     async def _read_hello(self, session: Any, rid: int) -> dict:
         """Read until HELLO's answer, dispatching whatever comes with it."""
@@ -210,14 +254,15 @@ class QueueClient:
                                     f"handshake ({exc}); is it a tether queue manager?") from None
             answer = None
             for frame in frames:
-                items = self._decode(frame)
-                for item in items:
+                for item in self._decode(frame):
                     if item[0] in (P.REPLY, P.ERROR) and item[1] in (rid, 0) and answer is None:
                         if item[0] == P.ERROR:
                             raise P.error_from_code(item[2], item[3])
-                        if not isinstance(item[2], dict):
-                            raise ProtocolError(f"{self.url}: HELLO answered with {item[2]!r:.60}")
-                        answer = item[2]
+                        value = item[2]
+                        if not isinstance(value, dict) or not isinstance(value.get("epoch"), int) \
+                                or not isinstance(value.get("next_sequence"), int):
+                            raise ProtocolError(f"{self.url}: HELLO answered with {value!r:.80}")
+                        answer = value
                         if not answer.get("resumed") and self._locks:
                             self._forget_locks()
                     else:
@@ -230,7 +275,7 @@ class QueueClient:
         redelivered), so complete()/abandon() of them must raise LockLost, and the
         prefetched ones are dropped (their credit is given again)."""
         for message in self._locks.values():
-            message._owner = None
+            message._settler = None
         self._locks.clear()
         for consumer in self._consumers.values():
             consumer.owed += len(consumer.buffer)
@@ -262,22 +307,41 @@ class QueueClient:
             if self._closing:
                 return
             await self._reconnect(reason)
+            if self._fatal is not None:
+                return
 
     async def _reconnect(self, reason: BaseException) -> None:
         self._connected = False
+        self._disconnected_at = time.monotonic()
+        self._arm_sweeper()
         log.warning("queue manager session to %s lost (%s); reconnecting", self.url, reason)
-        delay = RECONNECT_FIRST
+        backoff = Backoff(RECONNECT_FIRST, RECONNECT_CAP)
         while not self._closing:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff.next())
             try:
-                await self._new_session(first=False)
+                await self._new_session()
+            except ProducerFenced as exc:
+                log.error("queue client %s: %s", self.client_id.hex()[:12], exc)
+                self._fail_everything(exc)
+                return
             except (OSError, TetherError, asyncio.TimeoutError) as exc:
                 log.info("reconnect to %s failed: %s", self.url, exc)
-                delay = min(delay * 2, RECONNECT_CAP)
                 continue
             self.reconnects += 1
             log.info("reconnected to %s", self.url)
             return
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """A fatal error (fenced): every call fails with it, now and later."""
+        self._fatal = error
+        for request in self._pending.values():
+            if not request.future.done():
+                request.future.set_exception(error)
+                request.future.exception()
+        self._pending.clear()
+        for consumer in self._consumers.values():
+            consumer.error = error
+            consumer.wake_all()
 
     def _dispatch(self, item: list) -> None:
         op = item[0]
@@ -285,21 +349,22 @@ class QueueClient:
             consumer = self._by_consumer_id.get(item[1])
             message = self._message(item[2], item[3])
             if consumer is None:
-                self._send([P.RELEASE, 0, [message.id]])
+                self._locks.pop(message._tag, None)
+                self._send([P.RELEASE, 0, [message._tag]])
                 return
             consumer.granted -= 1
             consumer.buffer.append(message)
             consumer.wake()
         elif op == P.REPLY or op == P.ERROR:
-            entry = self._pending.pop(item[1], None)
-            if entry is None:
+            request = self._pending.pop(item[1], None)
+            if request is None:
                 if op == P.ERROR and item[1] == 0:
                     log.error("the queue manager at %s reported: %s", self.url, item[3])
                 return
-            request, future = entry
-            if op == P.REPLY and request[0] == P.SEND:
-                self._forget.append(request[6])     # answered: it is never resent
-                self._schedule_flush()
+            sent = request.item
+            if sent[0] == P.SEND or sent[0] == P.FORWARD:
+                self._answered(sent)
+            future = request.future
             if future.done():
                 return
             if op == P.REPLY:
@@ -314,22 +379,35 @@ class QueueClient:
                 consumer.error = P.error_from_code(item[2], item[3])
                 consumer.wake_all()
 
+    def _answered(self, item: list) -> None:
+        """A send (or forward) was answered: it will never be resent; the floor may rise."""
+        if item[0] == P.SEND:
+            self._unanswered.pop(item[6], None)
+            self._schedule_flush()
+
     def _message(self, fields: list, validity: float) -> Message:
-        message = Message(fields[0], fields[1], fields[2], fields[3], fields[4], fields[5], fields[6], fields[7])
-        message._owner = self
-        message._state = LOCKED
+        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence = fields
+        message = Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
+                          sequence=sequence)
+        message._settler = self
+        message._tag = tag
         message._lock_deadline = time.time() + validity
-        self._locks[message.id] = message
+        self._locks[tag] = message
         return message
 
     # ---- requests ----
 
     def _check_open(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
         if self._closing:
             raise QueueError("the queue client is closed")
 
-    def _request(self, item: list) -> asyncio.Future:
-        rid = next(self._rids)
+    def _request(self, item: list, wait: float | None = 0.0) -> asyncio.Future:
+        """Send a request; a future for its reply. It fails with QueueUnavailable after
+        request_timeout (+ `wait`, the request's own waiting time; None: no limit)."""
+        self._rids += 1
+        rid = self._rids
         item[1] = rid
         try:
             # checked here, as the service will: a malformed item makes the service abort
@@ -338,10 +416,49 @@ class QueueClient:
         except ProtocolError as exc:
             raise ValueError(str(exc)) from None
         future = self._loop.create_future()
-        self._pending[rid] = (item, future)
+        deadline = math.inf
+        if self.request_timeout is not None and wait is not None:
+            deadline = time.monotonic() + self.request_timeout + wait
+        self._pending[rid] = _Request(item, future, deadline)
+        if deadline < math.inf:
+            self._arm_sweeper()
         if self._connected:
             self._send(item)
         return future
+
+    def _arm_sweeper(self) -> None:
+        if self._sweeper is None and self.request_timeout is not None and not self._closing:
+            self._sweeper = self._loop.call_later(max(0.05, self.request_timeout / 10), self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail requests past their deadline, and receivers waiting while the service has
+        been unreachable for request_timeout, with QueueUnavailable."""
+        self._sweeper = None
+        now = time.monotonic()
+        for rid in [rid for rid, r in self._pending.items() if r.deadline <= now]:
+            request = self._pending.pop(rid)
+            if request.item[0] == P.SEND:
+                self._unanswered.pop(request.item[6], None)
+            if not request.future.done():
+                request.future.set_exception(QueueUnavailable(
+                    f"no answer from the queue manager at {self.url} within {self.request_timeout:g} s"
+                    + ("" if self._connected else " (it is unreachable)")))
+                request.future.exception()
+        if not self._connected and self._disconnected_at is not None \
+                and now - self._disconnected_at >= self.request_timeout:
+            for consumer in self._consumers.values():
+                consumer.wake_all()     # their receive() sees the outage and raises
+        if (self._pending and any(r.deadline < math.inf for r in self._pending.values())) or not self._connected:
+            self._arm_sweeper()
+
+    def _unavailable(self) -> QueueUnavailable | None:
+        """The error a waiting receiver gets when the service has been unreachable too long."""
+        if self._connected or self._disconnected_at is None or self.request_timeout is None:
+            return None
+        if time.monotonic() - self._disconnected_at < self.request_timeout:
+            return None
+        return QueueUnavailable(f"the queue manager at {self.url} has been unreachable for "
+                                f"{self.request_timeout:g} s")
 
     def _send(self, item: list) -> None:
         self._out.append(item)
@@ -365,9 +482,10 @@ class QueueClient:
                 consumer.owed = 0
         if not self._connected:
             return
-        if self._forget:
-            self._out.append([P.FORGET, 0, self._forget])
-            self._forget = []
+        floor = next(iter(self._unanswered), self._next_sequence)
+        if floor > self._floor_sent:
+            self._out.append([P.SETTLED, 0, floor])
+            self._floor_sent = floor
         if not self._out:
             return
         out, self._out, self._out_bytes = self._out, [], 0
@@ -389,7 +507,7 @@ class QueueClient:
         self._check_open()
         await self._request([P.DELETE, 0, name])
 
-    def _send_item(self, address: str, body: Any, headers: dict | None, time_to_live: float | None) -> list:
+    def _send_item(self, address: str, body: Any, headers: Any, time_to_live: float | None) -> list:
         if not isinstance(address, str):
             raise TypeError(f"queue address must be a string, not {address!r}")
         if body.__class__ is not bytes:
@@ -398,41 +516,68 @@ class QueueClient:
             body = bytes(body)
         limit = self._session_settings["max_message_size"] - 4096
         if len(body) > limit:
-            raise MessageTooLarge(f"message of {len(body)} bytes is over the protocol's limit of {limit} bytes")
+            raise QueueMessageTooLarge(f"message of {len(body)} bytes is over the protocol's limit of {limit} bytes")
         if headers is not None:
-            check_headers(headers)      # one that cannot be encoded would lose its whole frame
+            # checked as the service will check them: one it refuses would cost a round trip
+            encode_headers(headers, limit)
+            headers = dict(headers)
         if time_to_live is not None and (isinstance(time_to_live, bool) or not isinstance(time_to_live, (int, float))):
             raise TypeError(f"time_to_live must be a number of seconds, not {time_to_live!r}")
-        return [P.SEND, 0, address, body, headers, time_to_live, f"{self._id_prefix}{next(self._ids):x}"]
+        return [P.SEND, 0, address, body, headers, time_to_live, 0]
+
+    def _number(self, item: list) -> list:
+        sequence = self._next_sequence
+        self._next_sequence = sequence + 1
+        item[6] = sequence
+        self._unanswered[sequence] = None
+        return item
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None) -> str:
-        """Queue a message (a local queue of the service, or tether://host:port/queue for
-        its store-and-forward); returns its id once the service has it durably."""
+        """Queue a message (a local queue of the service, or tether://host:port/queue for its
+        store-and-forward); returns its id once the service has it durably. Raises as
+        QueueManager.send, and QueueUnavailable after request_timeout."""
         self._check_open()
-        return await self._request(self._send_item(address, body, headers, time_to_live))
+        item = self._send_item(address, body, headers, time_to_live)
+        return await self._request(self._number(item))
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
                         time_to_live: float | None = None) -> list[str]:
         """send() for many bodies at once (one frame where they fit); their ids, in order.
         Raises the first refusal, after every send was answered."""
         self._check_open()
-        futures = [self._request(self._send_item(address, body, headers, time_to_live)) for body in bodies]
+        items = [self._send_item(address, body, headers, time_to_live) for body in bodies]
+        futures = [self._request(self._number(item)) for item in items]
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return results
 
+    def forward(self, queue: str, sequence: int, message_id: str, body: bytes, headers: dict | None,
+                enqueued_at: float, expires_at: float | None) -> asyncio.Future:
+        """(For queue managers' forwarders.) Hand over a message of a transmission queue,
+        numbered `sequence` by it; a future for the answer (None: accepted)."""
+        self._check_open()
+        return self._request([P.FORWARD, 0, queue, sequence, message_id, body, headers, enqueued_at, expires_at])
+
+    def settled(self, floor: int) -> None:
+        """(For queue managers' forwarders.) Every sequence below `floor` is settled here."""
+        if floor > self._floor_sent and self._connected:
+            self._floor_sent = floor
+            self._send([P.SETTLED, 0, floor])
+
     async def receive(self, name: str, timeout: float | None = None) -> Message | None:
         """The next message of a queue, peek-locked: complete() or abandon() it. Waits up
-        to `timeout` seconds (None: until one comes; 0: only what is there now); None when
-        none came. Raises QueueNotFound, PoisonMessage."""
+        to `timeout` seconds (None: until one comes; 0: only what is there now) and returns
+        None when none came, by `timeout` whatever the connection does. Raises
+        QueueNotFound, PoisonMessage, QueueUnavailable (unreachable for request_timeout)."""
         self._check_open()
         if timeout is not None:
             timeout = float(timeout)
             if timeout != timeout:
                 raise ValueError("receive timeout must be a number of seconds or None, not nan")
+        deadline = None if timeout is None else self._loop.time() + max(0.0, timeout)
         consumer = self._consumers.get(name)
         if timeout is not None and timeout <= 0:
             if consumer is not None:
@@ -441,10 +586,15 @@ class QueueClient:
                     return message
             return await self._receive_now(name, 0.0)
         if consumer is None or not (consumer.subscribed or consumer.subscribing):
-            consumer = await self._subscribe(name)
+            consumer = await self._subscribe(name, deadline)
+            if consumer is None:
+                return None             # the timeout ran out while subscribing
         elif not consumer.subscribed:
-            await asyncio.shield(consumer.subscribing)      # another receive() is subscribing
-        deadline = None if timeout is None else self._loop.time() + timeout
+            # another receive() is subscribing: wait for it, no longer than our timeout
+            try:
+                await asyncio.wait_for(asyncio.shield(consumer.subscribing), self._remaining(deadline))
+            except asyncio.TimeoutError:
+                return None
         while True:
             message = self._take(consumer)
             if message is not None:
@@ -453,9 +603,11 @@ class QueueClient:
                 error, consumer.error = consumer.error, None
                 self._drop_consumer(consumer)
                 raise error
-            if self._closing:
-                raise QueueError("the queue client is closed")
-            remaining = None if deadline is None else deadline - self._loop.time()
+            self._check_open()
+            outage = self._unavailable()
+            if outage is not None:
+                raise outage
+            remaining = self._remaining(deadline)
             if remaining is not None and remaining <= 0:
                 return None
             waiter = self._loop.create_future()
@@ -470,8 +622,11 @@ class QueueClient:
                 elif not waiter.done():
                     waiter.cancel()
 
+    def _remaining(self, deadline: float | None) -> float | None:
+        return None if deadline is None else deadline - self._loop.time()
+
     async def _receive_now(self, name: str, timeout: float) -> Message | None:
-        reply = await self._request([P.RECEIVE, 0, name, timeout, 0])
+        reply = await self._request([P.RECEIVE, 0, name, timeout, 0], wait=timeout)
         if reply is None:
             return None
         return self._message(reply[0], reply[1])
@@ -486,30 +641,41 @@ class QueueClient:
             if message._lock_deadline > now:
                 return message
             # its lock expired at the service while it waited here: it is redelivered there
-            self._locks.pop(message.id, None)
-            message._owner = None
+            self._locks.pop(message._tag, None)
+            message._settler = None
         return None
 
-    async def _subscribe(self, name: str) -> _Consumer:
+    async def _subscribe(self, name: str, deadline: float | None) -> _Consumer | None:
         old = self._consumers.get(name)
         if old is not None:
             self._drop_consumer(old)
-        consumer = _Consumer(next(self._consumer_ids), name)
+        self._consumer_ids += 1
+        consumer = _Consumer(self._consumer_ids, name)
         subscribing = consumer.subscribing = self._request([P.SUBSCRIBE, 0, consumer.consumer_id, name, self.prefetch])
         self._consumers[name] = consumer
         self._by_consumer_id[consumer.consumer_id] = consumer
         consumer.granted = self.prefetch
         try:
-            await asyncio.shield(subscribing)
+            await asyncio.wait_for(asyncio.shield(subscribing), self._remaining(deadline))
+        except asyncio.TimeoutError:
+            # the subscription goes on in the background; the next receive() uses it
+            subscribing.add_done_callback(lambda f: self._subscribed(consumer, f))
+            return None
         except BaseException:
             if not subscribing.done():
                 subscribing.cancel()
             self._drop_consumer(consumer)
             raise
-        finally:
-            consumer.subscribing = None
+        consumer.subscribing = None
         consumer.subscribed = True
         return consumer
+
+    def _subscribed(self, consumer: _Consumer, future: asyncio.Future) -> None:
+        consumer.subscribing = None
+        if future.cancelled() or future.exception() is not None:
+            self._drop_consumer(consumer)
+        else:
+            consumer.subscribed = True
 
     def _drop_consumer(self, consumer: _Consumer) -> None:
         if self._consumers.get(consumer.queue) is consumer:
@@ -522,29 +688,30 @@ class QueueClient:
         consumer.buffer.clear()
 
     def _release(self, messages: Any) -> None:
-        ids = []
+        tags = []
         for message in messages:
-            if self._locks.pop(message.id, None) is not None:
-                ids.append(message.id)
-            message._owner = None
-        if ids and self._connected:
-            self._send([P.RELEASE, 0, ids])
+            if self._locks.pop(message._tag, None) is not None:
+                tags.append(message._tag)
+            message._settler = None
+        if tags and self._connected:
+            self._send([P.RELEASE, 0, tags])
 
     # Message.complete() / Message.abandon() land here
     async def complete_message(self, message: Message) -> None:
         """Remove a received message at the service. LockLost if its lock is gone."""
         self._settling(message)
-        await self._request([P.COMPLETE, 0, message.id])
+        await self._request([P.COMPLETE, 0, message._tag])
 
     async def abandon_message(self, message: Message) -> None:
-        """Give a received message back (a failed delivery, see poison.py)."""
+        """Give a received message back (a failed delivery: retried, delayed or poison)."""
         self._settling(message)
-        await self._request([P.ABANDON, 0, message.id])
+        await self._request([P.ABANDON, 0, message._tag])
 
     def _settling(self, message: Message) -> None:
-        if self._locks.pop(message.id, None) is not message:
+        self._check_open()
+        if self._locks.pop(message._tag, None) is not message:
             raise LockLost(f"message {message.id} is not locked by this client (settled, expired or released)")
-        message._owner = None
+        message._settler = None
         if message._lock_deadline <= time.time():
             raise LockLost(f"message {message.id}: the peek-lock expired (validity_duration)")
 
@@ -577,13 +744,16 @@ class QueueClient:
             self._drop_consumer(consumer)
         self._flush()
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for consumer in consumers:
             consumer.wake_all()     # a waiting receive() sees the client closed and raises
         error = QueueError("the queue client is closed")
-        for _, future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-                future.exception()
+        for request in self._pending.values():
+            if not request.future.done():
+                request.future.set_exception(error)
+                request.future.exception()
         self._pending.clear()
         if self._reader is not None:
             self._reader.cancel()
@@ -631,14 +801,12 @@ class RemoteTransaction:
             if timeout < 0:
                 timeout = 0.0       # as receive(): no wait (nan stays, and _request refuses it)
         txid = await self._id()
-        reply = await self._client._request([P.RECEIVE, 0, name, timeout, txid])
+        reply = await self._client._request([P.RECEIVE, 0, name, timeout, txid], wait=timeout)
         if reply is None:
             return None
-        fields, validity = reply
-        message = Message(fields[0], fields[1], fields[2], fields[3], fields[4], fields[5], fields[6], fields[7])
-        message._owner = self
-        message._state = LOCKED
-        message._lock_deadline = time.time() + validity
+        message = self._client._message(reply[0], reply[1])
+        self._client._locks.pop(message._tag, None)     # settled by the transaction, not by us
+        message._settler = self
         return message
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
@@ -646,7 +814,7 @@ class RemoteTransaction:
         """Like QueueClient.send(), but the message is queued only at commit. Returns its id."""
         txid = await self._id()
         item = self._client._send_item(address, body, headers, time_to_live)
-        return await self._client._request([P.TX_SEND, 0, txid, address, item[3], headers, time_to_live])
+        return await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4], time_to_live])
 
     async def commit(self) -> None:
         """Make the transaction's receives and sends take effect, atomically and durably."""
@@ -691,30 +859,3 @@ class RemoteTransaction:
         else:
             await self.rollback()
         return False
-
-
-class _Connecting:
-    """What QueueClient.connect() returns: awaitable, or an async context manager."""
-
-    def __init__(self, cls: type[QueueClient], url: str, prefetch: int, connect_timeout: float,
-                 session_settings: dict[str, Any], client_id: bytes | None) -> None:
-        self._args = (cls, url, prefetch, connect_timeout, session_settings, client_id)
-        self._client: QueueClient | None = None
-
-    async def _connect(self) -> QueueClient:
-        cls, url, prefetch, connect_timeout, session_settings, client_id = self._args
-        client = cls(url, prefetch=prefetch, connect_timeout=connect_timeout, session_settings=session_settings,
-                     client_id=client_id)
-        await client._open()
-        return client
-
-    def __await__(self) -> Generator[Any, None, QueueClient]:
-        return self._connect().__await__()
-
-    async def __aenter__(self) -> QueueClient:
-        self._client = await self._connect()
-        return self._client
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        if self._client is not None:
-            await self._client.close()

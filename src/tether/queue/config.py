@@ -9,7 +9,7 @@ whose values the command line may override.
 
     [limits]
     max_frame_bytes = 8388608                 # largest protocol frame (session message)
-    client_grace = 60.0                       # seconds a disconnected client's locks and
+    client_grace = 15.0                       # seconds a disconnected client's locks and
                                               # transactions wait for it to reconnect
 
     [queues.orders]                           # created (or checked) at start
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..session.url import parse as parse_url
-from .settings import QueueSettings
+from .core.settings import QueueSettings
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:7600"
 FSYNC_POLICIES = ("always", "interval", "never")
@@ -47,7 +47,7 @@ class ServiceConfig:
     fsync_interval: float = 0.05
     log_level: str = "INFO"
     max_frame_bytes: int = 8 * 1024 * 1024
-    client_grace: float = 60.0
+    client_grace: float = 15.0
     queues: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> "ServiceConfig":

@@ -1,26 +1,27 @@
 """The queue protocol: what a `QueueClient` (or another queue manager's forwarder) and a
-queue manager service say to each other over one reliable session.
+queue manager service say to each other over one reliable session. docs/queues.md walks
+through it; this module is its one definition.
 
 Every session message is a *frame*: a msgpack array of items, so many requests (and many
 replies, many deliveries) share one session message and one round trip. An item is an
 array whose first element is its op code:
 
     requests (client -> service), `rid` > 0 asks for a reply, 0 for none
-    [HELLO, rid, version, client_id, held_ids]          first item of a session
+    [HELLO, rid, version, client_id, epoch, held]       first item of a session
     [CREATE, rid, name, settings]                       create_queue
     [DELETE, rid, name]                                 delete_queue
-    [SEND, rid, address, body, headers, ttl, id]        send (client-chosen id: a resend is deduped)
+    [SEND, rid, address, body, headers, ttl, sequence]  send, numbered by the producer
     [SUBSCRIBE, rid, consumer, queue, credit]           start delivering `queue` to `consumer`
-    [CREDIT, 0, consumer, credit]                       the consumer may take `credit` more messages
+    [CREDIT, 0, consumer, credit]                       the consumer may take `credit` more
     [UNSUBSCRIBE, rid, consumer]                        stop delivering
-    [RELEASE, 0, ids]                                   prefetched, never handed out: unlock, uncounted
-    [RECEIVE, rid, queue, timeout, txid]                one message (or nil); txid 0: no transaction
-    [COMPLETE, rid, id] / [ABANDON, rid, id]            settle a peek-locked message
+    [RELEASE, 0, tags]                                  delivered, never handed out: unlock, uncounted
+    [RECEIVE, rid, queue, timeout, txid]                one message (or nil); txid 0: none
+    [COMPLETE, rid, tag] / [ABANDON, rid, tag]          settle a peek-locked message
     [INFO, rid, name]                                   queue_info; name nil: every queue
     [TX_BEGIN, rid] / [TX_COMMIT, rid, txid] / [TX_ROLLBACK, rid, txid]
     [TX_SEND, rid, txid, address, body, headers, ttl]
-    [FORWARD, rid, queue, id, body, headers, enqueued_at, expires_at]   store-and-forward
-    [FORGET, 0, ids]                                    the sender will never resend these ids
+    [FORWARD, rid, queue, sequence, id, body, headers, enqueued_at, expires_at]
+    [SETTLED, 0, floor]                                 the producer settled every sequence < floor
 
     replies and pushes (service -> client)
     [REPLY, rid, value]
@@ -29,12 +30,20 @@ array whose first element is its op code:
     [DELIVER, consumer, message, validity]              a message for a subscription
     [CONSUMER_ERROR, consumer, code, text]              the subscription ended (e.g. poison)
 
-A message on the wire is [id, body, headers, delivery_count, enqueued_at, expires_at,
-dead_letter_reason, dead_letter_source]. `validity` is the seconds its peek-lock lasts.
+HELLO names the client (its stable `client_id`, which is also its producer id) and its
+producer `epoch` (0: a new instance, which fences every older one; the reply carries the
+epoch to present on reconnects and the first sequence it may use). `held` lists the lock
+tags the client still holds from an earlier session; the service releases the others.
 
-The first item of every session is HELLO with the protocol VERSION; the service refuses
-another version with an ERROR naming both. Every field of every item is checked
-(`parse_request`, `parse_response`): a malformed item raises ProtocolError naming it.
+A message on the wire is [tag, id, body, headers, delivery_count, enqueued_at, expires_at,
+dead_letter_reason, dead_letter_source, sequence]: `tag` names its peek-lock (COMPLETE and
+ABANDON quote it), `headers` are the encoded header bytes (or nil), `sequence` is its
+producer's number (a forwarder matches returned rejects with it). `validity` is the seconds
+its peek-lock lasts.
+
+The service refuses a HELLO of another VERSION with an ERROR naming both. Every field of
+every item is checked (`parse_request`, `parse_response`): a malformed item raises
+ProtocolError naming it.
 """
 from __future__ import annotations
 
@@ -46,7 +55,7 @@ import msgpack
 from .. import errors
 from ..errors import ProtocolError, TetherError
 
-VERSION = 1
+VERSION = 2
 
 # requests
 HELLO = 1
@@ -66,7 +75,7 @@ TX_SEND = 14
 TX_COMMIT = 15
 TX_ROLLBACK = 16
 FORWARD = 17
-FORGET = 18
+SETTLED = 18
 # replies and pushes
 REPLY = 100
 ERROR = 101
@@ -84,8 +93,10 @@ MAX_ITEMS = 65536
 MAX_NAME = 1024           # queue names and addresses (the queue manager checks them exactly)
 MAX_ID = 255              # message ids
 MAX_CREDIT = 1 << 20
+MAX_SEQUENCE = (1 << 63) - 1
 EXPIRED_CODE = "expired"
-
+#: The length of a message on the wire (see the module docstring).
+MESSAGE_FIELDS = 10
 
 
 def encode(items: list) -> bytes:
@@ -168,9 +179,9 @@ def _seconds(op: str, field: str, value: Any) -> float:
     return value
 
 
-def _ids(op: str, field: str, value: Any) -> list[str]:
-    if value.__class__ is not list or not all(i.__class__ is str and 0 < len(i) <= MAX_ID for i in value):
-        raise _fail(op, field, value, f"an array of message ids (strings of 1..{MAX_ID} characters)")
+def _tags(op: str, field: str, value: Any) -> list[int]:
+    if value.__class__ is not list or not all(t.__class__ is int and 0 < t < _RID_END for t in value):
+        raise _fail(op, field, value, "an array of lock tags (positive integers)")
     return value
 
 
@@ -182,36 +193,39 @@ def _client_id(op: str, field: str, value: Any) -> bytes:
 
 _RID_END = 1 << 63
 _rid = _int(0, _RID_END - 1)
+_tag = _int(1, _RID_END - 1)
 _id = _str(MAX_ID)
 _name = _str(MAX_NAME)
 _txid = _int(0, (1 << 63) - 1)
 _consumer = _int(1, (1 << 63) - 1)
 _credit = _int(0, MAX_CREDIT)
+_sequence = _int(0, MAX_SEQUENCE)
 _ttl = _optional(_number)
 
 # op -> (name, field names and checks after the op and rid)
 REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
-    HELLO: ("hello", (("version", _int(0, 1 << 16)), ("client_id", _client_id), ("held", _ids))),
+    HELLO: ("hello", (("version", _int(0, 1 << 16)), ("client_id", _client_id), ("epoch", _int(0, 1 << 62)),
+                      ("held", _tags))),
     CREATE: ("create", (("name", _name), ("settings", _settings))),
     DELETE: ("delete", (("name", _name),)),
     SEND: ("send", (("address", _name), ("body", _bytes), ("headers", _headers), ("ttl", _ttl),
-                    ("id", _id))),
+                    ("sequence", _sequence))),
     SUBSCRIBE: ("subscribe", (("consumer", _consumer), ("queue", _name), ("credit", _credit))),
     CREDIT: ("credit", (("consumer", _consumer), ("credit", _credit))),
     UNSUBSCRIBE: ("unsubscribe", (("consumer", _consumer),)),
-    RELEASE: ("release", (("ids", _ids),)),
+    RELEASE: ("release", (("tags", _tags),)),
     RECEIVE: ("receive", (("queue", _name), ("timeout", _optional(_seconds)), ("txid", _txid))),
-    COMPLETE: ("complete", (("id", _id),)),
-    ABANDON: ("abandon", (("id", _id),)),
+    COMPLETE: ("complete", (("tag", _tag),)),
+    ABANDON: ("abandon", (("tag", _tag),)),
     INFO: ("info", (("name", _optional(_name)),)),
     TX_BEGIN: ("tx-begin", ()),
     TX_SEND: ("tx-send", (("txid", _txid), ("address", _name), ("body", _bytes), ("headers", _headers),
                           ("ttl", _ttl))),
     TX_COMMIT: ("tx-commit", (("txid", _txid),)),
     TX_ROLLBACK: ("tx-rollback", (("txid", _txid),)),
-    FORWARD: ("forward", (("queue", _name), ("id", _id), ("body", _bytes), ("headers", _headers),
-                          ("enqueued_at", _number), ("expires_at", _optional(_number)))),
-    FORGET: ("forget", (("ids", _ids),)),
+    FORWARD: ("forward", (("queue", _name), ("sequence", _sequence), ("id", _id), ("body", _bytes),
+                          ("headers", _headers), ("enqueued_at", _number), ("expires_at", _optional(_number)))),
+    SETTLED: ("settled", (("floor", _sequence),)),
 }
 
 
@@ -222,16 +236,15 @@ def parse_request(item: Any) -> list:
     op = item[0]
     # the per-message requests, checked inline (the same checks as the table's)
     if op == COMPLETE and len(item) == 3:
-        rid, message_id = item[1], item[2]
-        if rid.__class__ is int and 0 <= rid < _RID_END and message_id.__class__ is str \
-                and 0 < len(message_id) <= MAX_ID:
+        rid, tag = item[1], item[2]
+        if rid.__class__ is int and 0 <= rid < _RID_END and tag.__class__ is int and 0 < tag < _RID_END:
             return item
     elif op == SEND and len(item) == 7:
-        rid, address, body, headers, ttl, message_id = item[1:]
+        rid, address, body, headers, ttl, sequence = item[1:]
         if rid.__class__ is int and 0 <= rid < _RID_END and address.__class__ is str \
                 and 0 < len(address) <= MAX_NAME and body.__class__ is bytes \
                 and (headers is None or headers.__class__ is dict) and ttl is None \
-                and message_id.__class__ is str and 0 < len(message_id) <= MAX_ID:
+                and sequence.__class__ is int and 0 <= sequence <= MAX_SEQUENCE:
             return item
     spec = REQUESTS.get(op) if op.__class__ is int else None
     if spec is None:
@@ -246,16 +259,18 @@ def parse_request(item: Any) -> list:
 
 
 def _message_fields(op: str, field: str, value: Any) -> list:
-    if value.__class__ is not list or len(value) != 8:
-        raise _fail(op, field, value, "an array of 8 message fields")
-    _id(op, "message.id", value[0])
-    _bytes(op, "message.body", value[1])
-    _headers(op, "message.headers", value[2])
-    _int(0, 1 << 62)(op, "message.delivery_count", value[3])
-    _number(op, "message.enqueued_at", value[4])
-    _optional(_number)(op, "message.expires_at", value[5])
-    _optional(_str(MAX_NAME))(op, "message.dead_letter_reason", value[6])
-    _optional(_str(MAX_NAME))(op, "message.dead_letter_source", value[7])
+    if value.__class__ is not list or len(value) != MESSAGE_FIELDS:
+        raise _fail(op, field, value, f"an array of {MESSAGE_FIELDS} message fields")
+    _int(0, _RID_END - 1)(op, "message.tag", value[0])
+    _id(op, "message.id", value[1])
+    _bytes(op, "message.body", value[2])
+    _optional(_bytes)(op, "message.headers", value[3])
+    _int(0, 1 << 62)(op, "message.delivery_count", value[4])
+    _number(op, "message.enqueued_at", value[5])
+    _optional(_number)(op, "message.expires_at", value[6])
+    _optional(_str(MAX_NAME))(op, "message.dead_letter_reason", value[7])
+    _optional(_str(MAX_NAME))(op, "message.dead_letter_source", value[8])
+    _sequence(op, "message.sequence", value[9])
     return value
 
 
@@ -285,14 +300,16 @@ def parse_response(item: Any) -> list:
     elif op == DELIVER and len(item) == 4:
         consumer, fields, validity = item[1], item[2], item[3]
         if consumer.__class__ is int and 0 < consumer < _RID_END and validity.__class__ in (int, float) \
-                and 0 <= validity < math.inf and fields.__class__ is list and len(fields) == 8:
-            message_id, body, headers, count, enqueued_at, expires_at, reason, source = fields
-            if message_id.__class__ is str and 0 < len(message_id) <= MAX_ID and body.__class__ is bytes \
-                    and (headers is None or headers.__class__ is dict) \
+                and 0 <= validity < math.inf and fields.__class__ is list and len(fields) == MESSAGE_FIELDS:
+            tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence = fields
+            if tag.__class__ is int and 0 < tag < _RID_END and message_id.__class__ is str \
+                    and 0 < len(message_id) <= MAX_ID and body.__class__ is bytes \
+                    and (headers is None or headers.__class__ is bytes) \
                     and count.__class__ is int and 0 <= count <= 1 << 62 \
                     and enqueued_at.__class__ in (int, float) and math.isfinite(enqueued_at) \
                     and (expires_at is None or (expires_at.__class__ in (int, float) and math.isfinite(expires_at))) \
-                    and reason is None and source is None:
+                    and reason is None and source is None \
+                    and sequence.__class__ is int and 0 <= sequence <= MAX_SEQUENCE:
                 return item
     spec = RESPONSES.get(op) if op.__class__ is int else None
     if spec is None:
@@ -307,16 +324,17 @@ def parse_response(item: Any) -> list:
 
 # ---- messages and errors on the wire ----
 
-def message_fields(message: Any) -> list:
-    """A queue `Message` as the wire's 8 fields."""
-    return [message.id, message.body, message.headers or None, message.delivery_count,
-            message.enqueued_at, message.expires_at, message.dead_letter_reason,
-            message.dead_letter_source]
+def message_fields(entry: Any) -> list:
+    """A locked core entry as the wire's message fields (its lock tag first)."""
+    return [entry.tag, entry.id, entry.body, entry.headers, entry.delivery_count, entry.enqueued_at,
+            entry.expires_at, entry.dead_letter_reason, entry.dead_letter_source, entry.sequence]
 
 
 _ERRORS: dict[str, type[TetherError]] = {
     cls.code: cls for cls in (getattr(errors, name) for name in errors.__all__)
 }
+# a queue refuses a message with the queue's MessageTooLarge (a QueueError too)
+_ERRORS["message-too-large"] = errors.QueueMessageTooLarge
 
 
 def error_code(exc: BaseException) -> str:

@@ -7,19 +7,17 @@
 Leaving the block normally commits: the received messages are removed and the sends queued
 in ONE journal record, so a crash leaves all or nothing. An exception (or cancellation)
 rolls back: the sends are discarded and the received messages return to their queue as a
-failed delivery (their delivery_count increased, the poison rule applied).
+failed delivery (their delivery_count increased, the retry rule applied).
 """
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Awaitable, Callable
 
 from ..errors import TransactionError
+from .core import Entry
 from .message import Message
-
-if TYPE_CHECKING:
-    from .manager import QueueManager
-    from .queue import Queue
+from .operations import QueueOperations
 
 ACTIVE = "active"
 COMMITTED = "committed"
@@ -27,56 +25,68 @@ ROLLED_BACK = "rolled back"
 
 
 class Transaction:
-    """A group of receives and sends on one queue manager (see the module docstring)."""
+    """A group of receives and sends on one queue manager (see the module docstring).
+    `route(address)` names the local queue a send address goes to."""
 
-    def __init__(self, manager: "QueueManager") -> None:
-        self._manager = manager
+    def __init__(self, operations: QueueOperations, route: Callable[[str], Awaitable[str]]) -> None:
+        self._operations = operations
+        self._route = route
         self._received: list[Message] = []
-        self._sends: list[tuple["Queue", Message]] = []
+        self._sends: list[Entry] = []
         self.state = ACTIVE
 
     def _check_active(self) -> None:
         if self.state != ACTIVE:
             raise TransactionError(f"the transaction is already {self.state}")
 
+    def _check_transactional(self, name: str) -> None:
+        if not self._operations.core.settings(name).exactly_once:
+            raise TransactionError(f"queue {name!r} has exactly_once=False: it takes no transactions")
+
     async def receive(self, name: str, timeout: float | None = None) -> Message | None:
         """Like QueueManager.receive(); the message is settled by commit or rollback."""
         self._check_active()
-        queue = self._manager._receivable(name)
-        self._manager._check_transactional(queue.main)
-        message = await self._manager._receive(queue, self, timeout)
-        if message is not None:
-            if self.state != ACTIVE:  # the transaction ended while we waited
-                await self._manager._rollback([message], self)
-                self._check_active()
-            self._received.append(message)
+        self._check_transactional(name)
+        entry = await self._operations.take(name, timeout)
+        if entry is None:
+            return None
+        message = Message.of_entry(entry, self)
+        if self.state != ACTIVE:      # the transaction ended while we waited
+            await self._operations.rollback([(entry, entry.tag)])
+            self._check_active()
+        self._received.append(message)
         return message
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None) -> str:
         """Like QueueManager.send(), but the message is queued only at commit. Returns its id."""
         self._check_active()
-        queue, destination = await self._manager._sending_queue(address)
-        self._manager._check_transactional(queue)
-        message = self._manager._new_message(queue, body, headers, time_to_live, destination)
-        self._sends.append((queue, message))
-        return message.id
+        name = await self._route(address)
+        self._check_transactional(name)
+        entry = self._operations.prepare(name, body, headers=headers, time_to_live=time_to_live,
+                                         destination=address if name != address else None)
+        self._sends.append(entry)
+        return entry.id
 
     @property
     def received(self) -> list[Message]:
         """The messages received so far in this transaction."""
         return list(self._received)
 
+    def _receipts(self) -> list[tuple[Entry, int]]:
+        return [(m._entry, m._tag) for m in self._received]
+
     async def commit(self) -> None:
         """Make every receive and send of the transaction take effect, atomically and
-        durably. Raises TransactionError (after rolling back) when a peek-lock expired,
-        QueueFull when a send does not fit."""
+        durably. Raises TransactionError (after rolling back) when a peek-lock was lost,
+        QueueFull when a send does not fit, StorageError when the journal failed."""
         self._check_active()
         self.state = COMMITTED
         try:
-            await self._manager._commit(self._received, self._sends, self)
+            await self._operations.commit(self._receipts(), self._sends)
         except BaseException:
             self.state = ROLLED_BACK
+            await self._operations.rollback(self._receipts())
             raise
 
     async def rollback(self) -> None:
@@ -84,7 +94,7 @@ class Transaction:
         self._check_active()
         self.state = ROLLED_BACK
         self._sends.clear()
-        await self._manager._rollback(self._received, self)
+        await self._operations.rollback(self._receipts())
 
     # a message received in a transaction is settled by the transaction
     async def complete_message(self, message: Message) -> None:
@@ -105,3 +115,5 @@ class Transaction:
         else:
             await self.rollback()
         return False
+
+

@@ -54,6 +54,7 @@ class Session:
         self._closed = self._loop.create_future()
         self._on_end: list[Callable[["Session"], None]] = []
         self._listener: Callable[[], None] | None = None
+        self._link_listener: Callable[[Link | None], None] | None = None
         self.accepted = False
 
     # ---- identity ----
@@ -313,7 +314,16 @@ class Session:
     def attach(self, link: Link | None) -> None:
         """Send through `link` from now on (a new connection after a resume, or None while
         disconnected)."""
+        changed = link is not self._link
         self._link = link
+        if changed and self._link_listener is not None and not self._ended:
+            self._link_listener(link)
+
+    def set_link_listener(self, listener: Callable[[Link | None], None] | None) -> None:
+        """Call listener(link) whenever the session gets a new connection, or loses one
+        (None: a TCP connection dropped and the session waits for the peer to resume). The
+        queue service starts its client grace period there."""
+        self._link_listener = listener
 
     def feed(self, body: bytes) -> None:
         """A packet arrived from the peer."""

@@ -19,6 +19,7 @@ class QueueInfo(Mapping):
     poison: int           # in the ;poison sub-queue
     bytes: int            # body bytes held by the queue and its sub-queues
     faulted: bool         # receive_error_handling="fault" stopped delivery
+    waiting: int = 0      # receivers waiting for a message
 
     def __getitem__(self, key: str) -> Any:
         if key not in _FIELDS:

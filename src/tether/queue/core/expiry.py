@@ -1,43 +1,14 @@
-"""Dead letters: the reasons, which queue takes them, and the time-to-live index.
-
-A message not received before `expires_at` goes to its queue's dead-letter queue (`$dead`
-for `dead_letter_queue="system"`, a named queue, or nowhere for `"none"`) with
-`dead_letter_reason` and `dead_letter_source` set (DESIGN.md "Queues").
-"""
+"""`ExpiryIndex`: the entries of one queue by `expires_at`, for the time-to-live timer."""
 from __future__ import annotations
 
 import heapq
 from collections import deque
 from typing import Callable, Iterator
 
-from .message import Message
-from .settings import DEAD_LETTER_NONE, DEAD_LETTER_SYSTEM, SYSTEM_DEAD_LETTER_QUEUE, QueueSettings
+from .entry import Entry
 
-EXPIRED = "expired"                  # time_to_live ran out
-REJECTED = "rejected"                # receive_error_handling="reject" after every retry failed
-QUEUE_NOT_FOUND = "queue-not-found"  # store-and-forward: the target queue does not exist
-
-# A compaction drops stale index entries once they outnumber live messages by this much.
+# A compaction drops stale index entries once they outnumber live entries by this much.
 _STALE_SLACK = 1024
-
-
-def dead_letter_queue_name(settings: QueueSettings) -> str | None:
-    """The queue that takes a dead letter from a queue with `settings`; None: drop it."""
-    target = settings.dead_letter_queue
-    if target == DEAD_LETTER_NONE:
-        return None
-    if target == DEAD_LETTER_SYSTEM:
-        return SYSTEM_DEAD_LETTER_QUEUE
-    return target
-
-
-def as_dead_letter(message: Message, reason: str, source: str) -> Message:
-    """A fresh copy of `message` for a dead-letter queue: the reason and source set, and no
-    expiry (a dead letter waits until someone deals with it)."""
-    return Message(message.id, message.body, message.headers,
-                   delivery_count=message.delivery_count, enqueued_at=message.enqueued_at,
-                   expires_at=None, dead_letter_reason=reason, dead_letter_source=source,
-                   destination=message.destination)
 
 
 class ExpiryIndex:
@@ -53,12 +24,12 @@ class ExpiryIndex:
 
     def __init__(self) -> None:
         # `fifo` and `tail` are public so the hot path (Queue.accept) can append inline
-        self.fifo: deque[Message] = deque()
-        self._heap: list[tuple[float, int, Message]] = []
+        self.fifo: deque[Entry] = deque()
+        self._heap: list[tuple[float, int, Entry]] = []
         self.tail = float("-inf")
         self._seq = 0
 
-    def add(self, message: Message) -> None:
+    def add(self, message: Entry) -> None:
         """Index a message that has an `expires_at`."""
         expires_at = message.expires_at
         if expires_at >= self.tail:
@@ -80,7 +51,7 @@ class ExpiryIndex:
             best = self._heap[0][0]
         return best
 
-    def pop_due(self, now: float) -> list[Message]:
+    def pop_due(self, now: float) -> list[Entry]:
         """Every indexed message with expires_at <= now, removed from the index."""
         due = []
         fifo = self.fifo
@@ -93,7 +64,7 @@ class ExpiryIndex:
             self.tail = float("-inf")
         return due
 
-    def maybe_compact(self, live: int, keep: Callable[[Message], bool]) -> None:
+    def maybe_compact(self, live: int, keep: Callable[[Entry], bool]) -> None:
         """Drop entries for which keep() is false, when stale ones clearly dominate."""
         if len(self.fifo) + len(self._heap) <= 2 * live + _STALE_SLACK:
             return
@@ -102,7 +73,7 @@ class ExpiryIndex:
         heapq.heapify(self._heap)
         self.tail = self.fifo[-1].expires_at if self.fifo else float("-inf")
 
-    def __iter__(self) -> Iterator[Message]:
+    def __iter__(self) -> Iterator[Entry]:
         yield from self.fifo
         for entry in self._heap:
             yield entry[2]

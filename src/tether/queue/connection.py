@@ -1,0 +1,531 @@
+"""One session of a queue service client: frames in, requests run, replies out in batches.
+
+Frames are handled in arrival order. The sends of one frame are one call into the queue
+core (one journal record, one wait for durability), and so are its completes; a frame does
+not wait for the previous one's fsync, so concurrent clients share group commits. Replies
+are collected and sent as one frame per loop iteration.
+
+`ClientState` is what a client holds across its sessions: its producer (epoch and
+sequences, core/producers.py), its locks by tag, its open transactions.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from ..errors import LockLost, ProtocolError, QueueError, SequenceClosed, TetherError, TransactionError
+from . import protocol as P
+from .core import Entry
+from .core.address import is_remote
+from .core.producers import Producer
+from .operations import QueueOperations
+
+log = logging.getLogger("tether.queue.service")
+
+# A reconnecting client may resend a complete whose reply it lost: remember this many.
+_RECENTLY_COMPLETED = 65536
+
+
+class ClientState:
+    """What one client (by its HELLO id) holds on the service, across its sessions."""
+
+    __slots__ = ("client_id", "operations", "producer", "epoch", "locks", "transactions", "next_txid",
+                 "connection", "completed", "grace")
+
+    def __init__(self, client_id: bytes, operations: QueueOperations) -> None:
+        self.client_id = client_id
+        self.operations = operations
+        self.producer: Producer | None = None
+        self.epoch = 0
+        self.locks: dict[int, Entry] = {}         # lock tag -> entry delivered to this client
+        self.transactions: dict[int, Any] = {}
+        self.next_txid = 0
+        self.connection: Connection | None = None
+        self.completed: OrderedDict[int, None] = OrderedDict()
+        self.grace: asyncio.TimerHandle | None = None
+
+    def remember_completed(self, tag: int) -> None:
+        completed = self.completed
+        completed[tag] = None
+        if len(completed) > _RECENTLY_COMPLETED:
+            completed.popitem(last=False)
+
+    def release_all_but(self, keep: set[int]) -> int:
+        """Release (uncounted) every lock not in `keep`; how many were released."""
+        released = 0
+        for tag in [t for t in self.locks if t not in keep]:
+            if self.operations.release(self.locks.pop(tag), tag):
+                released += 1
+        return released
+
+    def cancel_grace(self) -> None:
+        if self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
+
+    async def rollback_transactions(self) -> None:
+        transactions, self.transactions = self.transactions, {}
+        for tx in transactions.values():
+            try:
+                if tx.state == "active":
+                    await tx.rollback()
+            except Exception as exc:    # the manager may be closing: nothing more to undo
+                log.info("rolling back a transaction of a departed client failed: %s", exc)
+        if transactions:
+            log.info("rolled back %d open transactions of client %s", len(transactions), self.client_id.hex()[:12])
+
+
+class ServiceHooks(Protocol):
+    """What a connection asks of its service (service.py)."""
+
+    manager: Any
+    operations: QueueOperations
+
+    def attach(self, client_id: bytes, producer: Producer, epoch: int, connection: "Connection",
+               held: list[int]) -> tuple[ClientState, bool]: ...
+
+    def away(self, state: ClientState, connection: "Connection") -> None: ...
+
+    def back(self, state: ClientState, connection: "Connection") -> None: ...
+
+    def detach(self, state: ClientState, connection: "Connection") -> None: ...
+
+
+class _Consumer:
+    __slots__ = ("consumer_id", "queue", "credit", "wake", "task")
+
+    def __init__(self, consumer_id: int, queue: str, credit: int) -> None:
+        self.consumer_id = consumer_id
+        self.queue = queue
+        self.credit = credit
+        self.wake: asyncio.Future | None = None
+        self.task: asyncio.Task | None = None
+
+    def add_credit(self, credit: int) -> None:
+        self.credit = min(self.credit + credit, P.MAX_CREDIT)
+        wake = self.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+
+class Connection:
+    """One session of a client: decodes frames, runs requests, batches replies."""
+
+    def __init__(self, service: ServiceHooks, session: Any) -> None:
+        self.service = service
+        self.manager = service.manager
+        self.operations: QueueOperations = service.operations
+        self.session = session
+        self.state: ClientState | None = None
+        self.consumers: dict[int, _Consumer] = {}
+        self._loop = asyncio.get_running_loop()
+        self._out: list = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+        self._ended = False
+        self._routes: dict[str, str] = {}                  # send address -> local queue
+        self._return_ready: asyncio.Future | None = None   # forwards: the origin's return queue
+        self._forward_turn: asyncio.Future | None = None   # done once the last FORWARD batch queued
+        session.set_link_listener(self._link_changed)
+
+    @property
+    def linked(self) -> bool:
+        """True while the session has a connection."""
+        return self.session.link is not None and not self.session.closed
+
+    def _link_changed(self, link: Any) -> None:
+        state = self.state
+        if state is None:
+            return
+        if link is None:
+            self.service.away(state, self)
+        else:
+            self.service.back(state, self)
+
+    def abort(self, reason: str) -> None:
+        """End the session at once."""
+        if not self.session.closed:
+            self.session.abort(reason)
+
+    # ---- the request loop ----
+
+    async def run(self) -> None:
+        session = self.session
+        peer = session.peer_address
+        while True:
+            try:
+                frames = await session.recv_many()
+            except SequenceClosed:
+                return
+            for frame in frames:
+                try:
+                    items = P.decode(frame)
+                    if self.state is None:
+                        await self._hello(items[0])
+                        items = items[1:]
+                    if items:
+                        self._dispatch(items)
+                except ProtocolError as exc:
+                    log.warning("client %s broke the queue protocol: %s", peer, exc)
+                    self.push([P.ERROR, 0, exc.code, str(exc)])
+                    self._flush()
+                    await asyncio.sleep(0)
+                    session.abort(f"queue protocol error: {exc}")
+                    return
+                except QueueError as exc:       # HELLO refused (a fenced producer, storage)
+                    self.push([P.ERROR, 0, exc.code, str(exc)])
+                    self._flush()
+                    await asyncio.sleep(0)
+                    session.abort(f"queue protocol hello refused: {exc}")
+                    return
+
+    async def _hello(self, item: Any) -> None:
+        if item.__class__ is not list or not item or item[0] != P.HELLO:
+            raise ProtocolError("queue protocol: the first request of a session must be HELLO")
+        item = P.parse_request(item)
+        _, rid, version, client_id, epoch, held = item
+        if version != P.VERSION:
+            raise ProtocolError(f"queue protocol version {version} is not supported (this service speaks {P.VERSION})")
+        producer = await self.operations.open_producer(client_id, epoch)
+        self.state, resumed = self.service.attach(client_id, producer, producer.epoch, self, held)
+        # resumed False: this service never saw the client (it restarted): its locks are void
+        self.push([P.REPLY, rid, {"version": P.VERSION, "server": "tether-qm", "resumed": resumed,
+                                  "epoch": producer.epoch, "next_sequence": producer.next_sequence,
+                                  "max_frame_bytes": self.session.settings.max_message_size}])
+
+    def _dispatch(self, items: list) -> None:
+        sends: list = []
+        forwards: list = []
+        completes: list = []
+        for raw in items:
+            item = P.parse_request(raw)
+            op = item[0]
+            if op == P.SEND:
+                sends.append(item)
+            elif op == P.COMPLETE:
+                completes.append(item)
+            elif op == P.FORWARD:
+                forwards.append(item)
+            elif op == P.CREDIT:
+                consumer = self.consumers.get(item[2])
+                if consumer is not None:
+                    consumer.add_credit(item[3])
+            elif op == P.RELEASE:
+                locks = self.state.locks
+                for tag in item[2]:
+                    entry = locks.pop(tag, None)
+                    if entry is not None:
+                        self.operations.release(entry, tag)
+            elif op == P.SETTLED:
+                self.operations.raise_floor(self.state.producer, item[2])
+            elif op == P.HELLO:
+                raise ProtocolError("queue protocol: HELLO may only open a session")
+            else:
+                self._spawn(self._request(item), item[1])
+        if sends:
+            self._spawn(self._sends(sends), 0)
+        if forwards:
+            self._spawn(self._forwards(forwards), 0)
+        if completes:
+            self._spawn(self._completes(completes), 0)
+
+    def _spawn(self, coro: Any, rid: int) -> None:
+        task = self._loop.create_task(self._guard(coro, rid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Any, rid: int) -> None:
+        try:
+            value = await coro
+        except asyncio.CancelledError:
+            raise
+        except (TetherError, ValueError, TypeError) as exc:
+            if rid:
+                self.push([P.ERROR, rid, P.error_code(exc), str(exc) or exc.__class__.__name__])
+            return
+        except Exception as exc:
+            log.exception("queue request failed")
+            if rid:
+                self.push([P.ERROR, rid, "internal-error", f"the service failed: {exc!r}"])
+            return
+        if rid:
+            self.push([P.REPLY, rid, value])
+
+    # ---- sends and forwards ----
+
+    async def _route(self, address: str) -> str:
+        name = self._routes.get(address)
+        if name is None:
+            name = await self.manager.route(address)
+            if len(self._routes) < 4096:
+                self._routes[address] = name
+        return name
+
+    async def _sends(self, items: list) -> None:
+        """SEND items: prepared one by one (a bad one is refused alone), queued in one call."""
+        operations = self.operations
+        state = self.state
+        results: list[Any] = [None] * len(items)
+        entries, sequences, where = [], [], []
+        for n, (_, _, address, body, headers, ttl, sequence) in enumerate(items):
+            try:
+                name = await self._route(address)
+                entries.append(operations.prepare(name, body, headers=headers, time_to_live=ttl,
+                                                  destination=address if name != address else None))
+                sequences.append(sequence)
+                where.append(n)
+            except (TetherError, ValueError, TypeError) as exc:
+                results[n] = exc
+        if entries:
+            try:
+                done = await operations.send(entries, producer=state.producer, epoch=state.epoch,
+                                             sequences=sequences)
+            except Exception as exc:       # the producer was fenced, the manager closed: each is told
+                done = [exc] * len(entries)
+            for n, result in zip(where, done):
+                results[n] = result
+        self._answer(items, results)
+
+    async def _forwards(self, items: list) -> None:
+        """FORWARD items from another queue manager's forwarder: queued keeping their id,
+        enqueue time and expiry; de-duplicated by the forwarder's sequence."""
+        # a reject at this queue manager goes back to the sender through its return queue,
+        # which must exist before the first message from it does. Batches queue in arrival
+        # order (the order per sender): each takes its turn after the one before it.
+        state = self.state
+        origin = state.client_id.hex()
+        previous, turn = self._forward_turn, self._loop.create_future()
+        self._forward_turn = turn
+        try:
+            if self._return_ready is None:
+                self._return_ready = asyncio.ensure_future(self.manager.return_queue(origin))
+            await self._return_ready
+            if previous is not None and not previous.done():
+                await previous
+        finally:
+            # the next batch runs only once this one has yielded, i.e. after send() below
+            # queued it (it does not suspend before that)
+            turn.set_result(None)
+        operations = self.operations
+        now = operations.now()
+        results: list[Any] = [None] * len(items)
+        entries, sequences, where = [], [], []
+        for n, (_, _, queue, sequence, message_id, body, headers, enqueued_at, expires_at) in enumerate(items):
+            try:
+                if is_remote(queue):
+                    raise ValueError(f"forwarded message {message_id}: {queue!r} is not a queue of this queue manager")
+                if expires_at is not None and expires_at <= now:
+                    raise _Expired(f"message {message_id} expired in transit")
+                entries.append(operations.prepare(queue, body, headers=headers, id=message_id,
+                                                  enqueued_at=enqueued_at, expires_at=expires_at, origin=origin))
+                sequences.append(sequence)
+                where.append(n)
+            except (TetherError, ValueError, TypeError) as exc:
+                results[n] = exc
+        if entries:
+            try:
+                done = await operations.send(entries, producer=state.producer, epoch=state.epoch,
+                                             sequences=sequences, keep_ids=True)
+            except Exception as exc:
+                done = [exc] * len(entries)
+            for n, result in zip(where, done):
+                results[n] = None if isinstance(result, str) else result
+        self._answer(items, results)
+
+    def _answer(self, items: list, results: list) -> None:
+        push = self.push
+        for item, result in zip(items, results):
+            rid = item[1]
+            if not rid:
+                continue
+            if isinstance(result, BaseException):
+                push([P.ERROR, rid, P.error_code(result), str(result) or result.__class__.__name__])
+            else:
+                push([P.REPLY, rid, result])
+
+    # ---- settling ----
+
+    async def _completes(self, items: list) -> None:
+        state = self.state
+        locks = state.locks
+        receipts, waiting, results = [], [], []
+        for item in items:
+            tag = item[2]
+            entry = locks.pop(tag, None)
+            if entry is None:
+                if tag in state.completed:      # a resend whose reply was lost
+                    results.append((item, None))
+                else:
+                    results.append((item, LockLost(f"lock {tag}: no peek-lock held (expired, settled, "
+                                                   f"or the service restarted)")))
+                continue
+            receipts.append((entry, tag))
+            waiting.append(item)
+        if receipts:
+            errors = await self.operations.complete_many(receipts)
+            for item, (entry, tag), error in zip(waiting, receipts, errors):
+                if error is None:
+                    state.remember_completed(tag)
+                elif not isinstance(error, LockLost):
+                    locks[tag] = entry      # the write failed: still locked, complete again
+                results.append((item, error))
+        self._answer([r[0] for r in results], [r[1] for r in results])
+
+    # ---- everything else ----
+
+    async def _request(self, item: list) -> Any:
+        op = item[0]
+        manager = self.manager
+        operations = self.operations
+        state = self.state
+        if op == P.RECEIVE:
+            _, _, queue, timeout, txid = item
+            if txid:
+                message = await self._transaction(txid).receive(queue, timeout)
+                if message is None:
+                    return None
+                entry = message._entry
+            else:
+                entry = await operations.take(queue, timeout)
+                if entry is None:
+                    return None
+                if self._ended:     # the session went while we waited: give it back
+                    operations.release(entry, entry.tag)
+                    return None
+                state.locks[entry.tag] = entry
+            return [P.message_fields(entry), _validity(entry, operations.now())]
+        if op == P.ABANDON:
+            tag = item[2]
+            entry = state.locks.pop(tag, None)
+            if entry is None:
+                raise LockLost(f"lock {tag}: no peek-lock held (expired, settled, or the service restarted)")
+            await operations.abandon(entry, tag)
+            return None
+        if op == P.SUBSCRIBE:
+            _, _, consumer_id, queue, credit = item
+            operations.info(queue)      # QueueNotFound now rather than from the consumer
+            if consumer_id in self.consumers:
+                raise ValueError(f"consumer {consumer_id} is already subscribed")
+            consumer = self.consumers[consumer_id] = _Consumer(consumer_id, queue, credit)
+            consumer.task = self._loop.create_task(self._consume(consumer))
+            return None
+        if op == P.UNSUBSCRIBE:
+            consumer = self.consumers.pop(item[2], None)
+            if consumer is not None and consumer.task is not None:
+                consumer.task.cancel()
+            return None
+        if op == P.CREATE:
+            settings = await manager.create_queue(item[2], **item[3])
+            return settings.as_dict()
+        if op == P.DELETE:
+            await manager.delete_queue(item[2])
+            return None
+        if op == P.INFO:
+            if item[2] is None:
+                return [dict(await manager.queue_info(name)) for name in manager.queues()]
+            return dict(await manager.queue_info(item[2]))
+        if op == P.TX_BEGIN:
+            state.next_txid += 1
+            state.transactions[state.next_txid] = manager.transaction()
+            return state.next_txid
+        if op == P.TX_SEND:
+            _, _, txid, address, body, headers, ttl = item
+            return await self._transaction(txid).send(address, body, headers=headers, time_to_live=ttl)
+        if op == P.TX_COMMIT:
+            tx = state.transactions.pop(item[2], None)
+            if tx is None:
+                raise TransactionError(f"no open transaction {item[2]} (ended, or the service restarted)")
+            await tx.commit()
+            return None
+        if op == P.TX_ROLLBACK:
+            tx = state.transactions.pop(item[2], None)
+            if tx is not None and tx.state == "active":
+                await tx.rollback()
+            return None
+        raise ProtocolError(f"queue protocol: op {op} is not a request")   # parse_request let it through
+
+    def _transaction(self, txid: int) -> Any:
+        tx = self.state.transactions.get(txid)
+        if tx is None:
+            raise TransactionError(f"no open transaction {txid} (ended, or the service restarted)")
+        return tx
+
+    async def _consume(self, consumer: _Consumer) -> None:
+        """Deliver `consumer.queue` while the client has credit."""
+        operations = self.operations
+        name = consumer.queue
+        locks = self.state.locks
+        push = self.push
+        try:
+            while True:
+                while consumer.credit <= 0:
+                    consumer.wake = self._loop.create_future()
+                    await consumer.wake
+                entry = await operations.take(name, None)
+                now = operations.now()
+                while entry is not None:
+                    consumer.credit -= 1
+                    locks[entry.tag] = entry
+                    push([P.DELIVER, consumer.consumer_id, P.message_fields(entry), _validity(entry, now)])
+                    if consumer.credit <= 0:
+                        break
+                    entry = await operations.take(name, 0)     # does not suspend
+        except asyncio.CancelledError:
+            raise
+        except (TetherError, ValueError, TypeError) as exc:
+            self.consumers.pop(consumer.consumer_id, None)
+            self.push([P.CONSUMER_ERROR, consumer.consumer_id, P.error_code(exc), str(exc)])
+
+    def stop_consumers(self) -> None:
+        for consumer in self.consumers.values():
+            if consumer.task is not None:
+                consumer.task.cancel()
+        self.consumers.clear()
+
+    # ---- replies ----
+
+    def push(self, item: list) -> None:
+        self._out.append(item)
+        if item[0] == P.DELIVER:
+            self._out_bytes += len(item[2][2]) + 96
+        else:
+            self._out_bytes += 64
+        if self._out_bytes >= P.FRAME_BYTES:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out:
+            return
+        out, self._out, self._out_bytes = self._out, [], 0
+        if self._ended or self.session.closed:
+            return
+        try:
+            self.session.send_nowait([P.encode(out)])
+        except TetherError:
+            pass    # the session ended: the client resends what it still waits for
+
+    def ended(self) -> None:
+        self._ended = True
+        self.session.set_link_listener(None)
+        self.stop_consumers()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.state is not None:
+            self.service.detach(self.state, self)
+
+
+class _Expired(QueueError):
+    """The message expired in transit."""
+
+    code = P.EXPIRED_CODE
+
+
+def _validity(entry: Entry, now: float) -> float:
+    return max(0.0, entry.lock_deadline - now)

@@ -1,0 +1,1015 @@
+"""`QueueCore`: every decision about every message of one queue manager, sans-IO.
+
+Requests come in with `now` (wall-clock seconds: deadlines are journaled and must mean the
+same after a restart); out come journal records (`cut()`), hand-offs to waiting receivers
+(`Waiter.hand`), log lines (`events`) and the next deadline (`next_deadline()`). The core
+never reads a clock, opens a file or touches asyncio: `QueueManager` (manager.py) is its
+asyncio adapter, and the queue simulation (tests/qsim/) drives it with a simulated clock,
+journal and network.
+
+Durability: a journaled operation changes nothing until the journal has it (see
+pending_records.py); the caller waits for the record number it is given. A volatile
+queue's operations take effect at once (no record, None is returned).
+
+The rules live in their own files: message states and transitions in lifecycle.py, the
+retry/poison rule in retry_rule.py, dead-letter targets in deadletter.py, idempotent
+producers in producers.py, the journal operations in records.py and their replay in
+replay.py.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import timedelta
+from typing import Any, Iterator
+
+from ...errors import (
+    LockLost, PoisonMessage, QueueError, QueueExists, QueueFull, QueueMessageTooLarge, QueueNotFound,
+    TransactionError,
+)
+from ...layer1 import RangeSet, module
+from . import records as R
+from .address import split_subqueue, validate_queue_name
+from .deadletter import EXPIRED, REJECTED, dead_letter_queue_name
+from .entry import RECORD_FIELDS, Entry
+from .headers import HeadersTooLarge, encode_headers
+from .info import QueueInfo
+from .lifecycle import (
+    DROP, EXPIRE, GONE, LOCKED, READY, RELEASE, RENEW, SETTLE, SETTLING, TAKE, WRITE_FAILED_LOCKED,
+    WRITE_FAILED_READY, WRITTEN_BACK, WRITTEN_GONE, advance,
+)
+from .pending_records import PendingRecords
+from .producers import DUPLICATE, NEW, Producer, ProducerTable
+from .queue import MAIN, POISON, RETRY, Queue, Waiter
+from .replay import ReplayState
+from .retry_rule import POISON as POISON_STEP
+from .retry_rule import RETRY_LATER, RETRY_NOW, after_failure
+from .settings import SYSTEM_DEAD_LETTER_QUEUE, QueueSettings
+from .system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
+
+DeadlineHeap = module("rtt").DeadlineHeap
+
+#: After a journal write failed, timer-driven work on that queue waits this long to retry.
+STORAGE_RETRY_DELAY = 1.0
+#: Producers silent this long are forgotten (their sequences with them).
+DEFAULT_PRODUCER_EXPIRY = 86400.0
+_INF = float("inf")
+
+
+class SendResult:
+    """The outcome of one message of `QueueCore.send`: its `id`, and the `record` to wait for
+    (None: nothing to wait for, it is queued or was queued before)."""
+
+    __slots__ = ("id", "record")
+
+    def __init__(self, id: str, record: int | None) -> None:
+        self.id = id
+        self.record = record
+
+
+class QueueCore:
+    """The queues of one queue manager (see the module docstring)."""
+
+    def __init__(self, manager_id: bytes, *, journaled: bool,
+                 producer_expiry: float = DEFAULT_PRODUCER_EXPIRY) -> None:
+        if manager_id.__class__ is not bytes or not 8 <= len(manager_id) <= 64:
+            raise ValueError(f"manager_id must be 8..64 bytes, not {manager_id!r}")
+        if not (producer_expiry > 0 and math.isfinite(producer_expiry)):
+            raise ValueError(f"producer_expiry must be a finite number of seconds > 0, not {producer_expiry!r}")
+        self.journaled = journaled
+        self.manager_id = manager_id
+        self.id_prefix = manager_id[:8].hex() + "-"
+        self.producer_expiry = float(producer_expiry)
+        self.producers = ProducerTable()
+        #: (level, text) lines for the adapter's log: "info" or "warning"
+        self.events: list[tuple[str, str]] = []
+        self._records = PendingRecords()
+        self._queues: dict[str, Queue] = {}          # every queue and sub-queue by name
+        self._sendable: dict[str, Queue] = {}        # application queues by name (the send fast path)
+        self._definitions: dict[str, QueueSettings] = {}      # defined main queues, in order
+        self._defining: dict[str, tuple[QueueSettings, int]] = {}   # being journaled: record
+        self._timers = DeadlineHeap()
+        self._hold: dict[Queue, float] = {}           # queue -> no timer work before (storage failed)
+        self._dead_counts: Counter[str] = Counter()
+        self._next_key = 1
+        self._tags = 0
+        self._producer_sweep_at = _INF
+        self._identity_journaled = False
+        self._closed = False
+        self._define(SYSTEM_DEAD_LETTER_QUEUE, settings_for(SYSTEM_DEAD_LETTER_QUEUE))
+
+    # ------------------------------------------------------------------ recovery
+
+    def load(self, state: ReplayState, now: float) -> None:
+        """Take over the state a journal described (replay.py); call once, before anything else."""
+        if state.manager_id is not None:
+            self.manager_id = state.manager_id
+            self.id_prefix = state.manager_id[:8].hex() + "-"
+            self._identity_journaled = True
+        self._next_key = max(self._next_key, state.next_key)
+        self.producers.next_pid = max(self.producers.next_pid, state.next_pid)
+        for name, settings in state.definitions.items():
+            self._define(name, QueueSettings.from_dict(settings))
+        for replayed in state.producers.values():
+            producer = self.producers.register(replayed.name, replayed.pid, replayed.epoch, now)
+            producer.floor = replayed.floor
+            for queue, ranges in replayed.accepted.items():
+                accepted = producer.accepted.setdefault(queue, RangeSet())
+                for lo, hi in ranges:
+                    if hi >= producer.floor:
+                        accepted.add_range(max(lo, producer.floor), hi)
+                if not accepted:
+                    del producer.accepted[queue]
+        for name, next_sequence in state.counters.items():
+            queue = self._queues.get(name)
+            if queue is not None and queue.numbered:
+                queue.next_sequence = max(queue.next_sequence, next_sequence)
+        for name, entries in state.entries.items():
+            queue = self._queues.get(name)
+            if queue is None:
+                if entries:
+                    self.events.append(("warning", f"the journal holds {len(entries)} messages for the "
+                                                   f"deleted queue {name!r}; dropped"))
+                continue
+            for entry in entries.values():
+                self._admit(queue, entry)
+                queue.push_ready(entry)
+                if entry.key >= self._next_key:
+                    self._next_key = entry.key + 1
+            self._rearm(queue)
+            if queue.kind == POISON:
+                self._poison_changed(queue.main)
+        if self.producers.by_pid:
+            self._producer_sweep_at = now + self._producer_sweep_interval()
+
+    def start(self) -> int | None:
+        """After load(): journal the identity of a new journal. Returns the record to wait for."""
+        if not self.journaled or self._identity_journaled:
+            return None
+        self._identity_journaled = True
+        return self._records.add_op(self._identity_op())
+
+    def _identity_op(self) -> list:
+        return [R.IDENTITY, self.manager_id, self._next_key, self.producers.next_pid, R.FORMAT]
+
+    # ------------------------------------------------------------------ journal records
+
+    def cut(self) -> tuple[int, list[list]] | None:
+        """The open record to write now, as (number, ops), or None."""
+        return self._records.cut()
+
+    def written(self, number: int, now: float) -> None:
+        """Record `number` is durable: apply what it holds (hand-offs follow)."""
+        self._records.written(number, now)
+
+    def failed(self, number: int, now: float) -> None:
+        """Record `number` could not be written: nothing it holds took effect."""
+        self._records.failed(number, now)
+
+    @property
+    def pending_record(self) -> int | None:
+        """The number of the open record (operations waiting for a cut), or None."""
+        return self._records.open_number
+
+    @property
+    def records_in_flight(self) -> int:
+        """Records cut and not yet reported written or failed."""
+        return self._records.in_flight
+
+    def _journal(self, queue: Queue | None, ops: list[list], apply: Any, undo: Any, now: float) -> int | None:
+        """Journal `ops` and apply later, or (queue not journaled) apply at once."""
+        if queue is not None and not queue.journaled or not ops:
+            apply(now)
+            return None
+        return self._records.add(ops, apply, undo)
+
+    # ------------------------------------------------------------------ definitions
+
+    def define(self, name: str, settings: QueueSettings) -> int | None:
+        """Define queue `name` (durably). Returns the record to wait for; None when it is
+        defined already (or at once, in a core without a journal). QueueExists when it is
+        defined (or being defined) with other settings."""
+        self._check_open()
+        existing = self._definitions.get(name)
+        if existing is not None:
+            if existing != settings:
+                raise QueueExists(f"queue {name!r} exists with different settings")
+            return None
+        pending = self._defining.get(name)
+        if pending is not None:
+            if pending[0] != settings:
+                raise QueueExists(f"queue {name!r} exists with different settings")
+            return pending[1]
+        if settings.dead_letter_queue == name:
+            raise ValueError(f"queue setting dead_letter_queue: queue {name!r} cannot be its own dead-letter queue")
+
+        def apply(now: float) -> None:
+            self._defining.pop(name, None)
+            self._define(name, settings)
+
+        def undo(now: float) -> None:
+            self._defining.pop(name, None)
+
+        if not self.journaled:
+            apply(0.0)
+            return None
+        record = self._records.add([[R.DEFINE, name, settings.as_dict()]], apply, undo)
+        self._defining[name] = (settings, record)
+        return record
+
+    def _define(self, name: str, settings: QueueSettings) -> Queue:
+        if name in self._queues:
+            return self._queues[name]
+        journaled = self.journaled and settings.durable
+        main = Queue(name, settings, journaled=journaled)
+        main.retry = Queue(name + ";retry", settings, journaled=journaled, kind=RETRY, parent=main)
+        main.poison = Queue(name + ";poison", settings, journaled=journaled, kind=POISON, parent=main)
+        for queue in (main, main.retry, main.poison):
+            self._queues[queue.name] = queue
+        if name != SYSTEM_DEAD_LETTER_QUEUE:
+            self._definitions[name] = settings
+        if not name.startswith("$"):
+            self._sendable[name] = main
+        elif name.startswith(TRANSMISSION_PREFIX):
+            main.numbered = True
+        return main
+
+    def delete(self, name: str) -> int | None:
+        """Delete queue `name`, its sub-queues and every entry in them (durably)."""
+        self._check_open()
+        if name not in self._definitions:
+            raise QueueNotFound(f"no queue named {name!r}")
+
+        def apply(now: float) -> None:
+            main = self._queues.get(name)
+            if main is None:
+                return
+            error = QueueNotFound(f"queue {name!r} was deleted")
+            for queue in (main, main.retry, main.poison):
+                queue.deleted = True
+                for entry in list(queue.entries()):
+                    advance(entry, DROP)
+                    self._remove(queue, entry)
+                queue.ready.clear()
+                queue.depth = 0
+                queue.fail_waiters(error)
+                self._timers.cancel(queue)
+                self._hold.pop(queue, None)
+                del self._queues[queue.name]
+            self._sendable.pop(name, None)
+            self._definitions.pop(name, None)
+            self.producers.forget_queue(name)
+
+        if not self.journaled:
+            apply(0.0)
+            return None
+        return self._records.add([[R.DELETE, name]], apply, None)
+
+    def queue_names(self) -> list[str]:
+        """Every main queue (application, `$dead`, transmission and return queues)."""
+        return [name for name, queue in self._queues.items() if queue.kind == MAIN]
+
+    def sendable(self, name: Any) -> bool:
+        """True when `name` is an application queue (a send's fast path)."""
+        return name in self._sendable
+
+    def has_queue(self, name: str) -> bool:
+        """True when `name` is a queue or sub-queue (being defined does not count)."""
+        return name in self._queues
+
+    def settings(self, name: str) -> QueueSettings:
+        """The settings of a queue or sub-queue; QueueNotFound if there is none."""
+        return self._queue(name).settings
+
+    def _queue(self, name: str) -> Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            if not isinstance(name, str):
+                raise TypeError(f"queue name must be a string, not {name!r}")
+            split_subqueue(name)    # a clear error for an unknown sub-queue
+            raise QueueNotFound(f"no queue named {name!r}")
+        return queue
+
+    def info(self, name: str) -> QueueInfo:
+        """Counts of a queue (or sub-queue)."""
+        queue = self._queue(name)
+        if queue.kind != MAIN:
+            return QueueInfo(queue.name, queue.settings.durable, queue.depth, _locked(queue), 0, 0, 0,
+                             queue.bytes, False, len(queue.waiters))
+        return QueueInfo(
+            name=queue.name, durable=queue.settings.durable, depth=queue.depth, in_flight=_locked(queue),
+            retrying=queue.retry.held, dead_lettered=self._dead_counts.get(queue.name, 0),
+            poison=queue.poison.held, bytes=queue.bytes + queue.retry.bytes + queue.poison.bytes,
+            faulted=queue.faulted, waiting=len(queue.waiters))
+
+    # ------------------------------------------------------------------ sending
+
+    def prepare(self, name: str, body: Any, now: float, *, headers: Any = None,
+                time_to_live: Any = None, destination: str | None = None, id: str | None = None,
+                enqueued_at: float | None = None, expires_at: Any = ..., origin: str | None = None) -> Entry:
+        """A new entry for queue `name` (an application queue, or a system queue the adapter
+        routes to), checked: TypeError/ValueError for a bad body, headers or time-to-live,
+        QueueMessageTooLarge over max_message_size, QueueNotFound. It joins the queue
+        through send() or commit(). `expires_at` (when given) overrides the time-to-live;
+        `id`, `enqueued_at` and `origin` are kept from another queue manager when forwarded."""
+        queue = self._sendable.get(name)
+        if queue is None:
+            queue = self._send_target(name)
+        settings = queue.settings
+        if body.__class__ is not bytes:
+            if isinstance(body, (bytearray, memoryview)):
+                body = bytes(body)
+            else:
+                raise TypeError(f"message body must be bytes, not {type(body).__name__}")
+        limit = settings.max_message_size
+        if len(body) > limit:
+            raise QueueMessageTooLarge(f"message of {len(body)} bytes is over max_message_size "
+                                       f"{limit} of queue {queue.name!r}")
+        encoded = None
+        if headers is not None:
+            try:
+                encoded = encode_headers(headers, limit)
+            except HeadersTooLarge as exc:
+                raise QueueMessageTooLarge(f"queue {queue.name!r}: {exc}") from None
+        if expires_at is ...:
+            ttl = settings.time_to_live if time_to_live is None else _seconds("time_to_live", time_to_live)
+            expires_at = None if ttl is None else now + ttl
+        elif expires_at is not None:
+            expires_at = float(expires_at)
+        key = self._next_key
+        self._next_key = key + 1
+        entry = Entry(key, id if id is not None else f"{self.id_prefix}{key:x}", body, encoded,
+                      now if enqueued_at is None else float(enqueued_at), expires_at,
+                      destination=destination, origin=origin)
+        entry.queue = queue
+        return entry
+
+    def _send_target(self, name: str) -> Queue:
+        if not isinstance(name, str):
+            raise TypeError(f"queue address must be a string, not {name!r}")
+        queue = self._queues.get(name)
+        if queue is not None and queue.kind == MAIN and name.startswith("$"):
+            return queue                            # a system queue the adapter routes to
+        base, sub = split_subqueue(name)
+        if sub is not None:
+            raise ValueError(f"cannot send to sub-queue {name!r}; send to {base!r}")
+        validate_queue_name(base)
+        raise QueueNotFound(f"no queue named {base!r}")
+
+    def send(self, entries: list[Entry], now: float, *, producer: Producer | None = None,
+             epoch: int = 0, sequences: list[int] | None = None,
+             keep_ids: bool = False) -> list[SendResult | BaseException]:
+        """Queue prepared entries; per entry its SendResult or the exception refusing it
+        (QueueFull). With `producer` (and its current `epoch`; ProducerFenced otherwise),
+        entry i carries sequence `sequences[i]`: on an exactly_once queue a sequence queued
+        before is answered with its id and queued nowhere (one being written now is
+        answered with that write's record). A producer's message is named by its sequence
+        unless `keep_ids` (forwarded messages keep the id their first queue manager gave)."""
+        self._check_open()
+        producers = self.producers
+        if producer is not None:
+            producers.check_epoch(producer, epoch)
+            if sequences is None or len(sequences) != len(entries):
+                raise ValueError("send with a producer needs one sequence per entry")
+            pid_prefix = f"{self.id_prefix}{producer.pid:x}."
+        results: list[SendResult | BaseException] = []
+        ops: list[list] = []
+        journaled: list[tuple[Entry, int]] = []       # (entry, its producer sequence; -1: none)
+        added: Counter[Queue] = Counter()
+        in_batch: set[tuple[str, int]] = set()
+        for i, entry in enumerate(entries):
+            queue = entry.queue
+            settings = queue.settings
+            dedupe = -1
+            if producer is not None:
+                sequence = sequences[i]
+                entry.producer = producer.pid
+                entry.sequence = sequence
+                if not keep_ids:
+                    entry.id = f"{pid_prefix}{sequence:x}"
+                if settings.exactly_once:
+                    if (queue.name, sequence) in in_batch:     # twice in this batch: one write
+                        results.append(SendResult(entry.id, 0 if queue.journaled else None))
+                        continue
+                    seen = producers.classify(producer, queue.name, sequence)
+                    if seen is DUPLICATE:
+                        results.append(SendResult(entry.id, None))
+                        continue
+                    if seen is not NEW:                # being written now: its outcome decides
+                        results.append(SendResult(entry.id, seen[0]))
+                        continue
+                    dedupe = sequence
+            limit = settings.max_length
+            if limit is not None and queue.held + queue.reserved + added[queue] >= limit:
+                results.append(QueueFull(f"queue {queue.name!r} holds max_length={limit} messages"))
+                continue
+            if queue.deleted:
+                results.append(QueueNotFound(f"queue {queue.name!r} was deleted"))
+                continue
+            if dedupe >= 0:
+                in_batch.add((queue.name, dedupe))
+            if queue.numbered:
+                self._number(queue, entry)
+            if queue.journaled:
+                added[queue] += 1
+                ops.append([R.ENQUEUE, queue.name, entry.to_record(), dedupe] if dedupe >= 0
+                           else [R.ENQUEUE, queue.name, entry.to_record()])
+                journaled.append((entry, dedupe))
+                results.append(SendResult(entry.id, 0))       # its record number is set below
+            else:
+                if dedupe >= 0:
+                    producers.accept(producer, queue.name, dedupe, now)
+                self._arrive(queue, entry, now)
+                results.append(SendResult(entry.id, None))
+        if not journaled:
+            return results
+        for queue, count in added.items():
+            queue.reserved += count
+
+        def apply(now: float) -> None:
+            for queue, count in added.items():
+                queue.reserved -= count
+            for entry, dedupe in journaled:
+                queue = entry.queue
+                if dedupe >= 0:
+                    producers.accept(producer, queue.name, dedupe, now)
+                if queue.deleted:
+                    self.events.append(("info", f"message {entry.id} dropped: queue {queue.name!r} was deleted"))
+                else:
+                    self._arrive(queue, entry, now)
+
+        def undo(now: float) -> None:
+            for queue, count in added.items():
+                queue.reserved -= count
+            for entry, dedupe in journaled:
+                if dedupe >= 0:
+                    producers.unreserve(producer, entry.queue.name, dedupe)
+
+        record = self._records.add(ops, apply, undo)
+        for entry, dedupe in journaled:
+            if dedupe >= 0:
+                producers.reserve(producer, entry.queue.name, dedupe, record)
+        for result in results:
+            if result.__class__ is SendResult and result.record == 0:
+                result.record = record
+        return results
+
+    def send_one(self, entry: Entry, now: float) -> int | None:
+        """send() of one prepared entry without a producer (the embedded send's fast path):
+        the record to wait for, or None when it is queued. Raises QueueFull."""
+        if self._closed:
+            self._check_open()
+        queue = entry.queue
+        limit = queue.settings.max_length
+        if limit is not None and queue.held + queue.reserved >= limit:
+            raise QueueFull(f"queue {queue.name!r} holds max_length={limit} messages")
+        if queue.deleted:
+            raise QueueNotFound(f"queue {queue.name!r} was deleted")
+        if queue.numbered:
+            self._number(queue, entry)
+        if not queue.journaled:
+            self._arrive(queue, entry, now)
+            return None
+        queue.reserved += 1
+        return self._records.add([[R.ENQUEUE, queue.name, entry.to_record()]],
+                                 lambda now: self._arrive_reserved(queue, entry, now),
+                                 lambda now: self._unreserve(queue))
+
+    @staticmethod
+    def _number(queue: Queue, entry: Entry) -> None:
+        """A message joining a transmission queue gets the forwarder's next sequence, in the
+        order messages join (so the forwarder's floor, its lowest unsettled one, is sound)."""
+        entry.sequence = queue.next_sequence
+        queue.next_sequence += 1
+
+    def lowest_sequence(self, name: str) -> int:
+        """A transmission queue's lowest sequence still to be forwarded (its `next_sequence`
+        when none is): every sequence below it is settled."""
+        queue = self._queue(name)
+        lowest = queue.lowest_sequence()
+        return queue.next_sequence if lowest is None else lowest
+
+    def _arrive_reserved(self, queue: Queue, entry: Entry, now: float) -> None:
+        queue.reserved -= 1
+        if queue.deleted:
+            self.events.append(("info", f"message {entry.id} dropped: queue {queue.name!r} was deleted"))
+        else:
+            self._arrive(queue, entry, now)
+
+    @staticmethod
+    def _unreserve(queue: Queue) -> None:
+        queue.reserved -= 1
+
+    # ------------------------------------------------------------------ producers
+
+    def open_producer(self, name: bytes, epoch: int, now: float) -> tuple[Producer, int | None]:
+        """A producer says hello (epoch 0: a new instance, which fences older ones). Returns
+        it and the record to wait for before answering (None: nothing changed).
+        ProducerFenced when `epoch` is older than the producer's current epoch."""
+        self._check_open()
+        if name.__class__ is not bytes or not 8 <= len(name) <= 64:
+            raise ValueError(f"producer id must be 8..64 bytes, not {name!r:.80}")
+        if epoch.__class__ is not int or epoch < 0:
+            raise ValueError(f"producer epoch must be an integer >= 0, not {epoch!r}")
+        producer, changed = self.producers.open(name, epoch, now)
+        if self._producer_sweep_at == _INF:
+            self._producer_sweep_at = now + self._producer_sweep_interval()
+        if not changed or not self.journaled:
+            return producer, None
+        return producer, self._records.add_op([R.PRODUCER, producer.name, producer.pid, producer.epoch])
+
+    def raise_floor(self, producer: Producer, floor: int) -> None:
+        """The producer settled every sequence below `floor`: its sets shrink (journaled with
+        the next record; losing it in a crash only keeps more than needed)."""
+        if self.producers.raise_floor(producer, floor) and self.journaled:
+            self._records.add_op([R.FLOOR, producer.pid, floor])
+
+    def _producer_sweep_interval(self) -> float:
+        return min(self.producer_expiry / 4, 3600.0)
+
+    # ------------------------------------------------------------------ receiving
+
+    def take(self, name: str, now: float) -> Entry | None:
+        """The first ready entry of queue `name`, peek-locked for validity_duration (its
+        `tag` names the lock); None when none is ready. QueueNotFound, PoisonMessage."""
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queue(name)
+        if queue.faulted:
+            raise self._poison_error(queue)
+        entry = queue.take()
+        if entry is not None:
+            self._lock(queue, entry, now)
+        return entry
+
+    def wait(self, name: str, waiter: Waiter) -> None:
+        """`waiter` gets the next entry of queue `name` that becomes ready (waiters are served
+        oldest first). Check take() first. QueueNotFound, PoisonMessage."""
+        self._check_open()
+        queue = self._queue(name)
+        if queue.faulted:
+            raise self._poison_error(queue)
+        queue.add_waiter(waiter)
+
+    def stop_waiting(self, name: str, waiter: Waiter) -> None:
+        """`waiter` no longer waits (timed out, cancelled); O(1)."""
+        queue = self._queues.get(name)
+        if queue is not None:
+            queue.remove_waiter(waiter)
+
+    def _lock(self, queue: Queue, entry: Entry, now: float) -> None:
+        advance(entry, TAKE)
+        self._tags += 1
+        queue.lock(entry, self._tags, now)
+        if entry.lock_deadline < queue.timer_at:
+            self._schedule(queue, entry.lock_deadline)
+
+    def _arrive(self, queue: Queue, entry: Entry, now: float, front: bool = False) -> None:
+        """`entry` joins `queue` (READY): handed to the longest waiter, or queued."""
+        entry.state = READY
+        self._admit(queue, entry)
+        if queue.kind == POISON:
+            self._poison_changed(queue.main)
+        self._offer(queue, entry, now, front)
+
+    def _admit(self, queue: Queue, entry: Entry) -> None:
+        entry.queue = queue
+        queue.held += 1
+        queue.bytes += len(entry.body)
+        if entry.dead_letter_source is not None:
+            self._dead_counts[entry.dead_letter_source] += 1
+        if entry.expires_at is not None and queue.indexes_expiry:
+            queue.expiry.add(entry)
+            if entry.expires_at < queue.timer_at:
+                self._schedule(queue, entry.expires_at)
+        if queue.kind == RETRY and entry.retry_at is not None and entry.retry_at < queue.timer_at:
+            self._schedule(queue, entry.retry_at)
+
+    def _offer(self, queue: Queue, entry: Entry, now: float, front: bool) -> None:
+        """A READY entry of `queue` without a ready-list slot: to a waiter, or into the list."""
+        if queue.waiters and not queue.faulted:
+            waiter = queue.next_waiter()
+            self._lock(queue, entry, now)
+            waiter.hand(entry)
+            return
+        queue.push_ready(entry, front)
+
+    def _remove(self, queue: Queue, entry: Entry) -> None:
+        """`entry` (GONE) leaves `queue`."""
+        queue.remove(entry)
+        if entry.dead_letter_source is not None:
+            self._dead_counts[entry.dead_letter_source] -= 1
+        if queue.kind == POISON:
+            self._poison_changed(queue.main)
+
+    # ------------------------------------------------------------------ settling
+
+    def _locked_entry(self, entry: Entry, tag: int, now: float) -> Queue:
+        queue = entry.queue
+        if entry.state != LOCKED or entry.tag != tag or queue is None or queue.deleted:
+            raise LockLost(f"message {entry.id}: the peek-lock was lost (expired, settled or queue deleted)")
+        if entry.lock_deadline < now:
+            raise LockLost(f"message {entry.id}: the peek-lock expired (validity_duration)")
+        return queue
+
+    def lock_valid(self, entry: Entry, tag: int, now: float) -> bool:
+        """True while the lock `tag` on `entry` holds."""
+        queue = entry.queue
+        return (entry.state == LOCKED and entry.tag == tag and queue is not None and not queue.deleted
+                and entry.lock_deadline >= now)
+
+    def complete(self, entry: Entry, tag: int, now: float) -> int | None:
+        """Remove a received entry (durably on a journaled queue): the record to wait for, or
+        None when it is gone already. LockLost when the lock `tag` no longer holds."""
+        if entry.state != LOCKED or entry.tag != tag or entry.lock_deadline < now:
+            self._locked_entry(entry, tag, now)
+        queue = entry.queue
+        if queue.deleted:
+            self._locked_entry(entry, tag, now)
+        advance(entry, SETTLE)
+        entry.before = LOCKED
+        if not queue.journaled:
+            self._gone(queue, entry)
+            return None
+        return self._records.add([[R.REMOVE, queue.name, entry.key]],
+                                 lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now))
+
+    def complete_many(self, receipts: list[tuple[Entry, int]], now: float) -> tuple[int | None, list[LockLost | None]]:
+        """complete() of many entries in one record: the record to wait for, and per entry
+        None or the LockLost refusing it."""
+        errors: list[LockLost | None] = []
+        record = None
+        for entry, tag in receipts:
+            try:
+                number = self.complete(entry, tag, now)
+            except LockLost as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
+            if number is not None:
+                record = number
+        return record, errors
+
+    def _gone(self, queue: Queue, entry: Entry) -> None:
+        if entry.state == GONE:
+            return       # its queue was deleted meanwhile
+        advance(entry, WRITTEN_GONE)
+        self._remove(queue, entry)
+
+
+    def _settle_ready(self, queue: Queue, entry: Entry) -> None:
+        """A READY entry is about to move (expiry, retry delay over): not takeable meanwhile."""
+        advance(entry, EXPIRE)
+        entry.before = READY
+        queue.waiting(entry)
+        queue.inflight[entry.key] = entry      # enumerable (snapshot, delete) while it settles
+
+    def _unsettle(self, entry: Entry, now: float) -> None:
+        """A write about `entry` failed: it is as it was before (locked, or ready), and its
+        queue's timer work waits STORAGE_RETRY_DELAY before trying again."""
+        if entry.state != SETTLING:
+            return       # dropped meanwhile (its queue was deleted)
+        queue = entry.queue
+        self._hold[queue] = now + STORAGE_RETRY_DELAY
+        if entry.before == LOCKED:
+            advance(entry, WRITE_FAILED_LOCKED)
+        else:
+            advance(entry, WRITE_FAILED_READY)
+            del queue.inflight[entry.key]
+            if entry.expires_at is not None and queue.indexes_expiry:
+                queue.expiry.add(entry)
+            if entry.in_ready:
+                queue.depth += 1
+            else:
+                self._offer(queue, entry, now, True)
+        self._rearm(queue)
+
+    def release(self, entry: Entry, tag: int, now: float) -> bool:
+        """An entry taken but never seen by the application (a prefetch given back, a
+        receiver gone): back to the front of its queue, the delivery not counted. False when
+        the lock had gone already."""
+        queue = entry.queue
+        if entry.state != LOCKED or entry.tag != tag or queue is None or queue.deleted:
+            return False
+        advance(entry, RELEASE)
+        entry.delivery_count -= 1
+        queue.unlock(entry)
+        self._offer(queue, entry, now, True)
+        return True
+
+    def renew(self, entry: Entry, tag: int, now: float) -> float:
+        """Extend a peek-lock by validity_duration from now; the new deadline. LockLost."""
+        queue = self._locked_entry(entry, tag, now)
+        advance(entry, RENEW)
+        queue.relock(entry, now)
+        return entry.lock_deadline
+
+    def abandon(self, entry: Entry, tag: int, now: float) -> int | None:
+        """Give a received entry back as a failed delivery (retried, delayed or poison, per
+        the queue's settings): the record to wait for, or None. LockLost."""
+        queue = self._locked_entry(entry, tag, now)
+        return self._fail(queue, entry, now)
+
+    def dead_letter(self, entry: Entry, tag: int, reason: str, now: float) -> int | None:
+        """Settle a received entry by moving it to its queue's dead-letter queue with
+        `reason` (a forwarder's definitive refusals). LockLost."""
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"dead-letter reason must be a non-empty string, not {reason!r}")
+        queue = self._locked_entry(entry, tag, now)
+        advance(entry, SETTLE)
+        entry.before = LOCKED
+        return self._dead_letter(queue, entry, reason, now)
+
+    # ------------------------------------------------------------------ failed deliveries and moves
+
+    def _fail(self, queue: Queue, entry: Entry, now: float) -> int | None:
+        """A delivery of the LOCKED `entry` failed (abandon, lock expiry, rollback): retry it
+        now, delay it, or handle it as poison, per its queue's settings."""
+        advance(entry, SETTLE)
+        entry.before = LOCKED
+        if queue.kind != MAIN:
+            # read from ;retry or ;poison by hand: it simply goes back there
+            return self._update(queue, entry, entry.attempts, now)
+        if entry.expires_at is not None and entry.expires_at <= now:
+            return self._dead_letter(queue, entry, EXPIRED, now)
+        settings = queue.settings
+        attempts = entry.attempts + 1
+        step = after_failure(settings, attempts)
+        if step == RETRY_NOW:
+            return self._update(queue, entry, attempts, now)
+        if step == RETRY_LATER:
+            return self._move(queue, entry, queue.retry, now, attempts=attempts,
+                              retry_at=now + settings.retry_cycle_delay)
+        assert step == POISON_STEP
+        mode = settings.receive_error_handling
+        self.events.append(("warning", f"poison message {entry.id} in queue {queue.name!r} after "
+                                       f"{attempts} deliveries: {mode}"))
+        if mode == "drop":
+            return self._journal(queue, [[R.REMOVE, queue.name, entry.key]],
+                                 lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now), now)
+        if mode == "reject":
+            back = self._queues.get(RETURN_PREFIX + entry.origin) if entry.origin else None
+            if back is not None:        # forwarded in: the negative acknowledgement goes home
+                return self._move(queue, entry, back, now, expires_at=None, dead_letter_reason=REJECTED,
+                                  dead_letter_source=queue.main.name, retry_at=None)
+            return self._dead_letter(queue, entry, REJECTED, now)
+        # "move", and "fault" (which also stops the queue while ;poison holds it)
+        return self._move(queue, entry, queue.poison, now, attempts=attempts, retry_at=None)
+
+    def _update(self, queue: Queue, entry: Entry, attempts: int, now: float) -> int | None:
+        """The SETTLING `entry` goes back to the front of `queue` for another delivery."""
+        def apply(now: float) -> None:
+            if entry.state != SETTLING:
+                return
+            advance(entry, WRITTEN_BACK)
+            entry.attempts = attempts
+            queue.unlock(entry)
+            self._offer(queue, entry, now, True)
+            self._rearm(queue)
+
+        return self._journal(queue, [[R.UPDATE, queue.name, entry.key, entry.delivery_count, attempts]],
+                             apply, lambda now: self._unsettle(entry, now), now)
+
+    def _dead_letter(self, queue: Queue, entry: Entry, reason: str, now: float) -> int | None:
+        """Move the SETTLING `entry` to its dead-letter queue with `reason`, or drop it when
+        the queue's dead_letter_queue is "none"."""
+        main = queue.main
+        source = entry.destination or main.name
+        target_name = dead_letter_queue_name(main.settings)
+        if target_name is None:
+            self.events.append(("info", f"message {entry.id} of queue {main.name!r} dropped ({reason}, "
+                                        f"dead_letter_queue none)"))
+            return self._journal(queue, [[R.REMOVE, queue.name, entry.key]],
+                                 lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now), now)
+        target = self._queues.get(target_name)
+        if target is None or target is main:
+            self.events.append(("warning", f"dead-letter queue {target_name!r} of {main.name!r} does not exist; "
+                                           f"using {SYSTEM_DEAD_LETTER_QUEUE}"))
+            target = self._queues[SYSTEM_DEAD_LETTER_QUEUE]
+        return self._move(queue, entry, target, now, expires_at=None, dead_letter_reason=reason,
+                          dead_letter_source=source, retry_at=None)
+
+    def _move(self, source: Queue, entry: Entry, target: Queue, now: float, **changes: Any) -> int | None:
+        """The SETTLING `entry` leaves `source`; a copy with `changes` joins `target` (a new
+        life there: whoever held the old one has lost its lock)."""
+        fresh = Entry(*[changes.get(name, getattr(entry, name)) for name in RECORD_FIELDS])
+
+        def apply(now: float) -> None:
+            if entry.state != SETTLING:
+                return
+            advance(entry, WRITTEN_GONE)
+            self._remove(source, entry)
+            if target.deleted:
+                self.events.append(("warning", f"message {fresh.id} dropped: queue {target.name!r} was deleted"))
+            else:
+                self._arrive(target, fresh, now)
+            self._rearm(source)
+
+        ops = []
+        if source.journaled:
+            ops.append([R.REMOVE, source.name, entry.key])
+        if target.journaled:
+            ops.append([R.ENQUEUE, target.name, fresh.to_record()])
+        if not ops:
+            apply(now)
+            return None
+        return self._records.add(ops, apply, lambda now: self._unsettle(entry, now))
+
+    # ------------------------------------------------------------------ transactions
+
+    def commit(self, receipts: list[tuple[Entry, int]], entries: list[Entry], now: float) -> int | None:
+        """A transaction's receives (completed) and sends (queued), in one record: the record
+        to wait for, or None. TransactionError when a lock was lost, QueueFull when a send
+        does not fit; either way nothing happened (roll back)."""
+        self._check_open()
+        for entry, tag in receipts:
+            if not self.lock_valid(entry, tag, now):
+                raise TransactionError(f"cannot commit: the peek-lock of message {entry.id} was lost")
+        added: Counter[Queue] = Counter(entry.queue for entry in entries)
+        for queue, count in added.items():
+            if queue.deleted:
+                raise TransactionError(f"cannot commit: queue {queue.name!r} was deleted")
+            limit = queue.settings.max_length
+            if limit is not None and queue.held + queue.reserved + count > limit:
+                raise QueueFull(f"cannot commit: queue {queue.name!r} would exceed max_length={limit}")
+        ops: list[list] = []
+        for entry, _ in receipts:
+            advance(entry, SETTLE)
+            entry.before = LOCKED
+            if entry.queue.journaled:
+                ops.append([R.REMOVE, entry.queue.name, entry.key])
+        for entry in entries:
+            if entry.queue.numbered:
+                self._number(entry.queue, entry)
+            if entry.queue.journaled:
+                ops.append([R.ENQUEUE, entry.queue.name, entry.to_record()])
+        for queue, count in added.items():
+            queue.reserved += count
+
+        def apply(now: float) -> None:
+            for entry, _ in receipts:
+                self._gone(entry.queue, entry)
+            for queue, count in added.items():
+                queue.reserved -= count
+            for entry in entries:
+                if entry.queue.deleted:
+                    self.events.append(("info", f"message {entry.id} dropped: queue {entry.queue.name!r} was deleted"))
+                else:
+                    self._arrive(entry.queue, entry, now)
+
+        def undo(now: float) -> None:
+            for queue, count in added.items():
+                queue.reserved -= count
+            for entry, _ in receipts:
+                self._unsettle(entry, now)
+
+        if not ops:
+            apply(now)
+            return None
+        return self._records.add(ops, apply, undo)
+
+    def rollback(self, receipts: list[tuple[Entry, int]], now: float) -> list[int]:
+        """A transaction's receives return as failed deliveries: the records to wait for."""
+        waits = []
+        for entry, tag in receipts:
+            # an expired lock the timer has not handled yet fails here just the same
+            if entry.state == LOCKED and entry.tag == tag and not entry.queue.deleted:
+                record = self._fail(entry.queue, entry, now)
+                if record is not None and record not in waits:
+                    waits.append(record)
+        return waits
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        """The earliest time handle_timer() has something to do, or None."""
+        best = self._timers.next_deadline
+        if self._producer_sweep_at < _INF and (best is None or self._producer_sweep_at < best):
+            best = self._producer_sweep_at
+        return best
+
+    def handle_timer(self, now: float) -> None:
+        """Do what is due by `now`: expired time-to-lives, expired locks, ended retry delays."""
+        for queue in self._timers.pop_due(now):
+            queue.timer_at = _INF
+            if queue.deleted:
+                continue
+            hold = self._hold.get(queue)
+            if hold is not None:
+                if hold > now:
+                    self._schedule(queue, hold)
+                    continue
+                del self._hold[queue]
+            self._due(queue, now)
+            self._rearm(queue)
+        if self._producer_sweep_at <= now:
+            gone = self.producers.expire(now, self.producer_expiry)
+            if gone:
+                self.events.append(("info", f"forgot {len(gone)} producer(s) silent for "
+                                            f"{self.producer_expiry:g} s"))
+            self._producer_sweep_at = now + self._producer_sweep_interval() if self.producers.by_pid else _INF
+
+    def _due(self, queue: Queue, now: float) -> None:
+        for entry in queue.expiry.pop_due(now):
+            if entry.queue is queue and entry.state == READY:
+                self._settle_ready(queue, entry)
+                self._dead_letter(queue, entry, EXPIRED, now)
+        for entry in queue.expired_locks(now):
+            self._fail(queue, entry, now)
+        if queue.kind == RETRY:
+            for entry in queue.retries_due(now):
+                self._settle_ready(queue, entry)
+                self._move(queue, entry, queue.parent, now, retry_at=None)
+
+    def _schedule(self, queue: Queue, deadline: float) -> None:
+        hold = self._hold.get(queue)
+        if hold is not None and deadline < hold:
+            deadline = hold
+        if deadline < queue.timer_at:
+            queue.timer_at = deadline
+            self._timers.set(queue, deadline)
+
+    def _rearm(self, queue: Queue) -> None:
+        deadline = queue.next_deadline()
+        if deadline is not None:
+            self._schedule(queue, deadline)
+
+    # ------------------------------------------------------------------ poison
+
+    def _poison_changed(self, main: Queue) -> None:
+        """`main`'s ;poison gained or lost an entry: fault or resume delivery."""
+        main.faulted = main.settings.receive_error_handling == "fault" and main.poison.held > 0
+        if main.faulted and main.waiters:
+            main.fail_waiters(self._poison_error(main))
+
+    def _poison_error(self, queue: Queue) -> PoisonMessage:
+        first = next(iter(queue.poison.entries()), None)
+        message_id = first.id if first is not None else None
+        return PoisonMessage(
+            f"queue {queue.name!r} stopped delivering: message {message_id} failed "
+            f"{queue.settings.attempts_per_message} deliveries; receive it from "
+            f"{queue.name + ';poison'!r} to resume", message_id=message_id, queue=queue.name)
+
+    # ------------------------------------------------------------------ the journal's view
+
+    def snapshot(self) -> Iterator[list]:
+        """The operations that rebuild the journaled state now. Valid only while no record is
+        in flight (records_in_flight == 0): then the state is exactly the journaled one."""
+        if self._records.in_flight:
+            raise RuntimeError("a snapshot needs every record written first")
+        yield self._identity_op()
+        for name, settings in self._definitions.items():
+            yield [R.DEFINE, name, settings.as_dict()]
+        for producer in self.producers:
+            yield [R.PRODUCER, producer.name, producer.pid, producer.epoch]
+            if producer.floor:
+                yield [R.FLOOR, producer.pid, producer.floor]
+            for queue, accepted in producer.accepted.items():
+                yield [R.ACCEPTED, producer.pid, queue, [list(r) for r in accepted.ranges()]]
+        for queue in self._queues.values():
+            if queue.numbered:
+                yield [R.COUNTER, queue.name, queue.next_sequence]
+            if not queue.journaled:
+                continue
+            for entry in queue.entries():
+                record = entry.to_record()
+                if entry.state == LOCKED or entry.state == SETTLING and entry.before == LOCKED:
+                    # as journaled: the delivery in progress is not (receives are not journaled)
+                    record[RECORD_FIELDS.index("delivery_count")] = entry.delivery_count - 1
+                yield [R.ENQUEUE, queue.name, record]
+
+    def live_bytes(self) -> int:
+        """About how many bytes a snapshot takes (the compaction trigger's yardstick)."""
+        return sum(q.bytes + 96 * q.held for q in self._queues.values() if q.journaled)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, error: BaseException) -> None:
+        """Refuse everything from now on; every waiter gets `error`."""
+        self._closed = True
+        for queue in self._queues.values():
+            queue.fail_waiters(error)
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueError("the queue manager is closed")
+
+
+def _locked(queue: Queue) -> int:
+    return len(queue.inflight)
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
+    return float(value)
+

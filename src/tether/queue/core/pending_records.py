@@ -1,0 +1,87 @@
+"""Journal records being built and written: how a journaled operation waits for its write.
+
+The core never changes its state for a journaled operation before the journal has it: it
+adds the operation's journal ops to the *open* record with an `apply` (run once the record
+is written) and an `undo` (run if the write failed), and tells the caller the record's
+number. The adapter closes the open record (`cut`), writes it, and reports back
+(`written` / `failed`), in order. Everything submitted between two cuts is one record, so
+concurrent operations share one write and one fsync (group commit), and the ops of one
+operation are always in one record (atomic).
+
+While no record is in flight, the in-memory state is exactly the journaled state plus the
+open record's effects still to come: the moment a compaction snapshot may be taken.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+Effect = Callable[[float], None]     # called with `now`
+
+
+class _Record:
+    __slots__ = ("number", "ops", "applies", "undos")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.ops: list[list] = []
+        self.applies: list[Effect] = []
+        self.undos: list[Effect] = []
+
+
+class PendingRecords:
+    """The open record and the records cut but not yet reported written."""
+
+    __slots__ = ("_open", "_next", "_in_flight")
+
+    def __init__(self) -> None:
+        self._open: _Record | None = None
+        self._next = 1
+        self._in_flight: dict[int, _Record] = {}
+
+    def add(self, ops: list[list], apply: Effect | None, undo: Effect | None) -> int:
+        """Put `ops` in the open record; returns its number."""
+        record = self._open
+        if record is None:
+            record = self._open = _Record(self._next)
+            self._next += 1
+        record.ops.extend(ops)
+        if apply is not None:
+            record.applies.append(apply)
+        if undo is not None:
+            record.undos.append(undo)
+        return record.number
+
+    def add_op(self, op: list) -> int:
+        """One op with no effect of its own (it was applied already; the journal catches up)."""
+        return self.add([op], None, None)
+
+    @property
+    def open_number(self) -> int | None:
+        """The open record's number, or None when nothing waits to be cut."""
+        return self._open.number if self._open is not None else None
+
+    @property
+    def in_flight(self) -> int:
+        """Records cut and not yet reported written or failed."""
+        return len(self._in_flight)
+
+    def cut(self) -> tuple[int, list[list]] | None:
+        """Close the open record: (number, ops) to write, or None when there is none."""
+        record = self._open
+        if record is None:
+            return None
+        self._open = None
+        self._in_flight[record.number] = record
+        return record.number, record.ops
+
+    def written(self, number: int, now: float) -> None:
+        """Record `number` is durable: run its applies, in submission order."""
+        record = self._in_flight.pop(number)
+        for apply in record.applies:
+            apply(now)
+
+    def failed(self, number: int, now: float) -> None:
+        """Record `number` could not be written: run its undos, last first."""
+        record = self._in_flight.pop(number)
+        for undo in reversed(record.undos):
+            undo(now)

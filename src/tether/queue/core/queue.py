@@ -1,0 +1,265 @@
+"""`Queue`: one queue or sub-queue of the core: its ready list (FIFO), its locked entries,
+its receive waiters and its counts. A data structure only: what happens to an entry that
+fails, expires or ends a retry delay is decided by the engine (engine.py), which may move
+it to another queue and must journal that first.
+
+Entries leave the ready list lazily: one that is settled while waiting keeps its slot
+(`in_ready`) and is skipped by `take()`; stale slots are swept once they dominate, so memory
+follows the live entries.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Iterator, Protocol
+
+from .entry import Entry
+from .expiry import ExpiryIndex
+from .lifecycle import GONE, LOCKED, READY
+from .settings import QueueSettings
+
+MAIN = "main"
+RETRY = "retry"
+POISON = "poison"
+
+_STALE_SLACK = 1024
+
+
+class Waiter(Protocol):
+    """A receiver waiting for a message (the adapter's: a future, a simulated consumer)."""
+
+    def hand(self, entry: Entry) -> None:
+        """`entry` is now locked for this waiter (its `tag` names the lock)."""
+
+    def fail(self, error: BaseException) -> None:
+        """The wait ended with `error` (the queue faulted, was deleted, or the core closed)."""
+
+
+class Queue:
+    """Entries of one queue: ready (FIFO), locked (in lock order), and who waits."""
+
+    __slots__ = (
+        "name", "settings", "kind", "parent", "journaled", "ready", "depth", "inflight", "held",
+        "bytes", "reserved", "waiters", "expiry", "retry", "poison", "deleted", "faulted",
+        "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "_sweep_countdown",
+    )
+
+    def __init__(self, name: str, settings: QueueSettings, *, journaled: bool, kind: str = MAIN,
+                 parent: "Queue | None" = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.kind = kind
+        self.parent = parent
+        self.journaled = journaled
+        self.ready: deque[Entry] = deque()
+        self.depth = 0                              # READY entries in `ready`
+        self.inflight: dict[int, Entry] = {}        # key -> locked (or settling) entry, lock order
+        self.held = 0                               # every entry whose queue is this one
+        self.bytes = 0                              # their body bytes
+        self.reserved = 0                           # sends being journaled, not yet here
+        self.waiters: OrderedDict[Waiter, None] = OrderedDict()   # O(1) removal of any waiter
+        self.expiry = ExpiryIndex()
+        self.retry: Queue | None = None
+        self.poison: Queue | None = None
+        self.deleted = False
+        #: receive_error_handling="fault" and a poison message waits in ;poison
+        self.faulted = False
+        self.timer_at = float("inf")                # the deadline armed for this queue
+        self.validity = settings.validity_duration
+        # dead letters sitting in ;poison do not expire; everything else with a TTL does
+        self.indexes_expiry = kind != POISON
+        #: a transmission queue numbers what joins it (the forwarder's producer sequence)
+        self.numbered = False
+        self.next_sequence = 1
+        self._sweep_countdown = _STALE_SLACK
+
+    @property
+    def main(self) -> "Queue":
+        """The main queue this (sub-)queue belongs to."""
+        return self.parent if self.parent is not None else self
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry held here (locked first, then ready), oldest first."""
+        yield from self.inflight.values()
+        for entry in self.ready:
+            if entry.queue is self and entry.state != GONE and entry.state != LOCKED:
+                yield entry
+
+    def ready_entries(self) -> Iterator[Entry]:
+        """The entries waiting to be taken, in the order they will be."""
+        for entry in self.ready:
+            if entry.queue is self and entry.state == READY:
+                yield entry
+
+    # ---- arriving ----
+
+    def add(self, entry: Entry, *, front: bool = False) -> None:
+        """Hold `entry` (READY) at the back of the ready list, or at the front."""
+        entry.queue = self
+        self.held += 1
+        self.bytes += len(entry.body)
+        self.index(entry)
+        self.push_ready(entry, front)
+
+    def push_ready(self, entry: Entry, front: bool = False) -> None:
+        """Put a READY entry of this queue in the ready list (it has no slot there)."""
+        entry.in_ready = True
+        if front:
+            self.ready.appendleft(entry)
+        else:
+            self.ready.append(entry)
+        self.depth += 1
+
+    def index(self, entry: Entry) -> None:
+        """Index `entry` for its expiry time."""
+        if entry.expires_at is not None and self.indexes_expiry:
+            self.expiry.add(entry)
+
+    # ---- taking ----
+
+    def take(self) -> Entry | None:
+        """Pop the first READY entry (the caller locks it); None when there is none."""
+        ready = self.ready
+        while ready:
+            entry = ready.popleft()
+            entry.in_ready = False
+            if entry.state == READY and entry.queue is self:
+                self.depth -= 1
+                return entry
+        return None
+
+    def lock(self, entry: Entry, tag: int, now: float) -> None:
+        """Record `entry` (already LOCKED) as locked until now + validity_duration."""
+        entry.tag = tag
+        entry.delivery_count += 1
+        entry.lock_deadline = now + self.validity
+        self.inflight[entry.key] = entry
+
+    def relock(self, entry: Entry, now: float) -> None:
+        """Extend `entry`'s lock to now + validity_duration. It moves to the end of the
+        locked entries, which stay in deadline order (expired_locks relies on it)."""
+        entry.lock_deadline = now + self.validity
+        del self.inflight[entry.key]
+        self.inflight[entry.key] = entry
+
+    def unlock(self, entry: Entry) -> None:
+        """`entry` is no longer locked (released, or returned for an immediate retry)."""
+        self.inflight.pop(entry.key, None)
+
+    def waiting(self, entry: Entry) -> None:
+        """A READY entry stops being takeable while its move is journaled."""
+        self.depth -= 1
+
+    # ---- leaving ----
+
+    def remove(self, entry: Entry) -> None:
+        """`entry` left this queue for good (its state is GONE)."""
+        self.inflight.pop(entry.key, None)
+        self.held -= 1
+        self.bytes -= len(entry.body)
+        self._sweep_countdown -= 1
+        if not self._sweep_countdown:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop stale index and ready-list slots once they clearly outnumber live ones."""
+        self._sweep_countdown = _STALE_SLACK
+        expiry = self.expiry
+        fifo = expiry.fifo
+        # entries mostly leave in the order they came: drop the stale head in place first
+        while fifo and (fifo[0].queue is not self or fifo[0].state != READY):
+            fifo.popleft()
+        if not fifo:
+            expiry.tail = -float("inf")
+        expiry.maybe_compact(self.held, self._still_waiting)
+        if len(self.ready) > 2 * self.depth + _STALE_SLACK:
+            keep = deque()
+            for entry in self.ready:
+                if entry.queue is self and entry.state != GONE and entry.in_ready:
+                    keep.append(entry)
+                else:
+                    entry.in_ready = False
+            self.ready = keep
+
+    def _still_waiting(self, entry: Entry) -> bool:
+        return entry.queue is self and entry.state == READY
+
+    # ---- waiters ----
+
+    def add_waiter(self, waiter: Waiter) -> None:
+        self.waiters[waiter] = None
+
+    def remove_waiter(self, waiter: Waiter) -> bool:
+        """Forget a waiter (timed out, cancelled); O(1). False if it was not waiting."""
+        return self.waiters.pop(waiter, 0) is None
+
+    def next_waiter(self) -> Waiter | None:
+        """Pop the longest-waiting receiver, or None."""
+        if not self.waiters:
+            return None
+        return self.waiters.popitem(last=False)[0]
+
+    def fail_waiters(self, error: BaseException) -> None:
+        """Every waiting receiver gets `error`."""
+        waiters, self.waiters = self.waiters, OrderedDict()
+        for waiter in waiters:
+            waiter.fail(error)
+
+    # ---- time ----
+
+    def next_deadline(self) -> float | None:
+        """The earliest time something may be due here: an expiry, a lock, a retry delay."""
+        best = self.expiry.next_deadline() if self.indexes_expiry else None
+        for entry in self.inflight.values():
+            if entry.state == LOCKED:
+                if best is None or entry.lock_deadline < best:
+                    best = entry.lock_deadline
+                break
+        if self.kind == RETRY:
+            for entry in self.ready_entries():
+                if entry.retry_at is not None and (best is None or entry.retry_at < best):
+                    best = entry.retry_at
+                break
+        return best
+
+    def lowest_sequence(self) -> int | None:
+        """The lowest `sequence` held here outside ;poison (locked, settling or ready)."""
+        best = None
+        for entry in self.inflight.values():
+            if best is None or entry.sequence < best:
+                best = entry.sequence
+        for queue in (self, self.retry):
+            if queue is None:
+                continue
+            for entry in queue.ready_entries():
+                if best is None or entry.sequence < best:
+                    best = entry.sequence
+                break
+            if queue is not self:
+                for entry in queue.inflight.values():
+                    if best is None or entry.sequence < best:
+                        best = entry.sequence
+        return best
+
+    def expired_locks(self, now: float) -> list[Entry]:
+        """Locked entries whose peek-lock ran out by `now`."""
+        due = []
+        for entry in self.inflight.values():
+            if entry.state != LOCKED:
+                continue
+            if entry.lock_deadline > now:
+                break
+            due.append(entry)
+        return due
+
+    def retries_due(self, now: float) -> list[Entry]:
+        """In a `;retry` sub-queue: the entries whose retry delay ended by `now`."""
+        due = []
+        for entry in self.ready_entries():
+            if entry.retry_at is not None and entry.retry_at > now:
+                break
+            due.append(entry)
+        return due
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} depth={self.depth} in_flight={len(self.inflight)}>"
+

@@ -1,0 +1,298 @@
+"""`QueueOperations`: the queue core's asyncio glue, shared by every adapter.
+
+Each call runs the core with the wall clock's `now`, waits for the journal when the core
+says so (writer.py), wakes receivers the core handed messages to, re-arms the one loop
+timer at the core's next deadline, and logs what the core reported. `QueueManager`'s
+public methods, transactions, the service and the forwarders all go through here, so there
+is one send path, one receive path and one settle path.
+
+Waiting receivers: a receive with nothing ready parks a `_Receiver` (a future) in the core;
+the core hands it a locked entry or an error. Removing one that timed out is O(1).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from ..errors import QueueError
+from .core import Entry, QueueCore, QueueInfo, QueueSettings, SendResult
+from .core.producers import Producer
+from .store.interface import Store
+from .writer import RecordWriter
+
+log = logging.getLogger("tether.queue")
+
+_LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING}
+
+
+class _Receiver:
+    """A receive waiting in the core: the core calls hand() or fail()."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future) -> None:
+        self.future = future
+
+    def hand(self, entry: Entry) -> None:
+        self.future.set_result(entry)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class QueueOperations:
+    """The core, the store and the loop, tied together (see the module docstring)."""
+
+    def __init__(self, core: QueueCore, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.core = core
+        self.store = store
+        self._loop = asyncio.get_running_loop()
+        self._clock = clock
+        self.writer = RecordWriter(core, store, self._loop, self._after_write, clock)
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = float("inf")
+        self._closed = False
+
+    # ---- plumbing ----
+
+    def settle(self) -> None:
+        """After a core call: cut its open record soon, log its events, re-arm the timer."""
+        core = self.core
+        if core.pending_record is not None:
+            self.writer.kick()
+        if core.events:
+            self._log_events()
+        deadline = core.next_deadline()
+        if deadline is not None and deadline < self._armed_at and not self._closed:
+            self._arm(deadline)
+
+    def _after_write(self) -> None:
+        self.settle()
+
+    def _log_events(self) -> None:
+        events, self.core.events = self.core.events, []
+        for level, text in events:
+            log.log(_LOG_LEVELS.get(level, logging.INFO), "%s", text)
+
+    async def wait_for(self, record: int | None) -> None:
+        """Until `record` is durable (StorageError if it could not be written)."""
+        if record is not None:
+            await self.writer.wait(record)
+
+    def now(self) -> float:
+        """The wall clock the core runs on."""
+        return self._clock()
+
+    # ---- the timer ----
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_at = deadline
+        delay = max(0.0, deadline - self._clock())
+        self._timer = self._loop.call_at(self._loop.time() + delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed_at = float("inf")
+        if self._closed:
+            return
+        try:
+            self.core.handle_timer(self._clock())
+        except Exception:    # a bug must not stop every later timer
+            log.exception("queue timer handling failed")
+        self.settle()
+
+    # ---- definitions ----
+
+    async def define(self, name: str, settings: QueueSettings) -> None:
+        """Define a queue durably (QueueExists for other settings)."""
+        record = self.core.define(name, settings)
+        self.settle()
+        await self.wait_for(record)
+
+    async def delete(self, name: str) -> None:
+        """Delete a queue and everything in it, durably."""
+        record = self.core.delete(name)
+        self.settle()
+        await self.wait_for(record)
+
+    def info(self, name: str) -> QueueInfo:
+        """Counts of a queue or sub-queue."""
+        return self.core.info(name)
+
+    # ---- sending ----
+
+    def prepare(self, name: str, body: Any, **fields: Any) -> Entry:
+        """A checked entry for queue `name` (see QueueCore.prepare)."""
+        return self.core.prepare(name, body, self._clock(), **fields)
+
+    async def send_one(self, entry: Entry) -> str:
+        """Queue one prepared entry; its id once durable (or queued, when volatile)."""
+        record = self.core.send_one(entry, self._clock())
+        if record is None:
+            if self.core.events or self.core.next_deadline() is not None:
+                self.settle()
+            return entry.id
+        self.settle()
+        await self.writer.wait(record)
+        return entry.id
+
+    async def send(self, entries: list[Entry], *, producer: Producer | None = None, epoch: int = 0,
+                   sequences: list[int] | None = None, keep_ids: bool = False) -> list[str | BaseException]:
+        """Queue prepared entries (see QueueCore.send): per entry its id once durable, or
+        the exception refusing it. A failed write fails the entries it held."""
+        results = self.core.send(entries, self._clock(), producer=producer, epoch=epoch, sequences=sequences,
+                                 keep_ids=keep_ids)
+        self.settle()
+        records = {r.record for r in results if r.__class__ is SendResult and r.record is not None}
+        outcome: dict[int, BaseException | None] = {}
+        for record in records:
+            try:
+                await self.writer.wait(record)
+                outcome[record] = None
+            except QueueError as exc:
+                outcome[record] = exc
+        out: list[str | BaseException] = []
+        for result in results:
+            if result.__class__ is SendResult:
+                error = outcome.get(result.record) if result.record is not None else None
+                out.append(result.id if error is None else error)
+            else:
+                out.append(result)
+        return out
+
+    # ---- producers ----
+
+    async def open_producer(self, name: bytes, epoch: int) -> Producer:
+        """A producer's hello (epoch 0: a new instance); once its epoch is durable."""
+        producer, record = self.core.open_producer(name, epoch, self._clock())
+        self.settle()
+        await self.wait_for(record)
+        return producer
+
+    def raise_floor(self, producer: Producer, floor: int) -> None:
+        """The producer settled every sequence below `floor`."""
+        self.core.raise_floor(producer, floor)
+        self.settle()
+
+    # ---- receiving ----
+
+    async def take(self, name: str, timeout: float | None) -> Entry | None:
+        """The next entry of queue `name`, locked; waits up to `timeout` seconds (None:
+        until one comes; <= 0: no wait). None on timeout. QueueNotFound, PoisonMessage."""
+        if self._closed:
+            raise QueueError("the queue manager is closed")
+        core = self.core
+        entry = core.take(name, self._clock())
+        if entry is not None:
+            if entry.lock_deadline < self._armed_at:
+                self.settle()
+            return entry
+        if timeout is not None:
+            timeout = float(timeout)
+            if timeout != timeout:
+                raise ValueError("receive timeout must be a number of seconds or None, not nan")
+            if timeout <= 0:
+                return None
+        future = self._loop.create_future()
+        receiver = _Receiver(future)
+        core.wait(name, receiver)
+        handle = None
+        if timeout is not None:
+            handle = self._loop.call_later(timeout, self._timed_out, name, receiver)
+        try:
+            entry = await future
+        except asyncio.CancelledError:
+            core.stop_waiting(name, receiver)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                entry = future.result()
+                if entry is not None:    # handed over just as we were cancelled: give it back
+                    core.release(entry, entry.tag, self._clock())
+                    self.settle()
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        self.settle()
+        return entry
+
+    def _timed_out(self, name: str, receiver: _Receiver) -> None:
+        if not receiver.future.done():
+            self.core.stop_waiting(name, receiver)
+            receiver.future.set_result(None)
+
+    def release(self, entry: Entry, tag: int) -> bool:
+        """Give back an entry nobody saw (uncounted). False if its lock had gone."""
+        released = self.core.release(entry, tag, self._clock())
+        self.settle()
+        return released
+
+    async def complete(self, entry: Entry, tag: int) -> None:
+        """Remove a locked entry, durably. LockLost."""
+        record = self.core.complete(entry, tag, self._clock())
+        if record is None:
+            self.settle()
+            return
+        self.settle()
+        await self.writer.wait(record)
+
+    async def complete_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
+        """complete() of many (entry, tag) pairs in one record; per pair None or the error."""
+        record, errors = self.core.complete_many(receipts, self._clock())
+        self.settle()
+        if record is not None:
+            try:
+                await self.writer.wait(record)
+            except QueueError as exc:
+                return [exc if e is None else e for e in errors]
+        return list(errors)
+
+    async def abandon(self, entry: Entry, tag: int) -> None:
+        """A failed delivery (retry, delay or poison per the queue). LockLost."""
+        record = self.core.abandon(entry, tag, self._clock())
+        self.settle()
+        await self.wait_for(record)
+
+    async def dead_letter(self, entry: Entry, tag: int, reason: str) -> None:
+        """Move a locked entry to its dead-letter queue with `reason`. LockLost."""
+        record = self.core.dead_letter(entry, tag, reason, self._clock())
+        self.settle()
+        await self.wait_for(record)
+
+    def renew(self, entry: Entry, tag: int) -> float:
+        """Extend a peek-lock; the new deadline. LockLost."""
+        deadline = self.core.renew(entry, tag, self._clock())
+        self.settle()
+        return deadline
+
+    # ---- transactions ----
+
+    async def commit(self, receipts: list[tuple[Entry, int]], entries: list[Entry]) -> None:
+        """Complete `receipts` and queue `entries` in one record (TransactionError, QueueFull)."""
+        record = self.core.commit(receipts, entries, self._clock())
+        self.settle()
+        await self.wait_for(record)
+
+    async def rollback(self, receipts: list[tuple[Entry, int]]) -> None:
+        """Return `receipts` as failed deliveries."""
+        records = self.core.rollback(receipts, self._clock())
+        self.settle()
+        for record in records:
+            await self.writer.wait(record)
+
+    # ---- closing ----
+
+    async def close(self) -> None:
+        """Fail waiting receivers, stop the timer, write what is pending, close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        self.core.close(QueueError("the queue manager is closed"))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self.writer.close()

@@ -1,0 +1,48 @@
+"""`Store`: what the queue manager needs from wherever queue state is kept.
+
+The queue core decides; a store keeps its journal records. A store is opened (recovering
+what it held), replays its records once into the core, appends new records in order with a
+callback each, and may be asked to rewrite itself as a snapshot (compaction). Two stores
+implement it: `MemoryStore` (nothing kept: the queue manager runs without a data directory)
+and `JournalStore` (the segmented journal on local disk).
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+
+class Store(Protocol):
+    """A place for the queue core's journal records."""
+
+    #: False: nothing is kept, every queue is volatile and no record is ever appended
+    durable: bool
+
+    @property
+    def recovered(self) -> list[bytes]:
+        """The records found at open, in append order (replayed once, then released)."""
+
+    @property
+    def recovery_log(self) -> list[str]:
+        """One line per repair recovery made at open (a torn tail)."""
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the store takes."""
+
+    def release_recovered(self) -> None:
+        """The recovered records were replayed: let them go."""
+
+    def append(self, record: bytes, done: Callable[[BaseException | None], None]) -> None:
+        """Append one encoded record; `done(None)` once it is durable, `done(StorageError)`
+        if it could not be written. Callbacks run on the event loop, in append order."""
+
+    def wants_compaction(self, live_bytes: int) -> bool:
+        """True when a rewrite would shrink the store a lot (`live_bytes`: the state's size)."""
+
+    async def rewrite(self, records: list[bytes], taken: Callable[[], None]) -> None:
+        """Replace everything appended so far with `records` (a snapshot). `taken()` runs
+        (on the loop) once the snapshot is ordered before every later append; appends made
+        after that are kept after it."""
+
+    async def close(self) -> None:
+        """Finish pending appends and release the store."""
