@@ -1,4 +1,5 @@
-"""DESIGN.md's sans-IO entry points by name: datagrams for UDP, a byte stream for TCP."""
+"""The sans-IO engine's entry points under aioquic's names (docs/architecture.md, "The
+sans-IO session engine"): datagrams for UDP, a byte stream for TCP."""
 from __future__ import annotations
 
 import os

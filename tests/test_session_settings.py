@@ -1,5 +1,6 @@
-"""Session settings: DESIGN.md's table, every default, range and type, each error naming
-the setting; unknown names rejected."""
+"""Session settings: every default, range and type, each error naming the setting; unknown
+names rejected. (tests/test_session_docs.py checks the table of docs/sessions.md against the
+same code.)"""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ import pytest
 
 from tether.session.settings import MAX_MESSAGE_SIZE_LIMIT, SessionSettings
 
-# DESIGN.md "Reliable sessions": names and defaults after WCF's <reliableSession>.
+# Names and defaults after WCF's <reliableSession> (docs/sessions.md, "Settings").
 DEFAULTS = {
     "ack_interval": 0.2,
     "flow_control": True,
@@ -47,7 +48,7 @@ WRONG_TYPES = [
 ]
 
 
-def test_defaults_are_the_design_table() -> None:
+def test_defaults_are_the_documented_ones() -> None:
     s = SessionSettings()
     assert {f.name: getattr(s, f.name) for f in dataclasses.fields(s)} == DEFAULTS
 

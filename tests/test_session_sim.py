@@ -1,4 +1,5 @@
-"""Deterministic network simulation of reliable sessions (issue 3; DESIGN.md "How we test").
+"""Deterministic network simulation of reliable sessions (issue 3; docs/architecture.md,
+"How it is tested").
 
 Every scenario family (tests/sim/scenarios.py) runs hundreds of seeds on tether._native;
 a subset also runs on the pure-Python twins and must give the identical trace. Invariants

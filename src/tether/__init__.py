@@ -1,6 +1,6 @@
 """tether: reliable sessions and durable queues for Python services.
 
-The public API (DESIGN.md "Public API"): `connect`, `serve`, `open_connection`,
+The public API (docs/architecture.md, "API"): `connect`, `serve`, `open_connection`,
 `start_server`, `create_connection`, `create_server`, `QueueManager`, `QueueClient`, and
 the error classes of `tether.errors`.
 """

@@ -16,7 +16,7 @@ class TetherError(Exception):
         return str(self.args[0]) if self.args else ""
 
 
-# ---- session faults (DESIGN.md "Reliable sessions") ----
+# ---- session faults (the table in docs/sessions.md, "Faults") ----
 
 class SessionFault(TetherError):
     """A reliable session failed."""
@@ -99,7 +99,7 @@ def fault_from_code(code: str, reason: str) -> SessionFault:
     return SESSION_FAULTS.get(code, SessionFault)(reason)
 
 
-# ---- queue errors (DESIGN.md "Queues") ----
+# ---- queue errors (raised by QueueManager, QueueClient and the journal) ----
 
 class QueueError(TetherError):
     """A queue operation failed."""

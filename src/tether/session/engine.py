@@ -542,7 +542,7 @@ class SessionEngine:
             self._peer_closed_reported = True
             self._events.append(PeerClosed())
 
-    # ---- DESIGN.md's aioquic-style names for the same entry points ----
+    # ---- the same entry points under aioquic's names: datagrams (UDP), a byte stream (TCP) ----
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         """UDP: one datagram is one packet."""

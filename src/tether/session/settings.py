@@ -1,5 +1,5 @@
-"""Session settings: DESIGN.md's table (names and defaults after WCF's <reliableSession>),
-each validated with a ValueError/TypeError that names the setting."""
+"""Session settings: the table of docs/sessions.md (names and defaults after WCF's
+<reliableSession>), each validated with a ValueError/TypeError that names the setting."""
 from __future__ import annotations
 
 import math
