@@ -25,13 +25,7 @@ DOCUMENTS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
 PLANNED = {
     "docs/queues.md",
     "docs/storage.md",
-    "src/tether/queue/core/",
 }
-
-# Files whose DESIGN.md pointers belong to the queue rewrite, which replaces them; once it
-# has, drop this exclusion so that the check covers the whole repository.
-QUEUE_FILES = ("src/tether/queue/", "tests/test_queue", "tests/test_qm", "tests/test_journal",
-               "tests/test_durable_store.py")
 
 # Where a path in backticks may start; anything else in backticks is code or prose.
 PATH_ROOTS = ("src/", "tests/", "ext/", "benchmarks/", "docs/", ".ci/")
@@ -203,11 +197,11 @@ def _text_files() -> list[pathlib.Path]:
     return out + [ROOT / "README.md", ROOT / "setup.py", ROOT / "pyproject.toml"]
 
 
-def test_nothing_outside_the_queue_half_points_at_design_md():
+def test_nothing_points_at_design_md():
     pointing = [rel(p) for p in _text_files()
                 if "DESIGN" + ".md" in p.read_text(errors="replace")]
-    outside = [p for p in pointing if not p.startswith(QUEUE_FILES) and p != "tests/test_docs.py"]
-    assert not outside, f"these point at DESIGN.md, which does not exist; point at docs/: {outside}"
+    pointing = [p for p in pointing if p != "tests/test_docs.py"]
+    assert not pointing, f"these point at DESIGN.md, which is not in the repository; point at docs/: {pointing}"
 
 
 def test_no_todo_in_the_documents():

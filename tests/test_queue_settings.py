@@ -1,4 +1,4 @@
-"""Queue settings (DESIGN.md's table), queue names and addresses: defaults and validation."""
+"""Queue settings (the table in docs/queues.md), queue names and addresses: defaults and validation."""
 from __future__ import annotations
 
 from datetime import timedelta

@@ -3,7 +3,7 @@
 A plain name (`orders`) is a queue of the local queue manager; `orders;retry` and
 `orders;poison` are its sub-queues (MSMQ syntax); `$dead` is the system dead-letter queue.
 `tether://host:port/orders` is a queue of another queue manager: a send to it goes through a
-transmission queue (store-and-forward, DESIGN.md "Queues").
+transmission queue (store-and-forward, docs/queues.md).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ After a failed delivery (abandon, expired peek-lock, rolled-back transaction) a 
 redelivered at once `receive_retry_count` times; then it waits in the `;retry` sub-queue for
 `retry_cycle_delay` and starts another cycle, `max_retry_cycles` times. So a message that
 always fails is delivered exactly (receive_retry_count+1)*(max_retry_cycles+1) times before
-`receive_error_handling` applies (DESIGN.md "Queues").
+`receive_error_handling` applies (docs/queues.md).
 """
 from __future__ import annotations
 

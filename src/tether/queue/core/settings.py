@@ -1,4 +1,4 @@
-"""Queue settings (DESIGN.md "Queues": names after WCF's MSMQ binding, defaults as there).
+"""Queue settings: names after WCF's MSMQ binding, defaults as there (docs/queues.md).
 
 `QueueSettings.from_kwargs(**settings)` validates every value and raises `ValueError` (or
 `TypeError` for a wrong type) naming the setting; the result is immutable and round-trips
@@ -15,7 +15,7 @@ from .address import validate_queue_name
 
 DAY = 86400.0
 
-#: What happens to a message once every retry failed (DESIGN.md `receive_error_handling`).
+#: What happens to a message once every retry failed (`receive_error_handling`).
 RECEIVE_ERROR_HANDLING = ("fault", "drop", "reject", "move")
 #: `dead_letter_queue` values that are not a queue name.
 DEAD_LETTER_NONE = "none"
