@@ -1,7 +1,7 @@
 """The documents name only what exists: every relative link (and its #anchor), every
 backticked repository path, every backticked `tether.…` name and every backticked
 `Class.attribute` of a tether class in docs/*.md and README.md. Nothing outside the queue
-half points at a DESIGN.md the repository does not have.
+half points at a design document the repository does not have.
 
 The session tables of docs/sessions.md and docs/wire-protocol.md (settings, faults,
 statistics, frame types, states, quoted constants) are checked against the code in
@@ -201,7 +201,7 @@ def test_nothing_points_at_design_md():
     pointing = [rel(p) for p in _text_files()
                 if "DESIGN" + ".md" in p.read_text(errors="replace")]
     pointing = [p for p in pointing if p != "tests/test_docs.py"]
-    assert not pointing, f"these point at DESIGN.md, which is not in the repository; point at docs/: {pointing}"
+    assert not pointing, f"these point at a design document outside the repository; point at docs/: {pointing}"
 
 
 def test_no_todo_in_the_documents():
