@@ -1,0 +1,140 @@
+"""The package's modules import each other without a loop: every import statement counts,
+including those inside functions and under `if TYPE_CHECKING:` (a loop hidden that way is
+still a loop in the design). A module's dependencies point one way: from the adapters down
+to the queue core, never back."""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+SRC = pathlib.Path(__file__).resolve().parent.parent / "src"
+PACKAGE = "tether"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    return {_module_name(p): p for p in (SRC / PACKAGE).rglob("*.py")}
+
+
+def _imports(name: str, path: pathlib.Path, known: set[str]) -> set[str]:
+    """Every tether module `name` imports, anywhere in its source."""
+    is_package = path.name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in known:
+                    found.add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                if sub in known:
+                    found.add(sub)          # `from . import protocol`: the submodule
+                elif target in known:
+                    found.add(target)
+    found.discard(name)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _package_init_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    # A package's __init__ re-exporting its submodules is how Python packages work, and
+    # importing `from .core import X` goes through it: drop the edge from a package to its
+    # own submodules, keep everything else.
+    return {name: {d for d in deps if not d.startswith(name + ".")} for name, deps in graph.items()}
+
+
+def test_no_import_cycles_in_tether():
+    cycles = _cycles(_package_init_edges(_graph()))
+    assert not cycles, "modules that import each other in a loop: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_queue_core_imports_no_adapter_and_no_io():
+    graph = _graph()
+    core = [name for name in graph if name.startswith("tether.queue.core")]
+    assert core
+    for name in core:
+        for dep in graph[name]:
+            assert dep.startswith(("tether.queue.core", "tether.errors", "tether.layer1", "tether._native",
+                                   "tether._reference")), f"{name} imports {dep}"
+        source = _modules()[name].read_text()
+        tree = ast.parse(source)
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and not node.level}
+        assert not imported & {"asyncio", "time", "os", "socket", "threading", "uvloop"}, \
+            f"{name} reaches for I/O or a clock: {sorted(imported & {'asyncio', 'time', 'os', 'socket'})}"
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("tether.queue.client", "tether.queue.manager"),
+    ("tether.queue.service", "tether.queue.manager"),
+    ("tether.queue.connection", "tether.queue.service"),
+    ("tether.queue.forwarder", "tether.queue.manager"),
+    ("tether.queue.transaction", "tether.queue.manager"),
+    ("tether.queue.cli_tools", "tether.cli"),
+])
+def test_adapters_do_not_reach_upward(module, forbidden):
+    assert forbidden not in _graph()[module]
+
+
+def test_the_check_finds_a_loop():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
