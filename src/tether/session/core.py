@@ -5,10 +5,11 @@ compiled module is an ImportError, never a silent fallback."""
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
+
+from .. import layer1
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,5 @@ def reference() -> Core:
 
 
 def default() -> Core:
-    """The compiled core, unless TETHER_PUREPYTHON=1 asks for the twins."""
-    if os.environ.get("TETHER_PUREPYTHON") == "1":
-        return reference()
-    return native()
+    """The compiled core, unless TETHER_PUREPYTHON=1 asks for the twins (tether.layer1)."""
+    return load(layer1.PACKAGE)
