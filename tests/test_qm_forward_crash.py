@@ -120,7 +120,10 @@ async def test_a_stalled_target_does_not_poison_the_transmission_queue(tmp_path,
     try:
         async with tether.QueueManager.open(tmp_path / "a") as a:
             await a.send(address, b"first")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
             while (await _target_depth(url)) != 1:
+                assert loop.time() < deadline, "the first message never arrived"
                 await asyncio.sleep(0.05)
             proc.send_signal(signal.SIGSTOP)
             ids = [await a.send(address, b"%d" % i) for i in range(20)]
@@ -128,7 +131,10 @@ async def test_a_stalled_target_does_not_poison_the_transmission_queue(tmp_path,
             info = await a.queue_info(f"$xmit:127.0.0.1:{port}")
             assert (info.in_flight, info.poison, info.retrying) == (20, 0, 0), "a held lock expired"
             proc.send_signal(signal.SIGCONT)
-            while (await _target_depth(url)) != 21:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while (depth := await _target_depth(url)) != 21:
+                assert loop.time() < deadline, f"the target holds {depth} of 21 messages"
                 await asyncio.sleep(0.05)
             async with tether.QueueClient.connect(url) as client:
                 got = []

@@ -40,7 +40,7 @@ from ..errors import (
     TransactionError,
 )
 from . import protocol as P
-from .backoff import Backoff
+from ..backoff import Backoff
 from .core.headers import encode_headers
 from .core.info import QueueInfo
 from .core.settings import QueueSettings

@@ -29,7 +29,7 @@ import logging
 import time
 
 from ..errors import QueueError, QueueNotFound, TetherError
-from .backoff import Backoff
+from ..backoff import Backoff
 from .client import QueueClient
 from .core import Entry
 from .core.deadletter import REJECTED

@@ -18,7 +18,7 @@ message whose completion failed, and that will be sent again, is never below it.
 """
 from __future__ import annotations
 
-from .backoff import Backoff
+from ..backoff import Backoff
 from .core.deadletter import EXPIRED, MESSAGE_TOO_LARGE, QUEUE_NOT_FOUND, REJECTED
 
 DELIVERED = "delivered"

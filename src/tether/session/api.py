@@ -8,6 +8,7 @@ import secrets
 import weakref
 from typing import Any, Awaitable, Callable, Generator
 
+from ..backoff import Backoff
 from ..errors import SequenceClosed, TetherError
 from .demux import Demux
 from .engine import SessionEngine
@@ -110,14 +111,13 @@ class _TcpReconnector:
             self.task = self.loop.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        delay = RECONNECT_FIRST
+        backoff = Backoff(RECONNECT_FIRST, RECONNECT_CAP)
         try:
             while not self.session.closed:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff.next())
                 try:
                     await self.connect()
                 except OSError:
-                    delay = min(delay * 2, RECONNECT_CAP)
                     continue
                 self.reconnects += 1
                 self.session.engine.resume(clock())
