@@ -267,7 +267,6 @@ class Connection:
     async def _sends(self, items: list) -> None:
         """SEND items: prepared one by one (a bad one is refused alone), queued in one call."""
         operations = self.operations
-        state = self.state
         results: list[Any] = [None] * len(items)
         entries, sequences, where = [], [], []
         for n, (_, _, address, body, headers, ttl, sequence) in enumerate(items):
@@ -279,15 +278,23 @@ class Connection:
                 where.append(n)
             except (TetherError, ValueError, TypeError) as exc:
                 results[n] = exc
-        if entries:
-            try:
-                done = await operations.send(entries, producer=state.producer, epoch=state.epoch,
-                                             sequences=sequences)
-            except Exception as exc:       # the producer was fenced, the manager closed: each is told
-                done = [exc] * len(entries)
-            for n, result in zip(where, done):
-                results[n] = result
+        await self._queue(entries, sequences, where, results, keep_ids=False)
         self._answer(items, results)
+
+    async def _queue(self, entries: list[Entry], sequences: list[int], where: list[int], results: list[Any],
+                     *, keep_ids: bool) -> None:
+        """Queue prepared entries under this client's producer; results[where[i]] gets entry
+        i's id or the exception refusing it."""
+        if not entries:
+            return
+        state = self.state
+        try:
+            done = await self.operations.send(entries, producer=state.producer, epoch=state.epoch,
+                                              sequences=sequences, keep_ids=keep_ids)
+        except Exception as exc:       # the producer was fenced, the manager closed: each is told
+            done = [exc] * len(entries)
+        for n, result in zip(where, done):
+            results[n] = result
 
     async def _forwards(self, items: list) -> None:
         """FORWARD items from another queue manager's forwarder: queued keeping their id,
@@ -325,14 +332,8 @@ class Connection:
                 where.append(n)
             except (TetherError, ValueError, TypeError) as exc:
                 results[n] = exc
-        if entries:
-            try:
-                done = await operations.send(entries, producer=state.producer, epoch=state.epoch,
-                                             sequences=sequences, keep_ids=True)
-            except Exception as exc:
-                done = [exc] * len(entries)
-            for n, result in zip(where, done):
-                results[n] = None if isinstance(result, str) else result
+        await self._queue(entries, sequences, where, results, keep_ids=True)
+        results = [None if isinstance(result, str) else result for result in results]    # accepted: nil
         self._answer(items, results)
 
     def _answer(self, items: list, results: list) -> None:
