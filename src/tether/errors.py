@@ -153,5 +153,17 @@ class JournalCorrupt(QueueError):
 
     code = "journal-corrupt"
 
+    def __init__(self, message: str = "", *, path: str | None = None, offset: int | None = None) -> None:
+        super().__init__(message)
+        #: the damaged file and the byte offset of the damage in it, when known
+        self.path = path
+        self.offset = offset
+
+
+class StorageError(QueueError):
+    """The queue store could not write: a write or sync of the journal failed (a full disk, an I/O error)."""
+
+    code = "storage-error"
+
 
 __all__ = [n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, TetherError)]
