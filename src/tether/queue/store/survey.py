@@ -40,19 +40,22 @@ from .segment import (
 
 @dataclass(frozen=True)
 class Problem:
-    """Something wrong in a journal: `length` bytes of the file `path` from `offset` (0 bytes
-    for something missing), and what. `torn_tail`: the unsynced end of the last batch, which
-    Journal.open repairs; every other problem makes it refuse the journal."""
+    """Something wrong in a journal: `length` bytes of the file `path` from `offset`, and
+    what. `damaged`: those bytes are damaged (False for a missing segment, whose path does
+    not exist, and for a segment size that does not match, where `length` is the difference).
+    `torn_tail`: the unsynced end of the last batch, which Journal.open repairs; every other
+    problem makes it refuse the journal."""
 
     path: str
     offset: int
     length: int
     what: str
     torn_tail: bool = False
+    damaged: bool = True
 
     def __str__(self) -> str:
         text = f"{self.path} at offset {self.offset}: {self.what}"
-        if self.length:
+        if self.length and self.damaged:
             text += f" ({self.length} bytes)"
         if self.torn_tail:
             text += " [a torn tail: Journal.open cuts it off]"
@@ -165,7 +168,7 @@ def _walk(result: Survey, directory: str, members: list[int], heads: dict, base:
         if seq != expected:
             gap = segment_name(expected) + (f"..{segment_name(seq - 1)}" if seq - 1 > expected else "")
             problems.append(Problem(os.path.join(directory, segment_name(expected)), 0, 0,
-                                    f"segment {gap} is missing"))
+                                    f"segment {gap} is missing", damaged=False))
             prev = None
         data = read_file(path)
         header = heads[seq]
@@ -185,7 +188,7 @@ def _walk(result: Survey, directory: str, members: list[int], heads: dict, base:
                 problems.append(Problem(prev.path, min(prev.size, header.prev_size),
                                         abs(prev.size - header.prev_size),
                                         f"segment holds {prev.size} bytes but held {header.prev_size} when "
-                                        f"{segment_name(seq)} was started"))
+                                        f"{segment_name(seq)} was started", damaged=False))
             segment = SurveyedSegment(seq, path, len(data), header, scan_segment(data, HEADER_SIZE, header.salt))
         damage = segment.contents.damage
         for k, d in enumerate(damage):
