@@ -1,4 +1,4 @@
-"""The `tether` command: benchmarks, the queue manager service, and queue tools.
+"""The `tether` command: benchmarks, the queue manager service and its journal, and queue tools.
 
 Errors print one clear line to stderr and exit non-zero; never a traceback.
 """
@@ -23,6 +23,8 @@ COMMANDS = {
     "recv": ("tether.queue.cli_tools", "receive messages from a queue URL"),
     "queues": ("tether.queue.cli_tools", "list the queues of a queue manager"),
 }
+# `tether qm check|repair`: configure_NAME(parser) and main_NAME(args) -> int
+QM_JOURNAL_TOOLS = "tether.queue.store.admin"
 
 
 def _available(module: str) -> bool:
@@ -54,11 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
             _output_options(p, argparse.SUPPRESS)  # accepted after the kind too
     _output_options(bench, False)
 
+    qm = sub.add_parser("qm", help="queue manager service, and its journal")
+    qm_sub = qm.add_subparsers(dest="qm_command", required=True)
     if _available("tether.queue.serve_command"):
-        qm = sub.add_parser("qm", help="queue manager service")
-        qm_sub = qm.add_subparsers(dest="qm_command", required=True)
         serve = qm_sub.add_parser("serve", help="run a queue manager service")
         importlib.import_module("tether.queue.serve_command").configure(serve)
+    admin = importlib.import_module(QM_JOURNAL_TOOLS)
+    for name, help_text in (("check", "list the damage in a queue manager's journal (changes nothing)"),
+                            ("repair", "keep every intact record of a damaged journal, quarantine the rest")):
+        getattr(admin, f"configure_{name}")(qm_sub.add_parser(name, help=help_text))
 
     for name, (module, help_text) in COMMANDS.items():
         if _available(module):
@@ -102,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             return run(_run_bench(args))
         if args.command == "qm":
-            return importlib.import_module("tether.queue.serve_command").main(args)
+            if args.qm_command == "serve":
+                return importlib.import_module("tether.queue.serve_command").main(args)
+            return getattr(importlib.import_module(QM_JOURNAL_TOOLS), f"main_{args.qm_command}")(args)
         module = importlib.import_module(COMMANDS[args.command][0])
         return getattr(module, f"main_{args.command}")(args)
     except KeyboardInterrupt:

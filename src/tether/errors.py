@@ -153,9 +153,15 @@ class JournalCorrupt(QueueError):
 
     code = "journal-corrupt"
 
+    def __init__(self, message: str = "", *, path: str | None = None, offset: int | None = None) -> None:
+        super().__init__(message)
+        #: the damaged file and the byte offset of the damage in it, when known
+        self.path = path
+        self.offset = offset
+
 
 class StorageError(QueueError):
-    """The queue store could not write: the operation did not take effect."""
+    """The queue store could not write (a full disk, an I/O error): the operation did not take effect."""
 
     code = "storage-error"
 

@@ -1,53 +1,36 @@
 """The durable store's journal: an append-only, segmented log of opaque records.
 
-`Journal.open(directory)` recovers whatever a previous run left (see `_recover`), then
+`Journal.open(directory)` recovers whatever a previous run left (see recovery.py: only a torn
+tail is repaired; damage anywhere else raises JournalCorrupt and changes nothing), then
 appends records with group commit (`group_commit.GroupCommit`): concurrent `append` calls
 share one write and one fdatasync on a single writer thread. `rewrite(snapshot)` compacts:
 the owner's snapshot becomes the new start of the journal and every older segment is
-deleted. The on-disk format is in `segment`.
+deleted. A failed write fails its batch with StorageError and the journal restores its last
+good state by itself (segment_files.py). The on-disk format is in `segment`.
 
-Everything under `_SegmentFiles` runs on the writer thread only; the event loop reads its
+Everything under `SegmentFiles` runs on the writer thread only; the event loop reads its
 counters (plain ints) and nothing else.
 """
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import logging
 import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
-from ...errors import QueueError
+from .files import LOCK_NAME  # noqa: F401  (re-exported: the lock file's name)
 from .group_commit import GroupCommit
-from .segment import (
-    HEADER_SIZE,
-    MAX_RECORD_SIZE,
-    RECORD_HEADER_SIZE,
-    TMP_SUFFIX,
-    BadHeader,
-    SegmentHeader,
-    create_segment,
-    datasync,
-    decode_header,
-    encode_header,
-    encode_records,
-    fsync_directory,
-    parse_segment_name,
-    scan_records,
-    segment_name,
-    write_all,
-)
-
-logger = logging.getLogger("tether.journal")
+from .recovery import recover
+from .segment import MAX_RECORD_SIZE
+from .segment_files import SegmentFiles
 
 FSYNC_POLICIES = ("always", "interval", "never")
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 MIN_SEGMENT_SIZE = 256
 MAX_SEGMENT_SIZE = 1 << 40
-LOCK_NAME = "LOCK"
+DEFAULT_RETRY_INTERVAL = 0.5
 
 
 class Journal:
@@ -56,10 +39,17 @@ class Journal:
     Attributes set by recovery: `recovered` (the records that survived, in append order;
     the owner replays them and may then drop the list) and `recovery_log` (one line per
     repair recovery made, also logged at WARNING on the "tether.journal" logger).
+
+    A write or sync that fails (a full disk, an I/O error) fails the records of its batch
+    with StorageError; the journal then restores its files to their last good state and
+    later appends work again. Under "interval" a failed background sync loses nothing that
+    was acknowledged: the batches written since the last good sync are written again from
+    memory by the restore (they are lost only if the process ends while every restore
+    fails, just as an OS crash under this policy loses them). See segment_files.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor,
-                 files: "_SegmentFiles", recovered: list[bytes], recovery_log: list[str],
+                 files: SegmentFiles, recovered: list[bytes], recovery_log: list[str],
                  max_in_flight: int = 1) -> None:
         # Use Journal.open(): construction needs recovery to have run on the writer thread.
         self._loop = loop
@@ -76,8 +66,8 @@ class Journal:
 
     @classmethod
     async def open(cls, directory: str | os.PathLike, *, fsync: str = "always",
-                   fsync_interval: float = 0.05,
-                   segment_size: int = DEFAULT_SEGMENT_SIZE, max_in_flight: int = 1) -> "Journal":
+                   fsync_interval: float = 0.05, segment_size: int = DEFAULT_SEGMENT_SIZE,
+                   max_in_flight: int = 1, retry_interval: float = DEFAULT_RETRY_INTERVAL) -> "Journal":
         """Open (creating if needed) the journal in `directory` and recover it.
 
         fsync: "always" (an append returns once its bytes are fdatasync'ed), "interval"
@@ -85,9 +75,15 @@ class Journal:
         or "never" (write only). A new segment starts when the current one would grow past
         `segment_size` bytes. `max_in_flight`: batches handed to the writer thread at once
         (2 lets the next batch's write start as soon as the previous fdatasync returns;
-        see group_commit). Raises ValueError naming a bad argument, QueueError if another
-        Journal holds the directory, JournalCorrupt if it holds a newer format, OSError on
-        I/O failure."""
+        see group_commit). `retry_interval`: seconds between attempts to restore the files
+        after a failed write left them in an unknown state (appends fail at once meanwhile).
+
+        The directory is made 0700 and files in it 0600; none is opened through a symbolic
+        link. Recovery repairs a torn tail only (the unsynced end of the last batch; one line
+        in `recovery_log`); any other damage raises JournalCorrupt naming the file and byte
+        offset, and nothing is changed (`tether qm repair` salvages such a journal). Raises
+        ValueError naming a bad argument, QueueError if another Journal holds the directory,
+        OSError on I/O failure or a symbolic link in place of a journal file."""
         path = _check_directory(directory)
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(map(repr, FSYNC_POLICIES))}, got {fsync!r}")
@@ -100,9 +96,12 @@ class Journal:
                              f"got {segment_size!r}")
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        if isinstance(retry_interval, bool) or not isinstance(retry_interval, (int, float)) \
+                or not math.isfinite(retry_interval) or retry_interval <= 0:
+            raise ValueError(f"retry_interval must be a finite number of seconds > 0, got {retry_interval!r}")
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-journal")
-        job = executor.submit(_recover, path, segment_size, fsync, float(fsync_interval))
+        job = executor.submit(recover, path, segment_size, fsync, float(fsync_interval), float(retry_interval))
         try:
             files, recovered, recovery_log = await asyncio.wrap_future(job, loop=loop)
         except BaseException:
@@ -119,8 +118,8 @@ class Journal:
 
         Concurrent appends are group-committed. Cancelling the call does not withdraw the
         record: it may still be written. Raises ValueError if the journal is closed or the
-        record is not bytes-like or too large, and the writer's OSError (then QueueError on
-        every later append) if the disk fails."""
+        record is not bytes-like or too large, and StorageError if its batch could not be
+        written (then it is not in the journal)."""
         if self._closed:
             raise ValueError("journal is closed")
         if type(record) is not bytes:
@@ -133,8 +132,8 @@ class Journal:
                     arg: object) -> None:
         """Append one record without a future: `callback(arg, None)` runs on the loop
         once it is durable per the fsync policy, `callback(arg, error)` if writing it
-        failed; callbacks run in append order. The record goes to the writer thread at
-        once (the caller batches; see group_commit). Raises ValueError at once if the
+        failed (error is a StorageError); callbacks run in append order. The record goes
+        to the writer thread at once (the caller batches; see group_commit). Raises ValueError at once if the
         journal is closed or the record is not bytes or too large."""
         if self._closed:
             raise ValueError("journal is closed")
@@ -167,8 +166,10 @@ class Journal:
         call (including appends still in flight). They become the new start of the journal
         (written to fresh segments, fsync'ed, directory fsync'ed) and every older segment is
         deleted. Appends made while the rewrite runs are written after it. Raises
-        ValueError for a closed journal or a bad snapshot; on an I/O error before the new
-        segments are in place the journal is unchanged and usable."""
+        ValueError for a closed journal or a bad snapshot, StorageError if writing fails:
+        before the new segments are in place the journal is then unchanged and usable;
+        after it the new journal stands, and the journal finishes deleting the old segments
+        (appends wait for that, as after any failed write)."""
         if self._closed:
             raise ValueError("journal is closed")
         if not callable(snapshot):
@@ -179,7 +180,9 @@ class Journal:
     # ---- closing ----
 
     async def close(self) -> None:
-        """Write and sync every pending append, then close the files. Idempotent."""
+        """Write and sync every pending append, mark the clean close, then close the files.
+        Idempotent. Raises StorageError if appends acknowledged under the "interval" policy
+        could not be made durable."""
         if self._close_job is None:
             self._closed = True
             if self._sync_timer is not None:
@@ -255,10 +258,16 @@ class Journal:
     # ---- interval policy ----
 
     def _after_batch(self) -> None:
-        # Written but not synced: make sure a sync follows once the interval is up.
+        # Written but not synced, or failed with written batches to restore: make sure a
+        # sync (or a restore) follows once the interval is up.
         files = self._files
-        if files.dirty and self._sync_timer is None and not self._closed:
-            delay = max(0.0, files.interval - (time.monotonic() - files.last_sync))
+        if (files.dirty or files.broken is not None) and self._sync_timer is None and not self._closed:
+            now = time.monotonic()
+            if files.broken is not None:
+                # + 2 ms: loop timers may fire a little early, and a retry not yet due re-arms
+                delay = max(0.0, files.retry_at - now) + 0.002
+            else:
+                delay = max(0.0, files.interval - (now - files.last_sync))
             self._sync_timer = self._loop.call_later(delay, self._interval_sync)
 
     def _interval_sync(self) -> None:
@@ -309,369 +318,3 @@ def _as_records(records: object, what: str) -> list[bytes]:
         raise ValueError(f"{what} must be a list of bytes, got {type(records).__name__}")
     return [r if type(r) is bytes and len(r) <= MAX_RECORD_SIZE else _as_record(r, f"{what}[{i}]")
             for i, r in enumerate(records)]
-
-
-class _SegmentFiles:
-    """The segment files of one open journal. Writer thread only."""
-
-    def __init__(self, directory: str, lock_fd: int, policy: str, interval: float,
-                 segment_size: int) -> None:
-        self.directory = directory
-        self.policy = policy
-        self.interval = interval
-        self.segment_size = segment_size
-        self._lock_fd = lock_fd
-        self._sizes: dict[int, int] = {}     # seq -> bytes, every live segment
-        self.base = 0                        # seq of the segment that starts the journal
-        self.seq = 0                         # seq of the segment appended to
-        self._fd = -1
-        self._size = 0                       # bytes in the current segment
-        self.total_bytes = 0
-        self.segment_count = 0
-        self.failure: BaseException | None = None
-        self.dirty = False                   # written but not yet synced
-        self.last_sync = time.monotonic()
-        self.sync_count = 0
-
-    def _path(self, seq: int) -> str:
-        return os.path.join(self.directory, segment_name(seq))
-
-    @property
-    def last_size(self) -> int:
-        """Bytes in the current (last) segment."""
-        return self._size
-
-    def adopt(self, seq: int, base: int, size: int) -> None:
-        """Recovery: count an existing segment (in seq order; the last becomes current)."""
-        self._sizes[seq] = size
-        self.total_bytes += size
-        self.segment_count += 1
-        self.seq, self.base, self._size = seq, base, size
-
-    def open_current(self) -> None:
-        """Recovery: open the last adopted segment for appending, or start the journal."""
-        if not self._sizes:
-            self._start_segment(1, 1, 0)
-            return
-        self._fd = os.open(self._path(self.seq), os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
-
-    def _start_segment(self, seq: int, base: int, prev_size: int) -> None:
-        fd = create_segment(self._path(seq), seq, base, prev_size)
-        fsync_directory(self.directory)
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd, self.seq, self.base, self._size = fd, seq, base, HEADER_SIZE
-        self._sizes[seq] = HEADER_SIZE
-        self.total_bytes += HEADER_SIZE
-        self.segment_count += 1
-
-    def _check_usable(self) -> None:
-        if self.failure is not None:
-            raise QueueError(f"journal in {self.directory} is unusable after an I/O error: "
-                             f"{self.failure}") from self.failure
-        if self._fd < 0:
-            raise ValueError("journal is closed")
-
-    def write_batch(self, records: list[bytes]) -> None:
-        """Write one batch, then sync it per the policy."""
-        self._check_usable()
-        data = encode_records(records)
-        try:
-            if self._size > HEADER_SIZE and self._size + len(data) > self.segment_size:
-                # Flush the full segment first so a crash keeps a prefix of the journal.
-                if self.policy != "never":
-                    self._sync()
-                self._start_segment(self.seq + 1, self.base, self._size)
-            write_all(self._fd, data)
-            self._size += len(data)
-            self._sizes[self.seq] = self._size
-            self.total_bytes += len(data)
-            if self.policy == "always":
-                self._sync()
-            elif self.policy == "interval":
-                self.dirty = True
-                if time.monotonic() - self.last_sync >= self.interval:
-                    self._sync()
-        except OSError as exc:
-            # After a failed write or fdatasync the file's state is unknown (and a retried
-            # fdatasync may falsely succeed): refuse everything from now on.
-            self.failure = exc
-            raise
-
-    def _sync(self) -> None:
-        datasync(self._fd)
-        self.sync_count += 1
-        self.dirty = False
-        self.last_sync = time.monotonic()
-
-    def sync_if_due(self) -> None:
-        """The interval policy's timer: sync what was written since the last sync, if the
-        last sync is at least an interval ago (else the loop re-arms the timer)."""
-        if self.dirty and self.failure is None and self._fd >= 0 \
-                and time.monotonic() - self.last_sync >= self.interval:
-            try:
-                self._sync()
-            except OSError as exc:
-                self.failure = exc
-                logger.error("journal in %s: fdatasync failed: %s", self.directory, exc)
-
-    def rewrite(self, records: list[bytes]) -> None:
-        """Write `records` as a new journal start after the current segment, then delete
-        every older segment. Crash-safe: see `_recover` for how each step is undone or
-        finished."""
-        self._check_usable()
-        base = self.seq + 1
-        chunks = self._plan_chunks(records)
-        tmp_paths: list[str] = []
-        sizes: dict[int, int] = {}
-        fd = -1
-        prev_size = 0
-        try:
-            for i, chunk in enumerate(chunks):
-                seq = base + i
-                path = self._path(seq) + TMP_SUFFIX
-                if fd >= 0:
-                    os.close(fd)
-                    fd = -1
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-                             | getattr(os, "O_CLOEXEC", 0), 0o644)
-                tmp_paths.append(path)
-                data = encode_header(seq, base, prev_size) + chunk
-                write_all(fd, data)
-                datasync(fd)
-                sizes[seq] = prev_size = len(data)
-        except OSError:
-            # Nothing is in place yet: the old journal stands and stays usable.
-            if fd >= 0:
-                os.close(fd)
-            for path in tmp_paths:
-                _unlink_quietly(path)
-            raise
-        try:
-            # Members first, then (after they are durable) the start segment: once the
-            # start exists, the whole new journal does.
-            for i in range(len(chunks) - 1, 0, -1):
-                os.rename(tmp_paths[i], self._path(base + i))
-            if len(chunks) > 1:
-                fsync_directory(self.directory)
-            os.rename(tmp_paths[0], self._path(base))
-            fsync_directory(self.directory)
-            old = sorted(self._sizes)
-            os.close(self._fd)
-            self._fd = fd
-            fd = -1
-            for seq in old:
-                os.unlink(self._path(seq))
-            fsync_directory(self.directory)
-        except OSError as exc:
-            if fd >= 0:
-                os.close(fd)
-            self.failure = exc
-            raise
-        last = base + len(chunks) - 1
-        self._sizes = sizes
-        self.base, self.seq, self._size = base, last, sizes[last]
-        self.total_bytes = sum(sizes.values())
-        self.segment_count = len(sizes)
-        self.dirty = False
-        logger.info("journal in %s rewritten: %d records in %d segments, %d older segments deleted",
-                    self.directory, len(records), len(chunks), len(old))
-
-    def _plan_chunks(self, records: list[bytes]) -> list[bytes]:
-        """The encoded records of each new segment: as many whole records as fit in
-        segment_size (at least one each), and at least one segment."""
-        chunks: list[bytes] = []
-        current: list[bytes] = []
-        size = HEADER_SIZE
-        for record in records:
-            framed = RECORD_HEADER_SIZE + len(record)
-            if current and size + framed > self.segment_size:
-                chunks.append(encode_records(current))
-                current, size = [], HEADER_SIZE
-            current.append(record)
-            size += framed
-        if current or not chunks:
-            chunks.append(encode_records(current))
-        return chunks
-
-    def close(self) -> None:
-        """Sync what was written (unless the policy is "never") and close the files."""
-        try:
-            if self._fd >= 0:
-                if self.failure is None and self.policy != "never":
-                    self._sync()
-                os.close(self._fd)
-        finally:
-            self._fd = -1
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)   # releases the flock
-                self._lock_fd = -1
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _lock_directory(directory: str) -> int:
-    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise QueueError(f"journal directory {directory} is in use by another Journal") from None
-    return fd
-
-
-def _recover(directory: str, segment_size: int, policy: str,
-             interval: float) -> tuple[_SegmentFiles, list[bytes], list[str]]:
-    """Recovery, on the writer thread. Returns the open segment files, the surviving
-    records, and one line per repair.
-
-    1. `*.seg.tmp` files are a rewrite that crashed before its start segment was renamed
-       into place: deleted.
-    2. The journal starts at the newest segment whose header has base == seq. Older
-       segments are leftovers of a rewrite that finished: deleted. Newer segments that
-       name another base belong to a rewrite that did not finish: deleted.
-    3. From the start, segments must follow each other (seq + 1) with intact headers. At a
-       missing number or a short/damaged header (a crash while a segment was created, or
-       damage) that segment and every later one are dropped.
-    4. Records are read in order and checked. At the first torn or corrupt record its
-       segment is truncated there and every later segment dropped: the journal keeps the
-       longest intact prefix, which holds every acknowledged append.
-    """
-    try:
-        os.makedirs(directory)
-    except FileExistsError:
-        pass
-    else:
-        fsync_directory(os.path.dirname(directory))   # the new directory's own entry
-    lock_fd = _lock_directory(directory)
-    try:
-        return _recover_locked(directory, lock_fd, segment_size, policy, interval)
-    except BaseException:
-        os.close(lock_fd)
-        raise
-
-
-def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str,
-                    interval: float) -> tuple[_SegmentFiles, list[bytes], list[str]]:
-    log: list[str] = []
-
-    def note(line: str) -> None:
-        log.append(line)
-        logger.warning("journal in %s: %s", directory, line)
-
-    doomed: list[str] = []   # files to delete
-    names = sorted(os.listdir(directory))
-    # Files of a rewrite that did not finish: its .tmp files and any segments it renamed.
-    unfinished = [name for name in names if parse_segment_name(name, ".seg" + TMP_SUFFIX) is not None]
-
-    # seq -> header, or the reason it is unreadable
-    headers: dict[int, SegmentHeader | str] = {}
-    for name in names:
-        seq = parse_segment_name(name)
-        if seq is None:
-            continue
-        with open(os.path.join(directory, name), "rb") as f:
-            head = f.read(HEADER_SIZE)
-        try:
-            headers[seq] = decode_header(head, seq)
-        except BadHeader as exc:
-            headers[seq] = str(exc)
-    seqs = sorted(headers)
-
-    starts = [s for s in seqs if isinstance(headers[s], SegmentHeader) and headers[s].base == s]
-    chain: list[int] = []
-    if seqs:
-        start = starts[-1] if starts else seqs[0]
-        first = headers[start]
-        base = first.base if isinstance(first, SegmentHeader) else start
-        if base != start:
-            # Never made by a crash (old segments go only after the new start is durable).
-            note(f"the journal's first segment {segment_name(base)} is missing: "
-                 f"reading what remains from {segment_name(start)} on")
-        obsolete = [s for s in seqs if s < start]
-        if obsolete:
-            doomed.extend(segment_name(s) for s in obsolete)
-            if starts:
-                note(f"removed {len(obsolete)} segment(s) {segment_name(obsolete[0])}..{segment_name(obsolete[-1])}: "
-                     f"replaced by a rewrite that finished before the journal stopped")
-        later = []
-        for s in seqs:
-            header = headers[s]
-            if s < start:
-                continue
-            if s > start and isinstance(header, SegmentHeader) and header.base != base:
-                unfinished.append(segment_name(s))
-                continue
-            later.append(s)
-        expected = start
-        for i, s in enumerate(later):
-            header = headers[s]
-            rest = later[i + 1:]
-            dropped = f" and the {len(rest)} segment(s) after it" if rest else ""
-            if s != expected:
-                note(f"segment {segment_name(expected)} is missing: dropped {len(later) - i} later segment(s) "
-                     f"{segment_name(s)}..{segment_name(later[-1])}")
-                doomed.extend(segment_name(x) for x in later[i:])
-                break
-            if isinstance(header, str):
-                why = ("it was being created when the journal stopped" if not rest
-                       else "the journal is damaged")
-                note(f"segment {segment_name(s)}: {header}: removed{dropped} ({why})")
-                doomed.extend(segment_name(x) for x in later[i:])
-                break
-            chain.append(s)
-            expected += 1
-
-    if unfinished:
-        doomed.extend(unfinished)
-        note(f"removed {len(unfinished)} file(s) of a rewrite interrupted before it finished: "
-             + (unfinished[0] if len(unfinished) == 1 else f"{unfinished[0]} .. {unfinished[-1]}"))
-
-    files = _SegmentFiles(directory, lock_fd, policy, interval, segment_size)
-    records: list[bytes] = []
-    for i, s in enumerate(chain):
-        header = headers[s]
-        if i and header.prev_size != files.last_size:
-            # The previous segment lost (or gained) bytes after this one was started: its
-            # records end early, so this segment no longer follows them.
-            rest = chain[i:]
-            note(f"segment {segment_name(chain[i - 1])} holds {files.last_size} bytes but held "
-                 f"{header.prev_size} when {segment_name(s)} was started: dropped {len(rest)} segment(s) "
-                 f"{segment_name(s)}..{segment_name(rest[-1])}")
-            doomed.extend(segment_name(x) for x in rest)
-            break
-        path = os.path.join(directory, segment_name(s))
-        with open(path, "rb") as f:
-            data = f.read()
-        scan = scan_records(data)
-        records.extend(scan.records)
-        if scan.problem is not None:
-            rest = chain[i + 1:]
-            dropped = f" and the {len(rest)} later segment(s)" if rest else ""
-            note(f"segment {segment_name(s)}: {scan.problem} at offset {scan.end}: truncated to {scan.end} "
-                 f"bytes, dropping {len(data) - scan.end} bytes{dropped}; {len(scan.records)} record(s) of "
-                 f"this segment kept")
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, scan.end)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            doomed.extend(segment_name(x) for x in rest)
-            files.adopt(s, headers[s].base, scan.end)
-            break
-        files.adopt(s, headers[s].base, len(data))
-
-    for name in doomed:
-        _unlink_quietly(os.path.join(directory, name))
-    if doomed:
-        fsync_directory(directory)
-    files.open_current()
-    logger.info("journal in %s opened: %d records in %d segment(s)%s", directory, len(records),
-                files.segment_count, f", {len(log)} repair(s)" if log else "")
-    return files, records, log
