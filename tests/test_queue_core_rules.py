@@ -186,3 +186,18 @@ def test_many_waiters_leave_in_constant_time_each():
     assert core.info("q").waiting == 1
     send(core, journal, b"x", now=0.0)
     assert waiters[0].entry.body == b"x" and core.info("q").waiting == 0
+
+
+def test_a_producer_registration_that_cannot_be_written_is_taken_back():
+    core, journal = new_core()
+    producer, record = core.open_producer(b"producer-x", 0, 0.0)
+    journal.fail_next = True
+    journal.flush(0.0)
+    assert record is not None and len(core.producers) == 0      # not journaled: not known
+    again, _ = core.open_producer(b"producer-x", 0, 1.0)
+    journal.flush(1.0)
+    assert again.pid != producer.pid                            # its number is never reused
+    bumped, _ = core.open_producer(b"producer-x", 0, 2.0)
+    journal.fail_next = True
+    journal.flush(2.0)
+    assert bumped.epoch == again.epoch == 1                     # the epoch bump is taken back

@@ -189,27 +189,67 @@ async def test_torn_tail_loses_only_the_last_record(tmp_path, caplog, cut):
     assert any("truncated" in r.getMessage() for r in caplog.records)
 
 
-async def test_flipped_bit_in_last_record_loses_only_it(tmp_path, caplog):
-    directory = tmp_path / "qm"
-    ids, before_last = await fill(directory, 10)
-    [segment] = segments(directory)
-    size = os.path.getsize(segment)
+def _flip(segment: str, at: int) -> None:
     with open(segment, "r+b") as f:
-        at = before_last + (size - before_last) // 2
         f.seek(at)
         byte = f.read(1)[0]
         f.seek(at)
         f.write(bytes([byte ^ 0x10]))
+
+
+async def test_flipped_bit_in_a_closed_journal_is_refused_then_repair_keeps_the_rest(tmp_path):
+    """After a clean close nothing can be torn: a flipped bit in the last record is damage.
+    open() refuses it, naming the file and offset, and changes nothing; `tether qm repair`
+    keeps every intact record and quarantines the damaged bytes; then the manager opens."""
+    from tether.queue.store.repair import repair
+
+    directory = tmp_path / "qm"
+    ids, before_last = await fill(directory, 10)
+    [segment] = segments(directory)
+    _flip(segment, before_last + 20)
+    snapshot = {name: (directory / name).read_bytes() for name in os.listdir(directory) if name.endswith(".seg")}
+    with pytest.raises(tether.JournalCorrupt) as refused:
+        await tether.QueueManager.open(directory)
+    assert refused.value.path == segment and refused.value.offset is not None
+    assert segment in str(refused.value) and str(refused.value.offset) in str(refused.value)
+    assert {name: (directory / name).read_bytes() for name in snapshot} == snapshot      # nothing changed
+    report = repair(directory)
+    assert report.quarantined
+    got, _ = await bodies_after_recovery(directory)
+    assert got == [b"m%d" % i for i in range(9)]
+    async with tether.QueueManager.open(directory) as qm:        # it takes new work and keeps it
+        await qm.send("q", b"after")
+    got, log = await bodies_after_recovery(directory)
+    assert got == [b"m%d" % i for i in range(9)] + [b"after"] and not log
+
+
+FILL_AND_DIE = """
+import asyncio, os, sys, tether
+async def main():
+    qm = await tether.QueueManager.open(sys.argv[1])
+    await qm.create_queue("q")
+    for i in range(9):
+        await qm.send("q", b"m%d" % i)
+    print(qm.journal_bytes, flush=True)
+    await qm.send("q", b"m9")
+    os._exit(0)                 # no close: as if the process died
+asyncio.run(main())
+"""
+
+
+async def test_flipped_bit_in_the_last_record_after_a_crash_loses_only_it(tmp_path, caplog):
+    """Without a clean close, damage that only the last record has, with nothing intact
+    after it, is a torn tail: recovery cuts it off (that send was not acknowledged as far
+    as the journal can tell) and logs it."""
+    directory = tmp_path / "qm"
+    done = subprocess.run([sys.executable, "-c", FILL_AND_DIE, str(directory)], capture_output=True, check=True)
+    before_last = int(done.stdout.split()[0])
+    [segment] = segments(directory)
+    _flip(segment, before_last + 20)
     with caplog.at_level(logging.WARNING, logger="tether.journal"):
         got, log = await bodies_after_recovery(directory)
     assert got == [b"m%d" % i for i in range(9)]
-    assert log
-    # the repaired journal takes new work and keeps it
-    async with tether.QueueManager.open(directory) as qm:
-        await qm.send("q", b"after")
-    got, log = await bodies_after_recovery(directory)
-    assert got == [b"m%d" % i for i in range(9)] + [b"after"]
-    assert not log
+    assert log and any("truncated" in r.getMessage() or "torn" in r.getMessage() for r in caplog.records)
 
 
 async def test_half_written_segment_header_is_dropped(tmp_path, caplog):

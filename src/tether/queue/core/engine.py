@@ -511,12 +511,13 @@ class QueueCore:
             raise ValueError(f"producer id must be 8..64 bytes, not {name!r:.80}")
         if epoch.__class__ is not int or epoch < 0:
             raise ValueError(f"producer epoch must be an integer >= 0, not {epoch!r}")
-        producer, changed = self.producers.open(name, epoch, now)
+        producer, before, changed = self.producers.open(name, epoch, now)
         if self._producer_sweep_at == _INF:
             self._producer_sweep_at = now + self._producer_sweep_interval()
         if not changed or not self.journaled:
             return producer, None
-        return producer, self._records.add_op([R.PRODUCER, producer.name, producer.pid, producer.epoch])
+        return producer, self._records.add([[R.PRODUCER, producer.name, producer.pid, producer.epoch]], None,
+                                           lambda now: self.producers.undo_open(producer, before))
 
     def raise_floor(self, producer: Producer, floor: int) -> None:
         """The producer settled every sequence below `floor`: its sets shrink (journaled with

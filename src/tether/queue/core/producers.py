@@ -72,25 +72,37 @@ class ProducerTable:
     def __len__(self) -> int:
         return len(self.by_pid)
 
-    def open(self, name: bytes, epoch: int, now: float) -> tuple[Producer, bool]:
-        """The producer `name` saying hello with `epoch` (0: a new instance). Returns it
-        and whether its registration changed (a new producer or epoch: journal it before
-        answering). ProducerFenced when `epoch` is older than the current one."""
+    def open(self, name: bytes, epoch: int, now: float) -> tuple[Producer, int | None, bool]:
+        """The producer `name` saying hello with `epoch` (0: a new instance). Returns it,
+        its epoch before (None: it is new), and whether its registration changed (a new
+        producer or epoch: journal it before answering). ProducerFenced when `epoch` is
+        older than the current one."""
         producer = self.by_name.get(name)
         if producer is None:
             producer = self.register(name, self.next_pid, max(epoch, 1), now)
-            return producer, True
+            return producer, None, True
         producer.last_seen = now
+        before = producer.epoch
         if epoch == 0:
             producer.epoch += 1
-            return producer, True
+            return producer, before, True
         if epoch < producer.epoch:
             raise ProducerFenced(f"producer epoch {epoch} was fenced: a newer instance of this "
                                  f"producer connected (epoch {producer.epoch})")
         if epoch > producer.epoch:
             producer.epoch = epoch
-            return producer, True
-        return producer, False
+            return producer, before, True
+        return producer, before, False
+
+    def undo_open(self, producer: Producer, before: int | None) -> None:
+        """The registration open() made could not be journaled: take it back (a new
+        producer is forgotten; its number is never used again)."""
+        if before is None:
+            if self.by_pid.get(producer.pid) is producer and not producer.pending and not producer.accepted:
+                del self.by_pid[producer.pid]
+                del self.by_name[producer.name]
+        elif producer.epoch > before:
+            producer.epoch = before
 
     def register(self, name: bytes, pid: int, epoch: int, now: float) -> Producer:
         """Add (or update, in replay) a producer's registration."""
