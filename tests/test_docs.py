@@ -19,13 +19,6 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCUMENTS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
 
-# Named by the documents before they exist: the queue half is being restructured in
-# another branch (src/tether/queue/core/) and its documents are written there. Once one
-# exists, test_planned_paths_do_not_exist_yet fails: remove it from this set.
-PLANNED = {
-    "docs/storage.md",
-}
-
 # Where a path in backticks may start; anything else in backticks is code or prose.
 PATH_ROOTS = ("src/", "tests/", "ext/", "benchmarks/", "docs/", ".ci/")
 TOP_LEVEL_FILES = ("README.md", "setup.py", "pyproject.toml", "MANIFEST.in")
@@ -87,8 +80,6 @@ def test_relative_links_resolve(doc: pathlib.Path):
         file_part, _, anchor = target.partition("#")
         path = (doc.parent / file_part).resolve() if file_part else doc
         name = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
-        if name in PLANNED:
-            continue
         if not path.exists():
             broken.append(f"{target}: {name} does not exist")
         elif anchor and path.suffix == ".md" and anchor not in anchors(path):
@@ -102,7 +93,7 @@ def test_backticked_paths_exist(doc: pathlib.Path):
     for text in CODE.findall(prose(doc)):
         if " " in text or not (text.startswith(PATH_ROOTS) or text in TOP_LEVEL_FILES):
             continue
-        if text not in PLANNED and not repo_path_exists(text):
+        if not repo_path_exists(text):
             missing.append(text)
     assert not missing, f"{rel(doc)} names paths that do not exist: {missing}"
 
@@ -172,18 +163,6 @@ def test_the_class_attribute_check_can_fail():
     assert not _has_attribute(classes["SessionEngine"], "retransmit")
     assert not _resolve_dotted("tether.session.engine.NoSuchThing")
     assert not repo_path_exists("src/tether/session/no_such_file.py")
-
-
-def test_planned_paths_do_not_exist_yet():
-    landed = sorted(p for p in PLANNED if (ROOT / p).exists())
-    assert not landed, (f"{landed} exist now: remove them from PLANNED in tests/test_docs.py "
-                        f"so that links to them are checked like any other")
-
-
-def test_planned_paths_are_named_by_a_document():
-    named = "\n".join(prose(doc) for doc in DOCUMENTS)
-    unused = sorted(p for p in PLANNED if p not in named and p.split("/")[-1] not in named)
-    assert not unused, f"PLANNED entries no document names: {unused}"
 
 
 def _text_files() -> list[pathlib.Path]:

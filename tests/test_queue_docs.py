@@ -42,7 +42,7 @@ def test_the_file_map_is_the_queue_package():
     section = DOC.split("## Where it lives\n", 1)[1]
     listed = set(re.findall(r"^\s+([a-z_]+\.py)\b", section, re.M))
     package = ROOT / "src" / "tether" / "queue"
-    actual = {p.name for p in package.rglob("*.py") if p.name != "__init__.py"}
+    actual = {p.name for p in package.rglob("*.py") if p.name != "__init__.py" and "store" not in p.parts}
     assert listed == actual, (sorted(actual - listed), sorted(listed - actual))
 
 
@@ -62,3 +62,22 @@ def test_the_protocol_table_has_every_request_with_its_number():
     for op, name in ((P.REPLY, "REPLY"), (P.ERROR, "ERROR"), (P.DELIVER, "DELIVER"),
                      (P.CONSUMER_ERROR, "CONSUMER_ERROR")):
         assert f"{name}({op})" in section
+
+
+STORAGE = (ROOT / "docs" / "storage.md").read_text()
+
+
+def test_storage_names_every_file_of_the_store_package():
+    section = STORAGE.split("## Where it lives\n", 1)[1]
+    listed = set(re.findall(r"^\s+([a-z_]+\.py)\b", section, re.M))
+    actual = {p.name for p in (ROOT / "src" / "tether" / "queue" / "store").glob("*.py") if p.name != "__init__.py"}
+    assert listed == actual, (sorted(actual - listed), sorted(listed - actual))
+
+
+def test_storage_lists_every_journal_operation():
+    from tether.queue.core import records as R
+
+    section = STORAGE.split("## What is written\n", 1)[1].split("\n## ", 1)[0]
+    listed = {row.split("|")[1].strip().strip("`") for row in section.splitlines()
+              if row.startswith("| `")}
+    assert listed == set(R.OP_LENGTHS)
