@@ -201,3 +201,38 @@ def test_a_producer_registration_that_cannot_be_written_is_taken_back():
     journal.fail_next = True
     journal.flush(2.0)
     assert bumped.epoch == again.epoch == 1                     # the epoch bump is taken back
+
+
+def test_the_forwarding_floor_counts_messages_still_being_journaled_in():
+    """A transmission queue numbers a message when it is sent; until its record is written
+    it is in no list, but the floor (everything below is settled) must stay below it: a
+    floor told past it made the target drop the message as a duplicate once it came."""
+    from tether.queue.core.system_queues import settings_for
+
+    core, journal = new_core()
+    xmit = "$xmit:127.0.0.1:9"
+    core.define(xmit, settings_for(xmit))
+    journal.flush(0.0)
+    first = core.prepare(xmit, b"first", 0.0, destination="tether://127.0.0.1:9/q")
+    core.send_one(first, 0.0)
+    journal.flush(0.0)
+    taken = core.take(xmit, 0.0)
+    core.complete(taken, taken.tag, 0.0)
+    completion = core.cut()
+    second = core.prepare(xmit, b"second", 0.0, destination="tether://127.0.0.1:9/q")
+    core.send_one(second, 0.0)              # numbered; its record is not written yet
+    sending = core.cut()
+    core.written(completion[0], 0.0)        # first is gone, second is in no list yet
+    assert core.lowest_sequence(xmit) == second.sequence
+    core.written(sending[0], 0.0)
+    assert core.lowest_sequence(xmit) == second.sequence
+    failed = core.prepare(xmit, b"third", 0.0, destination="tether://127.0.0.1:9/q")
+    core.send_one(failed, 0.0)
+    assert core.lowest_sequence(xmit) == second.sequence
+    journal.fail_next = True
+    journal.flush(0.0)
+    assert core.lowest_sequence(xmit) == second.sequence
+    done = core.take(xmit, 0.0)
+    core.complete(done, done.tag, 0.0)
+    journal.flush(0.0)
+    assert core.lowest_sequence(xmit) == failed.sequence + 1   # nothing left: the next number

@@ -151,6 +151,8 @@ class QueueClient:
         self.epoch = 0                 # the producer epoch the service gave us (0: not yet)
         self._next_sequence = 0
         self._unanswered: OrderedDict[int, None] = OrderedDict()   # send sequences awaiting a reply
+        self._numbering = False        # this client numbers its own sends ...
+        self._forwarding = False       # ... or a forwarder numbers them: never both
         self._floor_sent = 0
         self._rids = 0
         self._consumer_ids = 0
@@ -482,10 +484,12 @@ class QueueClient:
                 consumer.owed = 0
         if not self._connected:
             return
-        floor = next(iter(self._unanswered), self._next_sequence)
-        if floor > self._floor_sent:
-            self._out.append([P.SETTLED, 0, floor])
-            self._floor_sent = floor
+        if self._numbering:
+            # every send below the lowest unanswered one was answered: never sent again
+            floor = next(iter(self._unanswered), self._next_sequence)
+            if floor > self._floor_sent:
+                self._out.append([P.SETTLED, 0, floor])
+                self._floor_sent = floor
         if not self._out:
             return
         out, self._out, self._out_bytes = self._out, [], 0
@@ -526,6 +530,9 @@ class QueueClient:
         return [P.SEND, 0, address, body, headers, time_to_live, 0]
 
     def _number(self, item: list) -> list:
+        if self._forwarding:
+            raise QueueError("a forwarder's client sends with forward(), not send()")
+        self._numbering = True
         sequence = self._next_sequence
         self._next_sequence = sequence + 1
         item[6] = sequence
@@ -557,13 +564,17 @@ class QueueClient:
     def forward(self, queue: str, sequence: int, message_id: str, body: bytes, headers: dict | None,
                 enqueued_at: float, expires_at: float | None) -> asyncio.Future:
         """(For queue managers' forwarders.) Hand over a message of a transmission queue,
-        numbered `sequence` by it; a future for the answer (None: accepted)."""
+        numbered `sequence` by it; a future for the answer (None: accepted). A client that
+        forwards numbers nothing itself: its floor is the forwarder's (`settled`)."""
         self._check_open()
+        if self._numbering:
+            raise QueueError("a client that sends with send() cannot forward(): the two would share sequences")
+        self._forwarding = True
         return self._request([P.FORWARD, 0, queue, sequence, message_id, body, headers, enqueued_at, expires_at])
 
     def settled(self, floor: int) -> None:
         """(For queue managers' forwarders.) Every sequence below `floor` is settled here."""
-        if floor > self._floor_sent and self._connected:
+        if floor > self._floor_sent and self._connected and self._forwarding:
             self._floor_sent = floor
             self._send([P.SETTLED, 0, floor])
 

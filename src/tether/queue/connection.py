@@ -128,7 +128,9 @@ class Connection:
         self._ended = False
         self._routes: dict[str, str] = {}                  # send address -> local queue
         self._return_ready: asyncio.Future | None = None   # forwards: the origin's return queue
-        self._forward_turn: asyncio.Future | None = None   # done once the last FORWARD batch queued
+        # SEND, FORWARD and SETTLED take effect in the order they arrived (a floor must never
+        # overtake a send below it): each batch waits for the one before it to be queued
+        self._turn: asyncio.Future | None = None
         session.set_link_listener(self._link_changed)
 
     @property
@@ -203,6 +205,13 @@ class Connection:
         for raw in items:
             item = P.parse_request(raw)
             op = item[0]
+            if op == P.SETTLED:         # after the sends and forwards before it
+                if sends:
+                    self._spawn(self._sends(sends), 0)
+                    sends = []
+                if forwards:
+                    self._spawn(self._forwards(forwards), 0)
+                    forwards = []
             if op == P.SEND:
                 sends.append(item)
             elif op == P.COMPLETE:
@@ -220,7 +229,7 @@ class Connection:
                     if entry is not None:
                         self.operations.release(entry, tag)
             elif op == P.SETTLED:
-                self.operations.raise_floor(self.state.producer, item[2])
+                self._spawn(self._settled(item[2]), 0)
             elif op == P.HELLO:
                 raise ProtocolError("queue protocol: HELLO may only open a session")
             else:
@@ -266,12 +275,27 @@ class Connection:
 
     async def _sends(self, items: list) -> None:
         """SEND items: prepared one by one (a bad one is refused alone), queued in one call."""
+        previous, turn = self._take_turn()
         operations = self.operations
         results: list[Any] = [None] * len(items)
+        routes: list[str | None] = []
+        try:
+            for n, item in enumerate(items):
+                try:
+                    routes.append(await self._route(item[2]))
+                except (TetherError, ValueError, TypeError) as exc:
+                    routes.append(None)
+                    results[n] = exc
+            if previous is not None and not previous.done():
+                await previous
+        finally:
+            turn.set_result(None)       # the next batch runs once this one yields: after it is queued
         entries, sequences, where = [], [], []
         for n, (_, _, address, body, headers, ttl, sequence) in enumerate(items):
+            name = routes[n]
+            if name is None:
+                continue
             try:
-                name = await self._route(address)
                 entries.append(operations.prepare(name, body, headers=headers, time_to_live=ttl,
                                                   destination=address if name != address else None))
                 sequences.append(sequence)
@@ -280,6 +304,23 @@ class Connection:
                 results[n] = exc
         await self._queue(entries, sequences, where, results, keep_ids=False)
         self._answer(items, results)
+
+    def _take_turn(self) -> tuple[asyncio.Future | None, asyncio.Future]:
+        """(the turn before ours, ours): call first thing in a batch's task (tasks start in
+        the order they were made, so turns are taken in arrival order)."""
+        previous, turn = self._turn, self._loop.create_future()
+        self._turn = turn
+        return previous, turn
+
+    async def _settled(self, floor: int) -> None:
+        """SETTLED: the producer's floor, once every send and forward before it is queued."""
+        previous, turn = self._take_turn()
+        try:
+            if previous is not None and not previous.done():
+                await previous
+        finally:
+            turn.set_result(None)
+        self.operations.raise_floor(self.state.producer, floor)
 
     async def _queue(self, entries: list[Entry], sequences: list[int], where: list[int], results: list[Any],
                      *, keep_ids: bool) -> None:
@@ -304,8 +345,7 @@ class Connection:
         # order (the order per sender): each takes its turn after the one before it.
         state = self.state
         origin = state.client_id.hex()
-        previous, turn = self._forward_turn, self._loop.create_future()
-        self._forward_turn = turn
+        previous, turn = self._take_turn()
         try:
             if self._return_ready is None:
                 self._return_ready = asyncio.ensure_future(self.manager.return_queue(origin))

@@ -442,6 +442,8 @@ class QueueCore:
             for queue, count in added.items():
                 queue.reserved -= count
             for entry, dedupe in journaled:
+                if entry.queue.unqueued:
+                    entry.queue.unqueued.pop(entry.sequence, None)
                 if dedupe >= 0:
                     producers.unreserve(producer, entry.queue.name, dedupe)
 
@@ -473,14 +475,16 @@ class QueueCore:
         queue.reserved += 1
         return self._records.add([[R.ENQUEUE, queue.name, entry.to_record()]],
                                  lambda now: self._arrive_reserved(queue, entry, now),
-                                 lambda now: self._unreserve(queue))
+                                 lambda now: self._unreserve(queue, entry))
 
     @staticmethod
     def _number(queue: Queue, entry: Entry) -> None:
         """A message joining a transmission queue gets the forwarder's next sequence, in the
-        order messages join (so the forwarder's floor, its lowest unsettled one, is sound)."""
+        order messages join (so the forwarder's floor, its lowest unsettled one, is sound).
+        Until it is in the queue (its record written, or failed) it counts as unqueued."""
         entry.sequence = queue.next_sequence
         queue.next_sequence += 1
+        queue.unqueued[entry.sequence] = None
 
     def lowest_sequence(self, name: str) -> int:
         """A transmission queue's lowest sequence still to be forwarded (its `next_sequence`
@@ -497,8 +501,11 @@ class QueueCore:
             self._arrive(queue, entry, now)
 
     @staticmethod
-    def _unreserve(queue: Queue) -> None:
+    def _unreserve(queue: Queue, entry: Entry) -> None:
+        """A send's record failed: it never joins `queue`."""
         queue.reserved -= 1
+        if queue.unqueued:
+            queue.unqueued.pop(entry.sequence, None)
 
     # ------------------------------------------------------------------ producers
 
@@ -567,6 +574,8 @@ class QueueCore:
 
     def _arrive(self, queue: Queue, entry: Entry, now: float, front: bool = False) -> None:
         """`entry` joins `queue` (READY): handed to the longest waiter, or queued."""
+        if queue.unqueued:
+            queue.unqueued.pop(entry.sequence, None)
         entry.state = READY
         self._admit(queue, entry)
         if queue.kind == POISON:
@@ -861,6 +870,9 @@ class QueueCore:
         def undo(now: float) -> None:
             for queue, count in added.items():
                 queue.reserved -= count
+            for entry in entries:
+                if entry.queue.unqueued:
+                    entry.queue.unqueued.pop(entry.sequence, None)
             for entry, _ in receipts:
                 self._unsettle(entry, now)
 

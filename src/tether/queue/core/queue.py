@@ -40,7 +40,7 @@ class Queue:
     __slots__ = (
         "name", "settings", "kind", "parent", "journaled", "ready", "depth", "inflight", "held",
         "bytes", "reserved", "waiters", "expiry", "retry", "poison", "deleted", "faulted",
-        "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "_sweep_countdown",
+        "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "unqueued", "_sweep_countdown",
     )
 
     def __init__(self, name: str, settings: QueueSettings, *, journaled: bool, kind: str = MAIN,
@@ -70,6 +70,8 @@ class Queue:
         #: a transmission queue numbers what joins it (the forwarder's producer sequence)
         self.numbered = False
         self.next_sequence = 1
+        #: numbered, and still being journaled into this queue (in numbering order)
+        self.unqueued: dict[int, None] = {}
         self._sweep_countdown = _STALE_SLACK
 
     @property
@@ -222,8 +224,9 @@ class Queue:
         return best
 
     def lowest_sequence(self) -> int | None:
-        """The lowest `sequence` held here outside ;poison (locked, settling or ready)."""
-        best = None
+        """The lowest `sequence` held here outside ;poison (locked, settling or ready), or
+        numbered and still on its way in (being journaled)."""
+        best = next(iter(self.unqueued), None)
         for entry in self.inflight.values():
             if best is None or entry.sequence < best:
                 best = entry.sequence
