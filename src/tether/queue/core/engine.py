@@ -232,6 +232,7 @@ class QueueCore:
             self._sendable[name] = main
         elif name.startswith(TRANSMISSION_PREFIX):
             main.numbered = True
+            main.numbers, main.retry.numbers = [], []
         return main
 
     def delete(self, name: str) -> int | None:
@@ -442,6 +443,7 @@ class QueueCore:
             for queue, count in added.items():
                 queue.reserved -= count
             for entry, dedupe in journaled:
+                advance(entry, DROP)        # never queued (and no longer a number to forward)
                 if dedupe >= 0:
                     producers.unreserve(producer, entry.queue.name, dedupe)
 
@@ -473,14 +475,16 @@ class QueueCore:
         queue.reserved += 1
         return self._records.add([[R.ENQUEUE, queue.name, entry.to_record()]],
                                  lambda now: self._arrive_reserved(queue, entry, now),
-                                 lambda now: self._unreserve(queue))
+                                 lambda now: self._unreserve(queue, entry))
 
     @staticmethod
     def _number(queue: Queue, entry: Entry) -> None:
         """A message joining a transmission queue gets the forwarder's next sequence, in the
-        order messages join (so the forwarder's floor, its lowest unsettled one, is sound)."""
+        order messages join; it counts for the floor (lowest_sequence) from now on, while
+        its send is being written too."""
         entry.sequence = queue.next_sequence
         queue.next_sequence += 1
+        queue.number(entry)
 
     def lowest_sequence(self, name: str) -> int:
         """A transmission queue's lowest sequence still to be forwarded (its `next_sequence`
@@ -497,8 +501,9 @@ class QueueCore:
             self._arrive(queue, entry, now)
 
     @staticmethod
-    def _unreserve(queue: Queue) -> None:
+    def _unreserve(queue: Queue, entry: Entry) -> None:
         queue.reserved -= 1
+        advance(entry, DROP)        # never queued
 
     # ------------------------------------------------------------------ producers
 
@@ -576,6 +581,8 @@ class QueueCore:
         entry.queue = queue
         queue.held += 1
         queue.bytes += len(entry.body)
+        if queue.numbers is not None:
+            queue.number(entry)
         if entry.dead_letter_source is not None:
             self._dead_counts[entry.dead_letter_source] += 1
         if entry.expires_at is not None and queue.indexes_expiry:
@@ -860,6 +867,8 @@ class QueueCore:
         def undo(now: float) -> None:
             for queue, count in added.items():
                 queue.reserved -= count
+            for entry in entries:
+                advance(entry, DROP)        # never queued
             for entry, _ in receipts:
                 self._unsettle(entry, now)
 

@@ -9,6 +9,7 @@ follows the live entries.
 """
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
 from typing import Iterator, Protocol
 
@@ -40,7 +41,7 @@ class Queue:
     __slots__ = (
         "name", "settings", "kind", "parent", "journaled", "ready", "depth", "inflight", "held",
         "bytes", "reserved", "waiters", "expiry", "retry", "poison", "deleted", "faulted",
-        "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "_sweep_countdown",
+        "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "numbers", "_sweep_countdown",
     )
 
     def __init__(self, name: str, settings: QueueSettings, *, journaled: bool, kind: str = MAIN,
@@ -70,6 +71,9 @@ class Queue:
         #: a transmission queue numbers what joins it (the forwarder's producer sequence)
         self.numbered = False
         self.next_sequence = 1
+        #: a transmission queue and its ;retry: (sequence, key, entry) of every entry held
+        #: or being sent there, a heap cleaned lazily (the forwarder's floor, lowest_sequence)
+        self.numbers: list[tuple[int, int, Entry]] | None = None
         self._sweep_countdown = _STALE_SLACK
 
     @property
@@ -221,24 +225,28 @@ class Queue:
                 break
         return best
 
+    def number(self, entry: Entry) -> None:
+        """Keep `entry`'s sequence among this queue's numbers (held, or being sent here)."""
+        heapq.heappush(self.numbers, (entry.sequence, entry.key, entry))
+
     def lowest_sequence(self) -> int | None:
-        """The lowest `sequence` held here outside ;poison (locked, settling or ready)."""
+        """The lowest `sequence` of an entry held here or in ;retry, in any state, or being
+        sent here (;poison is left out): the order entries sit in says nothing about it
+        (a released one goes to the front, one back from ;retry to the back)."""
         best = None
-        for entry in self.inflight.values():
-            if best is None or entry.sequence < best:
-                best = entry.sequence
         for queue in (self, self.retry):
-            if queue is None:
-                continue
-            for entry in queue.ready_entries():
-                if best is None or entry.sequence < best:
-                    best = entry.sequence
-                break
-            if queue is not self:
-                for entry in queue.inflight.values():
-                    if best is None or entry.sequence < best:
-                        best = entry.sequence
+            numbers = queue.numbers
+            while numbers and not queue._holds(numbers[0][2]):
+                heapq.heappop(numbers)
+            if len(numbers) > 2 * (queue.held + queue.reserved) + _STALE_SLACK:
+                numbers[:] = [n for n in numbers if queue._holds(n[2])]
+                heapq.heapify(numbers)
+            if numbers and (best is None or numbers[0][0] < best):
+                best = numbers[0][0]
         return best
+
+    def _holds(self, entry: Entry) -> bool:
+        return entry.queue is self and entry.state != GONE
 
     def expired_locks(self, now: float) -> list[Entry]:
         """Locked entries whose peek-lock ran out by `now`."""

@@ -1,0 +1,73 @@
+"""QueueCore, driven directly (no asyncio, no files): one test per bug the queue simulation
+(tests/qsim/, tests/test_queue_sim.py) found, each named after what broke, with the seed
+that found it."""
+from __future__ import annotations
+
+from tether.queue.core import QueueCore, QueueSettings
+from tether.queue.core.system_queues import settings_for
+
+XMIT = "$xmit:target:7600"
+DESTINATION = "tether://target:7600/orders"
+
+
+def _written(core: QueueCore, now: float) -> None:
+    """Cut and write every record the core has open."""
+    while (cut := core.cut()) is not None:
+        core.written(cut[0], now)
+
+
+def _core(*queues: tuple[str, QueueSettings]) -> QueueCore:
+    core = QueueCore(b"core-test-manager", journaled=True)
+    core.start()
+    for name, settings in queues:
+        core.define(name, settings)
+    _written(core, 0.0)
+    return core
+
+
+def _forward(core: QueueCore, body: bytes, now: float) -> int | None:
+    """A message for the remote queue, into the transmission queue: its record."""
+    return core.send_one(core.prepare(XMIT, body, now, destination=DESTINATION), now)
+
+
+# ---- the forwarder's floor (tell no floor above a message still to be sent) ----
+
+def test_lowest_sequence_covers_a_send_still_being_written():
+    # forward seed 0: a completion became durable while the next message's send was
+    # still being written; the floor was the next unused sequence, above that message
+    core = _core((XMIT, settings_for(XMIT)))
+    _forward(core, b"first", 1.0)
+    _written(core, 1.0)
+    first = core.take(XMIT, 1.0)
+    assert first.sequence == 1
+    completion = core.complete(first, first.tag, 1.1)
+    completing = core.cut()
+    _forward(core, b"second", 1.2)
+    sending = core.cut()
+    core.written(completing[0], 1.3)
+    assert completion == completing[0]
+    assert core.lowest_sequence(XMIT) == 2          # the second message, not yet queued
+    core.written(sending[0], 1.4)
+    assert core.lowest_sequence(XMIT) == 2
+
+
+def test_lowest_sequence_forgets_a_send_whose_write_failed():
+    core = _core((XMIT, settings_for(XMIT)))
+    _forward(core, b"lost", 1.0)
+    core.failed(core.cut()[0], 1.0)
+    assert core.lowest_sequence(XMIT) == 2          # nothing holds sequence 1 any more
+
+
+def test_lowest_sequence_is_the_lowest_even_when_a_later_one_is_released_in_front():
+    # forward seed 59: a message refused for now was released to the front, then one
+    # taken meanwhile (sending was paused) was released in front of it
+    core = _core((XMIT, settings_for(XMIT)))
+    for body in (b"one", b"two", b"three"):
+        _forward(core, body, 1.0)
+    _written(core, 1.0)
+    one = core.take(XMIT, 1.0)
+    two = core.take(XMIT, 1.0)
+    core.release(one, one.tag, 1.1)
+    core.release(two, two.tag, 1.2)
+    assert [e.sequence for e in core._queue(XMIT).ready_entries()] == [2, 1, 3]
+    assert core.lowest_sequence(XMIT) == 1
