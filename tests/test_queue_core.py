@@ -71,3 +71,84 @@ def test_lowest_sequence_is_the_lowest_even_when_a_later_one_is_released_in_fron
     core.release(two, two.tag, 1.2)
     assert [e.sequence for e in core._queue(XMIT).ready_entries()] == [2, 1, 3]
     assert core.lowest_sequence(XMIT) == 1
+
+
+# ---- time-to-live running out while a message is locked ----
+
+def _one_ttl_message(ttl: float = 1.0, **settings) -> tuple[QueueCore, object]:
+    core = _core(("q", QueueSettings.from_kwargs(time_to_live=ttl, validity_duration=10.0, **settings)))
+    core.send_one(core.prepare("q", b"m", 0.0), 0.0)
+    _written(core, 0.0)
+    entry = core.take("q", 0.5)
+    core.handle_timer(1.0)                   # the expiry comes while it is locked: nothing yet
+    assert core.info("q").in_flight == 1
+    return core, entry
+
+
+def _dead_lettered_by(core: QueueCore, now: float) -> None:
+    assert core.next_deadline() is not None and core.next_deadline() <= now
+    core.handle_timer(now)
+    _written(core, now)
+    assert (core.info("q").depth, core.info("q").in_flight, core.info("$dead").depth) == (0, 0, 1)
+    dead = core.take("$dead", now)
+    assert dead.dead_letter_reason == "expired"
+
+
+def test_a_message_released_after_its_time_to_live_ran_out_is_dead_lettered():
+    # ttl seed 0: released (uncounted) after its expiry, it waited forever in the queue
+    core, entry = _one_ttl_message()
+    assert core.release(entry, entry.tag, 1.5)
+    _dead_lettered_by(core, 1.5)
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.got = []
+
+    def hand(self, entry) -> None:
+        self.got.append(entry)
+
+    def fail(self, error: BaseException) -> None:
+        raise AssertionError(error)
+
+
+def test_a_message_released_after_its_time_to_live_ran_out_is_not_delivered():
+    # ttl seed 31: a receiver waiting on the queue got it, expired
+    core, entry = _one_ttl_message()
+    waiter = _Waiter()
+    core.wait("q", waiter)
+    assert core.release(entry, entry.tag, 1.5)
+    assert waiter.got == []
+    _dead_lettered_by(core, 1.5)
+
+
+def test_a_message_back_from_retry_after_its_time_to_live_ran_out_is_not_delivered():
+    # ttl seed 194: the move back from ;retry was written after the expiry; a waiting
+    # receiver got it
+    core = _core(("q", QueueSettings.from_kwargs(time_to_live=2.0, validity_duration=10.0, receive_retry_count=0,
+                                                 max_retry_cycles=1, retry_cycle_delay=0.5)))
+    core.send_one(core.prepare("q", b"m", 0.0), 0.0)
+    _written(core, 0.0)
+    entry = core.take("q", 0.1)
+    core.abandon(entry, entry.tag, 1.0)
+    _written(core, 1.0)
+    assert core.info("q").retrying == 1
+    waiter = _Waiter()
+    core.wait("q", waiter)
+    core.handle_timer(1.5)                       # the retry delay ended: back to q ...
+    move = core.cut()
+    core.written(move[0], 2.5)                   # ... written after the expiry (2.0)
+    assert waiter.got == []
+    _dead_lettered_by(core, 2.5)
+
+
+def test_a_message_retried_at_once_whose_time_to_live_ran_out_during_the_write_is_dead_lettered():
+    core = _core(("q", QueueSettings.from_kwargs(time_to_live=1.0, validity_duration=10.0, receive_retry_count=2)))
+    core.send_one(core.prepare("q", b"m", 0.0), 0.0)
+    _written(core, 0.0)
+    entry = core.take("q", 0.5)
+    core.abandon(entry, entry.tag, 0.9)          # an immediate retry, being journaled ...
+    update = core.cut()
+    core.handle_timer(1.0)                       # ... when the expiry comes
+    core.written(update[0], 1.1)
+    _dead_lettered_by(core, 1.1)

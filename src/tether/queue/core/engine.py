@@ -593,8 +593,10 @@ class QueueCore:
             self._schedule(queue, entry.retry_at)
 
     def _offer(self, queue: Queue, entry: Entry, now: float, front: bool) -> None:
-        """A READY entry of `queue` without a ready-list slot: to a waiter, or into the list."""
-        if queue.waiters and not queue.faulted:
+        """A READY entry of `queue` without a ready-list slot: to a waiter, or into the list
+        (where one whose time-to-live ran out waits for the expiry timer)."""
+        expired = entry.expires_at is not None and entry.expires_at <= now and queue.indexes_expiry
+        if queue.waiters and not queue.faulted and not expired:
             waiter = queue.next_waiter()
             self._lock(queue, entry, now)
             waiter.hand(entry)
@@ -701,8 +703,17 @@ class QueueCore:
         advance(entry, RELEASE)
         entry.delivery_count -= 1
         queue.unlock(entry)
-        self._offer(queue, entry, now, True)
+        self._back(queue, entry, now)
         return True
+
+    def _back(self, queue: Queue, entry: Entry, now: float) -> None:
+        """A locked entry is READY again (released, or back for an immediate retry): to the
+        front of its queue, or to a waiter. The expiry timer passed it by while it was
+        locked: if its time-to-live ran out, the timer must see it again."""
+        if entry.expires_at is not None and entry.expires_at <= now and queue.indexes_expiry:
+            queue.expiry.add(entry)
+            self._schedule(queue, entry.expires_at)
+        self._offer(queue, entry, now, True)
 
     def renew(self, entry: Entry, tag: int, now: float) -> float:
         """Extend a peek-lock by validity_duration from now; the new deadline. LockLost."""
@@ -771,7 +782,7 @@ class QueueCore:
             advance(entry, WRITTEN_BACK)
             entry.attempts = attempts
             queue.unlock(entry)
-            self._offer(queue, entry, now, True)
+            self._back(queue, entry, now)
             self._rearm(queue)
 
         return self._journal(queue, [[R.UPDATE, queue.name, entry.key, entry.delivery_count, attempts]],
