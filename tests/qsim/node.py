@@ -395,7 +395,8 @@ class Node:
             if actual != expected:
                 self.fail(f"{where}: {name} counts (depth, in_flight, retrying, poison, waiting) are "
                           f"{actual} in the core, {expected} in the model")
-            if q.waiters and not model.faulted(q) and any(m.state == READY for m in q.members.values()):
+            if q.waiters and not model.faulted(q) and any(m.state == READY and not _expired(m, q, self.now)
+                                                         for m in q.members.values()):
                 self.fail(f"{where}: a receiver waits on {name} while a message is ready there")
         if model.due(self.now):
             deadline = core.next_deadline()
@@ -686,6 +687,11 @@ class Node:
         mreceipts = [(self.msg(e), tag) for e, tag in receipts]
         expected = self.model.rollback(mreceipts, self.now)
         return self._compare("rollback", expected, None, lambda: self.core.rollback(receipts, self.now))
+
+
+def _expired(m: Msg, q: Any, now: float) -> bool:
+    """Ready but past its time-to-live: the expiry timer's, not a receiver's."""
+    return m.expires_at is not None and m.expires_at <= now and q.kind != POISON
 
 
 def _due(m: Msg, q: Any, now: float) -> bool:
