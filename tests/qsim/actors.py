@@ -175,6 +175,7 @@ class Producer(Actor):
             return
         producer, mproducer, record = result
         session = self.session
+        granted = producer.epoch            # this hello's epoch (operations.open_producer)
 
         def answered(ok: bool) -> None:
             self.connecting = False
@@ -184,7 +185,7 @@ class Producer(Actor):
                 self.sim.clock.after(0.1, self._hello)
                 return
             self.producer, self.mproducer = producer, mproducer
-            self.epoch = producer.epoch
+            self.epoch = granted
             if producer.next_sequence != mproducer.next_sequence:
                 node.fail(f"{self.name}: hello says next_sequence {producer.next_sequence}, the model "
                           f"{mproducer.next_sequence}")

@@ -460,6 +460,7 @@ class TargetService(Actor):
             return
         producer, mproducer, record = result
         generation = self.node.generation
+        granted = producer.epoch            # this hello's epoch (operations.open_producer)
 
         def answered(ok: bool) -> None:
             if generation != self.node.generation or session != self.link.session:
@@ -472,11 +473,11 @@ class TargetService(Actor):
                                f"{mproducer.next_sequence}")
             self.session = session
             self.producer, self.mproducer = producer, mproducer
-            self.epoch = producer.epoch
+            self.epoch = granted
             self.client_id = client_id
             self.return_ready = None
             self.batches = []
-            self.link.send(session, False, [[HELLO, rid, None, producer.epoch, producer.next_sequence]])
+            self.link.send(session, False, [[HELLO, rid, None, granted, producer.next_sequence]])
 
         self.node.after(record, answered)
 

@@ -189,11 +189,11 @@ class Connection:
         _, rid, version, client_id, epoch, held = item
         if version != P.VERSION:
             raise ProtocolError(f"queue protocol version {version} is not supported (this service speaks {P.VERSION})")
-        producer = await self.operations.open_producer(client_id, epoch)
-        self.state, resumed = self.service.attach(client_id, producer, producer.epoch, self, held)
+        producer, epoch = await self.operations.open_producer(client_id, epoch)
+        self.state, resumed = self.service.attach(client_id, producer, epoch, self, held)
         # resumed False: this service never saw the client (it restarted): its locks are void
         self.push([P.REPLY, rid, {"version": P.VERSION, "server": "tether-qm", "resumed": resumed,
-                                  "epoch": producer.epoch, "next_sequence": producer.next_sequence,
+                                  "epoch": epoch, "next_sequence": producer.next_sequence,
                                   "max_frame_bytes": self.session.settings.max_message_size}])
 
     def _dispatch(self, items: list) -> None:

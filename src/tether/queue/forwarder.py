@@ -226,7 +226,7 @@ class Forwarder:
         """Negative acknowledgements: the target's rejects for us land in our $dead, once
         (de-duplicated by the sequence we sent them with), then are completed there."""
         operations = self.operations
-        returns = await operations.open_producer(b"returns\0" + self.client_id, 0)
+        returns, epoch = await operations.open_producer(b"returns\0" + self.client_id, 0)
         name = RETURN_PREFIX + self.client_id.hex()
         while True:
             try:
@@ -246,7 +246,7 @@ class Forwarder:
             entry.dead_letter_reason = REJECTED
             entry.dead_letter_source = source
             entry.delivery_count = message.delivery_count
-            result = (await operations.send([entry], producer=returns, epoch=returns.epoch,
+            result = (await operations.send([entry], producer=returns, epoch=epoch,
                                             sequences=[message.sequence], keep_ids=True))[0]
             if isinstance(result, BaseException):
                 log.info("forwarder: a returned message could not be kept: %s", result)
