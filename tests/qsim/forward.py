@@ -518,9 +518,12 @@ class TargetService(Actor):
         origin = self.client_id.hex()
         answers: list = [None] * len(items)
         pairs, seqs, where = [], [], []
+        producer = self.mproducer
         for n, (_, rid, queue, sequence, message_id, body, expires_at) in enumerate(items):
-            if expires_at is not None and expires_at <= now:
-                answers[n] = "expired"
+            seen = (sequence < producer.floor or sequence in producer.accepted.get(queue, ())
+                    or (queue, sequence) in producer.pending)
+            if expires_at is not None and expires_at <= now and not seen:
+                answers[n] = "expired"      # (a resend of one queued before is answered as that one was)
                 continue
             msg = self.sim.forwarded_message(node, body)
             entry = node.prepare(msg, queue, id=message_id, expires_at=expires_at, origin=origin)

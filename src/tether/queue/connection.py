@@ -19,7 +19,7 @@ from ..errors import LockLost, ProtocolError, QueueError, SequenceClosed, Tether
 from . import protocol as P
 from .core import Entry
 from .core.address import is_remote
-from .core.producers import Producer
+from .core.producers import NEW, Producer
 from .operations import QueueOperations
 
 log = logging.getLogger("tether.queue.service")
@@ -310,6 +310,7 @@ class Connection:
             # queued it (it does not suspend before that)
             turn.set_result(None)
         operations = self.operations
+        producers = operations.core.producers
         now = operations.now()
         results: list[Any] = [None] * len(items)
         entries, sequences, where = [], [], []
@@ -317,7 +318,9 @@ class Connection:
             try:
                 if is_remote(queue):
                     raise ValueError(f"forwarded message {message_id}: {queue!r} is not a queue of this queue manager")
-                if expires_at is not None and expires_at <= now:
+                if expires_at is not None and expires_at <= now \
+                        and producers.classify(state.producer, queue, sequence) == NEW:
+                    # (a resend of one queued before it expired is answered as that one was)
                     raise _Expired(f"message {message_id} expired in transit")
                 entries.append(operations.prepare(queue, body, headers=headers, id=message_id,
                                                   enqueued_at=enqueued_at, expires_at=expires_at, origin=origin))

@@ -1,0 +1,31 @@
+"""A FORWARD sent again (its answer was lost: the session broke, either side restarted)
+gets the answer the first one got. Bugs the queue simulation (tests/test_queue_sim.py)
+found in the target's handling of resent and refused FORWARDs."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import tether
+
+
+async def test_a_resent_forward_queued_before_its_expiry_is_accepted_again():
+    # forward seed 24: the first FORWARD was queued, its answer lost in a partition; the
+    # resend came after the message's expiry and was refused as expired, so the source
+    # dead-lettered a message the target had delivered
+    async with tether.QueueManager.open(listen="tcp://127.0.0.1:0") as target:
+        await target.create_queue("orders")
+        async with tether.QueueClient.connect(target.services[0].url) as client:
+            now = time.time()
+            assert await client.forward("orders", 1, "id-1", b"x", None, now, now + 0.2) is None
+            await asyncio.sleep(0.3)
+            assert await client.forward("orders", 1, "id-1", b"x", None, now, now + 0.2) is None
+            # a message never queued before is still refused once expired
+            try:
+                await client.forward("orders", 2, "id-2", b"y", None, now, now + 0.2)
+            except tether.QueueError as exc:
+                assert exc.code == "expired"
+            else:
+                raise AssertionError("an expired FORWARD was accepted")
+        assert (await target.queue_info("orders")).depth + (await target.queue_info("$dead")).depth <= 1
+
