@@ -29,3 +29,19 @@ async def test_a_resent_forward_queued_before_its_expiry_is_accepted_again():
                 raise AssertionError("an expired FORWARD was accepted")
         assert (await target.queue_info("orders")).depth + (await target.queue_info("$dead")).depth <= 1
 
+
+async def test_a_forwarders_client_tells_no_floor_of_its_own_after_a_reconnect():
+    # forward seed 375: sequence 2 was accepted while 1 was refused for now (the target's
+    # write failed); after a reconnect the client told the floor 3 (the target's
+    # next_sequence), so the resent sequence 1 was answered as a duplicate and never queued
+    async with tether.QueueManager.open(listen="tcp://127.0.0.1:0") as target:
+        await target.create_queue("orders")
+        forwarder_id = b"forwarder-under-test"
+        now = time.time()
+        async with tether.QueueClient.connect(target.services[0].url, client_id=forwarder_id) as client:
+            assert await client.forward("orders", 2, "id-2", b"second", None, now, None) is None
+        async with tether.QueueClient.connect(target.services[0].url, client_id=forwarder_id) as client:
+            await asyncio.sleep(0.05)         # the client's first frames, floor and all, are in
+            assert await client.forward("orders", 1, "id-1", b"first", None, now, None) is None
+        got = sorted([(await target.receive("orders", timeout=1)).id for _ in range(2)])
+        assert got == ["id-1", "id-2"]

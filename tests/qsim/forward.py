@@ -6,9 +6,9 @@ Forwarder (forwarder.py) runs: take from the transmission queue, send, settle an
 (complete / dead-letter / release and pause), renew the locks of unanswered messages, tell
 the floor after durable completions. `ForwardClient` is its QueueClient (client.py) as far
 as forwarding goes: HELLO with the forwarder's id and epoch, FORWARD requests kept until
-answered and all resent after every reconnect, SETTLED floors (its own after every HELLO,
-and the forwarder's). `Link` is one session at a time, with a delay; a partition or a crash
-of either side breaks it, losing every frame in flight. `TargetService` is connection.py
+answered and all resent after every reconnect, and the floors the forwarder tells. `Link`
+is one session at a time, with a delay; a partition or a crash of either side breaks it,
+losing every frame in flight. `TargetService` is connection.py
 for that session: HELLO opens the producer, SETTLED raises its floor at once, FORWARDs are
 queued batch by batch keeping their ids (`keep_ids`), de-duplicated by the forwarder's
 sequence, after the forwarder's return queue exists.
@@ -136,7 +136,6 @@ class ForwardClient:
         self.flush_scheduled = False
         self.backoff = Backoff(CONNECT_FIRST, CONNECT_CAP)
         self.closed = False
-        self.floors: list[int] = []      # every floor told, for the checks
         link.client = self
 
     def connect(self) -> None:
@@ -197,7 +196,6 @@ class ForwardClient:
         if floor > self.floor_sent and self.connected:
             self.floor_sent = floor
             self.out.append([SETTLED, 0, floor])
-            self.floors.append(floor)
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -206,16 +204,12 @@ class ForwardClient:
             self.sim.clock.after(0.0, self._flush)
 
     def _flush(self) -> None:
-        """QueueClient._flush: after what is queued, the client's own floor (the lowest
-        unanswered SEND of its own, or its next sequence: a forwarder sends none)."""
+        """QueueClient._flush: what is queued goes out. (Its own floor, the lowest
+        unanswered SEND of its own or its next sequence, is told only by a client that
+        numbers sends of its own: a forwarder's client numbers none.)"""
         self.flush_scheduled = False
         if not self.connected:
             return
-        floor = self.next_sequence
-        if floor > self.floor_sent:
-            self.out.append([SETTLED, 0, floor])
-            self.floor_sent = floor
-            self.floors.append(floor)
         if self.out:
             out, self.out = self.out, []
             self.link.send(self.session, True, out)

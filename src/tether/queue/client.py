@@ -151,6 +151,9 @@ class QueueClient:
         self.epoch = 0                 # the producer epoch the service gave us (0: not yet)
         self._next_sequence = 0
         self._unanswered: OrderedDict[int, None] = OrderedDict()   # send sequences awaiting a reply
+        # our floor is told by itself only once we number sends of our own: a forwarder's
+        # sequences are its transmission queue's, and it tells their floor (settled())
+        self._numbered = False
         self._floor_sent = 0
         self._rids = 0
         self._consumer_ids = 0
@@ -483,7 +486,7 @@ class QueueClient:
         if not self._connected:
             return
         floor = next(iter(self._unanswered), self._next_sequence)
-        if floor > self._floor_sent:
+        if floor > self._floor_sent and self._numbered:
             self._out.append([P.SETTLED, 0, floor])
             self._floor_sent = floor
         if not self._out:
@@ -528,6 +531,7 @@ class QueueClient:
     def _number(self, item: list) -> list:
         sequence = self._next_sequence
         self._next_sequence = sequence + 1
+        self._numbered = True
         item[6] = sequence
         self._unanswered[sequence] = None
         return item
