@@ -45,3 +45,28 @@ async def test_a_forwarders_client_tells_no_floor_of_its_own_after_a_reconnect()
             assert await client.forward("orders", 1, "id-1", b"first", None, now, None) is None
         got = sorted([(await target.receive("orders", timeout=1)).id for _ in range(2)])
         assert got == ["id-1", "id-2"]
+
+
+async def test_forwards_are_answered_when_the_return_queue_cannot_be_made(tmp_path, monkeypatch):
+    # forward seed 22: the write defining the forwarder's return queue failed; the service
+    # kept that failure for the connection and answered none of its FORWARDs, ever again
+    async with tether.QueueManager.open(tmp_path / "t", listen="tcp://127.0.0.1:0") as target:
+        await target.create_queue("orders")
+        async with tether.QueueClient.connect(target.services[0].url, client_id=b"forwarder-under-test") as client:
+            store = target.operations.store
+            real = store.append
+
+            def failing_once(record, done):
+                monkeypatch.setattr(store, "append", real)
+                asyncio.get_running_loop().call_soon(done, tether.StorageError("disk full (simulated)"))
+
+            monkeypatch.setattr(store, "append", failing_once)
+            now = time.time()
+            try:
+                await asyncio.wait_for(client.forward("orders", 1, "id-1", b"x", None, now, None), 5)
+            except tether.QueueError as exc:
+                assert exc.code == "storage-error"      # refused for now: the forwarder sends it again
+            else:
+                raise AssertionError("queued without its return queue")
+            assert await asyncio.wait_for(client.forward("orders", 1, "id-1", b"x", None, now, None), 5) is None
+        assert (await target.receive("orders", timeout=1)).id == "id-1"

@@ -499,9 +499,13 @@ class TargetService(Actor):
         if ready is None:
             return
         if ready is not True:
-            # the return queue could not be made: Connection._forwards raises for every
-            # batch of this connection, answering nothing
-            self.batches = []
+            # the return queue could not be made: the batches waiting for it are refused
+            # for now, and the next batch tries again
+            self.return_ready = None
+            batches, self.batches = self.batches, []
+            for items in batches:
+                self.refusals["storage-error"] = self.refusals.get("storage-error", 0) + len(items)
+                self.link.send(session, False, [[ANSWER, item[1], "storage-error"] for item in items])
             return
         while self.batches:
             self._queue(session, self.batches.pop(0))

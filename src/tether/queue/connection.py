@@ -302,7 +302,14 @@ class Connection:
         try:
             if self._return_ready is None:
                 self._return_ready = asyncio.ensure_future(self.manager.return_queue(origin))
-            await self._return_ready
+            ready = self._return_ready
+            try:
+                await ready
+            except QueueError as exc:       # not written: refused for now; the next batch tries again
+                if self._return_ready is ready:
+                    self._return_ready = None
+                self._answer(items, [exc] * len(items))
+                return
             if previous is not None and not previous.done():
                 await previous
         finally:
