@@ -179,7 +179,8 @@ class Node:
     # ---------------------------------------------------------------- boot and crash
 
     def boot(self) -> None:
-        """Open the queue manager: replay the journal into a new core (manager._recover)."""
+        """Open the queue manager: replay the journal into a new core, and do what fell due
+        meanwhile (manager._recover); journal the identity of a new journal (start)."""
         self.boots += 1
         self.generation += 1
         state = ReplayState()
@@ -193,6 +194,10 @@ class Node:
         self.up = True
         self.trace("boot", len(self.journal.durable))
         self.reconcile("recovery" if self.boots > 1 else "boot")
+        # manager._recover: what fell due while the manager was down, before anyone receives
+        self.model.handle_timer(self.now)
+        core.handle_timer(self.now)
+        self._settle("recovery timers")
         expected = None
         if not self.identity_durable:
             expected = self.model.journal(None, self._identity_written, None)
