@@ -3,7 +3,8 @@ invariants after every step.
 
 The clock advances to the next scheduled event (a journal write completing, an actor's
 timer, a frame arriving, a crash) or to the earliest `next_deadline()` of a running core,
-whichever comes first; a core whose deadline came runs `handle_timer(now)`. After every
+whichever comes first; a core whose deadline came runs `handle_timer(now)`. The run ends
+at the scenario's `end` (scenarios leave time for everything to settle before it). After every
 step each running node's counters must equal its model's, no receiver may wait while a
 message is ready for it, and nothing due may be left without a deadline (node.py). Along
 the way: every take and hand-off is checked (model.py, node.py), first deliveries follow
@@ -153,12 +154,14 @@ class Simulation:
                 due_node, due_at = None, None
                 for node in nodes:
                     deadline = node.next_deadline()
-                    if deadline is not None and deadline <= end and (due_at is None or deadline < due_at):
+                    if deadline is not None and (due_at is None or deadline < due_at):
                         due_node, due_at = node, deadline
                 if due_node is not None and (event_at is None or due_at <= event_at):
+                    if due_at > end:
+                        break
                     clock.now = max(clock.now, due_at)
                     due_node.handle_timer()
-                elif event_at is not None:
+                elif event_at is not None and event_at <= end:
                     clock.step()
                 else:
                     break

@@ -350,7 +350,8 @@ def forward(seed: int) -> Scenario:
         length = rng.choice([0.2, 1.0, 4.0])
         partitions.append((t, t + length))
         t += length + rng.uniform(0.5, 4.0)
-    s = Scenario("forward", seed, [source, target], end=90.0)
+    # a paused forwarder waits up to 30 s (RETRY_CAP) between tries: time to drain
+    s = Scenario("forward", seed, [source, target], end=300.0)
     s.forwards = [ForwardSpec("src", "dst", authority, partitions=tuple(partitions),
                               max_in_flight=rng.choice([1, 4, 16]))]
     for i in range(rng.randint(1, 3)):
@@ -359,7 +360,7 @@ def forward(seed: int) -> Scenario:
                                     gap=rng.choice([(0.0, 0.05), (0.0, 0.5)]), batch=rng.choice([0.0, 0.3]),
                                     ttl=rng.choice([(None,), (None, None, 1.0)]),
                                     destination=f"tether://{authority}/{queue}", padding=rng.choice([(0,), (0, 0, 400)])))
-    s.consumers = _consumers(rng, "dst", "orders", rng.randint(1, 2), 80.0, {"complete": 1.0})
+    s.consumers = _consumers(rng, "dst", "orders", rng.randint(1, 2), 300.0, {"complete": 1.0})
     if rng.random() < 0.5:
         s.crashes.append(("dst", rng.uniform(1.0, 8.0), rng.choice([0, 1])))
     if rng.random() < 0.2:
