@@ -529,18 +529,22 @@ class TxConsumer(Actor):
         node = self.node
         if not node.ready or self.sim.clock.now >= self.spec.stop:
             return
+        faulted = False
         while len(self.receipts) < self.spec.batch:
             entry = node.take(self.spec.source, self)
-            if entry is None or isinstance(entry, BaseException):
+            faulted = isinstance(entry, PoisonMessage)
+            if entry is None or faulted:
                 break
             self.receipts.append((entry, entry.tag))
         if self.receipts:
             self._work()
             return
         waiter = SimWaiter(node, self, self.spec.source)
-        if node.wait(waiter) is None:
-            self.waiter = waiter
-            self.sim.clock.after(self.spec.stop - self.sim.clock.now, self._stop_waiting, self.life, waiter)
+        if faulted or node.wait(waiter) is not None:
+            self.sim.clock.after(0.5, self._poll, self.life)     # the queue faulted: look again later
+            return
+        self.waiter = waiter
+        self.sim.clock.after(self.spec.stop - self.sim.clock.now, self._stop_waiting, self.life, waiter)
 
     def _stop_waiting(self, life: int, waiter: SimWaiter) -> None:
         if life == self.life and self.waiter is waiter and self.node.ready:
@@ -553,6 +557,11 @@ class TxConsumer(Actor):
         self.waiter = None
         self.receipts.append((entry, tag))
         self._poll(self.life)
+
+    def wait_failed(self, waiter: SimWaiter, error: BaseException) -> None:
+        if waiter is self.waiter:
+            self.waiter = None
+            self.sim.clock.after(0.5, self._poll, self.life)
 
     def _work(self) -> None:
         self.busy = True

@@ -189,13 +189,14 @@ class Simulation:
             self._forwarded(forwarder)
 
     def _acknowledged(self, node: Node) -> None:
-        """Every message its sender was told is queued is, at the end, in exactly one
-        queue or has one explicit outcome (node.reconcile checked the queues)."""
+        """Every message that was queued (its sender told, or its write on disk before a
+        crash) is, at the end, in exactly one queue or has one explicit outcome
+        (node.reconcile checked the queues)."""
         for msg in node.model.msgs.values():
-            if not msg.acked:
-                continue
+            if msg.sent_to is None:
+                continue                # never queued
             if msg.queue is None and msg.outcome is None:
-                self.fail(f"[{node.name}] m{msg.mid} was acknowledged and is nowhere, with no outcome")
+                self.fail(f"[{node.name}] m{msg.mid} was queued and is nowhere, with no outcome")
             if msg.outcome == LOST_VOLATILE and not self.scenario.crashes_expected:
                 self.fail(f"[{node.name}] m{msg.mid} lost without a crash")
 
@@ -207,14 +208,14 @@ class Simulation:
         target = target_node.model
         xmit = forwarder.spec.queue
         for msg in source.msgs.values():
-            if msg.destination is None or not msg.acked:
+            if msg.destination is None or msg.sent_to is None:
                 continue
             where = msg.queue or msg.outcome
             if msg.queue is not None and msg.queue.startswith(xmit):
                 if not msg.queue.endswith(";poison"):
                     self.fail(f"[{forwarder.node.name}] m{msg.mid} is still in {msg.queue} at the end")
             copy = target.msgs.get(msg.mid)
-            arrived = copy is not None and copy.acked
+            arrived = copy is not None and copy.sent_to is not None
             if arrived and msg.outcome != COMPLETED:
                 self.fail(f"m{msg.mid} arrived at {target_node.name} and is also {where} at the source")
             if not arrived and msg.outcome == COMPLETED:

@@ -87,7 +87,7 @@ class Msg:
         self.taken = False            # delivered at least once (first-delivery order)
         self.handed = 0               # deliveries the application really got (this life)
         self.poisoned = False         # receive_error_handling applied to it
-        self.sent_to: str | None = None   # the queue it was sent (or forwarded) to
+        self.sent_to: str | None = None   # the queue it was sent (or forwarded) to, once queued
         self.sending = False          # its send is in a record not yet written
         self.sent_expires_at: float | None = None   # the expiry it was sent with
 
@@ -363,6 +363,10 @@ class Model:
         def durable() -> None:
             msg.durable = (q.name, 0, 0, msg.expires_at, None, None, None)
             msg.durable_outcome = None
+            if msg.sent_to is None:         # queued now, whether or not its sender hears of it
+                msg.sent_to = q.name
+                self.arrivals += 1
+                msg.index = self.arrivals
             if q.numbered:
                 q.durable_number = max(q.durable_number, msg.number + 1)
         return durable

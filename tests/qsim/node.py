@@ -323,9 +323,9 @@ class Node:
                 return
         plan = self.crash_plan
         if plan is not None and plan[1] == "after" and self.journal.writes >= plan[0]:
+            # soon after: what its completion set off is being written (`keep` of it survives)
             self.crash_plan = None
-            self.crash(keep=plan[2])
-            return
+            self.later(self.rng.uniform(0.0, 0.003), self.crash, plan[2])
         if not self.journal.in_flight and self.up and self.rng.random() < self.spec.compact_rate:
             self.compact()
 
@@ -608,9 +608,15 @@ class Node:
     def _handed(self, waiter: SimWaiter, entry: Any) -> None:
         q = self.model.queues[waiter.queue]
         oldest = next(iter(q.waiters), None)
-        if oldest is not waiter:
+        failing = next((w for w in self.model.failing_waiters if w.queue == waiter.queue), None)
+        if oldest is waiter:
+            del q.waiters[waiter]
+        elif oldest is None and failing is waiter:
+            # the record that faults the queue also brought this message back, before the
+            # poison one in the order its operations were made: the waiter got it first
+            del self.model.failing_waiters[waiter]
+        else:
             self.fail(f"m{mid_of(entry)} was handed to {waiter!r}; the longest waiter is {oldest!r}")
-        del q.waiters[waiter]
         self._delivered(entry, waiter.queue, waiter.owner)
         tag = entry.tag
         self.later(0.0, waiter.owner.handed, waiter, entry, tag)
