@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.errors import LockLost, PoisonMessage, ProducerFenced, QueueError, QueueFull, TransactionError
+from tether.errors import PoisonMessage, ProducerFenced, QueueError, QueueFull, TransactionError
 
 from .model import Msg
 from .node import Node, SimWaiter
@@ -314,9 +314,6 @@ class ProducerGroup(Actor):
 
 
 # ---------------------------------------------------------------------------- consumers
-
-ACTIONS = ("complete", "abandon", "release", "expire", "crash", "renew")
-
 
 @dataclass
 class ConsumerSpec:
@@ -619,5 +616,5 @@ class TxConsumer(Actor):
         self.busy = False
 
 
-__all__ = ["ACTIONS", "Actor", "Consumer", "ConsumerSpec", "LockLost", "Producer", "ProducerGroup",
-           "ProducerSpec", "Sender", "SenderSpec", "TxConsumer", "TxSpec"]
+__all__ = ["Actor", "Consumer", "ConsumerSpec", "Producer", "ProducerGroup", "ProducerSpec", "Sender", "SenderSpec",
+           "TxConsumer", "TxSpec"]

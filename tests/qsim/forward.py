@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from tether.errors import ProducerFenced, QueueError
+from tether.errors import QueueError
 from tether.queue.backoff import Backoff
 from tether.queue.core.system_queues import RETURN_PREFIX, settings_for
 from tether.queue.forwarder import CONNECT_CAP, CONNECT_FIRST, LOCK_RENEW_EVERY, producer_id
@@ -568,4 +568,4 @@ class TargetService(Actor):
             self.node.after(record, lambda ok, record=record: done(record, ok))
 
 
-__all__ = ["ForwardClient", "ForwardSpec", "Forwarder", "Link", "ProducerFenced", "TargetService"]
+__all__ = ["ForwardClient", "ForwardSpec", "Forwarder", "Link", "TargetService"]

@@ -24,8 +24,6 @@ from typing import Any
 
 from sim.network import Clock
 
-from tether.errors import LockLost  # noqa: F401  (the actors' settle errors)
-
 from .actors import Consumer, ProducerGroup, Sender, TxConsumer
 from .forward import Forwarder, Link, TargetService
 from .model import COMPLETED, DEAD, LOST_VOLATILE, READY, Msg
@@ -108,7 +106,7 @@ class Simulation:
         """First deliveries of one sender's messages follow the order they were queued in:
         nothing that sender queued earlier may still wait, undelivered, in the same queue."""
         self.first_deliveries += 1
-        if msg.sent_to != msg.queue or msg.index < 0 or self.scenario.unordered:
+        if msg.sent_to != msg.queue or msg.index < 0:
             return
         if msg.origin is not None and any(f.transient for f in self.forwarders if f.spec.target == node.name):
             # a forwarder pipelines: after a transient refusal (the target's write failed,

@@ -36,7 +36,6 @@ DROPPED_POISON = "dropped: poison (drop)"
 DROPPED_EXPIRED = "dropped: expired (dead_letter_queue none)"
 DROPPED_REJECTED = "dropped: rejected (dead_letter_queue none)"
 LOST_VOLATILE = "lost: volatile queue, crash"
-MOVED = "moved"        # a copy that left for another queue manager's model (forwarded)
 
 
 class Expected(Exception):
@@ -620,6 +619,8 @@ class Model:
             self.fail(f"m{msg.mid}: poison after {attempts} failed deliveries, not {s.attempts_per_message}")
         if msg.deliveries != s.attempts_per_message:
             self.fail(f"m{msg.mid}: poison with delivery_count {msg.deliveries}, not {s.attempts_per_message}")
+        if not self.crashed_once and msg.handed != s.attempts_per_message:
+            self.fail(f"m{msg.mid}: poison after {msg.handed} deliveries, not {s.attempts_per_message}")
         msg.poisoned = True
         mode = s.receive_error_handling
         if mode == "drop":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-from tether.errors import PoisonMessage, QueueError, StorageError
+from tether.errors import PoisonMessage, QueueError
 from tether.queue.core import QueueCore, QueueSettings
 from tether.queue.core.lifecycle import STATE_NAMES
 from tether.queue.core.replay import ReplayState
@@ -713,4 +713,4 @@ def _due(m: Msg, q: Any, now: float) -> bool:
     return m.state == READY and q.kind == "retry" and m.retry_at is not None and m.retry_at <= now
 
 
-__all__ = ["Node", "NodeSpec", "SimWaiter", "StorageError", "mid_of"]
+__all__ = ["Node", "NodeSpec", "SimWaiter", "mid_of"]

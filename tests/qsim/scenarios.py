@@ -61,7 +61,6 @@ class Scenario:
     crash_plans: dict[str, tuple[int, str, int]] = field(default_factory=dict)
     poison_rate: float = 0.0
     end: float = 120.0
-    unordered: bool = False            # first-delivery order is not promised (see forward)
     drained: bool = False              # every message must be completed by the end
 
     @property
