@@ -152,3 +152,30 @@ def test_a_message_retried_at_once_whose_time_to_live_ran_out_during_the_write_i
     core.handle_timer(1.0)                       # ... when the expiry comes
     core.written(update[0], 1.1)
     _dead_lettered_by(core, 1.1)
+
+
+def test_lowest_sequence_of_a_message_back_from_retry():
+    # a message keeps its key and sequence through ;retry and back: two entries, one life
+    core = _core((XMIT, settings_for(XMIT)))
+    settings = core.settings(XMIT)
+    _forward(core, b"failing", 1.0)
+    _forward(core, b"next", 1.0)
+    _written(core, 1.0)
+    now = 1.0
+    for _ in range(settings.receive_retry_count + 1):
+        entry = core.take(XMIT, now)
+        assert entry.sequence == 1
+        core.abandon(entry, entry.tag, now)
+        _written(core, now)
+    assert core.info(XMIT).retrying == 1       # (the floor is not asked meanwhile)
+    now += settings.retry_cycle_delay
+    core.handle_timer(now)
+    _written(core, now)
+    assert core.info(XMIT).retrying == 0
+    assert core.lowest_sequence(XMIT) == 1
+    for sequence in (2, 1):
+        entry = core.take(XMIT, now)
+        assert entry.sequence == sequence
+        core.complete(entry, entry.tag, now)
+        _written(core, now)
+    assert core.lowest_sequence(XMIT) == 3

@@ -71,7 +71,7 @@ class Queue:
         #: a transmission queue numbers what joins it (the forwarder's producer sequence)
         self.numbered = False
         self.next_sequence = 1
-        #: a transmission queue and its ;retry: (sequence, key, entry) of every entry held
+        #: a transmission queue and its ;retry: (sequence, id, entry) of every entry held
         #: or being sent there, a heap cleaned lazily (the forwarder's floor, lowest_sequence)
         self.numbers: list[tuple[int, int, Entry]] | None = None
         self._sweep_countdown = _STALE_SLACK
@@ -226,8 +226,10 @@ class Queue:
         return best
 
     def number(self, entry: Entry) -> None:
-        """Keep `entry`'s sequence among this queue's numbers (held, or being sent here)."""
-        heapq.heappush(self.numbers, (entry.sequence, entry.key, entry))
+        """Keep `entry`'s sequence among this queue's numbers (held, or being sent here).
+        (A message back from ;retry is a new entry with the same key and sequence: ties
+        are broken by identity, never by comparing entries.)"""
+        heapq.heappush(self.numbers, (entry.sequence, id(entry), entry))
 
     def lowest_sequence(self) -> int | None:
         """The lowest `sequence` of an entry held here or in ;retry, in any state, or being
