@@ -113,9 +113,11 @@ class Simulation:
             # its queue was full) the refused message is sent again after later ones were
             # queued. Order per sender holds only without them (a design limit, reported).
             return
+        now = self.clock.now
         for other in node.model.queues[msg.queue].members.values():
             if (other is not msg and other.sender == msg.sender and other.sent_to == msg.queue and not other.taken
-                    and other.state == READY and 0 <= other.index < msg.index):
+                    and other.state == READY and 0 <= other.index < msg.index
+                    and (other.expires_at is None or other.expires_at > now)):     # (expired: the timer's)
                 self.fail(f"[{node.name}] order: {msg.sender}'s m{msg.mid} is delivered from {msg.queue} while "
                           f"m{other.mid}, queued before it, waits undelivered")
 

@@ -341,7 +341,17 @@ def forward(seed: int) -> Scenario:
                              max_length=None if rng.random() < 0.8 else rng.randint(4, 10),
                              max_message_size=rng.choice([65536, 65536, 200]), receive_error_handling="move",
                              dead_letter_queue="system")
-    source = _node("src", rng, {xmit: settings_for(xmit)}, compact_rate=rng.choice([0.0, 0.05]))
+    # the transmission queue as the manager makes it, or with short locks and retry cycles
+    # (as tests/test_qm_forward_crash.py patches it). A completion that fails at the source
+    # leaves the message locked until its lock runs out (then it is sent again, and goes
+    # through ;retry): only with the short locks do the source's writes fail, or the run
+    # would wait 300 s per failure (a design limit, reported)
+    short_locks = rng.random() < 0.5
+    xmit_settings = settings_for(xmit) if not short_locks else QueueSettings.from_kwargs(
+        receive_error_handling="move", validity_duration=2.0, receive_retry_count=0, max_retry_cycles=50,
+        retry_cycle_delay=0.5)
+    source = _node("src", rng, {xmit: xmit_settings}, compact_rate=rng.choice([0.0, 0.05]),
+                   fail_rate=rng.choice([0.0, 0.05]) if short_locks else 0.0)
     target = _node("dst", rng, {"orders": target_queue}, fail_rate=rng.choice([0.0, 0.0, 0.05, 0.15]),
                    compact_rate=rng.choice([0.0, 0.05]))
     partitions = []
@@ -359,14 +369,15 @@ def forward(seed: int) -> Scenario:
     source_crash = rng.random() < 0.2
     if source_crash:
         s.crashes.append(("src", rng.uniform(1.0, 8.0), rng.choice([0, 1])))
+    # A source that loses what it knew of a forward (a crash, a failed completion) decides
+    # expiry by itself, without the target, which may have the message (its answer or its
+    # completion was lost): expiring it then is a design limit, reported, not simulated
+    source_forgets = source_crash or source.fail_rate > 0
     for i in range(rng.randint(1, 3)):
         queue = "orders" if rng.random() < 0.85 else "nowhere"
         s.senders.append(SenderSpec(f"s{i}", "src", xmit, rng.randint(3, 12), start=rng.uniform(0.0, 2.0),
                                     gap=rng.choice([(0.0, 0.05), (0.0, 0.5)]), batch=rng.choice([0.0, 0.3]),
-                                    # a source that crashes dead-letters what expired meanwhile
-                                    # without asking the target, which may have it (its answer
-                                    # was lost): a design limit, reported, not simulated
-                                    ttl=(None,) if source_crash else rng.choice([(None,), (None, None, 1.0)]),
+                                    ttl=(None,) if source_forgets else rng.choice([(None,), (None, None, 1.0)]),
                                     destination=f"tether://{authority}/{queue}", padding=rng.choice([(0,), (0, 0, 400)])))
     s.consumers = _consumers(rng, "dst", "orders", rng.randint(1, 2), 300.0, {"complete": 1.0})
     return s
