@@ -179,3 +179,18 @@ def test_lowest_sequence_of_a_message_back_from_retry():
         core.complete(entry, entry.tag, now)
         _written(core, now)
     assert core.lowest_sequence(XMIT) == 3
+
+
+# ---- found reading the core for the simulation (no seed: the simulation deletes no queue) ----
+
+def test_a_queue_deleted_while_a_message_expires_in_the_same_record():
+    # Queue.entries() listed a message whose expiry was being written twice (locked-or-
+    # settling, and again from the ready list): the delete dropped it twice and raised
+    core = _core(("q", QueueSettings.from_kwargs(time_to_live=1.0)))
+    core.send_one(core.prepare("q", b"m", 0.0), 0.0)
+    _written(core, 0.0)
+    core.delete("q")
+    core.handle_timer(1.0)                       # its expiry joins the delete's record
+    assert [e.key for e in core._queue("q").entries()] == [1]
+    _written(core, 1.0)
+    assert not core.has_queue("q")

@@ -82,10 +82,11 @@ class Queue:
         return self.parent if self.parent is not None else self
 
     def entries(self) -> Iterator[Entry]:
-        """Every entry held here (locked first, then ready), oldest first."""
+        """Every entry held here, once (locked or settling first, then ready), oldest first.
+        (One settling after READY keeps its ready-list slot; it is listed as settling.)"""
         yield from self.inflight.values()
         for entry in self.ready:
-            if entry.queue is self and entry.state != GONE and entry.state != LOCKED:
+            if entry.queue is self and entry.state == READY:
                 yield entry
 
     def ready_entries(self) -> Iterator[Entry]:
