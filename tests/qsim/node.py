@@ -348,8 +348,8 @@ class Node:
             queue = core._queues[name]
             seen: set[int] = set()
             for entry in queue.entries():
-                if entry.key in seen:       # entries() may list a settling entry twice
-                    continue
+                if entry.key in seen:
+                    self.fail(f"{where}: {name}.entries() lists entry {entry.key} twice")
                 seen.add(entry.key)
                 mid = mid_of(entry)
                 if mid in held:
