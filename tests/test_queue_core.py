@@ -194,3 +194,19 @@ def test_a_queue_deleted_while_a_message_expires_in_the_same_record():
     assert [e.key for e in core._queue("q").entries()] == [1]
     _written(core, 1.0)
     assert not core.has_queue("q")
+
+
+def test_a_message_locked_while_the_expiry_index_is_compacted_still_expires():
+    # the index's compaction kept only ready messages: one locked meanwhile, released
+    # later, had no expiry any more
+    core = QueueCore(b"core-test-manager", journaled=False)
+    core.define("q", QueueSettings.from_kwargs(time_to_live=100.0, validity_duration=1000.0))
+    core.send_one(core.prepare("q", b"held", 0.0), 0.0)
+    held = core.take("q", 0.0)
+    for _ in range(3000):                        # enough leaving for the index to be compacted
+        core.send_one(core.prepare("q", b"x", 1.0), 1.0)
+        entry = core.take("q", 1.0)
+        core.complete(entry, entry.tag, 1.0)
+    assert core.release(held, held.tag, 2.0)
+    core.handle_timer(100.0)
+    assert (core.info("q").depth, core.info("$dead").depth) == (0, 1)

@@ -171,11 +171,11 @@ class Queue:
         expiry = self.expiry
         fifo = expiry.fifo
         # entries mostly leave in the order they came: drop the stale head in place first
-        while fifo and (fifo[0].queue is not self or fifo[0].state != READY):
+        while fifo and not self._still_held(fifo[0]):
             fifo.popleft()
         if not fifo:
             expiry.tail = -float("inf")
-        expiry.maybe_compact(self.held, self._still_waiting)
+        expiry.maybe_compact(self.held, self._still_held)
         if len(self.ready) > 2 * self.depth + _STALE_SLACK:
             keep = deque()
             for entry in self.ready:
@@ -185,8 +185,9 @@ class Queue:
                     entry.in_ready = False
             self.ready = keep
 
-    def _still_waiting(self, entry: Entry) -> bool:
-        return entry.queue is self and entry.state == READY
+    def _still_held(self, entry: Entry) -> bool:
+        # a locked (or settling) entry keeps its expiry: it may come back READY
+        return entry.queue is self and entry.state != GONE
 
     # ---- waiters ----
 
