@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from tether.errors import LockLost, ProducerFenced, QueueFull, QueueMessageTooLarge, QueueNotFound, TransactionError
+from tether.queue.core.engine import STORAGE_RETRY_DELAY
 from tether.queue.core.settings import QueueSettings
+from tether.queue.core.system_queues import DEAD_LETTER_SETTINGS
 
 READY = "ready"
 LOCKED = "locked"
@@ -27,8 +30,6 @@ POISON = "poison"
 DEAD = "$dead"
 XMIT = "$xmit:"
 RETURN = "$return:"
-#: After a failed journal write the core holds timer work on that queue this long.
-STORAGE_RETRY_DELAY = 1.0
 
 # outcomes of a message copy that left every queue
 COMPLETED = "completed"
@@ -90,10 +91,6 @@ class Msg:
         self.sending = False          # its send is in a record not yet written
         self.sent_expires_at: float | None = None   # the expiry it was sent with
 
-    def snapshot(self) -> tuple:
-        return (self.queue, self.attempts, self.deliveries, self.expires_at, self.retry_at, self.reason,
-                self.source)
-
     def __repr__(self) -> str:
         return (f"<m{self.mid} {self.queue} {self.state} attempts={self.attempts} deliveries={self.deliveries}"
                 f" outcome={self.outcome}>")
@@ -121,9 +118,6 @@ class MQueue:
 
     def count(self, state: str) -> int:
         return sum(1 for m in self.members.values() if m.state == state)
-
-    def ready(self) -> list[Msg]:
-        return [m for m in self.members.values() if m.state == READY]
 
 
 class MProducer:
@@ -170,9 +164,8 @@ class Pending:
 
 class Model:
     """Everything one queue manager holds, as it should be (see the module docstring).
-
-    Callbacks: `fail(text)` reports a broken rule; `on_arrive(msg, queue)` lets the harness
-    check order and outcomes."""
+    `fail(text)` reports a rule the model itself sees broken (a poison message delivered
+    too often, a message queued twice)."""
 
     def __init__(self, fail: Callable[[str], None], journaled: bool = True) -> None:
         self.fail = fail
@@ -191,7 +184,6 @@ class Model:
         self.defining: dict[str, int] = {}         # definitions being journaled: record
         #: waiters the core must fail now (their queue faulted), checked by the harness
         self.failing_waiters: dict[Any, None] = {}
-        from tether.queue.core.system_queues import DEAD_LETTER_SETTINGS
         self._make(DEAD, DEAD_LETTER_SETTINGS)
 
     # ---------------------------------------------------------------- records
@@ -281,7 +273,7 @@ class Model:
 
     # ---------------------------------------------------------------- arriving and leaving
 
-    def arrive(self, msg: Msg, queue: MQueue, front: bool = False) -> None:
+    def arrive(self, msg: Msg, queue: MQueue) -> None:
         """`msg` joins `queue` (READY); the harness checks who it is handed to."""
         msg.queue = queue.name
         msg.state = READY
@@ -322,7 +314,6 @@ class Model:
                 origin: str | None = None) -> tuple[MQueue, float | None]:
         """The queue an entry for `msg` goes to and its expiry (the message itself changes
         only if the entry is queued: a resend's entry is not, when its first one was)."""
-        from tether.errors import QueueMessageTooLarge, QueueNotFound
         q = self.queues.get(queue)
         if q is None or q.kind != MAIN:
             raise Expected(QueueNotFound)
@@ -372,7 +363,6 @@ class Model:
 
     def send_one(self, msg: Msg, q: MQueue, expires_at: float | None) -> int | None:
         """An embedded send without a producer: the record, None (volatile), or Expected."""
-        from tether.errors import QueueFull
         if self._full(q):
             raise Expected(QueueFull)
         msg.expires_at = expires_at
@@ -399,7 +389,6 @@ class Model:
              seqs: list[int] | None) -> list[tuple[str, int | None] | Expected]:
         """QueueCore.send: per message ("new", record), ("duplicate", None), ("pending",
         record), or an Expected error; raises Expected(ProducerFenced) for a stale epoch."""
-        from tether.errors import ProducerFenced, QueueFull
         if producer is not None and epoch != producer.epoch:
             raise Expected(ProducerFenced)
         results: list[Any] = []
@@ -481,7 +470,6 @@ class Model:
     # ---------------------------------------------------------------- producers
 
     def open_producer(self, name: bytes, epoch: int) -> tuple[MProducer, int | None]:
-        from tether.errors import ProducerFenced
         producer = self.producers.get(name)
         changed = True
         if producer is None:
@@ -535,7 +523,6 @@ class Model:
         return msg.state == LOCKED and msg.tag == tag and msg.queue is not None and msg.lock_deadline >= now
 
     def _check_lock(self, msg: Msg, tag: int, now: float) -> MQueue:
-        from tether.errors import LockLost
         if not self.lock_valid(msg, tag, now):
             raise Expected(LockLost)
         return self.queues[msg.queue]
@@ -707,7 +694,6 @@ class Model:
 
     def commit(self, receipts: list[tuple[Msg, int]], sends: list[tuple[Msg, MQueue, float | None]],
                now: float) -> int | None:
-        from tether.errors import QueueFull, TransactionError
         for msg, tag in receipts:
             if not self.lock_valid(msg, tag, now):
                 raise Expected(TransactionError)
