@@ -19,7 +19,7 @@ from ..errors import LockLost, ProtocolError, QueueError, SequenceClosed, Tether
 from . import protocol as P
 from .core import Entry
 from .core.address import is_remote
-from .core.producers import Producer
+from .core.producers import NEW, Producer
 from .operations import QueueOperations
 
 log = logging.getLogger("tether.queue.service")
@@ -191,11 +191,11 @@ class Connection:
         _, rid, version, client_id, epoch, held = item
         if version != P.VERSION:
             raise ProtocolError(f"queue protocol version {version} is not supported (this service speaks {P.VERSION})")
-        producer = await self.operations.open_producer(client_id, epoch)
-        self.state, resumed = self.service.attach(client_id, producer, producer.epoch, self, held)
+        producer, epoch = await self.operations.open_producer(client_id, epoch)
+        self.state, resumed = self.service.attach(client_id, producer, epoch, self, held)
         # resumed False: this service never saw the client (it restarted): its locks are void
         self.push([P.REPLY, rid, {"version": P.VERSION, "server": "tether-qm", "resumed": resumed,
-                                  "epoch": producer.epoch, "next_sequence": producer.next_sequence,
+                                  "epoch": epoch, "next_sequence": producer.next_sequence,
                                   "max_frame_bytes": self.session.settings.max_message_size}])
 
     def _dispatch(self, items: list) -> None:
@@ -349,7 +349,14 @@ class Connection:
         try:
             if self._return_ready is None:
                 self._return_ready = asyncio.ensure_future(self.manager.return_queue(origin))
-            await self._return_ready
+            ready = self._return_ready
+            try:
+                await ready
+            except QueueError as exc:       # not written: refused for now; the next batch tries again
+                if self._return_ready is ready:
+                    self._return_ready = None
+                self._answer(items, [exc] * len(items))
+                return
             if previous is not None and not previous.done():
                 await previous
         finally:
@@ -357,6 +364,7 @@ class Connection:
             # queued it (it does not suspend before that)
             turn.set_result(None)
         operations = self.operations
+        producers = operations.core.producers
         now = operations.now()
         results: list[Any] = [None] * len(items)
         entries, sequences, where = [], [], []
@@ -364,7 +372,9 @@ class Connection:
             try:
                 if is_remote(queue):
                     raise ValueError(f"forwarded message {message_id}: {queue!r} is not a queue of this queue manager")
-                if expires_at is not None and expires_at <= now:
+                if expires_at is not None and expires_at <= now \
+                        and producers.classify(state.producer, queue, sequence) == NEW:
+                    # (a resend of one queued before it expired is answered as that one was)
                     raise _Expired(f"message {message_id} expired in transit")
                 entries.append(operations.prepare(queue, body, headers=headers, id=message_id,
                                                   enqueued_at=enqueued_at, expires_at=expires_at, origin=origin))

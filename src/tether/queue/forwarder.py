@@ -36,14 +36,14 @@ from .core.deadletter import REJECTED
 from .core.headers import plain_headers
 from .core.settings import SYSTEM_DEAD_LETTER_QUEUE
 from .core.system_queues import RETURN_PREFIX
-from .forwarding import DEAD_LETTER, DELIVERED, ForwardingRules
+from .forwarding import ForwardEngine
 from .operations import QueueOperations
 
 log = logging.getLogger("tether.queue.forwarder")
 
 CONNECT_FIRST = 0.05
 CONNECT_CAP = 2.0           # at most this long between connection attempts
-MAX_IN_FLIGHT = 4096        # messages sent and not yet answered
+MAX_IN_FLIGHT = 4096        # messages sent and not yet answered (ForwardEngine.max_in_flight)
 LOCK_RENEW_EVERY = 1.0      # seconds between renewals of the locks of unanswered messages
 RETURNS_POLL = 1.0          # the target makes our return queue with our first transfer
 
@@ -63,17 +63,24 @@ class Forwarder:
         self.url = "tcp://" + authority
         self.client_id = producer_id(manager_id, authority)
         self.client: QueueClient | None = None
-        self.forwarded = 0
-        self.dead_lettered = 0
-        self.rules = ForwardingRules()
+        self.engine = ForwardEngine(queue, max_in_flight=MAX_IN_FLIGHT)
         self._loop = asyncio.get_running_loop()
-        self._in_flight: dict[int, tuple[Entry, int]] = {}     # sequence -> (entry, lock tag), send order
         self._room = asyncio.Event()
         self._room.set()
-        self._answers: list[tuple[Entry, int, BaseException | None]] = []
         self._answered = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._returned = 0          # rejects taken back from the target into our $dead
         self._closed = False
+
+    @property
+    def forwarded(self) -> int:
+        """Messages the target has durably, completed here."""
+        return self.engine.forwarded
+
+    @property
+    def dead_lettered(self) -> int:
+        """Messages moved to our dead-letter queue: refused by the target, or rejected there."""
+        return self.engine.dead_lettered + self._returned
 
     @classmethod
     def start(cls, operations: QueueOperations, queue: str, authority: str, manager_id: bytes) -> "Forwarder":
@@ -98,9 +105,8 @@ class Forwarder:
         if self.client is not None:
             await self.client.close()
         # back to the front of the queue in their original order
-        for entry, tag in reversed(list(self._in_flight.values())):
+        for entry, tag in self.engine.give_back():
             self.operations.release(entry, tag)
-        self._in_flight.clear()
 
     # ---- connecting ----
 
@@ -125,31 +131,30 @@ class Forwarder:
 
     async def _pump(self, client: QueueClient) -> None:
         operations = self.operations
+        engine = self.engine
         name = self.queue
         while True:
             await self._room.wait()
-            pause = self.rules.paused_until - time.time()
+            pause = engine.pause(time.time())
             if pause > 0:
                 await asyncio.sleep(pause)
             entry = await operations.take(name, None)
             now = time.time()
-            if not self.rules.may_send(now):       # a transient refusal came while we waited
+            if not engine.may_send(now):       # a transient refusal came while we waited
                 operations.release(entry, entry.tag)
                 continue
             while entry is not None:
-                if entry.expires_at is not None and entry.expires_at <= now:
-                    self._answers.append((entry, entry.tag, _Refused("expired", "expired before it was forwarded")))
-                    self._answered.set()
-                else:
+                if engine.sent(entry, now):
                     self._send(client, entry)
-                if len(self._in_flight) >= MAX_IN_FLIGHT or not self.rules.may_send(now):
+                else:                          # expired before it was forwarded
+                    self._answered.set()
+                if not engine.has_room(now):
                     self._room.clear()
                     break
                 entry = await operations.take(name, 0)     # does not suspend
 
     def _send(self, client: QueueClient, entry: Entry) -> None:
         tag = entry.tag
-        self._in_flight[entry.sequence] = (entry, tag)
         address = entry.destination
         target = address[address.index("/", len("tether://")) + 1:]
         future = client.forward(target, entry.sequence, entry.id, entry.body, plain_headers(entry.headers),
@@ -159,51 +164,39 @@ class Forwarder:
     def _on_answer(self, entry: Entry, tag: int, future: asyncio.Future) -> None:
         if future.cancelled() or self._closed:
             return
-        self._answers.append((entry, tag, future.exception()))
+        error = future.exception()
+        code = None if error is None else getattr(error, "code", "internal-error")
+        self.engine.answered(entry, tag, code, error)
         self._answered.set()
 
     async def _settle_loop(self) -> None:
-        """Settle answered messages in batches: complete, dead-letter or give back."""
+        """Settle answered messages in batches: dead-letter, give back, complete."""
         operations = self.operations
+        engine = self.engine
         while True:
             await self._answered.wait()
             self._answered.clear()
-            answers, self._answers = self._answers, []
-            now = time.time()
-            delivered: list[tuple[Entry, int]] = []
-            retry: list[tuple[Entry, int]] = []
-            for entry, tag, error in answers:
-                code = None if error is None else getattr(error, "code", "internal-error")
-                outcome, reason = self.rules.outcome(code, now)
-                if outcome == DELIVERED:
-                    delivered.append((entry, tag))
-                elif outcome == DEAD_LETTER:
-                    self._in_flight.pop(entry.sequence, None)
-                    log.warning("forwarder to %s: message %s dead-lettered (%s): %s",
-                                self.authority, entry.id, reason, error)
-                    try:
-                        await operations.dead_letter(entry, tag, reason)
-                        self.dead_lettered += 1
-                    except TetherError as exc:   # the lock went, or the journal failed: sent again
-                        log.info("forwarder: message %s could not be dead-lettered: %s", entry.id, exc)
-                else:
-                    log.info("forwarder to %s: message %s refused for now (%s); retrying later",
-                             self.authority, entry.id, error)
-                    retry.append((entry, tag))
-            if retry:
-                # back to the front in send order, uncounted; the pump pauses (rules.paused_until)
-                for entry, tag in reversed(retry):
-                    self._in_flight.pop(entry.sequence, None)
-                    operations.release(entry, tag)
-            if delivered:
-                errors = await operations.complete_many(delivered)
-                for (entry, _), error in zip(delivered, errors):
-                    self._in_flight.pop(entry.sequence, None)
+            plan = engine.settle(time.time())
+            for entry, tag, reason, error in plan.dead_letters:
+                log.warning("forwarder to %s: message %s dead-lettered (%s): %s",
+                            self.authority, entry.id, reason, error or "expired before it was forwarded")
+                try:
+                    await operations.dead_letter(entry, tag, reason)
+                    engine.dead_lettered += 1
+                except TetherError as exc:   # the lock went, or the journal failed: sent again
+                    log.info("forwarder: message %s could not be dead-lettered: %s", entry.id, exc)
+            for entry, tag in plan.releases:
+                # back to the front, uncounted; the pump pauses (engine.pause)
+                log.info("forwarder to %s: message %s refused for now; retrying later", self.authority, entry.id)
+                operations.release(entry, tag)
+            if plan.delivered:
+                errors = await operations.complete_many(plan.delivered)
+                for (entry, _), error in zip(plan.delivered, errors):
                     if error is not None:       # sent again later: the target de-duplicates it
                         log.info("forwarder: message %s delivered but not settled here: %s", entry.id, error)
-                self.forwarded += sum(1 for e in errors if e is None)
+                engine.completed(plan.delivered, errors)
                 self._tell_floor()
-            if len(self._in_flight) < MAX_IN_FLIGHT:
+            if not engine.full:
                 self._room.set()
 
     def _tell_floor(self) -> None:
@@ -212,7 +205,7 @@ class Forwarder:
         if client is None:
             return
         try:
-            client.settled(self.operations.core.lowest_sequence(self.queue))
+            client.settled(self.engine.floor(self.operations.core))
         except (QueueError, TetherError):
             pass    # closing, or the queue went: the next settle tells it
 
@@ -223,7 +216,7 @@ class Forwarder:
         validity = self.operations.core.settings(self.queue).validity_duration
         while True:
             await asyncio.sleep(max(0.01, min(LOCK_RENEW_EVERY, validity / 3)))
-            for entry, tag in list(self._in_flight.values()):
+            for entry, tag in self.engine.unanswered():
                 try:
                     self.operations.renew(entry, tag)
                 except QueueError:
@@ -233,7 +226,7 @@ class Forwarder:
         """Negative acknowledgements: the target's rejects for us land in our $dead, once
         (de-duplicated by the sequence we sent them with), then are completed there."""
         operations = self.operations
-        returns = await operations.open_producer(b"returns\0" + self.client_id, 0)
+        returns, epoch = await operations.open_producer(b"returns\0" + self.client_id, 0)
         name = RETURN_PREFIX + self.client_id.hex()
         while True:
             try:
@@ -253,12 +246,12 @@ class Forwarder:
             entry.dead_letter_reason = REJECTED
             entry.dead_letter_source = source
             entry.delivery_count = message.delivery_count
-            result = (await operations.send([entry], producer=returns, epoch=returns.epoch,
+            result = (await operations.send([entry], producer=returns, epoch=epoch,
                                             sequences=[message.sequence], keep_ids=True))[0]
             if isinstance(result, BaseException):
                 log.info("forwarder: a returned message could not be kept: %s", result)
                 continue
-            self.dead_lettered += 1
+            self._returned += 1
             log.warning("forwarder to %s: message %s was rejected by %s", self.authority, message.id, source)
             try:
                 await message.complete()
@@ -266,11 +259,5 @@ class Forwarder:
                 log.info("forwarder: a returned message could not be settled: %s", exc)
 
     def __repr__(self) -> str:
-        return f"<Forwarder to {self.authority} in_flight={len(self._in_flight)} forwarded={self.forwarded}>"
-
-
-class _Refused(QueueError):
-    def __init__(self, code: str, text: str) -> None:
-        super().__init__(text)
-        self.code = code
+        return f"<Forwarder to {self.authority} in_flight={len(self.engine.in_flight)} forwarded={self.forwarded}>"
 

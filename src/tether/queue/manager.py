@@ -339,7 +339,9 @@ def _recover(store: Store, dedupe_window: float) -> QueueOperations:
     store.release_recovered()
     core = QueueCore(state.manager_id or os.urandom(16), journaled=store.durable, producer_expiry=dedupe_window)
     operations = QueueOperations(core, store)
-    core.load(state, operations.now())
+    now = operations.now()
+    core.load(state, now)
+    core.handle_timer(now)      # what fell due while the manager was down, before anyone receives
     operations.settle()
     return operations
 

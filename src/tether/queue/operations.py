@@ -167,12 +167,15 @@ class QueueOperations:
 
     # ---- producers ----
 
-    async def open_producer(self, name: bytes, epoch: int) -> Producer:
-        """A producer's hello (epoch 0: a new instance); once its epoch is durable."""
+    async def open_producer(self, name: bytes, epoch: int) -> tuple[Producer, int]:
+        """A producer's hello (epoch 0: a new instance): the producer and the epoch this
+        hello was given, once durable (the producer's own epoch may be newer by then: a
+        newer instance said hello meanwhile, and fenced this one)."""
         producer, record = self.core.open_producer(name, epoch, self._clock())
+        granted = producer.epoch
         self.settle()
         await self.wait_for(record)
-        return producer
+        return producer, granted
 
     def raise_floor(self, producer: Producer, floor: int) -> None:
         """The producer settled every sequence below `floor`."""

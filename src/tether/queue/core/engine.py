@@ -232,6 +232,7 @@ class QueueCore:
             self._sendable[name] = main
         elif name.startswith(TRANSMISSION_PREFIX):
             main.numbered = True
+            main.numbers, main.retry.numbers = [], []
         return main
 
     def delete(self, name: str) -> int | None:
@@ -442,8 +443,7 @@ class QueueCore:
             for queue, count in added.items():
                 queue.reserved -= count
             for entry, dedupe in journaled:
-                if entry.queue.unqueued:
-                    entry.queue.unqueued.pop(entry.sequence, None)
+                advance(entry, DROP)        # never queued (and no longer a number to forward)
                 if dedupe >= 0:
                     producers.unreserve(producer, entry.queue.name, dedupe)
 
@@ -480,11 +480,11 @@ class QueueCore:
     @staticmethod
     def _number(queue: Queue, entry: Entry) -> None:
         """A message joining a transmission queue gets the forwarder's next sequence, in the
-        order messages join (so the forwarder's floor, its lowest unsettled one, is sound).
-        Until it is in the queue (its record written, or failed) it counts as unqueued."""
+        order messages join; it counts for the floor (lowest_sequence) from now on, while
+        its send is being written too."""
         entry.sequence = queue.next_sequence
         queue.next_sequence += 1
-        queue.unqueued[entry.sequence] = None
+        queue.number(entry)
 
     def lowest_sequence(self, name: str) -> int:
         """A transmission queue's lowest sequence still to be forwarded (its `next_sequence`
@@ -502,10 +502,8 @@ class QueueCore:
 
     @staticmethod
     def _unreserve(queue: Queue, entry: Entry) -> None:
-        """A send's record failed: it never joins `queue`."""
         queue.reserved -= 1
-        if queue.unqueued:
-            queue.unqueued.pop(entry.sequence, None)
+        advance(entry, DROP)        # never queued
 
     # ------------------------------------------------------------------ producers
 
@@ -574,8 +572,6 @@ class QueueCore:
 
     def _arrive(self, queue: Queue, entry: Entry, now: float, front: bool = False) -> None:
         """`entry` joins `queue` (READY): handed to the longest waiter, or queued."""
-        if queue.unqueued:
-            queue.unqueued.pop(entry.sequence, None)
         entry.state = READY
         self._admit(queue, entry)
         if queue.kind == POISON:
@@ -586,6 +582,8 @@ class QueueCore:
         entry.queue = queue
         queue.held += 1
         queue.bytes += len(entry.body)
+        if queue.numbers is not None:
+            queue.number(entry)
         if entry.dead_letter_source is not None:
             self._dead_counts[entry.dead_letter_source] += 1
         if entry.expires_at is not None and queue.indexes_expiry:
@@ -596,8 +594,10 @@ class QueueCore:
             self._schedule(queue, entry.retry_at)
 
     def _offer(self, queue: Queue, entry: Entry, now: float, front: bool) -> None:
-        """A READY entry of `queue` without a ready-list slot: to a waiter, or into the list."""
-        if queue.waiters and not queue.faulted:
+        """A READY entry of `queue` without a ready-list slot: to a waiter, or into the list
+        (where one whose time-to-live ran out waits for the expiry timer)."""
+        expired = entry.expires_at is not None and entry.expires_at <= now and queue.indexes_expiry
+        if queue.waiters and not queue.faulted and not expired:
             waiter = queue.next_waiter()
             self._lock(queue, entry, now)
             waiter.hand(entry)
@@ -704,8 +704,17 @@ class QueueCore:
         advance(entry, RELEASE)
         entry.delivery_count -= 1
         queue.unlock(entry)
-        self._offer(queue, entry, now, True)
+        self._back(queue, entry, now)
         return True
+
+    def _back(self, queue: Queue, entry: Entry, now: float) -> None:
+        """A locked entry is READY again (released, or back for an immediate retry): to the
+        front of its queue, or to a waiter. The expiry timer passed it by while it was
+        locked: if its time-to-live ran out, the timer must see it again."""
+        if entry.expires_at is not None and entry.expires_at <= now and queue.indexes_expiry:
+            queue.expiry.add(entry)
+            self._schedule(queue, entry.expires_at)
+        self._offer(queue, entry, now, True)
 
     def renew(self, entry: Entry, tag: int, now: float) -> float:
         """Extend a peek-lock by validity_duration from now; the new deadline. LockLost."""
@@ -774,7 +783,7 @@ class QueueCore:
             advance(entry, WRITTEN_BACK)
             entry.attempts = attempts
             queue.unlock(entry)
-            self._offer(queue, entry, now, True)
+            self._back(queue, entry, now)
             self._rearm(queue)
 
         return self._journal(queue, [[R.UPDATE, queue.name, entry.key, entry.delivery_count, attempts]],
@@ -871,8 +880,7 @@ class QueueCore:
             for queue, count in added.items():
                 queue.reserved -= count
             for entry in entries:
-                if entry.queue.unqueued:
-                    entry.queue.unqueued.pop(entry.sequence, None)
+                advance(entry, DROP)        # never queued
             for entry, _ in receipts:
                 self._unsettle(entry, now)
 

@@ -9,6 +9,7 @@ follows the live entries.
 """
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
 from typing import Iterator, Protocol
 
@@ -40,7 +41,7 @@ class Queue:
     __slots__ = (
         "name", "settings", "kind", "parent", "journaled", "ready", "depth", "inflight", "held",
         "bytes", "reserved", "waiters", "expiry", "retry", "poison", "deleted", "faulted",
-        "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "unqueued", "_sweep_countdown",
+        "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "numbers", "_sweep_countdown",
     )
 
     def __init__(self, name: str, settings: QueueSettings, *, journaled: bool, kind: str = MAIN,
@@ -70,8 +71,9 @@ class Queue:
         #: a transmission queue numbers what joins it (the forwarder's producer sequence)
         self.numbered = False
         self.next_sequence = 1
-        #: numbered, and still being journaled into this queue (in numbering order)
-        self.unqueued: dict[int, None] = {}
+        #: a transmission queue and its ;retry: (sequence, id, entry) of every entry held
+        #: or being sent there, a heap cleaned lazily (the forwarder's floor, lowest_sequence)
+        self.numbers: list[tuple[int, int, Entry]] | None = None
         self._sweep_countdown = _STALE_SLACK
 
     @property
@@ -80,10 +82,11 @@ class Queue:
         return self.parent if self.parent is not None else self
 
     def entries(self) -> Iterator[Entry]:
-        """Every entry held here (locked first, then ready), oldest first."""
+        """Every entry held here, once (locked or settling first, then ready), oldest first.
+        (One settling after READY keeps its ready-list slot; it is listed as settling.)"""
         yield from self.inflight.values()
         for entry in self.ready:
-            if entry.queue is self and entry.state != GONE and entry.state != LOCKED:
+            if entry.queue is self and entry.state == READY:
                 yield entry
 
     def ready_entries(self) -> Iterator[Entry]:
@@ -168,11 +171,11 @@ class Queue:
         expiry = self.expiry
         fifo = expiry.fifo
         # entries mostly leave in the order they came: drop the stale head in place first
-        while fifo and (fifo[0].queue is not self or fifo[0].state != READY):
+        while fifo and not self._still_held(fifo[0]):
             fifo.popleft()
         if not fifo:
             expiry.tail = -float("inf")
-        expiry.maybe_compact(self.held, self._still_waiting)
+        expiry.maybe_compact(self.held, self._still_held)
         if len(self.ready) > 2 * self.depth + _STALE_SLACK:
             keep = deque()
             for entry in self.ready:
@@ -182,8 +185,9 @@ class Queue:
                     entry.in_ready = False
             self.ready = keep
 
-    def _still_waiting(self, entry: Entry) -> bool:
-        return entry.queue is self and entry.state == READY
+    def _still_held(self, entry: Entry) -> bool:
+        # a locked (or settling) entry keeps its expiry: it may come back READY
+        return entry.queue is self and entry.state != GONE
 
     # ---- waiters ----
 
@@ -223,25 +227,30 @@ class Queue:
                 break
         return best
 
+    def number(self, entry: Entry) -> None:
+        """Keep `entry`'s sequence among this queue's numbers (held, or being sent here).
+        (A message back from ;retry is a new entry with the same key and sequence: ties
+        are broken by identity, never by comparing entries.)"""
+        heapq.heappush(self.numbers, (entry.sequence, id(entry), entry))
+
     def lowest_sequence(self) -> int | None:
-        """The lowest `sequence` held here outside ;poison (locked, settling or ready), or
-        numbered and still on its way in (being journaled)."""
-        best = next(iter(self.unqueued), None)
-        for entry in self.inflight.values():
-            if best is None or entry.sequence < best:
-                best = entry.sequence
+        """The lowest `sequence` of an entry held here or in ;retry, in any state, or being
+        sent here (;poison is left out): the order entries sit in says nothing about it
+        (a released one goes to the front, one back from ;retry to the back)."""
+        best = None
         for queue in (self, self.retry):
-            if queue is None:
-                continue
-            for entry in queue.ready_entries():
-                if best is None or entry.sequence < best:
-                    best = entry.sequence
-                break
-            if queue is not self:
-                for entry in queue.inflight.values():
-                    if best is None or entry.sequence < best:
-                        best = entry.sequence
+            numbers = queue.numbers
+            while numbers and not queue._holds(numbers[0][2]):
+                heapq.heappop(numbers)
+            if len(numbers) > 2 * (queue.held + queue.reserved) + _STALE_SLACK:
+                numbers[:] = [n for n in numbers if queue._holds(n[2])]
+                heapq.heapify(numbers)
+            if numbers and (best is None or numbers[0][0] < best):
+                best = numbers[0][0]
         return best
+
+    def _holds(self, entry: Entry) -> bool:
+        return entry.queue is self and entry.state != GONE
 
     def expired_locks(self, now: float) -> list[Entry]:
         """Locked entries whose peek-lock ran out by `now`."""
