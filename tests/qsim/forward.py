@@ -368,7 +368,11 @@ class Forwarder(Actor):
                 return
             if plan.delivered:
                 settled = [e if e is not None else (None if ok else QueueError("storage")) for e in errors]
-                self.forwarded += engine.completed(plan.delivered, settled)
+                before = engine.forwarded
+                for entry, tag in engine.completed(plan.delivered, settled, self.sim.clock.now):
+                    self.transient += 1
+                    node.release(entry, tag)
+                self.forwarded += engine.forwarded - before
                 self.tell_floor()
             self.settling = False
             if engine.answers:

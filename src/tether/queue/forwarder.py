@@ -194,7 +194,8 @@ class Forwarder:
                 for (entry, _), error in zip(plan.delivered, errors):
                     if error is not None:       # sent again later: the target de-duplicates it
                         log.info("forwarder: message %s delivered but not settled here: %s", entry.id, error)
-                engine.completed(plan.delivered, errors)
+                for entry, tag in engine.completed(plan.delivered, errors, time.time()):
+                    operations.release(entry, tag)
                 self._tell_floor()
             if not engine.full:
                 self._room.set()

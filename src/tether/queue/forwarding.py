@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backoff import Backoff
+from ..errors import LockLost
 from .core.deadletter import EXPIRED, MESSAGE_TOO_LARGE, QUEUE_NOT_FOUND, REJECTED
 from .core.entry import Entry
 
@@ -135,12 +136,10 @@ class ForwardEngine:
         return len(self.in_flight) < self.max_in_flight and self.rules.may_send(now)
 
     def sent(self, entry: Entry, now: float) -> bool:
-        """A message taken (locked) from the transmission queue: True when it is to be
-        sent now (it is in flight); False when its time-to-live ran out first (its answer,
-        "expired", is queued for settle())."""
-        if entry.expires_at is not None and entry.expires_at <= now:
-            self.answers.append((entry, entry.tag, EXPIRED_CODE, None))
-            return False
+        """A message taken (locked) from the transmission queue is in flight now: True.
+        Even one whose time-to-live ran out is sent: it may have reached the target before
+        (a lost answer, a restart), and only the target knows; it answers "expired" for one
+        it never had, and the message is dead-lettered here then."""
         self.in_flight[entry.sequence] = (entry, entry.tag)
         return True
 
@@ -173,16 +172,24 @@ class ForwardEngine:
         plan.releases = retry[::-1]
         return plan
 
-    def completed(self, delivered: list[tuple[Entry, int]], errors: list[BaseException | None]) -> int:
+    def completed(self, delivered: list[tuple[Entry, int]], errors: list[BaseException | None],
+                  now: float) -> list[tuple[Entry, int]]:
         """The completion of `delivered` is journaled (errors[i] None) or failed: they are no
-        longer in flight. Returns how many were settled."""
-        settled = 0
-        for (entry, _), error in zip(delivered, errors):
+        longer in flight. Returns those to give back to the transmission queue: a completion
+        the journal refused leaves its message locked here, so it is released (uncounted),
+        sending pauses as after a transient refusal, and the message is sent again: the
+        target, which has it, answers it as a duplicate. (One whose lock was lost is back in
+        the queue already.)"""
+        give_back = []
+        for (entry, tag), error in zip(delivered, errors):
             self.in_flight.pop(entry.sequence, None)
             if error is None:
-                settled += 1
-        self.forwarded += settled
-        return settled
+                self.forwarded += 1
+            elif not isinstance(error, LockLost):
+                give_back.append((entry, tag))
+        if give_back:
+            self.rules.outcome("storage-error", now)       # pause before sending them again
+        return give_back[::-1]
 
     def floor(self, core: Any) -> int:
         """The floor to tell the target once completions are durable: every sequence of the

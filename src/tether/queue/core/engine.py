@@ -131,7 +131,10 @@ class QueueCore:
                     self.events.append(("warning", f"the journal holds {len(entries)} messages for the "
                                                    f"deleted queue {name!r}; dropped"))
                 continue
+            numbered = queue.main.numbers is not None
             for entry in entries.values():
+                # a transmission queue's messages may have been sent before the restart
+                entry.handed = numbered
                 self._admit(queue, entry)
                 queue.push_ready(entry)
                 if entry.key >= self._next_key:
@@ -565,6 +568,8 @@ class QueueCore:
 
     def _lock(self, queue: Queue, entry: Entry, now: float) -> None:
         advance(entry, TAKE)
+        if queue.numbers is not None:
+            entry.handed = True
         self._tags += 1
         queue.lock(entry, self._tags, now)
         if entry.lock_deadline < queue.timer_at:
@@ -586,7 +591,7 @@ class QueueCore:
             queue.number(entry)
         if entry.dead_letter_source is not None:
             self._dead_counts[entry.dead_letter_source] += 1
-        if entry.expires_at is not None and queue.indexes_expiry:
+        if queue.expires(entry):
             queue.expiry.add(entry)
             if entry.expires_at < queue.timer_at:
                 self._schedule(queue, entry.expires_at)
@@ -596,7 +601,7 @@ class QueueCore:
     def _offer(self, queue: Queue, entry: Entry, now: float, front: bool) -> None:
         """A READY entry of `queue` without a ready-list slot: to a waiter, or into the list
         (where one whose time-to-live ran out waits for the expiry timer)."""
-        expired = entry.expires_at is not None and entry.expires_at <= now and queue.indexes_expiry
+        expired = queue.expires(entry) and entry.expires_at <= now
         if queue.waiters and not queue.faulted and not expired:
             waiter = queue.next_waiter()
             self._lock(queue, entry, now)
@@ -686,7 +691,7 @@ class QueueCore:
         else:
             advance(entry, WRITE_FAILED_READY)
             del queue.inflight[entry.key]
-            if entry.expires_at is not None and queue.indexes_expiry:
+            if queue.expires(entry):
                 queue.expiry.add(entry)
             if entry.in_ready:
                 queue.depth += 1
@@ -711,7 +716,7 @@ class QueueCore:
         """A locked entry is READY again (released, or back for an immediate retry): to the
         front of its queue, or to a waiter. The expiry timer passed it by while it was
         locked: if its time-to-live ran out, the timer must see it again."""
-        if entry.expires_at is not None and entry.expires_at <= now and queue.indexes_expiry:
+        if queue.expires(entry) and entry.expires_at <= now:
             queue.expiry.add(entry)
             self._schedule(queue, entry.expires_at)
         self._offer(queue, entry, now, True)
@@ -749,7 +754,7 @@ class QueueCore:
         if queue.kind != MAIN:
             # read from ;retry or ;poison by hand: it simply goes back there
             return self._update(queue, entry, entry.attempts, now)
-        if entry.expires_at is not None and entry.expires_at <= now:
+        if queue.expires(entry) and entry.expires_at <= now:
             return self._dead_letter(queue, entry, EXPIRED, now)
         settings = queue.settings
         attempts = entry.attempts + 1
@@ -812,6 +817,7 @@ class QueueCore:
         """The SETTLING `entry` leaves `source`; a copy with `changes` joins `target` (a new
         life there: whoever held the old one has lost its lock)."""
         fresh = Entry(*[changes.get(name, getattr(entry, name)) for name in RECORD_FIELDS])
+        fresh.handed = entry.handed
 
         def apply(now: float) -> None:
             if entry.state != SETTLING:

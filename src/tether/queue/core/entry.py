@@ -33,7 +33,7 @@ _RECORD_LENGTH = len(RECORD_FIELDS)
 class Entry:
     """A message in the core (see the module docstring)."""
 
-    __slots__ = RECORD_FIELDS + ("state", "before", "queue", "tag", "lock_deadline", "in_ready")
+    __slots__ = RECORD_FIELDS + ("state", "before", "queue", "tag", "lock_deadline", "in_ready", "handed")
 
     def __init__(self, key: int, id: str, body: bytes, headers: bytes | None, enqueued_at: float,
                  expires_at: float | None, delivery_count: int = 0, attempts: int = 0,
@@ -69,6 +69,9 @@ class Entry:
         self.tag = 0                     # the current peek-lock's number (0: never locked)
         self.lock_deadline = 0.0
         self.in_ready = False            # present in its queue's ready list (maybe lazily)
+        #: in a transmission queue: taken at least once (by the forwarder), so it may have
+        #: reached its target; then only the target decides whether it expired
+        self.handed = False
 
     def to_record(self) -> list:
         """The journal form: the RECORD_FIELDS values, in order."""

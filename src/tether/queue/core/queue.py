@@ -114,9 +114,18 @@ class Queue:
             self.ready.append(entry)
         self.depth += 1
 
+    def expires(self, entry: Entry) -> bool:
+        """True when `entry`'s time-to-live is enforced here. Not in ;poison (dead letters
+        wait), and not for a message a transmission queue (or its ;retry) ever handed out:
+        it may have reached its target, which alone knows, so the forwarder sends it and
+        the target answers "expired" only if it never had it."""
+        if entry.expires_at is None or not self.indexes_expiry:
+            return False
+        return not (entry.handed and self.main.numbers is not None)
+
     def index(self, entry: Entry) -> None:
         """Index `entry` for its expiry time."""
-        if entry.expires_at is not None and self.indexes_expiry:
+        if self.expires(entry):
             self.expiry.add(entry)
 
     # ---- taking ----
