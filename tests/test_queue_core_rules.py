@@ -236,3 +236,14 @@ def test_the_forwarding_floor_counts_messages_still_being_journaled_in():
     core.complete(done, done.tag, 0.0)
     journal.flush(0.0)
     assert core.lowest_sequence(xmit) == failed.sequence + 1   # nothing left: the next number
+
+
+def test_a_message_past_its_time_to_live_is_never_received_even_before_the_timer_runs():
+    core, journal = new_core(time_to_live=10)
+    send(core, journal, b"late", now=0.0)
+    send(core, journal, b"fresh", now=5.0)
+    taken = core.take("q", 12.0)                  # no timer tick since the first one expired
+    assert taken.body == b"fresh"
+    journal.flush(12.0)
+    dead = core.take("$dead", 12.0)
+    assert (dead.body, dead.dead_letter_reason) == (b"late", "expired")

@@ -794,6 +794,18 @@ class Model:
         while self._timer_pass(now):
             pass
 
+    def expire_on_take(self, name: str, now: float) -> None:
+        """QueueCore.take: first the queue's own expiries (unless it is held after a failed
+        write), as the timer would do them."""
+        q = self.queues[name]
+        if q.hold > now or q.kind == POISON:
+            return
+        for m in [m for m in q.members.values()
+                  if m.state == READY and m.expires_at is not None and m.expires_at <= now]:
+            m.state = SETTLING
+            m.before = READY
+            self._dead_letter(q, m, "expired", now)
+
     def _timer_pass(self, now: float) -> bool:
         work = []
         for q in self.queues.values():

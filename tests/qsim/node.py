@@ -568,6 +568,8 @@ class Node:
         """QueueCore.take: an entry (locked for `holder`), None, or PoisonMessage."""
         q = self.model.queues[queue]
         faulted = self.model.faulted(q)
+        if not faulted:
+            self.model.expire_on_take(queue, self.now)
         try:
             entry = self.core.take(queue, self.now)
         except PoisonMessage as exc:

@@ -546,6 +546,9 @@ class QueueCore:
             queue = self._queue(name)
         if queue.faulted:
             raise self._poison_error(queue)
+        deadline = queue.expiry.next_deadline() if queue.indexes_expiry else None
+        if deadline is not None and deadline <= now and self._hold.get(queue, 0.0) <= now:
+            self._expire_due(queue, now)     # before the timer got to them: never delivered
         entry = queue.take()
         if entry is not None:
             self._lock(queue, entry, now)
@@ -937,16 +940,20 @@ class QueueCore:
             self._producer_sweep_at = now + self._producer_sweep_interval() if self.producers.by_pid else _INF
 
     def _due(self, queue: Queue, now: float) -> None:
-        for entry in queue.expiry.pop_due(now):
-            if entry.queue is queue and entry.state == READY:
-                self._settle_ready(queue, entry)
-                self._dead_letter(queue, entry, EXPIRED, now)
+        self._expire_due(queue, now)
         for entry in queue.expired_locks(now):
             self._fail(queue, entry, now)
         if queue.kind == RETRY:
             for entry in queue.retries_due(now):
                 self._settle_ready(queue, entry)
                 self._move(queue, entry, queue.parent, now, retry_at=None)
+
+    def _expire_due(self, queue: Queue, now: float) -> None:
+        """Dead-letter every waiting entry of `queue` whose time-to-live ran out by `now`."""
+        for entry in queue.expiry.pop_due(now):
+            if entry.queue is queue and entry.state == READY:
+                self._settle_ready(queue, entry)
+                self._dead_letter(queue, entry, EXPIRED, now)
 
     def _schedule(self, queue: Queue, deadline: float) -> None:
         hold = self._hold.get(queue)
