@@ -54,7 +54,7 @@ class Msg:
         "mid", "sender", "index", "producer", "seq", "number", "queue", "state", "before", "attempts",
         "deliveries", "expires_at", "retry_at", "reason", "source", "origin", "destination", "tag",
         "lock_deadline", "holder", "durable", "acked", "outcome", "taken", "handed", "poisoned",
-        "body", "sent_to", "sending", "sent_expires_at", "durable_outcome",
+        "body", "sent_to", "sending", "sent_expires_at", "durable_outcome", "left_xmit",
     )
 
     def __init__(self, mid: int, body: bytes, sender: str) -> None:
@@ -82,6 +82,9 @@ class Msg:
         #: (queue, attempts, deliveries, expires_at, retry_at, reason, source) in the journal
         self.durable: tuple | None = None
         self.durable_outcome: str | None = None   # how the journal says it left (durable None)
+        #: taken from a transmission queue at least once: it may have reached its target,
+        #: so only the target decides whether it expired (QueueCore: Entry.handed)
+        self.left_xmit = False
         self.acked = False            # its sender was told it is queued
         self.outcome: str | None = None
         self.taken = False            # delivered at least once (first-delivery order)
@@ -528,6 +531,8 @@ class Model:
         msg.holder = holder
         msg.taken = True
         msg.handed += 1
+        if msg.queue.startswith(XMIT):
+            msg.left_xmit = True
 
     def lock_valid(self, msg: Msg, tag: int, now: float) -> bool:
         return msg.state == LOCKED and msg.tag == tag and msg.queue is not None and msg.lock_deadline >= now
@@ -601,7 +606,7 @@ class Model:
         msg.before = LOCKED
         if q.kind != MAIN:
             return self._update(q, msg, msg.attempts)
-        if msg.expires_at is not None and msg.expires_at <= now:
+        if expired_here(msg, q, now):
             return self._dead_letter(q, msg, "expired", now)
         s = q.settings
         attempts = msg.attempts + 1
@@ -779,7 +784,7 @@ class Model:
             if q.hold > now:
                 continue
             for m in q.members.values():
-                if m.state == READY and q.kind != POISON and m.expires_at is not None and m.expires_at <= now:
+                if m.state == READY and expired_here(m, q, now):
                     return True
                 if m.state == LOCKED and m.lock_deadline <= now:
                     return True
@@ -801,7 +806,7 @@ class Model:
         if q.hold > now or q.kind == POISON:
             return
         for m in [m for m in q.members.values()
-                  if m.state == READY and m.expires_at is not None and m.expires_at <= now]:
+                  if m.state == READY and expired_here(m, q, now)]:
             m.state = SETTLING
             m.before = READY
             self._dead_letter(q, m, "expired", now)
@@ -813,7 +818,7 @@ class Model:
                 continue
             expired = [] if q.kind == POISON else [
                 m for m in q.members.values()
-                if m.state == READY and m.expires_at is not None and m.expires_at <= now]
+                if m.state == READY and expired_here(m, q, now)]
             locks = sorted((m for m in q.members.values() if m.state == LOCKED and m.lock_deadline <= now),
                            key=lambda m: m.lock_deadline)
             retries = [] if q.kind != RETRY else [
@@ -874,6 +879,7 @@ class Model:
                 msg.tag = 0
                 msg.holder = None
                 msg.handed = 0
+                msg.left_xmit = queue.startswith(XMIT)    # it may have been sent before the crash
                 msg.outcome = None
                 self.queues[queue].members[msg.mid] = msg
             elif msg.durable_outcome is not None:
@@ -917,3 +923,11 @@ class Model:
             return depth, in_flight, 0, 0, len(q.waiters)
         return (depth, in_flight, len(self.queues[name + ";retry"].members),
                 len(self.queues[name + ";poison"].members), len(q.waiters))
+
+
+def expired_here(m: Msg, q: MQueue, now: float) -> bool:
+    """Past its time-to-live, where the time-to-live is enforced: not in ;poison, and not
+    for a message that left a transmission queue once (the target decides for it)."""
+    if m.expires_at is None or m.expires_at > now or q.kind == POISON:
+        return False
+    return not (m.left_xmit and q.name.startswith(XMIT))

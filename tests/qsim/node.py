@@ -21,7 +21,7 @@ from tether.queue.core.lifecycle import STATE_NAMES
 from tether.queue.core.replay import ReplayState
 
 from .journal import SimJournal
-from .model import POISON, READY, Expected, Model, Msg
+from .model import POISON, READY, Expected, Model, Msg, expired_here
 
 _ERRORS = (QueueError, ValueError, TypeError)
 
@@ -141,7 +141,8 @@ class Node:
         core = self.core
         expected = self.model.open.number if self.model.open is not None else None
         if core.pending_record != expected:
-            self.fail(f"{what}: the core's open record is {core.pending_record}, the model's {expected}")
+            ops = core._records._open.ops if core._records._open else []
+            self.fail(f"{what}: the core's open record is {core.pending_record} ({[op[:3] for op in ops]!r:.300}), the model's {expected}")
         if self.model.failing_waiters:
             self.fail(f"{what}: the queue faulted but waiters were not failed: {list(self.model.failing_waiters)}")
         if core.events:
@@ -551,7 +552,7 @@ class Node:
             self.fail(f"{holder.name} got m{msg.mid} from {entry.queue.name}; the model has it {msg.state} in "
                       f"{msg.queue}")
         q = model.queues[queue]
-        if msg.expires_at is not None and msg.expires_at <= self.now and q.kind != POISON and q.hold <= self.now:
+        if msg.state == READY and expired_here(msg, q, self.now) and q.hold <= self.now:
             self.fail(f"{holder.name} got m{msg.mid} after its time-to-live ran out ({msg.expires_at})")
         if not msg.taken:
             self.sim.first_delivery(self, msg)
@@ -704,11 +705,11 @@ class Node:
 
 def _expired(m: Msg, q: Any, now: float) -> bool:
     """Ready but past its time-to-live: the expiry timer's, not a receiver's."""
-    return m.expires_at is not None and m.expires_at <= now and q.kind != POISON
+    return expired_here(m, q, now)
 
 
 def _due(m: Msg, q: Any, now: float) -> bool:
-    if m.state == READY and q.kind != POISON and m.expires_at is not None and m.expires_at <= now:
+    if m.state == READY and expired_here(m, q, now):
         return True
     if m.state == "locked" and m.lock_deadline <= now:
         return True

@@ -951,7 +951,8 @@ class QueueCore:
     def _expire_due(self, queue: Queue, now: float) -> None:
         """Dead-letter every waiting entry of `queue` whose time-to-live ran out by `now`."""
         for entry in queue.expiry.pop_due(now):
-            if entry.queue is queue and entry.state == READY:
+            # (indexed when it arrived: a transmission queue may have handed it out since)
+            if entry.queue is queue and entry.state == READY and queue.expires(entry):
                 self._settle_ready(queue, entry)
                 self._dead_letter(queue, entry, EXPIRED, now)
 
