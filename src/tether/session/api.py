@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -84,7 +85,9 @@ async def _open_udp(url: SessionURL, settings: SessionSettings) -> Session:
 
 class _TcpReconnector:
     """Keeps a client session's TCP connection: reconnects with capped backoff after a drop
-    and resumes the session on the new connection."""
+    and resumes the session on the new connection. The backoff starts afresh only once a
+    new connection was answered, so a server that accepts and at once closes is not
+    hammered."""
 
     def __init__(self, session: Session, url: SessionURL) -> None:
         self.session = session
@@ -92,32 +95,76 @@ class _TcpReconnector:
         self.loop = asyncio.get_running_loop()
         self.task: asyncio.Task | None = None
         self.reconnects = 0
+        self.backoff = Backoff(RECONNECT_FIRST, RECONNECT_CAP)
+        self.last_error: OSError | None = None
+        self._unanswered: TcpConnection | None = None
+        self._logged = ""
         session.add_end_callback(self._ended)
 
     async def connect(self) -> TcpConnection:
-        session = self.session
-        _, conn = await self.loop.create_connection(
-            lambda: TcpConnection(max_packet_size(session.settings.max_message_size),
-                                  session.feed, self._lost, session.fail),
-            self.url.host, self.url.port)
+        """Make one connection within connect_timeout, and send the session through it."""
+        session, url, loop = self.session, self.url, self.loop
+        timeout = session.settings.connect_timeout
+        deadline = loop.time() + timeout
+        conn = TcpConnection(max_packet_size(session.settings.max_message_size),
+                             session.feed, self._lost, session.fail)
+        conn.on_packet = functools.partial(self._first_packet, conn)
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # races the connection completing, leaving a cancelled caller running.
+        try:
+            async with asyncio.timeout_at(deadline):
+                await loop.create_connection(lambda: conn, url.host, url.port)
+        except TimeoutError:
+            raise TimeoutError(f"no TCP connection to {url.text} within connect_timeout "
+                               f"({timeout:g} s)") from None
+        self._unanswered = conn
         session.attach(conn)
         return conn
 
+    def _first_packet(self, conn: TcpConnection, body: bytes) -> None:
+        # The server answered on this connection: later packets go straight to the session.
+        conn.on_packet = self.session.feed
+        if self._unanswered is conn:
+            self._unanswered = None
+        self.backoff.reset()
+        self.last_error = None
+        self._logged = ""
+        self.session.feed(body)
+
     def _lost(self, conn: TcpConnection, exc: Exception | None) -> None:
         session = self.session
-        if session.link is conn:
-            session.attach(None)
-        if exc is not None and not session.closed and self.task is None:
+        if session.link is not conn:
+            return  # already replaced
+        session.attach(None)
+        if exc is None or session.closed:
+            return  # closed on purpose
+        if conn is self._unanswered:
+            self._unanswered = None
+            self._failed(ConnectionResetError("the server closed the connection before answering"))
+        else:
+            log.info("session %#x: connection to %s lost (%s); reconnecting",
+                     session.session_id, self.url.text, exc)
+        if self.task is None:
             self.task = self.loop.create_task(self._reconnect())
 
+    def _failed(self, exc: OSError) -> None:
+        """A reconnect failed: log it, at WARNING when it fails differently from the last
+        time (a server that stays down shows once, not every 2 s)."""
+        self.last_error = exc
+        text = str(exc) or type(exc).__name__
+        level = logging.DEBUG if text == self._logged else logging.WARNING
+        self._logged = text
+        log.log(level, "session %#x: reconnecting to %s failed: %s",
+                self.session.session_id, self.url.text, text)
+
     async def _reconnect(self) -> None:
-        backoff = Backoff(RECONNECT_FIRST, RECONNECT_CAP)
         try:
             while not self.session.closed:
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(self.backoff.next())
                 try:
                     await self.connect()
-                except OSError:
+                except OSError as exc:  # includes TimeoutError
+                    self._failed(exc)
                     continue
                 self.reconnects += 1
                 self.session.engine.resume(clock())
@@ -129,6 +176,10 @@ class _TcpReconnector:
     def _ended(self, session: Session) -> None:
         if self.task is not None:
             self.task.cancel()
+            if self.last_error is not None:
+                log.warning("session %#x ended (%s) while reconnecting to %s; the last attempt "
+                            "failed: %s", session.session_id, session.error or "closed",
+                            self.url.text, self.last_error)
         if session.link is not None:
             session.link.close()
 
@@ -141,10 +192,7 @@ async def _open_tcp(url: SessionURL, settings: SessionSettings) -> Session:
     session = Session(engine, None, loop)
     reconnector = _TcpReconnector(session, url)
     session.reconnector = reconnector  # type: ignore[attr-defined]
-    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that races
-    # the connection completing, leaving a cancelled caller running.
-    async with asyncio.timeout(settings.connect_timeout):
-        await reconnector.connect()
+    await reconnector.connect()
     engine.start(clock())
     session.pump()
     try:

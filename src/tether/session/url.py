@@ -12,6 +12,17 @@ class SessionURL(NamedTuple):
     host: str
     port: int
 
+    @property
+    def authority(self) -> str:
+        """HOST:PORT as in the URL ([HOST]:PORT for IPv6), for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def text(self) -> str:
+        """The URL itself, scheme://HOST:PORT, for messages."""
+        return f"{self.scheme}://{self.authority}"
+
 
 def parse(url: str) -> SessionURL:
     """Split a session URL; ValueError naming what is wrong."""
