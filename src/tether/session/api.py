@@ -158,15 +158,18 @@ class _TcpReconnector:
             return  # closed on purpose
         if conn is self._unanswered:
             self._unanswered = None
-            if self.context is not None and session.engine.state is State.CONNECTING:
-                # connect() still waits for its first answer. A TLS server that refuses the
-                # client's certificate closes here: under TLS 1.3 the client's handshake
-                # ends before the server checks its certificate.
-                self.refusal = tls.closed_error(self.url, during_handshake=False)
-                session.abort(str(self.refusal))
-                return
-            self._failed(tls.closed_error(self.url, during_handshake=False) if self.context is not None
-                         else ConnectionResetError("the server closed the connection before answering"))
+            if self.context is None:
+                self._failed(ConnectionResetError("the server closed the connection before answering"))
+            else:
+                # A TLS server that refuses the client's certificate ends the connection
+                # here: under TLS 1.3 the client's handshake is over before the server
+                # checks its certificate.
+                error = tls.ended_error(exc, self.url)
+                if session.engine.state is State.CONNECTING:
+                    self.refusal = error  # connect() still waits: it fails with this now
+                    session.abort(str(error))
+                    return
+                self._failed(error)
         else:
             log.info("session %#x: connection to %s lost (%s); reconnecting",
                      session.session_id, self.url.text, exc)

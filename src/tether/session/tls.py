@@ -21,7 +21,7 @@ _HINTS = {
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate",
     "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the handshake: it may require a client certificate",
     "SSLV3_ALERT_BAD_CERTIFICATE": "the server refused this client's certificate",
-    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the issuer of this client's certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the issuer of this client certificate",
 }
 # A peer that just closes says nothing; these are the usual reasons.
 _CLOSED_IN_HANDSHAKE = ("is it a TLS server? One that requires a client certificate also does "
@@ -105,8 +105,10 @@ async def handshake(loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTran
         raise closed_error(url, during_handshake=True) from exc
 
 
-def handshake_error(exc: ssl.SSLError, url: SessionURL) -> ssl.SSLError:
-    """`exc` as the same class, with a message saying what failed and where."""
+def handshake_error(exc: ssl.SSLError, url: SessionURL, *, after_handshake: bool = False) -> ssl.SSLError:
+    """`exc` as the same class, with a message saying what failed and where. After the
+    handshake: the server's alert that ended a connection before it answered (under TLS
+    1.3 a refused client certificate comes so)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = f"certificate verify failed: {exc.verify_message}"
     else:
@@ -114,7 +116,10 @@ def handshake_error(exc: ssl.SSLError, url: SessionURL) -> ssl.SSLError:
         hint = _HINTS.get(getattr(exc, "reason", None) or "")
         if hint:
             detail = f"{detail} ({hint})"
-    message = f"TLS handshake with {url.text} failed: {detail}"
+    if after_handshake:
+        message = f"TLS connection to {url.text} failed right after the handshake: {detail}"
+    else:
+        message = f"TLS handshake with {url.text} failed: {detail}"
     try:
         error = type(exc)(exc.errno, message)
     except TypeError:  # a subclass made elsewhere with another signature
@@ -123,6 +128,14 @@ def handshake_error(exc: ssl.SSLError, url: SessionURL) -> ssl.SSLError:
         if hasattr(exc, name):
             setattr(error, name, getattr(exc, name))
     return error
+
+
+def ended_error(exc: BaseException, url: SessionURL) -> ssl.SSLError:
+    """Why the server ended a TLS connection right after the handshake, before it answered:
+    its alert if it sent one (`ssl.SSLError`), else `closed_error`."""
+    if isinstance(exc, ssl.SSLError):
+        return handshake_error(exc, url, after_handshake=True)
+    return closed_error(url, during_handshake=False)
 
 
 def closed_error(url: SessionURL, *, during_handshake: bool) -> ssl.SSLEOFError:
