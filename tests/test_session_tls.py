@@ -159,6 +159,27 @@ async def test_a_plain_tcp_server_fails_the_handshake_clearly_and_at_once(pki):
             assert await client.recv() == b"plain"
 
 
+async def test_a_server_that_answers_in_plain_text_fails_the_handshake_clearly(pki):
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    plain = await asyncio.start_server(http, "127.0.0.1", 0)
+    try:
+        target = url("tls", plain.sockets[0].getsockname())
+        with pytest.raises(ssl.SSLError) as caught:
+            await tether.connect(target, ssl=client_context(pki), connect_timeout=3)
+        assert caught.value.reason == "WRONG_VERSION_NUMBER"
+        assert str(caught.value) == (
+            f"TLS handshake with {target} failed: wrong version number (the server answered "
+            "with something that is not TLS: is it a plain TCP server?)")
+    finally:
+        plain.close()
+
+
 async def test_a_server_that_never_speaks_tls_fails_within_connect_timeout(pki):
     """A server that accepts the TCP connection, reads and says nothing: a TimeoutError
     naming the TLS handshake and the place, after connect_timeout and not much later."""

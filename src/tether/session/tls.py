@@ -17,7 +17,7 @@ from .url import SessionURL
 
 # Hints for handshake failures whose OpenSSL text does not say what to look at.
 _HINTS = {
-    "WRONG_VERSION_NUMBER": "the server answered with something that is not TLS: is it a tcp:// server?",
+    "WRONG_VERSION_NUMBER": "the server answered with something that is not TLS: is it a plain TCP server?",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate",
     "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the handshake: it may require a client certificate",
     "SSLV3_ALERT_BAD_CERTIFICATE": "the server refused this client's certificate",
