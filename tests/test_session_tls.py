@@ -136,7 +136,8 @@ async def test_a_hostname_mismatch_names_the_host(pki):
     certificate for another name fails."""
     async with await tether.serve(echo, "tls://127.0.0.1:0", ssl=server_context(pki, "wrong-name")) as server:
         port = server.address[1]
-        with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch, certificate is not valid for 'localhost'"):
+        with pytest.raises(ssl.SSLCertVerificationError,
+                           match="Hostname mismatch, certificate is not valid for 'localhost'"):
             await tether.connect(f"tls://localhost:{port}", ssl=client_context(pki), connect_timeout=2)
     async with await tether.serve(echo, "tls://127.0.0.1:0", ssl=server_context(pki)) as server:
         async with tether.connect(f"tls://localhost:{server.address[1]}", ssl=client_context(pki)) as client:
@@ -231,7 +232,8 @@ async def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(pki, ve
     """Under TLS 1.3 the client's handshake completes before the server checks the client's
     certificate, and the server then just closes: connect() says so at once, not after
     connect_timeout."""
-    async with await tether.serve(echo, "tls://127.0.0.1:0", ssl=server_context(pki, client_ca=pki.ca)) as server:
+    mutual = server_context(pki, client_ca=pki.ca)
+    async with await tether.serve(echo, "tls://127.0.0.1:0", ssl=mutual) as server:
         context = client_context(pki, cert=cert)
         context.maximum_version = getattr(ssl.TLSVersion, version)
         started = time.monotonic()
@@ -355,7 +357,8 @@ async def test_ssl_argument_is_validated():
     context = ssl.create_default_context()
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     for scheme in ("udp", "tcp"):
-        with pytest.raises(ValueError, match=f"ssl= was given for {scheme}://127.0.0.1:1, but only tls:// URLs use TLS"):
+        with pytest.raises(ValueError,
+                           match=f"ssl= was given for {scheme}://127.0.0.1:1, but only tls:// URLs use TLS"):
             tether.connect(f"{scheme}://127.0.0.1:1", ssl=context)
         with pytest.raises(ValueError, match=f"ssl= was given for {scheme}://127.0.0.1:0"):
             await tether.serve(echo, f"{scheme}://127.0.0.1:0", ssl=server_side)
@@ -388,7 +391,8 @@ async def test_failed_handshakes_leave_the_server_serving_and_leak_no_sockets(pk
             baseline = open_sockets()
             for _ in range(3):
                 with pytest.raises(ssl.SSLCertVerificationError):
-                    await tether.connect(server.url_bound, ssl=client_context(pki, ca=pki.other_ca, cert="client"))
+                    await tether.connect(server.url_bound,
+                                         ssl=client_context(pki, ca=pki.other_ca, cert="client"))
                 with pytest.raises(ssl.SSLEOFError):
                     await tether.connect(server.url_bound, ssl=client_context(pki))
                 reader, writer = await asyncio.open_connection(*server.address)

@@ -152,7 +152,8 @@ async def test_h11_http_over_tls(pki):
         reader, writer = await tether.open_connection(server.url, ssl=client_context(pki))
         client = h11.Connection(h11.CLIENT)
         for target in ("/a", "/b/c"):
-            writer.write(client.send(h11.Request(method="GET", target=target, headers=[("host", "localhost")])))
+            request = h11.Request(method="GET", target=target, headers=[("host", "localhost")])
+            writer.write(client.send(request))
             writer.write(client.send(h11.EndOfMessage()))
             await writer.drain()
             response = await within(h11_event(client, reader))
