@@ -1,19 +1,23 @@
-"""`tether.connect()` and `tether.serve()`: reliable sessions over udp:// and tcp:// URLs."""
+"""`tether.connect()` and `tether.serve()`: reliable sessions over udp://, tcp:// and tls:// URLs."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
 import weakref
+from ssl import SSLContext
 from typing import Any, Awaitable, Callable, Generator
 
 from ..backoff import Backoff
 from ..errors import SequenceClosed, TetherError
+from . import tls
 from .demux import Demux
 from .engine import SessionEngine
 from .session import Session
 from .settings import SessionSettings
+from .state import State
 from .tcp import (RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection,
                   max_packet_size)
 from .timers import clock
@@ -35,14 +39,22 @@ class connect:
     """Open a client session: `session = await tether.connect(url, **settings)` or
     `async with tether.connect(url, **settings) as session:`.
 
-    Raises ValueError/TypeError for a bad URL or setting (at once), OSError when a TCP
-    server cannot be reached, CreateSequenceRefused when the server refuses, and
-    RetryLimitExceeded when nobody answers within connect_timeout.
+    `ssl` is for tls:// URLs: the `ssl.SSLContext` to connect with (default
+    `ssl.create_default_context()`: the server's certificate and the URL's host are
+    verified against the system's CAs).
+
+    Raises ValueError/TypeError for a bad URL, setting or ssl= (at once), OSError when a
+    TCP server cannot be reached (TimeoutError when not within connect_timeout), for
+    tls:// `ssl.SSLCertVerificationError` or `ssl.SSLError` when the TLS handshake fails
+    and TimeoutError when it does not complete within connect_timeout,
+    CreateSequenceRefused when the server refuses, and RetryLimitExceeded when nobody
+    answers within connect_timeout.
     """
 
-    def __init__(self, url: str, **settings: Any) -> None:
+    def __init__(self, url: str, *, ssl: SSLContext | None = None, **settings: Any) -> None:
         self._url = parse(url)
         self._settings = SessionSettings.from_kwargs(**settings)
+        self._ssl = tls.client_context(self._url, ssl)
         self._session: Session | None = None
 
     def __await__(self) -> Generator[Any, None, Session]:
@@ -59,7 +71,7 @@ class connect:
     async def _open(self) -> Session:
         if self._url.scheme == "udp":
             return await _open_udp(self._url, self._settings)
-        return await _open_tcp(self._url, self._settings)
+        return await _open_tcp(self._url, self._settings, self._ssl)
 
 
 async def _open_udp(url: SessionURL, settings: SessionSettings) -> Session:
@@ -83,41 +95,105 @@ async def _open_udp(url: SessionURL, settings: SessionSettings) -> Session:
 
 
 class _TcpReconnector:
-    """Keeps a client session's TCP connection: reconnects with capped backoff after a drop
-    and resumes the session on the new connection."""
+    """Keeps a client session's TCP connection (with TLS for tls://): reconnects with
+    capped backoff after a drop and resumes the session on the new connection. The backoff
+    starts afresh only once a new connection was answered, so a server that accepts and
+    at once closes is not hammered."""
 
-    def __init__(self, session: Session, url: SessionURL) -> None:
+    def __init__(self, session: Session, url: SessionURL, context: SSLContext | None) -> None:
         self.session = session
         self.url = url
+        self.context = context
         self.loop = asyncio.get_running_loop()
         self.task: asyncio.Task | None = None
         self.reconnects = 0
+        self.backoff = Backoff(RECONNECT_FIRST, RECONNECT_CAP)
+        # why connect() failed though a TLS connection was made (see _lost)
+        self.refusal: OSError | None = None
+        self.last_error: OSError | None = None
+        self._unanswered: TcpConnection | None = None
+        self._logged = ""
         session.add_end_callback(self._ended)
 
     async def connect(self) -> TcpConnection:
-        session = self.session
-        _, conn = await self.loop.create_connection(
-            lambda: TcpConnection(max_packet_size(session.settings.max_message_size),
-                                  session.feed, self._lost, session.fail),
-            self.url.host, self.url.port)
+        """Make one connection, TCP and then TLS (tls://) within connect_timeout, and send
+        the session through it."""
+        session, url, loop = self.session, self.url, self.loop
+        timeout = session.settings.connect_timeout
+        deadline = loop.time() + timeout
+        conn = TcpConnection(max_packet_size(session.settings.max_message_size),
+                             session.feed, self._lost, session.fail)
+        conn.on_packet = functools.partial(self._first_packet, conn)
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # races the connection completing, leaving a cancelled caller running.
+        try:
+            async with asyncio.timeout_at(deadline):
+                transport, _ = await loop.create_connection(lambda: conn, url.host, url.port)
+        except TimeoutError:
+            raise TimeoutError(f"no TCP connection to {url.text} within connect_timeout "
+                               f"({timeout:g} s)") from None
+        if self.context is not None:
+            conn.transport = await tls.handshake(loop, transport, conn, self.context, url,
+                                                 deadline, timeout)
+        self._unanswered = conn
         session.attach(conn)
         return conn
 
+    def _first_packet(self, conn: TcpConnection, body: bytes) -> None:
+        # The server answered on this connection: later packets go straight to the session.
+        conn.on_packet = self.session.feed
+        if self._unanswered is conn:
+            self._unanswered = None
+        self.backoff.reset()
+        self.last_error = None
+        self._logged = ""
+        self.session.feed(body)
+
     def _lost(self, conn: TcpConnection, exc: Exception | None) -> None:
         session = self.session
-        if session.link is conn:
-            session.attach(None)
-        if exc is not None and not session.closed and self.task is None:
+        if session.link is not conn:
+            return  # failed its TLS handshake (connect() raised), or already replaced
+        session.attach(None)
+        if exc is None or session.closed:
+            return  # closed on purpose
+        if conn is self._unanswered:
+            self._unanswered = None
+            if self.context is None:
+                self._failed(ConnectionResetError("the server closed the connection before answering"))
+            else:
+                # A TLS server that refuses the client's certificate ends the connection
+                # here: under TLS 1.3 the client's handshake is over before the server
+                # checks its certificate.
+                error = tls.ended_error(exc, self.url)
+                if session.engine.state is State.CONNECTING:
+                    self.refusal = error  # connect() still waits: it fails with this now
+                    session.abort(str(error))
+                    return
+                self._failed(error)
+        else:
+            log.info("session %#x: connection to %s lost (%s); reconnecting",
+                     session.session_id, self.url.text, exc)
+        if self.task is None:
             self.task = self.loop.create_task(self._reconnect())
 
+    def _failed(self, exc: OSError) -> None:
+        """A reconnect failed: log it, at WARNING when it fails differently from the last
+        time (a certificate that became invalid shows once, not every 2 s)."""
+        self.last_error = exc
+        text = str(exc) or type(exc).__name__
+        level = logging.DEBUG if text == self._logged else logging.WARNING
+        self._logged = text
+        log.log(level, "session %#x: reconnecting to %s failed: %s",
+                self.session.session_id, self.url.text, text)
+
     async def _reconnect(self) -> None:
-        backoff = Backoff(RECONNECT_FIRST, RECONNECT_CAP)
         try:
             while not self.session.closed:
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(self.backoff.next())
                 try:
                     await self.connect()
-                except OSError:
+                except OSError as exc:  # includes ssl.SSLError and TimeoutError
+                    self._failed(exc)
                     continue
                 self.reconnects += 1
                 self.session.engine.resume(clock())
@@ -129,22 +205,23 @@ class _TcpReconnector:
     def _ended(self, session: Session) -> None:
         if self.task is not None:
             self.task.cancel()
+            if self.last_error is not None:
+                log.warning("session %#x ended (%s) while reconnecting to %s; the last attempt "
+                            "failed: %s", session.session_id, session.error or "closed",
+                            self.url.text, self.last_error)
         if session.link is not None:
             session.link.close()
 
 
-async def _open_tcp(url: SessionURL, settings: SessionSettings) -> Session:
+async def _open_tcp(url: SessionURL, settings: SessionSettings, context: SSLContext | None) -> Session:
     loop = asyncio.get_running_loop()
     engine = SessionEngine.client(
         settings, session_id=_new_session_id(), token=os.urandom(16), now=clock(),
         reliable_transport=True, max_packet_size=TCP_PACKET)
     session = Session(engine, None, loop)
-    reconnector = _TcpReconnector(session, url)
+    reconnector = _TcpReconnector(session, url, context)
     session.reconnector = reconnector  # type: ignore[attr-defined]
-    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that races
-    # the connection completing, leaving a cancelled caller running.
-    async with asyncio.timeout(settings.connect_timeout):
-        await reconnector.connect()
+    await reconnector.connect()
     engine.start(clock())
     session.pump()
     try:
@@ -152,20 +229,25 @@ async def _open_tcp(url: SessionURL, settings: SessionSettings) -> Session:
     except BaseException:
         if session.link is not None:
             session.link.close()
+        if reconnector.refusal is not None:
+            raise reconnector.refusal from None
         raise
     return session
 
 
 class Server:
     """A listening endpoint of reliable sessions. `address` is the bound (host, port).
-    Without a handler, take sessions with `await server.accept()`."""
+    Without a handler, take sessions with `await server.accept()`. `ssl_context` is the
+    server's `ssl.SSLContext` over tls:// (None otherwise)."""
 
-    def __init__(self, url: SessionURL, settings: SessionSettings, handler: Handler | None) -> None:
+    def __init__(self, url: SessionURL, settings: SessionSettings, handler: Handler | None,
+                 ssl_context: SSLContext | None = None) -> None:
         self.url = url
         self.settings = settings
+        self.ssl_context = ssl_context
         self._handler = handler
         self._loop = asyncio.get_running_loop()
-        reliable = url.scheme == "tcp"
+        reliable = url.stream
         self.demux = Demux(settings, reliable_transport=reliable,
                            max_packet_size=TCP_PACKET if reliable else datagram_size(url.host))
         self.sessions: dict[int, Session] = {}
@@ -190,7 +272,14 @@ class Server:
             self._udp = transport
             sockname = transport.get_extra_info("sockname")
         else:
-            self._tcp = await self._loop.create_server(self._new_tcp_connection, host, port)
+            tls_options: dict[str, Any] = {}
+            if self.ssl_context is not None:
+                # a client that never finishes its handshake holds a socket: as long as a
+                # connection may take to name its session, and no longer
+                tls_options = {"ssl": self.ssl_context,
+                               "ssl_handshake_timeout": self.settings.connect_timeout}
+            self._tcp = await self._loop.create_server(self._new_tcp_connection, host, port,
+                                                       **tls_options)
             sockname = self._tcp.sockets[0].getsockname()
         self.address = tuple(sockname[:2])
 
@@ -242,7 +331,7 @@ class Server:
         # its max_pending_channels slot until accept() takes it; else a peer opening and
         # ending sessions fast would grow the backlog without bound.
         self.demux.remove(session.engine, was_accepted=True)
-        if self.url.scheme == "tcp" and session.link is not None:
+        if self.url.stream and session.link is not None:
             session.link.close()
 
     async def _run_handler(self, session: Session) -> None:
@@ -331,12 +420,20 @@ class Server:
         return f"<Server {self.url.scheme} {self.address} sessions={len(self.sessions)}>"
 
 
-async def serve(handler: Handler | None, url: str, **settings: Any) -> Server:
-    """Listen for sessions at `url` (udp:// or tcp://; port 0 picks a free port, see
+async def serve(handler: Handler | None, url: str, *, ssl: SSLContext | None = None,
+                **settings: Any) -> Server:
+    """Listen for sessions at `url` (udp://, tcp:// or tls://; port 0 picks a free port, see
     `Server.address`). Each new session goes to `await handler(session)` in its own task (the
-    session is closed when the handler returns), or, with handler None, to `Server.accept()`."""
+    session is closed when the handler returns), or, with handler None, to `Server.accept()`.
+
+    tls:// needs `ssl`, a server `ssl.SSLContext` with the server's certificate
+    (`ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)` and `load_cert_chain()`; for
+    mutual TLS also `verify_mode = ssl.CERT_REQUIRED` and `load_verify_locations()`).
+    A client's handshake may take connect_timeout."""
     if handler is not None and not callable(handler):
         raise TypeError(f"handler must be an async callable or None, not {type(handler).__name__}")
-    server = Server(parse(url), SessionSettings.from_kwargs(**settings), handler)
+    session_url = parse(url)
+    context = tls.server_context(session_url, ssl)
+    server = Server(session_url, SessionSettings.from_kwargs(**settings), handler, context)
     await server._start()
     return server

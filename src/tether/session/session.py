@@ -90,6 +90,13 @@ class Session:
         return None if self._link is None else self._link.get_extra_info("sockname")
 
     @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """Over tls://, the peer's certificate as `ssl.SSLSocket.getpeercert()` gives it (a
+        server has a client's only if its context asks for one); None over udp:// and
+        tcp://, and while disconnected."""
+        return None if self._link is None else self._link.get_extra_info("peercert")
+
+    @property
     def stats(self) -> dict[str, Any]:
         """sent, resent, acked, delivered, duplicates, rtt, rto, window, in_flight, cwnd, ..."""
         return self._engine.stats

@@ -1,6 +1,7 @@
-"""The TCP adapter: length-prefixed packets on a stream. A connection carries one session;
-when it drops, the client reconnects with capped backoff and resumes the session by its
-token, and both sides resend what is unacknowledged."""
+"""The TCP adapter: length-prefixed packets on a stream (a TCP connection, or TLS over one
+for tls://). A connection carries one session; when it drops, the client reconnects with
+capped backoff and resumes the session by its token, and both sides resend what is
+unacknowledged."""
 from __future__ import annotations
 
 import asyncio
@@ -107,6 +108,10 @@ class TcpServerConnection(TcpConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self.closed:
+            # the server closed while this connection's TLS handshake was running
+            transport.close()
+            return
         # A connection that names no session holds a socket and a partial-packet buffer;
         # a real client sends its first packet at once, so give it connect_timeout.
         self._first_deadline = self.loop.call_later(

@@ -29,6 +29,8 @@ log = logging.getLogger("tether.streams")
 DEFAULT_HIGH_WATER = 64 * 1024
 # asyncio warns once this many writes were made after the connection was lost.
 LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
+# What asyncio's TLS transports tell, taken from the session's current connection.
+TLS_EXTRA_INFO = frozenset({"peercert", "cipher", "compression", "ssl_object", "sslcontext"})
 
 
 def write_buffer_limits(high: int | None = None, low: int | None = None) -> tuple[int, int]:
@@ -49,7 +51,9 @@ class SessionTransport(asyncio.Transport):
     Made by `tether.create_connection`/`create_server` (and the streams functions); the
     protocol gets `connection_made`, `data_received`*, `eof_received`, `connection_lost`
     in asyncio's order. `get_extra_info` knows `peername`, `sockname`, `session` (the
-    `tether.Session`) and `stats` (the session's counters, read at the call).
+    `tether.Session`) and `stats` (the session's counters, read at the call), and over
+    tls:// those of asyncio's TLS transports: `peercert`, `cipher`, `compression`,
+    `ssl_object` and `sslcontext` (of the connection the session uses now).
     """
 
     def __init__(self, session: Session, protocol: asyncio.BaseProtocol,
@@ -103,7 +107,8 @@ class SessionTransport(asyncio.Transport):
     # ---- BaseTransport ----
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """peername, sockname, session (the tether.Session) and stats (its counters)."""
+        """peername, sockname, session (the tether.Session) and stats (its counters); over
+        tls:// also peercert, cipher, compression, ssl_object and sslcontext."""
         session = self._session
         if name == "peername":
             value = session.peer_address
@@ -113,6 +118,8 @@ class SessionTransport(asyncio.Transport):
             value = session
         elif name == "stats":
             value = session.stats
+        elif name in TLS_EXTRA_INFO and session.link is not None:
+            value = session.link.get_extra_info(name)
         else:
             value = None
         return default if value is None else value
