@@ -5,6 +5,9 @@ import importlib
 
 import pytest
 
+# shared fixtures from modules of their own
+pytest_plugins = ["full_disk"]
+
 
 def twins(name: str):
     """(native, reference) modules for ext/NAME.pyx and src/tether/_reference/NAME.py."""

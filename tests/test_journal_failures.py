@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import subprocess
 import time
 
 import pytest
@@ -16,6 +15,8 @@ import pytest
 from tether.errors import StorageError
 from tether.queue.store import segment as seg
 from tether.queue.store.journal import Journal
+
+from full_disk import fill_disk
 
 pytestmark = pytest.mark.fault
 
@@ -62,35 +63,6 @@ def is_segment_fd(fd: int) -> bool:
 
 
 # ---- a real full disk ----
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 2 MiB tmpfs mounted for the test (root only), unmounted afterwards."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                              check=False, capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command here: cannot make a small filesystem to fill")
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
-def fill_disk(path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, bytes(65536))
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-
 
 async def test_full_disk_fails_appends_then_appends_work_again_once_space_is_freed(small_tmpfs):
     directory = small_tmpfs / "journal"

@@ -3,43 +3,13 @@ and are not queued, everything else keeps working, and once space returns the ma
 again by itself, without a restart; nothing acknowledged is lost."""
 from __future__ import annotations
 
-import errno
 import os
-import subprocess
 
-import pytest
 
 import tether
 from tether.errors import StorageError
 
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 2 MiB tmpfs mounted for the test (root only), unmounted afterwards."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                              check=False, capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command here: cannot make a small filesystem to fill")
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
-def fill(path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, bytes(65536))
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+from full_disk import fill_disk
 
 
 async def test_a_full_disk_fails_sends_with_storage_error_and_the_manager_recovers_by_itself(small_tmpfs):
@@ -51,7 +21,7 @@ async def test_a_full_disk_fails_sends_with_storage_error_and_the_manager_recove
             await qm.send("q", b"%04d" % i + bytes(500))
             acknowledged.append(b"%04d" % i)
         held = await qm.receive("q", timeout=0)          # locked while the disk is full
-        fill(small_tmpfs / "filler")
+        fill_disk(small_tmpfs / "filler")
         refused = 0
         for i in range(50, 120):
             try:
