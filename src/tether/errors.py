@@ -172,6 +172,13 @@ class QueueUnavailable(QueueError):
     code = "queue-unavailable"
 
 
+class LimitExceeded(QueueError):
+    """A limit of the queue manager or its service was reached (the message names it): this
+    request is refused; other clients are not affected."""
+
+    code = "limit-exceeded"
+
+
 class ProducerFenced(QueueError):
     """A newer instance of this producer (the same client id) connected: this one is fenced off."""
 

@@ -11,6 +11,11 @@ whose values the command line may override.
     max_frame_bytes = 8388608                 # largest protocol frame (session message)
     client_grace = 15.0                       # seconds a disconnected client's locks and
                                               # transactions wait for it to reconnect
+    max_queues = 10000                        # queues of the manager, transmission queues too
+    max_disk_bytes = 0                        # journal size over which durable sends are
+                                              # refused (0: no limit)
+    max_connections = 1024                    # and every other field of ServiceLimits
+                                              # (src/tether/queue/limits.py)
 
     [queues.orders]                           # created (or checked) at start
     receive_error_handling = "move"
@@ -28,13 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..session.url import parse as parse_url
+from .core.engine import DEFAULT_MAX_QUEUES
 from .core.settings import QueueSettings
+from .limits import ServiceLimits
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:7600"
 FSYNC_POLICIES = ("always", "interval", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOP = {"data_dir", "listen", "fsync", "fsync_interval", "log_level", "limits", "queues"}
-_LIMITS = {"max_frame_bytes", "client_grace"}
+_SERVICE_LIMITS = set(ServiceLimits().as_dict())
+_LIMITS = {"max_frame_bytes", "client_grace", "max_queues", "max_disk_bytes"} | _SERVICE_LIMITS
 
 
 @dataclass
@@ -48,7 +56,16 @@ class ServiceConfig:
     log_level: str = "INFO"
     max_frame_bytes: int = 8 * 1024 * 1024
     client_grace: float = 15.0
+    max_queues: int = DEFAULT_MAX_QUEUES
+    max_disk_bytes: int = 0
+    #: the ServiceLimits fields set in [limits] (the others keep their defaults)
+    service_limits: dict[str, Any] = field(default_factory=dict)
     queues: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def limits(self) -> ServiceLimits:
+        """The service's limits (validated by validate())."""
+        return ServiceLimits.from_kwargs(**self.service_limits)
 
     def validate(self) -> "ServiceConfig":
         """Check every value; ValueError naming the one that is wrong. Returns self."""
@@ -69,6 +86,15 @@ class ServiceConfig:
             raise ValueError(f"config: limits.max_frame_bytes must be an integer 65536..16777216, "
                              f"not {self.max_frame_bytes!r}")
         _positive("limits.client_grace", self.client_grace)
+        for name in ("max_queues", "max_disk_bytes"):
+            value = getattr(self, name)
+            low = 1 if name == "max_queues" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"config: limits.{name} must be an integer >= {low}, not {value!r}")
+        try:
+            self.limits
+        except ValueError as exc:
+            raise ValueError(f"config: limits: {exc}") from None
         for name, settings in self.queues.items():
             if not isinstance(settings, dict):
                 raise ValueError(f"config: queues.{name} must be a table of settings")
@@ -121,7 +147,10 @@ def from_dict(data: dict[str, Any], source: str = "config") -> ServiceConfig:
     if unknown:
         raise ValueError(f"{source}: unknown limits {', '.join(sorted(unknown))} (known: {', '.join(sorted(_LIMITS))})")
     for key, value in limits.items():
-        setattr(config, key, value)
+        if key in _SERVICE_LIMITS:
+            config.service_limits[key] = value
+        else:
+            setattr(config, key, value)
     queues = data.get("queues", {})
     if not isinstance(queues, dict):
         raise ValueError(f"{source}: [queues] must be a table of queue tables")

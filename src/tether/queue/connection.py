@@ -20,6 +20,8 @@ from . import protocol as P
 from .core import Entry
 from .core.address import is_remote
 from .core.producers import NEW, Producer
+from .limits import ServiceLimits, exceeded
+from .log_limiter import LogLimiter
 from .operations import QueueOperations
 
 log = logging.getLogger("tether.queue.service")
@@ -32,7 +34,7 @@ class ClientState:
     """What one client (by its HELLO id) holds on the service, across its sessions."""
 
     __slots__ = ("client_id", "operations", "producer", "epoch", "locks", "transactions", "next_txid",
-                 "connection", "completed", "grace")
+                 "connection", "completed", "grace", "waiting_receives")
 
     def __init__(self, client_id: bytes, operations: QueueOperations) -> None:
         self.client_id = client_id
@@ -45,6 +47,7 @@ class ClientState:
         self.connection: Connection | None = None
         self.completed: OrderedDict[int, None] = OrderedDict()
         self.grace: asyncio.TimerHandle | None = None
+        self.waiting_receives = 0                 # RECEIVE calls waiting for a message
 
     def remember_completed(self, tag: int) -> None:
         completed = self.completed
@@ -82,6 +85,8 @@ class ServiceHooks(Protocol):
 
     manager: Any
     operations: QueueOperations
+    limits: ServiceLimits
+    log_limiter: LogLimiter
 
     def attach(self, client_id: bytes, producer: Producer, epoch: int, connection: "Connection",
                held: list[int]) -> tuple[ClientState, bool]: ...
@@ -152,6 +157,25 @@ class Connection:
         if not self.session.closed:
             self.session.abort(reason)
 
+    async def refuse(self, error: BaseException, wait: float = 5.0) -> None:
+        """Over a limit: answer the client's HELLO with `error`, then close the session (the
+        client raises the error from connect(); a session aborted at once would only show
+        it a fault)."""
+        rid = 0
+        try:
+            frames = await asyncio.wait_for(self.session.recv_many(), wait)
+            first = P.decode(frames[0])[0]
+            if first.__class__ is list and len(first) > 1 and first[0] == P.HELLO and first[1].__class__ is int:
+                rid = first[1]
+        except (asyncio.TimeoutError, TetherError):
+            pass
+        self.push([P.ERROR, rid, P.error_code(error), str(error)])
+        self._flush()
+        try:
+            await self.session.close(timeout=wait)
+        except (TetherError, asyncio.TimeoutError):
+            self.abort(f"refused: {error}")
+
     # ---- the request loop ----
 
     async def run(self) -> None:
@@ -171,7 +195,8 @@ class Connection:
                     if items:
                         self._dispatch(items)
                 except ProtocolError as exc:
-                    log.warning("client %s broke the queue protocol: %s", peer, exc)
+                    self.service.log_limiter.log(log, logging.WARNING, peer_host(peer),
+                                                 "client %s broke the queue protocol: %s", peer, exc)
                     self.push([P.ERROR, 0, exc.code, str(exc)])
                     self._flush()
                     await asyncio.sleep(0)
@@ -242,6 +267,12 @@ class Connection:
             self._spawn(self._completes(completes), 0)
 
     def _spawn(self, coro: Any, rid: int) -> None:
+        limit = self.service.limits.max_pending_requests
+        if rid and len(self._tasks) >= limit:
+            coro.close()        # never started: a request over the limit is refused at once
+            error = exceeded("max_pending_requests", limit, "too many requests of this session at once")
+            self.push([P.ERROR, rid, error.code, str(error)])
+            return
         task = self._loop.create_task(self._guard(coro, rid))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -434,20 +465,17 @@ class Connection:
         state = self.state
         if op == P.RECEIVE:
             _, _, queue, timeout, txid = item
-            if txid:
-                message = await self._transaction(txid).receive(queue, timeout)
-                if message is None:
-                    return None
-                entry = message._entry
-            else:
-                entry = await operations.take(queue, timeout)
-                if entry is None:
-                    return None
-                if self._ended:     # the session went while we waited: give it back
-                    operations.release(entry, entry.tag)
-                    return None
-                state.locks[entry.tag] = entry
-            return [P.message_fields(entry), _validity(entry, operations.now())]
+            if timeout == 0:
+                return await self._receive(queue, timeout, txid)
+            # it may wait: count it while it does
+            limit = self.service.limits.max_waiting_receives
+            if state.waiting_receives >= limit:
+                raise exceeded("max_waiting_receives", limit, "too many receives of this client waiting")
+            state.waiting_receives += 1
+            try:
+                return await self._receive(queue, timeout, txid)
+            finally:
+                state.waiting_receives -= 1
         if op == P.ABANDON:
             tag = item[2]
             entry = state.locks.pop(tag, None)
@@ -498,6 +526,24 @@ class Connection:
             return None
         raise ProtocolError(f"queue protocol: op {op} is not a request")   # parse_request let it through
 
+    async def _receive(self, queue: str, timeout: float | None, txid: int) -> Any:
+        """RECEIVE: one message (or nil), in a transaction when txid > 0."""
+        operations = self.operations
+        if txid:
+            message = await self._transaction(txid).receive(queue, timeout)
+            if message is None:
+                return None
+            entry = message._entry
+        else:
+            entry = await operations.take(queue, timeout)
+            if entry is None:
+                return None
+            if self._ended:     # the session went while we waited: give it back
+                operations.release(entry, entry.tag)
+                return None
+            self.state.locks[entry.tag] = entry
+        return [P.message_fields(entry), _validity(entry, operations.now())]
+
     def _transaction(self, txid: int) -> Any:
         tx = self.state.transactions.get(txid)
         if tx is None:
@@ -515,13 +561,16 @@ class Connection:
                 while consumer.credit <= 0:
                     consumer.wake = self._loop.create_future()
                     await consumer.wake
+                if not await self._reply_room():
+                    return
                 entry = await operations.take(name, None)
                 now = operations.now()
+                limit = self.service.limits.max_reply_bytes
                 while entry is not None:
                     consumer.credit -= 1
                     locks[entry.tag] = entry
                     push([P.DELIVER, consumer.consumer_id, P.message_fields(entry), _validity(entry, now)])
-                    if consumer.credit <= 0:
+                    if consumer.credit <= 0 or self._out_bytes + self.session.unacknowledged_bytes >= limit:
                         break
                     entry = await operations.take(name, 0)     # does not suspend
         except asyncio.CancelledError:
@@ -557,10 +606,74 @@ class Connection:
         out, self._out, self._out_bytes = self._out, [], 0
         if self._ended or self.session.closed:
             return
+        limit = self.session.settings.max_message_size
         try:
-            self.session.send_nowait([P.encode(out)])
+            self.session.send_nowait(self._frames(out, limit))
         except TetherError:
-            pass    # the session ended: the client resends what it still waits for
+            return      # the session ended: the client resends what it still waits for
+        hard = 2 * self.service.limits.max_reply_bytes
+        if self.session.unacknowledged_bytes > hard:
+            log.warning("client %s does not read its replies (%d bytes unacknowledged): dropped",
+                        self.session.peer_address, self.session.unacknowledged_bytes)
+            self.abort("the client does not read its replies")
+
+    def _frames(self, items: list, limit: int) -> list[bytes]:
+        """`items` as frames of at most `limit` bytes. An item too large for any frame is
+        answered instead (a reply becomes an ERROR, a delivery is given back and its
+        consumer told), never dropped: the client would wait for it forever."""
+        frame = P.encode(items)
+        if len(frame) <= limit:
+            return [frame]
+        if len(items) > 1:
+            half = len(items) // 2
+            return self._frames(items[:half], limit) + self._frames(items[half:], limit)
+        return [P.encode([self._too_large(items[0], len(frame), limit)])]
+
+    def _too_large(self, item: list, size: int, limit: int) -> list:
+        text = f"the answer is {size} bytes, over this connection's frame limit of {limit} bytes"
+        if item[0] == P.REPLY and _carries_a_message(item[2]):
+            self._give_back(item[2][0][0])      # a RECEIVE's message: back to its queue
+        if item[0] == P.DELIVER:
+            self._give_back(item[2][0])
+            consumer = self.consumers.pop(item[1], None)
+            if consumer is not None and consumer.task is not None:
+                consumer.task.cancel()
+            return [P.CONSUMER_ERROR, item[1], "message-too-large", f"a message of this queue: {text}"]
+        return [P.ERROR, item[1] if item[0] == P.REPLY else 0, "message-too-large", text]
+
+    def _give_back(self, tag: int) -> None:
+        """A message that could not reach the client: back to its queue, uncounted (out of
+        the transaction that received it, if one did)."""
+        state = self.state
+        if state is None:
+            return
+        entry = state.locks.pop(tag, None)
+        if entry is not None:
+            self.operations.release(entry, tag)
+            return
+        for tx in state.transactions.values():
+            for message in tx.received:
+                if message._tag == tag:
+                    tx.give_back(message)
+                    return
+
+    async def _reply_room(self) -> bool:
+        """Wait while the client has max_reply_bytes of replies unacknowledged (it reads
+        slowly): consumers stop delivering meanwhile. False (the session is dropped) when
+        it stays there for reply_stall seconds."""
+        limits = self.service.limits
+        session = self.session
+        if session.unacknowledged_bytes < limits.max_reply_bytes:
+            return True
+        deadline = self._loop.time() + limits.reply_stall
+        while session.unacknowledged_bytes >= limits.max_reply_bytes:
+            if self._loop.time() >= deadline or session.closed:
+                log.warning("client %s has not read its replies for %g s: dropped",
+                            session.peer_address, limits.reply_stall)
+                self.abort("the client does not read its replies")
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def ended(self) -> None:
         self._ended = True
@@ -580,3 +693,14 @@ class _Expired(QueueError):
 
 def _validity(entry: Entry, now: float) -> float:
     return max(0.0, entry.lock_deadline - now)
+
+
+def _carries_a_message(value: Any) -> bool:
+    """True for a RECEIVE's reply: [message fields, validity]."""
+    return (value.__class__ is list and len(value) == 2 and value[0].__class__ is list
+            and len(value[0]) == P.MESSAGE_FIELDS)
+
+
+def peer_host(peer: Any) -> Any:
+    """The address part of a session's peer address (host, port[, ...])."""
+    return peer[0] if isinstance(peer, tuple) and peer else peer

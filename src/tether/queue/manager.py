@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import QueueError, QueueNotFound
 from .core import QueueCore, QueueInfo, QueueSettings
+from .core.engine import DEFAULT_MAX_QUEUES
 from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
 from .core.replay import ReplayState
 from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
@@ -66,14 +67,18 @@ class QueueManager:
     def open(cls, data_dir: str | os.PathLike | None = None, *, listen: str | None = None,
              fsync: str = "always", fsync_interval: float = 0.05, segment_size: int = DEFAULT_SEGMENT_SIZE,
              compact_ratio: float = DEFAULT_COMPACT_RATIO, compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
-             dedupe_window: float = DEFAULT_DEDUPE_WINDOW) -> "Opening[QueueManager]":
+             dedupe_window: float = DEFAULT_DEDUPE_WINDOW, max_queues: int = DEFAULT_MAX_QUEUES,
+             max_disk_bytes: int | None = None) -> "Opening[QueueManager]":
         """Open the queue manager whose journal is in `data_dir` (created if missing, 0700),
         recovering its queues and durable messages. Without `data_dir` everything is in
         memory. `fsync`: "always" (a durable send returns once fdatasync'ed), "interval"
         (at most every `fsync_interval` s), "never". The journal is compacted when it is
         `compact_ratio` times the live data and over `compact_min_bytes`. A producer
         (a remote client, another queue manager's forwarder) silent for `dedupe_window`
-        seconds is forgotten, with what it takes to de-duplicate its resends.
+        seconds is forgotten, with what it takes to de-duplicate its resends. At most
+        `max_queues` queues are defined (transmission queues included); while the journal
+        is larger than `max_disk_bytes` (None: no limit) durable sends are refused with
+        LimitExceeded.
 
         Raises JournalCorrupt when the journal is damaged beyond a torn tail (nothing is
         changed; see `tether qm check` and `tether qm repair`), QueueError when another
@@ -97,7 +102,7 @@ class QueueManager:
                                                 segment_size=segment_size, compact_ratio=compact_ratio,
                                                 compact_min_bytes=compact_min_bytes)
             try:
-                operations = _recover(store, float(dedupe_window))
+                operations = _recover(store, float(dedupe_window), max_queues, max_disk_bytes)
                 await operations.wait_for(operations.core.start())
             except BaseException:
                 await store.close()
@@ -332,13 +337,14 @@ class QueueManager:
         return f"<QueueManager {where} {len(self.queues())} queues>"
 
 
-def _recover(store: Store, dedupe_window: float) -> QueueOperations:
+def _recover(store: Store, dedupe_window: float, max_queues: int, max_disk_bytes: int | None) -> QueueOperations:
     """A core with the store's records replayed into it, and its operations glue."""
     state = ReplayState()
     state.apply_records(store.recovered)
     store.release_recovered()
-    core = QueueCore(state.manager_id or os.urandom(16), journaled=store.durable, producer_expiry=dedupe_window)
-    operations = QueueOperations(core, store)
+    core = QueueCore(state.manager_id or os.urandom(16), journaled=store.durable, producer_expiry=dedupe_window,
+                     max_queues=max_queues)
+    operations = QueueOperations(core, store, max_disk_bytes=max_disk_bytes)
     now = operations.now()
     core.load(state, now)
     core.handle_timer(now)      # what fell due while the manager was down, before anyone receives

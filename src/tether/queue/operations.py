@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from ..errors import QueueError
+from ..errors import LimitExceeded, QueueError
 from .core import Entry, QueueCore, QueueInfo, QueueSettings, SendResult
 from .core.producers import Producer
 from .store.interface import Store
@@ -46,9 +46,15 @@ class _Receiver:
 class QueueOperations:
     """The core, the store and the loop, tied together (see the module docstring)."""
 
-    def __init__(self, core: QueueCore, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, core: QueueCore, store: Store, clock: Callable[[], float] = time.time,
+                 max_disk_bytes: int | None = None) -> None:
+        if max_disk_bytes is not None and (isinstance(max_disk_bytes, bool) or not isinstance(max_disk_bytes, int)
+                                           or max_disk_bytes < 1):
+            raise ValueError(f"max_disk_bytes must be an integer >= 1 or None, not {max_disk_bytes!r}")
         self.core = core
         self.store = store
+        #: durable sends are refused (LimitExceeded) while the journal is larger than this
+        self.max_disk_bytes = max_disk_bytes
         self._loop = asyncio.get_running_loop()
         self._clock = clock
         self.writer = RecordWriter(core, store, self._loop, self._after_write, clock)
@@ -130,8 +136,16 @@ class QueueOperations:
         """A checked entry for queue `name` (see QueueCore.prepare)."""
         return self.core.prepare(name, body, self._clock(), **fields)
 
+    def _check_disk(self, entries: list[Entry]) -> None:
+        limit = self.max_disk_bytes
+        if limit is not None and self.store.size_bytes >= limit and any(e.queue.journaled for e in entries):
+            raise LimitExceeded(f"the journal holds {self.store.size_bytes} bytes, over max_disk_bytes={limit}: "
+                                f"durable sends are refused until messages are received and it is compacted")
+
     async def send_one(self, entry: Entry) -> str:
         """Queue one prepared entry; its id once durable (or queued, when volatile)."""
+        if self.max_disk_bytes is not None:
+            self._check_disk([entry])
         record = self.core.send_one(entry, self._clock())
         if record is None:
             if self.core.events or self.core.next_deadline() is not None:
@@ -145,6 +159,8 @@ class QueueOperations:
                    sequences: list[int] | None = None, keep_ids: bool = False) -> list[str | BaseException]:
         """Queue prepared entries (see QueueCore.send): per entry its id once durable, or
         the exception refusing it. A failed write fails the entries it held."""
+        if self.max_disk_bytes is not None:
+            self._check_disk(entries)
         results = self.core.send(entries, self._clock(), producer=producer, epoch=epoch, sequences=sequences,
                                  keep_ids=keep_ids)
         self.settle()
@@ -276,6 +292,8 @@ class QueueOperations:
 
     async def commit(self, receipts: list[tuple[Entry, int]], entries: list[Entry]) -> None:
         """Complete `receipts` and queue `entries` in one record (TransactionError, QueueFull)."""
+        if self.max_disk_bytes is not None and entries:
+            self._check_disk(entries)
         record = self.core.commit(receipts, entries, self._clock())
         self.settle()
         await self.wait_for(record)

@@ -56,13 +56,14 @@ async def serve_forever(config: cfg.ServiceConfig, stop: asyncio.Event | None = 
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    qm = await QueueManager.open(config.data_dir, fsync=config.fsync, fsync_interval=config.fsync_interval)
+    qm = await QueueManager.open(config.data_dir, fsync=config.fsync, fsync_interval=config.fsync_interval,
+                                 max_queues=config.max_queues, max_disk_bytes=config.max_disk_bytes or None)
     services: list[QueueService] = []
     try:
         for name, settings in config.queues.items():
             await qm.create_queue(name, **settings)
         for url in config.listen:
-            services.append(await qm.listen(url, client_grace=config.client_grace,
+            services.append(await qm.listen(url, client_grace=config.client_grace, limits=config.limits,
                                             max_message_size=config.max_frame_bytes))
         # the line scripts and tests wait for: every address actually bound
         print("tether qm: ready " + " ".join(s.url for s in services), flush=True)

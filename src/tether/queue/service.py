@@ -23,8 +23,10 @@ from typing import Any, Protocol
 
 from ..session.api import serve
 from . import protocol as P
-from .connection import ClientState, Connection
+from .connection import ClientState, Connection, peer_host
 from .core.producers import Producer
+from .limits import ServiceLimits, exceeded
+from .log_limiter import LogLimiter
 from .operations import QueueOperations
 
 log = logging.getLogger("tether.queue.service")
@@ -57,13 +59,21 @@ class QueueService:
     """Serves one QueueManager at one URL. Start with `await QueueService.start(qm, url)`
     (or `qm.listen(url)`); `address` is the bound (host, port); `close()` stops it."""
 
-    def __init__(self, manager: ServedManager, *, client_grace: float = CLIENT_GRACE) -> None:
+    def __init__(self, manager: ServedManager, *, client_grace: float = CLIENT_GRACE,
+                 limits: ServiceLimits | None = None) -> None:
         if isinstance(client_grace, bool) or not isinstance(client_grace, (int, float)) \
                 or not (client_grace > 0 and math.isfinite(client_grace)):
             raise ValueError(f"client_grace must be a finite number of seconds > 0, not {client_grace!r}")
         self.manager = manager
         self.operations = manager.operations
         self.client_grace = float(client_grace)
+        if limits is not None and not isinstance(limits, ServiceLimits):
+            raise TypeError(f"limits must be a ServiceLimits, not {type(limits).__name__}")
+        self.limits = limits if limits is not None else ServiceLimits()
+        self.connections: set[Connection] = set()
+        self._per_address: dict[Any, int] = {}
+        #: one log line per peer per limits.log_interval about malformed input
+        self.log_limiter = LogLimiter(self.limits.log_interval)
         self.clients: dict[bytes, ClientState] = {}
         self._server: Any = None
         self._loop = asyncio.get_running_loop()
@@ -72,9 +82,10 @@ class QueueService:
 
     @classmethod
     async def start(cls, manager: ServedManager, url: str, *, client_grace: float = CLIENT_GRACE,
-                    **session_settings: Any) -> "QueueService":
-        """Listen at `url` (tcp://HOST:PORT; port 0 picks a free one)."""
-        service = cls(manager, client_grace=client_grace)
+                    limits: ServiceLimits | None = None, **session_settings: Any) -> "QueueService":
+        """Listen at `url` (tcp://HOST:PORT; port 0 picks a free one). `limits`: what one
+        client may cost (ServiceLimits; its defaults otherwise)."""
+        service = cls(manager, client_grace=client_grace, limits=limits)
         settings = dict(P.SESSION_SETTINGS)
         settings.update(session_settings)
         service._server = await serve(service._handle, url, **settings)
@@ -114,10 +125,39 @@ class QueueService:
 
     async def _handle(self, session: Any) -> None:
         connection = Connection(self, session)
+        refusal = self._admit(connection)
+        if refusal is not None:
+            await connection.refuse(refusal)
+            return
         try:
             await connection.run()
         finally:
             connection.ended()
+            self._release(connection)
+
+    def _admit(self, connection: Connection) -> BaseException | None:
+        """Count a new session in, or the LimitExceeded refusing it."""
+        limits = self.limits
+        address = peer_host(connection.session.peer_address)
+        if len(self.connections) >= limits.max_connections:
+            return exceeded("max_connections", limits.max_connections, "too many connections to this service")
+        if self._per_address.get(address, 0) >= limits.max_connections_per_address:
+            return exceeded("max_connections_per_address", limits.max_connections_per_address,
+                            f"too many connections from {address}")
+        self.connections.add(connection)
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        return None
+
+    def _release(self, connection: Connection) -> None:
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
+        address = peer_host(connection.session.peer_address)
+        left = self._per_address.get(address, 1) - 1
+        if left:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
 
     def attach(self, client_id: bytes, producer: Producer, epoch: int, connection: Connection,
                held: list[int]) -> tuple[ClientState, bool]:
@@ -176,3 +216,4 @@ class QueueService:
         task = self._loop.create_task(state.rollback_transactions())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+

@@ -68,6 +68,15 @@ class Transaction:
         self._sends.append(entry)
         return entry.id
 
+    def give_back(self, message: Message) -> bool:
+        """A message received in this transaction never reached its receiver (the service
+        could not send it): it leaves the transaction and goes back to its queue,
+        uncounted. False when it is not one of this transaction's."""
+        if self.state != ACTIVE or message not in self._received:
+            return False
+        self._received.remove(message)
+        return self._operations.release(message._entry, message._tag)
+
     @property
     def received(self) -> list[Message]:
         """The messages received so far in this transaction."""

@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import Any, Iterator
 
 from ...errors import (
-    LockLost, PoisonMessage, QueueError, QueueExists, QueueFull, QueueMessageTooLarge, QueueNotFound,
+    LimitExceeded, LockLost, PoisonMessage, QueueError, QueueExists, QueueFull, QueueMessageTooLarge, QueueNotFound,
     TransactionError,
 )
 from ...layer1 import RangeSet, module
@@ -53,6 +53,9 @@ DeadlineHeap = module("rtt").DeadlineHeap
 STORAGE_RETRY_DELAY = 1.0
 #: Producers silent this long are forgotten (their sequences with them).
 DEFAULT_PRODUCER_EXPIRY = 86400.0
+#: Most queues one queue manager defines (system queues included: each remote address a
+#: message is sent to is a transmission queue).
+DEFAULT_MAX_QUEUES = 10000
 _INF = float("inf")
 
 
@@ -71,11 +74,14 @@ class QueueCore:
     """The queues of one queue manager (see the module docstring)."""
 
     def __init__(self, manager_id: bytes, *, journaled: bool,
-                 producer_expiry: float = DEFAULT_PRODUCER_EXPIRY) -> None:
+                 producer_expiry: float = DEFAULT_PRODUCER_EXPIRY, max_queues: int = DEFAULT_MAX_QUEUES) -> None:
         if manager_id.__class__ is not bytes or not 8 <= len(manager_id) <= 64:
             raise ValueError(f"manager_id must be 8..64 bytes, not {manager_id!r}")
         if not (producer_expiry > 0 and math.isfinite(producer_expiry)):
             raise ValueError(f"producer_expiry must be a finite number of seconds > 0, not {producer_expiry!r}")
+        if isinstance(max_queues, bool) or not isinstance(max_queues, int) or max_queues < 1:
+            raise ValueError(f"max_queues must be an integer >= 1, not {max_queues!r}")
+        self.max_queues = max_queues
         self.journaled = journaled
         self.manager_id = manager_id
         self.id_prefix = manager_id[:8].hex() + "-"
@@ -205,6 +211,9 @@ class QueueCore:
             return pending[1]
         if settings.dead_letter_queue == name:
             raise ValueError(f"queue setting dead_letter_queue: queue {name!r} cannot be its own dead-letter queue")
+        if len(self._definitions) + len(self._defining) >= self.max_queues:
+            raise LimitExceeded(f"cannot define queue {name!r}: the queue manager holds max_queues="
+                                f"{self.max_queues} queues")
 
         def apply(now: float) -> None:
             self._defining.pop(name, None)
