@@ -246,6 +246,8 @@ class QueueManager:
             self._check_open()
         operations = self.operations
         if self._core.sendable(address):
+            if headers is None and time_to_live is None:
+                return await operations.send_body(address, body)      # the common case
             destination = None
             name = address
         else:
@@ -277,16 +279,23 @@ class QueueManager:
         when the queue faulted on a poison message, QueueNotFound."""
         if self._closed:
             self._check_open()
-        entry = await self.operations.take(name, timeout)
+        entry = self.operations.take_now(name)        # no coroutine when one is ready
         if entry is None:
-            return None
+            if timeout is not None and timeout <= 0:
+                return None
+            entry = await self.operations.take(name, timeout)
+            if entry is None:
+                return None
         return Message.of_entry(entry, self)
 
     # Message.complete() / Message.abandon() land here
     async def complete_message(self, message: Message) -> None:
         """Remove a received message (durably on a durable queue). LockLost if the lock expired."""
-        self._check_open()
-        await self.operations.complete(message._entry, message._tag)
+        if self._closed:
+            self._check_open()
+        record = self.operations.complete_now(message._entry, message._tag)
+        if record is not None:
+            await self.operations.writer.wait(record)
 
     async def abandon_message(self, message: Message) -> None:
         """Return a received message as a failed delivery (retry, delay or poison per its queue)."""

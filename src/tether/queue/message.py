@@ -69,9 +69,22 @@ class Message:
     @classmethod
     def of_entry(cls, entry: Any, settler: Settler | None) -> "Message":
         """A message for a locked core entry (its lock number is the entry's tag now)."""
-        message = cls(entry.id, entry.body, entry.headers, entry.delivery_count, entry.enqueued_at,
-                      entry.expires_at, entry.dead_letter_reason, entry.dead_letter_source,
-                      entry.destination, entry.retry_at, entry.attempts, entry.queue.name, entry.sequence)
+        # every field set here without __init__'s keyword handling: once per receive
+        message = cls.__new__(cls)
+        message.id = entry.id
+        message.body = entry.body
+        message._encoded_headers = entry.headers
+        message._headers = None
+        message.delivery_count = entry.delivery_count
+        message.enqueued_at = entry.enqueued_at
+        message.expires_at = entry.expires_at
+        message.dead_letter_reason = entry.dead_letter_reason
+        message.dead_letter_source = entry.dead_letter_source
+        message.destination = entry.destination
+        message.retry_at = entry.retry_at
+        message.attempts = entry.attempts
+        message.queue = entry.queue.name
+        message.sequence = entry.sequence
         message._settler = settler
         message._entry = entry
         message._tag = entry.tag

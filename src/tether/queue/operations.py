@@ -64,16 +64,19 @@ class QueueOperations:
 
     # ---- plumbing ----
 
-    def settle(self) -> None:
-        """After a core call: cut its open record soon, log its events, re-arm the timer."""
+    def settle(self, force: bool = False) -> None:
+        """After a core call: cut its open record soon, log its events, re-arm the timer
+        (when the core's earliest deadline may have moved, or `force`)."""
         core = self.core
-        if core.pending_record is not None:
+        if core.records.open_number is not None:
             self.writer.kick()
         if core.events:
             self._log_events()
-        deadline = core.next_deadline()
-        if deadline is not None and deadline < self._armed_at and not self._closed:
-            self._arm(deadline)
+        if core.deadline_moved or force:
+            core.deadline_moved = False
+            deadline = core.next_deadline()
+            if deadline is not None and deadline < self._armed_at and not self._closed:
+                self._arm(deadline)
 
     def _after_write(self) -> None:
         self.settle()
@@ -110,7 +113,7 @@ class QueueOperations:
             self.core.handle_timer(self._clock())
         except Exception:    # a bug must not stop every later timer
             log.exception("queue timer handling failed")
-        self.settle()
+        self.settle(force=True)
 
     # ---- definitions ----
 
@@ -137,8 +140,12 @@ class QueueOperations:
         return self.core.prepare(name, body, self._clock(), **fields)
 
     def _check_disk(self, entries: list[Entry]) -> None:
+        if any(e.queue.journaled for e in entries):
+            self._check_disk_bytes()
+
+    def _check_disk_bytes(self) -> None:
         limit = self.max_disk_bytes
-        if limit is not None and self.store.size_bytes >= limit and any(e.queue.journaled for e in entries):
+        if limit is not None and self.store.size_bytes >= limit:
             raise LimitExceeded(f"the journal holds {self.store.size_bytes} bytes, over max_disk_bytes={limit}: "
                                 f"durable sends are refused until messages are received and it is compacted")
 
@@ -147,13 +154,21 @@ class QueueOperations:
         if self.max_disk_bytes is not None:
             self._check_disk([entry])
         record = self.core.send_one(entry, self._clock())
-        if record is None:
-            if self.core.events or self.core.next_deadline() is not None:
-                self.settle()
-            return entry.id
         self.settle()
-        await self.writer.wait(record)
+        if record is not None:
+            await self.writer.wait(record)
         return entry.id
+
+    async def send_body(self, name: str, body: Any) -> str:
+        """A plain send to application queue `name` (no headers, its time-to-live): the
+        common case's fast path. Its id once durable (or queued, when volatile)."""
+        if self.max_disk_bytes is not None and self.core.settings(name).durable:
+            self._check_disk_bytes()
+        message_id, record = self.core.send_body(name, body, self._clock())
+        self.settle()
+        if record is not None:
+            await self.writer.wait(record)
+        return message_id
 
     async def send(self, entries: list[Entry], *, producer: Producer | None = None, epoch: int = 0,
                    sequences: list[int] | None = None, keep_ids: bool = False) -> list[str | BaseException]:
@@ -200,6 +215,15 @@ class QueueOperations:
 
     # ---- receiving ----
 
+    def take_now(self, name: str) -> Entry | None:
+        """The next entry of queue `name` if one is ready now (locked), else None."""
+        if self._closed:
+            raise QueueError("the queue manager is closed")
+        entry = self.core.take(name, self._clock())
+        if entry is not None:
+            self.settle()
+        return entry
+
     async def take(self, name: str, timeout: float | None) -> Entry | None:
         """The next entry of queue `name`, locked; waits up to `timeout` seconds (None:
         until one comes; <= 0: no wait). None on timeout. QueueNotFound, PoisonMessage."""
@@ -208,8 +232,7 @@ class QueueOperations:
         core = self.core
         entry = core.take(name, self._clock())
         if entry is not None:
-            if entry.lock_deadline < self._armed_at:
-                self.settle()
+            self.settle()
             return entry
         if timeout is not None:
             timeout = float(timeout)
@@ -250,14 +273,17 @@ class QueueOperations:
         self.settle()
         return released
 
+    def complete_now(self, entry: Entry, tag: int) -> int | None:
+        """Start removing a locked entry: the record to wait for (None: gone already). LockLost."""
+        record = self.core.complete(entry, tag, self._clock())
+        self.settle()
+        return record
+
     async def complete(self, entry: Entry, tag: int) -> None:
         """Remove a locked entry, durably. LockLost."""
-        record = self.core.complete(entry, tag, self._clock())
-        if record is None:
-            self.settle()
-            return
-        self.settle()
-        await self.writer.wait(record)
+        record = self.complete_now(entry, tag)
+        if record is not None:
+            await self.writer.wait(record)
 
     async def complete_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
         """complete() of many (entry, tag) pairs in one record; per pair None or the error."""

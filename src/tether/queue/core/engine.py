@@ -89,12 +89,16 @@ class QueueCore:
         self.producers = ProducerTable()
         #: (level, text) lines for the adapter's log: "info" or "warning"
         self.events: list[tuple[str, str]] = []
-        self._records = PendingRecords()
+        #: journaled operations waiting for their record (`records.open_number`: the open one)
+        self.records = PendingRecords()
         self._queues: dict[str, Queue] = {}          # every queue and sub-queue by name
         self._sendable: dict[str, Queue] = {}        # application queues by name (the send fast path)
         self._definitions: dict[str, QueueSettings] = {}      # defined main queues, in order
         self._defining: dict[str, tuple[QueueSettings, int]] = {}   # being journaled: record
         self._timers = DeadlineHeap()
+        #: set whenever a deadline earlier than the ones before may have appeared: the
+        #: adapter re-arms its timer then (reading next_deadline() on every call costs)
+        self.deadline_moved = False
         self._hold: dict[Queue, float] = {}           # queue -> no timer work before (storage failed)
         self._dead_counts: Counter[str] = Counter()
         self._next_key = 1
@@ -156,7 +160,7 @@ class QueueCore:
         if not self.journaled or self._identity_journaled:
             return None
         self._identity_journaled = True
-        return self._records.add_op(self._identity_op())
+        return self.records.add_op(self._identity_op())
 
     def _identity_op(self) -> list:
         return [R.IDENTITY, self.manager_id, self._next_key, self.producers.next_pid, R.FORMAT]
@@ -165,32 +169,32 @@ class QueueCore:
 
     def cut(self) -> tuple[int, list[list]] | None:
         """The open record to write now, as (number, ops), or None."""
-        return self._records.cut()
+        return self.records.cut()
 
     def written(self, number: int, now: float) -> None:
         """Record `number` is durable: apply what it holds (hand-offs follow)."""
-        self._records.written(number, now)
+        self.records.written(number, now)
 
     def failed(self, number: int, now: float) -> None:
         """Record `number` could not be written: nothing it holds took effect."""
-        self._records.failed(number, now)
+        self.records.failed(number, now)
 
     @property
     def pending_record(self) -> int | None:
         """The number of the open record (operations waiting for a cut), or None."""
-        return self._records.open_number
+        return self.records.open_number
 
     @property
     def records_in_flight(self) -> int:
         """Records cut and not yet reported written or failed."""
-        return self._records.in_flight
+        return self.records.in_flight
 
     def _journal(self, queue: Queue | None, ops: list[list], apply: Any, undo: Any, now: float) -> int | None:
         """Journal `ops` and apply later, or (queue not journaled) apply at once."""
         if queue is not None and not queue.journaled or not ops:
             apply(now)
             return None
-        return self._records.add(ops, apply, undo)
+        return self.records.add(ops, apply, undo)
 
     # ------------------------------------------------------------------ definitions
 
@@ -225,7 +229,7 @@ class QueueCore:
         if not self.journaled:
             apply(0.0)
             return None
-        record = self._records.add([[R.DEFINE, name, settings.as_dict()]], apply, undo)
+        record = self.records.add([[R.DEFINE, name, settings.as_dict()]], apply, undo)
         self._defining[name] = (settings, record)
         return record
 
@@ -276,7 +280,7 @@ class QueueCore:
         if not self.journaled:
             apply(0.0)
             return None
-        return self._records.add([[R.DELETE, name]], apply, None)
+        return self.records.add([[R.DELETE, name]], apply, None)
 
     def queue_names(self) -> list[str]:
         """Every main queue (application, `$dead`, transmission and return queues)."""
@@ -459,7 +463,7 @@ class QueueCore:
                 if dedupe >= 0:
                     producers.unreserve(producer, entry.queue.name, dedupe)
 
-        record = self._records.add(ops, apply, undo)
+        record = self.records.add(ops, apply, undo)
         for entry, dedupe in journaled:
             if dedupe >= 0:
                 producers.reserve(producer, entry.queue.name, dedupe, record)
@@ -467,6 +471,21 @@ class QueueCore:
             if result.__class__ is SendResult and result.record == 0:
                 result.record = record
         return results
+
+    def send_body(self, name: str, body: Any, now: float) -> tuple[str, int | None]:
+        """prepare() and send_one() of a plain send to application queue `name` (no
+        headers, the queue's time-to-live): the common case, in one call. Returns the id and
+        the record to wait for (None: queued)."""
+        queue = self._sendable.get(name)
+        if queue is None or body.__class__ is not bytes or len(body) > queue.settings.max_message_size:
+            entry = self.prepare(name, body, now)       # the checks, with their errors
+            return entry.id, self.send_one(entry, now)
+        key = self._next_key
+        self._next_key = key + 1
+        ttl = queue.settings.time_to_live
+        entry = Entry(key, f"{self.id_prefix}{key:x}", body, None, now, None if ttl is None else now + ttl)
+        entry.queue = queue
+        return entry.id, self.send_one(entry, now)
 
     def send_one(self, entry: Entry, now: float) -> int | None:
         """send() of one prepared entry without a producer (the embedded send's fast path):
@@ -485,7 +504,7 @@ class QueueCore:
             self._arrive(queue, entry, now)
             return None
         queue.reserved += 1
-        return self._records.add([[R.ENQUEUE, queue.name, entry.to_record()]],
+        return self.records.add([[R.ENQUEUE, queue.name, entry.to_record()]],
                                  lambda now: self._arrive_reserved(queue, entry, now),
                                  lambda now: self._unreserve(queue, entry))
 
@@ -531,16 +550,17 @@ class QueueCore:
         producer, before, changed = self.producers.open(name, epoch, now)
         if self._producer_sweep_at == _INF:
             self._producer_sweep_at = now + self._producer_sweep_interval()
+            self.deadline_moved = True
         if not changed or not self.journaled:
             return producer, None
-        return producer, self._records.add([[R.PRODUCER, producer.name, producer.pid, producer.epoch]], None,
+        return producer, self.records.add([[R.PRODUCER, producer.name, producer.pid, producer.epoch]], None,
                                            lambda now: self.producers.undo_open(producer, before))
 
     def raise_floor(self, producer: Producer, floor: int) -> None:
         """The producer settled every sequence below `floor`: its sets shrink (journaled with
         the next record; losing it in a crash only keeps more than needed)."""
         if self.producers.raise_floor(producer, floor) and self.journaled:
-            self._records.add_op([R.FLOOR, producer.pid, floor])
+            self.records.add_op([R.FLOOR, producer.pid, floor])
 
     def _producer_sweep_interval(self) -> float:
         return min(self.producer_expiry / 4, 3600.0)
@@ -555,12 +575,24 @@ class QueueCore:
             queue = self._queue(name)
         if queue.faulted:
             raise self._poison_error(queue)
-        deadline = queue.expiry.next_deadline() if queue.indexes_expiry else None
-        if deadline is not None and deadline <= now and self._hold.get(queue, 0.0) <= now:
+        if queue.timer_at <= now and self._hold.get(queue, 0.0) <= now:
             self._expire_due(queue, now)     # before the timer got to them: never delivered
         entry = queue.take()
-        if entry is not None:
-            self._lock(queue, entry, now)
+        if entry is None:
+            return None
+        # _lock(), inlined: the hot path of every receive
+        if entry.state != READY:
+            advance(entry, TAKE)        # raises InvalidTransition
+        entry.state = LOCKED
+        if queue.numbers is not None:
+            entry.handed = True
+        self._tags += 1
+        entry.tag = self._tags
+        entry.delivery_count += 1
+        deadline = entry.lock_deadline = now + queue.validity
+        queue.inflight[entry.key] = entry
+        if deadline < queue.timer_at:
+            self._schedule(queue, deadline)
         return entry
 
     def wait(self, name: str, waiter: Waiter) -> None:
@@ -579,7 +611,10 @@ class QueueCore:
             queue.remove_waiter(waiter)
 
     def _lock(self, queue: Queue, entry: Entry, now: float) -> None:
-        advance(entry, TAKE)
+        if entry.state == READY:
+            entry.state = LOCKED        # the table's TAKE, inlined: every receive passes here
+        else:
+            advance(entry, TAKE)        # raises InvalidTransition
         if queue.numbers is not None:
             entry.handed = True
         self._tags += 1
@@ -624,6 +659,12 @@ class QueueCore:
     def _remove(self, queue: Queue, entry: Entry) -> None:
         """`entry` (GONE) leaves `queue`."""
         queue.remove(entry)
+        if entry.dead_letter_source is not None or queue.kind == POISON:
+            self._removed_special(queue, entry)
+
+    def _removed_special(self, queue: Queue, entry: Entry) -> None:
+        """A dead letter left (its source's count drops), or a poison message (the queue
+        may resume)."""
         if entry.dead_letter_source is not None:
             self._dead_counts[entry.dead_letter_source] -= 1
         if queue.kind == POISON:
@@ -653,12 +694,12 @@ class QueueCore:
         queue = entry.queue
         if queue.deleted:
             self._locked_entry(entry, tag, now)
-        advance(entry, SETTLE)
+        entry.state = SETTLING          # the table's SETTLE (LOCKED was checked above)
         entry.before = LOCKED
         if not queue.journaled:
             self._gone(queue, entry)
             return None
-        return self._records.add([[R.REMOVE, queue.name, entry.key]],
+        return self.records.add([[R.REMOVE, queue.name, entry.key]],
                                  lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now))
 
     def complete_many(self, receipts: list[tuple[Entry, int]], now: float) -> tuple[int | None, list[LockLost | None]]:
@@ -678,10 +719,16 @@ class QueueCore:
         return record, errors
 
     def _gone(self, queue: Queue, entry: Entry) -> None:
-        if entry.state == GONE:
+        state = entry.state
+        if state == GONE:
             return       # its queue was deleted meanwhile
-        advance(entry, WRITTEN_GONE)
-        self._remove(queue, entry)
+        if state == SETTLING:
+            entry.state = GONE          # the table's WRITTEN_GONE, inlined: every complete
+        else:
+            advance(entry, WRITTEN_GONE)
+        queue.remove(entry)
+        if entry.dead_letter_source is not None or queue.kind == POISON:
+            self._removed_special(queue, entry)
 
 
     def _settle_ready(self, queue: Queue, entry: Entry) -> None:
@@ -850,7 +897,7 @@ class QueueCore:
         if not ops:
             apply(now)
             return None
-        return self._records.add(ops, apply, lambda now: self._unsettle(entry, now))
+        return self.records.add(ops, apply, lambda now: self._unsettle(entry, now))
 
     # ------------------------------------------------------------------ transactions
 
@@ -905,7 +952,7 @@ class QueueCore:
         if not ops:
             apply(now)
             return None
-        return self._records.add(ops, apply, undo)
+        return self.records.add(ops, apply, undo)
 
     def rollback(self, receipts: list[tuple[Entry, int]], now: float) -> list[int]:
         """A transaction's receives return as failed deliveries: the records to wait for."""
@@ -972,6 +1019,7 @@ class QueueCore:
         if deadline < queue.timer_at:
             queue.timer_at = deadline
             self._timers.set(queue, deadline)
+            self.deadline_moved = True
 
     def _rearm(self, queue: Queue) -> None:
         deadline = queue.next_deadline()
@@ -999,7 +1047,7 @@ class QueueCore:
     def snapshot(self) -> Iterator[list]:
         """The operations that rebuild the journaled state now. Valid only while no record is
         in flight (records_in_flight == 0): then the state is exactly the journaled one."""
-        if self._records.in_flight:
+        if self.records.in_flight:
             raise RuntimeError("a snapshot needs every record written first")
         yield self._identity_op()
         for name, settings in self._definitions.items():

@@ -31,18 +31,21 @@ class _Record:
 class PendingRecords:
     """The open record and the records cut but not yet reported written."""
 
-    __slots__ = ("_open", "_next", "_in_flight")
+    __slots__ = ("_open", "_next", "_in_flight", "open_number")
 
     def __init__(self) -> None:
         self._open: _Record | None = None
         self._next = 1
         self._in_flight: dict[int, _Record] = {}
+        #: the open record's number, or None when nothing waits to be cut
+        self.open_number: int | None = None
 
     def add(self, ops: list[list], apply: Effect | None, undo: Effect | None) -> int:
         """Put `ops` in the open record; returns its number."""
         record = self._open
         if record is None:
             record = self._open = _Record(self._next)
+            self.open_number = record.number
             self._next += 1
         record.ops.extend(ops)
         if apply is not None:
@@ -56,11 +59,6 @@ class PendingRecords:
         return self.add([op], None, None)
 
     @property
-    def open_number(self) -> int | None:
-        """The open record's number, or None when nothing waits to be cut."""
-        return self._open.number if self._open is not None else None
-
-    @property
     def in_flight(self) -> int:
         """Records cut and not yet reported written or failed."""
         return len(self._in_flight)
@@ -71,6 +69,7 @@ class PendingRecords:
         if record is None:
             return None
         self._open = None
+        self.open_number = None
         self._in_flight[record.number] = record
         return record.number, record.ops
 
