@@ -141,7 +141,7 @@ class Node:
         core = self.core
         expected = self.model.open.number if self.model.open is not None else None
         if core.pending_record != expected:
-            ops = core._records._open.ops if core._records._open else []
+            ops = core.records._open.ops if core.records._open else []
             self.fail(f"{what}: the core's open record is {core.pending_record} ({[op[:3] for op in ops]!r:.300}), the model's {expected}")
         if self.model.failing_waiters:
             self.fail(f"{what}: the queue faulted but waiters were not failed: {list(self.model.failing_waiters)}")
