@@ -269,11 +269,11 @@ async def _raw_session(url):
     (msgpack.packb({"a": 1}), "array"),
     (msgpack.packb([[P.SEND, 1, "q", b"x", None, None, 0]]), "HELLO"),
     (msgpack.packb([[P.HELLO, 1, 99, b"0123456789abcdef", 0, []]]), "version 99"),
-    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"short", 0, []]]), "client_id"),
-    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, []],
+    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"short", 0, [], None, None]]), "client_id"),
+    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], None, None],
                     [P.SEND, 2, "q", "not bytes", None, None, 0]]), "body"),
-    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, []], [999, 2]]), "unknown request"),
-    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, []], [P.CREDIT, 0, 1]]), "fields"),
+    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], None, None], [999, 2]]), "unknown request"),
+    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], None, None], [P.CREDIT, 0, 1]]), "fields"),
 ])
 async def test_malformed_requests_end_that_session_with_a_reason(served, frame, match):
     qm, url = served

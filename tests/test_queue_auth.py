@@ -116,6 +116,16 @@ def test_a_client_sends_a_password_only_over_tls_or_to_loopback():
         check_credentials("tls://qm.example:7600", "no spaces", "pw")
 
 
+async def test_a_client_refuses_before_connecting():
+    from tether import QueueClient
+
+    # nothing listens there: the refusal comes from the URL alone
+    with pytest.raises(ValueError, match="over plain TCP to 192.0.2.1:7600"):
+        await QueueClient.connect("tcp://192.0.2.1:7600", user="alice", password="pw")
+    with pytest.raises(ValueError, match="over plain TCP"):
+        await QueueClient.connect("tether://qm.example:7600/orders", user="alice", password="pw")
+
+
 async def test_a_service_refuses_a_password_that_came_over_plain_tcp_from_elsewhere():
     assert credentials_allowed(True, ("203.0.113.5", 40000))
     assert credentials_allowed(False, ("127.0.0.1", 40000))

@@ -17,19 +17,21 @@ Addresses: a plain name is a local queue; `tether://host:port/queue` goes to the
 transmission queue for that queue manager (`route()`), where a forwarder picks it up
 (forwarder.py: one per transmission queue, started when the queue is defined or
 recovered). `listen()` (or `open(listen=URL)`) serves this manager to remote clients and
-other queue managers (service.py).
+other queue managers (service.py), over TLS with `ssl=`, to the `users` given.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from typing import Any
+from ssl import SSLContext
+from typing import Any, Mapping
 
 from ..errors import QueueError, QueueNotFound
 from .core import QueueCore, QueueInfo, QueueSettings
 from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
 from .core.replay import ReplayState
+from .auth import Users
 from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
 from .message import Message
 from .opening import Opening
@@ -64,6 +66,8 @@ class QueueManager:
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike | None = None, *, listen: str | None = None,
+             ssl: SSLContext | None = None, users: Users | Mapping[str, Any] | None = None,
+             allow_anonymous: bool = False,
              fsync: str = "always", fsync_interval: float = 0.05, segment_size: int = DEFAULT_SEGMENT_SIZE,
              compact_ratio: float = DEFAULT_COMPACT_RATIO, compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
              dedupe_window: float = DEFAULT_DEDUPE_WINDOW) -> "Opening[QueueManager]":
@@ -80,7 +84,8 @@ class QueueManager:
         process holds the directory, ValueError naming a bad setting.
 
         With `listen` (e.g. "tcp://127.0.0.1:7600") it also serves remote clients and other
-        queue managers' forwarders there (see `listen()`).
+        queue managers' forwarders there, with `ssl`, `users` and `allow_anonymous` (see
+        `listen()`).
 
         Await it (`qm = await QueueManager.open(d)`) or use it as an async context manager
         (`async with QueueManager.open(d) as qm:`), which closes on exit."""
@@ -109,7 +114,7 @@ class QueueManager:
                 log.info("queue manager recovered %d queues from %s", len(manager.queues()), data_dir)
             if listen is not None:
                 try:
-                    await manager.listen(listen)
+                    await manager.listen(listen, ssl=ssl, users=users, allow_anonymous=allow_anonymous)
                 except BaseException:
                     await manager.close()
                     raise
@@ -297,15 +302,24 @@ class QueueManager:
 
     # ---- serving ----
 
-    async def listen(self, url: str, **settings: Any) -> Any:
-        """Serve this manager at `url` (tcp://HOST:PORT, port 0: any free port) with the
-        protocol of `tether qm serve`, for QueueClients and other queue managers'
-        forwarders. Returns the `QueueService` (its `.address`, `.url`); closed with the
-        manager. `settings`: client_grace and session settings."""
+    async def listen(self, url: str, *, ssl: SSLContext | None = None,
+                     users: Users | Mapping[str, Any] | None = None, allow_anonymous: bool = False,
+                     **settings: Any) -> Any:
+        """Serve this manager at `url` (tcp://HOST:PORT, or tls://HOST:PORT with `ssl`, a
+        server `ssl.SSLContext`; port 0: any free port) with the protocol of `tether qm
+        serve`, for QueueClients and other queue managers' forwarders. Returns the
+        `QueueService` (its `.address`, `.url`); closed with the manager.
+
+        `users` (a `tether.queue.auth.Users`, or the dict of a `[users]` table): every
+        client authenticates as one of them and may do what their permissions say. Without
+        users, clients are anonymous with every permission, and serving an address that is
+        not loopback is refused (ValueError naming it) unless `allow_anonymous`.
+        `settings`: client_grace and session settings."""
         self._check_open()
         from .service import QueueService
 
-        service = await QueueService.start(self, url, **settings)
+        service = await QueueService.start(self, url, ssl=ssl, users=users, allow_anonymous=allow_anonymous,
+                                           **settings)
         self._services.append(service)
         return service
 

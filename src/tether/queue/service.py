@@ -12,6 +12,12 @@ is released at once, uncounted. A client gone for `client_grace` seconds (its co
 dropped, or its session ended, and it did not come back) has its locks released, uncounted,
 and its transactions rolled back: a killed consumer strands nothing for long.
 
+Who may connect is the service's `Access` (auth.py): with users, every session
+authenticates in HELLO and each request is checked against its user's permissions
+(permissions.py); without, clients are anonymous with every permission, which is allowed
+only on loopback addresses unless allow_anonymous. tls:// serves over TLS (`ssl=`, a
+server context; with a CA to verify clients, mutual TLS).
+
 The requests of one session are handled by connection.py.
 """
 from __future__ import annotations
@@ -19,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 from ..session.api import serve
+from ..session.url import parse as parse_url
 from . import protocol as P
+from .auth import Access, Users
 from .connection import ClientState, Connection
 from .core.producers import Producer
 from .operations import QueueOperations
@@ -57,11 +65,14 @@ class QueueService:
     """Serves one QueueManager at one URL. Start with `await QueueService.start(qm, url)`
     (or `qm.listen(url)`); `address` is the bound (host, port); `close()` stops it."""
 
-    def __init__(self, manager: ServedManager, *, client_grace: float = CLIENT_GRACE) -> None:
+    def __init__(self, manager: ServedManager, *, client_grace: float = CLIENT_GRACE,
+                 access: Access | None = None, tls: bool = False) -> None:
         if isinstance(client_grace, bool) or not isinstance(client_grace, (int, float)) \
                 or not (client_grace > 0 and math.isfinite(client_grace)):
             raise ValueError(f"client_grace must be a finite number of seconds > 0, not {client_grace!r}")
         self.manager = manager
+        self.access = access if access is not None else Access()
+        self.tls = tls      # sessions arrive over TLS: credentials may come from anywhere
         self.operations = manager.operations
         self.client_grace = float(client_grace)
         self.clients: dict[bytes, ClientState] = {}
@@ -71,13 +82,22 @@ class QueueService:
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
-    async def start(cls, manager: ServedManager, url: str, *, client_grace: float = CLIENT_GRACE,
-                    **session_settings: Any) -> "QueueService":
-        """Listen at `url` (tcp://HOST:PORT; port 0 picks a free one)."""
-        service = cls(manager, client_grace=client_grace)
+    async def start(cls, manager: ServedManager, url: str, *, ssl: Any = None,
+                    users: Users | Mapping[str, Any] | None = None, allow_anonymous: bool = False,
+                    client_grace: float = CLIENT_GRACE, **session_settings: Any) -> "QueueService":
+        """Listen at `url` (tcp://HOST:PORT or tls://HOST:PORT with `ssl`, a server
+        `ssl.SSLContext`; port 0 picks a free one). `users`: a `Users` (or the dict of a
+        `[users]` table) whose every client must authenticate; None: anonymous clients with
+        every permission, refused (ValueError naming the address) beyond loopback unless
+        `allow_anonymous`."""
+        if users is not None and not isinstance(users, Users):
+            users = Users.from_config(users)
+        access = Access(users, allow_anonymous=allow_anonymous)
+        access.check_listen(url)
+        service = cls(manager, client_grace=client_grace, access=access, tls=parse_url(url).scheme == "tls")
         settings = dict(P.SESSION_SETTINGS)
         settings.update(session_settings)
-        service._server = await serve(service._handle, url, **settings)
+        service._server = await serve(service._handle, url, ssl=ssl, **settings)
         log.info("queue service listening on %s", service.url)
         return service
 
