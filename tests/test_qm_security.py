@@ -1,7 +1,8 @@
 """The queue service with TLS, users and permissions, end to end in one process: TLS and
 mutual TLS with a CA made here (tests/tls_pki.py), authentication failures, each permission
 refusing what it does not cover while the connection goes on, producers bound to their
-user, anonymous access kept to loopback."""
+user, anonymous access kept to loopback, and forwarding between two queue managers over
+TLS with the credentials of `remotes`."""
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +14,7 @@ import tether
 from tether import AuthenticationFailed, PermissionDenied, QueueNotFound
 from tether.queue import protocol as P
 from tether.queue.auth import hash_password
+from tether.queue.remotes import Remote
 from tls_pki import client_context, pki, server_context  # noqa: F401  (pki is a fixture)
 
 FAST = {"n": 1024, "r": 1, "p": 1}      # cheap scrypt: the cost is in the hash string
@@ -250,6 +252,117 @@ async def test_anonymous_on_loopback_has_every_permission_and_ignores_credential
             assert client.user is None                      # no users here: anonymous
             await client.create_queue("q")
             assert await client.receive("$dead", timeout=0) is None
+
+
+async def _until(check, timeout=10.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await check()):
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def test_forwarding_over_tls_with_the_credentials_of_remotes(pki):
+    async with tether.QueueManager.open(listen="tls://127.0.0.1:0", ssl=server_context(pki), users=USERS) as west:
+        await west.create_queue("orders")
+        await west.create_queue("strict", receive_retry_count=0, max_retry_cycles=0,
+                                receive_error_handling="reject")
+        port = west.services[0].address[1]
+        remotes = {f"127.0.0.1:{port}": Remote(ssl=client_context(pki), user="qm-east", password="east-pw")}
+        async with tether.QueueManager.open(remotes=remotes) as east:
+            first = await east.send(f"tether://127.0.0.1:{port}/orders", b"east to west", headers={"k": "v"})
+            rejected = await east.send(f"tether://127.0.0.1:{port}/strict", b"refused there")
+            m = await west.receive("orders", timeout=10)
+            assert (m.id, m.body, m.headers) == (first, b"east to west", {"k": "v"})
+            await m.complete()
+            forwarder = east.forwarders[0]
+            assert forwarder.url == f"tls://127.0.0.1:{port}"
+            # the target keeps its reject in a return queue named after the authenticated
+            # forwarder, which only that forwarder may read
+            r = await west.receive("strict", timeout=10)
+            await r.abandon()
+            origin = "qm-east:" + forwarder.client_id.hex()
+            assert f"$return:{origin}" in west.queues()
+            dead = await _until(lambda: east.receive("$dead", timeout=0.2))
+            assert (dead.id, dead.dead_letter_reason) == (rejected, "rejected")
+            assert dead.dead_letter_source == f"tether://127.0.0.1:{port}/strict"
+            await dead.complete()
+            await _until(lambda: _empty(west, f"$return:{origin}"))
+
+
+async def _empty(qm, name):
+    info = await qm.queue_info(name)
+    return info.depth == 0 and info.in_flight == 0
+
+
+async def test_a_forwarder_without_forward_permission_keeps_its_messages(pki):
+    async with tether.QueueManager.open(listen="tls://127.0.0.1:0", ssl=server_context(pki), users=USERS) as west:
+        await west.create_queue("orders")
+        port = west.services[0].address[1]
+        remotes = {f"127.0.0.1:{port}": Remote(ssl=client_context(pki), user="bob", password="bob-pw")}
+        async with tether.QueueManager.open(remotes=remotes) as east:
+            await east.send(f"tether://127.0.0.1:{port}/orders", b"bob may not forward")
+            await asyncio.sleep(0.5)
+            assert (await west.queue_info("orders")).depth == 0
+            xmit = await east.queue_info(f"$xmit:127.0.0.1:{port}")
+            assert xmit.depth + xmit.in_flight == 1                 # kept, to be sent once allowed
+            assert (await east.queue_info("$dead")).depth == 0      # not dead-lettered
+
+
+async def test_a_forwarder_whose_credentials_stop_working_connects_again_once_they_work(pki, monkeypatch):
+    import tether.queue.forwarder as forwarder_module
+
+    monkeypatch.setattr(forwarder_module, "AUTH_RETRY", 0.1)
+    async with tether.QueueManager.open(listen="tls://127.0.0.1:0", ssl=server_context(pki), users=USERS) as west:
+        await west.create_queue("orders")
+        port = west.services[0].address[1]
+        url = west.services[0].url
+        address = f"tether://127.0.0.1:{port}/orders"
+        remotes = {f"127.0.0.1:{port}": Remote(ssl=client_context(pki), user="qm-east", password="east-pw")}
+        async with tether.QueueManager.open(remotes=remotes) as east:
+            await east.send(address, b"first")
+            first = await west.receive("orders", timeout=10)
+            assert first.body == b"first"
+            await first.complete()
+
+            async def serve_west(users):
+                service = west.services[0]
+                await service.close()
+                west._services.remove(service)
+                await west.listen(url, ssl=server_context(pki), users=users)
+
+            await serve_west(_users(root={"admin": True}))       # qm-east is gone there
+            await _until(lambda: _failed(east.forwarders[0]))
+            await east.send(address, b"second")
+            await asyncio.sleep(0.3)
+            assert (await west.queue_info("orders")).depth == 0   # held back at east meanwhile
+            await serve_west(USERS)                                # qm-east is back
+            second = await west.receive("orders", timeout=10)
+            assert second.body == b"second"
+            await second.complete()
+            assert (await east.queue_info("$dead")).depth == 0
+
+
+async def _failed(forwarder):
+    return forwarder.client is not None and forwarder.client.failure is not None
+
+
+async def test_remotes_are_checked(pki):
+    with pytest.raises(ValueError, match="over plain TCP to qm.example:7600"):
+        await tether.QueueManager.open(remotes={"qm.example:7600": Remote(user="qm-east", password="pw")})
+    with pytest.raises(ValueError, match="must be HOST:PORT"):
+        await tether.QueueManager.open(remotes={"tether://qm.example:7600": Remote()})
+    with pytest.raises(TypeError, match="must be a Remote"):
+        await tether.QueueManager.open(remotes={"qm.example:7600": {"user": "x"}})
+    with pytest.raises(ValueError, match="already configured"):
+        await tether.QueueManager.open(remotes={"QM.example:7600": Remote(), "qm.example:7600": Remote()})
+    with pytest.raises(ValueError, match="tls=False contradicts ssl="):
+        Remote(ssl=client_context(pki), tls=False)
+    assert Remote(tls=True).url("qm.example:7600") == "tls://qm.example:7600"
+    assert Remote().url("qm.example:7600") == "tcp://qm.example:7600"
+    async with tether.QueueManager.open(remotes={"QM.Example:7600": Remote(tls=True, user="a", password="p")}) as qm:
+        assert list(qm.remotes) == ["qm.example:7600"]      # as transmission queues name it
 
 
 async def test_queue_not_found_is_still_queue_not_found_for_a_permitted_user(served):
