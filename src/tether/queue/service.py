@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from ssl import SSLContext
 from typing import Any, Mapping, Protocol
 
 from ..session.api import serve
@@ -82,7 +83,7 @@ class QueueService:
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
-    async def start(cls, manager: ServedManager, url: str, *, ssl: Any = None,
+    async def start(cls, manager: ServedManager, url: str, *, ssl: SSLContext | None = None,
                     users: Users | Mapping[str, Any] | None = None, allow_anonymous: bool = False,
                     client_grace: float = CLIENT_GRACE, **session_settings: Any) -> "QueueService":
         """Listen at `url` (tcp://HOST:PORT or tls://HOST:PORT with `ssl`, a server
