@@ -12,6 +12,7 @@ import pytest
 
 import tether
 from tether import AuthenticationFailed, PermissionDenied, QueueNotFound
+from tether.queue import config as cfg
 from tether.queue import protocol as P
 from tether.queue.auth import hash_password
 from tether.queue.remotes import Remote
@@ -269,8 +270,10 @@ async def test_forwarding_over_tls_with_the_credentials_of_remotes(pki):
         await west.create_queue("strict", receive_retry_count=0, max_retry_cycles=0,
                                 receive_error_handling="reject")
         port = west.services[0].address[1]
-        remotes = {f"127.0.0.1:{port}": Remote(ssl=client_context(pki), user="qm-east", password="east-pw")}
-        async with tether.QueueManager.open(remotes=remotes) as east:
+        # east's configuration says how to reach west: TLS trusting the test CA, as qm-east
+        east_config = cfg.from_dict({"remotes": {f"127.0.0.1:{port}": {
+            "user": "qm-east", "password": "east-pw", "cafile": pki.ca}}})
+        async with tether.QueueManager.open(remotes=east_config.remotes) as east:
             first = await east.send(f"tether://127.0.0.1:{port}/orders", b"east to west", headers={"k": "v"})
             rejected = await east.send(f"tether://127.0.0.1:{port}/strict", b"refused there")
             m = await west.receive("orders", timeout=10)
