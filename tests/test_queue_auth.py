@@ -197,3 +197,14 @@ def test_identities_keep_users_apart():
     assert len({alice, bob, client_id}) == 3 and 8 <= len(alice) <= 64
     assert origin_of(None, client_id) == client_id.hex()
     assert origin_of("qm-east", client_id) == "qm-east:" + client_id.hex()
+
+
+def test_a_malformed_password_is_never_quoted():
+    from tether import ProtocolError
+    from tether.queue import protocol as P
+
+    secret = "s3cret-" * 200           # too long: refused, and the refusal must not repeat it
+    hello = [P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], "alice", secret]
+    with pytest.raises(ProtocolError) as refused:
+        P.parse_request(hello)
+    assert "password" in str(refused.value) and "s3cret" not in str(refused.value)
