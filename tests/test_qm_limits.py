@@ -21,7 +21,7 @@ from tether.queue.limits import ServiceLimits
 async def _raw(url: str, **settings):
     """A protocol session that said HELLO and reads only when told to."""
     session = await tether.connect(url, **{**P.SESSION_SETTINGS, **settings})
-    await session.send(msgpack.packb([[P.HELLO, 1, P.VERSION, os.urandom(16), 0, []]], use_bin_type=True))
+    await session.send(msgpack.packb([[P.HELLO, 1, P.VERSION, os.urandom(16), 0, [], None, None]], use_bin_type=True))
     for frame in await asyncio.wait_for(session.recv_many(), 5):
         assert msgpack.unpackb(frame, raw=False)[0][0] == P.REPLY
     return session
@@ -184,3 +184,30 @@ def test_limits_are_validated_by_name():
         ServiceLimits(reply_stall=float("inf"))
     with pytest.raises(ValueError, match="unknown limits nope"):
         ServiceLimits.from_kwargs(nope=1)
+
+
+async def test_a_session_that_says_no_hello_is_dropped_after_hello_timeout():
+    async with tether.QueueManager.open() as qm:
+        service = await qm.listen("tcp://127.0.0.1:0", limits=ServiceLimits(hello_timeout=0.3))
+        session = await tether.connect(service.url, **P.SESSION_SETTINGS)      # and says nothing
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not session.closed:
+            assert loop.time() < deadline, "a silent session was kept"
+            await asyncio.sleep(0.02)
+        assert not service.connections
+
+
+async def test_failed_logins_from_one_address_are_throttled():
+    from tether.queue.auth import hash_password
+
+    users = {"alice": {"password_hash": hash_password("right", n=1024, r=1, p=1), "send": ["q"]}}
+    async with tether.QueueManager.open() as qm:
+        service = await qm.listen("tcp://127.0.0.1:0", users=users,
+                                  limits=ServiceLimits(max_failed_logins=2, failed_login_window=60))
+        for _ in range(2):
+            with pytest.raises(tether.AuthenticationFailed, match="(?i)password|user"):
+                await tether.QueueClient.connect(service.url, user="alice", password="wrong")
+        # now even the right password is refused, unchecked, until the window passes
+        with pytest.raises(tether.AuthenticationFailed, match="too many failed logins"):
+            await tether.QueueClient.connect(service.url, user="alice", password="right")

@@ -269,11 +269,11 @@ async def _raw_session(url):
     (msgpack.packb({"a": 1}), "array"),
     (msgpack.packb([[P.SEND, 1, "q", b"x", None, None, 0]]), "HELLO"),
     (msgpack.packb([[P.HELLO, 1, 99, b"0123456789abcdef", 0, []]]), "version 99"),
-    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"short", 0, []]]), "client_id"),
-    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, []],
+    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"short", 0, [], None, None]]), "client_id"),
+    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], None, None],
                     [P.SEND, 2, "q", "not bytes", None, None, 0]]), "body"),
-    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, []], [999, 2]]), "unknown request"),
-    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, []], [P.CREDIT, 0, 1]]), "fields"),
+    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], None, None], [999, 2]]), "unknown request"),
+    (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], None, None], [P.CREDIT, 0, 1]]), "fields"),
 ])
 async def test_malformed_requests_end_that_session_with_a_reason(served, frame, match):
     qm, url = served
@@ -414,3 +414,18 @@ async def test_close_wakes_a_waiting_receive_with_an_error(served):
     await client.close()
     with pytest.raises(tether.QueueError, match="closed"):
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_new_instance_connecting_while_the_old_one_waits_for_messages(served):
+    """The old instance's consumer is stopped and its locks released in one step: the
+    waiting receive, cancelled but not yet gone from the queue, must not be handed them."""
+    qm, url = served
+    await qm.create_queue("q")
+    await qm.send("q", b"1")
+    async with tether.QueueClient.connect(url, client_id=b"same-client-id") as old:
+        m = await old.receive("q", timeout=5)       # a lock, and a consumer waiting for more
+        await asyncio.sleep(0.05)
+        async with tether.QueueClient.connect(url, client_id=b"same-client-id") as new:
+            again = await new.receive("q", timeout=5)
+            assert again is not None and again.id == m.id
+            await again.complete()

@@ -39,7 +39,7 @@ class Raw:
     async def open(cls, url: str, client_id: bytes, epoch: int = 0) -> "Raw":
         session = await tether.connect(url, **P.SESSION_SETTINGS)
         raw = cls(session, client_id)
-        reply = await raw.ask([P.HELLO, 0, P.VERSION, client_id, epoch, []])
+        reply = await raw.ask([P.HELLO, 0, P.VERSION, client_id, epoch, [], None, None])
         raw.epoch, raw.next_sequence = reply["epoch"], reply["next_sequence"]
         return raw
 

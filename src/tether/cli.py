@@ -25,6 +25,8 @@ COMMANDS = {
 }
 # `tether qm check|repair`: configure_NAME(parser) and main_NAME(args) -> int
 QM_JOURNAL_TOOLS = "tether.queue.store.admin"
+# `tether qm passwd`: configure(parser) and main(args) -> int
+QM_PASSWD = "tether.queue.passwd_command"
 
 
 def _available(module: str) -> bool:
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     if _available("tether.queue.serve_command"):
         serve = qm_sub.add_parser("serve", help="run a queue manager service")
         importlib.import_module("tether.queue.serve_command").configure(serve)
+    passwd = qm_sub.add_parser("passwd", help="print the password hash for a user of the service (password on stdin)")
+    importlib.import_module(QM_PASSWD).configure(passwd)
     admin = importlib.import_module(QM_JOURNAL_TOOLS)
     for name, help_text in (("check", "list the damage in a queue manager's journal (changes nothing)"),
                             ("repair", "keep every intact record of a damaged journal, quarantine the rest")):
@@ -110,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "qm":
             if args.qm_command == "serve":
                 return importlib.import_module("tether.queue.serve_command").main(args)
+            if args.qm_command == "passwd":
+                return importlib.import_module(QM_PASSWD).main(args)
             return getattr(importlib.import_module(QM_JOURNAL_TOOLS), f"main_{args.qm_command}")(args)
         module = importlib.import_module(COMMANDS[args.command][0])
         return getattr(module, f"main_{args.command}")(args)

@@ -185,6 +185,18 @@ class ProducerFenced(QueueError):
     code = "producer-fenced"
 
 
+class AuthenticationFailed(QueueError):
+    """The queue manager did not accept this client's user and password (or needs them)."""
+
+    code = "authentication-failed"
+
+
+class PermissionDenied(QueueError):
+    """The authenticated user may not make this request (docs/security.md)."""
+
+    code = "permission-denied"
+
+
 class QueueMessageTooLarge(MessageTooLarge, QueueError):
     """A message (or its headers) is larger than the queue's max_message_size."""
 

@@ -4,6 +4,12 @@
     echo hello | tether send tether://127.0.0.1:7600/orders -
     tether recv tether://127.0.0.1:7600/orders --count 10 --timeout 5
     tether queues tether://127.0.0.1:7600 [--json]
+    TETHER_PASSWORD=... tether recv tls://qm.example:7600/orders --user alice [--cafile ca.pem]
+
+tls://HOST:PORT/QUEUE connects over TLS, and so does tether://HOST:PORT/QUEUE with
+--cafile (the CA that issued the service's certificate; default: the system's CAs).
+`--user` authenticates; the password comes from TETHER_PASSWORD, or is asked for on the
+terminal without echo.
 
 Every failure is one line on stderr ("tether: error: ...") and a non-zero exit status.
 """
@@ -12,7 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import getpass
 import json
+import os
+import ssl
 import sys
 from collections.abc import Mapping
 from typing import Any, Awaitable, Callable
@@ -28,25 +37,38 @@ _COLUMNS = (("name", "name"), ("durable", "durable"), ("depth", "depth"), ("in f
             ("retrying", "retrying"), ("dead", "dead_lettered"), ("poison", "poison"))
 
 
+PASSWORD_VARIABLE = "TETHER_PASSWORD"
+
+
 def _queue_url(url: str) -> tuple[str, str]:
-    """(service URL, queue) of tether://HOST:PORT/QUEUE; ValueError naming what is wrong."""
+    """(service URL, queue) of tether://HOST:PORT/QUEUE or tls://HOST:PORT/QUEUE;
+    ValueError naming what is wrong."""
     from .client import service_url
 
     parts = urlsplit(url)
-    if parts.scheme != "tether":
-        raise ValueError(f"bad queue URL {url!r}: expected tether://HOST:PORT/QUEUE")
+    if parts.scheme not in ("tether", "tls"):
+        raise ValueError(f"bad queue URL {url!r}: expected tether://HOST:PORT/QUEUE or tls://HOST:PORT/QUEUE")
     queue = parts.path.lstrip("/")
     if not queue:
         raise ValueError(f"bad queue URL {url!r}: no queue name after the port")
     base, _ = split_subqueue(queue)
-    if base != "$dead" and not base.startswith("$xmit:"):
+    if base != "$dead" and not base.startswith(("$xmit:", "$return:")):
         validate_queue_name(base)
-    return service_url(url), queue
+    service = service_url(parts._replace(scheme="tether").geturl())
+    if parts.scheme == "tls":
+        service = "tls" + service[len("tcp"):]
+    return service, queue
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
                         help="give up connecting after S seconds (default 5)")
+    parser.add_argument("--user", default=None, metavar="NAME",
+                        help=f"authenticate as NAME; the password comes from ${PASSWORD_VARIABLE}, "
+                             "or is asked for on the terminal")
+    parser.add_argument("--cafile", default=None, metavar="PEM",
+                        help="connect over TLS, trusting the CA certificates in PEM (default for tls:// URLs: "
+                             "the system's CAs)")
 
 
 def configure_send(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +93,7 @@ def configure_recv(parser: argparse.ArgumentParser) -> None:
 
 def configure_queues(parser: argparse.ArgumentParser) -> None:
     """Options of `tether queues`."""
-    parser.add_argument("url", help="tcp://HOST:PORT or tether://HOST:PORT of a queue manager")
+    parser.add_argument("url", help="tcp://HOST:PORT, tls://HOST:PORT or tether://HOST:PORT of a queue manager")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(parser)
 
@@ -91,13 +113,43 @@ def _run(work: Callable[[], Awaitable[int]]) -> int:
         return EXIT_ERROR
 
 
-async def _connect(url: str, timeout: float) -> Any:
+def _password(user: str) -> str:
+    """The password of `user`: $TETHER_PASSWORD, else asked on the terminal without echo
+    (never read from stdin, which may carry a message body)."""
+    password = os.environ.get(PASSWORD_VARIABLE)
+    if password:
+        return password
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        raise ValueError(f"--user {user}: no password: set {PASSWORD_VARIABLE} (there is no terminal "
+                         "to ask on)") from None
+    try:
+        return getpass.getpass(f"Password for {user}: ")
+    except EOFError:
+        raise ValueError(f"--user {user}: no password given") from None
+
+
+async def _connect(url: str, args: argparse.Namespace) -> Any:
+    """A QueueClient for the service at `url` (tcp:// or tls://), as the common options say."""
     from .client import QueueClient
 
+    timeout = args.connect_timeout
     if not timeout > 0:
         raise ValueError(f"--connect-timeout must be > 0, not {timeout}")
+    context = None
+    if args.cafile is not None:
+        if url.startswith("tcp://") and args.url.startswith("tcp://"):
+            raise ValueError(f"--cafile is for TLS: use tls:// instead of {args.url}")
+        url = "tls://" + url.split("://", 1)[1]
+        try:
+            context = ssl.create_default_context(cafile=args.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--cafile {args.cafile}: cannot load it: {exc}") from None
+    password = None if args.user is None else _password(args.user)
     try:
-        return await asyncio.wait_for(QueueClient.connect(url, connect_timeout=timeout, prefetch=1), timeout + 1)
+        return await asyncio.wait_for(QueueClient.connect(url, ssl=context, user=args.user, password=password,
+                                                          connect_timeout=timeout, prefetch=1), timeout + 1)
     except asyncio.TimeoutError:
         raise TimeoutError(f"no queue manager answered at {url} within {timeout} s") from None
 
@@ -113,7 +165,7 @@ def main_send(args: argparse.Namespace) -> int:
                 raise ValueError(f"--header {header!r}: expected NAME=VALUE")
             headers[name] = value
         body = sys.stdin.buffer.read() if args.data == "-" else args.data.encode()
-        client = await _connect(service, args.connect_timeout)
+        client = await _connect(service, args)
         try:
             message_id = await client.send(queue, body, headers=headers or None, time_to_live=args.ttl)
         finally:
@@ -132,7 +184,7 @@ def main_recv(args: argparse.Namespace) -> int:
             raise ValueError(f"--count must be >= 1, not {args.count}")
         if args.timeout is not None and args.timeout < 0:
             raise ValueError(f"--timeout must be >= 0, not {args.timeout}")
-        client = await _connect(service, args.connect_timeout)
+        client = await _connect(service, args)
         loop = asyncio.get_running_loop()
         deadline = None if args.timeout is None else loop.time() + args.timeout
         received = 0
@@ -189,7 +241,7 @@ def main_queues(args: argparse.Namespace) -> int:
     async def work() -> int:
         from .client import service_url
 
-        client = await _connect(service_url(args.url), args.connect_timeout)
+        client = await _connect(service_url(args.url), args)
         try:
             infos = await client.queue_infos()
         finally:

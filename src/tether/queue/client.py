@@ -22,6 +22,12 @@ earlier life) and fences the earlier instance if that one still runs (ProducerFe
 While the service is unreachable, every call waits at most `request_timeout` seconds, then
 raises QueueUnavailable (a send's outcome is then unknown: it may have been queued); a
 `receive(timeout=t)` returns by `t` whatever the connection does.
+
+tls://HOST:PORT connects over TLS (`ssl=`: the context; by default the system's CAs, the
+certificate verified against HOST). `user` and `password` authenticate the client in HELLO
+(auth.py); they travel only over TLS or to a loopback address. A refused password is
+AuthenticationFailed, from connect() or, after a reconnect, from every call: the client
+stops reconnecting. A request the user may not make fails alone with PermissionDenied.
 """
 from __future__ import annotations
 
@@ -31,16 +37,20 @@ import math
 import os
 import time
 from collections import OrderedDict, deque
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import (
-    LockLost, ProducerFenced, ProtocolError, QueueError, QueueMessageTooLarge, QueueUnavailable, TetherError,
-    TransactionError,
+    AuthenticationFailed, LockLost, ProducerFenced, ProtocolError, QueueError, QueueMessageTooLarge,
+    QueueUnavailable, TetherError, TransactionError,
 )
 from . import protocol as P
 from ..backoff import Backoff
+from ..session import tls
+from ..session.url import parse as parse_url
+from .auth import check_credentials
 from .core.headers import encode_headers
 from .core.info import QueueInfo
 from .core.settings import QueueSettings
@@ -58,13 +68,15 @@ _NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_R
 
 
 def service_url(url: str) -> str:
-    """The session URL of a queue manager: tcp://HOST:PORT, or tether://HOST:PORT[/...]
-    (the queue in the path is ignored). ValueError naming what is wrong."""
+    """The session URL of a queue manager: tcp://HOST:PORT, tls://HOST:PORT, or
+    tether://HOST:PORT[/...] (plain TCP; the queue in the path is ignored). ValueError
+    naming what is wrong."""
     if not isinstance(url, str):
         raise TypeError(f"queue manager URL must be a string, not {type(url).__name__}")
     parts = urlsplit(url)
-    if parts.scheme not in ("tcp", "tether"):
-        raise ValueError(f"bad queue manager URL {url!r}: use tcp://HOST:PORT or tether://HOST:PORT")
+    if parts.scheme not in ("tcp", "tls", "tether"):
+        raise ValueError(f"bad queue manager URL {url!r}: use tcp://HOST:PORT, tls://HOST:PORT "
+                         "or tether://HOST:PORT")
     try:
         port = parts.port
     except ValueError:
@@ -73,10 +85,10 @@ def service_url(url: str) -> str:
         raise ValueError(f"bad queue manager URL {url!r}: no host")
     if not port:
         raise ValueError(f"bad queue manager URL {url!r}: a port 1..65535 is required")
-    if parts.scheme == "tcp" and parts.path not in ("", "/"):
-        raise ValueError(f"bad queue manager URL {url!r}: tcp:// takes no path")
+    if parts.scheme != "tether" and parts.path not in ("", "/"):
+        raise ValueError(f"bad queue manager URL {url!r}: {parts.scheme}:// takes no path")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"tcp://{host}:{port}"
+    return f"{'tls' if parts.scheme == 'tls' else 'tcp'}://{host}:{port}"
 
 
 def _seconds_or_none(name: str, value: Any) -> float | None:
@@ -133,7 +145,8 @@ class QueueClient:
     """A connection to a queue manager service. Create with `await QueueClient.connect(url)`."""
 
     def __init__(self, url: str, *, prefetch: int, connect_timeout: float, request_timeout: float | None,
-                 session_settings: dict[str, Any], client_id: bytes | None = None) -> None:
+                 session_settings: dict[str, Any], client_id: bytes | None = None, ssl: Any = None,
+                 user: str | None = None, password: str | None = None) -> None:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 65536:
             raise ValueError(f"prefetch must be an integer 1..65536, not {prefetch!r}")
         if _seconds_or_none("connect_timeout", connect_timeout) is None:
@@ -141,6 +154,11 @@ class QueueClient:
         if client_id is not None and not (isinstance(client_id, bytes) and 8 <= len(client_id) <= 64):
             raise ValueError(f"client_id must be 8..64 bytes, not {client_id!r}")
         self.url = service_url(url)
+        self._ssl = tls.client_context(parse_url(self.url), ssl)
+        check_credentials(self.url, user, password)
+        self._credentials = (user, password)
+        #: who the service says this client is (None: anonymous), once connected
+        self.user: str | None = None
         self.prefetch = prefetch
         self.connect_timeout = float(connect_timeout)
         self.request_timeout = _seconds_or_none("request_timeout", request_timeout)
@@ -174,19 +192,26 @@ class QueueClient:
         self.max_frame_bytes = P.FRAME_BYTES
 
     @classmethod
-    def connect(cls, url: str, *, prefetch: int = DEFAULT_PREFETCH, connect_timeout: float = 10.0,
+    def connect(cls, url: str, *, ssl: SSLContext | None = None, user: str | None = None,
+                password: str | None = None, prefetch: int = DEFAULT_PREFETCH, connect_timeout: float = 10.0,
                 request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT, client_id: bytes | None = None,
                 **session_settings: Any) -> "Opening[QueueClient]":
-        """Connect to the queue manager service at `url` (tcp://HOST:PORT). Await it, or use
-        it as an async context manager (closed on exit). `prefetch`: messages a consumer may
-        hold ahead of receive(). `request_timeout`: the longest any call waits while the
-        service does not answer (then QueueUnavailable; None: no limit). `client_id` (8..64
-        bytes, default random) names this client, as a producer, across sessions and
-        restarts. Raises OSError / RetryLimitExceeded when nothing answers, ProtocolError
-        when what answers is not a queue manager of this protocol version."""
+        """Connect to the queue manager service at `url` (tcp://HOST:PORT, or
+        tls://HOST:PORT: TLS with `ssl`, by default `ssl.create_default_context()`, which
+        verifies the certificate against HOST). Await it, or use it as an async context
+        manager (closed on exit). `user` and `password` authenticate this client (both or
+        neither; ValueError for a password over plain TCP to a host that is not loopback).
+        `prefetch`: messages a consumer may hold ahead of receive(). `request_timeout`: the
+        longest any call waits while the service does not answer (then QueueUnavailable;
+        None: no limit). `client_id` (8..64 bytes, default random) names this client, as a
+        producer, across sessions and restarts. Raises AuthenticationFailed when the service
+        refuses the credentials (or needs some), OSError / RetryLimitExceeded when nothing
+        answers, ssl.SSLError when the TLS handshake fails, ProtocolError when what answers
+        is not a queue manager of this protocol version."""
         async def opening() -> QueueClient:
             client = cls(url, prefetch=prefetch, connect_timeout=connect_timeout, request_timeout=request_timeout,
-                         session_settings=session_settings, client_id=client_id)
+                         session_settings=session_settings, client_id=client_id, ssl=ssl, user=user,
+                         password=password)
             await client._open()
             return client
 
@@ -201,11 +226,13 @@ class QueueClient:
     async def _new_session(self) -> None:
         from ..session.api import connect
 
-        session = await connect(self.url, connect_timeout=self.connect_timeout, **self._session_settings)
+        session = await connect(self.url, ssl=self._ssl, connect_timeout=self.connect_timeout,
+                                **self._session_settings)
         try:
             # HELLO alone first: whether the service still knows us decides what to resend
             self._rids += 1
-            hello = [P.HELLO, self._rids, P.VERSION, self.client_id, self.epoch, list(self._locks)]
+            user, password = self._credentials
+            hello = [P.HELLO, self._rids, P.VERSION, self.client_id, self.epoch, list(self._locks), user, password]
             self._out, self._out_bytes = [], 0
             session.send_nowait([P.encode([hello])])
             async with asyncio.timeout(self.connect_timeout):
@@ -215,6 +242,7 @@ class QueueClient:
             raise
         self.max_frame_bytes = min(P.FRAME_BYTES, int(reply.get("max_frame_bytes", P.FRAME_BYTES)) // 2)
         resumed = bool(reply.get("resumed"))
+        self.user = reply.get("user")
         self.epoch = int(reply["epoch"])
         self._next_sequence = max(self._next_sequence, int(reply["next_sequence"]))
         self._session = session
@@ -262,7 +290,8 @@ class QueueClient:
                             raise P.error_from_code(item[2], item[3])
                         value = item[2]
                         if not isinstance(value, dict) or not isinstance(value.get("epoch"), int) \
-                                or not isinstance(value.get("next_sequence"), int):
+                                or not isinstance(value.get("next_sequence"), int) \
+                                or not isinstance(value.get("user"), (str, type(None))):
                             raise ProtocolError(f"{self.url}: HELLO answered with {value!r:.80}")
                         answer = value
                         if not answer.get("resumed") and self._locks:
@@ -322,7 +351,7 @@ class QueueClient:
             await asyncio.sleep(backoff.next())
             try:
                 await self._new_session()
-            except ProducerFenced as exc:
+            except (ProducerFenced, AuthenticationFailed) as exc:
                 log.error("queue client %s: %s", self.client_id.hex()[:12], exc)
                 self._fail_everything(exc)
                 return
@@ -333,8 +362,14 @@ class QueueClient:
             log.info("reconnected to %s", self.url)
             return
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that ended this client for good (ProducerFenced, AuthenticationFailed
+        after a reconnect), which every call raises; None while it works."""
+        return self._fatal
+
     def _fail_everything(self, error: BaseException) -> None:
-        """A fatal error (fenced): every call fails with it, now and later."""
+        """A fatal error (fenced, refused credentials): every call fails with it, now and later."""
         self._fatal = error
         for request in self._pending.values():
             if not request.future.done():

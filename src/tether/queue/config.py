@@ -21,28 +21,54 @@ whose values the command line may override.
     receive_error_handling = "move"
     time_to_live = 3600
 
+    listen = ["tls://0.0.0.0:7600"]
+    [tls]                                     # required by a tls:// listen URL
+    cert = "server.pem"
+    key = "server.key"
+    client_ca = "ca.pem"                      # optional: require client certificates (mutual TLS)
+
+    [users.alice]                             # with users, every client authenticates
+    password_hash = "scrypt$..."              # printed by `tether qm passwd`
+    send = ["orders", "jobs.*"]               # fnmatch patterns of queue names
+    receive = ["orders"]
+    admin = false
+    forward = false
+
+    allow_anonymous = false                   # without users: serve beyond loopback anyway
+
+    [remotes."qm-west.example:7600"]          # how the forwarders reach that queue manager
+    user = "qm-east"
+    password = "..."
+    cafile = "ca.pem"                         # tls:// (so does tls = true)
+
 Unknown keys and wrong types are errors naming the key; queue settings are validated by
-`QueueSettings` like any `create_queue`.
+`QueueSettings` like any `create_queue`, users by auth.py, remotes by remotes.py. Relative
+paths are relative to the working directory, as data_dir is.
 """
 from __future__ import annotations
 
 import math
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..session.url import parse as parse_url
+from .auth import Access, Users
 from .core.engine import DEFAULT_MAX_QUEUES
 from .core.settings import QueueSettings
 from .limits import ServiceLimits
+from .remotes import Remote, validate_remotes
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:7600"
 FSYNC_POLICIES = ("always", "interval", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_TOP = {"data_dir", "listen", "fsync", "fsync_interval", "log_level", "limits", "queues"}
+_TOP = {"data_dir", "listen", "fsync", "fsync_interval", "log_level", "limits", "queues", "tls", "users",
+        "allow_anonymous", "remotes"}
 _SERVICE_LIMITS = set(ServiceLimits().as_dict())
 _LIMITS = {"max_frame_bytes", "client_grace", "max_queues", "max_disk_bytes"} | _SERVICE_LIMITS
+_TLS = {"cert", "key", "client_ca"}
 
 
 @dataclass
@@ -61,6 +87,12 @@ class ServiceConfig:
     #: the ServiceLimits fields set in [limits] (the others keep their defaults)
     service_limits: dict[str, Any] = field(default_factory=dict)
     queues: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    users: Users | None = None
+    allow_anonymous: bool = False
+    remotes: dict[str, Remote] = field(default_factory=dict)
 
     @property
     def limits(self) -> ServiceLimits:
@@ -74,8 +106,21 @@ class ServiceConfig:
         for url in self.listen:
             if not isinstance(url, str):
                 raise ValueError(f"config: listen URLs must be strings, not {url!r}")
-            if parse_url(url).scheme != "tcp":
-                raise ValueError(f"config: listen URL {url!r}: the queue service listens on tcp:// only")
+            if parse_url(url).scheme not in ("tcp", "tls"):
+                raise ValueError(f"config: listen URL {url!r}: the queue service listens on tcp:// or tls:// only")
+        self._validate_tls()
+        if not isinstance(self.allow_anonymous, bool):
+            raise ValueError(f"config: allow_anonymous must be true or false, not {self.allow_anonymous!r}")
+        try:
+            access = Access(self.users, allow_anonymous=self.allow_anonymous)
+            for url in self.listen:
+                access.check_listen(url)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config: {exc}") from None
+        try:
+            self.remotes = validate_remotes(self.remotes)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config: {exc}") from None
         if self.fsync not in FSYNC_POLICIES:
             raise ValueError(f"config: fsync must be one of {', '.join(FSYNC_POLICIES)}, not {self.fsync!r}")
         _positive("fsync_interval", self.fsync_interval)
@@ -103,6 +148,39 @@ class ServiceConfig:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"config: queues.{name}: {exc}") from None
         return self
+
+    def _validate_tls(self) -> None:
+        for key in ("cert", "key", "client_ca"):
+            value = getattr(self, f"tls_{key}")
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"config: tls.{key} must be a file name, not {value!r}")
+        served = [url for url in self.listen if parse_url(url).scheme == "tls"]
+        if served and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError(f"config: listen URL {served[0]!r} needs [tls] cert and key "
+                             "(the server's certificate and its private key)")
+        if not served and (self.tls_cert or self.tls_key or self.tls_client_ca):
+            raise ValueError("config: [tls] is set but no listen URL is tls://")
+        if served:
+            self.server_context()       # the files load, or the error names them now
+
+    def server_context(self) -> ssl.SSLContext | None:
+        """The server's SSL context for tls:// listen URLs ([tls]), None without [tls];
+        ValueError naming the key whose file does not load."""
+        if self.tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"config: tls.cert/tls.key: cannot load {self.tls_cert!r} with key "
+                             f"{self.tls_key!r}: {exc}") from None
+        if self.tls_client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED     # mutual TLS: only clients this CA issued
+            try:
+                context.load_verify_locations(self.tls_client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"config: tls.client_ca: cannot load {self.tls_client_ca!r}: {exc}") from None
+        return context
 
 
 def _positive(name: str, value: Any) -> None:
@@ -155,6 +233,26 @@ def from_dict(data: dict[str, Any], source: str = "config") -> ServiceConfig:
     if not isinstance(queues, dict):
         raise ValueError(f"{source}: [queues] must be a table of queue tables")
     config.queues = dict(queues)
+    tls = data.get("tls", {})
+    if not isinstance(tls, dict):
+        raise ValueError(f"{source}: [tls] must be a table")
+    unknown = set(tls) - _TLS
+    if unknown:
+        raise ValueError(f"{source}: unknown keys in [tls]: {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(sorted(_TLS))})")
+    for key, value in tls.items():
+        setattr(config, f"tls_{key}", value)
+    if "allow_anonymous" in data:
+        config.allow_anonymous = data["allow_anonymous"]
+    try:
+        if "users" in data:
+            config.users = Users.from_config(data["users"])
+        remotes = data.get("remotes", {})
+        if not isinstance(remotes, dict):
+            raise ValueError('[remotes] must be a table of [remotes."HOST:PORT"] tables')
+        config.remotes = {name: Remote.from_config(table, f'remotes."{name}"') for name, table in remotes.items()}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
     try:
         return config.validate()
     except ValueError as exc:

@@ -6,7 +6,13 @@ not wait for the previous one's fsync, so concurrent clients share group commits
 are collected and sent as one frame per loop iteration.
 
 `ClientState` is what a client holds across its sessions: its producer (epoch and
-sequences, core/producers.py), its locks by tag, its open transactions.
+sequences, core/producers.py), its locks by tag, its open transactions. It is keyed by the
+client's identity (auth.client_key: the user and the client id), so a user who claims
+another user's client id gets a producer and locks of their own.
+
+HELLO authenticates the session (auth.py); every request after it passes the session's
+`RequestGuard` (permissions.py) first, and a refused one is answered PermissionDenied
+alone: the session goes on.
 """
 from __future__ import annotations
 
@@ -15,14 +21,17 @@ import logging
 from collections import OrderedDict
 from typing import Any, Protocol
 
-from ..errors import LockLost, ProtocolError, QueueError, SequenceClosed, TetherError, TransactionError
+from ..errors import AuthenticationFailed, LockLost, ProtocolError, QueueError, SequenceClosed, TetherError, TransactionError
 from . import protocol as P
+from .auth import Access, client_key, origin_of
 from .core import Entry
 from .core.address import is_remote
 from .core.producers import NEW, Producer
-from .limits import ServiceLimits, exceeded
+from .limits import FailedLogins, ServiceLimits, exceeded
 from .log_limiter import LogLimiter
+from .core.system_queues import RETURN_PREFIX
 from .operations import QueueOperations
+from .permissions import RequestGuard
 
 log = logging.getLogger("tether.queue.service")
 
@@ -87,6 +96,9 @@ class ServiceHooks(Protocol):
     operations: QueueOperations
     limits: ServiceLimits
     log_limiter: LogLimiter
+    access: Access
+    tls: bool
+    failed_logins: FailedLogins
 
     def attach(self, client_id: bytes, producer: Producer, epoch: int, connection: "Connection",
                held: list[int]) -> tuple[ClientState, bool]: ...
@@ -124,6 +136,8 @@ class Connection:
         self.operations: QueueOperations = service.operations
         self.session = session
         self.state: ClientState | None = None
+        self.guard: RequestGuard | None = None        # who the session is, once HELLO authenticated it
+        self.origin = ""                              # a forwarder's origin: names its return queue
         self.consumers: dict[int, _Consumer] = {}
         self._loop = asyncio.get_running_loop()
         self._out: list = []
@@ -183,8 +197,16 @@ class Connection:
         peer = session.peer_address
         while True:
             try:
-                frames = await session.recv_many()
+                if self.state is None:      # a new session has hello_timeout to say HELLO
+                    frames = await asyncio.wait_for(session.recv_many(), self.service.limits.hello_timeout)
+                else:
+                    frames = await session.recv_many()
             except SequenceClosed:
+                return
+            except asyncio.TimeoutError:
+                self.service.log_limiter.log(log, logging.INFO, peer_host(peer),
+                                             "client %s said no HELLO in time: dropped", peer)
+                session.abort("no HELLO in time")
                 return
             for frame in frames:
                 try:
@@ -202,7 +224,7 @@ class Connection:
                     await asyncio.sleep(0)
                     session.abort(f"queue protocol error: {exc}")
                     return
-                except QueueError as exc:       # HELLO refused (a fenced producer, storage)
+                except QueueError as exc:       # HELLO refused (authentication, a fenced producer, storage)
                     self.push([P.ERROR, 0, exc.code, str(exc)])
                     self._flush()
                     await asyncio.sleep(0)
@@ -212,24 +234,46 @@ class Connection:
     async def _hello(self, item: Any) -> None:
         if item.__class__ is not list or not item or item[0] != P.HELLO:
             raise ProtocolError("queue protocol: the first request of a session must be HELLO")
+        if len(item) > 2 and item[2].__class__ is int and item[2] != P.VERSION:
+            # before the fields: another version's HELLO has other fields
+            raise ProtocolError(f"queue protocol version {item[2]} is not supported (this service speaks {P.VERSION})")
         item = P.parse_request(item)
-        _, rid, version, client_id, epoch, held = item
-        if version != P.VERSION:
-            raise ProtocolError(f"queue protocol version {version} is not supported (this service speaks {P.VERSION})")
-        producer, epoch = await self.operations.open_producer(client_id, epoch)
-        self.state, resumed = self.service.attach(client_id, producer, epoch, self, held)
+        _, rid, version, client_id, epoch, held, user, password = item
+        host = peer_host(self.session.peer_address)
+        failed_logins = self.service.failed_logins
+        if user is not None and failed_logins.blocked(host):
+            raise AuthenticationFailed(f"too many failed logins from {host} lately: try again later")
+        try:
+            identity = await self.service.access.authenticate(user, password, over_tls=self.service.tls,
+                                                              peer=self.session.peer_address)
+        except AuthenticationFailed:
+            failed_logins.failed(host)
+            raise
+        self.origin = origin_of(identity.user, client_id)
+        self.guard = RequestGuard(identity.user, identity.permissions, RETURN_PREFIX + self.origin)
+        key = client_key(identity.user, client_id)
+        producer, epoch = await self.operations.open_producer(key, epoch)
+        self.state, resumed = self.service.attach(key, producer, epoch, self, held)
         # resumed False: this service never saw the client (it restarted): its locks are void
         self.push([P.REPLY, rid, {"version": P.VERSION, "server": "tether-qm", "resumed": resumed,
                                   "epoch": epoch, "next_sequence": producer.next_sequence,
-                                  "max_frame_bytes": self.session.settings.max_message_size}])
+                                  "max_frame_bytes": self.session.settings.max_message_size,
+                                  "user": identity.user}])
 
     def _dispatch(self, items: list) -> None:
         sends: list = []
         forwards: list = []
         completes: list = []
+        guard = self.guard
         for raw in items:
             item = P.parse_request(raw)
             op = item[0]
+            if not guard.unrestricted:
+                refusal = guard.refusal(item)
+                if refusal is not None:
+                    if item[1]:
+                        self.push([P.ERROR, item[1], refusal.code, str(refusal)])
+                    continue
             if op == P.SETTLED:         # after the sends and forwards before it
                 if sends:
                     self._spawn(self._sends(sends), 0)
@@ -375,7 +419,7 @@ class Connection:
         # which must exist before the first message from it does. Batches queue in arrival
         # order (the order per sender): each takes its turn after the one before it.
         state = self.state
-        origin = state.client_id.hex()
+        origin = self.origin        # derived from the authenticated identity, never from the client's word
         previous, turn = self._take_turn()
         try:
             if self._return_ready is None:
@@ -504,7 +548,8 @@ class Connection:
             return None
         if op == P.INFO:
             if item[2] is None:
-                return [dict(await manager.queue_info(name)) for name in manager.queues()]
+                visible = self.guard.visible
+                return [dict(await manager.queue_info(name)) for name in manager.queues() if visible(name)]
             return dict(await manager.queue_info(item[2]))
         if op == P.TX_BEGIN:
             state.next_txid += 1

@@ -20,6 +20,10 @@ messages are renewed, so a target down for hours costs no failed deliveries.
 A target queue with receive_error_handling="reject" sends a negative acknowledgement: the
 target keeps the rejected message in its return queue for this forwarder, and the
 forwarder takes it back into this queue manager's `$dead` (reason `rejected`), once.
+
+How it reaches the target (tcp:// or tls://, with which credentials) is the target's
+`Remote` (remotes.py). A target that refuses the credentials is tried again every
+AUTH_RETRY seconds, each time with a WARNING, until its configuration or ours is fixed.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ import hashlib
 import logging
 import time
 
-from ..errors import QueueError, QueueNotFound, TetherError
+from ..errors import AuthenticationFailed, QueueError, QueueNotFound, TetherError
 from ..backoff import Backoff
+from .auth import origin_of
 from .client import QueueClient
 from .core import Entry
 from .core.deadletter import REJECTED
@@ -38,6 +43,7 @@ from .core.settings import SYSTEM_DEAD_LETTER_QUEUE
 from .core.system_queues import RETURN_PREFIX
 from .forwarding import ForwardEngine
 from .operations import QueueOperations
+from .remotes import DIRECT, Remote
 
 log = logging.getLogger("tether.queue.forwarder")
 
@@ -46,6 +52,7 @@ CONNECT_CAP = 2.0           # at most this long between connection attempts
 MAX_IN_FLIGHT = 4096        # messages sent and not yet answered (ForwardEngine.max_in_flight)
 LOCK_RENEW_EVERY = 1.0      # seconds between renewals of the locks of unanswered messages
 RETURNS_POLL = 1.0          # the target makes our return queue with our first transfer
+AUTH_RETRY = 30.0           # seconds between attempts while the target refuses our credentials
 
 
 def producer_id(manager_id: bytes, authority: str) -> bytes:
@@ -56,11 +63,13 @@ def producer_id(manager_id: bytes, authority: str) -> bytes:
 class Forwarder:
     """Moves one transmission queue's messages to the queue manager at `authority`."""
 
-    def __init__(self, operations: QueueOperations, queue: str, authority: str, manager_id: bytes) -> None:
+    def __init__(self, operations: QueueOperations, queue: str, authority: str, manager_id: bytes,
+                 remote: Remote = DIRECT) -> None:
         self.operations = operations
         self.queue = queue
         self.authority = authority
-        self.url = "tcp://" + authority
+        self.remote = remote
+        self.url = remote.url(authority)
         self.client_id = producer_id(manager_id, authority)
         self.client: QueueClient | None = None
         self.engine = ForwardEngine(queue, max_in_flight=MAX_IN_FLIGHT)
@@ -83,9 +92,11 @@ class Forwarder:
         return self.engine.dead_lettered + self._returned
 
     @classmethod
-    def start(cls, operations: QueueOperations, queue: str, authority: str, manager_id: bytes) -> "Forwarder":
-        """A running forwarder for the transmission queue `queue`."""
-        forwarder = cls(operations, queue, authority, manager_id)
+    def start(cls, operations: QueueOperations, queue: str, authority: str, manager_id: bytes,
+              remote: Remote = DIRECT) -> "Forwarder":
+        """A running forwarder for the transmission queue `queue`, reaching `authority` as
+        `remote` says."""
+        forwarder = cls(operations, queue, authority, manager_id, remote)
         forwarder._tasks = [forwarder._loop.create_task(coro) for coro in
                             (forwarder._run(), forwarder._settle_loop(), forwarder._renew_locks())]
         return forwarder
@@ -112,20 +123,35 @@ class Forwarder:
 
     async def _run(self) -> None:
         backoff = Backoff(CONNECT_FIRST, CONNECT_CAP)
+        remote = self.remote
         while True:
             try:
                 # no request timeout: unanswered FORWARDs wait (locks renewed) and are
                 # resent on every reconnect, for as long as the target is away
-                self.client = await QueueClient.connect(self.url, connect_timeout=5.0, client_id=self.client_id,
-                                                        request_timeout=None)
+                self.client = await QueueClient.connect(self.url, ssl=remote.ssl, user=remote.user,
+                                                        password=remote.password, connect_timeout=5.0,
+                                                        client_id=self.client_id, request_timeout=None)
+            except AuthenticationFailed as exc:
+                log.warning("forwarder to %s: %s; trying again in %g s", self.url, exc, AUTH_RETRY)
+                await asyncio.sleep(AUTH_RETRY)
+                continue
             except (OSError, TetherError, asyncio.TimeoutError) as exc:
                 delay = backoff.next()
-                log.info("forwarder to %s: cannot connect (%s); retrying in %.2f s", self.authority, exc, delay)
+                log.info("forwarder to %s: cannot connect (%s); retrying in %.2f s", self.url, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            log.info("forwarder to %s connected", self.authority)
-            self._tasks.append(self._loop.create_task(self._take_back_rejects(self.client)))
-            await self._pump(self.client)      # the client reconnects by itself from now on
+            backoff.reset()
+            log.info("forwarder to %s connected", self.url)
+            client = self.client
+            returns = self._loop.create_task(self._take_back_rejects(client))
+            self._tasks.append(returns)
+            await self._pump(client)    # the client reconnects by itself, until a failure ends it
+            # it failed for good (its credentials refused on a reconnect): start again
+            returns.cancel()
+            self._tasks.remove(returns)
+            log.warning("forwarder to %s: %s; connecting again in %g s", self.url, client.failure, AUTH_RETRY)
+            await client.close()
+            await asyncio.sleep(AUTH_RETRY)
 
     # ---- sending ----
 
@@ -140,6 +166,9 @@ class Forwarder:
                 await asyncio.sleep(pause)
             entry = await operations.take(name, None)
             now = time.time()
+            if client.failure is not None:      # the client ended for good: reconnect first
+                operations.release(entry, entry.tag)
+                return
             if not engine.may_send(now):       # a transient refusal came while we waited
                 operations.release(entry, entry.tag)
                 continue
@@ -228,7 +257,8 @@ class Forwarder:
         (de-duplicated by the sequence we sent them with), then are completed there."""
         operations = self.operations
         returns, epoch = await operations.open_producer(b"returns\0" + self.client_id, 0)
-        name = RETURN_PREFIX + self.client_id.hex()
+        # named by the target after who it says we are
+        name = RETURN_PREFIX + origin_of(client.user, self.client_id)
         while True:
             try:
                 message = await client.receive(name)

@@ -14,6 +14,11 @@ the `[limits]` table of `tether qm serve`'s configuration (or passed to `qm.list
     reply_stall                  see max_reply_bytes
     log_interval                 seconds between two log lines about one peer's malformed
                                  input (the lines in between are counted, not written)
+    hello_timeout                seconds a new session has to say HELLO (and authenticate)
+    max_failed_logins            failed logins from one peer address per failed_login_window
+                                 seconds; beyond them its logins are refused without being
+                                 checked (each check costs a scrypt computation)
+    failed_login_window          see max_failed_logins
 
 A request over a limit gets `LimitExceeded` naming the limit; a connection over
 max_connections(_per_address) is refused with it at HELLO.
@@ -21,8 +26,10 @@ max_connections(_per_address) is refused with it at HELLO.
 from __future__ import annotations
 
 import math
+import time
+from collections import deque
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import LimitExceeded
 
@@ -38,6 +45,9 @@ class ServiceLimits:
     max_reply_bytes: int = 64 * 1024 * 1024
     reply_stall: float = 30.0
     log_interval: float = 10.0
+    hello_timeout: float = 10.0
+    max_failed_logins: int = 10
+    failed_login_window: float = 60.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -62,6 +72,38 @@ class ServiceLimits:
     def as_dict(self) -> dict[str, Any]:
         """The limits as plain values."""
         return asdict(self)
+
+
+class FailedLogins:
+    """Failed logins per peer address in a sliding window (see max_failed_logins)."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._failures: dict[Any, deque[float]] = {}
+
+    def _recent(self, address: Any) -> deque[float]:
+        failures = self._failures.get(address)
+        if failures is None:
+            return deque()
+        oldest = self._clock() - self.window
+        while failures and failures[0] < oldest:
+            failures.popleft()
+        if not failures:
+            del self._failures[address]
+        return failures
+
+    def blocked(self, address: Any) -> bool:
+        """True while `address` has failed `limit` logins within the window."""
+        return len(self._recent(address)) >= self.limit
+
+    def failed(self, address: Any) -> None:
+        """One more failed login from `address`."""
+        self._recent(address)
+        self._failures.setdefault(address, deque()).append(self._clock())
+        if len(self._failures) > 65536:        # bounded: the oldest addresses go first
+            del self._failures[next(iter(self._failures))]
 
 
 def exceeded(limit: str, value: int, what: str) -> LimitExceeded:

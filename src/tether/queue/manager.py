@@ -16,25 +16,29 @@ data directory keeps everything in memory.
 Addresses: a plain name is a local queue; `tether://host:port/queue` goes to the
 transmission queue for that queue manager (`route()`), where a forwarder picks it up
 (forwarder.py: one per transmission queue, started when the queue is defined or
-recovered). `listen()` (or `open(listen=URL)`) serves this manager to remote clients and
-other queue managers (service.py).
+recovered) and reaches it as `remotes` says (remotes.py: tcp:// or tls://, which
+credentials). `listen()` (or `open(listen=URL)`) serves this manager to remote clients and
+other queue managers (service.py), over TLS with `ssl=`, to the `users` given.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from typing import Any
+from ssl import SSLContext
+from typing import Any, Mapping
 
 from ..errors import QueueError, QueueNotFound
 from .core import QueueCore, QueueInfo, QueueSettings
 from .core.engine import DEFAULT_MAX_QUEUES
 from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
 from .core.replay import ReplayState
+from .auth import Users
 from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
 from .message import Message
 from .opening import Opening
 from .operations import QueueOperations
+from .remotes import DIRECT, Remote, validate_remotes
 from .store.interface import Store
 from .store.journal_store import (
     DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_RATIO, DEFAULT_SEGMENT_SIZE, JournalStore,
@@ -51,10 +55,12 @@ DEFAULT_DEDUPE_WINDOW = 86400.0
 class QueueManager:
     """The queues of this process. Create it with `await QueueManager.open(data_dir)`."""
 
-    def __init__(self, operations: QueueOperations, data_dir: str | None) -> None:
+    def __init__(self, operations: QueueOperations, data_dir: str | None,
+                 remotes: Mapping[str, Remote] | None = None) -> None:
         # Use QueueManager.open(): the store must be opened and replayed first.
         self.operations = operations
         self.data_dir = data_dir
+        self.remotes: dict[str, Remote] = validate_remotes(remotes)
         self._core = operations.core
         self._closed = False
         self._closing = False                  # close() has begun: start no more forwarders
@@ -65,6 +71,8 @@ class QueueManager:
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike | None = None, *, listen: str | None = None,
+             ssl: SSLContext | None = None, users: Users | Mapping[str, Any] | None = None,
+             allow_anonymous: bool = False, remotes: Mapping[str, Remote] | None = None,
              fsync: str = "always", fsync_interval: float = 0.05, segment_size: int = DEFAULT_SEGMENT_SIZE,
              compact_ratio: float = DEFAULT_COMPACT_RATIO, compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
              dedupe_window: float = DEFAULT_DEDUPE_WINDOW, max_queues: int = DEFAULT_MAX_QUEUES,
@@ -85,13 +93,18 @@ class QueueManager:
         process holds the directory, ValueError naming a bad setting.
 
         With `listen` (e.g. "tcp://127.0.0.1:7600") it also serves remote clients and other
-        queue managers' forwarders there (see `listen()`).
+        queue managers' forwarders there, with `ssl`, `users` and `allow_anonymous` (see
+        `listen()`). `remotes` maps "HOST:PORT" to the `Remote` that says how to reach the
+        queue manager there (tls, credentials) when a message is sent to
+        tether://HOST:PORT/queue; an address without one is reached over plain TCP,
+        anonymously. ValueError/TypeError naming a bad remote.
 
         Await it (`qm = await QueueManager.open(d)`) or use it as an async context manager
         (`async with QueueManager.open(d) as qm:`), which closes on exit."""
         if isinstance(dedupe_window, bool) or not isinstance(dedupe_window, (int, float)) \
                 or not (dedupe_window > 0 and math.isfinite(dedupe_window)):
             raise ValueError(f"dedupe_window must be a finite number of seconds > 0, not {dedupe_window!r}")
+        checked_remotes = validate_remotes(remotes)
 
         async def opening() -> QueueManager:
             store: Store
@@ -107,14 +120,14 @@ class QueueManager:
             except BaseException:
                 await store.close()
                 raise
-            manager = cls(operations, None if data_dir is None else os.fspath(data_dir))
+            manager = cls(operations, None if data_dir is None else os.fspath(data_dir), checked_remotes)
             for name in operations.core.queue_names():
                 manager._start_forwarder(name)
             if store.durable:
                 log.info("queue manager recovered %d queues from %s", len(manager.queues()), data_dir)
             if listen is not None:
                 try:
-                    await manager.listen(listen)
+                    await manager.listen(listen, ssl=ssl, users=users, allow_anonymous=allow_anonymous)
                 except BaseException:
                     await manager.close()
                     raise
@@ -226,8 +239,9 @@ class QueueManager:
             return      # (one started while close() waits for the others would never close)
         from .forwarder import Forwarder
 
-        self._forwarders[name] = Forwarder.start(self.operations, name, name[len(TRANSMISSION_PREFIX):],
-                                                 self._core.manager_id)
+        authority = name[len(TRANSMISSION_PREFIX):]
+        self._forwarders[name] = Forwarder.start(self.operations, name, authority, self._core.manager_id,
+                                                 self.remotes.get(authority, DIRECT))
 
     @property
     def forwarders(self) -> list[Any]:
@@ -311,15 +325,24 @@ class QueueManager:
 
     # ---- serving ----
 
-    async def listen(self, url: str, **settings: Any) -> Any:
-        """Serve this manager at `url` (tcp://HOST:PORT, port 0: any free port) with the
-        protocol of `tether qm serve`, for QueueClients and other queue managers'
-        forwarders. Returns the `QueueService` (its `.address`, `.url`); closed with the
-        manager. `settings`: client_grace and session settings."""
+    async def listen(self, url: str, *, ssl: SSLContext | None = None,
+                     users: Users | Mapping[str, Any] | None = None, allow_anonymous: bool = False,
+                     **settings: Any) -> Any:
+        """Serve this manager at `url` (tcp://HOST:PORT, or tls://HOST:PORT with `ssl`, a
+        server `ssl.SSLContext`; port 0: any free port) with the protocol of `tether qm
+        serve`, for QueueClients and other queue managers' forwarders. Returns the
+        `QueueService` (its `.address`, `.url`); closed with the manager.
+
+        `users` (a `tether.queue.auth.Users`, or the dict of a `[users]` table): every
+        client authenticates as one of them and may do what their permissions say. Without
+        users, clients are anonymous with every permission, and serving an address that is
+        not loopback is refused (ValueError naming it) unless `allow_anonymous`.
+        `settings`: client_grace, limits (a ServiceLimits) and session settings."""
         self._check_open()
         from .service import QueueService
 
-        service = await QueueService.start(self, url, **settings)
+        service = await QueueService.start(self, url, ssl=ssl, users=users, allow_anonymous=allow_anonymous,
+                                           **settings)
         self._services.append(service)
         return service
 

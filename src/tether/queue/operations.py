@@ -30,12 +30,19 @@ _LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING}
 class _Receiver:
     """A receive waiting in the core: the core calls hand() or fail()."""
 
-    __slots__ = ("future",)
+    __slots__ = ("future", "give_back")
 
-    def __init__(self, future: asyncio.Future) -> None:
+    def __init__(self, future: asyncio.Future, give_back: Callable[[Entry, int], Any]) -> None:
         self.future = future
+        self.give_back = give_back
 
     def hand(self, entry: Entry) -> None:
+        if self.future.done():
+            # cancelled, and its task has not run yet to stop waiting (a client's consumer
+            # stopped while the same core call releases that client's locks): nobody takes
+            # the entry, so give it back, after the core call that handed it over
+            self.future.get_loop().call_soon(self.give_back, entry, entry.tag)
+            return
         self.future.set_result(entry)
 
     def fail(self, error: BaseException) -> None:
@@ -241,7 +248,7 @@ class QueueOperations:
             if timeout <= 0:
                 return None
         future = self._loop.create_future()
-        receiver = _Receiver(future)
+        receiver = _Receiver(future, self.release)
         core.wait(name, receiver)
         handle = None
         if timeout is not None:

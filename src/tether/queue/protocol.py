@@ -7,7 +7,7 @@ replies, many deliveries) share one session message and one round trip. An item 
 array whose first element is its op code:
 
     requests (client -> service), `rid` > 0 asks for a reply, 0 for none
-    [HELLO, rid, version, client_id, epoch, held]       first item of a session
+    [HELLO, rid, version, client_id, epoch, held, user, password]   first item of a session
     [CREATE, rid, name, settings]                       create_queue
     [DELETE, rid, name]                                 delete_queue
     [SEND, rid, address, body, headers, ttl, sequence]  send, numbered by the producer
@@ -34,6 +34,11 @@ HELLO names the client (its stable `client_id`, which is also its producer id) a
 producer `epoch` (0: a new instance, which fences every older one; the reply carries the
 epoch to present on reconnects and the first sequence it may use). `held` lists the lock
 tags the client still holds from an earlier session; the service releases the others.
+`user` and `password` (both nil: anonymous) authenticate the session (auth.py): a service
+with users refuses a HELLO without them, or with wrong ones, with an ERROR
+`authentication-failed` and ends the session; the reply's `user` is who the session is
+(nil: anonymous, with every permission). Every later request is checked against that
+user's permissions (permissions.py): a refused one is answered `permission-denied`.
 
 A message on the wire is [tag, id, body, headers, delivery_count, enqueued_at, expires_at,
 dead_letter_reason, dead_letter_source, sequence]: `tag` names its peek-lock (COMPLETE and
@@ -55,7 +60,7 @@ import msgpack
 from .. import errors
 from ..errors import ProtocolError, TetherError
 
-VERSION = 2
+VERSION = 3
 
 # requests
 HELLO = 1
@@ -91,6 +96,8 @@ FRAME_BYTES = 512 * 1024
 #: Most items in one frame.
 MAX_ITEMS = 65536
 MAX_NAME = 1024           # queue names and addresses (the queue manager checks them exactly)
+MAX_USER = 64             # user names (auth.py checks them exactly)
+MAX_PASSWORD = 1024
 MAX_ID = 255              # message ids
 MAX_CREDIT = 1 << 20
 MAX_SEQUENCE = (1 << 63) - 1
@@ -185,6 +192,14 @@ def _tags(op: str, field: str, value: Any) -> list[int]:
     return value
 
 
+def _password(op: str, field: str, value: Any) -> str | None:
+    # never quoted in the error: it may be a password
+    if value is not None and (value.__class__ is not str or not 0 < len(value) <= MAX_PASSWORD):
+        raise ProtocolError(f"queue protocol {op}: field {field} must be a string of 1..{MAX_PASSWORD} "
+                            f"characters or nil")
+    return value
+
+
 def _client_id(op: str, field: str, value: Any) -> bytes:
     if value.__class__ is not bytes or not 8 <= len(value) <= 64:
         raise _fail(op, field, value, "8..64 bytes")
@@ -205,7 +220,8 @@ _ttl = _optional(_number)
 # op -> (name, field names and checks after the op and rid)
 REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
     HELLO: ("hello", (("version", _int(0, 1 << 16)), ("client_id", _client_id), ("epoch", _int(0, 1 << 62)),
-                      ("held", _tags))),
+                      ("held", _tags), ("user", _optional(_str(MAX_USER))),
+                      ("password", _password))),
     CREATE: ("create", (("name", _name), ("settings", _settings))),
     DELETE: ("delete", (("name", _name),)),
     SEND: ("send", (("address", _name), ("body", _bytes), ("headers", _headers), ("ttl", _ttl),

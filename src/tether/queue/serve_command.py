@@ -3,7 +3,9 @@
     tether qm serve --listen tcp://127.0.0.1:7600 --data-dir ./data [--config qm.toml]
 
 Prints "tether qm: ready URL ..." once every address is bound; SIGTERM or SIGINT shut it
-down cleanly (open transactions roll back, the journal is closed).
+down cleanly (open transactions roll back, the journal is closed). TLS, users and remotes
+come from the configuration file (config.py); it refuses to start, before opening
+anything, when anonymous access would reach beyond loopback (docs/security.md).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import signal
 import sys
 
 from ..runner import new_loop_runner
+from ..session.url import parse as parse_url
 from . import config as cfg
 from .manager import QueueManager
 from .service import QueueService
@@ -22,7 +25,8 @@ from .service import QueueService
 def configure(parser: argparse.ArgumentParser) -> None:
     """Options of `tether qm serve`."""
     parser.add_argument("--listen", action="append", default=None, metavar="URL",
-                        help="tcp://HOST:PORT to serve (repeatable; default tcp://127.0.0.1:7600, loopback)")
+                        help="tcp://HOST:PORT or tls://HOST:PORT (with [tls] in --config) to serve "
+                             "(repeatable; default tcp://127.0.0.1:7600, loopback)")
     parser.add_argument("--data-dir", default=None, help="journal directory (required here or in --config)")
     parser.add_argument("--config", default=None, metavar="FILE", help="TOML configuration file")
     parser.add_argument("--fsync", default=None, choices=("always", "interval", "never"),
@@ -56,14 +60,20 @@ async def serve_forever(config: cfg.ServiceConfig, stop: asyncio.Event | None = 
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    config.validate()       # anything wrong (anonymous beyond loopback, a TLS file) stops it here
+    server_context = config.server_context()
     qm = await QueueManager.open(config.data_dir, fsync=config.fsync, fsync_interval=config.fsync_interval,
-                                 max_queues=config.max_queues, max_disk_bytes=config.max_disk_bytes or None)
+                                 remotes=config.remotes, max_queues=config.max_queues,
+                                 max_disk_bytes=config.max_disk_bytes or None)
     services: list[QueueService] = []
     try:
         for name, settings in config.queues.items():
             await qm.create_queue(name, **settings)
         for url in config.listen:
-            services.append(await qm.listen(url, client_grace=config.client_grace, limits=config.limits,
+            tls = parse_url(url).scheme == "tls"
+            services.append(await qm.listen(url, ssl=server_context if tls else None, users=config.users,
+                                            allow_anonymous=config.allow_anonymous,
+                                            client_grace=config.client_grace, limits=config.limits,
                                             max_message_size=config.max_frame_bytes))
         # the line scripts and tests wait for: every address actually bound
         print("tether qm: ready " + " ".join(s.url for s in services), flush=True)

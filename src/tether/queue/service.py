@@ -12,6 +12,12 @@ is released at once, uncounted. A client gone for `client_grace` seconds (its co
 dropped, or its session ended, and it did not come back) has its locks released, uncounted,
 and its transactions rolled back: a killed consumer strands nothing for long.
 
+Who may connect is the service's `Access` (auth.py): with users, every session
+authenticates in HELLO and each request is checked against its user's permissions
+(permissions.py); without, clients are anonymous with every permission, which is allowed
+only on loopback addresses unless allow_anonymous. tls:// serves over TLS (`ssl=`, a
+server context; with a CA to verify clients, mutual TLS).
+
 The requests of one session are handled by connection.py.
 """
 from __future__ import annotations
@@ -19,13 +25,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, Protocol
+from ssl import SSLContext
+from typing import Any, Mapping, Protocol
 
 from ..session.api import serve
+from ..session.url import parse as parse_url
 from . import protocol as P
+from .auth import Access, Users
 from .connection import ClientState, Connection, peer_host
 from .core.producers import Producer
-from .limits import ServiceLimits, exceeded
+from .limits import FailedLogins, ServiceLimits, exceeded
 from .log_limiter import LogLimiter
 from .operations import QueueOperations
 
@@ -60,11 +69,13 @@ class QueueService:
     (or `qm.listen(url)`); `address` is the bound (host, port); `close()` stops it."""
 
     def __init__(self, manager: ServedManager, *, client_grace: float = CLIENT_GRACE,
-                 limits: ServiceLimits | None = None) -> None:
+                 access: Access | None = None, tls: bool = False, limits: ServiceLimits | None = None) -> None:
         if isinstance(client_grace, bool) or not isinstance(client_grace, (int, float)) \
                 or not (client_grace > 0 and math.isfinite(client_grace)):
             raise ValueError(f"client_grace must be a finite number of seconds > 0, not {client_grace!r}")
         self.manager = manager
+        self.access = access if access is not None else Access()
+        self.tls = tls      # sessions arrive over TLS: credentials may come from anywhere
         self.operations = manager.operations
         self.client_grace = float(client_grace)
         if limits is not None and not isinstance(limits, ServiceLimits):
@@ -74,6 +85,8 @@ class QueueService:
         self._per_address: dict[Any, int] = {}
         #: one log line per peer per limits.log_interval about malformed input
         self.log_limiter = LogLimiter(self.limits.log_interval)
+        #: peers whose logins failed too often lately are refused without a check
+        self.failed_logins = FailedLogins(self.limits.max_failed_logins, self.limits.failed_login_window)
         self.clients: dict[bytes, ClientState] = {}
         self._server: Any = None
         self._loop = asyncio.get_running_loop()
@@ -81,14 +94,25 @@ class QueueService:
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
-    async def start(cls, manager: ServedManager, url: str, *, client_grace: float = CLIENT_GRACE,
-                    limits: ServiceLimits | None = None, **session_settings: Any) -> "QueueService":
-        """Listen at `url` (tcp://HOST:PORT; port 0 picks a free one). `limits`: what one
-        client may cost (ServiceLimits; its defaults otherwise)."""
-        service = cls(manager, client_grace=client_grace, limits=limits)
+    async def start(cls, manager: ServedManager, url: str, *, ssl: SSLContext | None = None,
+                    users: Users | Mapping[str, Any] | None = None, allow_anonymous: bool = False,
+                    client_grace: float = CLIENT_GRACE, limits: ServiceLimits | None = None,
+                    **session_settings: Any) -> "QueueService":
+        """Listen at `url` (tcp://HOST:PORT or tls://HOST:PORT with `ssl`, a server
+        `ssl.SSLContext`; port 0 picks a free one). `users`: a `Users` (or the dict of a
+        `[users]` table) whose every client must authenticate; None: anonymous clients with
+        every permission, refused (ValueError naming the address) beyond loopback unless
+        `allow_anonymous`. `limits`: what one client may cost (ServiceLimits; its defaults
+        otherwise)."""
+        if users is not None and not isinstance(users, Users):
+            users = Users.from_config(users)
+        access = Access(users, allow_anonymous=allow_anonymous)
+        access.check_listen(url)
+        service = cls(manager, client_grace=client_grace, access=access, tls=parse_url(url).scheme == "tls",
+                      limits=limits)
         settings = dict(P.SESSION_SETTINGS)
         settings.update(session_settings)
-        service._server = await serve(service._handle, url, **settings)
+        service._server = await serve(service._handle, url, ssl=ssl, **settings)
         log.info("queue service listening on %s", service.url)
         return service
 
