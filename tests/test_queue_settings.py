@@ -107,7 +107,8 @@ def test_remote_addresses():
     assert str(a) == "tether://127.0.0.1:7601/orders"
     assert a.authority == "127.0.0.1:7601"
     for bad in ("tether://127.0.0.1/orders", "tether://:7601/orders", "tether://h:7601/",
-                "tether://h:7601/a;zz", "tether://h:99999/q", "tether://h:7601/q?x=1"):
+                "tether://h:7601/a;zz", "tether://h:99999/q", "tether://h:7601/q?x=1",
+                "tether://a:7600@evil:1/q"):
         with pytest.raises(ValueError, match="bad queue address"):
             parse_remote(bad)
 

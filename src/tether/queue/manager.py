@@ -183,9 +183,18 @@ class QueueManager:
 
     async def delete_queue(self, name: str) -> None:
         """Delete a queue, its sub-queues and every message in them (durably). Receivers
-        waiting on it get QueueNotFound; locked messages can no longer be completed."""
+        waiting on it get QueueNotFound; locked messages can no longer be completed. A
+        transmission queue (`$xmit:HOST:PORT`, its forwarder stopped first) or a return
+        queue may be deleted too; `$dead` may not."""
         self._check_open()
-        validate_queue_name(name)
+        if isinstance(name, str) and name.startswith((TRANSMISSION_PREFIX, RETURN_PREFIX)):
+            if name not in self.queues():
+                raise QueueNotFound(f"no queue named {name!r}")
+            forwarder = self._forwarders.pop(name, None)
+            if forwarder is not None:
+                await forwarder.close()     # its messages in flight go back first
+        else:
+            validate_queue_name(name)
         await self.operations.delete(name)
 
     def queues(self) -> list[str]:

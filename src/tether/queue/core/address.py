@@ -72,6 +72,9 @@ def parse_remote(address: str) -> RemoteAddress:
         raise ValueError(f"bad queue address {address!r}: {exc}") from None
     if parts.scheme != SCHEME:
         raise ValueError(f"bad queue address {address!r}: scheme must be {SCHEME}://")
+    if "@" in parts.netloc:
+        # tether://a:7600@evil:1/q would go to evil:1 while reading like a:7600
+        raise ValueError(f"bad queue address {address!r}: no user information (user@) allowed")
     if not parts.hostname:
         raise ValueError(f"bad queue address {address!r}: no host")
     if port is None or port == 0:
