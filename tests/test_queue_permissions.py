@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tether.queue.core.address import parse_remote
+
 from tether import PermissionDenied
 from tether.queue import protocol as P
 from tether.queue.permissions import EVERYTHING, Permissions, RequestGuard
@@ -27,8 +29,9 @@ def test_a_remote_address_needs_a_pattern_that_names_one():
     assert west.may_send("tether://QM-West.Example:7600/orders")   # matched as normalized
     assert not west.may_send("tether://qm-west.example:7601/orders")
     assert not west.may_send("orders")
-    # userinfo cannot smuggle another host past the pattern
-    assert not west.may_send("tether://qm-west.example:7600@evil.example:1/x")
+    # userinfo cannot smuggle another host past the pattern: such an address is no address
+    with pytest.raises(ValueError, match="user information"):
+        parse_remote("tether://qm-west.example:7600@evil.example:1/x")
 
 
 def test_receive_covers_sub_queues_and_dollar_queues_need_admin():
