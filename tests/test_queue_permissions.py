@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tether.queue.core.address import parse_remote
-
 from tether import PermissionDenied
 from tether.queue import protocol as P
+from tether.queue.core.address import parse_remote
 from tether.queue.permissions import EVERYTHING, Permissions, RequestGuard
 
 
