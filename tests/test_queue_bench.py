@@ -7,7 +7,7 @@ from tether.cli import main
 
 
 def test_bench_queue_json_rows_and_ratios(capsys, tmp_path):
-    code = main(["bench", "--json", "--quiet", "queue", "--count", "300", "--senders", "8",
+    code = main(["bench", "--json", "--quiet", "queue", "--seconds", "0.05", "--senders", "8",
                  "--repeat", "1", "--baseline-seconds", "0.05", "--data-dir", str(tmp_path)])
     assert code == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["results"]}
@@ -27,7 +27,7 @@ def test_bench_queue_json_rows_and_ratios(capsys, tmp_path):
 
 
 def test_bench_queue_table(capsys, tmp_path):
-    code = main(["bench", "--quiet", "queue", "--count", "100", "--sizes", "64B", "--modes", "volatile",
+    code = main(["bench", "--quiet", "queue", "--seconds", "0.05", "--sizes", "64B", "--modes", "volatile",
                  "--repeat", "1", "--baseline-seconds", "0.05", "--data-dir", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
@@ -40,3 +40,27 @@ def test_bench_queue_bad_arguments(capsys):
     assert "--sizes" in err and "2KiB" in err and "Traceback" not in err
     assert main(["bench", "--quiet", "queue", "--repeat", "0"]) == 1
     assert "--repeat" in capsys.readouterr().err
+    assert main(["bench", "--quiet", "queue", "--seconds", "0"]) == 1
+    assert "--seconds" in capsys.readouterr().err
+    assert main(["bench", "--quiet", "queue", "--remote", "--remote-senders", "1,x"]) == 1
+    assert "--remote-senders" in capsys.readouterr().err
+
+
+def test_bench_queue_remote_rows_per_sender_count_and_redis_when_present(capsys, tmp_path):
+    from tether.bench import redis_peer
+
+    code = main(["bench", "--json", "--quiet", "queue", "--remote", "--seconds", "0.2", "--remote-senders", "1,4",
+                 "--sizes", "64B", "--count", "2000", "--baseline-seconds", "0.05", "--data-dir", str(tmp_path)])
+    assert code == 0
+    captured = capsys.readouterr()
+    rows = {r["name"]: r for r in json.loads(captured.out)["results"]}
+    for n in (1, 4):
+        assert rows[f"remote-64B-send-{n}"]["senders"] == n and rows[f"remote-64B-send-{n}"]["msgs_per_s"] > 0
+        assert rows[f"remote-64B-recv+complete-{n}"]["msgs_per_s"] > 0
+    assert rows["forward-64B"]["msgs_per_s"] > 0
+    if redis_peer.unavailable() is None:
+        assert rows["peer-redis-aof-always-64B-xadd"]["msgs_per_s"] > 0
+        assert rows["peer-redis-aof-always-64B-consume"]["msgs_per_s"] > 0
+        assert rows["remote-64B-send-4"]["vs_redis"] > 0
+    else:
+        assert "peer-redis-aof-always rows are skipped" in captured.err

@@ -37,7 +37,8 @@ SAMPLE_MASK = 7            # time one call in 8: the clock reads cost as much as
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--count", type=int, default=50_000, help="messages per mode, size and repeat")
+    parser.add_argument("--count", type=int, default=50_000,
+                        help="with --remote: messages in the forwarding row")
     parser.add_argument("--senders", type=int, default=64,
                         help="concurrent senders, and concurrent consumers (default 64)")
     parser.add_argument("--sizes", default="64B,1KiB", help="comma-separated: 64B,1KiB")
@@ -47,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="directory for the journal and the baseline file (default: a temporary "
                              "directory under the system temp dir)")
-    parser.add_argument("--baseline-seconds", type=float, default=1.0,
+    parser.add_argument("--baseline-seconds", type=float, default=2.0,
                         help="how long the fdatasync baseline runs per size and repeat")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of everything, interleaved; each row keeps its best (default 3)")
@@ -56,6 +57,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "and store-and-forward between two (bench/queue_remote_bench.py)")
     parser.add_argument("--prefetch", type=int, default=1024, help="with --remote: the client's prefetch")
     parser.add_argument("--no-forward", action="store_true", help="with --remote: skip the forwarding row")
+    parser.add_argument("--remote-senders", default="1,8,64",
+                        help="with --remote: comma-separated counts of concurrent senders (and consumers)")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="how long each send row (and the concurrent row) runs; the receive rows "
+                             "take all that was sent")
 
 
 def _choices(text: str, allowed, what: str) -> list[str]:
@@ -68,29 +74,46 @@ def _choices(text: str, allowed, what: str) -> list[str]:
     return items
 
 
-async def _phase(label: str, workers: int, count: int, qm: QueueManager, body: bytes | None,
-                 progress: Progress) -> tuple[float, list[float]]:
-    """`workers` tasks sharing `count` sends of `body` (or, with body None, receives each
-    followed by its complete); seconds taken and the latency of every 8th. The calls are
-    made right in the worker loop, so the figure is the queue's, not a wrapper's."""
+async def _sends(label: str, workers: int, seconds: float, qm: QueueManager, body: bytes,
+                 progress: Progress) -> tuple[int, float, list[float]]:
+    """`workers` tasks sending `body` until `seconds` have passed: (messages, seconds, the
+    latency of every 8th). The calls are made right in the worker loop, so the figure is
+    the queue's, not a wrapper's."""
     latencies: list[float] = []
-    remaining = count
     clock = time.perf_counter
-    send, receive = qm.send, qm.receive
+    send = qm.send
+    start = clock()
+    stop_at = start + seconds
+    sent = 0
 
     async def sender() -> None:
-        nonlocal remaining
+        nonlocal sent
         record = latencies.append
-        while remaining > 0:
-            remaining -= 1
-            if remaining & SAMPLE_MASK:
+        while clock() < stop_at:
+            sent += 1
+            if sent & SAMPLE_MASK:
                 await send("bench", body)
                 continue
             t0 = clock()
             await send("bench", body)
             record(clock() - t0)
-            if not remaining & 1023:
-                progress.update(label, count - remaining, count)
+            if not sent & 1023:
+                progress.update(label, int((clock() - start) * 1000), int(seconds * 1000))
+
+    await asyncio.gather(*(sender() for _ in range(workers)))
+    elapsed = clock() - start
+    progress.done(label)
+    return sent, elapsed, latencies
+
+
+async def _phase(label: str, workers: int, count: int, qm: QueueManager, body: bytes | None,
+                 progress: Progress) -> tuple[float, list[float]]:
+    """`workers` tasks sharing `count` receives, each followed by its complete; seconds
+    taken and the latency of every 8th."""
+    latencies: list[float] = []
+    remaining = count
+    clock = time.perf_counter
+    receive = qm.receive
 
     async def consumer() -> None:
         nonlocal remaining
@@ -106,9 +129,8 @@ async def _phase(label: str, workers: int, count: int, qm: QueueManager, body: b
             if not remaining & 1023:
                 progress.update(label, count - remaining, count)
 
-    worker = sender if body is not None else consumer
     start = clock()
-    await asyncio.gather(*(worker() for _ in range(workers)))
+    await asyncio.gather(*(consumer() for _ in range(workers)))
     seconds = clock() - start
     progress.done(label)
     return seconds, latencies
@@ -152,12 +174,12 @@ async def _run_mode(mode: str, size_name: str, size: int, args: argparse.Namespa
     """The rows of one mode and size, and the average messages per journal batch."""
     data_dir = os.path.join(directory, f"qm-{mode}-{size_name}")
     body = (bytes(range(256)) * (size // 256 + 1))[:size]
-    count = args.count
     async with QueueManager.open(data_dir, fsync=args.fsync) as qm:
         await qm.create_queue("bench", durable=(mode == "durable"))
         journal = getattr(qm.operations.store, "journal", None)
         batches_before = journal.batch_count if journal is not None else 0
-        send_s, send_lat = await _phase(f"{mode} {size_name} send", args.senders, count, qm, body, progress)
+        count, send_s, send_lat = await _sends(f"{mode} {size_name} send", args.senders, args.seconds, qm,
+                                               body, progress)
         batches = (journal.batch_count - batches_before) if journal is not None else 0
         recv_s, recv_lat = await _phase(f"{mode} {size_name} recv+complete", args.senders, count, qm,
                                         None, progress)
@@ -191,6 +213,8 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
     modes = _choices(args.modes, MODES, "modes")
     if args.count < 1 or args.senders < 1:
         raise ValueError("--count and --senders must be >= 1")
+    if not args.seconds > 0:
+        raise ValueError(f"--seconds must be > 0, not {args.seconds!r}")
     if args.repeat < 1:
         raise ValueError("--repeat must be >= 1")
     if args.data_dir is not None:
