@@ -51,7 +51,7 @@ from ..backoff import Backoff
 from ..session import tls
 from ..session.url import parse as parse_url
 from .auth import check_credentials
-from .core.headers import encode_headers
+from .core.headers import encode_headers, plain_headers
 from .core.info import QueueInfo
 from .core.settings import QueueSettings
 from .message import Message
@@ -440,18 +440,20 @@ class QueueClient:
         if self._closing:
             raise QueueError("the queue client is closed")
 
-    def _request(self, item: list, wait: float | None = 0.0) -> asyncio.Future:
+    def _request(self, item: list, wait: float | None = 0.0, checked: bool = False) -> asyncio.Future:
         """Send a request; a future for its reply. It fails with QueueUnavailable after
-        request_timeout (+ `wait`, the request's own waiting time; None: no limit)."""
+        request_timeout (+ `wait`, the request's own waiting time; None: no limit).
+        `checked`: the item was built from checked values (a send's): no second check."""
         self._rids += 1
         rid = self._rids
         item[1] = rid
-        try:
-            # checked here, as the service will: a malformed item makes the service abort
-            # the session, and resending it after the reconnect would abort it again, forever
-            P.parse_request(item)
-        except ProtocolError as exc:
-            raise ValueError(str(exc)) from None
+        if not checked:
+            try:
+                # checked here, as the service will: a malformed item makes the service abort
+                # the session, and resending it after the reconnect would abort it again, forever
+                P.parse_request(item)
+            except ProtocolError as exc:
+                raise ValueError(str(exc)) from None
         future = self._loop.create_future()
         deadline = math.inf
         if self.request_timeout is not None and wait is not None:
@@ -547,8 +549,13 @@ class QueueClient:
         await self._request([P.DELETE, 0, name])
 
     def _send_item(self, address: str, body: Any, headers: Any, time_to_live: float | None) -> list:
+        """A SEND item, every field checked as the service will check it (so it need not be
+        parsed again): one the service refused would end the session, and be resent after
+        every reconnect."""
         if not isinstance(address, str):
             raise TypeError(f"queue address must be a string, not {address!r}")
+        if not 0 < len(address) <= P.MAX_NAME:
+            raise ValueError(f"queue address must be 1..{P.MAX_NAME} characters, not {address!r:.80}")
         if body.__class__ is not bytes:
             if not isinstance(body, (bytearray, memoryview)):
                 raise TypeError(f"message body must be bytes, not {type(body).__name__}")
@@ -557,11 +564,14 @@ class QueueClient:
         if len(body) > limit:
             raise QueueMessageTooLarge(f"message of {len(body)} bytes is over the protocol's limit of {limit} bytes")
         if headers is not None:
-            # checked as the service will check them: one it refuses would cost a round trip
-            encode_headers(headers, limit)
-            headers = dict(headers)
-        if time_to_live is not None and (isinstance(time_to_live, bool) or not isinstance(time_to_live, (int, float))):
-            raise TypeError(f"time_to_live must be a number of seconds, not {time_to_live!r}")
+            # checked as the service will check them: one it refuses would cost a round trip;
+            # sent as plain maps and arrays (a received message's read-only headers too)
+            headers = plain_headers(encode_headers(headers, limit))
+        if time_to_live is not None:
+            if isinstance(time_to_live, bool) or not isinstance(time_to_live, (int, float)):
+                raise TypeError(f"time_to_live must be a number of seconds, not {time_to_live!r}")
+            if not math.isfinite(time_to_live):
+                raise ValueError(f"time_to_live must be a finite number of seconds, not {time_to_live!r}")
         return [P.SEND, 0, address, body, headers, time_to_live, 0]
 
     def _number(self, item: list) -> list:
@@ -581,7 +591,7 @@ class QueueClient:
         QueueManager.send, and QueueUnavailable after request_timeout."""
         self._check_open()
         item = self._send_item(address, body, headers, time_to_live)
-        return await self._request(self._number(item))
+        return await self._request(self._number(item), checked=True)
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
                         time_to_live: float | None = None) -> list[str]:
@@ -589,7 +599,7 @@ class QueueClient:
         Raises the first refusal, after every send was answered."""
         self._check_open()
         items = [self._send_item(address, body, headers, time_to_live) for body in bodies]
-        futures = [self._request(self._number(item)) for item in items]
+        futures = [self._request(self._number(item), checked=True) for item in items]
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

@@ -344,35 +344,42 @@ class Connection:
         name = self._routes.get(address)
         if name is None:
             name = await self.manager.route(address)
-            if len(self._routes) < 4096:
-                self._routes[address] = name
+            if len(self._routes) >= 4096:         # bounded: forget the oldest
+                del self._routes[next(iter(self._routes))]
+            self._routes[address] = name
         return name
 
     async def _sends(self, items: list) -> None:
         """SEND items: prepared one by one (a bad one is refused alone), queued in one call."""
         previous, turn = self._take_turn()
-        operations = self.operations
         results: list[Any] = [None] * len(items)
-        routes: list[str | None] = []
+        routes = self._routes
+        refused: dict[str, BaseException] = {}
         try:
-            for n, item in enumerate(items):
+            # the addresses not seen before (a suspension each, at most once per address)
+            for address in {item[2] for item in items if item[2] not in routes}:
                 try:
-                    routes.append(await self._route(item[2]))
+                    await self._route(address)
                 except (TetherError, ValueError, TypeError) as exc:
-                    routes.append(None)
-                    results[n] = exc
+                    refused[address] = exc
             if previous is not None and not previous.done():
                 await previous
         finally:
             turn.set_result(None)       # the next batch runs once this one yields: after it is queued
+        core = self.operations.core
+        now = self.operations.now()
         entries, sequences, where = [], [], []
         for n, (_, _, address, body, headers, ttl, sequence) in enumerate(items):
-            name = routes[n]
+            name = routes.get(address)
             if name is None:
+                results[n] = refused.get(address) or QueueError(f"queue address {address!r} was not routed")
                 continue
             try:
-                entries.append(operations.prepare(name, body, headers=headers, time_to_live=ttl,
-                                                  destination=address if name != address else None))
+                if headers is None and ttl is None and name == address:
+                    entries.append(core.prepare_plain(name, body, now))      # the common case
+                else:
+                    entries.append(core.prepare(name, body, now, headers=headers, time_to_live=ttl,
+                                                destination=address if name != address else None))
                 sequences.append(sequence)
                 where.append(n)
             except (TetherError, ValueError, TypeError) as exc:
@@ -462,15 +469,24 @@ class Connection:
         self._answer(items, results)
 
     def _answer(self, items: list, results: list) -> None:
-        push = self.push
+        """One reply per request that asked for one (rid > 0), in one go."""
+        out = self._out
+        before = len(out)
+        reply = P.REPLY
         for item, result in zip(items, results):
             rid = item[1]
             if not rid:
                 continue
             if isinstance(result, BaseException):
-                push([P.ERROR, rid, P.error_code(result), str(result) or result.__class__.__name__])
+                out.append([P.ERROR, rid, P.error_code(result), str(result) or result.__class__.__name__])
             else:
-                push([P.REPLY, rid, result])
+                out.append([reply, rid, result])
+        self._out_bytes += 64 * (len(out) - before)
+        if self._out_bytes >= P.FRAME_BYTES:
+            self._flush()
+        elif not self._flush_scheduled and out:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     # ---- settling ----
 

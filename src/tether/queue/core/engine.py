@@ -472,19 +472,24 @@ class QueueCore:
                 result.record = record
         return results
 
-    def send_body(self, name: str, body: Any, now: float) -> tuple[str, int | None]:
-        """prepare() and send_one() of a plain send to application queue `name` (no
-        headers, the queue's time-to-live): the common case, in one call. Returns the id and
-        the record to wait for (None: queued)."""
+    def prepare_plain(self, name: str, body: Any, now: float) -> Entry:
+        """prepare() of a plain message (no headers, the queue's time-to-live) for an
+        application or system queue `name`: the common case, without keyword handling."""
         queue = self._sendable.get(name)
         if queue is None or body.__class__ is not bytes or len(body) > queue.settings.max_message_size:
-            entry = self.prepare(name, body, now)       # the checks, with their errors
-            return entry.id, self.send_one(entry, now)
+            return self.prepare(name, body, now)       # the checks, with their errors
         key = self._next_key
         self._next_key = key + 1
         ttl = queue.settings.time_to_live
         entry = Entry(key, f"{self.id_prefix}{key:x}", body, None, now, None if ttl is None else now + ttl)
         entry.queue = queue
+        return entry
+
+    def send_body(self, name: str, body: Any, now: float) -> tuple[str, int | None]:
+        """prepare() and send_one() of a plain send to application queue `name` (no
+        headers, the queue's time-to-live): the common case, in one call. Returns the id and
+        the record to wait for (None: queued)."""
+        entry = self.prepare_plain(name, body, now)
         return entry.id, self.send_one(entry, now)
 
     def send_one(self, entry: Entry, now: float) -> int | None:
@@ -504,9 +509,17 @@ class QueueCore:
             self._arrive(queue, entry, now)
             return None
         queue.reserved += 1
-        return self.records.add([[R.ENQUEUE, queue.name, entry.to_record()]],
-                                 lambda now: self._arrive_reserved(queue, entry, now),
-                                 lambda now: self._unreserve(queue, entry))
+        return self.records.add_to_run([R.ENQUEUE, queue.name, entry.to_record()], self._arrived_reserved,
+                                       self._unreserved, entry)
+
+    def _arrived_reserved(self, entries: list[Entry], now: float) -> None:
+        """A run of send_one() entries is written: each joins its queue."""
+        for entry in entries:
+            self._arrive_reserved(entry.queue, entry, now)
+
+    def _unreserved(self, entries: list[Entry], now: float) -> None:
+        for entry in entries:
+            self._unreserve(entry.queue, entry)
 
     @staticmethod
     def _number(queue: Queue, entry: Entry) -> None:

@@ -19,13 +19,14 @@ Effect = Callable[[float], None]     # called with `now`
 
 
 class _Record:
-    __slots__ = ("number", "ops", "applies", "undos")
+    __slots__ = ("number", "ops", "applies", "undos", "run")
 
     def __init__(self, number: int) -> None:
         self.number = number
         self.ops: list[list] = []
         self.applies: list[Effect] = []
         self.undos: list[Effect] = []
+        self.run: tuple[Callable, list] | None = None     # the last effect, if a run (add_to_run)
 
 
 class PendingRecords:
@@ -50,8 +51,31 @@ class PendingRecords:
         record.ops.extend(ops)
         if apply is not None:
             record.applies.append(apply)
+            record.run = None
         if undo is not None:
             record.undos.append(undo)
+        return record.number
+
+    def add_to_run(self, op: list, kind: Callable[[list, float], None],
+                   undo: Callable[[list, float], None], item: object) -> int:
+        """Put `op` in the open record, and `item` in a *run*: consecutive operations of
+        the same kind share one apply, `kind(items, now)`, and one undo, `undo(items, now)`,
+        instead of a closure each (every plain send is one). The order of effects is kept:
+        another effect in between starts a new run."""
+        record = self._open
+        if record is None:
+            record = self._open = _Record(self._next)
+            self.open_number = record.number
+            self._next += 1
+        record.ops.append(op)
+        run = record.run
+        if run is not None and run[0] is kind:
+            run[1].append(item)
+        else:
+            items = [item]
+            record.applies.append(lambda now: kind(items, now))
+            record.undos.append(lambda now: undo(items, now))
+            record.run = (kind, items)
         return record.number
 
     def add_op(self, op: list) -> int:
