@@ -32,6 +32,9 @@ from .frames import FrameType as F
 from .path_validation import PeerPath
 from .settings import SessionSettings
 
+# Plain ints for the per-packet checks (comparing with an IntEnum member is slower).
+_RESUME = int(F.RESUME)
+
 
 @dataclass(slots=True)
 class Routed:
@@ -100,14 +103,14 @@ class Demux:
         if engine is not None:
             if self.reliable_transport:
                 return self._route_tcp(engine, frames, kind, now, opening)
-            path = self._paths[session_id]
-            if source != path.address:
-                return self._off_path(engine, path, frames, len(body), source, now)
-            if kind == F.RESUME and not self.token_matches(engine, frames[0][2]):
+            address = self._paths[session_id].address
+            if source != address:
+                return self._off_path(engine, self._paths[session_id], frames, len(body), source, now)
+            if kind == _RESUME and not self.token_matches(engine, frames[0][2]):
                 return Routed(replies=self._limited(
                     (F.CREATE_SEQUENCE_REFUSED, session_id, "resume refused: wrong token"), len(body)))
             engine.receive_frames(frames, now)
-            return Routed(engine, address=path.address)
+            return Routed(engine, False, [], address)
         return self._stateless(frames, kind, session_id, len(body), source, now)
 
     def _route_tcp(self, engine: SessionEngine, frames: list, kind: int, now: float,
