@@ -10,7 +10,9 @@ from tether.session import ended as ended_module
 from tether.session.address_validation import (
     AMPLIFICATION_LIMIT, TOKEN_LIFETIME, TOKEN_SIZE, AddressTokens, within_limit,
 )
-from tether.session.path_validation import CHALLENGE_SIZE, MAX_PROBES, PeerPath
+from tether.session.path_validation import (
+    CHALLENGE_SIZE, CHALLENGE_WINDOW, PathChallenges, PeerPath,
+)
 
 HERE = ("192.0.2.1", 4000)
 TOKEN = bytes(range(16))
@@ -61,49 +63,45 @@ def test_the_amplification_limit():
 
 # ---- a session's path ----
 
+THERE = ("198.51.100.7", 9)
+
+
 def challenge_of(data: bytes) -> bytes:
     return b"C" * 13 + data          # 29 bytes, as a real PathChallenge with a 63-bit id
 
 
-def test_a_probe_is_sent_within_the_budget_and_paced():
-    path = PeerPath(HERE)
-    there = ("198.51.100.7", 9)
-    probe = lambda size, now: path.probe(there, size, now, 0.1, seeded(), challenge_of)
-    assert probe(5, 0.0) is None                      # 5 bytes received: 15 to spend, < 29
-    first = probe(5, 0.0)                             # 10 received: 30 to spend
+def test_a_challenge_is_at_most_three_times_its_packet_and_paced():
+    path, challenges = PeerPath(HERE), PathChallenges(seeded())
+    probe = lambda size, now, source=THERE: path.probe(source, size, now, 0.1, 77, challenges,
+                                                       challenge_of)
+    assert probe(9, 0.0) is None                      # 27 < 29: no answer at all
+    first = probe(10, 0.0)
     assert first is not None and len(first) == 13 + CHALLENGE_SIZE
-    assert probe(100, 0.05) is None                   # budget enough, but not an interval yet
-    again = probe(1, 0.1)
-    assert again == first                             # the same challenge, resent
+    assert probe(100, 0.05) is None                   # the same address within the interval
+    assert probe(100, 0.05, ("192.0.2.9", 1)) is not None   # another address: its own
+    assert probe(10, 0.2) == first                    # the same data, within its window
     assert path.address == HERE
 
 
 def test_only_the_echo_from_the_challenged_address_moves_the_path():
-    path = PeerPath(HERE)
-    there = ("198.51.100.7", 9)
-    data = path.probe(there, 1000, 0.0, 0.1, seeded(), lambda d: d)
-    assert not path.answered(there, bytes(CHALLENGE_SIZE))
-    assert not path.answered(("198.51.100.8", 9), data)
-    assert path.address == HERE
-    assert path.answered(there, data) and path.address == there
-    assert not path.answered(there, data)             # probes end with the move
+    path, challenges = PeerPath(HERE), PathChallenges(seeded())
+    data = path.probe(THERE, 1000, 0.0, 0.1, 77, challenges, lambda d: d)
+    assert not path.answered(THERE, bytes(CHALLENGE_SIZE), 0.1, 77, challenges)
+    assert not path.answered(("198.51.100.8", 9), data, 0.1, 77, challenges)
+    assert not path.answered(THERE, data, 0.1, 78, challenges)            # another session
+    assert not path.answered(THERE, data, 0.1, 77, PathChallenges(seeded(2)))  # another server
+    assert path.address == HERE and path.epoch == 0
+    assert path.answered(THERE, data, 0.1, 77, challenges)
+    assert path.address == THERE and path.epoch == 1
+    path.address = HERE                               # (as if it moved back by a new challenge)
+    assert not path.answered(THERE, data, 0.2, 77, challenges)   # an old answer: a new epoch
 
 
-def test_an_address_never_challenged_cannot_answer():
-    path = PeerPath(HERE)
-    there = ("198.51.100.7", 9)
-    path.probe(there, 1, 0.0, 0.1, seeded(), lambda d: d)    # seen, but no budget to challenge
-    data = seeded()(CHALLENGE_SIZE)                  # even guessing the very data
-    assert not path.answered(there, data) and path.address == HERE
-
-
-def test_probes_are_bounded():
-    path = PeerPath(HERE)
-    sent = {}
-    for i in range(MAX_PROBES + 2):
-        sent[i] = path.probe(("x", i), 1000, 0.0, 0.1, seeded(i), lambda d: d)
-    assert not path.answered(("x", 0), sent[0])      # pushed out
-    assert path.answered(("x", MAX_PROBES + 1), sent[MAX_PROBES + 1])
+def test_an_answer_is_taken_for_one_to_two_windows():
+    challenges = PathChallenges(seeded())
+    data = challenges.data(77, THERE, 0, CHALLENGE_WINDOW - 0.5)
+    assert challenges.answers(data, 77, THERE, 0, 2 * CHALLENGE_WINDOW - 0.01)
+    assert not challenges.answers(data, 77, THERE, 0, 2 * CHALLENGE_WINDOW)
 
 
 # ---- ended sessions ----

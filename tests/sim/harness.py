@@ -57,6 +57,9 @@ AMPLIFICATION = 3
 # how long it goes on after every session ended (replaying the ended sessions' ones).
 CAPTURED_CREATES = 64
 SPOOF_AFTER_END = 1.0
+# ... and when it gives up anyway: a session left to its inactivity timeout (600 s) would
+# otherwise be spoofed at for ten minutes of simulated time, to no further purpose
+SPOOF_UNTIL = 60.0
 
 
 def _single_frame_of_type(body: bytes, kind: int) -> bool:
@@ -510,7 +513,8 @@ class Simulation:
         session has validated (that takes being on its path, which UDP cannot defend; see
         docs/sessions.md, Security) and never answers a challenge. Nothing it sends may
         create a session, move one, end one or reach one."""
-        if self.finished_at is not None and self.clock.now > self.finished_at + SPOOF_AFTER_END:
+        if (self.finished_at is not None and self.clock.now > self.finished_at + SPOOF_AFTER_END) \
+                or self.clock.now > SPOOF_UNTIL:
             return
         rng = self.spoof_rng
         codec = self.core.codec

@@ -29,7 +29,7 @@ from .core import Core, default
 from .ended import EndedSessions
 from .engine import MAX_FRAMES_PER_PACKET, SessionEngine
 from .frames import FrameType as F
-from .path_validation import PeerPath
+from .path_validation import PathChallenges, PeerPath
 from .settings import SessionSettings
 
 # Plain ints for the per-packet checks (comparing with an IntEnum member is slower).
@@ -50,8 +50,8 @@ class Routed:
 
 
 class Demux:
-    """All sessions of one server endpoint. `entropy(n)` gives n random bytes (for the
-    address-token key and path challenges; the simulation passes a seeded one)."""
+    """All sessions of one server endpoint. `entropy(n)` gives n random bytes (the keys of
+    address tokens and path challenges; the simulation passes a seeded one)."""
 
     def __init__(self, settings: SessionSettings, *, reliable_transport: bool,
                  max_packet_size: int, core: Core | None = None,
@@ -61,11 +61,11 @@ class Demux:
         self.max_packet_size = max_packet_size
         self.core = core or default()
         self._codec = self.core.codec
-        self._entropy = entropy
         self.sessions: dict[int, SessionEngine] = {}
         # UDP: each session's validated peer address and the addresses it may move to
         self._paths: dict[int, PeerPath] = {}
         self._tokens = AddressTokens(entropy)
+        self._challenges = PathChallenges(entropy)
         self._ended = EndedSessions()
         # handshaken sessions the application has not accepted yet (max_pending_channels)
         self.unaccepted = 0
@@ -133,15 +133,16 @@ class Demux:
         session unless it answers a challenge sent to that address; otherwise it can only
         earn that address a PathChallenge, within the amplification limit."""
         self.off_path_packets += 1
+        sid = engine.session_id
         for frame in frames:
-            if frame[0] == F.PATH_RESPONSE and path.answered(source, frame[2]):
+            if frame[0] == F.PATH_RESPONSE and path.answered(source, frame[2], now, sid,
+                                                             self._challenges):
                 # The peer receives at its new address: move, and take the rest of its packet.
                 self.migrations += 1
                 engine.receive_frames(frames, now)
                 return Routed(engine, address=source)
-        sid = engine.session_id
         challenge = path.probe(
-            source, size, now, engine.rto, self._entropy,
+            source, size, now, engine.rto, sid, self._challenges,
             lambda data: self._codec.encode_frame((F.PATH_CHALLENGE, sid, data)))
         return Routed(replies=[] if challenge is None else [challenge])
 
