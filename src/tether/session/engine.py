@@ -125,6 +125,8 @@ class SessionEngine:
         self._last_heard = now
         self._last_sent = now
         self._keepalive = settings.keepalive_interval
+        self._probe_at = -1.0                # UDP: when the last keepalive went out
+        self._probes_unanswered = 0          # ... and how many in a row nothing answered
         self._stream_reader = None  # receive_data() only
         self._events: list = []
         self.messages_sent = 0
@@ -710,6 +712,14 @@ class SessionEngine:
         if (self.settings.flow_control and not self.reliable_transport and self.pending_count
                 and self._sw.next_number >= self._send_limit):
             return self._rto()
+        # A keepalive is answered at once (it is an AckRequested). Over UDP an unanswered one
+        # is repeated after an RTO, doubling up to the keepalive interval: a lost datagram,
+        # or a client whose address changed and whose packets the server must first see to
+        # challenge the new address (path_validation.py), then costs round trips, not a
+        # whole keepalive interval.
+        if (self._probes_unanswered and not self.reliable_transport
+                and self._last_heard < self._probe_at):
+            return min(self._rto() * 2 ** min(self._probes_unanswered, 30), self._keepalive)
         return self._keepalive
 
     def handle_timer(self, now: float) -> None:
@@ -761,6 +771,10 @@ class SessionEngine:
                 self._lost(due)
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
             self._control_out.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
+            if self._last_heard >= self._probe_at:
+                self._probes_unanswered = 0      # the last one was answered: start over
+            self._probes_unanswered += 1
+            self._probe_at = now
 
     # ---- output ----
 
