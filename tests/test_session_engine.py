@@ -378,6 +378,30 @@ def test_idle_session_sends_keepalives_and_the_answers_keep_it_alive(core) -> No
     assert p.client.is_open and p.server.is_open
 
 
+def test_an_unanswered_keepalive_is_repeated_with_backoff_over_udp(core) -> None:
+    p = Pair(core=core, client={"inactivity_timeout": 40.0})   # keepalive every 10 s
+    start, rto = p.now, p.client.rto
+    times = []
+    while len(times) < 6:
+        p.fire(p.client)
+        sent = p.client.packets_to_send(p.now)
+        if F.ACK_REQUESTED in p.kinds(sent):    # lost, all but the last
+            times.append(p.now)
+    assert times[0] == pytest.approx(start + 10.0)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps == pytest.approx([rto * 2 ** k for k in range(5)])
+    for body in sent:
+        p.route(body)
+    p.to_client()                               # answered at last: the interval is back to 10 s
+    p.fire(p.client)
+    assert p.now == pytest.approx(times[-1] + 10.0)
+    t = Pair(core=core, tcp=True, packet=256 * 1024, client={"inactivity_timeout": 40.0})
+    for _ in range(2):
+        t.fire(t.client)
+        t.client.packets_to_send(t.now)
+    assert t.now == pytest.approx(20.0, abs=0.1)   # TCP loses nothing: no repeats
+
+
 def test_silent_peer_gives_inactivity_timeout(core) -> None:
     p = Pair(core=core, client={"inactivity_timeout": 20.0})
     kinds = []

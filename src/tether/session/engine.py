@@ -719,7 +719,7 @@ class SessionEngine:
         # whole keepalive interval.
         if (self._probes_unanswered and not self.reliable_transport
                 and self._last_heard < self._probe_at):
-            return min(self._rto() * 2 ** min(self._probes_unanswered, 30), self._keepalive)
+            return min(self._rto() * 2 ** min(self._probes_unanswered - 1, 30), self._keepalive)
         return self._keepalive
 
     def handle_timer(self, now: float) -> None:
