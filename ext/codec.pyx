@@ -88,6 +88,9 @@ TERMINATE_SEQUENCE_RESPONSE = 11
 FAULT = 12
 RESUME = 13
 RESUME_RESPONSE = 14
+RETRY = 15
+PATH_CHALLENGE = 16
+PATH_RESPONSE = 17
 
 FRAME_NAMES = {
     CREATE_SEQUENCE: "CREATE_SEQUENCE",
@@ -104,9 +107,13 @@ FRAME_NAMES = {
     FAULT: "FAULT",
     RESUME: "RESUME",
     RESUME_RESPONSE: "RESUME_RESPONSE",
+    RETRY: "RETRY",
+    PATH_CHALLENGE: "PATH_CHALLENGE",
+    PATH_RESPONSE: "PATH_RESPONSE",
 }
 
 TOKEN_SIZE = 16              # Resume token: 128 random bits
+ADDRESS_TOKEN_MAX = 64       # a server's address token is opaque to the client, and bounded
 LENGTH_PREFIX_SIZE = 4       # TCP: 4-byte big-endian body length before each packet
 U64_MAX = 2**64 - 1
 MAX_BIN = 2**32 - 1          # bin32 is the largest msgpack binary
@@ -115,24 +122,29 @@ cdef enum:
     T_DATA = 4
     T_ACK = 5
     T_NACK = 6
-    T_LAST = 14
+    T_CREATE_SEQUENCE = 1
+    T_LAST = 17
     C_TOKEN_SIZE = 16
+    C_ADDRESS_TOKEN_MAX = 64
     C_PREFIX = 4
+    MAX_ARITY = 7
 
 cdef enum Kind:
     K_UINT = 1
     K_TOKEN = 2
     K_STR = 3
     K_BOOL = 4
+    K_ADDRESS_TOKEN = 5
 
 cdef uint64_t C_U64_MAX = 0xFFFFFFFFFFFFFFFF
 cdef Py_ssize_t C_MAX_BIN = 0xFFFFFFFF
 
-# (field name, kind) of the frames without lists; index = frame type.
+# (field name, kind) of the frames without lists; index = frame type. CREATE_SEQUENCE's
+# last field, the address token, may be left out (OPTIONAL_LAST).
 cdef tuple SIMPLE_FIELDS = (
     None,
     (("session_id", K_UINT), ("token", K_TOKEN), ("window", K_UINT),
-     ("max_message_size", K_UINT), ("ordered", K_BOOL)),
+     ("max_message_size", K_UINT), ("ordered", K_BOOL), ("address_token", K_ADDRESS_TOKEN)),
     (("session_id", K_UINT), ("window", K_UINT), ("max_message_size", K_UINT)),
     (("session_id", K_UINT), ("reason", K_STR)),
     None, None, None,
@@ -144,11 +156,16 @@ cdef tuple SIMPLE_FIELDS = (
     (("session_id", K_UINT), ("code", K_STR), ("reason", K_STR)),
     (("session_id", K_UINT), ("token", K_TOKEN)),
     (("session_id", K_UINT),),
+    (("session_id", K_UINT), ("address_token", K_ADDRESS_TOKEN)),
+    (("session_id", K_UINT), ("data", K_TOKEN)),
+    (("session_id", K_UINT), ("data", K_TOKEN)),
 )
 
-# The same table in C for the decoder: kinds and arity by frame type (0: not simple).
-cdef unsigned char SIMPLE_KINDS[T_LAST + 1][6]
+# The same table in C for the decoder: kinds and arity by frame type (0: not simple), and
+# the smallest arity (one less where the last field is optional).
+cdef unsigned char SIMPLE_KINDS[T_LAST + 1][MAX_ARITY]
 cdef Py_ssize_t SIMPLE_ARITY[T_LAST + 1]
+cdef Py_ssize_t SIMPLE_MIN_ARITY[T_LAST + 1]
 cdef tuple FIELD_NAMES = tuple(
     ("type", *(name for name, _ in fields)) if fields else () for fields in SIMPLE_FIELDS)
 cdef tuple FRAME_TYPES = tuple(range(T_LAST + 1))     # the Python ints decoded frames start with
@@ -159,7 +176,8 @@ cdef int _fill_simple_tables() except -1:
     for t in range(T_LAST + 1):
         fields = SIMPLE_FIELDS[t]
         SIMPLE_ARITY[t] = len(fields) + 1 if fields else 0
-        for k in range(6):
+        SIMPLE_MIN_ARITY[t] = SIMPLE_ARITY[t] - 1 if t == T_CREATE_SEQUENCE else SIMPLE_ARITY[t]
+        for k in range(MAX_ARITY):
             SIMPLE_KINDS[t][k] = fields[k - 1][1] if fields and 1 <= k <= len(fields) else 0
     return 0
 
@@ -170,6 +188,7 @@ cdef tuple NAMES = (
     "", "CREATE_SEQUENCE", "CREATE_SEQUENCE_RESPONSE", "CREATE_SEQUENCE_REFUSED", "DATA",
     "ACK", "NACK", "ACK_REQUESTED", "CLOSE_SEQUENCE", "CLOSE_SEQUENCE_RESPONSE",
     "TERMINATE_SEQUENCE", "TERMINATE_SEQUENCE_RESPONSE", "FAULT", "RESUME", "RESUME_RESPONSE",
+    "RETRY", "PATH_CHALLENGE", "PATH_RESPONSE",
 )
 
 cdef object packb = msgpack.packb
@@ -550,6 +569,11 @@ cdef object checked_field(object value, int kind, str what):
         if view.nbytes != C_TOKEN_SIZE:
             raise ValueError(f"{what} must be {C_TOKEN_SIZE} bytes, got {view.nbytes}")
         return view.tobytes()
+    if kind == K_ADDRESS_TOKEN:
+        view = checked_binary(value, what)
+        if not 1 <= view.nbytes <= C_ADDRESS_TOKEN_MAX:
+            raise ValueError(f"{what} must be 1..{C_ADDRESS_TOKEN_MAX} bytes, got {view.nbytes}")
+        return view.tobytes()
     if kind == K_STR:
         if not isinstance(value, str):
             raise TypeError(f"{what} must be a str, not {type(value).__name__}")
@@ -563,6 +587,13 @@ cdef object checked_field(object value, int kind, str what):
     if not PyBool_Check(value):
         raise TypeError(f"{what} must be a bool, not {type(value).__name__}")
     return value
+
+
+cdef str arity_text(Py_ssize_t frame_type):
+    """How many elements a simple frame has, in words ("3", or "6 or 7")."""
+    if SIMPLE_MIN_ARITY[frame_type] == SIMPLE_ARITY[frame_type]:
+        return str(SIMPLE_ARITY[frame_type])
+    return f"{SIMPLE_MIN_ARITY[frame_type]} or {SIMPLE_ARITY[frame_type]}"
 
 
 def encode_frame(frame):
@@ -599,10 +630,10 @@ def encode_frame(frame):
         return packb([T_NACK, number, out], use_bin_type=True)
     name = NAMES[frame_type]
     fields = SIMPLE_FIELDS[frame_type]
-    if arity != len(fields) + 1:
-        raise ValueError(f"a {name} frame has {len(fields) + 1} fields, got {arity}")
+    if not SIMPLE_MIN_ARITY[frame_type] <= arity <= SIMPLE_ARITY[frame_type]:
+        raise ValueError(f"a {name} frame has {arity_text(frame_type)} fields, got {arity}")
     packed = [<int>frame_type]
-    for i in range(len(fields)):
+    for i in range(arity - 1):
         field, kind = fields[i]
         packed.append(checked_field(frame[i + 1], kind, f"{name} {field}"))
     return packb(packed, use_bin_type=True)
@@ -953,8 +984,8 @@ cdef tuple decode_simple(Reader* r, Py_ssize_t arity):
     cdef const unsigned char* data
     cdef bint flag = False
     cdef tuple names = FIELD_NAMES[t]
-    if arity != SIMPLE_ARITY[t]:
-        fail(r, "", f"{arity} elements, expected {SIMPLE_ARITY[t]}")
+    if not SIMPLE_MIN_ARITY[t] <= arity <= SIMPLE_ARITY[t]:
+        fail(r, "", f"{arity} elements, expected {arity_text(t)}")
     cdef tuple out = PyTuple_New(arity)
     Py_INCREF(FRAME_TYPES[t])
     tuple_steal(out, 0, <PyObject*>FRAME_TYPES[t])
@@ -968,6 +999,11 @@ cdef tuple decode_simple(Reader* r, Py_ssize_t arity):
             read_bin(r, &data, &size, <str>names[i])
             if size != C_TOKEN_SIZE:
                 fail(r, <str>names[i], f"must be {C_TOKEN_SIZE} bytes, got {size}")
+            value = PyBytes_FromStringAndSize(<char*>data, size)
+        elif kind == K_ADDRESS_TOKEN:
+            read_bin(r, &data, &size, <str>names[i])
+            if size < 1 or size > C_ADDRESS_TOKEN_MAX:
+                fail(r, <str>names[i], f"must be 1..{C_ADDRESS_TOKEN_MAX} bytes, got {size}")
             value = PyBytes_FromStringAndSize(<char*>data, size)
         elif kind == K_STR:
             value = read_str(r, <str>names[i])

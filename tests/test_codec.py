@@ -64,6 +64,7 @@ u64 = st.one_of(
     st.integers(0, MAX),
 )
 token = st.binary(min_size=16, max_size=16)
+address_token = st.binary(min_size=1, max_size=64)
 text = st.text(max_size=40)
 payload = st.binary(max_size=300)
 
@@ -100,6 +101,7 @@ def ack_frames(draw):
 
 frames = st.one_of(
     st.tuples(st.just(1), u64, token, u64, u64, st.booleans()),
+    st.tuples(st.just(1), u64, token, u64, u64, st.booleans(), address_token),
     st.tuples(st.just(2), u64, u64, u64),
     st.tuples(st.just(3), u64, text),
     data_frames(),
@@ -111,6 +113,8 @@ frames = st.one_of(
     st.tuples(st.just(12), u64, text, text),
     st.tuples(st.just(13), u64, token),
     st.tuples(st.just(14), u64),
+    st.tuples(st.just(15), u64, address_token),
+    st.tuples(st.sampled_from([16, 17]), u64, token),
 )
 
 
@@ -299,7 +303,16 @@ BAD_CALLS = [
     ("encode_ack", (1, {(1, 2)}, 0, True), {}),
     ("encode_frame", ((),), {}),
     ("encode_frame", ([0, 1],), {}),
+    ("encode_frame", ((18, 1),), {}),
+    ("encode_frame", ((1, 1, b"k" * 16, 8, 100, True, b""),), {}),
+    ("encode_frame", ((1, 1, b"k" * 16, 8, 100, True, b"t" * 65),), {}),
+    ("encode_frame", ((1, 1, b"k" * 16, 8, 100, True, "token"),), {}),
+    ("encode_frame", ((1, 1, b"k" * 16, 8, 100, True, b"t", b"t"),), {}),
+    ("encode_frame", ((1, 1, b"k" * 16, 8, 100),), {}),
     ("encode_frame", ((15, 1),), {}),
+    ("encode_frame", ((15, 1, b""),), {}),
+    ("encode_frame", ((16, 1, b"c" * 8),), {}),
+    ("encode_frame", ((17, 1, b"c" * 16, b"c"),), {}),
     ("encode_frame", ("7",), {}),
     ("encode_frame", ((7, 1, 2),), {}),
     ("encode_frame", ((4, 1, 2),), {}),
@@ -364,7 +377,7 @@ REJECTED = {
     "not an array": b"\x07",
     "empty frame": b"\x90",
     "unknown type 0": b"\x92\x00\x01",
-    "unknown type 15": b"\x92\x0f\x01",
+    "unknown type 18": b"\x92\x12\x01",
     "type is negative": b"\x92\xff\x01",
     "type is a str": b"\x92\xa1\x07\x01",
     "wrong arity": b"\x93\x07\x01\x02",
@@ -396,6 +409,16 @@ REJECTED = {
     "token 17 bytes": packb([13, 1, b"k" * 17]),
     "token is str": packb([13, 1, "k" * 16]),
     "ordered is int": packb([1, 1, b"k" * 16, 8, 100, 1]),
+    "create without ordered": packb([1, 1, b"k" * 16, 8, 100]),
+    "create with 8 elements": packb([1, 1, b"k" * 16, 8, 100, True, b"t", b"t"]),
+    "address token empty": packb([1, 1, b"k" * 16, 8, 100, True, b""]),
+    "address token 65 bytes": packb([1, 1, b"k" * 16, 8, 100, True, b"t" * 65]),
+    "address token is str": packb([1, 1, b"k" * 16, 8, 100, True, "t"]),
+    "retry without token": packb([15, 1]),
+    "retry token empty": packb([15, 1, b""]),
+    "retry token 65 bytes": packb([15, 1, b"t" * 65]),
+    "challenge 8 bytes": packb([16, 1, b"c" * 8]),
+    "response 17 bytes": packb([17, 1, b"c" * 17]),
     "reason is bin": packb([3, 1, b"why"]),
     "reason bad utf-8": b"\x93\x03\x01\xa2\xff\xfe",
     "reason surrogate": b"\x93\x03\x01\xa3\xed\xa0\x80",
@@ -433,6 +456,18 @@ def test_limits(codec):
     assert codec.decode_packet(resume, max_message_size=0) == [(13, 1, b"k" * 16)]
 
 
+def test_create_sequence_carries_an_address_token_or_none(codec):
+    plain = (1, 9, b"k" * 16, 8, 100, True)
+    for frame in (plain, plain + (b"t",), plain + (b"t" * 64,)):
+        assert codec.decode_packet(codec.encode_frame(frame)) == [frame]
+    with pytest.raises(ProtocolError, match="address_token"):
+        codec.decode_packet(packb([1, 9, b"k" * 16, 8, 100, True, b"t" * 65]))
+    with pytest.raises(ProtocolError, match="6 or 7"):
+        codec.decode_packet(packb([1, 9, b"k" * 16, 8, 100]))
+    with pytest.raises(ValueError, match="6 or 7"):
+        codec.encode_frame((1, 9, b"k" * 16, 8, 100, True, b"t", b"t"))
+
+
 def test_error_names_the_frame_and_field():
     with pytest.raises(ProtocolError, match="DATA.*payload"):
         native.decode_packet(packb([4, 1, 1, ["text"]]))
@@ -453,6 +488,9 @@ def sample_packets() -> list[list[bytes]]:
                             fragments=[(3, 0, 2), (4, 1, 2)])],
         [native.encode_ack(2**64 - 1, [(1, 9), (12, 12), (2**40, 2**41)], 300, True)],
         [native.encode_frame((1, 5, bytes(range(16)), 8, 65536, False))],
+        [native.encode_frame((1, 5, bytes(range(16)), 8, 65536, False, bytes(range(24))))],
+        [native.encode_frame((15, 2**62 + 1, b"\xff" * 24)),
+         native.encode_frame((16, 7, b"c" * 16)), native.encode_frame((17, 7, b"r" * 16))],
         [native.encode_frame((12, 5, "protocol-error", "bad frame \u00e9"))],
         [native.encode_frame((6, 5, [3, 70000, 2**35])), native.encode_frame((7, 5))],
         [native.encode_frame((t, rng.getrandbits(64), rng.getrandbits(20))) for t in (8, 9, 10)]
@@ -517,7 +555,7 @@ def test_one_field_replaced_by_anything(frame, data):
 
 
 @SETTINGS
-@given(st.lists(any_value, min_size=1, max_size=6), st.integers(0, 15))
+@given(st.lists(any_value, min_size=1, max_size=7), st.integers(0, 18))
 def test_frame_like_arrays(fields, frame_type):
     agree(packb([frame_type, *fields]))
 
@@ -641,11 +679,11 @@ def test_both_twins_export_the_same_constants():
     names = ["CREATE_SEQUENCE", "CREATE_SEQUENCE_RESPONSE", "CREATE_SEQUENCE_REFUSED", "DATA",
              "ACK", "NACK", "ACK_REQUESTED", "CLOSE_SEQUENCE", "CLOSE_SEQUENCE_RESPONSE",
              "TERMINATE_SEQUENCE", "TERMINATE_SEQUENCE_RESPONSE", "FAULT", "RESUME",
-             "RESUME_RESPONSE"]
-    assert [getattr(native, n) for n in names] == list(range(1, 15))
-    assert [getattr(reference, n) for n in names] == list(range(1, 15))
-    assert native.FRAME_NAMES == reference.FRAME_NAMES == dict(zip(range(1, 15), names))
-    for name in ("TOKEN_SIZE", "LENGTH_PREFIX_SIZE", "U64_MAX", "MAX_BIN"):
+             "RESUME_RESPONSE", "RETRY", "PATH_CHALLENGE", "PATH_RESPONSE"]
+    assert [getattr(native, n) for n in names] == list(range(1, 18))
+    assert [getattr(reference, n) for n in names] == list(range(1, 18))
+    assert native.FRAME_NAMES == reference.FRAME_NAMES == dict(zip(range(1, 18), names))
+    for name in ("TOKEN_SIZE", "ADDRESS_TOKEN_MAX", "LENGTH_PREFIX_SIZE", "U64_MAX", "MAX_BIN"):
         assert getattr(native, name) == getattr(reference, name)
 
 

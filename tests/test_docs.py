@@ -25,7 +25,9 @@ TOP_LEVEL_FILES = ("README.md", "setup.py", "pyproject.toml", "MANIFEST.in")
 
 # Modules whose classes a document may name as `Class.attribute`.
 CLASS_MODULES = [
-    "tether.errors", "tether.session.api", "tether.session.congestion", "tether.session.demux",
+    "tether.errors", "tether.session.address_validation", "tether.session.api",
+    "tether.session.congestion", "tether.session.demux", "tether.session.ended",
+    "tether.session.path_validation",
     "tether.session.engine", "tether.session.events", "tether.session.fragments",
     "tether.session.session", "tether.session.settings", "tether.session.state",
     "tether.session.tcp", "tether.session.timers", "tether.session.udp",

@@ -52,7 +52,7 @@ import re  # noqa: E402
 
 import tether  # noqa: E402
 from tether.errors import SESSION_FAULTS  # noqa: E402
-from tether.session import demux, engine, tcp, udp  # noqa: E402
+from tether.session import ended, engine, tcp, udp  # noqa: E402
 from tether.session.engine import SessionEngine  # noqa: E402
 from tether.session.frames import FrameType  # noqa: E402
 from tether.session.settings import SessionSettings  # noqa: E402
@@ -189,7 +189,7 @@ QUOTED = [
     ("wire-protocol.md", "at most\n  32 ranges", _engine(65000)._max_ack_ranges, 32),
     ("wire-protocol.md", "| 8192, and 8192 payloads in total |", engine.MAX_FRAMES_PER_PACKET, 8192),
     ("wire-protocol.md", "(at most 16384, each until 120 s",
-     (demux.ENDED_REMEMBERED, demux.ENDED_LINGER), (16384, 120.0)),
+     (ended.ENDED_REMEMBERED, ended.ENDED_LINGER), (16384, 120.0)),
     ("wire-protocol.md", "reconnects after 50 ms, doubling the\nwait after each failed attempt up to 2 s",
      (tcp.RECONNECT_FIRST, tcp.RECONNECT_CAP), (0.05, 2.0)),
     ("wire-protocol.md", "| TCP write buffer | 64 MiB |", tcp.MAX_WRITE_BUFFER, 64 * 1024 * 1024),

@@ -59,6 +59,17 @@ def acks_in(core, packets: list[bytes]) -> list[tuple]:
     return [f for f in frames_of(core, packets) if f[0] == F.ACK]
 
 
+def through_retry(core, demux: Demux, client: SessionEngine, now: float = 0.0,
+                  source=("client", 1)):
+    """The client's CreateSequence to a UDP demux, its Retry back to the client, and the
+    repeated CreateSequence (with the token) to the demux again: what the demux made of it."""
+    first = demux.route(client.packets_to_send(now)[0], now, source=source)
+    if [f[0] for f in frames_of(core, first.replies)] != [F.RETRY]:
+        return first
+    client.receive_packet(first.replies[0], now)
+    return demux.route(client.packets_to_send(now)[0], now, source=source)
+
+
 # ---- handshake ----
 
 def test_handshake(core) -> None:
@@ -67,13 +78,29 @@ def test_handshake(core) -> None:
     p.client.start(0.0)
     sent = p.to_server()
     assert p.kinds(sent) == [F.CREATE_SEQUENCE]
+    # UDP: an address not validated yet gets a Retry and nothing else; nothing is kept
+    assert p.server is None and not p.demux.sessions and p.demux.unaccepted == 0
+    (retry,) = p.frames(p.replies)
+    assert retry[:2] == (F.RETRY, SESSION_ID) and p.demux.retries_sent == 1
+    p.advance(0.01)
+    p.to_client()
+    (again,) = p.frames(p.to_server())        # at once, with the token
+    assert again == (F.CREATE_SEQUENCE, SESSION_ID, TOKEN, 8, 65536, True, retry[2])
     assert p.server is not None and p.server.state is State.ESTABLISHED
     assert p.server_events == [Connected()]
     assert p.demux.sessions == {SESSION_ID: p.server}
+    assert p.demux.peer_address(SESSION_ID) == p.address
     p.advance(0.01)
     assert p.kinds(p.to_client()) == [F.CREATE_SEQUENCE_RESPONSE]
     assert p.client.state is State.ESTABLISHED and p.client_events == [Connected()]
-    assert p.client.stats["rtt"] == pytest.approx(0.01)   # the handshake is an RTT sample
+    assert p.client.stats["rtt"] == pytest.approx(0.01)   # both round trips are RTT samples
+
+
+def test_tcp_handshake_needs_no_retry(core) -> None:
+    p = Pair(core=core, tcp=True, packet=256 * 1024, handshake=False)
+    p.client.start(0.0)
+    p.to_server()
+    assert p.server is not None and p.replies == [] and p.demux.retries_sent == 0
 
 
 def test_handshake_takes_the_peer_window_and_the_clients_ordering(core) -> None:
@@ -104,8 +131,7 @@ def test_lost_create_sequence_is_resent_with_backoff_then_retry_limit(core) -> N
 
 def test_lost_create_sequence_response_is_answered_again(core) -> None:
     p = Pair(core=core, handshake=False)
-    p.client.start(0.0)
-    p.to_server()
+    p.create()
     p.to_client(drop=lambda body: True)          # the response is lost
     p.fire(p.client)                              # CreateSequence again
     p.to_server()
@@ -122,16 +148,16 @@ def test_max_pending_channels_refuses_and_connect_fails(core) -> None:
                for sid in (1, 2, 3)]
     for c in clients:
         c.start(0.0)
-    first = demux.route(clients[0].packets_to_send(0.0)[0], 0.0)
+    first = through_retry(core, demux, clients[0])
     assert first.created and demux.unaccepted == 1
-    refused = demux.route(clients[1].packets_to_send(0.0)[0], 0.0)
+    refused = through_retry(core, demux, clients[1])
     assert refused.engine is None and [f[0] for f in frames_of(core, refused.replies)] == [F.CREATE_SEQUENCE_REFUSED]
     assert "max_pending_channels=1" in frames_of(core, refused.replies)[0][2]
     clients[1].receive_packet(refused.replies[0], 0.0)
     assert isinstance(clients[1].error, CreateSequenceRefused)
     assert [type(e.error) for e in ended(clients[1].events())] == [CreateSequenceRefused]
     demux.accepted(first.engine)                      # the application took the first one
-    assert demux.route(clients[2].packets_to_send(0.0)[0], 0.0).created
+    assert through_retry(core, demux, clients[2]).created
 
 
 def test_a_closing_server_refuses_new_sessions(core) -> None:
@@ -352,6 +378,30 @@ def test_idle_session_sends_keepalives_and_the_answers_keep_it_alive(core) -> No
     assert p.client.is_open and p.server.is_open
 
 
+def test_an_unanswered_keepalive_is_repeated_with_backoff_over_udp(core) -> None:
+    p = Pair(core=core, client={"inactivity_timeout": 40.0})   # keepalive every 10 s
+    start, rto = p.now, p.client.rto
+    times = []
+    while len(times) < 6:
+        p.fire(p.client)
+        sent = p.client.packets_to_send(p.now)
+        if F.ACK_REQUESTED in p.kinds(sent):    # lost, all but the last
+            times.append(p.now)
+    assert times[0] == pytest.approx(start + 10.0)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps == pytest.approx([rto * 2 ** k for k in range(5)])
+    for body in sent:
+        p.route(body)
+    p.to_client()                               # answered at last: the interval is back to 10 s
+    p.fire(p.client)
+    assert p.now == pytest.approx(times[-1] + 10.0)
+    t = Pair(core=core, tcp=True, packet=256 * 1024, client={"inactivity_timeout": 40.0})
+    for _ in range(2):
+        t.fire(t.client)
+        t.client.packets_to_send(t.now)
+    assert t.now == pytest.approx(20.0, abs=0.1)   # TCP loses nothing: no repeats
+
+
 def test_silent_peer_gives_inactivity_timeout(core) -> None:
     p = Pair(core=core, client={"inactivity_timeout": 20.0})
     kinds = []
@@ -384,8 +434,7 @@ def test_timers_always_move_past_now(core) -> None:
 
 def test_connecting_client_that_got_data_has_no_spinning_ack_timer(core) -> None:
     p = Pair(core=core, handshake=False, client={"ack_interval": 0.05})
-    p.client.start(0.0)
-    p.to_server()
+    p.create()
     p.server.send([b"early"], 0.0)
     # the CreateSequenceResponse is lost, the data arrives
     for body in p.server.packets_to_send(0.0):
@@ -403,8 +452,7 @@ def test_data_before_the_handshake_completes_is_not_taken(core) -> None:
     # client's CreateSequence opens a new session with the same id whose numbers start over.
     # Data taken from the first incarnation would make the second one's look like duplicates.
     p = Pair(core=core, handshake=False)
-    p.client.start(0.0)
-    p.to_server()
+    p.create()
     assert p.kinds(p.server.packets_to_send(0.0)) == [F.CREATE_SEQUENCE_RESPONSE]   # lost
     p.server.send([b"from the first incarnation"], 0.0)
     early = p.server.packets_to_send(0.0)
@@ -426,8 +474,7 @@ def test_terminate_reaching_a_client_still_connecting_ends_it(core) -> None:
     # The server accepted, closed and terminated at once; its response came last
     # (reordering). This raised RuntimeError out of receive_packet (simulation attacked 258).
     p = Pair(core=core, handshake=False, auto_release=False)
-    p.client.start(0.0)
-    p.to_server()
+    p.create()
     p.server.close(0.0)
     packets = []
     for _ in range(3):
@@ -763,12 +810,264 @@ def test_tcp_cut_before_the_handshake_completed_resends_server_data(core) -> Non
     assert p.client.state is State.ESTABLISHED and p.client_got == [b"early"]
 
 
-def test_udp_session_follows_its_id_not_its_address(core) -> None:
-    # the demux never sees addresses: any packet naming the session reaches it
+# ---- address validation (UDP): Retry and its token ----
+
+def create_frame(sid: int = SESSION_ID, token: bytes = TOKEN, address_token: bytes | None = None) -> tuple:
+    frame = (F.CREATE_SEQUENCE, sid, token, 8, 65536, True)
+    return frame if address_token is None else frame + (address_token,)
+
+
+def udp_demux(core, **settings) -> Demux:
+    return Demux(SessionSettings(**settings), reliable_transport=False, max_packet_size=DATAGRAM,
+                 core=core)
+
+
+def retry_token(core, routed) -> bytes:
+    (retry,) = frames_of(core, routed.replies)
+    assert retry[0] == F.RETRY
+    return retry[2]
+
+
+def test_a_token_is_bound_to_its_address_session_and_offer(core) -> None:
+    demux = udp_demux(core)
+    here, there = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
+    token = retry_token(core, demux.route(core.codec.encode_frame(create_frame()), 0.0, source=here))
+    for frame, source in [(create_frame(address_token=token), there),              # another address
+                          (create_frame(sid=SESSION_ID + 2, address_token=token), here),  # another id
+                          (create_frame(token=bytes(16), address_token=token), here),     # another offer
+                          (create_frame(address_token=token[:-1] + bytes([token[-1] ^ 1])), here),
+                          (create_frame(address_token=b"forged"), here)]:
+        routed = demux.route(core.codec.encode_frame(frame), 0.0, source=source)
+        assert not routed.created and [f[0] for f in frames_of(core, routed.replies)] == [F.RETRY]
+    assert not demux.sessions and demux.unaccepted == 0 and demux.retries_sent == 6
+    routed = demux.route(core.codec.encode_frame(create_frame(address_token=token)), 0.0, source=here)
+    assert routed.created and routed.address == here
+
+
+def test_a_token_expires(core) -> None:
+    from tether.session.address_validation import TOKEN_LIFETIME
+    demux = udp_demux(core)
+    source = ("10.0.0.1", 5000)
+    token = retry_token(core, demux.route(core.codec.encode_frame(create_frame()), 100.0, source=source))
+    late = demux.route(core.codec.encode_frame(create_frame(address_token=token)),
+                       100.0 + TOKEN_LIFETIME + 0.01, source=source)
+    assert not late.created and retry_token(core, late) != token
+    in_time = demux.route(core.codec.encode_frame(create_frame(address_token=token)),
+                          100.0 + TOKEN_LIFETIME - 0.01, source=source)
+    assert in_time.created
+
+
+def test_a_new_server_does_not_take_an_old_servers_token(core) -> None:
+    source = ("10.0.0.1", 5000)
+    token = retry_token(core, udp_demux(core).route(core.codec.encode_frame(create_frame()), 0.0, source=source))
+    routed = udp_demux(core).route(core.codec.encode_frame(create_frame(address_token=token)), 0.0, source=source)
+    assert not routed.created and retry_token(core, routed) != token
+
+
+def test_every_create_sequence_gets_a_retry_within_three_times_its_size(core) -> None:
+    demux = udp_demux(core)
+    for sid in (1, 255, 2**32, 2**63 + 1):
+        for window, size in ((1, 1), (65536, 2**32)):
+            body = core.codec.encode_frame((F.CREATE_SEQUENCE, sid, TOKEN, window, size, False))
+            routed = demux.route(body, 0.0, source=("x", 1))
+            assert [f[0] for f in frames_of(core, routed.replies)] == [F.RETRY]
+            assert len(routed.replies[0]) <= 3 * len(body)
+
+
+def test_refusals_before_validation_keep_the_limit_and_keep_nothing(core) -> None:
+    demux = udp_demux(core, max_pending_channels=1)
+    demux.closing = True
+    body = core.codec.encode_frame(create_frame(sid=3))
+    routed = demux.route(body, 0.0, source=("x", 1))
+    (refusal,) = frames_of(core, routed.replies)
+    assert refusal[0] == F.CREATE_SEQUENCE_REFUSED and len(routed.replies[0]) <= 3 * len(body)
+    bad = core.codec.encode_frame((F.CREATE_SEQUENCE, 3, TOKEN, 0, 65536, True))
+    demux.closing = False
+    (refusal,) = frames_of(core, demux.route(bad, 0.0, source=("x", 1)).replies)
+    assert refusal[0] == F.CREATE_SEQUENCE_REFUSED    # a hopeless offer earns no token
+    assert not demux.sessions and demux.retries_sent == 0
+
+
+def test_a_second_retry_counts_as_a_resend_and_ends_in_the_retry_limit(core) -> None:
+    p = Pair(core=core, handshake=False, client={"max_retry_count": 2})
+    p.client.start(0.0)
+    p.to_server()
+    retry = p.replies[0]
+    p.replies.clear()
+    p.client.receive_packet(retry, 0.0)
+    assert p.kinds(p.client.packets_to_send(0.0)) == [F.CREATE_SEQUENCE]
+    p.client.receive_packet(retry, 0.0)          # the same token again: nothing new
+    assert p.client.packets_to_send(0.0) == []
+    for i in range(3):                           # a server that never takes our token
+        other = core.codec.encode_frame((F.RETRY, SESSION_ID, b"token %d" % i))
+        p.client.receive_packet(other, 0.0)
+        p._collect()
+        sent = p.frames(p.client.packets_to_send(0.0))
+        if i < 2:
+            assert sent == [create_frame(address_token=b"token %d" % i)]
+    assert isinstance(p.client.error, RetryLimitExceeded)
+    assert [f[0] for f in sent] == [F.FAULT]
+
+
+def test_a_retry_is_ignored_unless_connecting_over_udp(core) -> None:
     p = Pair(core=core)
-    p.client.send([b"from a new address"], p.now)
+    p.client.receive_packet(core.codec.encode_frame((F.RETRY, SESSION_ID, b"late")), p.now)
+    assert p.client.is_open and p.client.packets_to_send(p.now) == []
+    t = Pair(core=core, tcp=True, packet=256 * 1024, handshake=False)
+    t.client.start(0.0)
+    t.client.packets_to_send(0.0)
+    t.client.receive_packet(core.codec.encode_frame((F.RETRY, SESSION_ID, b"tcp")), 0.0)
+    assert t.client.packets_to_send(0.0) == [] and t.client.state is State.CONNECTING
+
+
+def test_a_retry_after_our_address_changed_mid_handshake(core) -> None:
+    # CreateSequence with a token made for the old address arrives from a new one
+    p = Pair(core=core, handshake=False)
+    p.client.start(0.0)
+    p.to_server()
+    p.to_client()                               # Retry for the first address
+    p.address = ("client", 2)
+    p.to_server()                               # its token is refused: another Retry
+    assert p.server is None
     p.exchange()
-    assert p.server_got == [b"from a new address"]
+    assert p.client.state is State.ESTABLISHED and p.demux.peer_address(SESSION_ID) == ("client", 2)
+
+
+# ---- path validation (UDP): a session moves only to an address that answered ----
+
+def moved_pair(core) -> Pair:
+    p = Pair(core=core)
+    p.client.send([b"before"], p.now)
+    p.exchange()
+    p.address = ("client", 2)                    # a NAT rebinding
+    return p
+
+
+def test_a_peer_that_moved_is_followed_once_it_answers_the_challenge(core) -> None:
+    p = moved_pair(core)
+    p.client.send([b"after"], p.now)
+    p.to_server()
+    assert p.server_got == [b"before"]           # nothing from the new address reaches the session
+    assert p.demux.peer_address(SESSION_ID) == ("client", 1)
+    (challenge,) = p.frames(p.replies)
+    assert challenge[:2] == (F.PATH_CHALLENGE, SESSION_ID) and len(challenge[2]) == 16
+    p.to_client()
+    assert p.frames(p.to_server())[0] == (F.PATH_RESPONSE, SESSION_ID, challenge[2])
+    assert p.demux.peer_address(SESSION_ID) == ("client", 2) and p.demux.migrations == 1
+    for _ in range(5):
+        if p.server_got == [b"before", b"after"]:
+            break
+        p.fire(p.client)                         # "after" is resent, now to a validated path
+        p.exchange()
+    assert p.server_got == [b"before", b"after"]
+
+
+def test_challenges_keep_the_amplification_limit_and_are_paced(core) -> None:
+    p = moved_pair(core)
+    ping = core.codec.encode_frame((F.ACK_REQUESTED, SESSION_ID))
+    probe = data(core, 1, [b"x" * 10])
+    for body in (ping, probe):
+        p.replies.clear()
+        for i in range(50):
+            routed = p.route(body, source=("spoofed", 1))
+            assert sum(map(len, routed.replies)) <= 3 * len(body) and routed.engine is None
+            p.advance(0.001)
+        if body is ping:      # 5 bytes (a 2-byte session id): too small to earn a challenge
+            assert p.replies == []
+    assert p.frames(p.replies).count(p.frames(p.replies)[0]) == len(p.replies) > 0
+    assert len(p.replies) < 50 * 0.001 / p.server.rto + 2   # one per RTO at most
+    assert p.demux.peer_address(SESSION_ID) == ("client", 1)
+
+
+def test_a_wrong_or_misplaced_path_response_moves_nothing(core) -> None:
+    p = moved_pair(core)
+    p.client.send([b"x"], p.now)
+    p.to_server()
+    (challenge,) = p.frames(p.replies)
+    p.replies.clear()
+    wrong = core.codec.encode_frame((F.PATH_RESPONSE, SESSION_ID, bytes(16)))
+    right = core.codec.encode_frame((F.PATH_RESPONSE, SESSION_ID, challenge[2]))
+    p.route(wrong, source=("client", 2))
+    p.route(right, source=("spoofed", 9))        # the right data, from an address not challenged
+    assert p.demux.peer_address(SESSION_ID) == ("client", 1) and p.demux.migrations == 0
+    p.route(right, source=("client", 2))
+    assert p.demux.peer_address(SESSION_ID) == ("client", 2)
+
+
+@pytest.mark.parametrize("frame", ["fault", "terminate", "close", "data", "bad ack"])
+def test_nothing_off_the_path_ends_or_harms_the_session(core, frame) -> None:
+    p = Pair(core=core)
+    body = {"fault": lambda: core.codec.encode_frame((F.FAULT, SESSION_ID, "sequence-terminated", "x")),
+            "terminate": lambda: core.codec.encode_frame((F.TERMINATE_SEQUENCE, SESSION_ID, 0)),
+            "close": lambda: core.codec.encode_frame((F.CLOSE_SEQUENCE, SESSION_ID, 0)),
+            "data": lambda: data(core, 1, [b"injected"]),
+            "bad ack": lambda: core.codec.encode_ack(SESSION_ID, [(1, 99)], 8, False)}[frame]()
+    for source in (("spoofed", 1), ("spoofed", 2), ("client", 9)):
+        routed = p.route(body, source=source)
+        assert routed.engine is None and [f[0] for f in p.frames(routed.replies)] in ([], [F.PATH_CHALLENGE])
+    p.replies.clear()
+    assert p.server.is_open and p.server_got == [] and p.demux.off_path_packets == 3
+    p.client.send([b"genuine"], p.now)
+    p.exchange()
+    assert p.server_got == [b"genuine"] and p.server.is_open
+    p.route(body)                                # the same from the validated path is acted on
+    p.exchange()
+    assert frame in ("close", "data") or not p.server.is_open
+
+
+def test_forged_addresses_cannot_crowd_out_the_peers_challenge(core) -> None:
+    # the server remembers no challenge (its data is a MAC), so naming the session from a
+    # thousand forged addresses between the challenge and its answer changes nothing
+    p = moved_pair(core)
+    p.client.send([b"moved"], p.now)
+    p.to_server()
+    for i in range(1000):
+        p.route(data(core, 1, [b"forged" * 5]), source=("forged", i))
+    (challenge,) = [f for f in p.frames(p.replies) if f[0] == F.PATH_CHALLENGE][:1]
+    p.replies.clear()
+    p.client.receive_packet(core.codec.encode_frame(challenge), p.now)
+    p.to_server()
+    assert p.demux.peer_address(SESSION_ID) == ("client", 2)
+
+
+def test_an_old_answer_cannot_move_the_session_back(core) -> None:
+    p = moved_pair(core)                          # at ("client", 2) now, not yet validated
+    p.client.send([b"x"], p.now)
+    p.to_server()
+    p.to_client()                                 # the challenge
+    (answer,) = p.to_server()                     # its answer moves the session
+    assert p.demux.peer_address(SESSION_ID) == ("client", 2)
+    p.address = ("client", 3)
+    p.client.send([b"y"], p.now)
+    p.exchange()
+    assert p.demux.peer_address(SESSION_ID) == ("client", 3)
+    p.route(answer, source=("client", 2))         # a late duplicate, or a replay
+    assert p.demux.peer_address(SESSION_ID) == ("client", 3)
+
+
+def test_the_client_answers_a_challenge_while_connecting_too(core) -> None:
+    p = Pair(core=core, handshake=False)
+    p.client.start(0.0)
+    p.client.packets_to_send(0.0)
+    p.client.receive_packet(core.codec.encode_frame((F.PATH_CHALLENGE, SESSION_ID, b"c" * 16)), 0.0)
+    assert p.frames(p.client.packets_to_send(0.0)) == [(F.PATH_RESPONSE, SESSION_ID, b"c" * 16)]
+    s = server_engine(core)
+    s.receive_packet(core.codec.encode_frame((F.PATH_CHALLENGE, SESSION_ID, b"c" * 16)), 0.0)
+    assert s.packets_to_send(0.0) == [] and s.is_open   # only a client moves
+
+
+def test_a_udp_client_ignores_datagrams_that_do_not_name_its_session(core) -> None:
+    # anyone can send them from the server's address, or make the server reflect one
+    p = Pair(core=core)
+    other = SESSION_ID + 2
+    for body in (b"\xc1 garbage", core.codec.encode_frame((F.FAULT, other, "protocol-error", "x")),
+                 core.codec.encode_frame((F.RETRY, other, b"t")),
+                 core.codec.encode_frame((F.TERMINATE_SEQUENCE, other, 0))):
+        p.client.receive_packet(body, p.now)
+    assert p.client.is_open and p.client.packets_ignored == 4
+    t = Pair(core=core, tcp=True, packet=256 * 1024)
+    t.client.receive_packet(b"\xc1 garbage", t.now)
+    assert isinstance(t.client.error, ProtocolError)      # a TCP stream out of step is a fault
 
 
 # ---- hostile input ----
@@ -793,16 +1092,28 @@ def test_garbage_at_the_demux_is_dropped_and_other_sessions_go_on(core) -> None:
 
 
 @pytest.mark.parametrize("kind", [F.DATA, F.ACK, F.ACK_REQUESTED, F.CLOSE_SEQUENCE])
-def test_frames_for_unknown_sessions_get_unknown_sequence(core, kind) -> None:
-    demux = Demux(SessionSettings(), reliable_transport=False, max_packet_size=DATAGRAM, core=core)
-    frame = {F.DATA: lambda: data(core, 1, [b"x"], sid=42),
-             F.ACK: lambda: core.codec.encode_ack(42, [(1, 1)], 4, False),
-             F.ACK_REQUESTED: lambda: core.codec.encode_frame((F.ACK_REQUESTED, 42)),
-             F.CLOSE_SEQUENCE: lambda: core.codec.encode_frame((F.CLOSE_SEQUENCE, 42, 3))}[kind]()
-    routed = demux.route(frame, 0.0)
+@pytest.mark.parametrize("tcp", [False, True])
+def test_frames_for_unknown_sessions_get_unknown_sequence(core, kind, tcp) -> None:
+    sid = 0x5A5A_0000_1234_5679              # 63 bits, as clients pick them
+    demux = Demux(SessionSettings(), reliable_transport=tcp, max_packet_size=DATAGRAM, core=core)
+    frame = {F.DATA: lambda: data(core, 1, [b"x"], sid=sid),
+             F.ACK: lambda: core.codec.encode_ack(sid, [(1, 1)], 4, False),
+             F.ACK_REQUESTED: lambda: core.codec.encode_frame((F.ACK_REQUESTED, sid)),
+             F.CLOSE_SEQUENCE: lambda: core.codec.encode_frame((F.CLOSE_SEQUENCE, sid, 3))}[kind]()
+    routed = demux.route(frame, 0.0, source=("somewhere", 1))
     (fault,) = frames_of(core, routed.replies)
-    assert fault[:3] == (F.FAULT, 42, UnknownSequence.code)
+    assert fault[:3] == (F.FAULT, sid, UnknownSequence.code)
+    if not tcp:   # stateless: at most three times the datagram, the reason cut to fit
+        assert len(routed.replies[0]) <= 3 * len(frame)
+        assert fault[3] == f"no session {sid:#x} here"[:len(fault[3])]
     assert not demux.sessions
+
+
+def test_an_answer_that_would_amplify_is_not_sent(core) -> None:
+    # [7, 42] is 3 bytes; even a Fault without a reason is more than 9
+    demux = Demux(SessionSettings(), reliable_transport=False, max_packet_size=DATAGRAM, core=core)
+    routed = demux.route(core.codec.encode_frame((F.ACK_REQUESTED, 42)), 0.0, source=("x", 1))
+    assert routed.replies == [] and routed.engine is None
 
 
 def test_unknown_session_terminate_and_fault_are_answered_safely(core) -> None:
@@ -852,14 +1163,14 @@ def test_demux_does_not_reopen_an_ended_session_for_a_late_create_sequence(core)
 
 
 def test_demux_forgets_ended_sessions_after_a_while_and_beyond_a_bound(core, monkeypatch) -> None:
-    import tether.session.demux as demux_module
+    import tether.session.ended as ended_module
     p = _closed_by_server(core, lose_terminates=False)
-    ping = core.codec.encode_frame((F.ACK_REQUESTED, SESSION_ID))
-    assert frames_of(core, p.demux.route(ping, 1.0).replies)[0][0] == F.TERMINATE_SEQUENCE
-    later = 1.0 + demux_module.ENDED_LINGER + 1
-    assert frames_of(core, p.demux.route(ping, later).replies)[0][2] == UnknownSequence.code
-    monkeypatch.setattr(demux_module, "ENDED_REMEMBERED", 2)
-    demux = Demux(SessionSettings(), reliable_transport=False, max_packet_size=DATAGRAM, core=core)
+    late = data(core, 1, [b"a late packet"])
+    assert frames_of(core, p.demux.route(late, 1.0, source=p.address).replies)[0][0] == F.TERMINATE_SEQUENCE
+    later = 1.0 + ended_module.ENDED_LINGER + 1
+    assert frames_of(core, p.demux.route(late, later, source=p.address).replies)[0][2] == UnknownSequence.code
+    monkeypatch.setattr(ended_module, "ENDED_REMEMBERED", 2)
+    demux = Demux(SessionSettings(), reliable_transport=True, max_packet_size=DATAGRAM, core=core)
     for sid in (1, 2, 3):
         create = core.codec.encode_frame((F.CREATE_SEQUENCE, sid, TOKEN, 8, 65536, True))
         engine = demux.route(create, 0.0).engine
@@ -871,12 +1182,22 @@ def test_demux_forgets_ended_sessions_after_a_while_and_beyond_a_bound(core, mon
     assert kinds == [F.FAULT, F.TERMINATE_SEQUENCE, F.TERMINATE_SEQUENCE]   # 1 was pushed out
 
 
-def test_demux_does_not_remember_faulted_sessions(core) -> None:
-    p = Pair(core=core)
+def test_a_faulted_session_is_unknown_to_late_packets_and_never_reopened(core) -> None:
+    p = Pair(core=core, handshake=False)
+    p.client.start(p.now)
+    p.to_server()
+    p.to_client()                                    # the Retry
+    (replay,) = p.to_server()                        # CreateSequence with its token
+    p.exchange()
     p.server.abort(p.now)
     p.demux.remove(p.server, True)
-    ping = core.codec.encode_frame((F.ACK_REQUESTED, SESSION_ID))
-    assert frames_of(core, p.demux.route(ping, p.now).replies)[0][2] == UnknownSequence.code
+    late = data(core, 1, [b"a late packet"])
+    assert frames_of(core, p.demux.route(late, p.now, source=p.address).replies)[0][2] == UnknownSequence.code
+    # the token is still fresh and comes from the right address: only the ended id stops it
+    routed = p.demux.route(replay, p.now, source=p.address)
+    assert routed.engine is None and not p.demux.sessions and p.demux.unaccepted == 0
+    (fault,) = frames_of(core, routed.replies)          # as any late packet of it
+    assert fault[:3] == (F.FAULT, SESSION_ID, UnknownSequence.code)
 
 
 def test_ack_for_a_number_never_sent_is_invalid_acknowledgement(core) -> None:

@@ -36,6 +36,7 @@ CI_SEEDS = {
     "tcp_cuts": 200,
     "multi": 150,
     "attacked": 100,
+    "spoofed": 150,
     "partition": 150,
     "hostile": 150,
     "restart": 150,
@@ -149,15 +150,24 @@ def test_families_exercise_what_they_claim() -> None:
             counts["address changes"] += sum(p.down.stats.misaddressed > 0 for p in sim.paths)
             counts["dropped by demux"] += sim.demux.dropped_packets
             counts["attacker replies"] += sim.attacker_replies
+            counts["moves"] += sim.moves
+            counts["retries"] += sim.demux.retries_sent
+            counts["off path"] += sim.demux.off_path_packets
+            counts["spoofed"] += sim.spoofed_sent
+            counts["replays"] += sum(1 for body, _ in sim.captured if body[1] == 1)
         seen[family] = counts
     for family, counts in seen.items():
         assert counts["delivered"] > 1000, (family, counts)
     assert seen["clean"]["graceful"] == 60
     assert seen["lossy"]["resent"] > 20 and seen["lossy"]["duplicates"] > 20
     assert seen["lossy"]["fragmented"] > 3 and seen["lossy"]["unordered"] > 3
-    assert seen["lossy"]["address changes"] > 3
+    assert seen["lossy"]["address changes"] > 3 and seen["lossy"]["moves"] > 3
+    assert seen["clean"]["retries"] > 10         # every UDP session starts with a Retry
     assert seen["tcp_cuts"]["cuts"] > 30
     assert seen["attacked"]["dropped by demux"] > 100 and seen["attacked"]["attacker replies"] > 100
+    assert seen["spoofed"]["spoofed"] > 3000 and seen["spoofed"]["off path"] > 1000
+    assert seen["spoofed"]["moves"] > 10 and seen["spoofed"]["replays"] > 30
+    assert seen["spoofed"][SequenceTerminated.__name__] > 3     # aborted: ids never reused
     assert seen["partition"][RetryLimitExceeded.__name__] > 0
     assert seen["partition"][InactivityTimeout.__name__] > 0
     assert seen["hostile"][ProtocolError.__name__] > 0

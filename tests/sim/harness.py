@@ -3,9 +3,16 @@ checking the invariants after every step (after aioquic's tests/test_connection.
 ConnectionPair, with a seeded network in between).
 
 The server side mirrors what the adapters do (udp.py, tcp.py, session.py): route each
-packet through the Demux by session id, follow a UDP peer to its newest address, bind a TCP
-connection to a session on its first packet, drop what a session sends while it has no
-connection, release consumed messages, and re-arm one timer per session at next_timer().
+packet through the Demux by session id with its source address, send a UDP session's
+packets to the address the Demux validated, bind a TCP connection to a session on its first
+packet, drop what a session sends while it has no connection, release consumed messages,
+and re-arm one timer per session at next_timer().
+
+Over UDP it also checks what address validation promises (demux.py): a session is created
+only for an address that received its Retry, and never twice under one id; the server
+sends an address it has not validated at most three times the bytes it received from it; a
+session moves only to an address that echoed a challenge sent there; and a packet reaches
+no session but the one it was routed to, and that one only from its validated address.
 """
 from __future__ import annotations
 
@@ -17,13 +24,14 @@ from collections import deque
 from typing import Any
 
 from tether.errors import (
-    InactivityTimeout, RetryLimitExceeded, SequenceTerminated, SessionFault, TetherError,
-    UnknownSequence,
+    InactivityTimeout, ProtocolError, RetryLimitExceeded, SequenceTerminated, SessionFault,
+    TetherError, UnknownSequence,
 )
 from tether.session.core import Core
 from tether.session.demux import Demux
 from tether.session.engine import SessionEngine
 from tether.session.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
+from tether.session.frames import FrameType as F
 
 from .app import App, AppPlan, Bodies
 from .network import Clock, Direction, Path
@@ -42,6 +50,21 @@ ABORTED_PEER_FAULTS = (SequenceTerminated, UnknownSequence, RetryLimitExceeded, 
 # A client must notice a server restart within its keepalive interval plus this.
 RESTART_NOTICE = 10.0
 STRAY_PLAN = AppPlan(total=0, close_role="none")
+# RFC 9000 8.1: the most the server may send an address it has not validated, per byte
+# received from it (checked here independently of the code's own constant).
+AMPLIFICATION = 3
+# Captured CreateSequence datagrams an attacker keeps for replay ("spoofed" family), and
+# how long it goes on after every session ended (replaying the ended sessions' ones).
+CAPTURED_CREATES = 64
+SPOOF_AFTER_END = 1.0
+# ... and when it gives up anyway: a session left to its inactivity timeout (600 s) would
+# otherwise be spoofed at for ten minutes of simulated time, to no further purpose
+SPOOF_UNTIL = 60.0
+
+
+def _single_frame_of_type(body: bytes, kind: int) -> bool:
+    """Cheaply: `body` starts with a 3-element frame of this type (Retry, PathChallenge)."""
+    return len(body) > 2 and body[0] == 0x93 and body[1] == kind
 
 
 class SimulationFailure(AssertionError):
@@ -89,8 +112,9 @@ class Simulation:
         self.tcp = scenario.reliable_transport
         self.bodies = Bodies(scenario.seed)
         self.trace: list | deque = [] if trace else deque(maxlen=60)
-        self.demux = Demux(scenario.server_settings, reliable_transport=self.tcp,
-                           max_packet_size=scenario.max_packet_size, core=core)
+        # the server's randomness (token key, path challenges): seeded, so runs replay
+        self._server_rng = random.Random(f"{scenario.seed}-server")
+        self.demux = self._new_demux()
         self.clients: list[Endpoint] = []
         self.servers: list[Endpoint] = []       # server side of each client, by index
         self.strays: list[Endpoint] = []        # server sessions no client meant to open
@@ -101,6 +125,18 @@ class Simulation:
         self.steps = 0
         self.attacker_replies = 0
         self.finished_at: float | None = None
+        # address validation bookkeeping (UDP): bytes from each address, bytes sent to each
+        # address while it was not validated, the addresses validated, Retries and path
+        # challenges delivered, and the ids created by the current server incarnation
+        self.received_from: dict[Any, int] = {}
+        self.sent_unvalidated: dict[Any, int] = {}
+        self.validated: set = set()
+        self.retries_delivered: set = set()
+        self.challenges_sent: dict[tuple, set] = {}
+        self.created_ids: set = set()
+        self.captured: list[tuple[bytes, Any]] = []
+        self.spoofed_sent = 0
+        self.moves = 0
         seed = scenario.seed
         for i, spec in enumerate(scenario.clients):
             rng = random.Random(f"{seed}-{i}")
@@ -130,6 +166,11 @@ class Simulation:
         if scenario.attack_interval:
             self.attack_rng = random.Random(f"{seed}-attacker")
             self.clock.at(0.0, self._attack)
+        if scenario.spoof_interval:
+            self.spoof_rng = random.Random(f"{seed}-spoofer")
+            # from the first client's start (scheduled after it): before any session exists
+            # the run would count as finished, which stops the spoofer
+            self.clock.at(min(spec.start for spec in scenario.clients), self._spoof)
         if scenario.restart_at is not None:
             self.clock.at(scenario.restart_at, self._restart)
         if scenario.abort_at is not None:
@@ -197,6 +238,12 @@ class Simulation:
         engine.start(self.clock.now)
         self._pump(client)
 
+    def _new_demux(self) -> Demux:
+        s = self.scenario
+        return Demux(s.server_settings, reliable_transport=self.tcp,
+                     max_packet_size=s.max_packet_size, core=self.core,
+                     entropy=self._server_rng.randbytes)
+
     def _make_client_receiver(self, client: Endpoint):
         def receive(body: bytes, src: Any, dst: Any) -> None:
             if dst != client.addr:
@@ -204,6 +251,10 @@ class Simulation:
                 return  # the old address: nobody listens there any more
             if client.engine is None:
                 return
+            if not self.tcp and _single_frame_of_type(body, F.RETRY):
+                retry = self._decode_first(body)
+                if retry is not None:   # (a corrupting path may have broken it)
+                    self.retries_delivered.add((retry[1], dst))
             client.engine.receive_packet(body, self.clock.now)
             self._pump(client)
         return receive
@@ -244,6 +295,10 @@ class Simulation:
             client.packets_dropped_unlinked += len(packets)
             return
         for body in packets:
+            if self.scenario.spoof_interval and len(body) > 1 and body[1] == F.CREATE_SEQUENCE:
+                # an on-path attacker records CreateSequence (with its token) to replay it
+                self.captured.append((body, client.addr))
+                del self.captured[:-CAPTURED_CREATES]
             path.up.transmit(body, client.addr, SERVER_ADDRESS)
 
     # ---- server ----
@@ -257,19 +312,51 @@ class Simulation:
         return receive
 
     def _server_udp_packet(self, body: bytes, src: Any) -> None:
-        routed = self.demux.route(body, self.clock.now)
+        self.received_from[src] = self.received_from.get(src, 0) + len(body)
+        live = [(ep, ep.engine.packets_received, ep.engine.state) for ep in self.servers + self.strays
+                if ep.engine is not None and not ep.crashed and not ep.engine.is_finished]
+        routed = self.demux.route(body, self.clock.now, source=src)
         for reply in routed.replies:
             self._server_send(src, reply)
         engine = routed.engine
+        for ep, received, state in live:
+            if ep.engine is not engine and (ep.engine.packets_received != received
+                                            or ep.engine.state is not state):
+                self.fail(f"{ep.name}: a packet from {src} routed elsewhere reached the session "
+                          f"(validated address {ep.addr})")
         if engine is None:
             return
         if routed.created:
+            if routed.address != src:
+                self.fail(f"a session created for {src} sends to {routed.address}")
             ep = self._created(engine, src)
         else:
             ep = self._endpoint_of(engine)
-            if ep.addr != src:
-                ep.addr = src  # the peer moved: follow its session id, not its address
+            if routed.address != ep.addr:
+                self._check_move(ep, src, routed.address, body)
+                ep.addr = routed.address
+                self.validated.add(ep.addr)
+            elif src != ep.addr:
+                self.fail(f"{ep.name}: a packet from {src} reached the session, whose validated "
+                          f"address is {ep.addr}")
         self._pump(ep)
+
+    def _decode_first(self, body: bytes) -> tuple | None:
+        try:
+            return self.core.codec.decode_packet(body, 1 << 24, 1 << 16)[0]
+        except ProtocolError:
+            return None
+
+    def _check_move(self, ep: Endpoint, src: Any, to: Any, body: bytes) -> None:
+        """A session moves only to the address the packet came from, and only when that
+        packet echoes a PathChallenge the server sent to that very address."""
+        self.moves += 1
+        sid = ep.engine.session_id
+        answers = {f[2] for f in self.core.codec.decode_packet(body, 1 << 24, 1 << 16)
+                   if f[0] == F.PATH_RESPONSE}
+        if to != src or not answers & self.challenges_sent.get((sid, src), set()):
+            self.fail(f"{ep.name}: moved from {ep.addr} to {to} on a packet from {src} that "
+                      f"echoes no challenge sent there")
 
     def _server_tcp_packet(self, index: int, body: bytes) -> None:
         path = self.paths[index]
@@ -305,6 +392,14 @@ class Simulation:
         self.fail(f"the demux routed to an engine the server never created ({engine.session_id:#x})")
 
     def _created(self, engine: SessionEngine, src: Any) -> Endpoint:
+        if not self.tcp:
+            if engine.session_id in self.created_ids:
+                self.fail(f"session id {engine.session_id:#x} opened twice by one server")
+            if (engine.session_id, src) not in self.retries_delivered:
+                self.fail(f"session {engine.session_id:#x} created for {src}, which never received "
+                          f"its Retry (a forged source address)")
+            self.created_ids.add(engine.session_id)
+            self.validated.add(src)
         ep = self.by_session.get(engine.session_id)
         if ep is not None and (ep.crashed or (ep.removed and not ep.peer.connected)):
             # After a restart (or the server application ending the session at once), a
@@ -354,6 +449,15 @@ class Simulation:
             self._pump(ep)
 
     def _server_send(self, addr: Any, body: bytes) -> None:
+        if not self.tcp:
+            if addr not in self.validated:
+                sent = self.sent_unvalidated[addr] = self.sent_unvalidated.get(addr, 0) + len(body)
+                if sent > AMPLIFICATION * self.received_from.get(addr, 0):
+                    self.fail(f"sent {sent} bytes to {addr}, which is not validated and sent "
+                              f"{self.received_from.get(addr, 0)}")
+            if _single_frame_of_type(body, F.PATH_CHALLENGE):
+                frame = self._decode_first(body)   # the server's own: it always decodes
+                self.challenges_sent.setdefault((frame[1], addr), set()).add(frame[2])
         index = self.addr_owner.get(addr)
         if index is None:
             self.attacker_replies += 1
@@ -401,6 +505,77 @@ class Simulation:
         self._server_udp_packet(body, ("attacker",))
         self.clock.after(self.attack_rng.expovariate(1.0 / self.scenario.attack_interval), self._attack)
 
+    # ---- the spoofer (family "spoofed") ----
+
+    def _spoof(self) -> None:
+        """An attacker who sees the traffic (it knows every session id and captures
+        CreateSequence datagrams) and forges source addresses, but never the address a
+        session has validated (that takes being on its path, which UDP cannot defend; see
+        docs/sessions.md, Security) and never answers a challenge. Nothing it sends may
+        create a session, move one, end one or reach one."""
+        if (self.finished_at is not None and self.clock.now > self.finished_at + SPOOF_AFTER_END) \
+                or self.clock.now > SPOOF_UNTIL:
+            return
+        rng = self.spoof_rng
+        codec = self.core.codec
+        live = [ep for ep in self.servers if ep.engine is not None and not ep.crashed
+                and not ep.engine.is_finished]
+        pick = rng.random()
+        if pick < 0.2 or (pick < 0.6 and not live):
+            # CreateSequence from a forged address (with a made-up token, sometimes): the
+            # Retry goes where nobody answers, or to a client that did not open that session
+            fields = (F.CREATE_SEQUENCE, rng.getrandbits(63) | 1, rng.randbytes(16),
+                      rng.choice((8, 64)), 65536, True)
+            if rng.random() < 0.3:
+                fields += (rng.randbytes(rng.choice((16, 24))),)
+            kind, body, src = "create", codec.encode_frame(fields), self._forged_address(rng, None)
+        elif pick < 0.6:
+            ep = rng.choice(live)
+            sid = ep.engine.session_id
+            sent = ep.engine.stats["sent"]
+            frames = [
+                (F.FAULT, sid, rng.choice(("sequence-terminated", "protocol-error")), "forged"),
+                (F.TERMINATE_SEQUENCE, sid, sent), (F.TERMINATE_SEQUENCE_RESPONSE, sid),
+                (F.CLOSE_SEQUENCE, sid, rng.randint(0, 3)), (F.CLOSE_SEQUENCE_RESPONSE, sid, 0),
+                (F.ACK_REQUESTED, sid), (F.PATH_RESPONSE, sid, rng.randbytes(16)),
+                (F.ACK, sid, [(1, max(1, sent))], rng.randint(0, 64), False),
+                (F.DATA, sid, rng.randint(1, 50), [b"forged" * rng.randint(1, 20)]),
+                (F.CREATE_SEQUENCE, sid, ep.engine.token, 8, 65536, True),
+            ]
+            frame = rng.choice(frames)
+            body = (codec.encode_data(sid, frame[2], frame[3]) if frame[0] == F.DATA
+                    else codec.encode_frame(frame))
+            kind, src = f"forged-{F(frame[0]).name.lower()}", self._forged_address(rng, ep)
+        elif self.captured:
+            # a captured CreateSequence, replayed from where it came (also after its session
+            # ended: the id must never be opened again); from elsewhere while that is its
+            # live session's validated address, which this attacker never forges
+            body, src = rng.choice(self.captured)
+            kind = "replay"
+            named = self.by_session.get(self._decode_first(body)[1])
+            if named is not None and named.engine is not None and not named.engine.is_finished \
+                    and src == named.addr:
+                src = self._forged_address(rng, named)
+        else:
+            kind = None
+        if kind is not None:
+            self.spoofed_sent += 1
+            self._record("spoof", kind, src, len(body))
+            self._server_udp_packet(body, src)
+        self.clock.after(rng.expovariate(1.0 / self.scenario.spoof_interval), self._spoof)
+
+    def _forged_address(self, rng: random.Random, ep: Endpoint | None) -> Any:
+        """A source address to forge: one where nobody listens, or a client's (current or
+        former) address; never the address `ep`'s session has validated."""
+        choices = [("forged", rng.randrange(16))]
+        for client in self.clients:
+            choices.append(client.addr)
+            if client.addr[2] > 0:
+                choices.append((client.addr[0], client.addr[1], rng.randrange(client.addr[2])))
+        if ep is not None:
+            choices = [a for a in choices if a != ep.addr] or [("forged", 0)]
+        return rng.choice(choices)
+
     # ---- restart and abort ----
 
     def _restart(self) -> None:
@@ -411,9 +586,8 @@ class Simulation:
             if ep.engine is not None and not ep.app.ended:
                 ep.crashed = True
                 ep.timer_version += 1
-        s = self.scenario
-        self.demux = Demux(s.server_settings, reliable_transport=self.tcp,
-                           max_packet_size=s.max_packet_size, core=self.core)
+        self.demux = self._new_demux()
+        self.created_ids = set()      # a new server incarnation knows no ids
         if self.tcp:
             for i in range(len(self.paths)):
                 self._cut(i, 0.1)

@@ -8,17 +8,21 @@ from tether.session.core import Core, native
 from tether.session.demux import Demux
 from tether.session.engine import SessionEngine
 from tether.session.events import MessagesDelivered
+from tether.session.frames import FrameType
 from tether.session.settings import SessionSettings
 
 SESSION_ID = 0x7E7E
 TOKEN = bytes(range(16))
 DATAGRAM = 1452
+CLIENT_ADDRESS = ("client", 1)
 
 
 class Pair:
     """`client` (a SessionEngine), `demux` and, once created, `server`. Every event either
     side emits is kept in `client_events` / `server_events`; delivered messages in
-    `client_got` / `server_got`, released at once when `auto_release` is set."""
+    `client_got` / `server_got`, released at once when `auto_release` is set. Over UDP the
+    client's packets come from `address` (change it to move the client); the handshake goes
+    through the server's Retry like any UDP client's."""
 
     def __init__(self, *, client: dict | None = None, server: dict | None = None,
                  tcp: bool = False, packet: int = DATAGRAM, core: Core | None = None,
@@ -38,9 +42,24 @@ class Pair:
         self.client_got: list[bytes] = []
         self.server_got: list[bytes] = []
         self.replies: list[bytes] = []       # demux answers to the client
+        self.address = CLIENT_ADDRESS
         if handshake:
             self.client.start(self.now)
             self.exchange()
+
+    def create(self) -> None:
+        """Start the client and take its CreateSequence through the demux: over UDP the
+        first one earns a Retry, which reaches the client, which repeats CreateSequence with
+        the token. The server session exists afterwards; its response is not yet sent."""
+        self.client.start(self.now)
+        self.to_server()
+        if not self.tcp:
+            assert self.server is None and self.kinds(self.replies) == [FrameType.RETRY]
+            for body in self.replies:
+                self.client.receive_packet(body, self.now)
+            self.replies.clear()
+            self.to_server()
+        assert self.server is not None
 
     # ---- moving packets ----
 
@@ -54,8 +73,9 @@ class Pair:
         self._collect()
         return packets
 
-    def route(self, body: bytes):
-        routed = self.demux.route(body, self.now)
+    def route(self, body: bytes, source=None):
+        """One packet to the demux, from `source` (default: the client's address)."""
+        routed = self.demux.route(body, self.now, source=self.address if source is None else source)
         self.replies.extend(routed.replies)
         if routed.engine is not None:
             if routed.created:

@@ -10,6 +10,13 @@ Families and what they expect:
   multi       2-3 clients on one server, lossy paths                    -> graceful
   attacked    UDP, lossy, and a third party throws garbage, frames for
               unknown sessions and wrong-token Resumes at the server    -> graceful
+  spoofed     UDP, lossy, 1-2 clients that change address, and an
+              attacker who knows the session ids and forges source
+              addresses: CreateSequence from addresses that never
+              answer, Faults, Terminates and Closes, migrations, and
+              replays of captured CreateSequences (also after the
+              session ended); sometimes the first session is aborted    -> graceful (abort: as
+                                                                            the abort family)
   partition   a permanent partition (both ways or one way; TCP: the
               connection is cut for good) during the transfer            -> RetryLimitExceeded or
                                                                             InactivityTimeout
@@ -36,8 +43,8 @@ from tether.session.settings import SessionSettings
 from .app import HEADER_SIZE, AppPlan
 from .network import Conditions, Interval
 
-FAMILIES = ("clean", "lossy", "tcp_cuts", "multi", "attacked", "partition", "hostile", "restart",
-            "abort")
+FAMILIES = ("clean", "lossy", "tcp_cuts", "multi", "attacked", "spoofed", "partition", "hostile",
+            "restart", "abort")
 
 # Packet sizes the adapters use (udp.py: NETWORK_DATAGRAM / LOOPBACK_DATAGRAM).
 UDP_NETWORK = 1452
@@ -100,6 +107,7 @@ class Scenario:
     aborter: int = 0                    # which side aborts (0 client, 1 server)
     abort_kind: str = "abort"           # "abort" | "close" (close() without waiting for EOF)
     attack_interval: float | None = None
+    spoof_interval: float | None = None   # "spoofed": mean time between forged datagrams
     time_limit: float = 3000.0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -115,6 +123,8 @@ class Scenario:
             head += f" partition_at={self.partition_at:.3f}"
         if self.attack_interval:
             head += f" attack_every={self.attack_interval * 1000:.1f}ms"
+        if self.spoof_interval:
+            head += f" spoof_every={self.spoof_interval * 1000:.1f}ms"
         if self.restart_at is not None:
             head += f" restart_at={self.restart_at:.3f}"
         if self.abort_at is not None:
@@ -354,6 +364,32 @@ def _attacked(rng: random.Random, seed: int) -> Scenario:
                     attack_interval=rng.choice((0.005, 0.02, 0.05)))
 
 
+def _spoofed(rng: random.Random, seed: int) -> Scenario:
+    packet = rng.choice((UDP_NETWORK, UDP_NETWORK, UDP_LOOPBACK))
+    count = rng.randint(1, 2)
+    # one inactivity timeout for all: an idle client that moved is heard again only by its
+    # keepalive, which must come before the server's timeout runs out
+    inactivity = rng.choice((30.0, 600.0))
+    first = _settings(rng, lossy=True, inactivity=inactivity)
+    ss = _server_settings(rng, first, lossy=True, pending=count)
+    clients = []
+    for i in range(count):
+        cs = first if i == 0 else _settings(rng, lossy=True, inactivity=inactivity)
+        changes = tuple(sorted(rng.random() * 2.0 for _ in range(rng.choice((0, 1, 2, 3)))))
+        clients.append(_client(rng, settings=cs, server_settings=ss, packet=packet,
+                               total=_totals(rng, 150), up=_lossy_conditions(rng),
+                               down=_lossy_conditions(rng), fragments=True,
+                               address_changes=changes, start=rng.random() * 0.05))
+    spoof_interval = rng.choice((0.002, 0.01, 0.05))
+    if rng.random() < 0.4:
+        # the first session is aborted (a faulted session's id must not be reopened either)
+        return Scenario(seed, "spoofed", "udp", ss, tuple(clients), packet, "abort",
+                        abort_at=rng.choice((0.01, 0.05, 0.2, 0.5)), aborter=rng.randint(0, 1),
+                        spoof_interval=spoof_interval)
+    return Scenario(seed, "spoofed", "udp", ss, tuple(clients), packet, "graceful",
+                    spoof_interval=spoof_interval)
+
+
 def _partition(rng: random.Random, seed: int) -> Scenario:
     tcp = rng.random() < 0.3
     packet = TCP_PACKET if tcp else UDP_NETWORK
@@ -439,6 +475,7 @@ _BUILDERS = {
     "tcp_cuts": _tcp_cuts,
     "multi": _multi,
     "attacked": _attacked,
+    "spoofed": _spoofed,
     "partition": _partition,
     "hostile": _hostile,
     "restart": _restart,

@@ -28,6 +28,9 @@ TERMINATE_SEQUENCE_RESPONSE = 11
 FAULT = 12
 RESUME = 13
 RESUME_RESPONSE = 14
+RETRY = 15
+PATH_CHALLENGE = 16
+PATH_RESPONSE = 17
 
 FRAME_NAMES: dict[int, str] = {
     CREATE_SEQUENCE: "CREATE_SEQUENCE",
@@ -44,18 +47,24 @@ FRAME_NAMES: dict[int, str] = {
     FAULT: "FAULT",
     RESUME: "RESUME",
     RESUME_RESPONSE: "RESUME_RESPONSE",
+    RETRY: "RETRY",
+    PATH_CHALLENGE: "PATH_CHALLENGE",
+    PATH_RESPONSE: "PATH_RESPONSE",
 }
 
 TOKEN_SIZE = 16              # Resume token: 128 random bits
+ADDRESS_TOKEN_MAX = 64       # a server's address token is opaque to the client, and bounded
 LENGTH_PREFIX_SIZE = 4       # TCP: 4-byte big-endian body length before each packet
 U64_MAX = 2**64 - 1
 MAX_BIN = 2**32 - 1          # bin32 is the largest msgpack binary
 
 # Field kinds of the frames that have no list in them.
-_UINT, _TOKEN, _STR, _BOOL = "uint", "token", "str", "bool"
+_UINT, _TOKEN, _ADDRESS_TOKEN, _STR, _BOOL = "uint", "token", "address_token", "str", "bool"
+# CREATE_SEQUENCE's last field, the address token, may be left out (_OPTIONAL_LAST).
 _SIMPLE_FIELDS: dict[int, tuple[tuple[str, str], ...]] = {
     CREATE_SEQUENCE: (("session_id", _UINT), ("token", _TOKEN), ("window", _UINT),
-                      ("max_message_size", _UINT), ("ordered", _BOOL)),
+                      ("max_message_size", _UINT), ("ordered", _BOOL),
+                      ("address_token", _ADDRESS_TOKEN)),
     CREATE_SEQUENCE_RESPONSE: (("session_id", _UINT), ("window", _UINT), ("max_message_size", _UINT)),
     CREATE_SEQUENCE_REFUSED: (("session_id", _UINT), ("reason", _STR)),
     ACK_REQUESTED: (("session_id", _UINT),),
@@ -66,7 +75,22 @@ _SIMPLE_FIELDS: dict[int, tuple[tuple[str, str], ...]] = {
     FAULT: (("session_id", _UINT), ("code", _STR), ("reason", _STR)),
     RESUME: (("session_id", _UINT), ("token", _TOKEN)),
     RESUME_RESPONSE: (("session_id", _UINT),),
+    RETRY: (("session_id", _UINT), ("address_token", _ADDRESS_TOKEN)),
+    PATH_CHALLENGE: (("session_id", _UINT), ("data", _TOKEN)),
+    PATH_RESPONSE: (("session_id", _UINT), ("data", _TOKEN)),
 }
+_OPTIONAL_LAST = frozenset({CREATE_SEQUENCE})
+
+
+def _arities(frame_type: int) -> tuple[int, int]:
+    """The fewest and most elements a simple frame has, type included."""
+    most = len(_SIMPLE_FIELDS[frame_type]) + 1
+    return (most - 1 if frame_type in _OPTIONAL_LAST else most), most
+
+
+def _arity_text(frame_type: int) -> str:
+    fewest, most = _arities(frame_type)
+    return str(most) if fewest == most else f"{fewest} or {most}"
 
 
 # ---------------------------------------------------------------- encoding
@@ -105,6 +129,13 @@ def _token(value: object, what: str) -> bytes:
     data = _binary(value, what)
     if memoryview(data).nbytes != TOKEN_SIZE:
         raise ValueError(f"{what} must be {TOKEN_SIZE} bytes, got {memoryview(data).nbytes}")
+    return bytes(data)
+
+
+def _address_token(value: object, what: str) -> bytes:
+    data = _binary(value, what)
+    if not 1 <= memoryview(data).nbytes <= ADDRESS_TOKEN_MAX:
+        raise ValueError(f"{what} must be 1..{ADDRESS_TOKEN_MAX} bytes, got {memoryview(data).nbytes}")
     return bytes(data)
 
 
@@ -263,8 +294,9 @@ def encode_frame(frame: tuple) -> bytes:
                    for i, n in enumerate(_sequence(frame[2], "NACK numbers"))]
         return _pack([NACK, _uint(frame[1], "NACK session_id"), numbers])
     fields = _SIMPLE_FIELDS[frame_type]
-    if arity != len(fields) + 1:
-        raise ValueError(f"a {name} frame has {len(fields) + 1} fields, got {arity}")
+    fewest, most = _arities(frame_type)
+    if not fewest <= arity <= most:
+        raise ValueError(f"a {name} frame has {_arity_text(frame_type)} fields, got {arity}")
     out: list = [frame_type]
     for (field, kind), value in zip(fields, frame[1:]):
         what = f"{name} {field}"
@@ -272,6 +304,8 @@ def encode_frame(frame: tuple) -> bytes:
             out.append(_uint(value, what))
         elif kind == _TOKEN:
             out.append(_token(value, what))
+        elif kind == _ADDRESS_TOKEN:
+            out.append(_address_token(value, what))
         elif kind == _STR:
             out.append(_text(value, what))
         else:
@@ -453,8 +487,9 @@ def _decode_nack(frame: list) -> tuple:
 def _decode_simple(frame_type: int, frame: list) -> tuple:
     name = FRAME_NAMES[frame_type]
     fields = _SIMPLE_FIELDS[frame_type]
-    if len(frame) != len(fields) + 1:
-        raise ProtocolError(f"{name} frame has {len(frame)} elements, expected {len(fields) + 1}")
+    fewest, most = _arities(frame_type)
+    if not fewest <= len(frame) <= most:
+        raise ProtocolError(f"{name} frame has {len(frame)} elements, expected {_arity_text(frame_type)}")
     out: list = [frame_type]
     for (field, kind), value in zip(fields, frame[1:]):
         what = f"{name} {field}"
@@ -463,6 +498,10 @@ def _decode_simple(frame_type: int, frame: list) -> tuple:
         elif kind == _TOKEN:
             if len(_want(value, bytes, what)) != TOKEN_SIZE:
                 raise ProtocolError(f"{what} must be {TOKEN_SIZE} bytes, got {len(value)}")
+            out.append(value)
+        elif kind == _ADDRESS_TOKEN:
+            if not 1 <= len(_want(value, bytes, what)) <= ADDRESS_TOKEN_MAX:
+                raise ProtocolError(f"{what} must be 1..{ADDRESS_TOKEN_MAX} bytes, got {len(value)}")
             out.append(value)
         elif kind == _STR:
             out.append(_want(value, str, what))

@@ -120,10 +120,13 @@ class SessionEngine:
         self._out_close_confirmed = False
         self._terminate_sent = False
         self._resume_frame: bytes | None = None
+        self._address_token: bytes | None = None   # UDP client: from the server's Retry
 
         self._last_heard = now
         self._last_sent = now
         self._keepalive = settings.keepalive_interval
+        self._probe_at = -1.0                # UDP: when the last keepalive went out
+        self._probes_unanswered = 0          # ... and how many in a row nothing answered
         self._stream_reader = None  # receive_data() only
         self._events: list = []
         self.messages_sent = 0
@@ -134,6 +137,7 @@ class SessionEngine:
         self.packets_received = 0
         self.fast_retransmits = 0           # loss events detected by later acks
         self.retransmission_timeouts = 0    # loss events detected by the RTO
+        self.packets_ignored = 0            # UDP client: datagrams that named no session of ours
 
     # ---- creation ----
 
@@ -144,18 +148,26 @@ class SessionEngine:
         return cls(settings, session_id=session_id, token=token, is_client=True, now=now,
                    reliable_transport=reliable_transport, max_packet_size=max_packet_size, core=core)
 
-    @classmethod
-    def accept(cls, frame: tuple, settings: SessionSettings, *, now: float,
-               reliable_transport: bool, max_packet_size: int, core: Core | None = None) -> "SessionEngine":
-        """The server side of a CreateSequence frame (already decoded). The session takes the
-        client's `ordered` choice; windows and message sizes are each side's own."""
-        _, session_id, token, window, max_message_size, ordered = frame
+    @staticmethod
+    def check_offer(frame: tuple) -> None:
+        """Raise ProtocolError when a decoded CreateSequence offers what no session can take:
+        the server checks this before anything else, so a hopeless offer costs nothing."""
+        token, window, max_message_size = frame[2], frame[3], frame[4]
         if len(token) != 16:
             raise ProtocolError("CreateSequence token must be 16 bytes")
         if not 1 <= window <= 65536:
             raise ProtocolError(f"CreateSequence window {window} out of range")
         if max_message_size < 1:
             raise ProtocolError(f"CreateSequence max_message_size {max_message_size} out of range")
+
+    @classmethod
+    def accept(cls, frame: tuple, settings: SessionSettings, *, now: float,
+               reliable_transport: bool, max_packet_size: int, core: Core | None = None) -> "SessionEngine":
+        """The server side of a CreateSequence frame (already decoded; its address token, if
+        any, already checked by the Demux). The session takes the client's `ordered` choice;
+        windows and message sizes are each side's own."""
+        cls.check_offer(frame)
+        _, session_id, token, window, max_message_size, ordered = frame[:6]
         if ordered != settings.ordered:
             settings = dataclasses.replace(settings, ordered=ordered)
         engine = cls(settings, session_id=session_id, token=token, is_client=False, now=now,
@@ -169,11 +181,15 @@ class SessionEngine:
 
     def start(self, now: float) -> None:
         """Client: send CreateSequence (with the Offer of the reverse sequence)."""
+        self._start_control("create", self._create_frame(), now)
+
+    def _create_frame(self) -> bytes:
         s = self.settings
-        frame = self._codec.encode_frame(
-            (F.CREATE_SEQUENCE, self.session_id, self.token, s.max_transfer_window,
-             s.max_message_size, s.ordered))
-        self._start_control("create", frame, now)
+        fields: tuple = (F.CREATE_SEQUENCE, self.session_id, self.token, s.max_transfer_window,
+                         s.max_message_size, s.ordered)
+        if self._address_token is not None:
+            fields += (self._address_token,)
+        return self._codec.encode_frame(fields)
 
     def _peer_handshake(self, window: int, max_message_size: int) -> None:
         self.peer_window = window
@@ -289,14 +305,24 @@ class SessionEngine:
     # ---- network side ----
 
     def receive_packet(self, body: bytes, now: float) -> None:
-        """One packet from the peer. A malformed one faults this session."""
+        """One packet from the peer. A malformed one faults this session, except on a UDP
+        client, where a datagram that does not decode or whose first frame names another
+        session is dropped: anyone can send one with the server's address as its source
+        (or make the server reflect one there), so it proves nothing about the session."""
         if self.state in FINAL_STATES:
             return
         try:
             frames = self._codec.decode_packet(body, self.settings.max_message_size,
                                                MAX_FRAMES_PER_PACKET)
         except ProtocolError as exc:
+            if self.is_client and not self.reliable_transport:
+                self.packets_ignored += 1
+                return
             self._fault(exc, now)
+            return
+        if (self.is_client and not self.reliable_transport and frames
+                and frames[0][1] != self.session_id):
+            self.packets_ignored += 1
             return
         self.receive_frames(frames, now)
 
@@ -512,8 +538,42 @@ class SessionEngine:
                 self.peer_resumed(now)
         elif kind == F.NACK:
             self._on_nack(frame[2])
+        elif kind == F.PATH_CHALLENGE:
+            # The server checks that we receive at the address our packets now come from (a
+            # NAT rebinding, a new network): echo it. Only a client moves, so only it answers.
+            if self.is_client and not self.reliable_transport:
+                self._control_out.append(codec.encode_frame((F.PATH_RESPONSE, sid, frame[2])))
+        elif kind == F.RETRY:
+            if (self.is_client and not self.reliable_transport and self.state is State.CONNECTING
+                    and self._ctl is not None and self._ctl.kind == "create"
+                    and frame[2] != self._address_token):
+                self._on_retry(self._ctl, frame[2], now)
+        elif kind == F.PATH_RESPONSE:
+            pass  # the server's Demux checks it (path_validation.py); a client never challenges
         else:
             raise ProtocolError(f"unexpected frame type {kind}")
+
+    def _on_retry(self, ctl: _Control, address_token: bytes, now: float) -> None:
+        """Client: the server wants proof that we receive at our address before it keeps any
+        state: repeat CreateSequence at once, carrying its token. The first Retry is the
+        normal handshake, a new request (its round trip is an RTT sample unless CreateSequence
+        was resent); another (the token expired before a resent CreateSequence arrived, or our
+        address changed) counts as a resend against max_retry_count, so a client and a server
+        that disagree about a token cannot bounce Retries for ever."""
+        if self._address_token is None:
+            if ctl.retries == 0:
+                self._rtt.update(now - ctl.sent_at)
+            ctl.retries = 0
+            ctl.sent_at = now
+        else:
+            if ctl.retries >= self.settings.max_retry_count:
+                raise RetryLimitExceeded(
+                    f"CreateSequence still answered by Retry after {ctl.retries} retransmissions")
+            ctl.retries += 1
+        ctl.deadline = now + min(self._rto() * 2 ** ctl.retries, MAX_RTO)
+        self._address_token = address_token
+        ctl.frame = self._create_frame()
+        self._control_out.append(ctl.frame)
 
     def _on_nack(self, numbers: list) -> None:
         # A NACK is the peer's claim: each unacked message it names is queued once until
@@ -617,6 +677,12 @@ class SessionEngine:
             return False
         return peer_silent or self._close_out_requested or self.state is State.CLOSING
 
+    @property
+    def rto(self) -> float:
+        """The current base retransmission timeout in seconds (the Demux paces its path
+        challenges by it)."""
+        return self._rtt.rto
+
     def _rto(self) -> float:
         # No max_ack_delay term (RFC 9002 6.2.1 adds one): every burst of data ends with
         # AckRequested, which the peer answers at once.
@@ -646,6 +712,14 @@ class SessionEngine:
         if (self.settings.flow_control and not self.reliable_transport and self.pending_count
                 and self._sw.next_number >= self._send_limit):
             return self._rto()
+        # A keepalive is answered at once (it is an AckRequested). Over UDP an unanswered one
+        # is repeated after an RTO, doubling up to the keepalive interval: a lost datagram,
+        # or a client whose address changed and whose packets the server must first see to
+        # challenge the new address (path_validation.py), then costs round trips, not a
+        # whole keepalive interval.
+        if (self._probes_unanswered and not self.reliable_transport
+                and self._last_heard < self._probe_at):
+            return min(self._rto() * 2 ** min(self._probes_unanswered - 1, 30), self._keepalive)
         return self._keepalive
 
     def handle_timer(self, now: float) -> None:
@@ -697,6 +771,10 @@ class SessionEngine:
                 self._lost(due)
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
             self._control_out.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
+            if self._last_heard >= self._probe_at:
+                self._probes_unanswered = 0      # the last one was answered: start over
+            self._probes_unanswered += 1
+            self._probe_at = now
 
     # ---- output ----
 

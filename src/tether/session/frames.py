@@ -18,3 +18,7 @@ class FrameType(enum.IntEnum):
     FAULT = 12
     RESUME = 13
     RESUME_RESPONSE = 14
+    # Address and path validation over UDP (after QUIC, RFC 9000 8.1 and 8.2).
+    RETRY = 15
+    PATH_CHALLENGE = 16
+    PATH_RESPONSE = 17

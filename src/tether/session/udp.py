@@ -1,5 +1,6 @@
 """The UDP adapter: datagram protocols that feed session engines. A client owns a connected
-socket for its one session; a server socket carries many sessions, told apart by session id."""
+socket for its one session; a server socket carries many sessions, told apart by session id,
+each sending to its peer's validated address (the Demux decides which: demux.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -80,8 +81,8 @@ class UdpClientProtocol(asyncio.DatagramProtocol):
 
 
 class UdpPeerLink:
-    """A server session's way back to its peer: the shared socket and the peer's latest
-    address (updated when the peer's address changes)."""
+    """A server session's way back to its peer: the shared socket and the peer's validated
+    address (updated when the peer moved and answered the server's path challenge)."""
 
     __slots__ = ("endpoint", "addr")
 
@@ -124,7 +125,7 @@ class UdpServerProtocol(asyncio.DatagramProtocol):
         tune_socket(transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        routed = self.demux.route(data, clock())
+        routed = self.demux.route(data, clock(), source=addr)
         if routed.replies and self.transport is not None:
             for reply in routed.replies:
                 self.transport.sendto(reply, addr)
@@ -132,14 +133,14 @@ class UdpServerProtocol(asyncio.DatagramProtocol):
         if engine is None:
             return
         if routed.created:
-            session = self.on_new(engine, UdpPeerLink(self, addr))
+            session = self.on_new(engine, UdpPeerLink(self, routed.address))
         else:
             session = self.sessions.get(engine.session_id)
             if session is None:
                 return
             link = session.link
-            if link is not None and link.addr != addr:
-                link.addr = addr  # the peer moved: the session follows its id, not its address
+            if link is not None and link.addr != routed.address:
+                link.addr = routed.address  # the peer moved and proved it receives there
         session.pump()
 
     def error_received(self, exc: Exception) -> None:
