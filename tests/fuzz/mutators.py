@@ -61,13 +61,38 @@ def unpack_stream(part: bytes) -> list | None:
     return objects
 
 
+@dataclass
+class Deep:
+    """A value wrapped in `depth` one-element arrays: deeper than msgpack.packb nests."""
+
+    inner: Any
+    depth: int
+
+
+def pack_value(obj: Any, use_bin: bool) -> bytes:
+    """msgpack bytes of obj, packing arrays and maps here so that a Deep can sit anywhere."""
+    if isinstance(obj, Deep):
+        return b"\x91" * obj.depth + pack_value(obj.inner, use_bin)
+    if isinstance(obj, list):
+        n = len(obj)
+        head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 65536
+                                                   else b"\xdd" + n.to_bytes(4, "big"))
+        return head + b"".join(pack_value(item, use_bin) for item in obj)
+    if isinstance(obj, dict):
+        n = len(obj)
+        head = bytes([0x80 | n]) if n < 16 else (b"\xde" + n.to_bytes(2, "big") if n < 65536
+                                                   else b"\xdf" + n.to_bytes(4, "big"))
+        return head + b"".join(pack_value(k, use_bin) + pack_value(v, use_bin) for k, v in obj.items())
+    return msgpack.packb(obj, use_bin_type=use_bin, unicode_errors="surrogateescape")
+
+
 def pack_stream(objects: list, rng: random.Random) -> bytes:
     # now and then bytes go as str (use_bin_type=False): what a careless peer sends
     use_bin = rng.random() < 0.9
     out = []
     for obj in objects:
         try:
-            out.append(msgpack.packb(obj, use_bin_type=use_bin, unicode_errors="surrogateescape"))
+            out.append(pack_value(obj, use_bin))
         except Exception:   # an unpackable value (a huge int made by a mutation): drop it
             continue
     return b"".join(out)
@@ -99,6 +124,9 @@ def _new_value(old: Any, rng: random.Random, donors: list) -> Any:
         return old * rng.choice([0, 2, 17])
     if isinstance(old, list) and roll < 0.5:
         return old[:rng.randrange(len(old) + 1)] if old and rng.random() < 0.5 else old + old[:3]
+    if roll < 0.52:
+        # nesting around the depths where recursion limits sit (Python's 1000, msgpack's 1024)
+        return Deep(old, rng.choice([2, 100, 500, 990, 1000, 1010, 1100, 5000]))
     if donors and roll < 0.75:
         return copy.deepcopy(rng.choice(donors))      # donors are never changed in place
     if roll < 0.9:
@@ -167,7 +195,10 @@ class StructureMutator:
         if rng.random() < 0.5:
             out = self.byte_mutate(data, max_size, rng)
         else:
-            out = self.structured(data, rng)
+            try:
+                out = self.structured(data, rng)
+            except RecursionError:      # copying a very deep value: mutate its bytes instead
+                out = self.byte_mutate(data, max_size, rng)
         return out[:max_size]
 
     def structured(self, data: bytes, rng: random.Random) -> bytes:

@@ -109,9 +109,9 @@ class Run:
         kind = f"{type(exc).__name__} at {where}"
         entry = self.kinds.setdefault(kind, {"count": 0, "message": str(exc)[:300], "inputs": []})
         entry["count"] += 1
-        if len(entry["inputs"]) < MAX_SAVED_PER_KIND:
+        path = self.artifacts / f"finding-{self.name}-{hashlib.sha1(data).hexdigest()[:16]}"
+        if len(entry["inputs"]) < MAX_SAVED_PER_KIND and str(path) not in entry["inputs"]:
             self.artifacts.mkdir(parents=True, exist_ok=True)
-            path = self.artifacts / f"finding-{self.name}-{hashlib.sha1(data).hexdigest()[:16]}"
             path.write_bytes(data)
             entry["inputs"].append(str(path))
             if len(entry["inputs"]) == 1:
