@@ -287,7 +287,7 @@ class Connection:
                     routes.append(None)
                     results[n] = exc
             if previous is not None and not previous.done():
-                await previous
+                await asyncio.shield(previous)     # our cancellation must not cancel its turn
         finally:
             turn.set_result(None)       # the next batch runs once this one yields: after it is queued
         entries, sequences, where = [], [], []
@@ -317,7 +317,7 @@ class Connection:
         previous, turn = self._take_turn()
         try:
             if previous is not None and not previous.done():
-                await previous
+                await asyncio.shield(previous)     # our cancellation must not cancel its turn
         finally:
             turn.set_result(None)
         self.operations.raise_floor(self.state.producer, floor)
@@ -358,7 +358,7 @@ class Connection:
                 self._answer(items, [exc] * len(items))
                 return
             if previous is not None and not previous.done():
-                await previous
+                await asyncio.shield(previous)     # our cancellation must not cancel its turn
         finally:
             # the next batch runs only once this one has yielded, i.e. after send() below
             # queued it (it does not suspend before that)
