@@ -178,7 +178,7 @@ def seed_bodies() -> list[tuple[int, bytes]]:
         enc((13, 5, token)),
         enc((14, 5)),
     ]
-    out = [(config, frame) for config in (0x06, 0x2e) for frame in frames]
+    out = [(config, frame) for config in (0x3e, 0x2e) for frame in frames]
     out.append((0x36, b"".join(frames)))                       # one packet of every frame
     stream = b"".join(native.frame_packet(frame) for frame in frames[:6])
     out.append((0x5f, stream))                                 # a TCP stream of packets

@@ -177,14 +177,21 @@ def load(name: str, instrument: bool):
     return importlib.import_module(f"fuzz.{name}")
 
 
-def run_atheris(run: Run, module, target, seed: int, timeout: float, max_len: int) -> None:
+def seed_corpus(target, corpus: Path | None, name: str) -> Path:
+    """The corpus directory (a fresh temporary one by default), with the seeds in it."""
+    corpus = corpus or Path(tempfile.mkdtemp(prefix=f"tether-fuzz-{name}-"))
+    corpus.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(target.seeds()):
+        (corpus / f"seed-{i:04d}").write_bytes(data)
+    return corpus
+
+
+def run_atheris(run: Run, target, seed: int, timeout: float, max_len: int, corpus: Path | None) -> None:
     import atheris
 
     from fuzz.mutators import StructureMutator
 
-    corpus = Path(tempfile.mkdtemp(prefix=f"tether-fuzz-{run.name}-"))
-    for i, data in enumerate(target.seeds()):
-        (corpus / f"seed-{i:04d}").write_bytes(data)
+    corpus = seed_corpus(target, corpus, run.name)
     mutator = StructureMutator(target.layout, target.seeds(),
                                byte_mutate=lambda data, size, rng: atheris.Mutate(data, size))
     run.artifacts.mkdir(parents=True, exist_ok=True)
@@ -195,12 +202,14 @@ def run_atheris(run: Run, module, target, seed: int, timeout: float, max_len: in
     atheris.Fuzz()
 
 
-def run_random(run: Run, target, seed: int, max_len: int) -> None:
-    """No coverage feedback: seeds mutated 1..4 times, deterministic for a given seed."""
+def run_random(run: Run, target, seed: int, max_len: int, corpus: Path | None) -> None:
+    """No coverage feedback: the corpus mutated 1..4 times an input, deterministic for a
+    given seed and corpus."""
     from fuzz.mutators import StructureMutator, _byte_mutate
 
     rng = random.Random(seed)
-    seeds = target.seeds()
+    corpus = seed_corpus(target, corpus, run.name)
+    seeds = [path.read_bytes() for path in sorted(corpus.iterdir())]
     mutator = StructureMutator(target.layout, seeds, byte_mutate=_byte_mutate)
     for data in seeds:
         run.one(data)
@@ -221,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds one input may take")
     parser.add_argument("--max-len", type=int, default=4096)
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="corpus directory to start from and (atheris) to add new inputs to")
     parser.add_argument("--no-instrument", action="store_true",
                         help="atheris without Python coverage: faster, mutation only")
     args = parser.parse_args(argv)
@@ -230,9 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     run = Run(args.target, target, args.inputs, args.report, artifacts, args.engine)
     threading.Thread(target=watchdog, args=(run, args.timeout), daemon=True).start()
     if args.engine == "atheris":
-        run_atheris(run, module, target, args.seed, args.timeout, args.max_len)
+        run_atheris(run, target, args.seed, args.timeout, args.max_len, args.corpus)
     else:
-        run_random(run, target, args.seed, args.max_len)
+        run_random(run, target, args.seed, args.max_len, args.corpus)
 
 
 if __name__ == "__main__":
