@@ -106,6 +106,7 @@ def test_every_target_has_seeds_that_pass(tmp_path):
 # ---------------------------------------------------------------- soak
 
 @pytest.mark.soak
+@pytest.mark.timeout(0)         # hours, not the suite's two minutes; each run has its own bound
 def test_fuzz_soak(tmp_path):
     inputs = int(os.environ.get("TETHER_FUZZ_INPUTS", 1_000_000))
     covered = max(inputs // 10, 1)
