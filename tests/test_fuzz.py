@@ -186,3 +186,28 @@ async def test_a_session_ending_while_batches_wait_their_turn_fails_no_request(c
             await qm.services[0]._handle(session)
             await asyncio.sleep(0.01)
             assert not [r for r in caplog.records if r.levelno >= logging.ERROR], rounds
+
+
+async def test_requests_of_a_session_that_ends_at_once_leave_no_unawaited_coroutine():
+    # found by the service fuzzer: a session ending before its requests' tasks first ran
+    # left their coroutines never awaited ("RuntimeWarning: coroutine ... was never awaited")
+    import gc
+    import warnings
+
+    from fuzz.service import HostileSession
+
+    from tether.queue.service import QueueService
+
+    hello = P.encode([[P.HELLO, 1, P.VERSION, b"fuzz-client-0001", 0, []]])
+    batches = P.encode([[P.SEND, 2, "q", b"s", None, None, 1], [P.SETTLED, 0, 1], [P.INFO, 3, None]])
+    async with tether.QueueManager.open(None) as qm:
+        await qm.create_queue("q")
+        service = QueueService(qm)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            session = HostileSession([hello, batches], one_by_one=True,
+                                     ending=tether.SequenceClosed("closed"), settle_rounds=0)
+            await service._handle(session)
+            await asyncio.sleep(0.01)
+            gc.collect()
+        assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]

@@ -245,6 +245,8 @@ class Connection:
         task = self._loop.create_task(self._guard(coro, rid))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # a task cancelled before it first ran (its session ended) never awaited coro
+        task.add_done_callback(lambda _: coro.close())
 
     async def _guard(self, coro: Any, rid: int) -> None:
         try:
