@@ -133,9 +133,7 @@ class Target:
         payloads = body.split(b"\x00")[:200]
         crc = zlib.crc32(body)
         session_id = (crc * 0x9E3779B97F4A7C15) & MAX
-        first = 1 if config & 0x20 else MAX - len(payloads) + 1 - (crc % 3)
-        if first < 0:
-            first = 0
+        first = 1 if config & 0x20 else max(MAX - len(payloads) + 1 - (crc % 3), 0)
         max_body = BODY_LIMITS[config & 7]
         split = native.split_data(session_id, first, payloads, max_body)
         assert split == reference.split_data(session_id, first, payloads, max_body), "split_data differs"

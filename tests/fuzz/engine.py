@@ -22,13 +22,15 @@ hostile packet ends with a session fault (a `TetherError` in `SessionEnded` and
 """
 from __future__ import annotations
 
+import math
+
 from fuzz.mutators import SEPARATOR_DEFAULT, Layout
 
 from tether._native import codec
 from tether.errors import TetherError
 from tether.session import core as cores
 from tether.session.demux import Demux
-from tether.session.engine import MAX_FRAMES_PER_PACKET, SessionEngine
+from tether.session.engine import SessionEngine
 from tether.session.events import MessagesDelivered, SessionEnded
 from tether.session.settings import SessionSettings
 from tether.session.state import State
@@ -104,7 +106,7 @@ def service(engine: SessionEngine, now: float, udp: bool, story: Story) -> None:
     deadline = engine.next_timer()
     story.note("timer", engine.state.name, deadline is None)
     if deadline is not None:
-        assert isinstance(deadline, float) and deadline == deadline, f"next_timer gave {deadline!r}"
+        assert isinstance(deadline, float) and math.isfinite(deadline), f"next_timer gave {deadline!r}"
         engine.handle_timer(max(deadline, now))
         packets = engine.packets_to_send(max(deadline, now))
         story.note("sent on timer", check_packets(packets, engine.max_packet_size, udp))

@@ -91,8 +91,7 @@ class Run:
         except Exception as exc:  # noqa: BLE001 - every escape is a finding, recorded and counted
             self.record(exc, data)
         took = time.perf_counter() - began
-        if took > self.slowest:
-            self.slowest = took
+        self.slowest = max(self.slowest, took)
         self.done += 1
         if self.done % self.every == 0 or self.done == self.inputs:
             self.checkpoint()
@@ -223,7 +222,7 @@ def run_random(run: Run, target, seed: int, max_len: int, corpus: Path | None) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", choices=sorted(TARGETS))
-    parser.add_argument("--inputs", type=int, default=int(os.environ.get("TETHER_FUZZ_INPUTS", 10000)))
+    parser.add_argument("--inputs", type=int, default=int(os.environ.get("TETHER_FUZZ_INPUTS", "10000")))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--engine", choices=["atheris", "random"], default="atheris")
     parser.add_argument("--report", type=Path, required=True)

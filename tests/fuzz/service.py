@@ -153,7 +153,7 @@ class Target:
         logged = len(self.errors.records)
         try:
             await asyncio.wait_for(self.service._handle(session), SESSION_BOUND)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"a hostile session did not end within {SESSION_BOUND} s") from None
         except TetherError as exc:
             # the session's own end, which the session server logs and drops
