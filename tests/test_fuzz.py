@@ -103,6 +103,47 @@ def test_every_target_has_seeds_that_pass(tmp_path):
     assert protocol_target.counts["not_frames"] == 0 and protocol_target.counts["refused_items"] == 0
 
 
+async def test_service_seeds_and_mutants_over_real_loopback_sessions():
+    # the service target's HostileSession stands in for a reliable session; here a few of
+    # its inputs go through the real thing: serve() on loopback and a raw client session
+    import random
+
+    from fuzz.mutators import StructureMutator, _byte_mutate
+    from fuzz.service import Target as ServiceTarget
+    from fuzz.service import seed_inputs
+
+    layout = ServiceTarget.layout
+    seeds = seed_inputs()
+    mutator = StructureMutator(layout, seeds, byte_mutate=_byte_mutate)
+    rng = random.Random(4)
+    inputs = seeds[::4] + [mutator(rng.choice(seeds), 4096, rng.getrandbits(32)) for _ in range(8)]
+    hello = P.encode([[P.HELLO, 1, P.VERSION, b"fuzz-client-0001", 0, []]])
+    async with tether.QueueManager.open(None, listen="tcp://127.0.0.1:0") as qm:
+        await qm.create_queue("q")
+        url = qm.services[0].url
+        for data in inputs:
+            config, frames = data[0], [f for f in layout.split(data)[1] if f]
+            if config & 0x01:
+                frames.insert(0, hello)
+            session = await tether.connect(url, **P.SESSION_SETTINGS)
+            try:
+                for frame in frames:
+                    await session.send(frame)
+                while True:             # replies until the service ends the session or goes quiet
+                    for reply in await asyncio.wait_for(session.recv_many(), 0.15):
+                        for item in P.decode(reply):
+                            P.parse_response(item)
+                            assert item[0] != P.ERROR or item[2] != "internal-error", item
+            except (tether.TetherError, TimeoutError):
+                pass
+            finally:
+                session.abort("done")
+        await qm.create_queue("canary")                 # (the inputs may have deleted "q")
+        async with tether.QueueClient.connect(url) as client:      # others are still served
+            await client.send("canary", b"after")
+            assert (await client.receive("canary", timeout=5)).body == b"after"
+
+
 # ---------------------------------------------------------------- soak
 
 @pytest.mark.soak
