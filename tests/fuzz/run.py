@@ -15,13 +15,16 @@ Targets (TARGETS below) are modules of this package with a `Target` class:
 A finding is recorded (its kind, the first inputs that hit it, saved under --artifacts) and
 the run goes on, so a soak counts them. What a target allows (ProtocolError from a
 decoder, a session fault, an ERROR reply) it swallows itself: that is its property. A hard
-crash (a signal in native code) or an input running longer than --timeout ends the process
-with libFuzzer's own artifact; the parent then reports it as a crash.
+crash (a signal in native code) ends the process with libFuzzer's own artifact; an input
+running longer than --timeout ends it too (libFuzzer's timer, or under either engine the
+runner's watchdog, which dumps every stack and marks the report hung). The parent sees a
+non-zero exit or an incomplete report.
 
 Each run is its own process because libFuzzer exits the process when it is done, and so the
 peak RSS measured is that target's alone. The tether modules a target exercises are
 instrumented by atheris (Python coverage), so libFuzzer keeps the inputs that reach new
-Python code; the Cython codec is not instrumented, its twin is.
+Python code; the Cython codec is not instrumented, its twin is. --no-instrument runs
+atheris without coverage (several times faster, mutation only).
 """
 from __future__ import annotations
 
