@@ -258,3 +258,22 @@ async def test_requests_of_a_session_that_ends_at_once_leave_no_unawaited_corout
             await asyncio.sleep(0.01)
             gc.collect()
         assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+
+
+async def test_a_message_arriving_for_a_receive_just_cancelled_is_given_back():
+    # found by the service soak: a receive's task cancelled (a session ending, UNSUBSCRIBE)
+    # has its future cancelled at once but leaves the core's waiters only when it next runs;
+    # a message arriving in between was handed to it: set_result raised InvalidStateError
+    # into whoever made the message arrive (a send, a release, a consumer), with the message
+    # locked for nobody
+    async with tether.QueueManager.open(None) as qm:
+        await qm.create_queue("q")
+        waiting = asyncio.ensure_future(qm.operations.take("q", None))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        message_id = await qm.send("q", b"just then")
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        message = await qm.receive("q", timeout=5)
+        assert (message.id, message.body, message.delivery_count) == (message_id, b"just then", 1)
+        await message.complete()

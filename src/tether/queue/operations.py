@@ -30,12 +30,18 @@ _LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING}
 class _Receiver:
     """A receive waiting in the core: the core calls hand() or fail()."""
 
-    __slots__ = ("future",)
+    __slots__ = ("future", "give_back")
 
-    def __init__(self, future: asyncio.Future) -> None:
+    def __init__(self, future: asyncio.Future, give_back: Callable[[Entry], None]) -> None:
         self.future = future
+        self.give_back = give_back
 
     def hand(self, entry: Entry) -> None:
+        if self.future.done():
+            # the receive was cancelled (its future at once) but leaves the core's waiters
+            # only when its task next runs: the entry, locked for nobody, goes back
+            self.give_back(entry)
+            return
         self.future.set_result(entry)
 
     def fail(self, error: BaseException) -> None:
@@ -202,7 +208,7 @@ class QueueOperations:
             if timeout <= 0:
                 return None
         future = self._loop.create_future()
-        receiver = _Receiver(future)
+        receiver = _Receiver(future, self._give_back)
         core.wait(name, receiver)
         handle = None
         if timeout is not None:
@@ -222,6 +228,15 @@ class QueueOperations:
                 handle.cancel()
         self.settle()
         return entry
+
+    def _give_back(self, entry: Entry) -> None:
+        """Release, once the core call that handed it is over, an entry handed to a receive
+        that was already cancelled (uncounted: nobody saw it)."""
+        self._loop.call_soon(self._release_unseen, entry, entry.tag)
+
+    def _release_unseen(self, entry: Entry, tag: int) -> None:
+        if not self._closed:
+            self.release(entry, tag)
 
     def _timed_out(self, name: str, receiver: _Receiver) -> None:
         if not receiver.future.done():
