@@ -108,7 +108,7 @@ class Run:
         inner = next((f for f in reversed(frames) if "/src/tether/" in f.filename or "site-packages/tether/" in f.filename),
                      frames[-1] if frames else None)
         where = f"{Path(inner.filename).name}:{inner.lineno}" if inner else "?"
-        kind = f"{type(exc).__name__} at {where}"
+        kind = getattr(exc, "kind", None) or f"{type(exc).__name__} at {where}"
         entry = self.kinds.setdefault(kind, {"count": 0, "message": str(exc)[:300], "inputs": []})
         entry["count"] += 1
         path = self.artifacts / f"finding-{self.name}-{hashlib.sha1(data).hexdigest()[:16]}"
