@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -63,7 +64,11 @@ def fuzz(target: str, inputs: int, report: Path, *, seed: int = 1, engine: str =
     result = json.loads(report.read_text()) if report.exists() else {"inputs": 0, "findings": 0}
     result["exit_code"] = done.returncode
     result["wall_seconds"] = round(time.monotonic() - began, 1)
-    result["stderr_tail"] = done.stderr.decode(errors="replace")[-3000:]
+    stderr = done.stderr.decode(errors="replace")
+    result["stderr_tail"] = stderr[-3000:]
+    # libFuzzer's last word on Python coverage: edges reached and features
+    coverage = re.findall(r"cov: (\d+) ft: (\d+)", stderr)
+    result["coverage"] = {"edges": int(coverage[-1][0]), "features": int(coverage[-1][1])} if coverage else None
     return result
 
 
@@ -177,7 +182,8 @@ def test_fuzz_soak(tmp_path):
             "rss_growth_mib": [first["rss_growth_mib"], rest["rss_growth_mib"]],
             "seconds": [first["wall_seconds"], rest["wall_seconds"]],
             "slowest_input_seconds": max(first["slowest_input_seconds"], rest["slowest_input_seconds"]),
-            "corpus_files": first["corpus_files"], "figures": [first["figures"], rest["figures"]]}))
+            "corpus_files": first["corpus_files"], "coverage": first["coverage"],
+            "figures": [first["figures"], rest["figures"]]}))
     for target, (first, rest) in results.items():
         check(first, covered, RSS_GROWTH_MIB["soak"])
         check(rest, inputs - covered, RSS_GROWTH_MIB["soak"])
