@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from fuzz.protocol import hello as fuzz_hello
 
 import tether
 from tether.errors import ProtocolError
@@ -100,7 +101,6 @@ def test_fuzz_target(target, tmp_path):
 def test_every_target_has_seeds_that_pass(tmp_path):
     # the seeds are valid inputs: none of them is a finding, and each target decodes most
     # of them (a harness that rejected everything would test nothing)
-    sys.path.insert(0, str(FUZZ.parent))
     import fuzz.codec
     import fuzz.protocol
 
@@ -128,7 +128,7 @@ async def test_service_seeds_and_mutants_over_real_loopback_sessions():
     mutator = StructureMutator(layout, seeds, byte_mutate=_byte_mutate)
     rng = random.Random(4)
     inputs = seeds[::4] + [mutator(rng.choice(seeds), 4096, rng.getrandbits(32)) for _ in range(8)]
-    hello = P.encode([[P.HELLO, 1, P.VERSION, b"fuzz-client-0001", 0, []]])
+    hello = P.encode([fuzz_hello()])
     async with tether.QueueManager.open(None, listen="tcp://127.0.0.1:0") as qm:
         await qm.create_queue("q")
         url = qm.services[0].url
@@ -228,7 +228,7 @@ async def test_a_session_ending_while_batches_wait_their_turn_fails_no_request(c
     # the previous batch then failed setting it (InvalidStateError, "queue request failed")
     from fuzz.service import HostileSession
 
-    hello = P.encode([[P.HELLO, 1, P.VERSION, b"fuzz-client-0001", 0, []]])
+    hello = P.encode([fuzz_hello()])
     batches = P.encode([[P.FORWARD, 2, "q", 1, "fwd-1", b"f", None, 1.0, None],
                         [P.SETTLED, 0, 1], [P.SEND, 3, "q", b"s", None, None, 2]])
     async with tether.QueueManager.open(None, listen="tcp://127.0.0.1:0") as qm:
@@ -251,7 +251,7 @@ async def test_requests_of_a_session_that_ends_at_once_leave_no_unawaited_corout
 
     from tether.queue.service import QueueService
 
-    hello = P.encode([[P.HELLO, 1, P.VERSION, b"fuzz-client-0001", 0, []]])
+    hello = P.encode([fuzz_hello()])
     batches = P.encode([[P.SEND, 2, "q", b"s", None, None, 1], [P.SETTLED, 0, 1], [P.INFO, 3, None]])
     async with tether.QueueManager.open(None) as qm:
         await qm.create_queue("q")

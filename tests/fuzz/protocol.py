@@ -100,10 +100,17 @@ class Target:
         return dict(self.counts)
 
 
+def hello(rid: int = 1, client_id: bytes = CLIENT_ID, epoch: int = 0, held: list | None = None) -> list:
+    """An anonymous HELLO of this protocol version (fields after `held`, such as version 3's
+    user and password, left nil)."""
+    extra = len(P.REQUESTS[P.HELLO][1]) - 4
+    return [P.HELLO, rid, P.VERSION, client_id, epoch, held or []] + [None] * extra
+
+
 def valid_requests() -> list[list]:
     return [
-        [P.HELLO, 1, P.VERSION, CLIENT_ID, 0, []],
-        [P.HELLO, 1, P.VERSION, CLIENT_ID, 3, [5, 6]],
+        hello(),
+        hello(epoch=3, held=[5, 6]),
         [P.CREATE, 2, "orders", {"time_to_live": 60, "max_length": 10}],
         [P.DELETE, 3, "orders"],
         [P.SEND, 4, "orders", b"body", None, None, 0],

@@ -28,7 +28,7 @@ import zlib
 import uvloop
 from fuzz import Finding
 from fuzz.mutators import SEPARATOR_DEFAULT, Layout
-from fuzz.protocol import CLIENT_ID, valid_requests
+from fuzz.protocol import CLIENT_ID, hello, valid_requests
 
 import tether
 from tether.errors import SequenceClosed, SequenceTerminated, TetherError
@@ -47,7 +47,8 @@ class HostileSession:
     def __init__(self, frames: list[bytes], one_by_one: bool, ending: TetherError,
                  settle_rounds: int = SETTLE_ROUNDS) -> None:
         self.settings = types.SimpleNamespace(max_message_size=P.SESSION_SETTINGS["max_message_size"])
-        self.peer_address = ("fuzz", 0)
+        self.peer_address = ("127.0.0.1", 40000)     # loopback: where anonymous clients may be
+        self.unacknowledged_bytes = 0
         self.link = object()
         self.replies: list[bytes] = []
         self.aborted: str | None = None
@@ -73,6 +74,9 @@ class HostileSession:
     def abort(self, reason: str) -> None:
         if self.aborted is None:
             self.aborted = reason
+
+    async def close(self, timeout: float | None = None) -> None:
+        self.abort("closed by the service")
 
     async def recv_many(self) -> list[bytes]:
         if self._frames and not self.closed:
@@ -149,7 +153,7 @@ class Target:
         if config & 0x01:
             client_id = CLIENT_IDS[(config >> 1) & 3] if (config >> 1) & 3 < len(CLIENT_IDS) \
                 else b"fuzz-%011d" % zlib.crc32(b"".join(frames))
-            frames = [P.encode([[P.HELLO, 1, P.VERSION, client_id, 0 if config & 0x08 else 1, []]])] + frames
+            frames = [P.encode([hello(client_id=client_id, epoch=0 if config & 0x08 else 1)])] + frames
         ending = SequenceClosed("the client closed") if config & 0x20 else SequenceTerminated("the client aborted")
         session = HostileSession(frames, one_by_one=bool(config & 0x10), ending=ending)
         logged = len(self.errors.records)
@@ -203,11 +207,10 @@ def seed_inputs() -> list[bytes]:
     for item in requests:
         if item[0] in (P.CREATE, P.DELETE, P.SEND, P.SUBSCRIBE, P.RECEIVE, P.INFO, P.TX_SEND, P.FORWARD):
             item[2 if item[0] != P.TX_SEND else 3] = "q" if item[0] != P.CREATE else "made"
-    hello = [P.HELLO, 1, P.VERSION, CLIENT_ID, 0, []]
     seeds = []
     for item in requests:
         seeds.append(bytes([0x01]) + P.encode([item]))
-        seeds.append(bytes([0x00]) + P.encode([hello, item]))
+        seeds.append(bytes([0x00]) + P.encode([hello(), item]))
     flow = [
         [[P.TX_BEGIN, 20]],
         [[P.SEND, 21, "q", b"one", None, None, 0], [P.SEND, 22, "q", b"two", {"h": 1}, 60.0, 1]],
