@@ -292,7 +292,7 @@ class QueueClient:
                         if not isinstance(value, dict) or not isinstance(value.get("epoch"), int) \
                                 or not isinstance(value.get("next_sequence"), int) \
                                 or not isinstance(value.get("user"), (str, type(None))):
-                            raise ProtocolError(f"{self.url}: HELLO answered with {value!r:.80}")
+                            raise ProtocolError(f"{self.url}: HELLO answered with {P.brief(value)}")
                         answer = value
                         if not answer.get("resumed") and self._locks:
                             self._forget_locks()

@@ -320,6 +320,8 @@ class Connection:
         task = self._loop.create_task(self._guard(coro, rid))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # a task cancelled before it first ran (its session ended) never awaited coro
+        task.add_done_callback(lambda _: coro.close())
 
     async def _guard(self, coro: Any, rid: int) -> None:
         try:
@@ -363,7 +365,7 @@ class Connection:
                 except (TetherError, ValueError, TypeError) as exc:
                     refused[address] = exc
             if previous is not None and not previous.done():
-                await previous
+                await asyncio.shield(previous)     # our cancellation must not cancel its turn
         finally:
             turn.set_result(None)       # the next batch runs once this one yields: after it is queued
         core = self.operations.core
@@ -399,7 +401,7 @@ class Connection:
         previous, turn = self._take_turn()
         try:
             if previous is not None and not previous.done():
-                await previous
+                await asyncio.shield(previous)     # our cancellation must not cancel its turn
         finally:
             turn.set_result(None)
         self.operations.raise_floor(self.state.producer, floor)
@@ -440,7 +442,7 @@ class Connection:
                 self._answer(items, [exc] * len(items))
                 return
             if previous is not None and not previous.done():
-                await previous
+                await asyncio.shield(previous)     # our cancellation must not cancel its turn
         finally:
             # the next batch runs only once this one has yielded, i.e. after send() below
             # queued it (it does not suspend before that)

@@ -53,6 +53,7 @@ ProtocolError naming it.
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any, Callable
 
 import msgpack
@@ -127,8 +128,21 @@ def decode(frame: bytes) -> list:
 
 # ---- field checks: each returns the value or raises ProtocolError naming the field ----
 
+# Hostile values are shown in errors by a bounded repr: repr() of an item nested ~1000
+# arrays deep (msgpack decodes up to 1024) raises RecursionError, and of a huge one costs
+# its whole size before it is cut.
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def brief(value: Any, width: int = 80) -> str:
+    """A short repr of a peer's value, for error messages: bounded in depth and length."""
+    return _REPR.repr(value)[:width]
+
+
 def _fail(op: str, field: str, value: Any, want: str) -> ProtocolError:
-    return ProtocolError(f"queue protocol {op}: field {field} must be {want}, not {value!r:.80}")
+    return ProtocolError(f"queue protocol {op}: field {field} must be {want}, not {brief(value)}")
 
 
 def _int(low: int, high: int) -> Callable[[str, str, Any], int]:
@@ -248,7 +262,7 @@ REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
 def parse_request(item: Any) -> list:
     """A checked request item ([op, rid, *fields]); ProtocolError naming what is wrong."""
     if item.__class__ is not list or len(item) < 2:
-        raise ProtocolError(f"queue protocol request must be an array [op, rid, ...], not {item!r:.80}")
+        raise ProtocolError(f"queue protocol request must be an array [op, rid, ...], not {brief(item)}")
     op = item[0]
     # the per-message requests, checked inline (the same checks as the table's)
     if op == COMPLETE and len(item) == 3:
@@ -264,7 +278,7 @@ def parse_request(item: Any) -> list:
             return item
     spec = REQUESTS.get(op) if op.__class__ is int else None
     if spec is None:
-        raise ProtocolError(f"queue protocol: unknown request op {op!r:.40}")
+        raise ProtocolError(f"queue protocol: unknown request op {brief(op, 40)}")
     name, fields = spec
     if len(item) != 2 + len(fields):
         raise ProtocolError(f"queue protocol {name}: {len(item) - 2} fields, expected {len(fields)}")
@@ -306,7 +320,7 @@ RESPONSES: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
 def parse_response(item: Any) -> list:
     """A checked reply or push item; ProtocolError naming what is wrong."""
     if item.__class__ is not list or not item:
-        raise ProtocolError(f"queue protocol response must be an array, not {item!r:.80}")
+        raise ProtocolError(f"queue protocol response must be an array, not {brief(item)}")
     op = item[0]
     # the per-message items, checked inline (the same checks as the table's)
     if op == REPLY and len(item) == 3:
@@ -329,7 +343,7 @@ def parse_response(item: Any) -> list:
                 return item
     spec = RESPONSES.get(op) if op.__class__ is int else None
     if spec is None:
-        raise ProtocolError(f"queue protocol: unknown response op {op!r:.40}")
+        raise ProtocolError(f"queue protocol: unknown response op {brief(op, 40)}")
     name, fields = spec
     if len(item) != 1 + len(fields):
         raise ProtocolError(f"queue protocol {name}: {len(item) - 1} fields, expected {len(fields)}")

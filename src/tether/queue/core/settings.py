@@ -7,6 +7,7 @@ through `as_dict()` / `from_dict()` so a queue definition can be journaled.
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from typing import Any
@@ -85,9 +86,20 @@ class QueueSettings:
         return (self.receive_retry_count + 1) * (self.max_retry_cycles + 1)
 
 
+# Values come from remote clients too (CREATE): shown by a bounded repr, since repr() of a
+# value nested ~1000 deep raises RecursionError and of a huge one costs its whole size.
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def _show(value: Any) -> str:
+    return _REPR.repr(value)[:80]
+
+
 def _bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"queue setting {name} must be True or False, not {value!r}")
+        raise TypeError(f"queue setting {name} must be True or False, not {_show(value)}")
     return value
 
 
@@ -95,10 +107,10 @@ def _number(name: str, value: Any) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"queue setting {name} must be a number of seconds, not {value!r}")
+        raise TypeError(f"queue setting {name} must be a number of seconds, not {_show(value)}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"queue setting {name} must be finite, not {value!r}")
+        raise ValueError(f"queue setting {name} must be finite, not {_show(value)}")
     return value
 
 
@@ -110,29 +122,29 @@ def _seconds(name: str, value: Any, *, allow_none: bool = False, allow_zero: boo
     seconds = _number(name, value)
     if seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"queue setting {name} must be {bound} seconds, not {value!r}")
+        raise ValueError(f"queue setting {name} must be {bound} seconds, not {_show(value)}")
     return seconds
 
 
 def _count(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"queue setting {name} must be an integer, not {value!r}")
+        raise TypeError(f"queue setting {name} must be an integer, not {_show(value)}")
     if value < minimum:
-        raise ValueError(f"queue setting {name} must be >= {minimum}, not {value!r}")
+        raise ValueError(f"queue setting {name} must be >= {minimum}, not {_show(value)}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"queue setting {name} must be <= {maximum}, not {value!r}")
+        raise ValueError(f"queue setting {name} must be <= {maximum}, not {_show(value)}")
     return value
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"queue setting {name} must be one of {', '.join(choices)}; not {value!r}")
+        raise ValueError(f"queue setting {name} must be one of {', '.join(choices)}; not {_show(value)}")
     return value
 
 
 def _dead_letter_queue(value: Any) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"queue setting dead_letter_queue must be a string, not {value!r}")
+        raise TypeError(f"queue setting dead_letter_queue must be a string, not {_show(value)}")
     if value in (DEAD_LETTER_NONE, DEAD_LETTER_SYSTEM):
         return value
     try:
