@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from ..errors import QueueError
+from ..errors import LimitExceeded, QueueError
 from .core import Entry, QueueCore, QueueInfo, QueueSettings, SendResult
 from .core.producers import Producer
 from .store.interface import Store
@@ -39,7 +39,8 @@ class _Receiver:
     def hand(self, entry: Entry) -> None:
         if self.future.done():
             # the receive was cancelled (its future at once) but leaves the core's waiters
-            # only when its task next runs: the entry, locked for nobody, goes back
+            # only when its task next runs (a client's consumer stopped while the same core
+            # call releases that client's locks): the entry, locked for nobody, goes back
             self.give_back(entry)
             return
         self.future.set_result(entry)
@@ -52,9 +53,15 @@ class _Receiver:
 class QueueOperations:
     """The core, the store and the loop, tied together (see the module docstring)."""
 
-    def __init__(self, core: QueueCore, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, core: QueueCore, store: Store, clock: Callable[[], float] = time.time,
+                 max_disk_bytes: int | None = None) -> None:
+        if max_disk_bytes is not None and (isinstance(max_disk_bytes, bool) or not isinstance(max_disk_bytes, int)
+                                           or max_disk_bytes < 1):
+            raise ValueError(f"max_disk_bytes must be an integer >= 1 or None, not {max_disk_bytes!r}")
         self.core = core
         self.store = store
+        #: durable sends are refused (LimitExceeded) while the journal is larger than this
+        self.max_disk_bytes = max_disk_bytes
         self._loop = asyncio.get_running_loop()
         self._clock = clock
         self.writer = RecordWriter(core, store, self._loop, self._after_write, clock)
@@ -64,16 +71,19 @@ class QueueOperations:
 
     # ---- plumbing ----
 
-    def settle(self) -> None:
-        """After a core call: cut its open record soon, log its events, re-arm the timer."""
+    def settle(self, force: bool = False) -> None:
+        """After a core call: cut its open record soon, log its events, re-arm the timer
+        (when the core's earliest deadline may have moved, or `force`)."""
         core = self.core
-        if core.pending_record is not None:
+        if core.records.open_number is not None:
             self.writer.kick()
         if core.events:
             self._log_events()
-        deadline = core.next_deadline()
-        if deadline is not None and deadline < self._armed_at and not self._closed:
-            self._arm(deadline)
+        if core.deadline_moved or force:
+            core.deadline_moved = False
+            deadline = core.next_deadline()
+            if deadline is not None and deadline < self._armed_at and not self._closed:
+                self._arm(deadline)
 
     def _after_write(self) -> None:
         self.settle()
@@ -110,7 +120,7 @@ class QueueOperations:
             self.core.handle_timer(self._clock())
         except Exception:    # a bug must not stop every later timer
             log.exception("queue timer handling failed")
-        self.settle()
+        self.settle(force=True)
 
     # ---- definitions ----
 
@@ -136,21 +146,43 @@ class QueueOperations:
         """A checked entry for queue `name` (see QueueCore.prepare)."""
         return self.core.prepare(name, body, self._clock(), **fields)
 
+    def _check_disk(self, entries: list[Entry]) -> None:
+        if any(e.queue.journaled for e in entries):
+            self._check_disk_bytes()
+
+    def _check_disk_bytes(self) -> None:
+        limit = self.max_disk_bytes
+        if limit is not None and self.store.size_bytes >= limit:
+            raise LimitExceeded(f"the journal holds {self.store.size_bytes} bytes, over max_disk_bytes={limit}: "
+                                f"durable sends are refused until messages are received and it is compacted")
+
     async def send_one(self, entry: Entry) -> str:
         """Queue one prepared entry; its id once durable (or queued, when volatile)."""
+        if self.max_disk_bytes is not None:
+            self._check_disk([entry])
         record = self.core.send_one(entry, self._clock())
-        if record is None:
-            if self.core.events or self.core.next_deadline() is not None:
-                self.settle()
-            return entry.id
         self.settle()
-        await self.writer.wait(record)
+        if record is not None:
+            await self.writer.wait(record)
         return entry.id
+
+    async def send_body(self, name: str, body: Any) -> str:
+        """A plain send to application queue `name` (no headers, its time-to-live): the
+        common case's fast path. Its id once durable (or queued, when volatile)."""
+        if self.max_disk_bytes is not None and self.core.settings(name).durable:
+            self._check_disk_bytes()
+        message_id, record = self.core.send_body(name, body, self._clock())
+        self.settle()
+        if record is not None:
+            await self.writer.wait(record)
+        return message_id
 
     async def send(self, entries: list[Entry], *, producer: Producer | None = None, epoch: int = 0,
                    sequences: list[int] | None = None, keep_ids: bool = False) -> list[str | BaseException]:
         """Queue prepared entries (see QueueCore.send): per entry its id once durable, or
         the exception refusing it. A failed write fails the entries it held."""
+        if self.max_disk_bytes is not None:
+            self._check_disk(entries)
         results = self.core.send(entries, self._clock(), producer=producer, epoch=epoch, sequences=sequences,
                                  keep_ids=keep_ids)
         self.settle()
@@ -190,6 +222,15 @@ class QueueOperations:
 
     # ---- receiving ----
 
+    def take_now(self, name: str) -> Entry | None:
+        """The next entry of queue `name` if one is ready now (locked), else None."""
+        if self._closed:
+            raise QueueError("the queue manager is closed")
+        entry = self.core.take(name, self._clock())
+        if entry is not None:
+            self.settle()
+        return entry
+
     async def take(self, name: str, timeout: float | None) -> Entry | None:
         """The next entry of queue `name`, locked; waits up to `timeout` seconds (None:
         until one comes; <= 0: no wait). None on timeout. QueueNotFound, PoisonMessage."""
@@ -198,8 +239,7 @@ class QueueOperations:
         core = self.core
         entry = core.take(name, self._clock())
         if entry is not None:
-            if entry.lock_deadline < self._armed_at:
-                self.settle()
+            self.settle()
             return entry
         if timeout is not None:
             timeout = float(timeout)
@@ -249,14 +289,17 @@ class QueueOperations:
         self.settle()
         return released
 
+    def complete_now(self, entry: Entry, tag: int) -> int | None:
+        """Start removing a locked entry: the record to wait for (None: gone already). LockLost."""
+        record = self.core.complete(entry, tag, self._clock())
+        self.settle()
+        return record
+
     async def complete(self, entry: Entry, tag: int) -> None:
         """Remove a locked entry, durably. LockLost."""
-        record = self.core.complete(entry, tag, self._clock())
-        if record is None:
-            self.settle()
-            return
-        self.settle()
-        await self.writer.wait(record)
+        record = self.complete_now(entry, tag)
+        if record is not None:
+            await self.writer.wait(record)
 
     async def complete_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
         """complete() of many (entry, tag) pairs in one record; per pair None or the error."""
@@ -291,6 +334,8 @@ class QueueOperations:
 
     async def commit(self, receipts: list[tuple[Entry, int]], entries: list[Entry]) -> None:
         """Complete `receipts` and queue `entries` in one record (TransactionError, QueueFull)."""
+        if self.max_disk_bytes is not None and entries:
+            self._check_disk(entries)
         record = self.core.commit(receipts, entries, self._clock())
         self.settle()
         await self.wait_for(record)
