@@ -27,7 +27,7 @@ import math
 from fuzz.mutators import SEPARATOR_DEFAULT, Layout
 
 from tether._native import codec
-from tether.errors import TetherError
+from tether.errors import ProtocolError, TetherError
 from tether.session import core as cores
 from tether.session.demux import Demux
 from tether.session.engine import SessionEngine
@@ -38,6 +38,7 @@ from tether.session.state import State
 SEPARATOR = SEPARATOR_DEFAULT
 SESSION_ID = 0x5EED
 TOKEN = bytes(range(16))
+PEER = ("192.0.2.1", 4000)     # the UDP source address of every packet
 WINDOWS = [1, 2, 8, 64]
 OWN_MESSAGES = [b"first", b"second" * 10, b"third" * 50]    # within the smaller max_message_size
 
@@ -116,7 +117,9 @@ def service(engine: SessionEngine, now: float, udp: bool, story: Story) -> None:
 def run_server(config: int, parts: list[bytes], core) -> Story:
     udp = not config & 0x01
     max_packet = 1452 if config & 0x80 else 65000
-    demux = Demux(settings_for(config), reliable_transport=not udp, max_packet_size=max_packet, core=core)
+    # fixed server keys, so both twins issue the same address tokens and challenges
+    demux = Demux(settings_for(config), reliable_transport=not udp, max_packet_size=max_packet, core=core,
+                  entropy=bytes)
     story = Story()
     now = 1.0
     engine = None
@@ -125,9 +128,14 @@ def run_server(config: int, parts: list[bytes], core) -> Story:
         if engine is not None and not udp:
             engine.receive_data(part, now)       # a TCP connection, bound: raw stream bytes
         else:
-            routed = demux.route(part, now, opening=not udp and i == 0)
+            routed = demux.route(part, now, opening=not udp and i == 0, source=PEER if udp else None)
             story.note("routed", routed.engine is not None, routed.created,
                        check_packets(routed.replies, max_packet, udp), demux.dropped_packets)
+            echo = udp and routed.engine is None and with_address_token(part, routed.replies)
+            if echo:        # a UDP client answers the Retry: CreateSequence again, with its token
+                routed = demux.route(echo, now, source=PEER)
+                story.note("routed echo", routed.engine is not None, routed.created,
+                           check_packets(routed.replies, max_packet, udp), demux.dropped_packets)
             if routed.engine is not None:
                 engine = routed.engine
                 if routed.created and engine.is_open:
@@ -138,6 +146,23 @@ def run_server(config: int, parts: list[bytes], core) -> Story:
     if engine is not None:
         story.note("end", engine.state.name, type(engine.error).__name__, engine.stats)
     return story
+
+
+def with_address_token(part: bytes, replies: list[bytes]) -> bytes | None:
+    """`part` again with the address token of the Retry in `replies` added to its first
+    frame, if that is a CreateSequence (what a UDP client does on a Retry); else None."""
+    retries = [reply for reply in replies if reply[:2] == b"\x93\x0f"]
+    if not retries:
+        return None
+    try:
+        frames = codec.decode_packet(part)
+        retry = codec.decode_packet(retries[0])[0]
+    except ProtocolError:
+        return None
+    first = frames[0]
+    if first[0] != 1 or len(first) < 6:
+        return None
+    return b"".join(codec.encode_frame(frame) for frame in [(*first[:6], retry[2]), *frames[1:]])
 
 
 def run_client(config: int, parts: list[bytes], core) -> Story:
