@@ -96,7 +96,8 @@ async def _run_bench(args: argparse.Namespace) -> int:
         results = await module.run(kind_args, progress)
         everything.extend(results)
         if not args.json:
-            print(f"\n== tether bench {kind} ==")
+            heading = getattr(module, "title", None)
+            print(f"\n== tether bench {kind}{': ' + heading(kind_args) if heading else ''} ==")
             emit(results, as_json=False)
     if args.json:
         emit(everything, as_json=True)

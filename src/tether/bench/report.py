@@ -108,7 +108,10 @@ def format_table(results: list[Result]) -> str:
          "-" if r.ratio is None else f"{r.ratio:.2f}x")
         for r in results
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    if any("resent" in r.extra for r in results):   # sessions: messages the sender resent
+        rows = [row + (cell,) for row, cell in zip(rows, ["resent"] + [
+            _fmt(r.extra.get("resent"), ",d") for r in results])]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for i, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
