@@ -48,6 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", type=float, default=0.0,
                         help="also run rows dropping this fraction of packets (0..0.5): through an "
                              "in-process relay (UDP) on loopback, with iptables on --link veth")
+    parser.add_argument("--segment", action="store_true",
+                        help="--link veth: no packet above the MTU crosses the veth (no TSO/GSO "
+                             "super-packets), as on a wire; implied by --loss")
     parser.add_argument("--window", type=int, default=4096, help="max_transfer_window (default 4096)")
     parser.add_argument("--transports", default="udp,tcp", help="comma-separated: udp,tcp")
     parser.add_argument("--sizes", default="64B,1KiB",
@@ -80,6 +83,8 @@ def _validate(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, int]
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes:
         raise ValueError("--sizes: no size given")
+    if args.segment and args.link != "veth":
+        raise ValueError("--segment applies to --link veth only")
     if args.loss and args.processes and args.link == "loopback":
         raise ValueError("--loss with --processes needs --link veth (on loopback, loss runs "
                          "in one process through a relay)")
@@ -91,7 +96,9 @@ def title(args: argparse.Namespace) -> str:
     if args.link == "veth":
         text = "veth (MTU 1500), sender and receiver in separate processes"
         if args.loss:
-            text += f"; loss {args.loss:g} each way, no packets above the MTU"
+            text += f"; loss {args.loss:g} each way"
+        if args.loss or args.segment:
+            text += "; no packets above the MTU"
     elif args.processes:
         text = "loopback, sender and receiver in separate processes"
     else:
@@ -216,12 +223,13 @@ def _result(name: str, size: int, sent: dict, received: dict, **extra) -> Result
 async def _rows(args: argparse.Namespace, transports: list[str], sizes: list[tuple[str, int]],
                 runner: Any, link: Any, progress: Progress) -> list[Result]:
     where = "veth" if link else ("loopback-processes" if args.processes else "loopback")
+    segmented = {"segmented": link.segment} if link else {}
     results: list[Result] = []
 
     async def row(name: str, kind: str, size: int, loss: float, **kw) -> Result:
         sent, received = await runner.row(kind, size, args, **kw)
         progress.done(name)
-        return _result(name, size, sent, received, loss=loss, link=where,
+        return _result(name, size, sent, received, loss=loss, link=where, **segmented,
                        transport="tcp-raw" if kind == "raw" else kind, **(
                            {"relay": True} if kw else {}))
 
@@ -274,7 +282,7 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
 
     handled = [s for s in (signal.SIGTERM, signal.SIGHUP) if _add_signal_handler(loop, s, stop)]
     try:
-        with VethLink(segment=args.loss > 0) as link:
+        with VethLink(segment=args.segment or args.loss > 0) as link:
             return await _rows(args, transports, sizes, _Processes(link), link, progress)
     except asyncio.CancelledError:
         if stopped:
