@@ -175,7 +175,8 @@ class _Processes:
             receiver = await start("receiver", ["receive", "--host", self.receiver_host, *common])
             first = await asyncio.wait_for(receiver.stdout.readline(), PEER_STARTUP_TIMEOUT)
             if not first:
-                return {}, await finish(receiver, "receiver", PEER_STARTUP_TIMEOUT)
+                await finish(receiver, "receiver", PEER_STARTUP_TIMEOUT)   # raises its error
+                raise OSError(f"{kind} receiver ended before it listened")
             port = json.loads(first)["port"]
             extra = ["--seconds", repr(args.seconds)] + (["--count", str(args.count)] if args.count else [])
             sender = await start("sender", ["send", "--host", self.receiver_host, "--port", str(port),
