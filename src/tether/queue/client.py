@@ -32,6 +32,7 @@ stops reconnecting. A request the user may not make fails alone with PermissionD
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -139,6 +140,16 @@ class _Consumer:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+_INFO_FIELDS = frozenset(f.name for f in dataclasses.fields(QueueInfo))
+
+
+def _info(value: Any) -> QueueInfo:
+    """A QueueInfo from INFO's map (keys this client does not know are left out)."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"queue protocol: INFO answered with {P.brief(value)}")
+    return QueueInfo(**{k: v for k, v in value.items() if k in _INFO_FIELDS})
 
 
 class QueueClient:
@@ -763,6 +774,14 @@ class QueueClient:
         self._settling(message)
         await self._request([P.ABANDON, 0, message._tag])
 
+    async def renew_message(self, message: Message) -> None:
+        """Extend a received message's peek-lock at the service. LockLost."""
+        self._check_open()
+        if self._locks.get(message._tag) is not message:
+            raise LockLost(f"message {message.id} is not locked by this client (settled, expired or released)")
+        validity = await self._request([P.RENEW, 0, message._tag])
+        message._lock_deadline = time.time() + float(validity)
+
     def _settling(self, message: Message) -> None:
         self._check_open()
         if self._locks.pop(message._tag, None) is not message:
@@ -778,18 +797,44 @@ class QueueClient:
         return RemoteTransaction(self)
 
     async def queue_info(self, name: str) -> QueueInfo:
-        """Counts of a queue: depth, in_flight, retrying, dead_lettered, poison, bytes."""
+        """Counts of a queue (see QueueManager.queue_info)."""
         self._check_open()
-        return QueueInfo(**await self._request([P.INFO, 0, name]))
+        return _info(await self._request([P.INFO, 0, name]))
 
     async def queue_infos(self) -> list[QueueInfo]:
         """queue_info() of every queue of the service (transmission queues included)."""
         self._check_open()
-        return [QueueInfo(**info) for info in await self._request([P.INFO, 0, None])]
+        return [_info(info) for info in await self._request([P.INFO, 0, None])]
 
     async def queues(self) -> list[str]:
-        """Names of every queue of the service."""
+        """Names of every queue of the service (that this client's user may see)."""
         return [info.name for info in await self.queue_infos()]
+
+    async def settings(self, name: str) -> QueueSettings:
+        """The settings of a queue (QueueNotFound if there is none)."""
+        self._check_open()
+        return QueueSettings.from_dict(await self._request([P.SETTINGS, 0, name]))
+
+    async def purge_queue(self, name: str) -> int:
+        """Remove every message waiting in a queue (see QueueManager.purge_queue); how
+        many. Needs admin at a service with users."""
+        self._check_open()
+        return await self._request([P.PURGE, 0, name])
+
+    async def peek(self, name: str, count: int = 1) -> list[Message]:
+        """Up to `count` messages of a queue without locking them or counting a delivery
+        (see QueueManager.peek)."""
+        self._check_open()
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"peek count must be an integer >= 1, not {count!r}")
+        reply = await self._request([P.PEEK, 0, name, min(count, P.MAX_PEEK)])
+        return [self._peeked(fields) for fields in reply]
+
+    def _peeked(self, fields: list) -> Message:
+        P.check_message("peek", fields)
+        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence = fields
+        return Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
+                       sequence=sequence)
 
     async def close(self) -> None:
         """Give back prefetched messages, end the session, fail waiting calls."""
@@ -902,6 +947,13 @@ class RemoteTransaction:
 
     async def abandon_message(self, message: Message) -> None:
         raise TransactionError(f"message {message.id} belongs to a transaction: it is returned by rollback()")
+
+    async def renew_message(self, message: Message) -> None:
+        """A message of this transaction keeps its lock longer (until commit or rollback)."""
+        if self.state != "active":
+            raise TransactionError(f"the transaction is already {self.state}")
+        validity = await self._client._request([P.RENEW, 0, message._tag])
+        message._lock_deadline = time.time() + float(validity)
 
     async def __aenter__(self) -> "RemoteTransaction":
         return self

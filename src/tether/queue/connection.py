@@ -567,8 +567,22 @@ class Connection:
         if op == P.INFO:
             if item[2] is None:
                 visible = self.guard.visible
-                return [dict(await manager.queue_info(name)) for name in manager.queues() if visible(name)]
+                return [dict(info) for info in await manager.queue_infos() if visible(info.name)]
             return dict(await manager.queue_info(item[2]))
+        if op == P.SETTINGS:
+            return (await manager.settings(item[2])).as_dict()
+        if op == P.PEEK:
+            messages = await manager.peek(item[2], item[3])
+            return [[0, m.id, m.body, m._encoded_headers, m.delivery_count, m.enqueued_at, m.expires_at,
+                     m.dead_letter_reason, m.dead_letter_source, m.sequence] for m in messages]
+        if op == P.PURGE:
+            return await manager.purge_queue(item[2])
+        if op == P.RENEW:
+            tag = item[2]
+            entry = state.locks.get(tag) or self._transaction_entry(tag)
+            if entry is None:
+                raise LockLost(f"lock {tag}: no peek-lock held (expired, settled, or the service restarted)")
+            return _validity_after(operations.renew(entry, tag), operations.now())
         if op == P.TX_BEGIN:
             state.next_txid += 1
             state.transactions[state.next_txid] = manager.transaction()
@@ -606,6 +620,14 @@ class Connection:
                 return None
             self.state.locks[entry.tag] = entry
         return [P.message_fields(entry), _validity(entry, operations.now())]
+
+    def _transaction_entry(self, tag: int) -> Entry | None:
+        """The entry a transaction of this client received under lock `tag`, or None."""
+        for tx in self.state.transactions.values():
+            for message in tx.received:
+                if message._tag == tag:
+                    return message._entry
+        return None
 
     def _transaction(self, txid: int) -> Any:
         tx = self.state.transactions.get(txid)
@@ -756,6 +778,10 @@ class _Expired(QueueError):
 
 def _validity(entry: Entry, now: float) -> float:
     return max(0.0, entry.lock_deadline - now)
+
+
+def _validity_after(deadline: float, now: float) -> float:
+    return max(0.0, deadline - now)
 
 
 def _carries_a_message(value: Any) -> bool:

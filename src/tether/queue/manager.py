@@ -124,7 +124,7 @@ class QueueManager:
             for name in operations.core.queue_names():
                 manager._start_forwarder(name)
             if store.durable:
-                log.info("queue manager recovered %d queues from %s", len(manager.queues()), data_dir)
+                log.info("queue manager recovered %d queues from %s", len(operations.core.queue_names()), data_dir)
             if listen is not None:
                 try:
                     await manager.listen(listen, ssl=ssl, users=users, allow_anonymous=allow_anonymous)
@@ -188,7 +188,7 @@ class QueueManager:
         queue may be deleted too; `$dead` may not."""
         self._check_open()
         if isinstance(name, str) and name.startswith((TRANSMISSION_PREFIX, RETURN_PREFIX)):
-            if name not in self.queues():
+            if name not in self._core.queue_names():
                 raise QueueNotFound(f"no queue named {name!r}")
             forwarder = self._forwarders.pop(name, None)
             if forwarder is not None:
@@ -197,18 +197,33 @@ class QueueManager:
             validate_queue_name(name)
         await self.operations.delete(name)
 
-    def queues(self) -> list[str]:
+    async def queues(self) -> list[str]:
         """Names of every queue (application, `$dead`, transmission queues), sub-queues excluded."""
+        self._check_open()
         return self._core.queue_names()
 
-    def settings(self, name: str) -> QueueSettings:
+    async def settings(self, name: str) -> QueueSettings:
         """The settings of a queue (QueueNotFound if there is none)."""
+        self._check_open()
         return self._core.settings(name)
 
     async def queue_info(self, name: str) -> QueueInfo:
-        """Counts of a queue: depth, in_flight, retrying, dead_lettered, poison, bytes, faulted."""
+        """Counts of a queue (or sub-queue). The keys `depth` (ready), `in_flight` (locked),
+        `dead` (its messages now in a dead-letter queue) and `poison` (in `;poison`) are the
+        contract; `retrying`, `bytes`, `faulted` and `waiting` come with them."""
         self._check_open()
         return self.operations.info(name)
+
+    async def queue_infos(self) -> list[QueueInfo]:
+        """queue_info() of every queue (transmission queues included)."""
+        self._check_open()
+        return [self.operations.info(name) for name in self._core.queue_names()]
+
+    async def purge_queue(self, name: str) -> int:
+        """Remove every message waiting in a queue (or sub-queue: `orders;poison`), durably;
+        returns how many. Messages locked by receivers stay theirs. QueueNotFound."""
+        self._check_open()
+        return await self.operations.purge(name)
 
     # ---- addresses ----
 
@@ -311,7 +326,14 @@ class QueueManager:
                 return None
         return Message.of_entry(entry, self)
 
-    # Message.complete() / Message.abandon() land here
+    async def peek(self, name: str, count: int = 1) -> list[Message]:
+        """Up to `count` messages of a queue (or sub-queue) in the order receivers would
+        get them, without locking them or counting a delivery (they cannot be settled).
+        QueueNotFound, ValueError for a count < 1."""
+        self._check_open()
+        return [Message.peeked(entry) for entry in self.operations.peek(name, count)]
+
+    # Message.complete() / Message.abandon() / Message.renew_lock() land here
     async def complete_message(self, message: Message) -> None:
         """Remove a received message (durably on a durable queue). LockLost if the lock expired."""
         if self._closed:
@@ -324,6 +346,11 @@ class QueueManager:
         """Return a received message as a failed delivery (retry, delay or poison per its queue)."""
         self._check_open()
         await self.operations.abandon(message._entry, message._tag)
+
+    async def renew_message(self, message: Message) -> None:
+        """Extend a received message's peek-lock by validity_duration from now. LockLost."""
+        self._check_open()
+        message._lock_deadline = self.operations.renew(message._entry, message._tag)
 
     # ---- transactions ----
 
@@ -375,7 +402,7 @@ class QueueManager:
 
     def __repr__(self) -> str:
         where = self.data_dir or "memory"
-        return f"<QueueManager {where} {len(self.queues())} queues>"
+        return f"<QueueManager {where} {len(self._core.queue_names())} queues>"
 
 
 def _recover(store: Store, dedupe_window: float, max_queues: int, max_disk_bytes: int | None) -> QueueOperations:

@@ -24,6 +24,8 @@ class Settler(Protocol):
 
     async def abandon_message(self, message: "Message") -> None: ...
 
+    async def renew_message(self, message: "Message") -> None: ...
+
 
 class Message:
     """A received message: `id`, `body`, `headers` (read-only), `delivery_count`,
@@ -91,6 +93,15 @@ class Message:
         message._lock_deadline = entry.lock_deadline
         return message
 
+    @classmethod
+    def peeked(cls, entry: Any) -> "Message":
+        """A message for a core entry that was only looked at: no lock, nothing to settle."""
+        message = cls.of_entry(entry, None)
+        message._entry = None
+        message._tag = 0
+        message._lock_deadline = 0.0
+        return message
+
     @property
     def headers(self) -> Mapping:
         """The headers, read-only (nested maps read-only too, arrays as tuples)."""
@@ -121,6 +132,14 @@ class Message:
         if settler is None:
             return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
         return settler.abandon_message(self)
+
+    def renew_lock(self) -> Awaitable[None]:
+        """Extend the peek-lock by the queue's validity_duration from now (`lock_deadline`
+        moves). Await it. Raises `LockLost` like `complete()`."""
+        settler = self._settler
+        if settler is None:
+            return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
+        return settler.renew_message(self)
 
     def __repr__(self) -> str:
         extra = ""

@@ -140,6 +140,19 @@ class QueueOperations:
         """Counts of a queue or sub-queue."""
         return self.core.info(name)
 
+    async def purge(self, name: str) -> int:
+        """Remove every message waiting in a queue, durably; how many."""
+        count, record = self.core.purge(name, self._clock())
+        self.settle()
+        await self.wait_for(record)
+        return count
+
+    def peek(self, name: str, count: int) -> list[Entry]:
+        """The next `count` entries a receiver would get, unlocked (see QueueCore.peek)."""
+        if self._closed:
+            raise QueueError("the queue manager is closed")
+        return self.core.peek(name, count, self._clock())
+
     # ---- sending ----
 
     def prepare(self, name: str, body: Any, **fields: Any) -> Entry:

@@ -22,6 +22,10 @@ array whose first element is its op code:
     [TX_SEND, rid, txid, address, body, headers, ttl]
     [FORWARD, rid, queue, sequence, id, body, headers, enqueued_at, expires_at]
     [SETTLED, 0, floor]                                 the producer settled every sequence < floor
+    [PEEK, rid, queue, count]                           up to `count` messages, unlocked (tag 0)
+    [PURGE, rid, name]                                  purge_queue: the count removed
+    [RENEW, rid, tag]                                   extend a peek-lock: its new validity
+    [SETTINGS, rid, name]                               a queue's settings
 
     replies and pushes (service -> client)
     [REPLY, rid, value]
@@ -61,7 +65,7 @@ import msgpack
 from .. import errors
 from ..errors import ProtocolError, TetherError
 
-VERSION = 3
+VERSION = 4
 
 # requests
 HELLO = 1
@@ -82,6 +86,10 @@ TX_COMMIT = 15
 TX_ROLLBACK = 16
 FORWARD = 17
 SETTLED = 18
+PEEK = 19
+PURGE = 20
+RENEW = 21
+SETTINGS = 22
 # replies and pushes
 REPLY = 100
 ERROR = 101
@@ -102,6 +110,7 @@ MAX_PASSWORD = 1024
 MAX_ID = 255              # message ids
 MAX_CREDIT = 1 << 20
 MAX_SEQUENCE = (1 << 63) - 1
+MAX_PEEK = 4096           # messages one PEEK returns at most
 EXPIRED_CODE = "expired"
 #: The length of a message on the wire (see the module docstring).
 MESSAGE_FIELDS = 10
@@ -256,6 +265,10 @@ REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
     FORWARD: ("forward", (("queue", _name), ("sequence", _sequence), ("id", _id), ("body", _bytes),
                           ("headers", _headers), ("enqueued_at", _number), ("expires_at", _optional(_number)))),
     SETTLED: ("settled", (("floor", _sequence),)),
+    PEEK: ("peek", (("queue", _name), ("count", _int(1, MAX_PEEK)))),
+    PURGE: ("purge", (("name", _name),)),
+    RENEW: ("renew", (("tag", _tag),)),
+    SETTINGS: ("settings", (("name", _name),)),
 }
 
 
@@ -302,6 +315,11 @@ def _message_fields(op: str, field: str, value: Any) -> list:
     _optional(_str(MAX_NAME))(op, "message.dead_letter_source", value[8])
     _sequence(op, "message.sequence", value[9])
     return value
+
+
+def check_message(op: str, value: Any) -> list:
+    """A message's wire fields, checked; ProtocolError naming what is wrong."""
+    return _message_fields(op, "message", value)
 
 
 def _any(op: str, field: str, value: Any) -> Any:

@@ -112,6 +112,11 @@ class Transaction:
     async def abandon_message(self, message: Message) -> None:
         raise TransactionError(f"message {message.id} belongs to a transaction: it is returned by rollback()")
 
+    async def renew_message(self, message: Message) -> None:
+        """A message of this transaction keeps its lock longer (until commit or rollback)."""
+        self._check_active()
+        message._lock_deadline = self._operations.renew(message._entry, message._tag)
+
     async def __aenter__(self) -> "Transaction":
         return self
 

@@ -35,7 +35,7 @@ from .entry import RECORD_FIELDS, Entry
 from .headers import HeadersTooLarge, encode_headers
 from .info import QueueInfo
 from .lifecycle import (
-    DROP, EXPIRE, GONE, LOCKED, READY, RELEASE, RENEW, SETTLE, SETTLING, TAKE, WRITE_FAILED_LOCKED,
+    DROP, EXPIRE, GONE, LOCKED, PURGE, READY, RELEASE, RENEW, SETTLE, SETTLING, TAKE, WRITE_FAILED_LOCKED,
     WRITE_FAILED_READY, WRITTEN_BACK, WRITTEN_GONE, advance,
 )
 from .pending_records import PendingRecords
@@ -315,7 +315,7 @@ class QueueCore:
                              queue.bytes, False, len(queue.waiters))
         return QueueInfo(
             name=queue.name, durable=queue.settings.durable, depth=queue.depth, in_flight=_locked(queue),
-            retrying=queue.retry.held, dead_lettered=self._dead_counts.get(queue.name, 0),
+            retrying=queue.retry.held, dead=self._dead_counts.get(queue.name, 0),
             poison=queue.poison.held, bytes=queue.bytes + queue.retry.bytes + queue.poison.bytes,
             faulted=queue.faulted, waiting=len(queue.waiters))
 
@@ -608,6 +608,46 @@ class QueueCore:
             self._schedule(queue, deadline)
         return entry
 
+    def peek(self, name: str, count: int, now: float) -> list[Entry]:
+        """Up to `count` entries of queue (or sub-queue) `name` that a receiver would get
+        next, in that order: not locked, no delivery counted. QueueNotFound."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"peek count must be an integer >= 1, not {count!r}")
+        queue = self._queue(name)
+        out = []
+        for entry in queue.ready_entries():
+            if queue.expires(entry) and entry.expires_at <= now:
+                continue            # the expiry timer takes it: nobody receives it
+            out.append(entry)
+            if len(out) == count:
+                break
+        return out
+
+    def purge(self, name: str, now: float) -> tuple[int, int | None]:
+        """Remove every message waiting in queue (or sub-queue) `name` (locked ones stay with
+        their receivers), durably: (how many, the record to wait for or None)."""
+        self._check_open()
+        queue = self._queue(name)
+        entries = list(queue.ready_entries())
+        if not entries:
+            return 0, None
+        for entry in entries:
+            self._settle_ready(queue, entry, PURGE)
+
+        def apply(now: float) -> None:
+            for entry in entries:
+                if entry.state == SETTLING:
+                    advance(entry, WRITTEN_GONE)
+                    self._remove(queue, entry)
+            self._rearm(queue)
+
+        def undo(now: float) -> None:
+            for entry in entries:
+                self._unsettle(entry, now)
+
+        ops = [[R.REMOVE, queue.name, entry.key] for entry in entries]
+        return len(entries), self._journal(queue, ops, apply, undo, now)
+
     def wait(self, name: str, waiter: Waiter) -> None:
         """`waiter` gets the next entry of queue `name` that becomes ready (waiters are served
         oldest first). Check take() first. QueueNotFound, PoisonMessage."""
@@ -744,9 +784,10 @@ class QueueCore:
             self._removed_special(queue, entry)
 
 
-    def _settle_ready(self, queue: Queue, entry: Entry) -> None:
-        """A READY entry is about to move (expiry, retry delay over): not takeable meanwhile."""
-        advance(entry, EXPIRE)
+    def _settle_ready(self, queue: Queue, entry: Entry, event: str = EXPIRE) -> None:
+        """A READY entry is about to move (expiry, retry delay over) or go (purge): not
+        takeable meanwhile."""
+        advance(entry, event)
         entry.before = READY
         queue.waiting(entry)
         queue.inflight[entry.key] = entry      # enumerable (snapshot, delete) while it settles

@@ -32,11 +32,12 @@ RELEASE = "release"              # taken but never seen by the application: back
 RENEW = "renew"                  # the lock holder extends the peek-lock
 SETTLE = "settle"                # complete, abandon, lock expiry, rollback, dead-letter: journal it
 EXPIRE = "expire"                # time-to-live ran out while it waited, or its retry delay ended
+PURGE = "purge"                  # its queue is being purged: the removal is journaled
 WRITTEN_GONE = "written-gone"    # the journal has the removal or move: it left this queue
 WRITTEN_BACK = "written-back"    # the journal has the update: it waits again (an immediate retry)
 WRITE_FAILED_LOCKED = "write-failed-locked"  # the journal refused the write: still locked
 WRITE_FAILED_READY = "write-failed-ready"    # the journal refused the write: still waiting
-DROP = "drop"                    # its queue was deleted or purged
+DROP = "drop"                    # its queue was deleted (or, never queued, its send failed)
 
 TRANSITIONS: Final[dict[str, dict[int, int]]] = {
     TAKE: {READY: LOCKED},
@@ -44,6 +45,7 @@ TRANSITIONS: Final[dict[str, dict[int, int]]] = {
     RENEW: {LOCKED: LOCKED},
     SETTLE: {LOCKED: SETTLING},
     EXPIRE: {READY: SETTLING},
+    PURGE: {READY: SETTLING},
     WRITTEN_GONE: {SETTLING: GONE},
     WRITTEN_BACK: {SETTLING: READY},
     WRITE_FAILED_LOCKED: {SETTLING: LOCKED},

@@ -1,0 +1,216 @@
+"""The rest of the queue model, each feature through the embedded QueueManager and through
+a QueueClient of the same manager's service (the `api` fixture runs every test on both):
+send_many, peek, renew_lock, purge_queue and queue_info's keys."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import tether
+from tether import LockLost, PermissionDenied, QueueNotFound
+from tether.queue.auth import hash_password
+
+
+@pytest.fixture(params=["embedded", "client"])
+async def api(request, tmp_path):
+    """(the manager, what the test drives: the manager itself or a client of its service)."""
+    qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
+    try:
+        if request.param == "embedded":
+            yield qm, qm
+        else:
+            async with tether.QueueClient.connect(qm.services[0].url) as client:
+                yield qm, client
+    finally:
+        await qm.close()
+
+
+async def _drain(handle, name, n, timeout=5):
+    out = []
+    for _ in range(n):
+        m = await handle.receive(name, timeout=timeout)
+        assert m is not None
+        out.append(m)
+    return out
+
+
+# ---- send_many ----
+
+async def test_send_many_queues_all_in_order_with_one_durable_write(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    ids = await handle.send_many("q", [b"a", b"b", b"c"])
+    assert len(set(ids)) == 3
+    got = await _drain(handle, "q", 3)
+    assert [m.body for m in got] == [b"a", b"b", b"c"]
+    assert [m.id for m in got] == ids
+    for m in got:
+        await m.complete()
+
+
+async def test_embedded_send_many_is_one_journal_record(tmp_path):
+    async with tether.QueueManager.open(tmp_path / "qm") as qm:
+        await qm.create_queue("q")
+        core = qm.operations.core
+        first = core.records._next
+        await qm.send_many("q", [b"%d" % i for i in range(50)])
+        assert core.records._next == first + 1          # one record for all fifty
+    async with tether.QueueManager.open(tmp_path / "qm") as qm:
+        assert (await qm.queue_info("q")).depth == 50
+
+
+async def test_send_many_refuses_all_when_one_is_bad(api):
+    qm, handle = api
+    await handle.create_queue("q", max_message_size=10)
+    with pytest.raises(tether.MessageTooLarge):
+        await handle.send_many("q", [b"ok", b"x" * 11])
+    if handle is qm:       # embedded: all or none; a client reports the first refusal
+        assert (await qm.queue_info("q")).depth == 0
+
+
+# ---- peek ----
+
+async def test_peek_neither_locks_nor_counts(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    await handle.send_many("q", [b"1", b"2", b"3"])
+    peeked = await handle.peek("q", count=2)
+    assert [m.body for m in peeked] == [b"1", b"2"]
+    assert all(m.delivery_count == 0 for m in peeked)
+    with pytest.raises(LockLost):
+        await peeked[0].complete()
+    info = await handle.queue_info("q")
+    assert (info["depth"], info["in_flight"]) == (3, 0)
+    m = await handle.receive("q", timeout=0)       # (a client's receive(0) takes one: no prefetch)
+    assert (m.body, m.delivery_count) == (b"1", 1)
+    assert [p.body for p in await handle.peek("q", 10)] == [b"2", b"3"]    # a locked one is not seen
+    await m.abandon()
+    again = await handle.peek("q", 1)
+    assert (again[0].body, again[0].delivery_count) == (b"1", 1)
+    assert await handle.peek("q") and len(await handle.peek("q")) == 1
+
+
+async def test_peek_validates_its_count_and_queue(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises((ValueError, TypeError), match="count"):
+            await handle.peek("q", bad)
+    with pytest.raises(QueueNotFound):
+        await handle.peek("nope", 1)
+    assert await handle.peek("q", 5) == []
+
+
+# ---- renew_lock ----
+
+async def test_renew_lock_extends_the_peek_lock(api):
+    qm, handle = api
+    await handle.create_queue("q", validity_duration=0.5)
+    await handle.send("q", b"x")
+    m = await handle.receive("q", timeout=5)
+    first = m.lock_deadline
+    for _ in range(4):
+        await asyncio.sleep(0.2)
+        await m.renew_lock()
+    assert m.lock_deadline > first + 0.5
+    await m.complete()          # held for 0.8 s: without the renewals it would be lost
+    assert (await handle.queue_info("q"))["depth"] == 0
+
+
+async def test_renew_lock_of_a_lost_lock_raises(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    await handle.send("q", b"x")
+    m = await handle.receive("q", timeout=5)
+    await m.complete()
+    with pytest.raises(LockLost):
+        await m.renew_lock()
+    assert await handle.peek("q") == []
+
+
+async def test_renew_lock_in_a_transaction(api):
+    qm, handle = api
+    await handle.create_queue("q", validity_duration=0.5)
+    await handle.send("q", b"x")
+    async with handle.transaction() as tx:
+        m = await tx.receive("q", timeout=5)
+        for _ in range(4):
+            await asyncio.sleep(0.2)
+            await m.renew_lock()
+    assert (await handle.queue_info("q"))["depth"] == 0
+
+
+# ---- purge_queue ----
+
+async def test_purge_removes_what_waits_and_returns_the_count(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    await handle.send_many("q", [b"%d" % i for i in range(5)])
+    held = await handle.receive("q", timeout=0)
+    assert await handle.purge_queue("q") == 4
+    info = await handle.queue_info("q")
+    assert (info["depth"], info["in_flight"]) == (0, 1)
+    await held.complete()                    # a locked message stays its receiver's
+    assert await handle.purge_queue("q") == 0
+    with pytest.raises(QueueNotFound):
+        await handle.purge_queue("nope")
+
+
+async def test_purge_is_durable(tmp_path):
+    async with tether.QueueManager.open(tmp_path / "qm") as qm:
+        await qm.create_queue("q")
+        await qm.send_many("q", [b"a", b"b"])
+        assert await qm.purge_queue("q") == 2
+        await qm.send("q", b"c")
+    async with tether.QueueManager.open(tmp_path / "qm") as qm:
+        assert [m.body for m in await qm.peek("q", 10)] == [b"c"]
+        await qm.compact()
+    async with tether.QueueManager.open(tmp_path / "qm") as qm:
+        assert [m.body for m in await qm.peek("q", 10)] == [b"c"]
+
+
+async def test_purging_poison_resumes_a_faulted_queue(tmp_path):
+    async with tether.QueueManager.open() as qm:
+        await qm.create_queue("q", receive_retry_count=0, max_retry_cycles=0)
+        await qm.send("q", b"bad")
+        m = await qm.receive("q", timeout=1)
+        await m.abandon()
+        assert (await qm.queue_info("q"))["poison"] == 1
+        with pytest.raises(tether.PoisonMessage):
+            await qm.receive("q", timeout=0)
+        assert await qm.purge_queue("q;poison") == 1
+        assert await qm.receive("q", timeout=0) is None
+
+
+async def test_purge_needs_admin_at_a_service_with_users(tmp_path):
+    users = {"alice": {"password_hash": hash_password("pw-alice"), "send": ["q"], "receive": ["q"]},
+             "root": {"password_hash": hash_password("pw-root"), "admin": True}}
+    async with tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0", users=users) as qm:
+        await qm.create_queue("q")
+        url = qm.services[0].url
+        async with tether.QueueClient.connect(url, user="alice", password="pw-alice") as alice:
+            await alice.send("q", b"x")
+            assert [m.body for m in await alice.peek("q", 5)] == [b"x"]
+            with pytest.raises(PermissionDenied):
+                await alice.purge_queue("q")
+            assert (await alice.settings("q")).durable
+        async with tether.QueueClient.connect(url, user="root", password="pw-root") as root:
+            assert await root.purge_queue("q") == 1
+
+
+# ---- queue_info, queues, settings ----
+
+async def test_queue_info_has_the_contract_keys(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    await handle.send("q", b"x")
+    info = await handle.queue_info("q")
+    for key in ("depth", "in_flight", "dead", "poison"):
+        assert key in info
+    assert (info["depth"], info["in_flight"], info["dead"], info["poison"]) == (1, 0, 0, 0)
+    assert "dead_lettered" not in info
+    assert "q" in await handle.queues()
+    assert (await handle.settings("q")).time_to_live == 86400
+    with pytest.raises(QueueNotFound):
+        await handle.settings("nope")
