@@ -38,6 +38,7 @@ import math
 import os
 import time
 from collections import OrderedDict, deque
+from datetime import datetime, timedelta
 from ssl import SSLContext
 from types import TracebackType
 from typing import Any
@@ -52,6 +53,7 @@ from ..backoff import Backoff
 from ..session import tls
 from ..session.url import parse as parse_url
 from .auth import check_credentials
+from .core.engine import check_priority, delivery_time
 from .core.headers import encode_headers, plain_headers
 from .core.info import QueueInfo
 from .core.settings import QueueSettings
@@ -140,6 +142,20 @@ class _Consumer:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _send_options(priority: Any, delay: Any, deliver_at: Any) -> dict | None:
+    """A SEND's options map (nil for the defaults), checked here as the service checks them."""
+    options: dict[str, Any] = {}
+    if priority.__class__ is not int or priority != 3:
+        options["priority"] = check_priority(priority)
+    if delay is not None or deliver_at is not None:
+        delivery_time(delay, deliver_at, time.time())      # TypeError/ValueError naming it
+        if delay is not None:
+            options["delay"] = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        else:
+            options["deliver_at"] = deliver_at.timestamp() if isinstance(deliver_at, datetime) else float(deliver_at)
+    return options or None
 
 
 _INFO_FIELDS = frozenset(f.name for f in dataclasses.fields(QueueInfo))
@@ -434,9 +450,9 @@ class QueueClient:
             self._schedule_flush()
 
     def _message(self, fields: list, validity: float) -> Message:
-        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence = fields
+        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority = fields
         message = Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
-                          sequence=sequence)
+                          sequence=sequence, priority=priority)
         message._settler = self
         message._tag = tag
         message._lock_deadline = time.time() + validity
@@ -559,7 +575,8 @@ class QueueClient:
         self._check_open()
         await self._request([P.DELETE, 0, name])
 
-    def _send_item(self, address: str, body: Any, headers: Any, time_to_live: float | None) -> list:
+    def _send_item(self, address: str, body: Any, headers: Any, time_to_live: float | None,
+                   options: dict | None = None) -> list:
         """A SEND item, every field checked as the service will check it (so it need not be
         parsed again): one the service refused would end the session, and be resent after
         every reconnect."""
@@ -583,7 +600,7 @@ class QueueClient:
                 raise TypeError(f"time_to_live must be a number of seconds, not {time_to_live!r}")
             if not math.isfinite(time_to_live):
                 raise ValueError(f"time_to_live must be a finite number of seconds, not {time_to_live!r}")
-        return [P.SEND, 0, address, body, headers, time_to_live, 0]
+        return [P.SEND, 0, address, body, headers, time_to_live, 0, options]
 
     def _number(self, item: list) -> list:
         if self._forwarding:
@@ -596,20 +613,27 @@ class QueueClient:
         return item
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
-                   time_to_live: float | None = None) -> str:
+                   time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                   deliver_at: float | None = None) -> str:
         """Queue a message (a local queue of the service, or tether://host:port/queue for its
-        store-and-forward); returns its id once the service has it durably. Raises as
-        QueueManager.send, and QueueUnavailable after request_timeout."""
+        store-and-forward); returns its id once the service has it durably. The keyword
+        arguments are QueueManager.send's. Raises as QueueManager.send, and
+        QueueUnavailable after request_timeout."""
         self._check_open()
-        item = self._send_item(address, body, headers, time_to_live)
+        item = self._send_item(address, body, headers, time_to_live,
+                               _send_options(priority, delay, deliver_at))
         return await self._request(self._number(item), checked=True)
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
-                        time_to_live: float | None = None) -> list[str]:
-        """send() for many bodies at once (one frame where they fit); their ids, in order.
-        Raises the first refusal, after every send was answered."""
+                        time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                        deliver_at: float | None = None) -> list[str]:
+        """send() for many bodies at once (one frame, one write at the service, where they
+        fit); their ids, in order. Raises the first refusal, after every send was answered."""
         self._check_open()
-        items = [self._send_item(address, body, headers, time_to_live) for body in bodies]
+        if isinstance(bodies, (bytes, bytearray, memoryview, str)):
+            raise TypeError("send_many takes a list of message bodies, not one body")
+        options = _send_options(priority, delay, deliver_at)
+        items = [self._send_item(address, body, headers, time_to_live, options) for body in bodies]
         futures = [self._request(self._number(item), checked=True) for item in items]
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
@@ -618,7 +642,7 @@ class QueueClient:
         return results
 
     def forward(self, queue: str, sequence: int, message_id: str, body: bytes, headers: dict | None,
-                enqueued_at: float, expires_at: float | None) -> asyncio.Future:
+                enqueued_at: float, expires_at: float | None, options: dict | None = None) -> asyncio.Future:
         """(For queue managers' forwarders.) Hand over a message of a transmission queue,
         numbered `sequence` by it; a future for the answer (None: accepted). A client that
         forwards numbers nothing itself: its floor is the forwarder's (`settled`)."""
@@ -626,7 +650,8 @@ class QueueClient:
         if self._numbering:
             raise QueueError("a client that sends with send() cannot forward(): the two would share sequences")
         self._forwarding = True
-        return self._request([P.FORWARD, 0, queue, sequence, message_id, body, headers, enqueued_at, expires_at])
+        return self._request([P.FORWARD, 0, queue, sequence, message_id, body, headers, enqueued_at, expires_at,
+                              options])
 
     def settled(self, floor: int) -> None:
         """(For queue managers' forwarders.) Every sequence below `floor` is settled here."""
@@ -832,9 +857,9 @@ class QueueClient:
 
     def _peeked(self, fields: list) -> Message:
         P.check_message("peek", fields)
-        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence = fields
+        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority = fields
         return Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
-                       sequence=sequence)
+                       sequence=sequence, priority=priority)
 
     async def close(self) -> None:
         """Give back prefetched messages, end the session, fail waiting calls."""
@@ -911,11 +936,13 @@ class RemoteTransaction:
         return message
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
-                   time_to_live: float | None = None) -> str:
+                   time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                   deliver_at: float | None = None) -> str:
         """Like QueueClient.send(), but the message is queued only at commit. Returns its id."""
+        options = _send_options(priority, delay, deliver_at)
         txid = await self._id()
-        item = self._client._send_item(address, body, headers, time_to_live)
-        return await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4], time_to_live])
+        item = self._client._send_item(address, body, headers, time_to_live, options)
+        return await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4], time_to_live, options])
 
     async def commit(self) -> None:
         """Make the transaction's receives and sends take effect, atomically and durably."""

@@ -371,17 +371,18 @@ class Connection:
         core = self.operations.core
         now = self.operations.now()
         entries, sequences, where = [], [], []
-        for n, (_, _, address, body, headers, ttl, sequence) in enumerate(items):
+        for n, (_, _, address, body, headers, ttl, sequence, options) in enumerate(items):
             name = routes.get(address)
             if name is None:
                 results[n] = refused.get(address) or QueueError(f"queue address {address!r} was not routed")
                 continue
             try:
-                if headers is None and ttl is None and name == address:
+                if headers is None and ttl is None and options is None and name == address:
                     entries.append(core.prepare_plain(name, body, now))      # the common case
                 else:
                     entries.append(core.prepare(name, body, now, headers=headers, time_to_live=ttl,
-                                                destination=address if name != address else None))
+                                                destination=address if name != address else None,
+                                                **(options or {})))
                 sequences.append(sequence)
                 where.append(n)
             except (TetherError, ValueError, TypeError) as exc:
@@ -452,7 +453,7 @@ class Connection:
         now = operations.now()
         results: list[Any] = [None] * len(items)
         entries, sequences, where = [], [], []
-        for n, (_, _, queue, sequence, message_id, body, headers, enqueued_at, expires_at) in enumerate(items):
+        for n, (_, _, queue, sequence, message_id, body, headers, enqueued_at, expires_at, options) in enumerate(items):
             try:
                 if is_remote(queue):
                     raise ValueError(f"forwarded message {message_id}: {queue!r} is not a queue of this queue manager")
@@ -461,7 +462,8 @@ class Connection:
                     # (a resend of one queued before it expired is answered as that one was)
                     raise _Expired(f"message {message_id} expired in transit")
                 entries.append(operations.prepare(queue, body, headers=headers, id=message_id,
-                                                  enqueued_at=enqueued_at, expires_at=expires_at, origin=origin))
+                                                  enqueued_at=enqueued_at, expires_at=expires_at, origin=origin,
+                                                  **_forwarded_options(options)))
                 sequences.append(sequence)
                 where.append(n)
             except (TetherError, ValueError, TypeError) as exc:
@@ -573,8 +575,7 @@ class Connection:
             return (await manager.settings(item[2])).as_dict()
         if op == P.PEEK:
             messages = await manager.peek(item[2], item[3])
-            return [[0, m.id, m.body, m._encoded_headers, m.delivery_count, m.enqueued_at, m.expires_at,
-                     m.dead_letter_reason, m.dead_letter_source, m.sequence] for m in messages]
+            return [P.peeked_fields(m) for m in messages]
         if op == P.PURGE:
             return await manager.purge_queue(item[2])
         if op == P.RENEW:
@@ -588,8 +589,9 @@ class Connection:
             state.transactions[state.next_txid] = manager.transaction()
             return state.next_txid
         if op == P.TX_SEND:
-            _, _, txid, address, body, headers, ttl = item
-            return await self._transaction(txid).send(address, body, headers=headers, time_to_live=ttl)
+            _, _, txid, address, body, headers, ttl, options = item
+            return await self._transaction(txid).send(address, body, headers=headers, time_to_live=ttl,
+                                                      **(options or {}))
         if op == P.TX_COMMIT:
             tx = state.transactions.pop(item[2], None)
             if tx is None:
@@ -778,6 +780,16 @@ class _Expired(QueueError):
 
 def _validity(entry: Entry, now: float) -> float:
     return max(0.0, entry.lock_deadline - now)
+
+
+def _forwarded_options(options: dict | None) -> dict:
+    """What of a FORWARD's options the target takes (a relative delay only means something
+    at the queue manager that was sent it: a forwarder sends deliver_at)."""
+    if not options:
+        return {}
+    if "delay" in options:
+        raise ValueError("a forwarded message carries deliver_at, not delay")
+    return options
 
 
 def _validity_after(deadline: float, now: float) -> float:

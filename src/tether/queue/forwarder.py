@@ -38,6 +38,7 @@ from .auth import origin_of
 from .client import QueueClient
 from .core import Entry
 from .core.deadletter import REJECTED
+from .core.entry import DEFAULT_PRIORITY
 from .core.headers import plain_headers
 from .core.settings import SYSTEM_DEAD_LETTER_QUEUE
 from .core.system_queues import RETURN_PREFIX
@@ -186,8 +187,13 @@ class Forwarder:
         tag = entry.tag
         address = entry.destination
         target = address[address.index("/", len("tether://")) + 1:]
+        options = None
+        if entry.priority != DEFAULT_PRIORITY or entry.deliver_at is not None:
+            options = {"priority": entry.priority}
+            if entry.deliver_at is not None:
+                options["deliver_at"] = entry.deliver_at
         future = client.forward(target, entry.sequence, entry.id, entry.body, plain_headers(entry.headers),
-                                entry.enqueued_at, entry.expires_at)
+                                entry.enqueued_at, entry.expires_at, options)
         future.add_done_callback(lambda f: self._on_answer(entry, tag, f))
 
     def _on_answer(self, entry: Entry, tag: int, future: asyncio.Future) -> None:

@@ -275,34 +275,45 @@ class QueueManager:
     # ---- sending ----
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
-                   time_to_live: float | None = None) -> str:
+                   time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                   deliver_at: float | None = None) -> str:
         """Queue a message; returns its id once it is durable (durable queue) or queued
-        (volatile). `time_to_live` (seconds) overrides the queue's. Raises QueueNotFound,
-        QueueFull (max_length), MessageTooLarge (max_message_size, headers included),
-        StorageError (the journal could not write it: it is not queued), TypeError/ValueError."""
+        (volatile). `time_to_live` (seconds) overrides the queue's. `priority` 0..7 (higher
+        is received first, FIFO within one). `delay` (seconds) or `deliver_at` (epoch
+        seconds): the message is invisible until then. Raises QueueNotFound, QueueFull
+        (max_length), MessageTooLarge (max_message_size, headers included), StorageError
+        (the journal could not write it: it is not queued), TypeError/ValueError naming a bad
+        argument."""
         if self._closed:
             self._check_open()
         operations = self.operations
         if self._core.sendable(address):
-            if headers is None and time_to_live is None:
+            if headers is None and time_to_live is None and priority == 3 and delay is None \
+                    and deliver_at is None and priority.__class__ is int:
                 return await operations.send_body(address, body)      # the common case
             destination = None
             name = address
         else:
             name = await self.route(address)
             destination = address if name != address else None
-        entry = operations.prepare(name, body, headers=headers, time_to_live=time_to_live, destination=destination)
+        entry = operations.prepare(name, body, headers=headers, time_to_live=time_to_live, destination=destination,
+                                   priority=priority, delay=delay, deliver_at=deliver_at)
         return await operations.send_one(entry)
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
-                        time_to_live: float | None = None) -> list[str]:
+                        time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                        deliver_at: float | None = None) -> list[str]:
         """Queue many messages to one address with one durable write; their ids, in order.
-        Nothing is queued when one is refused (the first refusal is raised)."""
+        The keyword arguments (as send()'s) apply to each. Nothing is queued when one is
+        refused (the first refusal is raised)."""
         self._check_open()
+        if isinstance(bodies, (bytes, bytearray, memoryview, str)):
+            raise TypeError("send_many takes a list of message bodies, not one body")
         name = await self.route(address)
         destination = address if name != address else None
         entries = [self.operations.prepare(name, body, headers=headers, time_to_live=time_to_live,
-                                           destination=destination) for body in bodies]
+                                           destination=destination, priority=priority, delay=delay,
+                                           deliver_at=deliver_at) for body in bodies]
         if not entries:
             return []
         await self.operations.commit([], entries)

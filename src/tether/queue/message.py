@@ -29,18 +29,19 @@ class Settler(Protocol):
 
 class Message:
     """A received message: `id`, `body`, `headers` (read-only), `delivery_count`,
-    `enqueued_at`, `expires_at`, and on a dead-letter queue `dead_letter_reason` and
+    `enqueued_at`, `expires_at`, `priority`, and on a dead-letter queue `dead_letter_reason` and
     `dead_letter_source`. Settle it with `await complete()` or `await abandon()`."""
 
     __slots__ = ("id", "body", "_headers", "_encoded_headers", "delivery_count", "enqueued_at", "expires_at",
                  "dead_letter_reason", "dead_letter_source", "destination", "retry_at", "attempts", "sequence", "queue",
+                 "priority",
                  "_settler", "_entry", "_tag", "_lock_deadline")
 
     def __init__(self, id: str, body: bytes, headers: bytes | None = None, delivery_count: int = 0,
                  enqueued_at: float = 0.0, expires_at: float | None = None,
                  dead_letter_reason: str | None = None, dead_letter_source: str | None = None,
                  destination: str | None = None, retry_at: float | None = None,
-                 attempts: int = 0, queue: str | None = None, sequence: int = 0) -> None:
+                 attempts: int = 0, queue: str | None = None, sequence: int = 0, priority: int = 3) -> None:
         self.id = id
         self.body = body
         self._encoded_headers = headers
@@ -63,6 +64,8 @@ class Message:
         self.queue = queue
         #: its producer's sequence number (0 when it came without one)
         self.sequence = sequence
+        #: 0..7, higher received first (3 unless the sender said otherwise)
+        self.priority = priority
         self._settler: Settler | None = None
         self._entry: Any = None
         self._tag = 0
@@ -87,6 +90,7 @@ class Message:
         message.attempts = entry.attempts
         message.queue = entry.queue.name
         message.sequence = entry.sequence
+        message.priority = entry.priority
         message._settler = settler
         message._entry = entry
         message._tag = entry.tag

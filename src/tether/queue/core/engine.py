@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Iterator
 
 from ...errors import (
@@ -31,11 +31,12 @@ from ...layer1 import RangeSet, module
 from . import records as R
 from .address import split_subqueue, validate_queue_name
 from .deadletter import EXPIRED, REJECTED, dead_letter_queue_name
-from .entry import RECORD_FIELDS, Entry
+from .entry import DEFAULT_PRIORITY, MAX_PRIORITY, RECORD_FIELDS, Entry
 from .headers import HeadersTooLarge, encode_headers
 from .info import QueueInfo
 from .lifecycle import (
-    DROP, EXPIRE, GONE, LOCKED, PURGE, READY, RELEASE, RENEW, SETTLE, SETTLING, TAKE, WRITE_FAILED_LOCKED,
+    DROP, DUE, EXPIRE, GONE, LOCKED, PURGE, READY, RELEASE, RENEW, SCHEDULE, SETTLE, SETTLING, TAKE,
+    WRITE_FAILED_LOCKED,
     WRITE_FAILED_READY, WRITTEN_BACK, WRITTEN_GONE, advance,
 )
 from .pending_records import PendingRecords
@@ -145,6 +146,9 @@ class QueueCore:
             for entry in entries.values():
                 # a transmission queue's messages may have been sent before the restart
                 entry.handed = numbered
+                if queue.app and entry.deliver_at is not None and entry.deliver_at > now:
+                    self._admit_scheduled(queue, entry)
+                    continue
                 self._admit(queue, entry)
                 queue.push_ready(entry)
                 if entry.key >= self._next_key:
@@ -267,7 +271,9 @@ class QueueCore:
                 for entry in list(queue.entries()):
                     advance(entry, DROP)
                     self._remove(queue, entry)
-                queue.ready.clear()
+                for ready in queue.levels:
+                    ready.clear()
+                queue.scheduled.clear()
                 queue.depth = 0
                 queue.fail_waiters(error)
                 self._timers.cancel(queue)
@@ -312,23 +318,26 @@ class QueueCore:
         queue = self._queue(name)
         if queue.kind != MAIN:
             return QueueInfo(queue.name, queue.settings.durable, queue.depth, _locked(queue), 0, 0, 0,
-                             queue.bytes, False, len(queue.waiters))
+                             queue.bytes, False, len(queue.waiters), 0)
         return QueueInfo(
             name=queue.name, durable=queue.settings.durable, depth=queue.depth, in_flight=_locked(queue),
             retrying=queue.retry.held, dead=self._dead_counts.get(queue.name, 0),
             poison=queue.poison.held, bytes=queue.bytes + queue.retry.bytes + queue.poison.bytes,
-            faulted=queue.faulted, waiting=len(queue.waiters))
+            faulted=queue.faulted, waiting=len(queue.waiters), scheduled=len(queue.scheduled))
 
     # ------------------------------------------------------------------ sending
 
     def prepare(self, name: str, body: Any, now: float, *, headers: Any = None,
                 time_to_live: Any = None, destination: str | None = None, id: str | None = None,
-                enqueued_at: float | None = None, expires_at: Any = ..., origin: str | None = None) -> Entry:
+                enqueued_at: float | None = None, expires_at: Any = ..., origin: str | None = None,
+                priority: Any = None, delay: Any = None, deliver_at: Any = None) -> Entry:
         """A new entry for queue `name` (an application queue, or a system queue the adapter
-        routes to), checked: TypeError/ValueError for a bad body, headers or time-to-live,
-        QueueMessageTooLarge over max_message_size, QueueNotFound. It joins the queue
-        through send() or commit(). `expires_at` (when given) overrides the time-to-live;
-        `id`, `enqueued_at` and `origin` are kept from another queue manager when forwarded."""
+        routes to), checked: TypeError/ValueError for a bad body, headers, time-to-live,
+        priority (0..7, default 3) or delivery time (`delay` seconds from now, or
+        `deliver_at` wall-clock seconds; not both), QueueMessageTooLarge over
+        max_message_size, QueueNotFound. It joins the queue through send() or commit().
+        `expires_at` (when given) overrides the time-to-live; `id`, `enqueued_at` and
+        `origin` are kept from another queue manager when forwarded."""
         queue = self._sendable.get(name)
         if queue is None:
             queue = self._send_target(name)
@@ -353,11 +362,13 @@ class QueueCore:
             expires_at = None if ttl is None else now + ttl
         elif expires_at is not None:
             expires_at = float(expires_at)
+        priority = DEFAULT_PRIORITY if priority is None else check_priority(priority)
+        deliver_at = delivery_time(delay, deliver_at, now)
         key = self._next_key
         self._next_key = key + 1
         entry = Entry(key, id if id is not None else f"{self.id_prefix}{key:x}", body, encoded,
                       now if enqueued_at is None else float(enqueued_at), expires_at,
-                      destination=destination, origin=origin)
+                      destination=destination, origin=origin, priority=priority, deliver_at=deliver_at)
         entry.queue = queue
         return entry
 
@@ -589,6 +600,8 @@ class QueueCore:
         if queue.faulted:
             raise self._poison_error(queue)
         if queue.timer_at <= now and self._hold.get(queue, 0.0) <= now:
+            if queue.scheduled:
+                self._scheduled_due(queue, now)      # due before the timer got to them
             self._expire_due(queue, now)     # before the timer got to them: never delivered
         entry = queue.take()
         if entry is None:
@@ -676,12 +689,38 @@ class QueueCore:
             self._schedule(queue, entry.lock_deadline)
 
     def _arrive(self, queue: Queue, entry: Entry, now: float, front: bool = False) -> None:
-        """`entry` joins `queue` (READY): handed to the longest waiter, or queued."""
+        """`entry` joins `queue` (READY): handed to the longest waiter, or queued; or, when
+        its delivery time is still to come in an application queue, SCHEDULED until then."""
         entry.state = READY
+        if queue.app and entry.deliver_at is not None and entry.deliver_at > now:
+            self._admit_scheduled(queue, entry)
+            return
         self._admit(queue, entry)
         if queue.kind == POISON:
             self._poison_changed(queue.main)
         self._offer(queue, entry, now, front)
+
+    def _admit_scheduled(self, queue: Queue, entry: Entry) -> None:
+        """A READY `entry` is held in application queue `queue` until its deliver_at (its
+        time-to-live is looked at once it is due)."""
+        entry.queue = queue
+        queue.held += 1
+        queue.bytes += len(entry.body)
+        advance(entry, SCHEDULE)
+        queue.schedule(entry)
+        if entry.deliver_at < queue.timer_at:
+            self._schedule(queue, entry.deliver_at)
+
+    def _scheduled_due(self, queue: Queue, now: float) -> None:
+        """Scheduled entries whose delivery time came: READY, to a waiter or the ready list
+        (one whose time-to-live ran out meanwhile is left to the expiry timer)."""
+        for entry in queue.scheduled_due(now):
+            advance(entry, DUE)
+            if queue.expires(entry):
+                queue.expiry.add(entry)
+                if entry.expires_at < queue.timer_at:
+                    self._schedule(queue, entry.expires_at)
+            self._offer(queue, entry, now, False)
 
     def _admit(self, queue: Queue, entry: Entry) -> None:
         entry.queue = queue
@@ -888,7 +927,7 @@ class QueueCore:
             back = self._queues.get(RETURN_PREFIX + entry.origin) if entry.origin else None
             if back is not None:        # forwarded in: the negative acknowledgement goes home
                 return self._move(queue, entry, back, now, expires_at=None, dead_letter_reason=REJECTED,
-                                  dead_letter_source=queue.main.name, retry_at=None)
+                                  dead_letter_source=queue.main.name, retry_at=None, deliver_at=None)
             return self._dead_letter(queue, entry, REJECTED, now)
         # "move", and "fault" (which also stops the queue while ;poison holds it)
         return self._move(queue, entry, queue.poison, now, attempts=attempts, retry_at=None)
@@ -924,7 +963,7 @@ class QueueCore:
                                            f"using {SYSTEM_DEAD_LETTER_QUEUE}"))
             target = self._queues[SYSTEM_DEAD_LETTER_QUEUE]
         return self._move(queue, entry, target, now, expires_at=None, dead_letter_reason=reason,
-                          dead_letter_source=source, retry_at=None)
+                          dead_letter_source=source, retry_at=None, deliver_at=None)
 
     def _move(self, source: Queue, entry: Entry, target: Queue, now: float, **changes: Any) -> int | None:
         """The SETTLING `entry` leaves `source`; a copy with `changes` joins `target` (a new
@@ -1050,6 +1089,8 @@ class QueueCore:
             self._producer_sweep_at = now + self._producer_sweep_interval() if self.producers.by_pid else _INF
 
     def _due(self, queue: Queue, now: float) -> None:
+        if queue.scheduled:
+            self._scheduled_due(queue, now)
         self._expire_due(queue, now)
         for entry in queue.expired_locks(now):
             self._fail(queue, entry, now)
@@ -1159,3 +1200,39 @@ def _seconds(name: str, value: Any) -> float:
         raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
     return float(value)
 
+
+
+def check_priority(value: Any) -> int:
+    """A message priority: an integer 0..7 (TypeError/ValueError naming `priority`)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"priority must be an integer 0..{MAX_PRIORITY}, not {value!r}")
+    if not 0 <= value <= MAX_PRIORITY:
+        raise ValueError(f"priority must be 0..{MAX_PRIORITY} (higher is received first), not {value!r}")
+    return value
+
+
+def delivery_time(delay: Any, deliver_at: Any, now: float) -> float | None:
+    """The wall-clock time a message becomes visible: `delay` seconds (>= 0) from `now`, or
+    `deliver_at` (seconds since the epoch, or an aware datetime); None for at once.
+    TypeError/ValueError naming the argument; both given is a ValueError."""
+    if delay is not None and deliver_at is not None:
+        raise ValueError("give delay or deliver_at, not both")
+    if delay is not None:
+        if isinstance(delay, timedelta):
+            delay = delay.total_seconds()
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise TypeError(f"delay must be a number of seconds, not {delay!r}")
+        if not (delay >= 0 and math.isfinite(delay)):
+            raise ValueError(f"delay must be a finite number of seconds >= 0, not {delay!r}")
+        return now + float(delay) if delay > 0 else None
+    if deliver_at is not None:
+        if isinstance(deliver_at, datetime):
+            if deliver_at.tzinfo is None:
+                raise ValueError("deliver_at must be an aware datetime (with a time zone) or epoch seconds")
+            deliver_at = deliver_at.timestamp()
+        if isinstance(deliver_at, bool) or not isinstance(deliver_at, (int, float)):
+            raise TypeError(f"deliver_at must be epoch seconds (a number) or a datetime, not {deliver_at!r}")
+        if not math.isfinite(deliver_at):
+            raise ValueError(f"deliver_at must be finite, not {deliver_at!r}")
+        return float(deliver_at) if deliver_at > now else None
+    return None

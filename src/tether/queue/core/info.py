@@ -23,6 +23,7 @@ class QueueInfo(Mapping):
     bytes: int            # body bytes held by the queue and its sub-queues
     faulted: bool         # receive_error_handling="fault" stopped delivery
     waiting: int = 0      # receivers waiting for a message
+    scheduled: int = 0    # sent with a delivery time still to come (invisible until then)
 
     def __getitem__(self, key: str) -> Any:
         if key not in _FIELDS:

@@ -11,6 +11,8 @@ is the queue holding it; *what* can happen to it is its state:
     SETTLING   its next step (complete, a move, an update after a failed delivery) is being
                journaled: nobody may take or settle it until the write is done or failed
     GONE       completed, moved to another queue (as a new life there), or dropped
+    SCHEDULED  in an application queue before its `deliver_at`: invisible to receivers (and
+               to peek and purge) until the timer makes it READY
 
 Every state change in the core goes through `advance()`, so the table below is the whole
 truth about what may happen to a message (after h11's `_state.py`).
@@ -23,10 +25,13 @@ READY: Final = 0
 LOCKED: Final = 1
 SETTLING: Final = 2
 GONE: Final = 3
+SCHEDULED: Final = 4
 
-STATE_NAMES = {READY: "ready", LOCKED: "locked", SETTLING: "settling", GONE: "gone"}
+STATE_NAMES = {READY: "ready", LOCKED: "locked", SETTLING: "settling", GONE: "gone", SCHEDULED: "scheduled"}
 
 # events
+SCHEDULE = "schedule"            # it arrives with a delivery time still to come
+DUE = "due"                      # its delivery time came: receivers may take it
 TAKE = "take"                    # a receiver takes it (receive, hand-off to a waiter)
 RELEASE = "release"              # taken but never seen by the application: back, uncounted
 RENEW = "renew"                  # the lock holder extends the peek-lock
@@ -40,6 +45,8 @@ WRITE_FAILED_READY = "write-failed-ready"    # the journal refused the write: st
 DROP = "drop"                    # its queue was deleted (or, never queued, its send failed)
 
 TRANSITIONS: Final[dict[str, dict[int, int]]] = {
+    SCHEDULE: {READY: SCHEDULED},
+    DUE: {SCHEDULED: READY},
     TAKE: {READY: LOCKED},
     RELEASE: {LOCKED: READY},
     RENEW: {LOCKED: LOCKED},
@@ -50,7 +57,7 @@ TRANSITIONS: Final[dict[str, dict[int, int]]] = {
     WRITTEN_BACK: {SETTLING: READY},
     WRITE_FAILED_LOCKED: {SETTLING: LOCKED},
     WRITE_FAILED_READY: {SETTLING: READY},
-    DROP: {READY: GONE, LOCKED: GONE, SETTLING: GONE},
+    DROP: {READY: GONE, LOCKED: GONE, SETTLING: GONE, SCHEDULED: GONE},
 }
 
 
