@@ -214,3 +214,81 @@ async def test_queue_info_has_the_contract_keys(api):
     assert (await handle.settings("q")).time_to_live == 86400
     with pytest.raises(QueueNotFound):
         await handle.settings("nope")
+
+
+# ---- consume() and async with msg ----
+
+async def test_consume_and_async_with_complete_or_abandon(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    await handle.send_many("q", [b"ok", b"fail", b"done-by-hand"])
+    seen = []
+    async for msg in handle.consume("q", timeout=1):
+        seen.append((msg.body, msg.delivery_count))
+        if msg.body == b"fail" and msg.delivery_count == 1:
+            with pytest.raises(RuntimeError):
+                async with msg:
+                    raise RuntimeError("handler failed")
+            continue
+        async with msg:
+            if msg.body == b"done-by-hand":
+                await msg.complete()          # settled in the block: nothing more at exit
+    assert seen[:2] == [(b"ok", 1), (b"fail", 1)]
+    assert sorted(seen[2:]) == [(b"done-by-hand", 1), (b"fail", 2)]
+    info = await handle.queue_info("q")
+    assert (info["depth"], info["in_flight"]) == (0, 0)
+
+
+async def test_async_with_a_lost_lock_raises_on_success_and_keeps_the_error_on_failure(api):
+    qm, handle = api
+    await handle.create_queue("q", validity_duration=0.2)
+    await handle.send_many("q", [b"a", b"b"])
+    m = await handle.receive("q", timeout=0)
+    with pytest.raises(LockLost):
+        async with m:
+            await asyncio.sleep(0.4)
+    m = await handle.receive("q", timeout=5)
+    with pytest.raises(KeyError):
+        async with m:
+            await asyncio.sleep(0.4)
+            raise KeyError("the handler's own error is what the caller sees")
+
+
+async def test_consume_ends_when_closed(tmp_path):
+    qm = await tether.QueueManager.open()
+    await qm.create_queue("q")
+    got = []
+
+    async def consumer():
+        async for msg in qm.consume("q"):
+            async with msg:
+                got.append(msg.body)
+
+    task = asyncio.ensure_future(consumer())
+    await qm.send("q", b"1")
+    while not got:
+        await asyncio.sleep(0.01)
+    await qm.close()
+    await asyncio.wait_for(task, 5)          # ended, no error
+    assert got == [b"1"]
+
+
+async def test_client_consume_ends_when_the_client_closes(tmp_path):
+    async with tether.QueueManager.open(listen="tcp://127.0.0.1:0") as qm:
+        await qm.create_queue("q")
+        client = await tether.QueueClient.connect(qm.services[0].url)
+
+        async def consumer():
+            return [msg.body async for msg in client.consume("q")]
+
+        task = asyncio.ensure_future(consumer())
+        await asyncio.sleep(0.1)
+        await client.close()
+        assert await asyncio.wait_for(task, 5) == []
+
+
+async def test_consume_raises_what_is_not_the_end(api):
+    qm, handle = api
+    with pytest.raises(QueueNotFound):
+        async for _ in handle.consume("nope", timeout=0.1):
+            pass

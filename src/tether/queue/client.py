@@ -41,7 +41,7 @@ from collections import OrderedDict, deque
 from datetime import datetime, timedelta
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -713,6 +713,21 @@ class QueueClient:
                     consumer.wake()     # woken but leaving: pass the message on
                 elif not waiter.done():
                     waiter.cancel()
+
+    async def consume(self, name: str, *, timeout: float | None = None) -> AsyncIterator[Message]:
+        """`async for msg in client.consume(name):` every message of a queue as it comes (see
+        QueueManager.consume). Ends when the client closes, or when no message came for
+        `timeout` seconds (None: never)."""
+        while True:
+            try:
+                message = await self.receive(name, timeout=timeout)
+            except QueueError:
+                if self._closing:
+                    return
+                raise
+            if message is None:
+                return
+            yield message
 
     def _remaining(self, deadline: float | None) -> float | None:
         return None if deadline is None else deadline - self._loop.time()

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 from ssl import SSLContext
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 from ..errors import QueueError, QueueNotFound
 from .core import QueueCore, QueueInfo, QueueSettings
@@ -336,6 +336,21 @@ class QueueManager:
             if entry is None:
                 return None
         return Message.of_entry(entry, self)
+
+    async def consume(self, name: str, *, timeout: float | None = None) -> AsyncIterator[Message]:
+        """`async for msg in qm.consume(name):` every message of a queue as it comes, each
+        peek-locked as receive() gives it (settle it, e.g. with `async with msg:`). Ends when
+        the manager closes, or when no message came for `timeout` seconds (None: never)."""
+        while True:
+            try:
+                message = await self.receive(name, timeout=timeout)
+            except QueueError:
+                if self._closed:
+                    return
+                raise
+            if message is None:
+                return
+            yield message
 
     async def peek(self, name: str, count: int = 1) -> list[Message]:
         """Up to `count` messages of a queue (or sub-queue) in the order receivers would

@@ -1,5 +1,8 @@
 """`Message`: one received (or peeked) message, as the application sees it.
 
+`async with msg:` settles it by how the block ends: complete on success, abandon on an
+exception.
+
 A message is a snapshot of the queued entry at delivery, plus what is needed to settle it:
 who delivered it (its *settler*: the local queue manager, a transaction, or a remote client)
 and the number of the peek-lock it was delivered under. `complete()` and `abandon()` hand
@@ -13,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Awaitable, Protocol
 
-from ..errors import LockLost
+from ..errors import LockLost, TetherError
 from .core.headers import decode_headers
 
 
@@ -34,7 +37,7 @@ class Message:
 
     __slots__ = ("id", "body", "_headers", "_encoded_headers", "delivery_count", "enqueued_at", "expires_at",
                  "dead_letter_reason", "dead_letter_source", "destination", "retry_at", "attempts", "sequence", "queue",
-                 "priority",
+                 "priority", "_settled",
                  "_settler", "_entry", "_tag", "_lock_deadline")
 
     def __init__(self, id: str, body: bytes, headers: bytes | None = None, delivery_count: int = 0,
@@ -66,6 +69,7 @@ class Message:
         self.sequence = sequence
         #: 0..7, higher received first (3 unless the sender said otherwise)
         self.priority = priority
+        self._settled = False
         self._settler: Settler | None = None
         self._entry: Any = None
         self._tag = 0
@@ -91,6 +95,7 @@ class Message:
         message.queue = entry.queue.name
         message.sequence = entry.sequence
         message.priority = entry.priority
+        message._settled = False
         message._settler = settler
         message._entry = entry
         message._tag = entry.tag
@@ -127,6 +132,7 @@ class Message:
         settler = self._settler
         if settler is None:
             return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
+        self._settled = True
         return settler.complete_message(self)
 
     def abandon(self) -> Awaitable[None]:
@@ -135,6 +141,7 @@ class Message:
         settler = self._settler
         if settler is None:
             return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
+        self._settled = True
         return settler.abandon_message(self)
 
     def renew_lock(self) -> Awaitable[None]:
@@ -144,6 +151,25 @@ class Message:
         if settler is None:
             return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
         return settler.renew_message(self)
+
+    async def __aenter__(self) -> "Message":
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        """`async with msg:` completes the message when the block ends normally and abandons
+        it (a failed delivery) when it raises; nothing when the block settled it itself.
+        The block's exception propagates; if the abandon fails too (the lock was lost: the
+        message is redelivered anyway), that failure is not raised in its place."""
+        if self._settled:
+            return False
+        if exc_type is None:
+            await self.complete()
+            return False
+        try:
+            await self.abandon()
+        except TetherError:
+            pass
+        return False
 
     def __repr__(self) -> str:
         extra = ""
