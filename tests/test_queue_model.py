@@ -292,3 +292,77 @@ async def test_consume_raises_what_is_not_the_end(api):
     with pytest.raises(QueueNotFound):
         async for _ in handle.consume("nope", timeout=0.1):
             pass
+
+
+# ---- receive_batch ----
+
+async def test_receive_batch_commits_every_message_at_the_end(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    await handle.send_many("q", [b"%d" % i for i in range(7)])
+    async with handle.receive_batch("q", max_messages=5, timeout=5) as batch:
+        assert [m.body for m in batch] == [b"0", b"1", b"2", b"3", b"4"]
+        info = await handle.queue_info("q")
+        assert (info["depth"], info["in_flight"]) == (2, 5)
+        with pytest.raises(tether.TransactionError):
+            await batch[0].complete()          # the batch's transaction settles them
+    info = await handle.queue_info("q")
+    assert (info["depth"], info["in_flight"]) == (2, 0)
+    async with handle.receive_batch("q", 100, timeout=1) as batch:
+        assert [m.body for m in batch] == [b"5", b"6"]
+    async with handle.receive_batch("q", 100, timeout=0.05) as batch:
+        assert batch == []
+
+
+async def test_receive_batch_rolls_back_on_an_exception(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    await handle.send_many("q", [b"a", b"b"])
+    with pytest.raises(RuntimeError):
+        async with handle.receive_batch("q", 10, timeout=5) as batch:
+            assert len(batch) == 2
+            raise RuntimeError("the handler failed")
+    async with handle.receive_batch("q", 10, timeout=5) as batch:
+        assert [(m.body, m.delivery_count) for m in batch] == [(b"a", 2), (b"b", 2)]
+
+
+async def test_receive_batch_waits_for_a_first_message(api):
+    qm, handle = api
+    await handle.create_queue("q")
+
+    async def later():
+        await asyncio.sleep(0.2)
+        await handle.send("q", b"late")
+
+    task = asyncio.ensure_future(later())
+    async with handle.receive_batch("q", 10, timeout=5) as batch:
+        assert [m.body for m in batch] == [b"late"]
+    await task
+
+
+async def test_receive_batch_checks_its_arguments(api):
+    qm, handle = api
+    await handle.create_queue("q")
+    for bad, error in ((0, ValueError), (5000, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="max_messages"):
+            handle.receive_batch("q", bad, 1)
+    for bad, error in ((-1, ValueError), (float("nan"), ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="timeout"):
+            handle.receive_batch("q", 1, bad)
+    with pytest.raises(QueueNotFound):
+        async with handle.receive_batch("nope", 1, 0):
+            pass
+
+
+async def test_an_embedded_batch_is_one_journal_record(tmp_path):
+    async with tether.QueueManager.open(tmp_path / "qm") as qm:
+        await qm.create_queue("q")
+        await qm.send_many("q", [b"%d" % i for i in range(100)])
+        core = qm.operations.core
+        async with qm.receive_batch("q", 100, timeout=1) as batch:
+            assert len(batch) == 100
+            first = core.records._next
+        assert core.records._next == first + 1          # the commit: one record for a hundred
+        await qm.send("q", b"left")
+    async with tether.QueueManager.open(tmp_path / "qm") as qm:
+        assert [m.body for m in await qm.peek("q", 10)] == [b"left"]

@@ -57,6 +57,7 @@ from .core.engine import check_priority, delivery_time
 from .core.headers import encode_headers, plain_headers
 from .core.info import QueueInfo
 from .core.settings import QueueSettings
+from .batch import ReceiveBatch, check_batch
 from .message import Message
 from .opening import Opening
 
@@ -142,6 +143,17 @@ class _Consumer:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+async def _more_at_once(transaction: "RemoteTransaction", name: str, n: int) -> list[Message]:
+    """Up to `n` more messages for a remote batch: `n` receives that do not wait, sent in
+    one frame (one round trip); those that found nothing answer nil."""
+    got = await asyncio.gather(*(transaction.receive(name, 0) for _ in range(n)), return_exceptions=True)
+    messages = [m for m in got if isinstance(m, Message)]
+    for result in got:
+        if isinstance(result, BaseException):
+            raise result
+    return messages
 
 
 def _send_options(priority: Any, delay: Any, deliver_at: Any) -> dict | None:
@@ -835,6 +847,14 @@ class QueueClient:
         at the service (rolled back if the session to it is lost for good)."""
         self._check_open()
         return RemoteTransaction(self)
+
+    def receive_batch(self, name: str, max_messages: int, timeout: float | None = None) -> ReceiveBatch:
+        """`async with client.receive_batch(name, max_messages, timeout) as batch:` up to
+        `max_messages` messages received in one transaction at the service, completed in one
+        journal record there when the block ends (see QueueManager.receive_batch)."""
+        self._check_open()
+        max_messages, timeout = check_batch(max_messages, timeout)
+        return ReceiveBatch(self.transaction(), name, max_messages, timeout, _more_at_once)
 
     async def queue_info(self, name: str) -> QueueInfo:
         """Counts of a queue (see QueueManager.queue_info)."""

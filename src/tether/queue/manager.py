@@ -45,6 +45,7 @@ from .store.journal_store import (
 )
 from .store.memory import MemoryStore
 from .transaction import Transaction
+from .batch import ReceiveBatch, check_batch, more_in_turn
 
 log = logging.getLogger("tether.queue")
 
@@ -384,6 +385,15 @@ class QueueManager:
         """`async with qm.transaction() as tx:` receives and sends that commit together."""
         self._check_open()
         return Transaction(self.operations, self.route)
+
+    def receive_batch(self, name: str, max_messages: int, timeout: float | None = None) -> ReceiveBatch:
+        """`async with qm.receive_batch(name, max_messages, timeout) as batch:` up to
+        `max_messages` messages received in one transaction (the first waited for up to
+        `timeout` seconds, the rest taken if ready), completed in one journal record when
+        the block ends, returned as failed deliveries if it raises (batch.py)."""
+        self._check_open()
+        max_messages, timeout = check_batch(max_messages, timeout)
+        return ReceiveBatch(self.transaction(), name, max_messages, timeout, more_in_turn)
 
     # ---- serving ----
 

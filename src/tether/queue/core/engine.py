@@ -1050,7 +1050,8 @@ class QueueCore:
     def rollback(self, receipts: list[tuple[Entry, int]], now: float) -> list[int]:
         """A transaction's receives return as failed deliveries: the records to wait for."""
         waits = []
-        for entry, tag in receipts:
+        # last first: each goes back to the front of its queue, so they keep their order
+        for entry, tag in reversed(receipts):
             # an expired lock the timer has not handled yet fails here just the same
             if entry.state == LOCKED and entry.tag == tag and not entry.queue.deleted:
                 record = self._fail(entry.queue, entry, now)
