@@ -20,7 +20,7 @@ from tether.errors import ProtocolError
 from tether.queue import protocol as P
 
 CLIENT_ID = b"fuzz-client-0001"
-MESSAGE = [7, "msg-1", b"body", None, 1, 1000.5, None, None, None, 3, 3]
+MESSAGE = [7, "msg-1", b"body", None, 1, 1000.5, None, None, None, 3, 3, None]
 
 
 def table_accepts(item: list, table: dict, first_field: int) -> bool:
@@ -137,6 +137,10 @@ def valid_requests() -> list[list]:
         [P.PURGE, 22, "orders"],
         [P.RENEW, 23, 5],
         [P.SETTINGS, 24, "orders"],
+        [P.SEND, 25, "orders", b"grouped", None, None, 3, {"group_id": "cart-1"}],
+        [P.ACCEPT_GROUP, 26, "orders", 5.0],
+        [P.GROUP_RECEIVE, 27, 1, None],
+        [P.GROUP_RELEASE, 28, 1],
     ]
 
 
@@ -150,7 +154,7 @@ def valid_responses() -> list[list]:
         [P.ERROR, 0, "protocol-error", "bad"],
         [P.ERROR, 4, "value-error", "bad value"],
         [P.DELIVER, 1, MESSAGE, 30.0],
-        [P.DELIVER, 1, [8, "m", b"", b"\x81\xa1k\x01", 2, 1.0, 5.0, "expired", "orders", 0, 7], 0],
+        [P.DELIVER, 1, [8, "m", b"", b"\x81\xa1k\x01", 2, 1.0, 5.0, "expired", "orders", 0, 7, "g"], 0],
         [P.CONSUMER_ERROR, 1, "poison-message", "the queue is poisoned"],
     ]
 

@@ -53,11 +53,12 @@ from ..backoff import Backoff
 from ..session import tls
 from ..session.url import parse as parse_url
 from .auth import check_credentials
-from .core.engine import check_priority, delivery_time
+from .core.engine import check_group_id, check_priority, delivery_time
 from .core.headers import encode_headers, plain_headers
 from .core.info import QueueInfo
 from .core.settings import QueueSettings
 from .batch import ReceiveBatch, check_batch
+from .group import AcceptGroup, check_accept
 from .message import Message
 from .opening import Opening
 
@@ -68,7 +69,8 @@ RECONNECT_CAP = 2.0     # never more than this between reconnect attempts
 DEFAULT_PREFETCH = 16
 DEFAULT_REQUEST_TIMEOUT = 30.0
 # requests that only mean something to the service process that saw the lock or transaction
-_NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_ROLLBACK)
+_NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_ROLLBACK, P.RENEW,
+                           P.GROUP_RECEIVE, P.GROUP_RELEASE)
 
 
 def service_url(url: str) -> str:
@@ -145,6 +147,43 @@ class _Consumer:
                 waiter.set_result(None)
 
 
+class _RemoteGroups:
+    """The GroupBackend of a QueueClient: ACCEPT_GROUP, GROUP_RECEIVE, GROUP_RELEASE."""
+
+    def __init__(self, client: "QueueClient") -> None:
+        self._client = client
+
+    async def accept(self, name: str, timeout: float | None) -> tuple[str, Any] | None:
+        client = self._client
+        client._check_open()
+        reply = await client._request([P.ACCEPT_GROUP, 0, name, timeout], wait=timeout)
+        if reply is None:
+            return None
+        if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], str)
+                and isinstance(reply[1], int)):
+            raise ProtocolError(f"queue protocol: ACCEPT_GROUP answered with {P.brief(reply)}")
+        return reply[0], reply[1]
+
+    async def receive(self, handle: int, timeout: float | None) -> Message | None:
+        client = self._client
+        client._check_open()
+        if timeout is not None:
+            timeout = max(0.0, float(timeout))
+        reply = await client._request([P.GROUP_RECEIVE, 0, handle, timeout], wait=timeout)
+        if reply is None:
+            return None
+        return client._message(P.check_message("group-receive", reply[0]), reply[1])
+
+    async def release(self, handle: int) -> None:
+        client = self._client
+        if client._closing or client._fatal is not None:
+            return          # the service lets the group go when this client is gone
+        try:
+            await client._request([P.GROUP_RELEASE, 0, handle])
+        except LockLost:
+            pass            # the service restarted, or let it go already
+
+
 async def _more_at_once(transaction: "RemoteTransaction", name: str, n: int) -> list[Message]:
     """Up to `n` more messages for a remote batch: `n` receives that do not wait, sent in
     one frame (one round trip); those that found nothing answer nil."""
@@ -156,7 +195,7 @@ async def _more_at_once(transaction: "RemoteTransaction", name: str, n: int) -> 
     return messages
 
 
-def _send_options(priority: Any, delay: Any, deliver_at: Any) -> dict | None:
+def _send_options(priority: Any, delay: Any, deliver_at: Any, group_id: Any = None) -> dict | None:
     """A SEND's options map (nil for the defaults), checked here as the service checks them."""
     options: dict[str, Any] = {}
     if priority.__class__ is not int or priority != 3:
@@ -167,6 +206,8 @@ def _send_options(priority: Any, delay: Any, deliver_at: Any) -> dict | None:
             options["delay"] = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
         else:
             options["deliver_at"] = deliver_at.timestamp() if isinstance(deliver_at, datetime) else float(deliver_at)
+    if group_id is not None:
+        options["group_id"] = check_group_id(group_id)
     return options or None
 
 
@@ -462,9 +503,10 @@ class QueueClient:
             self._schedule_flush()
 
     def _message(self, fields: list, validity: float) -> Message:
-        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority = fields
+        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
+            group_id = fields
         message = Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
-                          sequence=sequence, priority=priority)
+                          sequence=sequence, priority=priority, group_id=group_id)
         message._settler = self
         message._tag = tag
         message._lock_deadline = time.time() + validity
@@ -626,25 +668,25 @@ class QueueClient:
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                   deliver_at: float | None = None) -> str:
+                   deliver_at: float | None = None, group_id: str | None = None) -> str:
         """Queue a message (a local queue of the service, or tether://host:port/queue for its
         store-and-forward); returns its id once the service has it durably. The keyword
         arguments are QueueManager.send's. Raises as QueueManager.send, and
         QueueUnavailable after request_timeout."""
         self._check_open()
         item = self._send_item(address, body, headers, time_to_live,
-                               _send_options(priority, delay, deliver_at))
+                               _send_options(priority, delay, deliver_at, group_id))
         return await self._request(self._number(item), checked=True)
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
                         time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                        deliver_at: float | None = None) -> list[str]:
+                        deliver_at: float | None = None, group_id: str | None = None) -> list[str]:
         """send() for many bodies at once (one frame, one write at the service, where they
         fit); their ids, in order. Raises the first refusal, after every send was answered."""
         self._check_open()
         if isinstance(bodies, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes a list of message bodies, not one body")
-        options = _send_options(priority, delay, deliver_at)
+        options = _send_options(priority, delay, deliver_at, group_id)
         items = [self._send_item(address, body, headers, time_to_live, options) for body in bodies]
         futures = [self._request(self._number(item), checked=True) for item in items]
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -848,6 +890,13 @@ class QueueClient:
         self._check_open()
         return RemoteTransaction(self)
 
+    def accept_group(self, name: str, timeout: float | None = None) -> AcceptGroup:
+        """`async with client.accept_group(name, timeout) as group:` hold the next free group
+        of a queue at the service (see QueueManager.accept_group). The service lets the group
+        go if this client is gone for client_grace."""
+        self._check_open()
+        return AcceptGroup(_RemoteGroups(self), name, check_accept(timeout))
+
     def receive_batch(self, name: str, max_messages: int, timeout: float | None = None) -> ReceiveBatch:
         """`async with client.receive_batch(name, max_messages, timeout) as batch:` up to
         `max_messages` messages received in one transaction at the service, completed in one
@@ -892,9 +941,10 @@ class QueueClient:
 
     def _peeked(self, fields: list) -> Message:
         P.check_message("peek", fields)
-        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority = fields
+        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
+            group_id = fields
         return Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
-                       sequence=sequence, priority=priority)
+                       sequence=sequence, priority=priority, group_id=group_id)
 
     async def close(self) -> None:
         """Give back prefetched messages, end the session, fail waiting calls."""
@@ -972,9 +1022,9 @@ class RemoteTransaction:
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                   deliver_at: float | None = None) -> str:
+                   deliver_at: float | None = None, group_id: str | None = None) -> str:
         """Like QueueClient.send(), but the message is queued only at commit. Returns its id."""
-        options = _send_options(priority, delay, deliver_at)
+        options = _send_options(priority, delay, deliver_at, group_id)
         txid = await self._id()
         item = self._client._send_item(address, body, headers, time_to_live, options)
         return await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4], time_to_live, options])

@@ -43,7 +43,7 @@ class ClientState:
     """What one client (by its HELLO id) holds on the service, across its sessions."""
 
     __slots__ = ("client_id", "operations", "producer", "epoch", "locks", "transactions", "next_txid",
-                 "connection", "completed", "grace", "waiting_receives")
+                 "connection", "completed", "grace", "waiting_receives", "groups", "next_group")
 
     def __init__(self, client_id: bytes, operations: QueueOperations) -> None:
         self.client_id = client_id
@@ -57,6 +57,8 @@ class ClientState:
         self.completed: OrderedDict[int, None] = OrderedDict()
         self.grace: asyncio.TimerHandle | None = None
         self.waiting_receives = 0                 # RECEIVE calls waiting for a message
+        self.groups: dict[int, tuple[Any, Any]] = {}     # handle -> (core group, holder token)
+        self.next_group = 0
 
     def remember_completed(self, tag: int) -> None:
         completed = self.completed
@@ -71,6 +73,13 @@ class ClientState:
             if self.operations.release(self.locks.pop(tag), tag):
                 released += 1
         return released
+
+    def release_groups(self) -> int:
+        """Let go of every group this client holds (its locks were released already)."""
+        groups, self.groups = self.groups, {}
+        for group, holder in groups.values():
+            self.operations.release_group_now(group, holder)
+        return len(groups)
 
     def cancel_grace(self) -> None:
         if self.grace is not None:
@@ -571,6 +580,26 @@ class Connection:
                 visible = self.guard.visible
                 return [dict(info) for info in await manager.queue_infos() if visible(info.name)]
             return dict(await manager.queue_info(item[2]))
+        if op == P.ACCEPT_GROUP or op == P.GROUP_RECEIVE:
+            if item[3] == 0:
+                return await self._group_request(item)
+            limit = self.service.limits.max_waiting_receives
+            if state.waiting_receives >= limit:
+                raise exceeded("max_waiting_receives", limit, "too many receives of this client waiting")
+            state.waiting_receives += 1
+            try:
+                return await self._group_request(item)
+            finally:
+                state.waiting_receives -= 1
+        if op == P.GROUP_RELEASE:
+            held = state.groups.pop(item[2], None)
+            if held is None:
+                raise LockLost(f"group {item[2]}: not held (released, or the service restarted)")
+            group, holder = held
+            for tag in [tag for tag, entry in state.locks.items() if entry.group is group]:
+                state.locks.pop(tag)
+            await operations.release_group(group, holder, abandon=True)
+            return None
         if op == P.SETTINGS:
             return (await manager.settings(item[2])).as_dict()
         if op == P.PEEK:
@@ -621,6 +650,32 @@ class Connection:
                 operations.release(entry, entry.tag)
                 return None
             self.state.locks[entry.tag] = entry
+        return [P.message_fields(entry), _validity(entry, operations.now())]
+
+    async def _group_request(self, item: list) -> Any:
+        """ACCEPT_GROUP or GROUP_RECEIVE."""
+        operations = self.operations
+        state = self.state
+        if item[0] == P.ACCEPT_GROUP:
+            accepted = await operations.accept_group(item[2], item[3])
+            if accepted is None:
+                return None
+            if self._ended:     # the session went while we waited: let it go at once
+                operations.release_group_now(*accepted)
+                return None
+            state.next_group += 1
+            state.groups[state.next_group] = accepted
+            return [accepted[0].group_id, state.next_group]
+        held = state.groups.get(item[2])
+        if held is None:
+            raise LockLost(f"group {item[2]}: not held (released, or the service restarted)")
+        entry = await operations.take_group(held[0], held[1], item[3])
+        if entry is None:
+            return None
+        if self._ended:
+            operations.release(entry, entry.tag)
+            return None
+        state.locks[entry.tag] = entry
         return [P.message_fields(entry), _validity(entry, operations.now())]
 
     def _transaction_entry(self, tag: int) -> Entry | None:

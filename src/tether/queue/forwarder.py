@@ -188,10 +188,12 @@ class Forwarder:
         address = entry.destination
         target = address[address.index("/", len("tether://")) + 1:]
         options = None
-        if entry.priority != DEFAULT_PRIORITY or entry.deliver_at is not None:
+        if entry.priority != DEFAULT_PRIORITY or entry.deliver_at is not None or entry.group_id is not None:
             options = {"priority": entry.priority}
             if entry.deliver_at is not None:
                 options["deliver_at"] = entry.deliver_at
+            if entry.group_id is not None:
+                options["group_id"] = entry.group_id
         future = client.forward(target, entry.sequence, entry.id, entry.body, plain_headers(entry.headers),
                                 entry.enqueued_at, entry.expires_at, options)
         future.add_done_callback(lambda f: self._on_answer(entry, tag, f))

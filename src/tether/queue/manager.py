@@ -46,6 +46,7 @@ from .store.journal_store import (
 from .store.memory import MemoryStore
 from .transaction import Transaction
 from .batch import ReceiveBatch, check_batch, more_in_turn
+from .group import AcceptGroup, LocalGroups, check_accept
 
 log = logging.getLogger("tether.queue")
 
@@ -277,11 +278,12 @@ class QueueManager:
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                   deliver_at: float | None = None) -> str:
+                   deliver_at: float | None = None, group_id: str | None = None) -> str:
         """Queue a message; returns its id once it is durable (durable queue) or queued
         (volatile). `time_to_live` (seconds) overrides the queue's. `priority` 0..7 (higher
         is received first, FIFO within one). `delay` (seconds) or `deliver_at` (epoch
-        seconds): the message is invisible until then. Raises QueueNotFound, QueueFull
+        seconds): the message is invisible until then. `group_id`: the message is one of
+        that group, received whole through accept_group(). Raises QueueNotFound, QueueFull
         (max_length), MessageTooLarge (max_message_size, headers included), StorageError
         (the journal could not write it: it is not queued), TypeError/ValueError naming a bad
         argument."""
@@ -290,7 +292,7 @@ class QueueManager:
         operations = self.operations
         if self._core.sendable(address):
             if headers is None and time_to_live is None and priority == 3 and delay is None \
-                    and deliver_at is None and priority.__class__ is int:
+                    and deliver_at is None and group_id is None and priority.__class__ is int:
                 return await operations.send_body(address, body)      # the common case
             destination = None
             name = address
@@ -298,12 +300,12 @@ class QueueManager:
             name = await self.route(address)
             destination = address if name != address else None
         entry = operations.prepare(name, body, headers=headers, time_to_live=time_to_live, destination=destination,
-                                   priority=priority, delay=delay, deliver_at=deliver_at)
+                                   priority=priority, delay=delay, deliver_at=deliver_at, group_id=group_id)
         return await operations.send_one(entry)
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
                         time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                        deliver_at: float | None = None) -> list[str]:
+                        deliver_at: float | None = None, group_id: str | None = None) -> list[str]:
         """Queue many messages to one address with one durable write; their ids, in order.
         The keyword arguments (as send()'s) apply to each. Nothing is queued when one is
         refused (the first refusal is raised)."""
@@ -314,7 +316,7 @@ class QueueManager:
         destination = address if name != address else None
         entries = [self.operations.prepare(name, body, headers=headers, time_to_live=time_to_live,
                                            destination=destination, priority=priority, delay=delay,
-                                           deliver_at=deliver_at) for body in bodies]
+                                           deliver_at=deliver_at, group_id=group_id) for body in bodies]
         if not entries:
             return []
         await self.operations.commit([], entries)
@@ -385,6 +387,15 @@ class QueueManager:
         """`async with qm.transaction() as tx:` receives and sends that commit together."""
         self._check_open()
         return Transaction(self.operations, self.route)
+
+    def accept_group(self, name: str, timeout: float | None = None) -> AcceptGroup:
+        """`async with qm.accept_group(name, timeout) as group:` hold the next free group of
+        a queue (messages sent with one group_id): while the block runs nobody else gets its
+        messages; `group.receive()` / `async for msg in group` give them in send order.
+        TimeoutError when no group is free within `timeout` seconds (None: wait). Leaving
+        the block abandons what is still locked and lets the group go (group.py)."""
+        self._check_open()
+        return AcceptGroup(LocalGroups(self), name, check_accept(timeout))
 
     def receive_batch(self, name: str, max_messages: int, timeout: float | None = None) -> ReceiveBatch:
         """`async with qm.receive_batch(name, max_messages, timeout) as batch:` up to

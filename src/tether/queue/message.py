@@ -32,19 +32,20 @@ class Settler(Protocol):
 
 class Message:
     """A received message: `id`, `body`, `headers` (read-only), `delivery_count`,
-    `enqueued_at`, `expires_at`, `priority`, and on a dead-letter queue `dead_letter_reason` and
+    `enqueued_at`, `expires_at`, `priority`, `group_id`, and on a dead-letter queue `dead_letter_reason` and
     `dead_letter_source`. Settle it with `await complete()` or `await abandon()`."""
 
     __slots__ = ("id", "body", "_headers", "_encoded_headers", "delivery_count", "enqueued_at", "expires_at",
                  "dead_letter_reason", "dead_letter_source", "destination", "retry_at", "attempts", "sequence", "queue",
-                 "priority", "_settled",
+                 "priority", "group_id", "_settled",
                  "_settler", "_entry", "_tag", "_lock_deadline")
 
     def __init__(self, id: str, body: bytes, headers: bytes | None = None, delivery_count: int = 0,
                  enqueued_at: float = 0.0, expires_at: float | None = None,
                  dead_letter_reason: str | None = None, dead_letter_source: str | None = None,
                  destination: str | None = None, retry_at: float | None = None,
-                 attempts: int = 0, queue: str | None = None, sequence: int = 0, priority: int = 3) -> None:
+                 attempts: int = 0, queue: str | None = None, sequence: int = 0, priority: int = 3,
+                 group_id: str | None = None) -> None:
         self.id = id
         self.body = body
         self._encoded_headers = headers
@@ -69,6 +70,8 @@ class Message:
         self.sequence = sequence
         #: 0..7, higher received first (3 unless the sender said otherwise)
         self.priority = priority
+        #: the group it was sent in (group_id=), or None
+        self.group_id = group_id
         self._settled = False
         self._settler: Settler | None = None
         self._entry: Any = None
@@ -95,6 +98,7 @@ class Message:
         message.queue = entry.queue.name
         message.sequence = entry.sequence
         message.priority = entry.priority
+        message.group_id = entry.group_id
         message._settled = False
         message._settler = settler
         message._entry = entry

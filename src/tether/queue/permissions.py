@@ -6,7 +6,7 @@ against it (docs/security.md, "Users and permissions").
               starts with tether://, matched against the address as the queue manager
               normalizes it (lower-case host): `*` alone never lets a user make the queue
               manager open a transmission queue and connect out
-    receive   RECEIVE, SUBSCRIBE and PEEK on matching queues, and on their sub-queues
+    receive   RECEIVE, SUBSCRIBE, PEEK and ACCEPT_GROUP on matching queues, and on their sub-queues
               (`orders;poison` is covered by `orders`); COMPLETE, ABANDON and RELEASE
               name a peek-lock, which only the client that received the message holds
     admin     CREATE, DELETE and PURGE, every `$` system queue ($dead, $xmit:..., $return:...),
@@ -156,7 +156,7 @@ class RequestGuard:
             return self._send_refusal(item[2])
         if op == P.TX_SEND:
             return self._send_refusal(item[3])
-        if op == P.RECEIVE or op == P.SUBSCRIBE or op == P.PEEK:
+        if op == P.RECEIVE or op == P.SUBSCRIBE or op == P.PEEK or op == P.ACCEPT_GROUP:
             return self._receive_refusal(item[3] if op == P.SUBSCRIBE else item[2])
         if op == P.FORWARD:
             if not permissions.forward:

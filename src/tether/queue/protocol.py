@@ -26,6 +26,9 @@ array whose first element is its op code:
     [PURGE, rid, name]                                  purge_queue: the count removed
     [RENEW, rid, tag]                                   extend a peek-lock: its new validity
     [SETTINGS, rid, name]                               a queue's settings
+    [ACCEPT_GROUP, rid, queue, timeout]                 hold the next free group: [group_id, handle] or nil
+    [GROUP_RECEIVE, rid, handle, timeout]               the held group's next message (or nil)
+    [GROUP_RELEASE, rid, handle]                        let the group go (its locked messages abandoned)
 
     replies and pushes (service -> client)
     [REPLY, rid, value]
@@ -45,11 +48,11 @@ with users refuses a HELLO without them, or with wrong ones, with an ERROR
 user's permissions (permissions.py): a refused one is answered `permission-denied`.
 
 `options` is nil (the defaults) or a map of a send's options (OPTIONS): `priority` (0..7),
-`delay` (seconds >= 0), `deliver_at` (epoch seconds); FORWARD carries `priority` and
-`deliver_at` from the sending queue manager.
+`delay` (seconds >= 0), `deliver_at` (epoch seconds), `group_id`; FORWARD carries
+`priority`, `deliver_at` and `group_id` from the sending queue manager.
 
 A message on the wire is [tag, id, body, headers, delivery_count, enqueued_at, expires_at,
-dead_letter_reason, dead_letter_source, sequence, priority]: `tag` names its peek-lock
+dead_letter_reason, dead_letter_source, sequence, priority, group_id]: `tag` names its peek-lock
 (COMPLETE and ABANDON quote it), `headers` are the encoded header bytes (or nil), `sequence`
 is its producer's number (a forwarder matches returned rejects with it). `validity` is the seconds
 its peek-lock lasts.
@@ -94,6 +97,9 @@ PEEK = 19
 PURGE = 20
 RENEW = 21
 SETTINGS = 22
+ACCEPT_GROUP = 23
+GROUP_RECEIVE = 24
+GROUP_RELEASE = 25
 # replies and pushes
 REPLY = 100
 ERROR = 101
@@ -117,7 +123,7 @@ MAX_SEQUENCE = (1 << 63) - 1
 MAX_PEEK = 4096           # messages one PEEK returns at most
 EXPIRED_CODE = "expired"
 #: The length of a message on the wire (see the module docstring).
-MESSAGE_FIELDS = 11
+MESSAGE_FIELDS = 12
 
 
 def encode(items: list) -> bytes:
@@ -256,6 +262,7 @@ OPTIONS: dict[str, Callable[[str, str, Any], Any]] = {
     "priority": _priority,
     "delay": _seconds,
     "deliver_at": _number,
+    "group_id": _str(255),
 }
 
 
@@ -301,6 +308,9 @@ REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
     PURGE: ("purge", (("name", _name),)),
     RENEW: ("renew", (("tag", _tag),)),
     SETTINGS: ("settings", (("name", _name),)),
+    ACCEPT_GROUP: ("accept-group", (("queue", _name), ("timeout", _optional(_seconds)))),
+    GROUP_RECEIVE: ("group-receive", (("handle", _int(1, (1 << 63) - 1)), ("timeout", _optional(_seconds)))),
+    GROUP_RELEASE: ("group-release", (("handle", _int(1, (1 << 63) - 1)),)),
 }
 
 
@@ -347,6 +357,7 @@ def _message_fields(op: str, field: str, value: Any) -> list:
     _optional(_str(MAX_NAME))(op, "message.dead_letter_source", value[8])
     _sequence(op, "message.sequence", value[9])
     _priority(op, "message.priority", value[10])
+    _optional(_str(255))(op, "message.group_id", value[11])
     return value
 
 
@@ -382,7 +393,8 @@ def parse_response(item: Any) -> list:
         consumer, fields, validity = item[1], item[2], item[3]
         if consumer.__class__ is int and 0 < consumer < _RID_END and validity.__class__ in (int, float) \
                 and 0 <= validity < math.inf and fields.__class__ is list and len(fields) == MESSAGE_FIELDS:
-            tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority = fields
+            tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
+                group_id = fields
             if tag.__class__ is int and 0 < tag < _RID_END and message_id.__class__ is str \
                     and 0 < len(message_id) <= MAX_ID and body.__class__ is bytes \
                     and (headers is None or headers.__class__ is bytes) \
@@ -391,7 +403,8 @@ def parse_response(item: Any) -> list:
                     and (expires_at is None or (expires_at.__class__ in (int, float) and math.isfinite(expires_at))) \
                     and reason is None and source is None \
                     and sequence.__class__ is int and 0 <= sequence <= MAX_SEQUENCE \
-                    and priority.__class__ is int and 0 <= priority <= 7:
+                    and priority.__class__ is int and 0 <= priority <= 7 \
+                    and (group_id is None or (group_id.__class__ is str and 0 < len(group_id) <= 255)):
                 return item
     spec = RESPONSES.get(op) if op.__class__ is int else None
     if spec is None:
@@ -409,14 +422,15 @@ def parse_response(item: Any) -> list:
 def message_fields(entry: Any) -> list:
     """A locked core entry as the wire's message fields (its lock tag first)."""
     return [entry.tag, entry.id, entry.body, entry.headers, entry.delivery_count, entry.enqueued_at,
-            entry.expires_at, entry.dead_letter_reason, entry.dead_letter_source, entry.sequence, entry.priority]
+            entry.expires_at, entry.dead_letter_reason, entry.dead_letter_source, entry.sequence, entry.priority,
+            entry.group_id]
 
 
 def peeked_fields(message: Any) -> list:
     """A peeked Message as the wire's message fields (tag 0: no lock)."""
     return [0, message.id, message.body, message._encoded_headers, message.delivery_count, message.enqueued_at,
             message.expires_at, message.dead_letter_reason, message.dead_letter_source, message.sequence,
-            message.priority]
+            message.priority, message.group_id]
 
 
 _ERRORS: dict[str, type[TetherError]] = {

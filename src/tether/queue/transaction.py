@@ -59,14 +59,15 @@ class Transaction:
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                   deliver_at: float | None = None) -> str:
+                   deliver_at: float | None = None, group_id: str | None = None) -> str:
         """Like QueueManager.send(), but the message is queued only at commit. Returns its id."""
         self._check_active()
         name = await self._route(address)
         self._check_transactional(name)
         entry = self._operations.prepare(name, body, headers=headers, time_to_live=time_to_live,
                                          destination=address if name != address else None,
-                                         priority=priority, delay=delay, deliver_at=deliver_at)
+                                         priority=priority, delay=delay, deliver_at=deliver_at,
+                                         group_id=group_id)
         self._sends.append(entry)
         return entry.id
 

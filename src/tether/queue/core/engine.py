@@ -35,7 +35,8 @@ from .entry import DEFAULT_PRIORITY, MAX_PRIORITY, RECORD_FIELDS, Entry
 from .headers import HeadersTooLarge, encode_headers
 from .info import QueueInfo
 from .lifecycle import (
-    DROP, DUE, EXPIRE, GONE, LOCKED, PURGE, READY, RELEASE, RENEW, SCHEDULE, SETTLE, SETTLING, TAKE,
+    DROP, DUE, EXPIRE, GONE, LOCKED, POISON_GROUP, PURGE, READY, RELEASE, RENEW, SCHEDULE, SETTLE, SETTLING,
+    TAKE,
     WRITE_FAILED_LOCKED,
     WRITE_FAILED_READY, WRITTEN_BACK, WRITTEN_GONE, advance,
 )
@@ -151,11 +152,17 @@ class QueueCore:
                     continue
                 self._admit(queue, entry)
                 queue.push_ready(entry)
+                if queue.kind == RETRY and queue.parent.app and entry.group_id is not None \
+                        and entry.dead_letter_reason is None:
+                    queue.parent.group_of(entry).retrying += 1      # its group waits for it
                 if entry.key >= self._next_key:
                     self._next_key = entry.key + 1
             self._rearm(queue)
             if queue.kind == POISON:
                 self._poison_changed(queue.main)
+        for queue in list(self._queues.values()):
+            for group in list(queue.groups.values()):
+                self._group_changed(queue, group, now)
         if self.producers.by_pid:
             self._producer_sweep_at = now + self._producer_sweep_interval()
 
@@ -270,10 +277,12 @@ class QueueCore:
                 queue.deleted = True
                 for entry in list(queue.entries()):
                     advance(entry, DROP)
-                    self._remove(queue, entry)
+                    self._remove(queue, entry, now)
                 for ready in queue.levels:
                     ready.clear()
                 queue.scheduled.clear()
+                queue.groups.clear()
+                queue.available.clear()
                 queue.depth = 0
                 queue.fail_waiters(error)
                 self._timers.cancel(queue)
@@ -318,23 +327,25 @@ class QueueCore:
         queue = self._queue(name)
         if queue.kind != MAIN:
             return QueueInfo(queue.name, queue.settings.durable, queue.depth, _locked(queue), 0, 0, 0,
-                             queue.bytes, False, len(queue.waiters), 0)
+                             queue.bytes, False, len(queue.waiters), 0, 0)
         return QueueInfo(
             name=queue.name, durable=queue.settings.durable, depth=queue.depth, in_flight=_locked(queue),
             retrying=queue.retry.held, dead=self._dead_counts.get(queue.name, 0),
             poison=queue.poison.held, bytes=queue.bytes + queue.retry.bytes + queue.poison.bytes,
-            faulted=queue.faulted, waiting=len(queue.waiters), scheduled=len(queue.scheduled))
+            faulted=queue.faulted, waiting=len(queue.waiters), scheduled=len(queue.scheduled),
+            groups=len(queue.groups))
 
     # ------------------------------------------------------------------ sending
 
     def prepare(self, name: str, body: Any, now: float, *, headers: Any = None,
                 time_to_live: Any = None, destination: str | None = None, id: str | None = None,
                 enqueued_at: float | None = None, expires_at: Any = ..., origin: str | None = None,
-                priority: Any = None, delay: Any = None, deliver_at: Any = None) -> Entry:
+                priority: Any = None, delay: Any = None, deliver_at: Any = None, group_id: Any = None) -> Entry:
         """A new entry for queue `name` (an application queue, or a system queue the adapter
         routes to), checked: TypeError/ValueError for a bad body, headers, time-to-live,
         priority (0..7, default 3) or delivery time (`delay` seconds from now, or
-        `deliver_at` wall-clock seconds; not both), QueueMessageTooLarge over
+        `deliver_at` wall-clock seconds; not both) or group_id (a string of 1..255
+        characters, or None), QueueMessageTooLarge over
         max_message_size, QueueNotFound. It joins the queue through send() or commit().
         `expires_at` (when given) overrides the time-to-live; `id`, `enqueued_at` and
         `origin` are kept from another queue manager when forwarded."""
@@ -364,11 +375,14 @@ class QueueCore:
             expires_at = float(expires_at)
         priority = DEFAULT_PRIORITY if priority is None else check_priority(priority)
         deliver_at = delivery_time(delay, deliver_at, now)
+        if group_id is not None:
+            check_group_id(group_id)
         key = self._next_key
         self._next_key = key + 1
         entry = Entry(key, id if id is not None else f"{self.id_prefix}{key:x}", body, encoded,
                       now if enqueued_at is None else float(enqueued_at), expires_at,
-                      destination=destination, origin=origin, priority=priority, deliver_at=deliver_at)
+                      destination=destination, origin=origin, priority=priority, deliver_at=deliver_at,
+                      group_id=group_id)
         entry.queue = queue
         return entry
 
@@ -651,7 +665,7 @@ class QueueCore:
             for entry in entries:
                 if entry.state == SETTLING:
                     advance(entry, WRITTEN_GONE)
-                    self._remove(queue, entry)
+                    self._remove(queue, entry, now)
             self._rearm(queue)
 
         def undo(now: float) -> None:
@@ -740,6 +754,10 @@ class QueueCore:
     def _offer(self, queue: Queue, entry: Entry, now: float, front: bool) -> None:
         """A READY entry of `queue` without a ready-list slot: to a waiter, or into the list
         (where one whose time-to-live ran out waits for the expiry timer)."""
+        if entry.group_id is not None and queue.app and entry.dead_letter_reason is None:
+            queue.push_ready(entry, front)          # into its group: received whole
+            self._group_changed(queue, queue.groups[entry.group_id], now)
+            return
         expired = queue.expires(entry) and entry.expires_at <= now
         if queue.waiters and not queue.faulted and not expired:
             waiter = queue.next_waiter()
@@ -748,11 +766,13 @@ class QueueCore:
             return
         queue.push_ready(entry, front)
 
-    def _remove(self, queue: Queue, entry: Entry) -> None:
+    def _remove(self, queue: Queue, entry: Entry, now: float) -> None:
         """`entry` (GONE) leaves `queue`."""
         queue.remove(entry)
         if entry.dead_letter_source is not None or queue.kind == POISON:
             self._removed_special(queue, entry)
+        if entry.group_id is not None:
+            self._group_left(queue, entry, now)
 
     def _removed_special(self, queue: Queue, entry: Entry) -> None:
         """A dead letter left (its source's count drops), or a poison message (the queue
@@ -789,10 +809,10 @@ class QueueCore:
         entry.state = SETTLING          # the table's SETTLE (LOCKED was checked above)
         entry.before = LOCKED
         if not queue.journaled:
-            self._gone(queue, entry)
+            self._gone(queue, entry, now)
             return None
         return self.records.add([[R.REMOVE, queue.name, entry.key]],
-                                 lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now))
+                                 lambda now: self._gone(queue, entry, now), lambda now: self._unsettle(entry, now))
 
     def complete_many(self, receipts: list[tuple[Entry, int]], now: float) -> tuple[int | None, list[LockLost | None]]:
         """complete() of many entries in one record: the record to wait for, and per entry
@@ -810,7 +830,7 @@ class QueueCore:
                 record = number
         return record, errors
 
-    def _gone(self, queue: Queue, entry: Entry) -> None:
+    def _gone(self, queue: Queue, entry: Entry, now: float) -> None:
         state = entry.state
         if state == GONE:
             return       # its queue was deleted meanwhile
@@ -821,6 +841,8 @@ class QueueCore:
         queue.remove(entry)
         if entry.dead_letter_source is not None or queue.kind == POISON:
             self._removed_special(queue, entry)
+        if entry.group_id is not None:
+            self._group_left(queue, entry, now)
 
 
     def _settle_ready(self, queue: Queue, entry: Entry, event: str = EXPIRE) -> None:
@@ -846,7 +868,9 @@ class QueueCore:
             if queue.expires(entry):
                 queue.expiry.add(entry)
             if entry.in_ready:
-                queue.depth += 1
+                queue.waiting_again(entry)
+                if entry.group_id is not None:
+                    self._group_left(queue, entry, now)
             else:
                 self._offer(queue, entry, now, True)
         self._rearm(queue)
@@ -861,6 +885,8 @@ class QueueCore:
         advance(entry, RELEASE)
         entry.delivery_count -= 1
         queue.unlock(entry)
+        if entry.group is not None:
+            self._ungroup(entry)
         self._back(queue, entry, now)
         return True
 
@@ -896,6 +922,174 @@ class QueueCore:
         entry.before = LOCKED
         return self._dead_letter(queue, entry, reason, now)
 
+
+    # ------------------------------------------------------------------ groups
+
+    def accept_group(self, name: str, holder: Any, now: float) -> Any:
+        """Hold the first available group of application queue `name` for `holder` (an
+        adapter's token): the Group (its `group_id`), or None when none is available (wait
+        with wait_group). QueueNotFound, PoisonMessage, ValueError for a queue without groups."""
+        self._check_open()
+        queue = self._group_queue(name)
+        if queue.timer_at <= now and self._hold.get(queue, 0.0) <= now:
+            if queue.scheduled:
+                self._scheduled_due(queue, now)
+            self._expire_due(queue, now)
+        while queue.available:
+            group = next(iter(queue.available))
+            del queue.available[group]
+            if group.available:
+                group.holder = holder
+                return group
+        return None
+
+    def wait_group(self, name: str, waiter: Any) -> None:
+        """`waiter` (hand_group(group) / fail(error)) gets the next group of `name` that
+        becomes available, held for it. Check accept_group first."""
+        self._check_open()
+        queue = self._group_queue(name)
+        queue.group_waiters[waiter] = None
+
+    def stop_waiting_group(self, name: str, waiter: Any) -> bool:
+        """`waiter` no longer waits for a group; False if it was not waiting."""
+        queue = self._queues.get(name)
+        return queue is not None and queue.group_waiters.pop(waiter, 0) is None
+
+    def take_group(self, group: Any, holder: Any, now: float) -> Entry | None:
+        """The next message of a held group, in send order, peek-locked; None when none is
+        ready (or one waits in ;retry: nothing after it may come first). LockLost when
+        `holder` does not hold the group; QueueNotFound, PoisonMessage."""
+        queue = self._held(group, holder)
+        if queue.timer_at <= now and self._hold.get(queue, 0.0) <= now:
+            if queue.scheduled:
+                self._scheduled_due(queue, now)
+            self._expire_due(queue, now)
+        if group.blocked:
+            return None
+        entry = self._pop_group(queue, group, now)
+        if entry is not None:
+            self._lock_in_group(queue, group, entry, now)
+        return entry
+
+    def wait_in_group(self, group: Any, holder: Any, waiter: Waiter) -> None:
+        """`waiter` gets the held group's next message as it becomes ready. Check take_group first."""
+        self._held(group, holder)
+        group.waiters[waiter] = None
+
+    def stop_waiting_in_group(self, group: Any, waiter: Waiter) -> bool:
+        """`waiter` no longer waits for the group's next message."""
+        return group.waiters.pop(waiter, 0) is None
+
+    def release_group(self, group: Any, holder: Any, now: float, *, abandon: bool) -> list[int]:
+        """`holder` lets go of `group`: its messages still locked are abandoned (failed
+        deliveries) or, without `abandon`, released uncounted; the group returns to the queue
+        once they are back. The records to wait for."""
+        if group.holder is not holder:
+            return []
+        group.holder = None
+        queue = group.queue
+        waiters, group.waiters = group.waiters, type(group.waiters)()
+        for waiter in waiters:
+            waiter.fail(LockLost(f"group {group.group_id!r} was released"))
+        records: list[int] = []
+        if not queue.deleted:
+            for entry in list(group.inflight.values()):
+                if entry.state != LOCKED:
+                    continue
+                if abandon:
+                    record = self._fail(queue, entry, now)
+                    if record is not None and record not in records:
+                        records.append(record)
+                else:
+                    self.release(entry, entry.tag, now)
+        self._group_changed(queue, group, now)
+        return records
+
+    def _group_queue(self, name: str) -> Queue:
+        queue = self._queue(name)
+        if not queue.app:
+            raise ValueError(f"queue {name!r} has no groups: groups are in application queues only")
+        if queue.faulted:
+            raise self._poison_error(queue)
+        return queue
+
+    def _held(self, group: Any, holder: Any) -> Queue:
+        queue = group.queue
+        if queue.deleted:
+            raise QueueNotFound(f"queue {queue.name!r} was deleted")
+        if group.holder is not holder:
+            raise LockLost(f"group {group.group_id!r} is not held (released, or its holder went away)")
+        if queue.faulted:
+            raise self._poison_error(queue)
+        return queue
+
+    def _pop_group(self, queue: Queue, group: Any, now: float) -> Entry | None:
+        """The group's first ready entry, out of the ready count; None when there is none or
+        it expired (the expiry timer dead-letters it, then the next one comes)."""
+        entry = group.pop()
+        if entry is None:
+            return None
+        if queue.expires(entry) and entry.expires_at <= now:
+            entry.in_ready = True
+            group.push(entry)
+            return None
+        queue.depth -= 1
+        return entry
+
+    def _lock_in_group(self, queue: Queue, group: Any, entry: Entry, now: float) -> None:
+        self._lock(queue, entry, now)
+        entry.group = group
+        group.inflight[entry.key] = entry
+
+    def _ungroup(self, entry: Entry) -> None:
+        """A locked group entry is locked no more (released, back, gone)."""
+        group = entry.group
+        entry.group = None
+        group.inflight.pop(entry.key, None)
+
+    def _group_left(self, queue: Queue, entry: Entry, now: float) -> None:
+        """A message of a group left its lock or the queue: the group may be offered again."""
+        group = entry.group
+        if group is not None:
+            self._ungroup(entry)
+        else:
+            group = queue.group_of(entry, create=False)
+        if group is not None:
+            self._group_changed(group.queue, group, now)
+
+    def _group_moves(self, source: Queue, target: Queue, fresh: Entry) -> None:
+        """A group's message goes to ;retry (the group waits for it) or comes back."""
+        if target.kind == RETRY and source.app and fresh.dead_letter_reason is None:
+            source.group_of(fresh).retrying += 1
+        elif source.kind == RETRY and target.app and fresh.dead_letter_reason is None:
+            group = target.group_of(fresh)
+            group.retrying = max(0, group.retrying - 1)
+
+    def _group_changed(self, queue: Queue, group: Any, now: float) -> None:
+        """Hand what a group can give now: its next messages to its holder's waiting
+        receives, or the group itself to a consumer waiting to accept one."""
+        if queue.deleted:
+            return
+        if group.holder is not None:
+            while group.waiters and group.depth and not group.blocked and not queue.faulted:
+                entry = self._pop_group(queue, group, now)
+                if entry is None:
+                    break
+                waiter = group.waiters.popitem(last=False)[0]
+                self._lock_in_group(queue, group, entry, now)
+                waiter.hand(entry)
+        elif group.available and not queue.faulted:
+            if queue.group_waiters:
+                waiter = queue.group_waiters.popitem(last=False)[0]
+                queue.available.pop(group, None)
+                group.holder = waiter
+                waiter.hand_group(group)
+            else:
+                queue.available[group] = None
+        else:
+            queue.available.pop(group, None)
+        queue.forget_group(group)
+
     # ------------------------------------------------------------------ failed deliveries and moves
 
     def _fail(self, queue: Queue, entry: Entry, now: float) -> int | None:
@@ -920,9 +1114,27 @@ class QueueCore:
         mode = settings.receive_error_handling
         self.events.append(("warning", f"poison message {entry.id} in queue {queue.name!r} after "
                                        f"{attempts} deliveries: {mode}"))
+        group = entry.group
+        if group is not None:
+            # a group is poisoned as a whole: its waiting messages go the same way, in the
+            # same record (one still locked by its holder follows when it fails)
+            others = list(group.ready_entries())
+            if others:
+                self.events.append(("warning", f"group {group.group_id!r} of queue {queue.name!r} goes with it: "
+                                               f"{len(others)} more messages: {mode}"))
+            record = self._poison(queue, entry, attempts, mode, now)
+            for other in others:
+                self._settle_ready(queue, other, POISON_GROUP)
+                number = self._poison(queue, other, other.attempts, mode, now)
+                record = number if number is not None else record
+            return record
+        return self._poison(queue, entry, attempts, mode, now)
+
+    def _poison(self, queue: Queue, entry: Entry, attempts: int, mode: str, now: float) -> int | None:
+        """The SETTLING `entry` failed for good: `receive_error_handling` `mode` applies."""
         if mode == "drop":
             return self._journal(queue, [[R.REMOVE, queue.name, entry.key]],
-                                 lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now), now)
+                                 lambda now: self._gone(queue, entry, now), lambda now: self._unsettle(entry, now), now)
         if mode == "reject":
             back = self._queues.get(RETURN_PREFIX + entry.origin) if entry.origin else None
             if back is not None:        # forwarded in: the negative acknowledgement goes home
@@ -940,6 +1152,8 @@ class QueueCore:
             advance(entry, WRITTEN_BACK)
             entry.attempts = attempts
             queue.unlock(entry)
+            if entry.group is not None:
+                self._ungroup(entry)
             self._back(queue, entry, now)
             self._rearm(queue)
 
@@ -956,7 +1170,7 @@ class QueueCore:
             self.events.append(("info", f"message {entry.id} of queue {main.name!r} dropped ({reason}, "
                                         f"dead_letter_queue none)"))
             return self._journal(queue, [[R.REMOVE, queue.name, entry.key]],
-                                 lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now), now)
+                                 lambda now: self._gone(queue, entry, now), lambda now: self._unsettle(entry, now), now)
         target = self._queues.get(target_name)
         if target is None or target is main:
             self.events.append(("warning", f"dead-letter queue {target_name!r} of {main.name!r} does not exist; "
@@ -975,7 +1189,9 @@ class QueueCore:
             if entry.state != SETTLING:
                 return
             advance(entry, WRITTEN_GONE)
-            self._remove(source, entry)
+            if fresh.group_id is not None:
+                self._group_moves(source, target, fresh)
+            self._remove(source, entry, now)
             if target.deleted:
                 self.events.append(("warning", f"message {fresh.id} dropped: queue {target.name!r} was deleted"))
             else:
@@ -1025,7 +1241,7 @@ class QueueCore:
 
         def apply(now: float) -> None:
             for entry, _ in receipts:
-                self._gone(entry.queue, entry)
+                self._gone(entry.queue, entry, now)
             for queue, count in added.items():
                 queue.reserved -= count
             for entry in entries:
@@ -1237,3 +1453,17 @@ def delivery_time(delay: Any, deliver_at: Any, now: float) -> float | None:
             raise ValueError(f"deliver_at must be finite, not {deliver_at!r}")
         return float(deliver_at) if deliver_at > now else None
     return None
+
+
+#: The longest group_id.
+MAX_GROUP_ID = 255
+
+
+def check_group_id(value: Any) -> str:
+    """A group id: a string of 1..255 characters without control characters."""
+    if not isinstance(value, str):
+        raise TypeError(f"group_id must be a string, not {value!r:.80}")
+    if not 0 < len(value) <= MAX_GROUP_ID or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"group_id must be 1..{MAX_GROUP_ID} characters, none of them a control "
+                         f"character, not {value!r:.80}")
+    return value

@@ -17,7 +17,8 @@ shorter record (an older journal format) takes the defaults for the fields it la
 
 `priority` (0..7, default 3) orders an application queue's ready messages (higher first,
 FIFO within one); `deliver_at` (wall-clock seconds, or None) keeps a message invisible in an
-application queue until then (scheduled delivery).
+application queue until then (scheduled delivery); `group_id` (or None) makes it one of a
+group, received whole by one consumer at a time (groups.py).
 """
 from __future__ import annotations
 
@@ -30,13 +31,13 @@ from .lifecycle import READY
 RECORD_FIELDS = (
     "key", "id", "body", "headers", "enqueued_at", "expires_at", "delivery_count", "attempts",
     "dead_letter_reason", "dead_letter_source", "destination", "retry_at", "producer",
-    "sequence", "origin", "priority", "deliver_at",
+    "sequence", "origin", "priority", "deliver_at", "group_id",
 )
 _RECORD_LENGTH = len(RECORD_FIELDS)
 #: The fields of a format-2 journal's record (before priority and deliver_at).
 _OLDEST_LENGTH = 15
 #: Defaults of the fields a shorter record lacks, in order.
-_LATER_DEFAULTS = (3, None)
+_LATER_DEFAULTS = (3, None, None)
 DEFAULT_PRIORITY = 3
 MAX_PRIORITY = 7
 
@@ -44,14 +45,15 @@ MAX_PRIORITY = 7
 class Entry:
     """A message in the core (see the module docstring)."""
 
-    __slots__ = RECORD_FIELDS + ("state", "before", "queue", "tag", "lock_deadline", "in_ready", "handed")
+    __slots__ = RECORD_FIELDS + ("state", "before", "queue", "tag", "lock_deadline", "in_ready", "handed", "group")
 
     def __init__(self, key: int, id: str, body: bytes, headers: bytes | None, enqueued_at: float,
                  expires_at: float | None, delivery_count: int = 0, attempts: int = 0,
                  dead_letter_reason: str | None = None, dead_letter_source: str | None = None,
                  destination: str | None = None, retry_at: float | None = None,
                  producer: int = 0, sequence: int = 0, origin: str | None = None,
-                 priority: int = DEFAULT_PRIORITY, deliver_at: float | None = None) -> None:
+                 priority: int = DEFAULT_PRIORITY, deliver_at: float | None = None,
+                 group_id: str | None = None) -> None:
         self.key = key
         self.id = id
         self.body = body
@@ -79,6 +81,8 @@ class Entry:
         self.priority = priority
         #: wall-clock time before which an application queue does not deliver it; None: now
         self.deliver_at = deliver_at
+        #: the group it belongs to (sent with group_id=), or None
+        self.group_id = group_id
         self.state = READY
         self.before = READY              # while SETTLING: the state a failed write returns it to
         self.queue: Any = None           # the core Queue holding it
@@ -88,13 +92,15 @@ class Entry:
         #: in a transmission queue: taken at least once (by the forwarder), so it may have
         #: reached its target; then only the target decides whether it expired
         self.handed = False
+        #: while locked (or settling from locked) as a message of a group: that Group
+        self.group: Any = None
 
     def to_record(self) -> list:
         """The journal form: the RECORD_FIELDS values, in order."""
         return [self.key, self.id, self.body, self.headers, self.enqueued_at, self.expires_at,
                 self.delivery_count, self.attempts, self.dead_letter_reason, self.dead_letter_source,
                 self.destination, self.retry_at, self.producer, self.sequence, self.origin, self.priority,
-                self.deliver_at]
+                self.deliver_at, self.group_id]
 
     @classmethod
     def from_record(cls, record: Any) -> "Entry":
@@ -104,15 +110,16 @@ class Entry:
         if len(record) < _RECORD_LENGTH:
             record = record + list(_LATER_DEFAULTS[len(record) - _OLDEST_LENGTH:])
         (key, id, body, headers, enqueued_at, expires_at, delivery_count, attempts, reason,
-         source, destination, retry_at, producer, sequence, origin, priority, deliver_at) = record
+         source, destination, retry_at, producer, sequence, origin, priority, deliver_at, group_id) = record
         if key.__class__ is not int or id.__class__ is not str or body.__class__ is not bytes \
                 or not (headers is None or headers.__class__ is bytes):
             raise JournalCorrupt(f"journal message record has a field of the wrong type: {record!r:.120}")
         if priority.__class__ is not int or not 0 <= priority <= MAX_PRIORITY \
-                or not (deliver_at is None or deliver_at.__class__ in (int, float)):
-            raise JournalCorrupt(f"journal message record has a bad priority or delivery time: {record!r:.120}")
+                or not (deliver_at is None or deliver_at.__class__ in (int, float)) \
+                or not (group_id is None or group_id.__class__ is str):
+            raise JournalCorrupt(f"journal message record has a bad priority, delivery time or group: {record!r:.120}")
         return cls(key, id, body, headers, enqueued_at, expires_at, delivery_count, attempts, reason,
-                   source, destination, retry_at, producer, sequence, origin, priority, deliver_at)
+                   source, destination, retry_at, producer, sequence, origin, priority, deliver_at, group_id)
 
     def __repr__(self) -> str:
         return f"<Entry {self.key} id={self.id!r} {len(self.body)} bytes state={self.state}>"

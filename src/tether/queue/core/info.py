@@ -24,6 +24,7 @@ class QueueInfo(Mapping):
     faulted: bool         # receive_error_handling="fault" stopped delivery
     waiting: int = 0      # receivers waiting for a message
     scheduled: int = 0    # sent with a delivery time still to come (invisible until then)
+    groups: int = 0       # groups with messages ready, locked, or waiting in ;retry
 
     def __getitem__(self, key: str) -> Any:
         if key not in _FIELDS:

@@ -38,6 +38,7 @@ RENEW = "renew"                  # the lock holder extends the peek-lock
 SETTLE = "settle"                # complete, abandon, lock expiry, rollback, dead-letter: journal it
 EXPIRE = "expire"                # time-to-live ran out while it waited, or its retry delay ended
 PURGE = "purge"                  # its queue is being purged: the removal is journaled
+POISON_GROUP = "poison-group"    # a message of its group failed for good: it goes the same way
 WRITTEN_GONE = "written-gone"    # the journal has the removal or move: it left this queue
 WRITTEN_BACK = "written-back"    # the journal has the update: it waits again (an immediate retry)
 WRITE_FAILED_LOCKED = "write-failed-locked"  # the journal refused the write: still locked
@@ -53,6 +54,7 @@ TRANSITIONS: Final[dict[str, dict[int, int]]] = {
     SETTLE: {LOCKED: SETTLING},
     EXPIRE: {READY: SETTLING},
     PURGE: {READY: SETTLING},
+    POISON_GROUP: {READY: SETTLING},
     WRITTEN_GONE: {SETTLING: GONE},
     WRITTEN_BACK: {SETTLING: READY},
     WRITE_FAILED_LOCKED: {SETTLING: LOCKED},

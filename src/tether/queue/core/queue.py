@@ -16,6 +16,7 @@ from typing import Iterator, Protocol
 
 from .entry import MAX_PRIORITY, Entry
 from .expiry import ExpiryIndex
+from .groups import Group
 from .lifecycle import GONE, LOCKED, READY, SCHEDULED
 from .settings import QueueSettings
 
@@ -41,7 +42,8 @@ class Queue:
     (in lock order), and who waits."""
 
     __slots__ = (
-        "name", "settings", "kind", "parent", "journaled", "app", "levels", "top", "scheduled", "depth",
+        "name", "settings", "kind", "parent", "journaled", "app", "levels", "top", "scheduled", "groups",
+        "available", "group_waiters", "depth",
         "inflight", "held",
         "bytes", "reserved", "waiters", "expiry", "retry", "poison", "deleted", "faulted",
         "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "numbers", "_sweep_countdown",
@@ -62,6 +64,11 @@ class Queue:
         self.top = 0                                # no list above this index holds anything
         #: SCHEDULED entries: (deliver_at, key, entry), a heap
         self.scheduled: list[tuple[float, int, Entry]] = []
+        #: an application queue's groups (groups.py) by group_id; those available to a new
+        #: holder, in the order they became so; and who waits for one (accept_group)
+        self.groups: dict[str, Group] = {}
+        self.available: OrderedDict[Group, None] = OrderedDict()
+        self.group_waiters: OrderedDict[Waiter, None] = OrderedDict()
         self.depth = 0                              # READY entries in the ready lists
         self.inflight: dict[int, Entry] = {}        # key -> locked (or settling) entry, lock order
         self.held = 0                               # every entry whose queue is this one
@@ -101,11 +108,31 @@ class Queue:
                 yield entry
 
     def ready_entries(self) -> Iterator[Entry]:
-        """The entries waiting to be taken, in the order they will be."""
+        """The entries waiting to be taken, in the order they will be (then each group's,
+        in its order)."""
         for level in range(len(self.levels) - 1, -1, -1):
             for entry in self.levels[level]:
                 if entry.queue is self and entry.state == READY:
                     yield entry
+        for group in list(self.groups.values()):
+            yield from group.ready_entries()
+
+    def group_of(self, entry: Entry, create: bool = True) -> Group | None:
+        """The group `entry` belongs to here (made on first use), or None: only messages of
+        application queues sent with a group_id are grouped (a dead letter never is)."""
+        group_id = entry.group_id
+        if group_id is None or not self.app or entry.dead_letter_reason is not None:
+            return None
+        group = self.groups.get(group_id)
+        if group is None and create:
+            group = self.groups[group_id] = Group(group_id, self)
+        return group
+
+    def forget_group(self, group: Group) -> None:
+        """Drop an idle group (it is made again by its next message)."""
+        if group.idle and self.groups.get(group.group_id) is group:
+            del self.groups[group.group_id]
+            self.available.pop(group, None)
 
     # ---- arriving ----
 
@@ -121,6 +148,10 @@ class Queue:
         """Put a READY entry of this queue in its ready list (it has no slot there): at the
         back of its priority's list, or at the front."""
         entry.in_ready = True
+        self.depth += 1
+        if entry.group_id is not None and self.app and entry.dead_letter_reason is None:
+            self.group_of(entry).push(entry)        # (the engine offers the group)
+            return
         level = entry.priority if self.app else 0
         if level > self.top:
             self.top = level
@@ -128,7 +159,6 @@ class Queue:
             self.levels[level].appendleft(entry)
         else:
             self.levels[level].append(entry)
-        self.depth += 1
 
     def schedule(self, entry: Entry) -> None:
         """Hold a SCHEDULED entry until its deliver_at."""
@@ -200,6 +230,18 @@ class Queue:
     def waiting(self, entry: Entry) -> None:
         """A READY entry stops being takeable while its move is journaled."""
         self.depth -= 1
+        group = self.group_of(entry, create=False)
+        if group is not None:
+            group.depth -= 1
+            if not group.depth:
+                self.available.pop(group, None)
+
+    def waiting_again(self, entry: Entry) -> None:
+        """A READY entry that kept its slot (waiting()) is takeable again (its move failed)."""
+        self.depth += 1
+        group = self.group_of(entry, create=False)
+        if group is not None:
+            group.depth += 1
 
     # ---- leaving ----
 
@@ -253,10 +295,17 @@ class Queue:
         return self.waiters.popitem(last=False)[0]
 
     def fail_waiters(self, error: BaseException) -> None:
-        """Every waiting receiver gets `error`."""
+        """Every waiting receiver gets `error` (those waiting for a group, or in one, too)."""
         waiters, self.waiters = self.waiters, OrderedDict()
         for waiter in waiters:
             waiter.fail(error)
+        waiters, self.group_waiters = self.group_waiters, OrderedDict()
+        for waiter in waiters:
+            waiter.fail(error)
+        for group in list(self.groups.values()):
+            waiters, group.waiters = group.waiters, OrderedDict()
+            for waiter in waiters:
+                waiter.fail(error)
 
     # ---- time ----
 
