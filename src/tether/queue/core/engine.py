@@ -862,6 +862,8 @@ class QueueCore:
         self._hold[queue] = now + STORAGE_RETRY_DELAY
         if entry.before == LOCKED:
             advance(entry, WRITE_FAILED_LOCKED)
+            if entry.group is not None:          # its holder may take the next one now
+                self._group_changed(queue, entry.group, now)
         else:
             advance(entry, WRITE_FAILED_READY)
             del queue.inflight[entry.key]
@@ -869,8 +871,6 @@ class QueueCore:
                 queue.expiry.add(entry)
             if entry.in_ready:
                 queue.waiting_again(entry)
-                if entry.group_id is not None:
-                    self._group_left(queue, entry, now)
             else:
                 self._offer(queue, entry, now, True)
         self._rearm(queue)
@@ -964,7 +964,7 @@ class QueueCore:
             if queue.scheduled:
                 self._scheduled_due(queue, now)
             self._expire_due(queue, now)
-        if group.blocked:
+        if group.blocked or group.settling:
             return None
         entry = self._pop_group(queue, group, now)
         if entry is not None:
@@ -1071,7 +1071,8 @@ class QueueCore:
         if queue.deleted:
             return
         if group.holder is not None:
-            while group.waiters and group.depth and not group.blocked and not queue.faulted:
+            while group.waiters and group.depth and not group.blocked and not group.settling \
+                    and not queue.faulted:
                 entry = self._pop_group(queue, group, now)
                 if entry is None:
                     break

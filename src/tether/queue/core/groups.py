@@ -8,7 +8,8 @@ is the next one again. A group is received only whole: a consumer *holds* it
 A group may be handed to a new holder only when it is *available*: nobody holds it, it has
 a ready message, none of its messages is locked or being settled (`inflight`: an earlier
 message still on its way back must not be overtaken), and none waits in `;retry`
-(`retrying`). The holder itself takes nothing while one of its messages waits in `;retry`.
+(`retrying`). The holder itself takes nothing while one of its messages waits in `;retry`
+or is being settled (`settling`).
 
 A data structure only: the engine decides (engine.py), the queue holds the groups
 (queue.py).
@@ -21,7 +22,7 @@ from collections import OrderedDict
 from typing import Any, Iterator
 
 from .entry import Entry
-from .lifecycle import READY
+from .lifecycle import READY, SETTLING
 
 # ties between heap items of one key (an old, stale item and the entry back from ;retry)
 # are broken by this counter, never by comparing entries
@@ -67,14 +68,23 @@ class Group:
     def ready_entries(self) -> Iterator[Entry]:
         """The READY entries in the order the holder gets them."""
         queue = self.queue
+        seen = set()
         for _, _, entry in sorted(self.heap, key=lambda item: item[:2]):
-            if _live(entry, queue):
+            if _live(entry, queue) and id(entry) not in seen:
+                seen.add(id(entry))
                 yield entry
 
     @property
     def blocked(self) -> bool:
         """A message of the group waits in ;retry: nothing after it may be delivered."""
         return self.retrying > 0
+
+    @property
+    def settling(self) -> bool:
+        """One of its messages is being settled (its completion, its way back, its move is
+        being written): the holder takes nothing meanwhile, so an abandoned message cannot
+        be overtaken on its way back."""
+        return any(entry.state == SETTLING for entry in self.inflight.values())
 
     @property
     def available(self) -> bool:

@@ -233,15 +233,15 @@ class Queue:
         group = self.group_of(entry, create=False)
         if group is not None:
             group.depth -= 1
+            # its heap slot goes stale: if the move fails it is offered to the group afresh
+            # (the group may have been forgotten meanwhile)
+            entry.in_ready = False
             if not group.depth:
                 self.available.pop(group, None)
 
     def waiting_again(self, entry: Entry) -> None:
         """A READY entry that kept its slot (waiting()) is takeable again (its move failed)."""
         self.depth += 1
-        group = self.group_of(entry, create=False)
-        if group is not None:
-            group.depth += 1
 
     # ---- leaving ----
 
