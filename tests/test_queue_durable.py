@@ -28,7 +28,7 @@ async def test_definitions_and_messages_survive_close_and_reopen(tmp_path):
         locked = await qm.receive("orders", timeout=1)   # m1 again, locked at close
         assert locked.id == ids[1]
     async with tether.QueueManager.open(d) as qm:
-        assert set((await qm.queues())) == {"$dead", "orders", "dlq"}
+        assert set((await qm.queues())) == {"$dead", "$journal", "orders", "dlq"}
         assert (await qm.settings("orders")).max_length == 100
         assert (await qm.settings("orders")).receive_error_handling == "move"
         assert (await qm.settings("dlq")).time_to_live == 3600

@@ -195,7 +195,8 @@ async def _more_at_once(transaction: "RemoteTransaction", name: str, n: int) -> 
     return messages
 
 
-def _send_options(priority: Any, delay: Any, deliver_at: Any, group_id: Any = None) -> dict | None:
+def _send_options(priority: Any, delay: Any, deliver_at: Any, group_id: Any = None,
+                  journal: Any = None) -> dict | None:
     """A SEND's options map (nil for the defaults), checked here as the service checks them."""
     options: dict[str, Any] = {}
     if priority.__class__ is not int or priority != 3:
@@ -208,6 +209,10 @@ def _send_options(priority: Any, delay: Any, deliver_at: Any, group_id: Any = No
             options["deliver_at"] = deliver_at.timestamp() if isinstance(deliver_at, datetime) else float(deliver_at)
     if group_id is not None:
         options["group_id"] = check_group_id(group_id)
+    if journal is not None:
+        if not isinstance(journal, bool):
+            raise TypeError(f"journal must be True, False or None, not {journal!r}")
+        options["journal"] = journal       # (the service refuses True for a local queue)
     return options or None
 
 
@@ -668,25 +673,27 @@ class QueueClient:
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                   deliver_at: float | None = None, group_id: str | None = None) -> str:
+                   deliver_at: float | None = None, group_id: str | None = None,
+                   journal: bool | None = None) -> str:
         """Queue a message (a local queue of the service, or tether://host:port/queue for its
         store-and-forward); returns its id once the service has it durably. The keyword
         arguments are QueueManager.send's. Raises as QueueManager.send, and
         QueueUnavailable after request_timeout."""
         self._check_open()
         item = self._send_item(address, body, headers, time_to_live,
-                               _send_options(priority, delay, deliver_at, group_id))
+                               _send_options(priority, delay, deliver_at, group_id, journal))
         return await self._request(self._number(item), checked=True)
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
                         time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                        deliver_at: float | None = None, group_id: str | None = None) -> list[str]:
+                        deliver_at: float | None = None, group_id: str | None = None,
+                        journal: bool | None = None) -> list[str]:
         """send() for many bodies at once (one frame, one write at the service, where they
         fit); their ids, in order. Raises the first refusal, after every send was answered."""
         self._check_open()
         if isinstance(bodies, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes a list of message bodies, not one body")
-        options = _send_options(priority, delay, deliver_at, group_id)
+        options = _send_options(priority, delay, deliver_at, group_id, journal)
         items = [self._send_item(address, body, headers, time_to_live, options) for body in bodies]
         futures = [self._request(self._number(item), checked=True) for item in items]
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -1022,9 +1029,10 @@ class RemoteTransaction:
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                   deliver_at: float | None = None, group_id: str | None = None) -> str:
+                   deliver_at: float | None = None, group_id: str | None = None,
+                   journal: bool | None = None) -> str:
         """Like QueueClient.send(), but the message is queued only at commit. Returns its id."""
-        options = _send_options(priority, delay, deliver_at, group_id)
+        options = _send_options(priority, delay, deliver_at, group_id, journal)
         txid = await self._id()
         item = self._client._send_item(address, body, headers, time_to_live, options)
         return await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4], time_to_live, options])

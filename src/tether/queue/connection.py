@@ -842,8 +842,9 @@ def _forwarded_options(options: dict | None) -> dict:
     at the queue manager that was sent it: a forwarder sends deliver_at)."""
     if not options:
         return {}
-    if "delay" in options:
-        raise ValueError("a forwarded message carries deliver_at, not delay")
+    if "delay" in options or "journal" in options:
+        raise ValueError("a forwarded message carries deliver_at (not delay), and no journal flag "
+                         "(that is its sender's)")
     return options
 
 

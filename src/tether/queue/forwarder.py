@@ -227,7 +227,7 @@ class Forwarder:
                 log.info("forwarder to %s: message %s refused for now; retrying later", self.authority, entry.id)
                 operations.release(entry, tag)
             if plan.delivered:
-                errors = await operations.complete_many(plan.delivered)
+                errors = await operations.forwarded_many(plan.delivered)
                 for (entry, _), error in zip(plan.delivered, errors):
                     if error is not None:       # sent again later: the target de-duplicates it
                         log.info("forwarder: message %s delivered but not settled here: %s", entry.id, error)

@@ -33,6 +33,7 @@ from .core import QueueCore, QueueInfo, QueueSettings
 from .core.engine import DEFAULT_MAX_QUEUES
 from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
 from .core.replay import ReplayState
+from .core.source_journal import DEFAULT_JOURNAL_MAX_LENGTH, DEFAULT_JOURNAL_TIME_TO_LIVE, JournalSettings
 from .auth import Users
 from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
 from .message import Message
@@ -78,7 +79,9 @@ class QueueManager:
              fsync: str = "always", fsync_interval: float = 0.05, segment_size: int = DEFAULT_SEGMENT_SIZE,
              compact_ratio: float = DEFAULT_COMPACT_RATIO, compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
              dedupe_window: float = DEFAULT_DEDUPE_WINDOW, max_queues: int = DEFAULT_MAX_QUEUES,
-             max_disk_bytes: int | None = None) -> "Opening[QueueManager]":
+             max_disk_bytes: int | None = None, source_journal: bool = False,
+             journal_max_length: int | None = DEFAULT_JOURNAL_MAX_LENGTH,
+             journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE) -> "Opening[QueueManager]":
         """Open the queue manager whose journal is in `data_dir` (created if missing, 0700),
         recovering its queues and durable messages. Without `data_dir` everything is in
         memory. `fsync`: "always" (a durable send returns once fdatasync'ed), "interval"
@@ -88,7 +91,10 @@ class QueueManager:
         seconds is forgotten, with what it takes to de-duplicate its resends. At most
         `max_queues` queues are defined (transmission queues included); while the journal
         is larger than `max_disk_bytes` (None: no limit) durable sends are refused with
-        LimitExceeded.
+        LimitExceeded. `source_journal`: keep a copy of every message forwarded to another
+        queue manager, once it acknowledged it, in `$journal` (a send's `journal=` decides
+        for itself), at most `journal_max_length` copies (the oldest go) for
+        `journal_time_to_live` seconds (None: no such bound).
 
         Raises JournalCorrupt when the journal is damaged beyond a torn tail (nothing is
         changed; see `tether qm check` and `tether qm repair`), QueueError when another
@@ -107,6 +113,7 @@ class QueueManager:
                 or not (dedupe_window > 0 and math.isfinite(dedupe_window)):
             raise ValueError(f"dedupe_window must be a finite number of seconds > 0, not {dedupe_window!r}")
         checked_remotes = validate_remotes(remotes)
+        journal = JournalSettings.create(source_journal, journal_max_length, journal_time_to_live)
 
         async def opening() -> QueueManager:
             store: Store
@@ -117,7 +124,7 @@ class QueueManager:
                                                 segment_size=segment_size, compact_ratio=compact_ratio,
                                                 compact_min_bytes=compact_min_bytes)
             try:
-                operations = _recover(store, float(dedupe_window), max_queues, max_disk_bytes)
+                operations = _recover(store, float(dedupe_window), max_queues, max_disk_bytes, journal)
                 await operations.wait_for(operations.core.start())
             except BaseException:
                 await store.close()
@@ -278,12 +285,15 @@ class QueueManager:
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                   deliver_at: float | None = None, group_id: str | None = None) -> str:
+                   deliver_at: float | None = None, group_id: str | None = None,
+                   journal: bool | None = None) -> str:
         """Queue a message; returns its id once it is durable (durable queue) or queued
         (volatile). `time_to_live` (seconds) overrides the queue's. `priority` 0..7 (higher
         is received first, FIFO within one). `delay` (seconds) or `deliver_at` (epoch
         seconds): the message is invisible until then. `group_id`: the message is one of
-        that group, received whole through accept_group(). Raises QueueNotFound, QueueFull
+        that group, received whole through accept_group(). `journal`: for a message to
+        another queue manager, keep a copy in `$journal` once it acknowledged it (None: as
+        the manager's source_journal says). Raises QueueNotFound, QueueFull
         (max_length), MessageTooLarge (max_message_size, headers included), StorageError
         (the journal could not write it: it is not queued), TypeError/ValueError naming a bad
         argument."""
@@ -292,7 +302,7 @@ class QueueManager:
         operations = self.operations
         if self._core.sendable(address):
             if headers is None and time_to_live is None and priority == 3 and delay is None \
-                    and deliver_at is None and group_id is None and priority.__class__ is int:
+                    and deliver_at is None and group_id is None and journal is None and priority.__class__ is int:
                 return await operations.send_body(address, body)      # the common case
             destination = None
             name = address
@@ -300,12 +310,14 @@ class QueueManager:
             name = await self.route(address)
             destination = address if name != address else None
         entry = operations.prepare(name, body, headers=headers, time_to_live=time_to_live, destination=destination,
-                                   priority=priority, delay=delay, deliver_at=deliver_at, group_id=group_id)
+                                   priority=priority, delay=delay, deliver_at=deliver_at, group_id=group_id,
+                                   journal=journal)
         return await operations.send_one(entry)
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
                         time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                        deliver_at: float | None = None, group_id: str | None = None) -> list[str]:
+                        deliver_at: float | None = None, group_id: str | None = None,
+                        journal: bool | None = None) -> list[str]:
         """Queue many messages to one address with one durable write; their ids, in order.
         The keyword arguments (as send()'s) apply to each. Nothing is queued when one is
         refused (the first refusal is raised)."""
@@ -316,7 +328,8 @@ class QueueManager:
         destination = address if name != address else None
         entries = [self.operations.prepare(name, body, headers=headers, time_to_live=time_to_live,
                                            destination=destination, priority=priority, delay=delay,
-                                           deliver_at=deliver_at, group_id=group_id) for body in bodies]
+                                           deliver_at=deliver_at, group_id=group_id, journal=journal)
+                   for body in bodies]
         if not entries:
             return []
         await self.operations.commit([], entries)
@@ -452,13 +465,14 @@ class QueueManager:
         return f"<QueueManager {where} {len(self._core.queue_names())} queues>"
 
 
-def _recover(store: Store, dedupe_window: float, max_queues: int, max_disk_bytes: int | None) -> QueueOperations:
+def _recover(store: Store, dedupe_window: float, max_queues: int, max_disk_bytes: int | None,
+             journal: JournalSettings | None = None) -> QueueOperations:
     """A core with the store's records replayed into it, and its operations glue."""
     state = ReplayState()
     state.apply_records(store.recovered)
     store.release_recovered()
     core = QueueCore(state.manager_id or os.urandom(16), journaled=store.durable, producer_expiry=dedupe_window,
-                     max_queues=max_queues)
+                     max_queues=max_queues, journal=journal)
     operations = QueueOperations(core, store, max_disk_bytes=max_disk_bytes)
     now = operations.now()
     core.load(state, now)

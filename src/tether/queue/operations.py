@@ -346,6 +346,18 @@ class QueueOperations:
                 return [exc if e is None else e for e in errors]
         return list(errors)
 
+    async def forwarded_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
+        """Settle forwarded messages their target accepted (completed, or moved to $journal),
+        in one record; per pair None or the error."""
+        record, errors = self.core.forwarded_many(receipts, self._clock())
+        self.settle()
+        if record is not None:
+            try:
+                await self.writer.wait(record)
+            except QueueError as exc:
+                return [exc if e is None else e for e in errors]
+        return list(errors)
+
     async def abandon(self, entry: Entry, tag: int) -> None:
         """A failed delivery (retry, delay or poison per the queue). LockLost."""
         record = self.core.abandon(entry, tag, self._clock())

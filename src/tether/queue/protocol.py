@@ -48,7 +48,8 @@ with users refuses a HELLO without them, or with wrong ones, with an ERROR
 user's permissions (permissions.py): a refused one is answered `permission-denied`.
 
 `options` is nil (the defaults) or a map of a send's options (OPTIONS): `priority` (0..7),
-`delay` (seconds >= 0), `deliver_at` (epoch seconds), `group_id`; FORWARD carries
+`delay` (seconds >= 0), `deliver_at` (epoch seconds), `group_id`, `journal` (keep a copy in
+the service's $journal once a forwarded message is acknowledged); FORWARD carries
 `priority`, `deliver_at` and `group_id` from the sending queue manager.
 
 A message on the wire is [tag, id, body, headers, delivery_count, enqueued_at, expires_at,
@@ -180,6 +181,12 @@ def _str(limit: int) -> Callable[[str, str, Any], str]:
     return check
 
 
+def _bool(op: str, field: str, value: Any) -> bool:
+    if value.__class__ is not bool:
+        raise _fail(op, field, value, "true or false")
+    return value
+
+
 def _optional(inner: Callable[[str, str, Any], Any]) -> Callable[[str, str, Any], Any]:
     def check(op: str, field: str, value: Any) -> Any:
         return None if value is None else inner(op, field, value)
@@ -263,6 +270,7 @@ OPTIONS: dict[str, Callable[[str, str, Any], Any]] = {
     "delay": _seconds,
     "deliver_at": _number,
     "group_id": _str(255),
+    "journal": _bool,
 }
 
 

@@ -59,7 +59,8 @@ class Transaction:
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
-                   deliver_at: float | None = None, group_id: str | None = None) -> str:
+                   deliver_at: float | None = None, group_id: str | None = None,
+                   journal: bool | None = None) -> str:
         """Like QueueManager.send(), but the message is queued only at commit. Returns its id."""
         self._check_active()
         name = await self._route(address)
@@ -67,7 +68,7 @@ class Transaction:
         entry = self._operations.prepare(name, body, headers=headers, time_to_live=time_to_live,
                                          destination=address if name != address else None,
                                          priority=priority, delay=delay, deliver_at=deliver_at,
-                                         group_id=group_id)
+                                         group_id=group_id, journal=journal)
         self._sends.append(entry)
         return entry.id
 

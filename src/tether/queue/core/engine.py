@@ -47,7 +47,8 @@ from .replay import ReplayState
 from .retry_rule import POISON as POISON_STEP
 from .retry_rule import RETRY_LATER, RETRY_NOW, after_failure
 from .settings import SYSTEM_DEAD_LETTER_QUEUE, QueueSettings
-from .system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
+from .source_journal import JournalSettings
+from .system_queues import JOURNAL_QUEUE, RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
 
 DeadlineHeap = module("rtt").DeadlineHeap
 
@@ -76,7 +77,8 @@ class QueueCore:
     """The queues of one queue manager (see the module docstring)."""
 
     def __init__(self, manager_id: bytes, *, journaled: bool,
-                 producer_expiry: float = DEFAULT_PRODUCER_EXPIRY, max_queues: int = DEFAULT_MAX_QUEUES) -> None:
+                 producer_expiry: float = DEFAULT_PRODUCER_EXPIRY, max_queues: int = DEFAULT_MAX_QUEUES,
+                 journal: JournalSettings | None = None) -> None:
         if manager_id.__class__ is not bytes or not 8 <= len(manager_id) <= 64:
             raise ValueError(f"manager_id must be 8..64 bytes, not {manager_id!r}")
         if not (producer_expiry > 0 and math.isfinite(producer_expiry)):
@@ -109,6 +111,9 @@ class QueueCore:
         self._identity_journaled = False
         self._closed = False
         self._define(SYSTEM_DEAD_LETTER_QUEUE, settings_for(SYSTEM_DEAD_LETTER_QUEUE))
+        #: the source journal's settings, and its queue (source_journal.py)
+        self.journal_settings = journal if journal is not None else JournalSettings()
+        self._journal_queue = self._define(JOURNAL_QUEUE, settings_for(JOURNAL_QUEUE))
 
     # ------------------------------------------------------------------ recovery
 
@@ -163,6 +168,7 @@ class QueueCore:
         for queue in list(self._queues.values()):
             for group in list(queue.groups.values()):
                 self._group_changed(queue, group, now)
+        self._trim_journal(now)       # (journal_max_length may be lower than before)
         if self.producers.by_pid:
             self._producer_sweep_at = now + self._producer_sweep_interval()
 
@@ -253,7 +259,7 @@ class QueueCore:
         main.poison = Queue(name + ";poison", settings, journaled=journaled, kind=POISON, parent=main)
         for queue in (main, main.retry, main.poison):
             self._queues[queue.name] = queue
-        if name != SYSTEM_DEAD_LETTER_QUEUE:
+        if name != SYSTEM_DEAD_LETTER_QUEUE and name != JOURNAL_QUEUE:
             self._definitions[name] = settings
         if not name.startswith("$"):
             self._sendable[name] = main
@@ -340,12 +346,14 @@ class QueueCore:
     def prepare(self, name: str, body: Any, now: float, *, headers: Any = None,
                 time_to_live: Any = None, destination: str | None = None, id: str | None = None,
                 enqueued_at: float | None = None, expires_at: Any = ..., origin: str | None = None,
-                priority: Any = None, delay: Any = None, deliver_at: Any = None, group_id: Any = None) -> Entry:
+                priority: Any = None, delay: Any = None, deliver_at: Any = None, group_id: Any = None,
+                journal: Any = None) -> Entry:
         """A new entry for queue `name` (an application queue, or a system queue the adapter
         routes to), checked: TypeError/ValueError for a bad body, headers, time-to-live,
         priority (0..7, default 3) or delivery time (`delay` seconds from now, or
         `deliver_at` wall-clock seconds; not both) or group_id (a string of 1..255
-        characters, or None), QueueMessageTooLarge over
+        characters, or None) or journal (True, False, or None: the manager's
+        source_journal; True only with a `destination`), QueueMessageTooLarge over
         max_message_size, QueueNotFound. It joins the queue through send() or commit().
         `expires_at` (when given) overrides the time-to-live; `id`, `enqueued_at` and
         `origin` are kept from another queue manager when forwarded."""
@@ -377,12 +385,13 @@ class QueueCore:
         deliver_at = delivery_time(delay, deliver_at, now)
         if group_id is not None:
             check_group_id(group_id)
+        journal = self.journal_settings.wanted(journal, destination)
         key = self._next_key
         self._next_key = key + 1
         entry = Entry(key, id if id is not None else f"{self.id_prefix}{key:x}", body, encoded,
                       now if enqueued_at is None else float(enqueued_at), expires_at,
                       destination=destination, origin=origin, priority=priority, deliver_at=deliver_at,
-                      group_id=group_id)
+                      group_id=group_id, journal=journal)
         entry.queue = queue
         return entry
 
@@ -658,6 +667,10 @@ class QueueCore:
         entries = list(queue.ready_entries())
         if not entries:
             return 0, None
+        return len(entries), self._drop_ready(queue, entries, now)
+
+    def _drop_ready(self, queue: Queue, entries: list[Entry], now: float) -> int | None:
+        """Remove READY `entries` of `queue`, durably: the record to wait for, or None."""
         for entry in entries:
             self._settle_ready(queue, entry, PURGE)
 
@@ -673,7 +686,7 @@ class QueueCore:
                 self._unsettle(entry, now)
 
         ops = [[R.REMOVE, queue.name, entry.key] for entry in entries]
-        return len(entries), self._journal(queue, ops, apply, undo, now)
+        return self._journal(queue, ops, apply, undo, now)
 
     def wait(self, name: str, waiter: Waiter) -> None:
         """`waiter` gets the next entry of queue `name` that becomes ready (waiters are served
@@ -710,6 +723,8 @@ class QueueCore:
             self._admit_scheduled(queue, entry)
             return
         self._admit(queue, entry)
+        if queue is self._journal_queue:
+            self._trim_journal(now)
         if queue.kind == POISON:
             self._poison_changed(queue.main)
         self._offer(queue, entry, now, front)
@@ -829,6 +844,52 @@ class QueueCore:
             if number is not None:
                 record = number
         return record, errors
+
+    def forwarded(self, entry: Entry, tag: int, now: float) -> int | None:
+        """A transmission queue's message was accepted by its target: complete it, or, when
+        it is to be journaled, move it to $journal in the same record (source_journal.py).
+        The record to wait for, or None. LockLost."""
+        queue = entry.queue
+        if not entry.journal or queue is None or not queue.numbered:
+            return self.complete(entry, tag, now)
+        queue = self._locked_entry(entry, tag, now)
+        advance(entry, SETTLE)
+        entry.before = LOCKED
+        return self._move(queue, entry, self._journal_queue, now, expires_at=self.journal_settings.expires_at(now),
+                          retry_at=None, journal=False, deliver_at=None, group_id=None)
+
+    def forwarded_many(self, receipts: list[tuple[Entry, int]], now: float) -> tuple[int | None, list[LockLost | None]]:
+        """forwarded() of many entries in one record (as complete_many)."""
+        errors: list[LockLost | None] = []
+        record = None
+        for entry, tag in receipts:
+            try:
+                number = self.forwarded(entry, tag, now)
+            except LockLost as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
+            if number is not None:
+                record = number
+        return record, errors
+
+    def _trim_journal(self, now: float) -> None:
+        """$journal holds at most journal_max_length copies: the oldest go."""
+        queue = self._journal_queue
+        limit = self.journal_settings.journal_max_length
+        if limit is None or queue.deleted:
+            return
+        going = sum(1 for entry in queue.inflight.values() if entry.state == SETTLING)
+        excess = queue.held - going - limit
+        if excess <= 0:
+            return
+        oldest = []
+        for entry in queue.ready_entries():
+            oldest.append(entry)
+            if len(oldest) == excess:
+                break
+        if oldest:
+            self._drop_ready(queue, oldest, now)
 
     def _gone(self, queue: Queue, entry: Entry, now: float) -> None:
         state = entry.state

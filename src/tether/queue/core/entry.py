@@ -18,7 +18,8 @@ shorter record (an older journal format) takes the defaults for the fields it la
 `priority` (0..7, default 3) orders an application queue's ready messages (higher first,
 FIFO within one); `deliver_at` (wall-clock seconds, or None) keeps a message invisible in an
 application queue until then (scheduled delivery); `group_id` (or None) makes it one of a
-group, received whole by one consumer at a time (groups.py).
+group, received whole by one consumer at a time (groups.py); `journal` (in a transmission
+queue) keeps a copy in `$journal` once the target acknowledged it (source journal).
 """
 from __future__ import annotations
 
@@ -31,13 +32,13 @@ from .lifecycle import READY
 RECORD_FIELDS = (
     "key", "id", "body", "headers", "enqueued_at", "expires_at", "delivery_count", "attempts",
     "dead_letter_reason", "dead_letter_source", "destination", "retry_at", "producer",
-    "sequence", "origin", "priority", "deliver_at", "group_id",
+    "sequence", "origin", "priority", "deliver_at", "group_id", "journal",
 )
 _RECORD_LENGTH = len(RECORD_FIELDS)
 #: The fields of a format-2 journal's record (before priority and deliver_at).
 _OLDEST_LENGTH = 15
 #: Defaults of the fields a shorter record lacks, in order.
-_LATER_DEFAULTS = (3, None, None)
+_LATER_DEFAULTS = (3, None, None, False)
 DEFAULT_PRIORITY = 3
 MAX_PRIORITY = 7
 
@@ -53,7 +54,7 @@ class Entry:
                  destination: str | None = None, retry_at: float | None = None,
                  producer: int = 0, sequence: int = 0, origin: str | None = None,
                  priority: int = DEFAULT_PRIORITY, deliver_at: float | None = None,
-                 group_id: str | None = None) -> None:
+                 group_id: str | None = None, journal: bool = False) -> None:
         self.key = key
         self.id = id
         self.body = body
@@ -83,6 +84,8 @@ class Entry:
         self.deliver_at = deliver_at
         #: the group it belongs to (sent with group_id=), or None
         self.group_id = group_id
+        #: forwarded: keep a copy in $journal once the target has it
+        self.journal = journal
         self.state = READY
         self.before = READY              # while SETTLING: the state a failed write returns it to
         self.queue: Any = None           # the core Queue holding it
@@ -100,7 +103,7 @@ class Entry:
         return [self.key, self.id, self.body, self.headers, self.enqueued_at, self.expires_at,
                 self.delivery_count, self.attempts, self.dead_letter_reason, self.dead_letter_source,
                 self.destination, self.retry_at, self.producer, self.sequence, self.origin, self.priority,
-                self.deliver_at, self.group_id]
+                self.deliver_at, self.group_id, self.journal]
 
     @classmethod
     def from_record(cls, record: Any) -> "Entry":
@@ -110,16 +113,17 @@ class Entry:
         if len(record) < _RECORD_LENGTH:
             record = record + list(_LATER_DEFAULTS[len(record) - _OLDEST_LENGTH:])
         (key, id, body, headers, enqueued_at, expires_at, delivery_count, attempts, reason,
-         source, destination, retry_at, producer, sequence, origin, priority, deliver_at, group_id) = record
+         source, destination, retry_at, producer, sequence, origin, priority, deliver_at, group_id, journal) = record
         if key.__class__ is not int or id.__class__ is not str or body.__class__ is not bytes \
                 or not (headers is None or headers.__class__ is bytes):
             raise JournalCorrupt(f"journal message record has a field of the wrong type: {record!r:.120}")
         if priority.__class__ is not int or not 0 <= priority <= MAX_PRIORITY \
                 or not (deliver_at is None or deliver_at.__class__ in (int, float)) \
-                or not (group_id is None or group_id.__class__ is str):
+                or not (group_id is None or group_id.__class__ is str) or journal.__class__ is not bool:
             raise JournalCorrupt(f"journal message record has a bad priority, delivery time or group: {record!r:.120}")
         return cls(key, id, body, headers, enqueued_at, expires_at, delivery_count, attempts, reason,
-                   source, destination, retry_at, producer, sequence, origin, priority, deliver_at, group_id)
+                   source, destination, retry_at, producer, sequence, origin, priority, deliver_at, group_id,
+                   journal)
 
     def __repr__(self) -> str:
         return f"<Entry {self.key} id={self.id!r} {len(self.body)} bytes state={self.state}>"
