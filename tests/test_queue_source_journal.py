@@ -60,13 +60,20 @@ def test_source_journal_for_the_whole_manager_and_a_send_may_say_no():
     _forward_one(core, b"kept", 1.0)
     _forward_one(core, b"not kept", 1.0, journal=False)
     assert _journal(core) == [b"kept"]
-    # a local send is not journaled (there is nothing to acknowledge) ...
+    # source_journal is about forwarded messages: a local send is not journaled ...
     core.send_one(core.prepare("local", b"local", 1.0), 1.0)
     _written(core, 1.0)
     assert _journal(core) == [b"kept"]
-    # ... and asking for it is an error naming it
-    with pytest.raises(ValueError, match="journal=True"):
-        core.prepare("local", b"x", 1.0, journal=True)
+    # ... unless it asks: queued is acknowledged, the copy is in the same record
+    first = core.records._next
+    core.send_one(core.prepare("local", b"asked", 1.0, journal=True), 1.0)
+    _written(core, 1.0)
+    assert core.records._next == first + 1
+    assert _journal(core) == [b"kept", b"asked"]
+    assert core.peek("$journal", 10, 1.0)[1].destination == "local"
+    assert [e.body for e in core.peek("local", 10, 1.0)] == [b"local", b"asked"]
+    with pytest.raises(TypeError, match="journal"):
+        core.prepare("local", b"x", 1.0, journal="yes")
 
 
 def test_journal_max_length_keeps_the_newest():
@@ -145,19 +152,22 @@ async def test_journal_end_to_end_embedded_and_through_the_service(tmp_path):
         async with tether.QueueClient.connect(source.services[0].url) as client:
             await client.send(address, b"via client", journal=True)
             await client.send_many(address, [b"many1", b"many2"], journal=True)
-            with pytest.raises(ValueError, match="journal=True"):
-                await client.send("local", b"x", journal=True)      # nothing to acknowledge
+            await client.send("local", b"local", journal=True)     # queued: acknowledged at once
+            async with client.transaction() as tx:
+                await tx.send("local", b"local tx", journal=True)
 
             async def all_journaled():
-                return (await client.queue_info("$journal"))["depth"] == 4
+                return (await client.queue_info("$journal"))["depth"] == 6
 
             await _until(all_journaled)
             copies = await client.peek("$journal", 10)
-            assert sorted(m.body for m in copies) == [b"embedded", b"many1", b"many2", b"via client"]
+            assert sorted(m.body for m in copies) == [b"embedded", b"local", b"local tx", b"many1", b"many2",
+                                                      b"via client"]
+            assert (await client.queue_info("local"))["depth"] == 2
         assert (await target.queue_info("orders"))["depth"] == 5
     async with tether.QueueManager.open(tmp_path / "source") as source:
-        assert (await source.queue_info("$journal"))["depth"] == 4     # durable
+        assert (await source.queue_info("$journal"))["depth"] == 6     # durable
         msg = await source.receive("$journal", timeout=1)
         await msg.complete()                                         # read and cleared like any queue
-        assert (await source.purge_queue("$journal")) == 3
+        assert (await source.purge_queue("$journal")) == 5
 

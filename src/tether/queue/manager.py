@@ -291,9 +291,10 @@ class QueueManager:
         (volatile). `time_to_live` (seconds) overrides the queue's. `priority` 0..7 (higher
         is received first, FIFO within one). `delay` (seconds) or `deliver_at` (epoch
         seconds): the message is invisible until then. `group_id`: the message is one of
-        that group, received whole through accept_group(). `journal`: for a message to
-        another queue manager, keep a copy in `$journal` once it acknowledged it (None: as
-        the manager's source_journal says). Raises QueueNotFound, QueueFull
+        that group, received whole through accept_group(). `journal=True`: keep a copy
+        in `$journal` once the message is acknowledged (forwarded: by the queue manager it
+        went to; local: by being queued); None: as the manager's source_journal says for
+        forwarded messages. Raises QueueNotFound, QueueFull
         (max_length), MessageTooLarge (max_message_size, headers included), StorageError
         (the journal could not write it: it is not queued), TypeError/ValueError naming a bad
         argument."""

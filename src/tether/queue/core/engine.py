@@ -353,7 +353,7 @@ class QueueCore:
         priority (0..7, default 3) or delivery time (`delay` seconds from now, or
         `deliver_at` wall-clock seconds; not both) or group_id (a string of 1..255
         characters, or None) or journal (True, False, or None: the manager's
-        source_journal; True only with a `destination`), QueueMessageTooLarge over
+        source_journal, for a `destination`), QueueMessageTooLarge over
         max_message_size, QueueNotFound. It joins the queue through send() or commit().
         `expires_at` (when given) overrides the time-to-live; `id`, `enqueued_at` and
         `origin` are kept from another queue manager when forwarded."""
@@ -426,6 +426,7 @@ class QueueCore:
         results: list[SendResult | BaseException] = []
         ops: list[list] = []
         journaled: list[tuple[Entry, int]] = []       # (entry, its producer sequence; -1: none)
+        copied: list[Entry] = []                      # local, sent with journal=True: copies
         added: Counter[Queue] = Counter()
         in_batch: set[tuple[str, int]] = set()
         for i, entry in enumerate(entries):
@@ -461,6 +462,8 @@ class QueueCore:
                 in_batch.add((queue.name, dedupe))
             if queue.numbered:
                 self._number(queue, entry)
+            elif entry.journal:
+                copied.append(entry)
             if queue.journaled:
                 added[queue] += 1
                 ops.append([R.ENQUEUE, queue.name, entry.to_record(), dedupe] if dedupe >= 0
@@ -473,6 +476,7 @@ class QueueCore:
                 self._arrive(queue, entry, now)
                 results.append(SendResult(entry.id, None))
         if not journaled:
+            self._copy_to_journal(copied, now)
             return results
         for queue, count in added.items():
             queue.reserved += count
@@ -498,6 +502,7 @@ class QueueCore:
                     producers.unreserve(producer, entry.queue.name, dedupe)
 
         record = self.records.add(ops, apply, undo)
+        self._copy_to_journal(copied, now)          # the same record
         for entry, dedupe in journaled:
             if dedupe >= 0:
                 producers.reserve(producer, entry.queue.name, dedupe, record)
@@ -539,12 +544,30 @@ class QueueCore:
             raise QueueNotFound(f"queue {queue.name!r} was deleted")
         if queue.numbered:
             self._number(queue, entry)
+        if entry.journal and not queue.numbered:
+            return self.commit([], [entry], now)        # with its $journal copy, in one record
         if not queue.journaled:
             self._arrive(queue, entry, now)
             return None
         queue.reserved += 1
         return self.records.add_to_run([R.ENQUEUE, queue.name, entry.to_record()], self._arrived_reserved,
                                        self._unreserved, entry)
+
+    def _journal_copy(self, entry: Entry, now: float) -> Entry:
+        """The $journal copy of a message sent with journal=True to a local queue."""
+        key = self._next_key
+        self._next_key = key + 1
+        copy = Entry(key, entry.id, entry.body, entry.headers, entry.enqueued_at,
+                     self.journal_settings.expires_at(now), destination=entry.queue.name,
+                     priority=entry.priority)
+        copy.queue = self._journal_queue
+        return copy
+
+    def _copy_to_journal(self, entries: list[Entry], now: float) -> None:
+        """The $journal copies of local messages sent with journal=True, joining the open
+        record (the one their messages are in) or at once."""
+        if entries:
+            self.commit([], [self._journal_copy(entry, now) for entry in entries], now)
 
     def _arrived_reserved(self, entries: list[Entry], now: float) -> None:
         """A run of send_one() entries is written: each joins its queue."""
@@ -1280,6 +1303,9 @@ class QueueCore:
         for entry, tag in receipts:
             if not self.lock_valid(entry, tag, now):
                 raise TransactionError(f"cannot commit: the peek-lock of message {entry.id} was lost")
+        copies = [self._journal_copy(e, now) for e in entries if e.journal and not e.queue.numbered]
+        if copies:
+            entries = entries + copies      # a local message sent with journal=True: its copy
         added: Counter[Queue] = Counter(entry.queue for entry in entries)
         for queue, count in added.items():
             if queue.deleted:

@@ -1,14 +1,15 @@
 """The source journal (MSMQ's UseJournalQueue): a copy of each forwarded message that the
 target queue manager acknowledged, kept in this queue manager's `$journal` queue.
 
-A message is journaled when it was sent with `journal=True`, or with `journal` left unset
-by a manager opened with `source_journal=True`; only a message sent to another queue
-manager (a tether:// address) can be: there is no acknowledgement to wait for otherwise,
-and `journal=True` on a local send is refused. When the forwarder's message is accepted,
-its completion in the transmission queue and the copy's arrival in `$journal` are one
-journal record. A copy keeps the message's id, body, headers and destination (its tether://
-address); it expires `journal_time_to_live` seconds after it was acknowledged (then it is
-dropped), and `$journal` keeps at most `journal_max_length` copies (the oldest go first).
+A message is journaled when it was sent with `journal=True`, or, sent to another queue
+manager (a tether:// address), with `journal` left unset by a manager opened with
+`source_journal=True`. A forwarded message is journaled when its target accepts it: its
+completion in the transmission queue and the copy's arrival in `$journal` are one journal
+record. A message sent with `journal=True` to a local queue is acknowledged by being queued:
+the copy joins `$journal` in the same record as the message its queue. A copy keeps the
+message's id, body, headers and priority, and its destination (the tether:// address, or
+the local queue); it expires `journal_time_to_live` seconds after it was acknowledged (then
+it is dropped), and `$journal` keeps at most `journal_max_length` copies (the oldest go).
 
 `JournalSettings.create()` validates the three settings, naming a bad one.
 """
@@ -55,15 +56,12 @@ class JournalSettings:
 
     def wanted(self, journal: Any, destination: str | None) -> bool:
         """Whether a message sent with `journal` (True, False, or None: the manager's
-        setting) to `destination` (its tether:// address, None for a local queue) is
-        journaled. ValueError for journal=True on a local send; TypeError for a non-bool."""
+        setting, which covers forwarded messages) to `destination` (its tether:// address,
+        None for a local queue) is journaled. TypeError for anything but those three."""
         if journal is None:
             return self.source_journal and destination is not None
         if not isinstance(journal, bool):
             raise TypeError(f"journal must be True, False or None, not {journal!r}")
-        if journal and destination is None:
-            raise ValueError("journal=True keeps a copy of a message once another queue manager acknowledged "
-                             "it: send to a tether://HOST:PORT/QUEUE address")
         return journal
 
     def expires_at(self, now: float) -> float | None:
