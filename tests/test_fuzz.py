@@ -207,8 +207,8 @@ def test_a_deeply_nested_item_is_a_protocol_error(depth):
 
 
 def test_a_deeply_nested_field_is_a_protocol_error_naming_it():
-    # [SEND, 1, "q", <body nested 1000 deep>, nil, nil, 0]
-    frame = b"\x91\x97\x04\x01\xa1q" + nested(1000, b"\xc4\x00") + b"\xc0\xc0\x00"
+    # [SEND, 1, "q", <body nested 1000 deep>, nil, nil, 0, nil]
+    frame = b"\x91\x98\x04\x01\xa1q" + nested(1000, b"\xc4\x00") + b"\xc0\xc0\x00\xc0"
     [item] = P.decode(frame)
     with pytest.raises(ProtocolError, match="field body must be bytes"):
         P.parse_request(item)
@@ -218,7 +218,7 @@ def test_a_deeply_nested_field_is_a_protocol_error_naming_it():
 
 def test_error_messages_show_a_bounded_repr_of_huge_values():
     with pytest.raises(ProtocolError) as raised:
-        P.parse_request([P.SEND, 1, "q", list(range(100_000)), None, None, 0])
+        P.parse_request([P.SEND, 1, "q", list(range(100_000)), None, None, 0, None])
     assert len(str(raised.value)) < 200 and "[0, 1, 2" in str(raised.value)
 
 
@@ -229,8 +229,8 @@ async def test_a_session_ending_while_batches_wait_their_turn_fails_no_request(c
     from fuzz.service import HostileSession
 
     hello = P.encode([fuzz_hello()])
-    batches = P.encode([[P.FORWARD, 2, "q", 1, "fwd-1", b"f", None, 1.0, None],
-                        [P.SETTLED, 0, 1], [P.SEND, 3, "q", b"s", None, None, 2]])
+    batches = P.encode([[P.FORWARD, 2, "q", 1, "fwd-1", b"f", None, 1.0, None, None],
+                        [P.SETTLED, 0, 1], [P.SEND, 3, "q", b"s", None, None, 2, None]])
     async with tether.QueueManager.open(None, listen="tcp://127.0.0.1:0") as qm:
         await qm.create_queue("q")
         for rounds in range(4):      # end the session after 0..3 loop turns of its requests
@@ -252,7 +252,7 @@ async def test_requests_of_a_session_that_ends_at_once_leave_no_unawaited_corout
     from tether.queue.service import QueueService
 
     hello = P.encode([fuzz_hello()])
-    batches = P.encode([[P.SEND, 2, "q", b"s", None, None, 1], [P.SETTLED, 0, 1], [P.INFO, 3, None]])
+    batches = P.encode([[P.SEND, 2, "q", b"s", None, None, 1, None], [P.SETTLED, 0, 1], [P.INFO, 3, None]])
     async with tether.QueueManager.open(None) as qm:
         await qm.create_queue("q")
         service = QueueService(qm)

@@ -168,7 +168,7 @@ async def test_reject_at_the_target_dead_letters_at_the_sender(tmp_path):
 
 
 async def _returns_empty(qm):
-    names = [n for n in qm.queues() if n.startswith("$return:")]
+    names = [n for n in (await qm.queues()) if n.startswith("$return:")]
     infos = [await qm.queue_info(n) for n in names]
     return names and all(i.depth == 0 and i.in_flight == 0 for i in infos)
 

@@ -62,7 +62,7 @@ async def test_a_failed_completion_is_retried_and_the_message_is_not_expired_her
         # delivered once, and neither expired nor dead-lettered here
         assert (await a.queue_info("$dead")).depth == 0
         info = await target.queue_info("orders")
-        assert (info.depth, info.in_flight, info.dead_lettered) == (0, 0, 0)
+        assert (info.depth, info.in_flight, info.dead) == (0, 0, 0)
 
 
 async def test_an_expired_message_that_never_left_is_dead_lettered_by_the_target_answer(tmp_path):

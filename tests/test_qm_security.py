@@ -144,7 +144,7 @@ async def test_a_non_admin_cannot_touch_system_queues_or_definitions_or_forward(
     async with connect("bob") as forger:
         with pytest.raises(PermissionDenied, match="user 'bob' may not forward messages"):
             await forger.forward("orders", 1, "forged-id", b"as if from a queue manager", None, 1.0, None)
-    assert "orders" in qm.queues() and (await qm.queue_info("orders")).depth == 0
+    assert "orders" in (await qm.queues()) and (await qm.queue_info("orders")).depth == 0
     async with connect("root") as root:
         await root.create_queue("orders2")
         assert {"$dead", "orders", "orders2", "payroll"} <= set(await root.queues())
@@ -158,7 +158,7 @@ async def test_a_user_cannot_make_the_queue_manager_connect_out(served):
         for address in ("tether://127.0.0.1:9/orders", "tether://evil.example:7600/orders"):
             with pytest.raises(PermissionDenied, match="no send pattern matches it"):
                 await alice.send(address, b"x")
-    assert not [name for name in qm.queues() if name.startswith("$xmit:")]
+    assert not [name for name in (await qm.queues()) if name.startswith("$xmit:")]
     assert not qm.forwarders
 
 
@@ -170,7 +170,7 @@ async def test_a_send_pattern_for_a_remote_address_allows_just_that(pki):
             await c.send("tether://127.0.0.1:9/orders", b"held for 127.0.0.1:9")
             with pytest.raises(PermissionDenied):
                 await c.send("tether://127.0.0.1:10/orders", b"x")
-        assert [name for name in qm.queues() if name.startswith("$xmit:")] == ["$xmit:127.0.0.1:9"]
+        assert [name for name in (await qm.queues()) if name.startswith("$xmit:")] == ["$xmit:127.0.0.1:9"]
 
 
 async def test_claiming_another_users_client_id_gets_a_producer_of_ones_own(served):
@@ -286,7 +286,7 @@ async def test_forwarding_over_tls_with_the_credentials_of_remotes(pki):
             r = await west.receive("strict", timeout=10)
             await r.abandon()
             origin = "qm-east:" + forwarder.client_id.hex()
-            assert f"$return:{origin}" in west.queues()
+            assert f"$return:{origin}" in (await west.queues())
             dead = await _until(lambda: east.receive("$dead", timeout=0.2))
             assert (dead.id, dead.dead_letter_reason) == (rejected, "rejected")
             assert dead.dead_letter_source == f"tether://127.0.0.1:{port}/strict"

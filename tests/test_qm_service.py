@@ -267,11 +267,11 @@ async def _raw_session(url):
 @pytest.mark.parametrize("frame, match", [
     (b"\xc1", "not msgpack"),
     (msgpack.packb({"a": 1}), "array"),
-    (msgpack.packb([[P.SEND, 1, "q", b"x", None, None, 0]]), "HELLO"),
+    (msgpack.packb([[P.SEND, 1, "q", b"x", None, None, 0, None]]), "HELLO"),
     (msgpack.packb([[P.HELLO, 1, 99, b"0123456789abcdef", 0, []]]), "version 99"),
     (msgpack.packb([[P.HELLO, 1, P.VERSION, b"short", 0, [], None, None]]), "client_id"),
     (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], None, None],
-                    [P.SEND, 2, "q", "not bytes", None, None, 0]]), "body"),
+                    [P.SEND, 2, "q", "not bytes", None, None, 0, None]]), "body"),
     (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], None, None], [999, 2]]), "unknown request"),
     (msgpack.packb([[P.HELLO, 1, P.VERSION, b"0123456789abcdef", 0, [], None, None], [P.CREDIT, 0, 1]]), "fields"),
 ])

@@ -183,8 +183,8 @@ async def test_create_is_idempotent_but_settings_must_match(qm):
     await qm.create_queue("q", max_length=5)
     with pytest.raises(QueueExists):
         await qm.create_queue("q", max_length=6)
-    assert qm.settings("q").max_length == 5
-    assert "q" in qm.queues() and "$dead" in qm.queues()
+    assert (await qm.settings("q")).max_length == 5
+    assert "q" in (await qm.queues()) and "$dead" in (await qm.queues())
 
 
 async def test_delete_queue_drops_messages_and_wakes_receivers(qm):
@@ -222,7 +222,7 @@ async def test_cancelled_receiver_does_not_lose_the_message(qm):
 
 async def test_remote_address_goes_to_a_transmission_queue(qm):
     sent = await qm.send("tether://127.0.0.1:1/billing", b"x", time_to_live=60)
-    assert "$xmit:127.0.0.1:1" in qm.queues()
+    assert "$xmit:127.0.0.1:1" in (await qm.queues())
     m = await qm.receive("$xmit:127.0.0.1:1", timeout=1)
     assert (m.id, m.destination) == (sent, "tether://127.0.0.1:1/billing")
     with pytest.raises(ValueError, match="bad queue address"):

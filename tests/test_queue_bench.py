@@ -23,6 +23,12 @@ def test_bench_queue_json_rows_and_ratios(capsys, tmp_path):
                 assert row["paired_ratio_median"] > 0
         assert rows[f"durable-{size}-send"]["msgs_per_fsync"] >= 1
         assert rows[f"durable-{size}-send"]["p50_us"] > 0
+        one, batch = rows[f"durable-{size}-tx-per-message"], rows[f"durable-{size}-receive-batch"]
+        assert one["msgs_per_s"] > 0 and batch["msgs_per_s"] > 0
+        assert batch["ratio"] == batch["msgs_per_s"] / base["msgs_per_s"]
+        assert batch["messages_per_transaction"] == 100 and one["messages_per_transaction"] == 1
+        assert batch["vs_tx_per_message"] == round(batch["msgs_per_s"] / one["msgs_per_s"], 2)
+        assert f"volatile-{size}-receive-batch" not in rows
     assert list(tmp_path.iterdir()) == []     # the journals and baseline files are removed
 
 
@@ -39,6 +45,7 @@ def test_bench_queue_bad_arguments(capsys):
     err = capsys.readouterr().err
     assert "--sizes" in err and "2KiB" in err and "Traceback" not in err
     assert main(["bench", "--quiet", "queue", "--repeat", "0"]) == 1
+    assert main(["bench", "--quiet", "queue", "--batch-size", "1"]) == 1
     assert "--repeat" in capsys.readouterr().err
     assert main(["bench", "--quiet", "queue", "--seconds", "0"]) == 1
     assert "--seconds" in capsys.readouterr().err

@@ -49,9 +49,9 @@ async def test_ttl_moves_to_system_dead_letter_queue(qm):
     assert (dead.dead_letter_reason, dead.dead_letter_source) == ("expired", "orders")
     assert dead.expires_at is None
     info = await qm.queue_info("orders")
-    assert (info.depth, info.dead_lettered) == (1, 1)
+    assert (info.depth, info.dead) == (1, 1)
     await dead.complete()
-    assert (await qm.queue_info("orders")).dead_lettered == 0
+    assert (await qm.queue_info("orders")).dead == 0
     m = await qm.receive("orders", timeout=1)
     assert m.id == keep
 
@@ -134,7 +134,7 @@ async def test_drop_after_exact_attempts(qm):
     await qm.send("q", b"bad")
     assert await fail_until_poison(qm, "q") == 6
     info = await qm.queue_info("q")
-    assert (info.depth, info.retrying, info.poison, info.dead_lettered) == (0, 0, 0, 0)
+    assert (info.depth, info.retrying, info.poison, info.dead) == (0, 0, 0, 0)
     assert await qm.receive("$dead", timeout=0) is None
 
 

@@ -28,10 +28,10 @@ async def test_definitions_and_messages_survive_close_and_reopen(tmp_path):
         locked = await qm.receive("orders", timeout=1)   # m1 again, locked at close
         assert locked.id == ids[1]
     async with tether.QueueManager.open(d) as qm:
-        assert set(qm.queues()) == {"$dead", "orders", "dlq"}
-        assert qm.settings("orders").max_length == 100
-        assert qm.settings("orders").receive_error_handling == "move"
-        assert qm.settings("dlq").time_to_live == 3600
+        assert set((await qm.queues())) == {"$dead", "$journal", "orders", "dlq"}
+        assert (await qm.settings("orders")).max_length == 100
+        assert (await qm.settings("orders")).receive_error_handling == "move"
+        assert (await qm.settings("dlq")).time_to_live == 3600
         info = await qm.queue_info("orders")
         assert (info.depth, info.in_flight) == (9, 0)
         got = []
@@ -83,7 +83,7 @@ async def test_volatile_queue_never_touches_the_disk(tmp_path):
             await (await qm.receive("v", timeout=1)).complete()
         assert qm.journal_bytes == size
     async with tether.QueueManager.open(tmp_path / "qm") as qm:
-        assert "v" in qm.queues()                      # its definition is kept
+        assert "v" in (await qm.queues())                      # its definition is kept
         assert (await qm.queue_info("v")).depth == 0  # its messages are not
 
 

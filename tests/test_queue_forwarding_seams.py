@@ -31,12 +31,12 @@ async def test_forwarder_can_dead_letter_a_rejected_message():
 async def test_a_transmission_queue_can_be_deleted_and_its_forwarder_stops(tmp_path):
     async with tether.QueueManager.open(tmp_path / "qm") as qm:
         await qm.send("tether://127.0.0.1:1/billing", b"never delivered")
-        assert "$xmit:127.0.0.1:1" in qm.queues() and len(qm.forwarders) == 1
+        assert "$xmit:127.0.0.1:1" in (await qm.queues()) and len(qm.forwarders) == 1
         await qm.delete_queue("$xmit:127.0.0.1:1")
-        assert "$xmit:127.0.0.1:1" not in qm.queues() and qm.forwarders == []
+        assert "$xmit:127.0.0.1:1" not in (await qm.queues()) and qm.forwarders == []
         with pytest.raises(tether.QueueNotFound):
             await qm.delete_queue("$xmit:127.0.0.1:1")
         with pytest.raises(ValueError):
             await qm.delete_queue("$dead")
     async with tether.QueueManager.open(tmp_path / "qm") as qm:      # for good
-        assert "$xmit:127.0.0.1:1" not in qm.queues() and qm.forwarders == []
+        assert "$xmit:127.0.0.1:1" not in (await qm.queues()) and qm.forwarders == []

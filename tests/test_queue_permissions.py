@@ -75,8 +75,8 @@ def _refusal(guard: RequestGuard, item: list) -> str | None:
 def test_every_request_is_checked_against_its_permission():
     alice = RequestGuard("alice", Permissions(send=("orders",), receive=("orders",)), "$return:alice:00")
     allowed = [
-        [P.SEND, 1, "orders", b"x", None, None, 0],
-        [P.TX_SEND, 1, 1, "orders", b"x", None, None],
+        [P.SEND, 1, "orders", b"x", None, None, 0, None],
+        [P.TX_SEND, 1, 1, "orders", b"x", None, None, None],
         [P.RECEIVE, 1, "orders;poison", None, 0],
         [P.SUBSCRIBE, 1, 1, "orders", 16],
         [P.INFO, 1, "orders"],
@@ -87,14 +87,14 @@ def test_every_request_is_checked_against_its_permission():
     for item in allowed:
         assert _refusal(alice, item) is None, item
     refused = {
-        "send to 'payroll'": [P.SEND, 1, "payroll", b"x", None, None, 0],
-        "send to 'tether://127.0.0.1:9/orders'": [P.TX_SEND, 1, 1, "tether://127.0.0.1:9/orders", b"x", None, None],
+        "send to 'payroll'": [P.SEND, 1, "payroll", b"x", None, None, 0, None],
+        "send to 'tether://127.0.0.1:9/orders'": [P.TX_SEND, 1, 1, "tether://127.0.0.1:9/orders", b"x", None, None, None],
         "receive from '$dead'": [P.RECEIVE, 1, "$dead", None, 0],
         "receive from 'payroll'": [P.SUBSCRIBE, 1, 1, "payroll", 16],
         "create queue 'new'": [P.CREATE, 1, "new", {}],
         "delete queue 'orders'": [P.DELETE, 1, "orders"],
         "see queue 'payroll'": [P.INFO, 1, "payroll"],
-        "forward messages": [P.FORWARD, 1, "orders", 1, "id", b"x", None, 1.0, None],
+        "forward messages": [P.FORWARD, 1, "orders", 1, "id", b"x", None, 1.0, None, None],
     }
     for what, item in refused.items():
         assert f"user 'alice' may not {what}" in (_refusal(alice, item) or ""), item
@@ -102,10 +102,10 @@ def test_every_request_is_checked_against_its_permission():
 
 def test_forward_permission_is_for_application_queues():
     qm = RequestGuard("qm-east", Permissions(forward=True), "$return:qm-east:00")
-    assert _refusal(qm, [P.FORWARD, 1, "orders", 1, "id", b"x", None, 1.0, None]) is None
-    assert "forward to '$dead'" in _refusal(qm, [P.FORWARD, 1, "$dead", 1, "id", b"x", None, 1.0, None])
+    assert _refusal(qm, [P.FORWARD, 1, "orders", 1, "id", b"x", None, 1.0, None, None]) is None
+    assert "forward to '$dead'" in _refusal(qm, [P.FORWARD, 1, "$dead", 1, "id", b"x", None, 1.0, None, None])
     assert _refusal(qm, [P.SUBSCRIBE, 1, 1, "$return:qm-east:00", 16]) is None
-    assert _refusal(qm, [P.SEND, 1, "orders", b"x", None, None, 0]) is not None
+    assert _refusal(qm, [P.SEND, 1, "orders", b"x", None, None, 0, None]) is not None
 
 
 def test_info_shows_a_non_admin_only_their_queues():

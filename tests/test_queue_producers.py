@@ -56,7 +56,7 @@ class Raw:
                         raise P.error_from_code(answer[2], answer[3])
 
     async def send(self, sequence: int, body: bytes, queue: str = "q") -> str:
-        return await self.ask([P.SEND, 0, queue, body, None, None, sequence])
+        return await self.ask([P.SEND, 0, queue, body, None, None, sequence, None])
 
     async def tell(self, item: list) -> None:
         await self.session.send(msgpack.packb([item], use_bin_type=True))

@@ -211,3 +211,47 @@ def test_replay() -> None:
 def test_soak(family: str) -> None:
     count = max(1, SOAK_SEEDS // len(FAMILIES))
     _run_seeds(family, range(SOAK_FIRST, SOAK_FIRST + count))
+
+
+# ---- the groups family: groups, priority and scheduled delivery (tests/qsim/groups.py) ----
+
+GROUP_SEEDS = 240
+
+
+@pytest.mark.parametrize("start", range(0, GROUP_SEEDS, 60))
+def test_group_seeds(start: int) -> None:
+    """Exclusivity and order of groups, priority and delivery time of plain messages,
+    nothing lost or completed twice: across writes that fail, crashes and vanishing holders."""
+    from qsim.groups import GroupSimulation, GroupSimulationFailure
+
+    failures = []
+    for seed in range(start, start + 60):
+        try:
+            GroupSimulation(seed).run()
+        except GroupSimulationFailure as exc:
+            failures.append(str(exc))
+    assert not failures, f"{len(failures)} groups seeds failed; first: {failures[0]}"
+
+
+def test_group_runs_are_deterministic_and_exercise_what_they_claim() -> None:
+    from qsim.groups import GroupSimulation
+
+    totals: collections.Counter = collections.Counter()
+    for seed in range(12):
+        one, two = GroupSimulation(seed).run(), GroupSimulation(seed).run()
+        assert (one.stats, one.completed, one.now) == (two.stats, two.completed, two.now), seed
+        totals.update(one.stats)
+    for what, count in totals.items():
+        assert count > 0, f"12 groups seeds never had {what}: {dict(totals)}"
+
+
+def test_group_simulation_catches_a_group_that_does_not_wait_for_retry(monkeypatch) -> None:
+    from qsim.groups import GroupSimulation, GroupSimulationFailure
+    from tether.queue.core.groups import Group
+
+    monkeypatch.setattr(Group, "blocked", property(lambda self: False))
+    monkeypatch.setattr(Group, "available", property(
+        lambda self: self.holder is None and self.depth > 0 and not self.inflight))
+    with pytest.raises(GroupSimulationFailure, match="order"):
+        for seed in range(200):
+            GroupSimulation(seed).run()

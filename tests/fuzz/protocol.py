@@ -20,7 +20,7 @@ from tether.errors import ProtocolError
 from tether.queue import protocol as P
 
 CLIENT_ID = b"fuzz-client-0001"
-MESSAGE = [7, "msg-1", b"body", None, 1, 1000.5, None, None, None, 3]
+MESSAGE = [7, "msg-1", b"body", None, 1, 1000.5, None, None, None, 3, 3, None]
 
 
 def table_accepts(item: list, table: dict, first_field: int) -> bool:
@@ -113,8 +113,8 @@ def valid_requests() -> list[list]:
         hello(epoch=3, held=[5, 6]),
         [P.CREATE, 2, "orders", {"time_to_live": 60, "max_length": 10}],
         [P.DELETE, 3, "orders"],
-        [P.SEND, 4, "orders", b"body", None, None, 0],
-        [P.SEND, 5, "orders", b"body", {"n": 1, "s": "x"}, 30.5, 1],
+        [P.SEND, 4, "orders", b"body", None, None, 0, None],
+        [P.SEND, 5, "orders", b"body", {"n": 1, "s": "x"}, 30.5, 1, None],
         [P.SUBSCRIBE, 6, 1, "orders", 16],
         [P.CREDIT, 0, 1, 8],
         [P.UNSUBSCRIBE, 7, 1],
@@ -126,11 +126,21 @@ def valid_requests() -> list[list]:
         [P.INFO, 12, None],
         [P.INFO, 13, "orders"],
         [P.TX_BEGIN, 14],
-        [P.TX_SEND, 15, 1, "orders", b"in tx", None, None],
+        [P.TX_SEND, 15, 1, "orders", b"in tx", None, None, None],
         [P.TX_COMMIT, 16, 1],
         [P.TX_ROLLBACK, 17, 1],
-        [P.FORWARD, 18, "orders", 4, "id-4", b"forwarded", None, 1000.0, 2000.0],
+        [P.FORWARD, 18, "orders", 4, "id-4", b"forwarded", None, 1000.0, 2000.0, None],
         [P.SETTLED, 0, 5],
+        [P.SEND, 19, "orders", b"body", None, None, 2, {"priority": 7, "delay": 1.5}],
+        [P.TX_SEND, 20, 1, "orders", b"later", None, None, {"deliver_at": 2000.0}],
+        [P.PEEK, 21, "orders", 10],
+        [P.PURGE, 22, "orders"],
+        [P.RENEW, 23, 5],
+        [P.SETTINGS, 24, "orders"],
+        [P.SEND, 25, "orders", b"grouped", None, None, 3, {"group_id": "cart-1"}],
+        [P.ACCEPT_GROUP, 26, "orders", 5.0],
+        [P.GROUP_RECEIVE, 27, 1, None],
+        [P.GROUP_RELEASE, 28, 1],
     ]
 
 
@@ -144,7 +154,7 @@ def valid_responses() -> list[list]:
         [P.ERROR, 0, "protocol-error", "bad"],
         [P.ERROR, 4, "value-error", "bad value"],
         [P.DELIVER, 1, MESSAGE, 30.0],
-        [P.DELIVER, 1, [8, "m", b"", b"\x81\xa1k\x01", 2, 1.0, 5.0, "expired", "orders", 0], 0],
+        [P.DELIVER, 1, [8, "m", b"", b"\x81\xa1k\x01", 2, 1.0, 5.0, "expired", "orders", 0, 7, "g"], 0],
         [P.CONSUMER_ERROR, 1, "poison-message", "the queue is poisoned"],
     ]
 

@@ -8,6 +8,14 @@ as many consumers receive and complete every message. Rows per mode and size:
 
     {mode}-{size}-concurrent      senders and consumers at once (latency: send to receive)
 
+and, durable only, what transactional batching buys (one consumer, a full queue, each row
+`--seconds` of receiving; the queue is refilled between, outside the timing):
+
+    durable-{size}-tx-per-message one transaction per message: receive, commit (one fsync each)
+    durable-{size}-receive-batch  receive_batch(max_messages=--batch-size): one commit, one
+                                  fsync, per batch; `vs_tx_per_message` is its msgs/s over the
+                                  row above, same run
+
 Beside them, measured in the same run on the same disk, `baseline-fdatasync-{size}`: a
 plain os.write + os.fdatasync loop writing as many messages per fdatasync as the durable
 send phase averaged per journal batch (`tether.bench.fsync_baseline`). Every row's ratio
@@ -59,6 +67,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-forward", action="store_true", help="with --remote: skip the forwarding row")
     parser.add_argument("--remote-senders", default="1,8,64",
                         help="with --remote: comma-separated counts of concurrent senders (and consumers)")
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="messages per receive_batch in the durable receive-batch row (default 100)")
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="how long each send row (and the concurrent row) runs; the receive rows "
                              "take all that was sent")
@@ -169,6 +179,37 @@ async def _concurrent(qm: QueueManager, label: str, workers: int, count: int, bo
     return seconds, latencies
 
 
+async def _consume_for(label: str, qm: QueueManager, body: bytes, seconds: float, per_take: int,
+                       progress: Progress) -> tuple[int, float, list[float]]:
+    """One consumer taking `per_take` messages per transaction (receive_batch; 1: a plain
+    transaction per message) for `seconds` of its own time: (messages, seconds, each
+    transaction's latency). The queue is refilled (send_many, untimed) when it runs dry."""
+    clock = time.perf_counter
+    latencies: list[float] = []
+    taken = 0
+    spent = 0.0
+    fill = [body] * 1000
+    while spent < seconds:
+        if (await qm.queue_info("bench")).depth < per_take:
+            for _ in range(20):
+                await qm.send_many("bench", fill)
+        t0 = clock()
+        if per_take == 1:
+            async with qm.transaction() as tx:
+                if await tx.receive("bench", 0) is not None:
+                    taken += 1
+        else:
+            async with qm.receive_batch("bench", per_take, 0) as batch:
+                taken += len(batch)
+        took = clock() - t0
+        spent += took
+        latencies.append(took)
+        progress.update(label, int(spent * 1000), int(seconds * 1000))
+    progress.done(label)
+    await qm.purge_queue("bench")
+    return taken, spent, latencies
+
+
 async def _run_mode(mode: str, size_name: str, size: int, args: argparse.Namespace,
                     directory: str, progress: Progress) -> tuple[list[Result], float]:
     """The rows of one mode and size, and the average messages per journal batch."""
@@ -188,6 +229,12 @@ async def _run_mode(mode: str, size_name: str, size: int, args: argparse.Namespa
             raise RuntimeError(f"the benchmark left messages behind: {dict(info)}")
         both_s, both_lat = await _concurrent(qm, f"{mode} {size_name} concurrent", args.senders, count,
                                              body, progress)
+        batch_rows = []
+        if mode == "durable":
+            one = await _consume_for(f"{mode} {size_name} tx per message", qm, body, args.seconds, 1, progress)
+            many = await _consume_for(f"{mode} {size_name} receive_batch", qm, body, args.seconds,
+                                      args.batch_size, progress)
+            batch_rows = [("tx-per-message", one, 1), ("receive-batch", many, args.batch_size)]
     shutil.rmtree(data_dir, ignore_errors=True)
     prefix = f"{mode}-{size_name}"
     per_batch = count / batches if batches else 0.0
@@ -200,6 +247,12 @@ async def _run_mode(mode: str, size_name: str, size: int, args: argparse.Namespa
         make_result(f"{prefix}-total", count, size, send_s + recv_s, **extra),
         make_result(f"{prefix}-concurrent", count, size, both_s, both_lat, **extra),
     ]
+    for name, (taken, seconds, latencies), per_take in batch_rows:
+        rows.append(make_result(f"{prefix}-{name}", taken, size, seconds, latencies, consumers=1,
+                                messages_per_transaction=per_take, fsync=args.fsync))
+    if batch_rows:
+        one, many = rows[-2], rows[-1]
+        many.extra["vs_tx_per_message"] = round(many.msgs_per_s / max(one.msgs_per_s, 1e-9), 2)
     return rows, per_batch
 
 
@@ -217,6 +270,8 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
         raise ValueError(f"--seconds must be > 0, not {args.seconds!r}")
     if args.repeat < 1:
         raise ValueError("--repeat must be >= 1")
+    if not 2 <= args.batch_size <= 4096:
+        raise ValueError(f"--batch-size must be 2..4096, not {args.batch_size}")
     if args.data_dir is not None:
         os.makedirs(args.data_dir, exist_ok=True)
     directory = tempfile.mkdtemp(prefix="tether-bench-queue-", dir=args.data_dir)

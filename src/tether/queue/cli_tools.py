@@ -34,7 +34,7 @@ from .core.address import split_subqueue, validate_queue_name
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 2
 _COLUMNS = (("name", "name"), ("durable", "durable"), ("depth", "depth"), ("in flight", "in_flight"),
-            ("retrying", "retrying"), ("dead", "dead_lettered"), ("poison", "poison"))
+            ("retrying", "retrying"), ("dead", "dead"), ("poison", "poison"))
 
 
 PASSWORD_VARIABLE = "TETHER_PASSWORD"

@@ -32,14 +32,16 @@ stops reconnecting. A request the user may not make fails alone with PermissionD
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
 import time
 from collections import OrderedDict, deque
+from datetime import datetime, timedelta
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -51,9 +53,12 @@ from ..backoff import Backoff
 from ..session import tls
 from ..session.url import parse as parse_url
 from .auth import check_credentials
+from .core.engine import check_group_id, check_priority, delivery_time
 from .core.headers import encode_headers, plain_headers
 from .core.info import QueueInfo
 from .core.settings import QueueSettings
+from .batch import ReceiveBatch, check_batch
+from .group import AcceptGroup, check_accept
 from .message import Message
 from .opening import Opening
 
@@ -64,7 +69,8 @@ RECONNECT_CAP = 2.0     # never more than this between reconnect attempts
 DEFAULT_PREFETCH = 16
 DEFAULT_REQUEST_TIMEOUT = 30.0
 # requests that only mean something to the service process that saw the lock or transaction
-_NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_ROLLBACK)
+_NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_ROLLBACK, P.RENEW,
+                           P.GROUP_RECEIVE, P.GROUP_RELEASE)
 
 
 def service_url(url: str) -> str:
@@ -139,6 +145,85 @@ class _Consumer:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+class _RemoteGroups:
+    """The GroupBackend of a QueueClient: ACCEPT_GROUP, GROUP_RECEIVE, GROUP_RELEASE."""
+
+    def __init__(self, client: "QueueClient") -> None:
+        self._client = client
+
+    async def accept(self, name: str, timeout: float | None) -> tuple[str, Any] | None:
+        client = self._client
+        client._check_open()
+        reply = await client._request([P.ACCEPT_GROUP, 0, name, timeout], wait=timeout)
+        if reply is None:
+            return None
+        if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], str)
+                and isinstance(reply[1], int)):
+            raise ProtocolError(f"queue protocol: ACCEPT_GROUP answered with {P.brief(reply)}")
+        return reply[0], reply[1]
+
+    async def receive(self, handle: int, timeout: float | None) -> Message | None:
+        client = self._client
+        client._check_open()
+        if timeout is not None:
+            timeout = max(0.0, float(timeout))
+        reply = await client._request([P.GROUP_RECEIVE, 0, handle, timeout], wait=timeout)
+        if reply is None:
+            return None
+        return client._message(P.check_message("group-receive", reply[0]), reply[1])
+
+    async def release(self, handle: int) -> None:
+        client = self._client
+        if client._closing or client._fatal is not None:
+            return          # the service lets the group go when this client is gone
+        try:
+            await client._request([P.GROUP_RELEASE, 0, handle])
+        except LockLost:
+            pass            # the service restarted, or let it go already
+
+
+async def _more_at_once(transaction: "RemoteTransaction", name: str, n: int) -> list[Message]:
+    """Up to `n` more messages for a remote batch: `n` receives that do not wait, sent in
+    one frame (one round trip); those that found nothing answer nil."""
+    got = await asyncio.gather(*(transaction.receive(name, 0) for _ in range(n)), return_exceptions=True)
+    messages = [m for m in got if isinstance(m, Message)]
+    for result in got:
+        if isinstance(result, BaseException):
+            raise result
+    return messages
+
+
+def _send_options(priority: Any, delay: Any, deliver_at: Any, group_id: Any = None,
+                  journal: Any = None) -> dict | None:
+    """A SEND's options map (nil for the defaults), checked here as the service checks them."""
+    options: dict[str, Any] = {}
+    if priority.__class__ is not int or priority != 3:
+        options["priority"] = check_priority(priority)
+    if delay is not None or deliver_at is not None:
+        delivery_time(delay, deliver_at, time.time())      # TypeError/ValueError naming it
+        if delay is not None:
+            options["delay"] = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        else:
+            options["deliver_at"] = deliver_at.timestamp() if isinstance(deliver_at, datetime) else float(deliver_at)
+    if group_id is not None:
+        options["group_id"] = check_group_id(group_id)
+    if journal is not None:
+        if not isinstance(journal, bool):
+            raise TypeError(f"journal must be True, False or None, not {journal!r}")
+        options["journal"] = journal       # (the service refuses True for a local queue)
+    return options or None
+
+
+_INFO_FIELDS = frozenset(f.name for f in dataclasses.fields(QueueInfo))
+
+
+def _info(value: Any) -> QueueInfo:
+    """A QueueInfo from INFO's map (keys this client does not know are left out)."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"queue protocol: INFO answered with {P.brief(value)}")
+    return QueueInfo(**{k: v for k, v in value.items() if k in _INFO_FIELDS})
 
 
 class QueueClient:
@@ -423,9 +508,10 @@ class QueueClient:
             self._schedule_flush()
 
     def _message(self, fields: list, validity: float) -> Message:
-        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence = fields
+        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
+            group_id = fields
         message = Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
-                          sequence=sequence)
+                          sequence=sequence, priority=priority, group_id=group_id)
         message._settler = self
         message._tag = tag
         message._lock_deadline = time.time() + validity
@@ -548,7 +634,8 @@ class QueueClient:
         self._check_open()
         await self._request([P.DELETE, 0, name])
 
-    def _send_item(self, address: str, body: Any, headers: Any, time_to_live: float | None) -> list:
+    def _send_item(self, address: str, body: Any, headers: Any, time_to_live: float | None,
+                   options: dict | None = None) -> list:
         """A SEND item, every field checked as the service will check it (so it need not be
         parsed again): one the service refused would end the session, and be resent after
         every reconnect."""
@@ -572,7 +659,7 @@ class QueueClient:
                 raise TypeError(f"time_to_live must be a number of seconds, not {time_to_live!r}")
             if not math.isfinite(time_to_live):
                 raise ValueError(f"time_to_live must be a finite number of seconds, not {time_to_live!r}")
-        return [P.SEND, 0, address, body, headers, time_to_live, 0]
+        return [P.SEND, 0, address, body, headers, time_to_live, 0, options]
 
     def _number(self, item: list) -> list:
         if self._forwarding:
@@ -585,20 +672,29 @@ class QueueClient:
         return item
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
-                   time_to_live: float | None = None) -> str:
+                   time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                   deliver_at: float | None = None, group_id: str | None = None,
+                   journal: bool | None = None) -> str:
         """Queue a message (a local queue of the service, or tether://host:port/queue for its
-        store-and-forward); returns its id once the service has it durably. Raises as
-        QueueManager.send, and QueueUnavailable after request_timeout."""
+        store-and-forward); returns its id once the service has it durably. The keyword
+        arguments are QueueManager.send's. Raises as QueueManager.send, and
+        QueueUnavailable after request_timeout."""
         self._check_open()
-        item = self._send_item(address, body, headers, time_to_live)
+        item = self._send_item(address, body, headers, time_to_live,
+                               _send_options(priority, delay, deliver_at, group_id, journal))
         return await self._request(self._number(item), checked=True)
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
-                        time_to_live: float | None = None) -> list[str]:
-        """send() for many bodies at once (one frame where they fit); their ids, in order.
-        Raises the first refusal, after every send was answered."""
+                        time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                        deliver_at: float | None = None, group_id: str | None = None,
+                        journal: bool | None = None) -> list[str]:
+        """send() for many bodies at once (one frame, one write at the service, where they
+        fit); their ids, in order. Raises the first refusal, after every send was answered."""
         self._check_open()
-        items = [self._send_item(address, body, headers, time_to_live) for body in bodies]
+        if isinstance(bodies, (bytes, bytearray, memoryview, str)):
+            raise TypeError("send_many takes a list of message bodies, not one body")
+        options = _send_options(priority, delay, deliver_at, group_id, journal)
+        items = [self._send_item(address, body, headers, time_to_live, options) for body in bodies]
         futures = [self._request(self._number(item), checked=True) for item in items]
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
@@ -607,7 +703,7 @@ class QueueClient:
         return results
 
     def forward(self, queue: str, sequence: int, message_id: str, body: bytes, headers: dict | None,
-                enqueued_at: float, expires_at: float | None) -> asyncio.Future:
+                enqueued_at: float, expires_at: float | None, options: dict | None = None) -> asyncio.Future:
         """(For queue managers' forwarders.) Hand over a message of a transmission queue,
         numbered `sequence` by it; a future for the answer (None: accepted). A client that
         forwards numbers nothing itself: its floor is the forwarder's (`settled`)."""
@@ -615,7 +711,8 @@ class QueueClient:
         if self._numbering:
             raise QueueError("a client that sends with send() cannot forward(): the two would share sequences")
         self._forwarding = True
-        return self._request([P.FORWARD, 0, queue, sequence, message_id, body, headers, enqueued_at, expires_at])
+        return self._request([P.FORWARD, 0, queue, sequence, message_id, body, headers, enqueued_at, expires_at,
+                              options])
 
     def settled(self, floor: int) -> None:
         """(For queue managers' forwarders.) Every sequence below `floor` is settled here."""
@@ -677,6 +774,21 @@ class QueueClient:
                     consumer.wake()     # woken but leaving: pass the message on
                 elif not waiter.done():
                     waiter.cancel()
+
+    async def consume(self, name: str, *, timeout: float | None = None) -> AsyncIterator[Message]:
+        """`async for msg in client.consume(name):` every message of a queue as it comes (see
+        QueueManager.consume). Ends when the client closes, or when no message came for
+        `timeout` seconds (None: never)."""
+        while True:
+            try:
+                message = await self.receive(name, timeout=timeout)
+            except QueueError:
+                if self._closing:
+                    return
+                raise
+            if message is None:
+                return
+            yield message
 
     def _remaining(self, deadline: float | None) -> float | None:
         return None if deadline is None else deadline - self._loop.time()
@@ -763,6 +875,14 @@ class QueueClient:
         self._settling(message)
         await self._request([P.ABANDON, 0, message._tag])
 
+    async def renew_message(self, message: Message) -> None:
+        """Extend a received message's peek-lock at the service. LockLost."""
+        self._check_open()
+        if self._locks.get(message._tag) is not message:
+            raise LockLost(f"message {message.id} is not locked by this client (settled, expired or released)")
+        validity = await self._request([P.RENEW, 0, message._tag])
+        message._lock_deadline = time.time() + float(validity)
+
     def _settling(self, message: Message) -> None:
         self._check_open()
         if self._locks.pop(message._tag, None) is not message:
@@ -777,19 +897,61 @@ class QueueClient:
         self._check_open()
         return RemoteTransaction(self)
 
-    async def queue_info(self, name: str) -> QueueInfo:
-        """Counts of a queue: depth, in_flight, retrying, dead_lettered, poison, bytes."""
+    def accept_group(self, name: str, timeout: float | None = None) -> AcceptGroup:
+        """`async with client.accept_group(name, timeout) as group:` hold the next free group
+        of a queue at the service (see QueueManager.accept_group). The service lets the group
+        go if this client is gone for client_grace."""
         self._check_open()
-        return QueueInfo(**await self._request([P.INFO, 0, name]))
+        return AcceptGroup(_RemoteGroups(self), name, check_accept(timeout))
+
+    def receive_batch(self, name: str, max_messages: int, timeout: float | None = None) -> ReceiveBatch:
+        """`async with client.receive_batch(name, max_messages, timeout) as batch:` up to
+        `max_messages` messages received in one transaction at the service, completed in one
+        journal record there when the block ends (see QueueManager.receive_batch)."""
+        self._check_open()
+        max_messages, timeout = check_batch(max_messages, timeout)
+        return ReceiveBatch(self.transaction(), name, max_messages, timeout, _more_at_once)
+
+    async def queue_info(self, name: str) -> QueueInfo:
+        """Counts of a queue (see QueueManager.queue_info)."""
+        self._check_open()
+        return _info(await self._request([P.INFO, 0, name]))
 
     async def queue_infos(self) -> list[QueueInfo]:
         """queue_info() of every queue of the service (transmission queues included)."""
         self._check_open()
-        return [QueueInfo(**info) for info in await self._request([P.INFO, 0, None])]
+        return [_info(info) for info in await self._request([P.INFO, 0, None])]
 
     async def queues(self) -> list[str]:
-        """Names of every queue of the service."""
+        """Names of every queue of the service (that this client's user may see)."""
         return [info.name for info in await self.queue_infos()]
+
+    async def settings(self, name: str) -> QueueSettings:
+        """The settings of a queue (QueueNotFound if there is none)."""
+        self._check_open()
+        return QueueSettings.from_dict(await self._request([P.SETTINGS, 0, name]))
+
+    async def purge_queue(self, name: str) -> int:
+        """Remove every message waiting in a queue (see QueueManager.purge_queue); how
+        many. Needs admin at a service with users."""
+        self._check_open()
+        return await self._request([P.PURGE, 0, name])
+
+    async def peek(self, name: str, count: int = 1) -> list[Message]:
+        """Up to `count` messages of a queue without locking them or counting a delivery
+        (see QueueManager.peek)."""
+        self._check_open()
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"peek count must be an integer >= 1, not {count!r}")
+        reply = await self._request([P.PEEK, 0, name, min(count, P.MAX_PEEK)])
+        return [self._peeked(fields) for fields in reply]
+
+    def _peeked(self, fields: list) -> Message:
+        P.check_message("peek", fields)
+        tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
+            group_id = fields
+        return Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
+                       sequence=sequence, priority=priority, group_id=group_id)
 
     async def close(self) -> None:
         """Give back prefetched messages, end the session, fail waiting calls."""
@@ -866,11 +1028,14 @@ class RemoteTransaction:
         return message
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
-                   time_to_live: float | None = None) -> str:
+                   time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                   deliver_at: float | None = None, group_id: str | None = None,
+                   journal: bool | None = None) -> str:
         """Like QueueClient.send(), but the message is queued only at commit. Returns its id."""
+        options = _send_options(priority, delay, deliver_at, group_id, journal)
         txid = await self._id()
-        item = self._client._send_item(address, body, headers, time_to_live)
-        return await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4], time_to_live])
+        item = self._client._send_item(address, body, headers, time_to_live, options)
+        return await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4], time_to_live, options])
 
     async def commit(self) -> None:
         """Make the transaction's receives and sends take effect, atomically and durably."""
@@ -902,6 +1067,13 @@ class RemoteTransaction:
 
     async def abandon_message(self, message: Message) -> None:
         raise TransactionError(f"message {message.id} belongs to a transaction: it is returned by rollback()")
+
+    async def renew_message(self, message: Message) -> None:
+        """A message of this transaction keeps its lock longer (until commit or rollback)."""
+        if self.state != "active":
+            raise TransactionError(f"the transaction is already {self.state}")
+        validity = await self._client._request([P.RENEW, 0, message._tag])
+        message._lock_deadline = time.time() + float(validity)
 
     async def __aenter__(self) -> "RemoteTransaction":
         return self

@@ -6,6 +6,9 @@ whose values the command line may override.
     fsync = "always"                          # always | interval | never
     fsync_interval = 0.05
     log_level = "INFO"
+    source_journal = false                    # keep a copy of every forwarded message, once
+    journal_max_length = 10000                # acknowledged, in $journal: at most this many,
+    journal_time_to_live = 86400.0            # for this long (core/source_journal.py)
 
     [limits]
     max_frame_bytes = 8388608                 # largest protocol frame (session message)
@@ -58,6 +61,7 @@ from ..session.url import parse as parse_url
 from .auth import Access, Users
 from .core.engine import DEFAULT_MAX_QUEUES
 from .core.settings import QueueSettings
+from .core.source_journal import DEFAULT_JOURNAL_MAX_LENGTH, DEFAULT_JOURNAL_TIME_TO_LIVE, JournalSettings
 from .limits import ServiceLimits
 from .remotes import Remote, validate_remotes
 
@@ -65,7 +69,8 @@ DEFAULT_LISTEN = "tcp://127.0.0.1:7600"
 FSYNC_POLICIES = ("always", "interval", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOP = {"data_dir", "listen", "fsync", "fsync_interval", "log_level", "limits", "queues", "tls", "users",
-        "allow_anonymous", "remotes"}
+        "allow_anonymous", "remotes", "source_journal", "journal_max_length", "journal_time_to_live"}
+_JOURNAL = ("source_journal", "journal_max_length", "journal_time_to_live")
 _SERVICE_LIMITS = set(ServiceLimits().as_dict())
 _LIMITS = {"max_frame_bytes", "client_grace", "max_queues", "max_disk_bytes"} | _SERVICE_LIMITS
 _TLS = {"cert", "key", "client_ca"}
@@ -93,6 +98,9 @@ class ServiceConfig:
     users: Users | None = None
     allow_anonymous: bool = False
     remotes: dict[str, Remote] = field(default_factory=dict)
+    source_journal: bool = False
+    journal_max_length: int | None = DEFAULT_JOURNAL_MAX_LENGTH
+    journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE
 
     @property
     def limits(self) -> ServiceLimits:
@@ -119,6 +127,10 @@ class ServiceConfig:
             raise ValueError(f"config: {exc}") from None
         try:
             self.remotes = validate_remotes(self.remotes)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config: {exc}") from None
+        try:
+            JournalSettings.create(self.source_journal, self.journal_max_length, self.journal_time_to_live)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"config: {exc}") from None
         if self.fsync not in FSYNC_POLICIES:
@@ -215,7 +227,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> ServiceConfig:
         config.listen = [listen] if isinstance(listen, str) else listen
         if not isinstance(config.listen, list):
             raise ValueError(f"{source}: listen must be a URL or a list of URLs")
-    for key in ("fsync", "fsync_interval", "log_level"):
+    for key in ("fsync", "fsync_interval", "log_level", *_JOURNAL):
         if key in data:
             setattr(config, key, data[key])
     limits = data.get("limits", {})

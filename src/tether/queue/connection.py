@@ -43,7 +43,7 @@ class ClientState:
     """What one client (by its HELLO id) holds on the service, across its sessions."""
 
     __slots__ = ("client_id", "operations", "producer", "epoch", "locks", "transactions", "next_txid",
-                 "connection", "completed", "grace", "waiting_receives")
+                 "connection", "completed", "grace", "waiting_receives", "groups", "next_group")
 
     def __init__(self, client_id: bytes, operations: QueueOperations) -> None:
         self.client_id = client_id
@@ -57,6 +57,8 @@ class ClientState:
         self.completed: OrderedDict[int, None] = OrderedDict()
         self.grace: asyncio.TimerHandle | None = None
         self.waiting_receives = 0                 # RECEIVE calls waiting for a message
+        self.groups: dict[int, tuple[Any, Any]] = {}     # handle -> (core group, holder token)
+        self.next_group = 0
 
     def remember_completed(self, tag: int) -> None:
         completed = self.completed
@@ -71,6 +73,13 @@ class ClientState:
             if self.operations.release(self.locks.pop(tag), tag):
                 released += 1
         return released
+
+    def release_groups(self) -> int:
+        """Let go of every group this client holds (its locks were released already)."""
+        groups, self.groups = self.groups, {}
+        for group, holder in groups.values():
+            self.operations.release_group_now(group, holder)
+        return len(groups)
 
     def cancel_grace(self) -> None:
         if self.grace is not None:
@@ -371,17 +380,18 @@ class Connection:
         core = self.operations.core
         now = self.operations.now()
         entries, sequences, where = [], [], []
-        for n, (_, _, address, body, headers, ttl, sequence) in enumerate(items):
+        for n, (_, _, address, body, headers, ttl, sequence, options) in enumerate(items):
             name = routes.get(address)
             if name is None:
                 results[n] = refused.get(address) or QueueError(f"queue address {address!r} was not routed")
                 continue
             try:
-                if headers is None and ttl is None and name == address:
+                if headers is None and ttl is None and options is None and name == address:
                     entries.append(core.prepare_plain(name, body, now))      # the common case
                 else:
                     entries.append(core.prepare(name, body, now, headers=headers, time_to_live=ttl,
-                                                destination=address if name != address else None))
+                                                destination=address if name != address else None,
+                                                **(options or {})))
                 sequences.append(sequence)
                 where.append(n)
             except (TetherError, ValueError, TypeError) as exc:
@@ -452,7 +462,7 @@ class Connection:
         now = operations.now()
         results: list[Any] = [None] * len(items)
         entries, sequences, where = [], [], []
-        for n, (_, _, queue, sequence, message_id, body, headers, enqueued_at, expires_at) in enumerate(items):
+        for n, (_, _, queue, sequence, message_id, body, headers, enqueued_at, expires_at, options) in enumerate(items):
             try:
                 if is_remote(queue):
                     raise ValueError(f"forwarded message {message_id}: {queue!r} is not a queue of this queue manager")
@@ -461,7 +471,8 @@ class Connection:
                     # (a resend of one queued before it expired is answered as that one was)
                     raise _Expired(f"message {message_id} expired in transit")
                 entries.append(operations.prepare(queue, body, headers=headers, id=message_id,
-                                                  enqueued_at=enqueued_at, expires_at=expires_at, origin=origin))
+                                                  enqueued_at=enqueued_at, expires_at=expires_at, origin=origin,
+                                                  **_forwarded_options(options)))
                 sequences.append(sequence)
                 where.append(n)
             except (TetherError, ValueError, TypeError) as exc:
@@ -567,15 +578,49 @@ class Connection:
         if op == P.INFO:
             if item[2] is None:
                 visible = self.guard.visible
-                return [dict(await manager.queue_info(name)) for name in manager.queues() if visible(name)]
+                return [dict(info) for info in await manager.queue_infos() if visible(info.name)]
             return dict(await manager.queue_info(item[2]))
+        if op == P.ACCEPT_GROUP or op == P.GROUP_RECEIVE:
+            if item[3] == 0:
+                return await self._group_request(item)
+            limit = self.service.limits.max_waiting_receives
+            if state.waiting_receives >= limit:
+                raise exceeded("max_waiting_receives", limit, "too many receives of this client waiting")
+            state.waiting_receives += 1
+            try:
+                return await self._group_request(item)
+            finally:
+                state.waiting_receives -= 1
+        if op == P.GROUP_RELEASE:
+            held = state.groups.pop(item[2], None)
+            if held is None:
+                raise LockLost(f"group {item[2]}: not held (released, or the service restarted)")
+            group, holder = held
+            for tag in [tag for tag, entry in state.locks.items() if entry.group is group]:
+                state.locks.pop(tag)
+            await operations.release_group(group, holder, abandon=True)
+            return None
+        if op == P.SETTINGS:
+            return (await manager.settings(item[2])).as_dict()
+        if op == P.PEEK:
+            messages = await manager.peek(item[2], item[3])
+            return [P.peeked_fields(m) for m in messages]
+        if op == P.PURGE:
+            return await manager.purge_queue(item[2])
+        if op == P.RENEW:
+            tag = item[2]
+            entry = state.locks.get(tag) or self._transaction_entry(tag)
+            if entry is None:
+                raise LockLost(f"lock {tag}: no peek-lock held (expired, settled, or the service restarted)")
+            return _validity_after(operations.renew(entry, tag), operations.now())
         if op == P.TX_BEGIN:
             state.next_txid += 1
             state.transactions[state.next_txid] = manager.transaction()
             return state.next_txid
         if op == P.TX_SEND:
-            _, _, txid, address, body, headers, ttl = item
-            return await self._transaction(txid).send(address, body, headers=headers, time_to_live=ttl)
+            _, _, txid, address, body, headers, ttl, options = item
+            return await self._transaction(txid).send(address, body, headers=headers, time_to_live=ttl,
+                                                      **(options or {}))
         if op == P.TX_COMMIT:
             tx = state.transactions.pop(item[2], None)
             if tx is None:
@@ -606,6 +651,40 @@ class Connection:
                 return None
             self.state.locks[entry.tag] = entry
         return [P.message_fields(entry), _validity(entry, operations.now())]
+
+    async def _group_request(self, item: list) -> Any:
+        """ACCEPT_GROUP or GROUP_RECEIVE."""
+        operations = self.operations
+        state = self.state
+        if item[0] == P.ACCEPT_GROUP:
+            accepted = await operations.accept_group(item[2], item[3])
+            if accepted is None:
+                return None
+            if self._ended:     # the session went while we waited: let it go at once
+                operations.release_group_now(*accepted)
+                return None
+            state.next_group += 1
+            state.groups[state.next_group] = accepted
+            return [accepted[0].group_id, state.next_group]
+        held = state.groups.get(item[2])
+        if held is None:
+            raise LockLost(f"group {item[2]}: not held (released, or the service restarted)")
+        entry = await operations.take_group(held[0], held[1], item[3])
+        if entry is None:
+            return None
+        if self._ended:
+            operations.release(entry, entry.tag)
+            return None
+        state.locks[entry.tag] = entry
+        return [P.message_fields(entry), _validity(entry, operations.now())]
+
+    def _transaction_entry(self, tag: int) -> Entry | None:
+        """The entry a transaction of this client received under lock `tag`, or None."""
+        for tx in self.state.transactions.values():
+            for message in tx.received:
+                if message._tag == tag:
+                    return message._entry
+        return None
 
     def _transaction(self, txid: int) -> Any:
         tx = self.state.transactions.get(txid)
@@ -756,6 +835,21 @@ class _Expired(QueueError):
 
 def _validity(entry: Entry, now: float) -> float:
     return max(0.0, entry.lock_deadline - now)
+
+
+def _forwarded_options(options: dict | None) -> dict:
+    """What of a FORWARD's options the target takes (a relative delay only means something
+    at the queue manager that was sent it: a forwarder sends deliver_at)."""
+    if not options:
+        return {}
+    if "delay" in options or "journal" in options:
+        raise ValueError("a forwarded message carries deliver_at (not delay), and no journal flag "
+                         "(that is its sender's)")
+    return options
+
+
+def _validity_after(deadline: float, now: float) -> float:
+    return max(0.0, deadline - now)
 
 
 def _carries_a_message(value: Any) -> bool:

@@ -38,6 +38,7 @@ from .auth import origin_of
 from .client import QueueClient
 from .core import Entry
 from .core.deadletter import REJECTED
+from .core.entry import DEFAULT_PRIORITY
 from .core.headers import plain_headers
 from .core.settings import SYSTEM_DEAD_LETTER_QUEUE
 from .core.system_queues import RETURN_PREFIX
@@ -186,8 +187,15 @@ class Forwarder:
         tag = entry.tag
         address = entry.destination
         target = address[address.index("/", len("tether://")) + 1:]
+        options = None
+        if entry.priority != DEFAULT_PRIORITY or entry.deliver_at is not None or entry.group_id is not None:
+            options = {"priority": entry.priority}
+            if entry.deliver_at is not None:
+                options["deliver_at"] = entry.deliver_at
+            if entry.group_id is not None:
+                options["group_id"] = entry.group_id
         future = client.forward(target, entry.sequence, entry.id, entry.body, plain_headers(entry.headers),
-                                entry.enqueued_at, entry.expires_at)
+                                entry.enqueued_at, entry.expires_at, options)
         future.add_done_callback(lambda f: self._on_answer(entry, tag, f))
 
     def _on_answer(self, entry: Entry, tag: int, future: asyncio.Future) -> None:
@@ -219,7 +227,7 @@ class Forwarder:
                 log.info("forwarder to %s: message %s refused for now; retrying later", self.authority, entry.id)
                 operations.release(entry, tag)
             if plan.delivered:
-                errors = await operations.complete_many(plan.delivered)
+                errors = await operations.forwarded_many(plan.delivered)
                 for (entry, _), error in zip(plan.delivered, errors):
                     if error is not None:       # sent again later: the target de-duplicates it
                         log.info("forwarder: message %s delivered but not settled here: %s", entry.id, error)

@@ -26,13 +26,14 @@ import logging
 import math
 import os
 from ssl import SSLContext
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 from ..errors import QueueError, QueueNotFound
 from .core import QueueCore, QueueInfo, QueueSettings
 from .core.engine import DEFAULT_MAX_QUEUES
 from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
 from .core.replay import ReplayState
+from .core.source_journal import DEFAULT_JOURNAL_MAX_LENGTH, DEFAULT_JOURNAL_TIME_TO_LIVE, JournalSettings
 from .auth import Users
 from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
 from .message import Message
@@ -45,6 +46,8 @@ from .store.journal_store import (
 )
 from .store.memory import MemoryStore
 from .transaction import Transaction
+from .batch import ReceiveBatch, check_batch, more_in_turn
+from .group import AcceptGroup, LocalGroups, check_accept
 
 log = logging.getLogger("tether.queue")
 
@@ -76,7 +79,9 @@ class QueueManager:
              fsync: str = "always", fsync_interval: float = 0.05, segment_size: int = DEFAULT_SEGMENT_SIZE,
              compact_ratio: float = DEFAULT_COMPACT_RATIO, compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
              dedupe_window: float = DEFAULT_DEDUPE_WINDOW, max_queues: int = DEFAULT_MAX_QUEUES,
-             max_disk_bytes: int | None = None) -> "Opening[QueueManager]":
+             max_disk_bytes: int | None = None, source_journal: bool = False,
+             journal_max_length: int | None = DEFAULT_JOURNAL_MAX_LENGTH,
+             journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE) -> "Opening[QueueManager]":
         """Open the queue manager whose journal is in `data_dir` (created if missing, 0700),
         recovering its queues and durable messages. Without `data_dir` everything is in
         memory. `fsync`: "always" (a durable send returns once fdatasync'ed), "interval"
@@ -86,7 +91,10 @@ class QueueManager:
         seconds is forgotten, with what it takes to de-duplicate its resends. At most
         `max_queues` queues are defined (transmission queues included); while the journal
         is larger than `max_disk_bytes` (None: no limit) durable sends are refused with
-        LimitExceeded.
+        LimitExceeded. `source_journal`: keep a copy of every message forwarded to another
+        queue manager, once it acknowledged it, in `$journal` (a send's `journal=` decides
+        for itself), at most `journal_max_length` copies (the oldest go) for
+        `journal_time_to_live` seconds (None: no such bound).
 
         Raises JournalCorrupt when the journal is damaged beyond a torn tail (nothing is
         changed; see `tether qm check` and `tether qm repair`), QueueError when another
@@ -105,6 +113,7 @@ class QueueManager:
                 or not (dedupe_window > 0 and math.isfinite(dedupe_window)):
             raise ValueError(f"dedupe_window must be a finite number of seconds > 0, not {dedupe_window!r}")
         checked_remotes = validate_remotes(remotes)
+        journal = JournalSettings.create(source_journal, journal_max_length, journal_time_to_live)
 
         async def opening() -> QueueManager:
             store: Store
@@ -115,7 +124,7 @@ class QueueManager:
                                                 segment_size=segment_size, compact_ratio=compact_ratio,
                                                 compact_min_bytes=compact_min_bytes)
             try:
-                operations = _recover(store, float(dedupe_window), max_queues, max_disk_bytes)
+                operations = _recover(store, float(dedupe_window), max_queues, max_disk_bytes, journal)
                 await operations.wait_for(operations.core.start())
             except BaseException:
                 await store.close()
@@ -124,7 +133,7 @@ class QueueManager:
             for name in operations.core.queue_names():
                 manager._start_forwarder(name)
             if store.durable:
-                log.info("queue manager recovered %d queues from %s", len(manager.queues()), data_dir)
+                log.info("queue manager recovered %d queues from %s", len(operations.core.queue_names()), data_dir)
             if listen is not None:
                 try:
                     await manager.listen(listen, ssl=ssl, users=users, allow_anonymous=allow_anonymous)
@@ -188,7 +197,7 @@ class QueueManager:
         queue may be deleted too; `$dead` may not."""
         self._check_open()
         if isinstance(name, str) and name.startswith((TRANSMISSION_PREFIX, RETURN_PREFIX)):
-            if name not in self.queues():
+            if name not in self._core.queue_names():
                 raise QueueNotFound(f"no queue named {name!r}")
             forwarder = self._forwarders.pop(name, None)
             if forwarder is not None:
@@ -197,18 +206,33 @@ class QueueManager:
             validate_queue_name(name)
         await self.operations.delete(name)
 
-    def queues(self) -> list[str]:
+    async def queues(self) -> list[str]:
         """Names of every queue (application, `$dead`, transmission queues), sub-queues excluded."""
+        self._check_open()
         return self._core.queue_names()
 
-    def settings(self, name: str) -> QueueSettings:
+    async def settings(self, name: str) -> QueueSettings:
         """The settings of a queue (QueueNotFound if there is none)."""
+        self._check_open()
         return self._core.settings(name)
 
     async def queue_info(self, name: str) -> QueueInfo:
-        """Counts of a queue: depth, in_flight, retrying, dead_lettered, poison, bytes, faulted."""
+        """Counts of a queue (or sub-queue). The keys `depth` (ready), `in_flight` (locked),
+        `dead` (its messages now in a dead-letter queue) and `poison` (in `;poison`) are the
+        contract; `retrying`, `bytes`, `faulted` and `waiting` come with them."""
         self._check_open()
         return self.operations.info(name)
+
+    async def queue_infos(self) -> list[QueueInfo]:
+        """queue_info() of every queue (transmission queues included)."""
+        self._check_open()
+        return [self.operations.info(name) for name in self._core.queue_names()]
+
+    async def purge_queue(self, name: str) -> int:
+        """Remove every message waiting in a queue (or sub-queue: `orders;poison`), durably;
+        returns how many. Messages locked by receivers stay theirs. QueueNotFound."""
+        self._check_open()
+        return await self.operations.purge(name)
 
     # ---- addresses ----
 
@@ -260,34 +284,53 @@ class QueueManager:
     # ---- sending ----
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
-                   time_to_live: float | None = None) -> str:
+                   time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                   deliver_at: float | None = None, group_id: str | None = None,
+                   journal: bool | None = None) -> str:
         """Queue a message; returns its id once it is durable (durable queue) or queued
-        (volatile). `time_to_live` (seconds) overrides the queue's. Raises QueueNotFound,
-        QueueFull (max_length), MessageTooLarge (max_message_size, headers included),
-        StorageError (the journal could not write it: it is not queued), TypeError/ValueError."""
+        (volatile). `time_to_live` (seconds) overrides the queue's. `priority` 0..7 (higher
+        is received first, FIFO within one). `delay` (seconds) or `deliver_at` (epoch
+        seconds): the message is invisible until then. `group_id`: the message is one of
+        that group, received whole through accept_group(). `journal=True`: keep a copy
+        in `$journal` once the message is acknowledged (forwarded: by the queue manager it
+        went to; local: by being queued); None: as the manager's source_journal says for
+        forwarded messages. Raises QueueNotFound, QueueFull
+        (max_length), MessageTooLarge (max_message_size, headers included), StorageError
+        (the journal could not write it: it is not queued), TypeError/ValueError naming a bad
+        argument."""
         if self._closed:
             self._check_open()
         operations = self.operations
         if self._core.sendable(address):
-            if headers is None and time_to_live is None:
+            if headers is None and time_to_live is None and priority == 3 and delay is None \
+                    and deliver_at is None and group_id is None and journal is None and priority.__class__ is int:
                 return await operations.send_body(address, body)      # the common case
             destination = None
             name = address
         else:
             name = await self.route(address)
             destination = address if name != address else None
-        entry = operations.prepare(name, body, headers=headers, time_to_live=time_to_live, destination=destination)
+        entry = operations.prepare(name, body, headers=headers, time_to_live=time_to_live, destination=destination,
+                                   priority=priority, delay=delay, deliver_at=deliver_at, group_id=group_id,
+                                   journal=journal)
         return await operations.send_one(entry)
 
     async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
-                        time_to_live: float | None = None) -> list[str]:
+                        time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                        deliver_at: float | None = None, group_id: str | None = None,
+                        journal: bool | None = None) -> list[str]:
         """Queue many messages to one address with one durable write; their ids, in order.
-        Nothing is queued when one is refused (the first refusal is raised)."""
+        The keyword arguments (as send()'s) apply to each. Nothing is queued when one is
+        refused (the first refusal is raised)."""
         self._check_open()
+        if isinstance(bodies, (bytes, bytearray, memoryview, str)):
+            raise TypeError("send_many takes a list of message bodies, not one body")
         name = await self.route(address)
         destination = address if name != address else None
         entries = [self.operations.prepare(name, body, headers=headers, time_to_live=time_to_live,
-                                           destination=destination) for body in bodies]
+                                           destination=destination, priority=priority, delay=delay,
+                                           deliver_at=deliver_at, group_id=group_id, journal=journal)
+                   for body in bodies]
         if not entries:
             return []
         await self.operations.commit([], entries)
@@ -311,7 +354,29 @@ class QueueManager:
                 return None
         return Message.of_entry(entry, self)
 
-    # Message.complete() / Message.abandon() land here
+    async def consume(self, name: str, *, timeout: float | None = None) -> AsyncIterator[Message]:
+        """`async for msg in qm.consume(name):` every message of a queue as it comes, each
+        peek-locked as receive() gives it (settle it, e.g. with `async with msg:`). Ends when
+        the manager closes, or when no message came for `timeout` seconds (None: never)."""
+        while True:
+            try:
+                message = await self.receive(name, timeout=timeout)
+            except QueueError:
+                if self._closed:
+                    return
+                raise
+            if message is None:
+                return
+            yield message
+
+    async def peek(self, name: str, count: int = 1) -> list[Message]:
+        """Up to `count` messages of a queue (or sub-queue) in the order receivers would
+        get them, without locking them or counting a delivery (they cannot be settled).
+        QueueNotFound, ValueError for a count < 1."""
+        self._check_open()
+        return [Message.peeked(entry) for entry in self.operations.peek(name, count)]
+
+    # Message.complete() / Message.abandon() / Message.renew_lock() land here
     async def complete_message(self, message: Message) -> None:
         """Remove a received message (durably on a durable queue). LockLost if the lock expired."""
         if self._closed:
@@ -325,12 +390,35 @@ class QueueManager:
         self._check_open()
         await self.operations.abandon(message._entry, message._tag)
 
+    async def renew_message(self, message: Message) -> None:
+        """Extend a received message's peek-lock by validity_duration from now. LockLost."""
+        self._check_open()
+        message._lock_deadline = self.operations.renew(message._entry, message._tag)
+
     # ---- transactions ----
 
     def transaction(self) -> Transaction:
         """`async with qm.transaction() as tx:` receives and sends that commit together."""
         self._check_open()
         return Transaction(self.operations, self.route)
+
+    def accept_group(self, name: str, timeout: float | None = None) -> AcceptGroup:
+        """`async with qm.accept_group(name, timeout) as group:` hold the next free group of
+        a queue (messages sent with one group_id): while the block runs nobody else gets its
+        messages; `group.receive()` / `async for msg in group` give them in send order.
+        TimeoutError when no group is free within `timeout` seconds (None: wait). Leaving
+        the block abandons what is still locked and lets the group go (group.py)."""
+        self._check_open()
+        return AcceptGroup(LocalGroups(self), name, check_accept(timeout))
+
+    def receive_batch(self, name: str, max_messages: int, timeout: float | None = None) -> ReceiveBatch:
+        """`async with qm.receive_batch(name, max_messages, timeout) as batch:` up to
+        `max_messages` messages received in one transaction (the first waited for up to
+        `timeout` seconds, the rest taken if ready), completed in one journal record when
+        the block ends, returned as failed deliveries if it raises (batch.py)."""
+        self._check_open()
+        max_messages, timeout = check_batch(max_messages, timeout)
+        return ReceiveBatch(self.transaction(), name, max_messages, timeout, more_in_turn)
 
     # ---- serving ----
 
@@ -375,16 +463,17 @@ class QueueManager:
 
     def __repr__(self) -> str:
         where = self.data_dir or "memory"
-        return f"<QueueManager {where} {len(self.queues())} queues>"
+        return f"<QueueManager {where} {len(self._core.queue_names())} queues>"
 
 
-def _recover(store: Store, dedupe_window: float, max_queues: int, max_disk_bytes: int | None) -> QueueOperations:
+def _recover(store: Store, dedupe_window: float, max_queues: int, max_disk_bytes: int | None,
+             journal: JournalSettings | None = None) -> QueueOperations:
     """A core with the store's records replayed into it, and its operations glue."""
     state = ReplayState()
     state.apply_records(store.recovered)
     store.release_recovered()
     core = QueueCore(state.manager_id or os.urandom(16), journaled=store.durable, producer_expiry=dedupe_window,
-                     max_queues=max_queues)
+                     max_queues=max_queues, journal=journal)
     operations = QueueOperations(core, store, max_disk_bytes=max_disk_bytes)
     now = operations.now()
     core.load(state, now)

@@ -1,5 +1,8 @@
 """`Message`: one received (or peeked) message, as the application sees it.
 
+`async with msg:` settles it by how the block ends: complete on success, abandon on an
+exception.
+
 A message is a snapshot of the queued entry at delivery, plus what is needed to settle it:
 who delivered it (its *settler*: the local queue manager, a transaction, or a remote client)
 and the number of the peek-lock it was delivered under. `complete()` and `abandon()` hand
@@ -13,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Awaitable, Protocol
 
-from ..errors import LockLost
+from ..errors import LockLost, TetherError
 from .core.headers import decode_headers
 
 
@@ -24,21 +27,25 @@ class Settler(Protocol):
 
     async def abandon_message(self, message: "Message") -> None: ...
 
+    async def renew_message(self, message: "Message") -> None: ...
+
 
 class Message:
     """A received message: `id`, `body`, `headers` (read-only), `delivery_count`,
-    `enqueued_at`, `expires_at`, and on a dead-letter queue `dead_letter_reason` and
+    `enqueued_at`, `expires_at`, `priority`, `group_id`, and on a dead-letter queue `dead_letter_reason` and
     `dead_letter_source`. Settle it with `await complete()` or `await abandon()`."""
 
     __slots__ = ("id", "body", "_headers", "_encoded_headers", "delivery_count", "enqueued_at", "expires_at",
                  "dead_letter_reason", "dead_letter_source", "destination", "retry_at", "attempts", "sequence", "queue",
+                 "priority", "group_id", "_settled",
                  "_settler", "_entry", "_tag", "_lock_deadline")
 
     def __init__(self, id: str, body: bytes, headers: bytes | None = None, delivery_count: int = 0,
                  enqueued_at: float = 0.0, expires_at: float | None = None,
                  dead_letter_reason: str | None = None, dead_letter_source: str | None = None,
                  destination: str | None = None, retry_at: float | None = None,
-                 attempts: int = 0, queue: str | None = None, sequence: int = 0) -> None:
+                 attempts: int = 0, queue: str | None = None, sequence: int = 0, priority: int = 3,
+                 group_id: str | None = None) -> None:
         self.id = id
         self.body = body
         self._encoded_headers = headers
@@ -61,6 +68,11 @@ class Message:
         self.queue = queue
         #: its producer's sequence number (0 when it came without one)
         self.sequence = sequence
+        #: 0..7, higher received first (3 unless the sender said otherwise)
+        self.priority = priority
+        #: the group it was sent in (group_id=), or None
+        self.group_id = group_id
+        self._settled = False
         self._settler: Settler | None = None
         self._entry: Any = None
         self._tag = 0
@@ -85,10 +97,22 @@ class Message:
         message.attempts = entry.attempts
         message.queue = entry.queue.name
         message.sequence = entry.sequence
+        message.priority = entry.priority
+        message.group_id = entry.group_id
+        message._settled = False
         message._settler = settler
         message._entry = entry
         message._tag = entry.tag
         message._lock_deadline = entry.lock_deadline
+        return message
+
+    @classmethod
+    def peeked(cls, entry: Any) -> "Message":
+        """A message for a core entry that was only looked at: no lock, nothing to settle."""
+        message = cls.of_entry(entry, None)
+        message._entry = None
+        message._tag = 0
+        message._lock_deadline = 0.0
         return message
 
     @property
@@ -112,6 +136,7 @@ class Message:
         settler = self._settler
         if settler is None:
             return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
+        self._settled = True
         return settler.complete_message(self)
 
     def abandon(self) -> Awaitable[None]:
@@ -120,7 +145,35 @@ class Message:
         settler = self._settler
         if settler is None:
             return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
+        self._settled = True
         return settler.abandon_message(self)
+
+    def renew_lock(self) -> Awaitable[None]:
+        """Extend the peek-lock by the queue's validity_duration from now (`lock_deadline`
+        moves). Await it. Raises `LockLost` like `complete()`."""
+        settler = self._settler
+        if settler is None:
+            return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
+        return settler.renew_message(self)
+
+    async def __aenter__(self) -> "Message":
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        """`async with msg:` completes the message when the block ends normally and abandons
+        it (a failed delivery) when it raises; nothing when the block settled it itself.
+        The block's exception propagates; if the abandon fails too (the lock was lost: the
+        message is redelivered anyway), that failure is not raised in its place."""
+        if self._settled:
+            return False
+        if exc_type is None:
+            await self.complete()
+            return False
+        try:
+            await self.abandon()
+        except TetherError:
+            pass
+        return False
 
     def __repr__(self) -> str:
         extra = ""

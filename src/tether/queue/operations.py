@@ -50,6 +50,27 @@ class _Receiver:
             self.future.set_exception(error)
 
 
+class GroupHolder:
+    """Who holds a group (the core's token), and the accept that waits for one: the core
+    calls hand_group() or fail()."""
+
+    __slots__ = ("future", "give_back")
+
+    def __init__(self, future: asyncio.Future | None, give_back: Callable[[Any, "GroupHolder"], None]) -> None:
+        self.future = future
+        self.give_back = give_back
+
+    def hand_group(self, group: Any) -> None:
+        if self.future is None or self.future.done():
+            self.give_back(group, self)      # the accept was cancelled: nobody holds it
+            return
+        self.future.set_result(group)
+
+    def fail(self, error: BaseException) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_exception(error)
+
+
 class QueueOperations:
     """The core, the store and the loop, tied together (see the module docstring)."""
 
@@ -139,6 +160,19 @@ class QueueOperations:
     def info(self, name: str) -> QueueInfo:
         """Counts of a queue or sub-queue."""
         return self.core.info(name)
+
+    async def purge(self, name: str) -> int:
+        """Remove every message waiting in a queue, durably; how many."""
+        count, record = self.core.purge(name, self._clock())
+        self.settle()
+        await self.wait_for(record)
+        return count
+
+    def peek(self, name: str, count: int) -> list[Entry]:
+        """The next `count` entries a receiver would get, unlocked (see QueueCore.peek)."""
+        if self._closed:
+            raise QueueError("the queue manager is closed")
+        return self.core.peek(name, count, self._clock())
 
     # ---- sending ----
 
@@ -312,6 +346,18 @@ class QueueOperations:
                 return [exc if e is None else e for e in errors]
         return list(errors)
 
+    async def forwarded_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
+        """Settle forwarded messages their target accepted (completed, or moved to $journal),
+        in one record; per pair None or the error."""
+        record, errors = self.core.forwarded_many(receipts, self._clock())
+        self.settle()
+        if record is not None:
+            try:
+                await self.writer.wait(record)
+            except QueueError as exc:
+                return [exc if e is None else e for e in errors]
+        return list(errors)
+
     async def abandon(self, entry: Entry, tag: int) -> None:
         """A failed delivery (retry, delay or poison per the queue). LockLost."""
         record = self.core.abandon(entry, tag, self._clock())
@@ -329,6 +375,106 @@ class QueueOperations:
         deadline = self.core.renew(entry, tag, self._clock())
         self.settle()
         return deadline
+
+    # ---- groups ----
+
+    async def accept_group(self, name: str, timeout: float | None) -> tuple[Any, GroupHolder] | None:
+        """Hold the next available group of queue `name`, waiting up to `timeout` seconds
+        (None: until one comes): (the group, its holder token), or None on timeout."""
+        if self._closed:
+            raise QueueError("the queue manager is closed")
+        timeout = _timeout(timeout)
+        core = self.core
+        future = self._loop.create_future()
+        holder = GroupHolder(future, self._give_back_group)
+        group = core.accept_group(name, holder, self._clock())
+        if group is not None:
+            holder.future = None
+            self.settle()
+            return group, holder
+        if timeout is not None and timeout <= 0:
+            return None
+        core.wait_group(name, holder)
+        handle = None
+        if timeout is not None:
+            handle = self._loop.call_later(timeout, self._group_timed_out, name, holder)
+        try:
+            group = await future
+        except asyncio.CancelledError:
+            core.stop_waiting_group(name, holder)
+            if future.done() and not future.cancelled() and future.exception() is None \
+                    and future.result() is not None:
+                self.release_group_now(future.result(), holder)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        holder.future = None
+        self.settle()
+        return None if group is None else (group, holder)
+
+    def _group_timed_out(self, name: str, holder: GroupHolder) -> None:
+        if holder.future is not None and not holder.future.done():
+            self.core.stop_waiting_group(name, holder)
+            holder.future.set_result(None)
+
+    def _give_back_group(self, group: Any, holder: GroupHolder) -> None:
+        self._loop.call_soon(self.release_group_now, group, holder)
+
+    def release_group_now(self, group: Any, holder: GroupHolder) -> None:
+        """Let go of a group nobody used (its locked messages released, uncounted)."""
+        if not self._closed:
+            self.core.release_group(group, holder, self._clock(), abandon=False)
+            self.settle()
+
+    async def release_group(self, group: Any, holder: GroupHolder, *, abandon: bool) -> None:
+        """Let go of a held group; its messages still locked are abandoned (or released)."""
+        if self._closed:
+            return
+        records = self.core.release_group(group, holder, self._clock(), abandon=abandon)
+        self.settle()
+        for record in records:
+            await self.writer.wait(record)
+
+    async def take_group(self, group: Any, holder: GroupHolder, timeout: float | None) -> Entry | None:
+        """The held group's next message, locked; waits up to `timeout` (None: until one
+        comes; <= 0: no wait). None on timeout. LockLost when the group is not held."""
+        if self._closed:
+            raise QueueError("the queue manager is closed")
+        timeout = _timeout(timeout)
+        core = self.core
+        entry = core.take_group(group, holder, self._clock())
+        if entry is not None:
+            self.settle()
+            return entry
+        if timeout is not None and timeout <= 0:
+            return None
+        future = self._loop.create_future()
+        receiver = _Receiver(future, self._give_back)
+        core.wait_in_group(group, holder, receiver)
+        handle = None
+        if timeout is not None:
+            handle = self._loop.call_later(timeout, self._in_group_timed_out, group, receiver)
+        try:
+            entry = await future
+        except asyncio.CancelledError:
+            core.stop_waiting_in_group(group, receiver)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                entry = future.result()
+                if entry is not None:
+                    core.release(entry, entry.tag, self._clock())
+                    self.settle()
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        self.settle()
+        return entry
+
+    def _in_group_timed_out(self, group: Any, receiver: _Receiver) -> None:
+        if not receiver.future.done():
+            self.core.stop_waiting_in_group(group, receiver)
+            receiver.future.set_result(None)
 
     # ---- transactions ----
 
@@ -359,3 +505,15 @@ class QueueOperations:
             self._timer.cancel()
             self._timer = None
         await self.writer.close()
+
+
+def _timeout(timeout: Any) -> float | None:
+    """A receive's timeout: None, or seconds (a negative one: no wait)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    timeout = float(timeout)
+    if timeout != timeout:
+        raise ValueError("timeout must be a number of seconds or None, not nan")
+    return timeout

@@ -6,10 +6,10 @@ against it (docs/security.md, "Users and permissions").
               starts with tether://, matched against the address as the queue manager
               normalizes it (lower-case host): `*` alone never lets a user make the queue
               manager open a transmission queue and connect out
-    receive   RECEIVE and SUBSCRIBE on matching queues, and on their sub-queues
+    receive   RECEIVE, SUBSCRIBE, PEEK and ACCEPT_GROUP on matching queues, and on their sub-queues
               (`orders;poison` is covered by `orders`); COMPLETE, ABANDON and RELEASE
               name a peek-lock, which only the client that received the message holds
-    admin     CREATE and DELETE, every `$` system queue ($dead, $xmit:..., $return:...),
+    admin     CREATE, DELETE and PURGE, every `$` system queue ($dead, $xmit:..., $return:...),
               INFO of every queue (without it INFO shows only the queues the user may
               send to or receive from)
     forward   FORWARD into application queues (as another queue manager's forwarder),
@@ -156,20 +156,20 @@ class RequestGuard:
             return self._send_refusal(item[2])
         if op == P.TX_SEND:
             return self._send_refusal(item[3])
-        if op == P.RECEIVE or op == P.SUBSCRIBE:
-            return self._receive_refusal(item[2] if op == P.RECEIVE else item[3])
+        if op == P.RECEIVE or op == P.SUBSCRIBE or op == P.PEEK or op == P.ACCEPT_GROUP:
+            return self._receive_refusal(item[3] if op == P.SUBSCRIBE else item[2])
         if op == P.FORWARD:
             if not permissions.forward:
                 return self._denied("forward messages", "forward = false: only queue managers' users forward")
             if item[2].startswith("$") and not permissions.admin:
                 return self._denied(f"forward to {item[2]!r}", "system queues need admin")
             return None
-        if op == P.CREATE or op == P.DELETE:
+        if op == P.CREATE or op == P.DELETE or op == P.PURGE:
             if not permissions.admin:
-                verb = "create" if op == P.CREATE else "delete"
+                verb = {P.CREATE: "create", P.DELETE: "delete", P.PURGE: "purge"}[op]
                 return self._denied(f"{verb} queue {item[2]!r}", "admin = false")
             return None
-        if op == P.INFO:
+        if op == P.INFO or op == P.SETTINGS:
             name = item[2]
             if name is not None and not self.visible(name):
                 return self._denied(f"see queue {name!r}", "neither send nor receive permission for it")

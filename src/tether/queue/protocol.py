@@ -10,7 +10,7 @@ array whose first element is its op code:
     [HELLO, rid, version, client_id, epoch, held, user, password]   first item of a session
     [CREATE, rid, name, settings]                       create_queue
     [DELETE, rid, name]                                 delete_queue
-    [SEND, rid, address, body, headers, ttl, sequence]  send, numbered by the producer
+    [SEND, rid, address, body, headers, ttl, sequence, options]  send, numbered by the producer
     [SUBSCRIBE, rid, consumer, queue, credit]           start delivering `queue` to `consumer`
     [CREDIT, 0, consumer, credit]                       the consumer may take `credit` more
     [UNSUBSCRIBE, rid, consumer]                        stop delivering
@@ -19,9 +19,16 @@ array whose first element is its op code:
     [COMPLETE, rid, tag] / [ABANDON, rid, tag]          settle a peek-locked message
     [INFO, rid, name]                                   queue_info; name nil: every queue
     [TX_BEGIN, rid] / [TX_COMMIT, rid, txid] / [TX_ROLLBACK, rid, txid]
-    [TX_SEND, rid, txid, address, body, headers, ttl]
-    [FORWARD, rid, queue, sequence, id, body, headers, enqueued_at, expires_at]
+    [TX_SEND, rid, txid, address, body, headers, ttl, options]
+    [FORWARD, rid, queue, sequence, id, body, headers, enqueued_at, expires_at, options]
     [SETTLED, 0, floor]                                 the producer settled every sequence < floor
+    [PEEK, rid, queue, count]                           up to `count` messages, unlocked (tag 0)
+    [PURGE, rid, name]                                  purge_queue: the count removed
+    [RENEW, rid, tag]                                   extend a peek-lock: its new validity
+    [SETTINGS, rid, name]                               a queue's settings
+    [ACCEPT_GROUP, rid, queue, timeout]                 hold the next free group: [group_id, handle] or nil
+    [GROUP_RECEIVE, rid, handle, timeout]               the held group's next message (or nil)
+    [GROUP_RELEASE, rid, handle]                        let the group go (its locked messages abandoned)
 
     replies and pushes (service -> client)
     [REPLY, rid, value]
@@ -40,10 +47,15 @@ with users refuses a HELLO without them, or with wrong ones, with an ERROR
 (nil: anonymous, with every permission). Every later request is checked against that
 user's permissions (permissions.py): a refused one is answered `permission-denied`.
 
+`options` is nil (the defaults) or a map of a send's options (OPTIONS): `priority` (0..7),
+`delay` (seconds >= 0), `deliver_at` (epoch seconds), `group_id`, `journal` (keep a copy in
+the service's $journal once a forwarded message is acknowledged); FORWARD carries
+`priority`, `deliver_at` and `group_id` from the sending queue manager.
+
 A message on the wire is [tag, id, body, headers, delivery_count, enqueued_at, expires_at,
-dead_letter_reason, dead_letter_source, sequence]: `tag` names its peek-lock (COMPLETE and
-ABANDON quote it), `headers` are the encoded header bytes (or nil), `sequence` is its
-producer's number (a forwarder matches returned rejects with it). `validity` is the seconds
+dead_letter_reason, dead_letter_source, sequence, priority, group_id]: `tag` names its peek-lock
+(COMPLETE and ABANDON quote it), `headers` are the encoded header bytes (or nil), `sequence`
+is its producer's number (a forwarder matches returned rejects with it). `validity` is the seconds
 its peek-lock lasts.
 
 The service refuses a HELLO of another VERSION with an ERROR naming both. Every field of
@@ -61,7 +73,7 @@ import msgpack
 from .. import errors
 from ..errors import ProtocolError, TetherError
 
-VERSION = 3
+VERSION = 4
 
 # requests
 HELLO = 1
@@ -82,6 +94,13 @@ TX_COMMIT = 15
 TX_ROLLBACK = 16
 FORWARD = 17
 SETTLED = 18
+PEEK = 19
+PURGE = 20
+RENEW = 21
+SETTINGS = 22
+ACCEPT_GROUP = 23
+GROUP_RECEIVE = 24
+GROUP_RELEASE = 25
 # replies and pushes
 REPLY = 100
 ERROR = 101
@@ -102,9 +121,10 @@ MAX_PASSWORD = 1024
 MAX_ID = 255              # message ids
 MAX_CREDIT = 1 << 20
 MAX_SEQUENCE = (1 << 63) - 1
+MAX_PEEK = 4096           # messages one PEEK returns at most
 EXPIRED_CODE = "expired"
 #: The length of a message on the wire (see the module docstring).
-MESSAGE_FIELDS = 10
+MESSAGE_FIELDS = 12
 
 
 def encode(items: list) -> bytes:
@@ -159,6 +179,12 @@ def _str(limit: int) -> Callable[[str, str, Any], str]:
             raise _fail(op, field, value, f"a string of 1..{limit} characters")
         return value
     return check
+
+
+def _bool(op: str, field: str, value: Any) -> bool:
+    if value.__class__ is not bool:
+        raise _fail(op, field, value, "true or false")
+    return value
 
 
 def _optional(inner: Callable[[str, str, Any], Any]) -> Callable[[str, str, Any], Any]:
@@ -231,6 +257,35 @@ _credit = _int(0, MAX_CREDIT)
 _sequence = _int(0, MAX_SEQUENCE)
 _ttl = _optional(_number)
 
+
+def _priority(op: str, field: str, value: Any) -> int:
+    if value.__class__ is not int or not 0 <= value <= 7:
+        raise _fail(op, field, value, "an integer 0..7")
+    return value
+
+
+#: A send's options (the `options` map), each with its check.
+OPTIONS: dict[str, Callable[[str, str, Any], Any]] = {
+    "priority": _priority,
+    "delay": _seconds,
+    "deliver_at": _number,
+    "group_id": _str(255),
+    "journal": _bool,
+}
+
+
+def _options(op: str, field: str, value: Any) -> dict | None:
+    if value is None:
+        return None
+    if value.__class__ is not dict:
+        raise _fail(op, field, value, "a map of send options or nil")
+    for key, option in value.items():
+        check = OPTIONS.get(key) if key.__class__ is str else None
+        if check is None:
+            raise _fail(op, field, key, f"a map with keys among {', '.join(OPTIONS)}")
+        check(op, f"{field}.{key}", option)
+    return value
+
 # op -> (name, field names and checks after the op and rid)
 REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
     HELLO: ("hello", (("version", _int(0, 1 << 16)), ("client_id", _client_id), ("epoch", _int(0, 1 << 62)),
@@ -239,7 +294,7 @@ REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
     CREATE: ("create", (("name", _name), ("settings", _settings))),
     DELETE: ("delete", (("name", _name),)),
     SEND: ("send", (("address", _name), ("body", _bytes), ("headers", _headers), ("ttl", _ttl),
-                    ("sequence", _sequence))),
+                    ("sequence", _sequence), ("options", _options))),
     SUBSCRIBE: ("subscribe", (("consumer", _consumer), ("queue", _name), ("credit", _credit))),
     CREDIT: ("credit", (("consumer", _consumer), ("credit", _credit))),
     UNSUBSCRIBE: ("unsubscribe", (("consumer", _consumer),)),
@@ -250,12 +305,20 @@ REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
     INFO: ("info", (("name", _optional(_name)),)),
     TX_BEGIN: ("tx-begin", ()),
     TX_SEND: ("tx-send", (("txid", _txid), ("address", _name), ("body", _bytes), ("headers", _headers),
-                          ("ttl", _ttl))),
+                          ("ttl", _ttl), ("options", _options))),
     TX_COMMIT: ("tx-commit", (("txid", _txid),)),
     TX_ROLLBACK: ("tx-rollback", (("txid", _txid),)),
     FORWARD: ("forward", (("queue", _name), ("sequence", _sequence), ("id", _id), ("body", _bytes),
-                          ("headers", _headers), ("enqueued_at", _number), ("expires_at", _optional(_number)))),
+                          ("headers", _headers), ("enqueued_at", _number), ("expires_at", _optional(_number)),
+                          ("options", _options))),
     SETTLED: ("settled", (("floor", _sequence),)),
+    PEEK: ("peek", (("queue", _name), ("count", _int(1, MAX_PEEK)))),
+    PURGE: ("purge", (("name", _name),)),
+    RENEW: ("renew", (("tag", _tag),)),
+    SETTINGS: ("settings", (("name", _name),)),
+    ACCEPT_GROUP: ("accept-group", (("queue", _name), ("timeout", _optional(_seconds)))),
+    GROUP_RECEIVE: ("group-receive", (("handle", _int(1, (1 << 63) - 1)), ("timeout", _optional(_seconds)))),
+    GROUP_RELEASE: ("group-release", (("handle", _int(1, (1 << 63) - 1)),)),
 }
 
 
@@ -269,11 +332,11 @@ def parse_request(item: Any) -> list:
         rid, tag = item[1], item[2]
         if rid.__class__ is int and 0 <= rid < _RID_END and tag.__class__ is int and 0 < tag < _RID_END:
             return item
-    elif op == SEND and len(item) == 7:
-        rid, address, body, headers, ttl, sequence = item[1:]
+    elif op == SEND and len(item) == 8:
+        rid, address, body, headers, ttl, sequence, options = item[1:]
         if rid.__class__ is int and 0 <= rid < _RID_END and address.__class__ is str \
                 and 0 < len(address) <= MAX_NAME and body.__class__ is bytes \
-                and (headers is None or headers.__class__ is dict) and ttl is None \
+                and (headers is None or headers.__class__ is dict) and ttl is None and options is None \
                 and sequence.__class__ is int and 0 <= sequence <= MAX_SEQUENCE:
             return item
     spec = REQUESTS.get(op) if op.__class__ is int else None
@@ -301,7 +364,14 @@ def _message_fields(op: str, field: str, value: Any) -> list:
     _optional(_str(MAX_NAME))(op, "message.dead_letter_reason", value[7])
     _optional(_str(MAX_NAME))(op, "message.dead_letter_source", value[8])
     _sequence(op, "message.sequence", value[9])
+    _priority(op, "message.priority", value[10])
+    _optional(_str(255))(op, "message.group_id", value[11])
     return value
+
+
+def check_message(op: str, value: Any) -> list:
+    """A message's wire fields, checked; ProtocolError naming what is wrong."""
+    return _message_fields(op, "message", value)
 
 
 def _any(op: str, field: str, value: Any) -> Any:
@@ -331,7 +401,8 @@ def parse_response(item: Any) -> list:
         consumer, fields, validity = item[1], item[2], item[3]
         if consumer.__class__ is int and 0 < consumer < _RID_END and validity.__class__ in (int, float) \
                 and 0 <= validity < math.inf and fields.__class__ is list and len(fields) == MESSAGE_FIELDS:
-            tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence = fields
+            tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
+                group_id = fields
             if tag.__class__ is int and 0 < tag < _RID_END and message_id.__class__ is str \
                     and 0 < len(message_id) <= MAX_ID and body.__class__ is bytes \
                     and (headers is None or headers.__class__ is bytes) \
@@ -339,7 +410,9 @@ def parse_response(item: Any) -> list:
                     and enqueued_at.__class__ in (int, float) and math.isfinite(enqueued_at) \
                     and (expires_at is None or (expires_at.__class__ in (int, float) and math.isfinite(expires_at))) \
                     and reason is None and source is None \
-                    and sequence.__class__ is int and 0 <= sequence <= MAX_SEQUENCE:
+                    and sequence.__class__ is int and 0 <= sequence <= MAX_SEQUENCE \
+                    and priority.__class__ is int and 0 <= priority <= 7 \
+                    and (group_id is None or (group_id.__class__ is str and 0 < len(group_id) <= 255)):
                 return item
     spec = RESPONSES.get(op) if op.__class__ is int else None
     if spec is None:
@@ -357,7 +430,15 @@ def parse_response(item: Any) -> list:
 def message_fields(entry: Any) -> list:
     """A locked core entry as the wire's message fields (its lock tag first)."""
     return [entry.tag, entry.id, entry.body, entry.headers, entry.delivery_count, entry.enqueued_at,
-            entry.expires_at, entry.dead_letter_reason, entry.dead_letter_source, entry.sequence]
+            entry.expires_at, entry.dead_letter_reason, entry.dead_letter_source, entry.sequence, entry.priority,
+            entry.group_id]
+
+
+def peeked_fields(message: Any) -> list:
+    """A peeked Message as the wire's message fields (tag 0: no lock)."""
+    return [0, message.id, message.body, message._encoded_headers, message.delivery_count, message.enqueued_at,
+            message.expires_at, message.dead_letter_reason, message.dead_letter_source, message.sequence,
+            message.priority, message.group_id]
 
 
 _ERRORS: dict[str, type[TetherError]] = {

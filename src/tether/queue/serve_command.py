@@ -64,7 +64,9 @@ async def serve_forever(config: cfg.ServiceConfig, stop: asyncio.Event | None = 
     server_context = config.server_context()
     qm = await QueueManager.open(config.data_dir, fsync=config.fsync, fsync_interval=config.fsync_interval,
                                  remotes=config.remotes, max_queues=config.max_queues,
-                                 max_disk_bytes=config.max_disk_bytes or None)
+                                 max_disk_bytes=config.max_disk_bytes or None,
+                                 source_journal=config.source_journal, journal_max_length=config.journal_max_length,
+                                 journal_time_to_live=config.journal_time_to_live)
     services: list[QueueService] = []
     try:
         for name, settings in config.queues.items():

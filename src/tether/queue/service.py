@@ -137,6 +137,7 @@ class QueueService:
             if state.connection is not None:
                 state.connection.stop_consumers()
             await state.rollback_transactions()
+            state.release_groups()
             state.cancel_grace()
         self._server.close()
         await self._server.wait_closed()
@@ -235,8 +236,9 @@ class QueueService:
             state.connection.abort("the client did not come back within client_grace")
         del self.clients[state.client_id]
         released = state.release_all_but(set())
-        log.info("client %s did not come back within %g s: %d locks released, its transactions roll back",
-                 state.client_id.hex()[:12], self.client_grace, released)
+        groups = state.release_groups()
+        log.info("client %s did not come back within %g s: %d locks and %d groups released, its transactions "
+                 "roll back", state.client_id.hex()[:12], self.client_grace, released, groups)
         task = self._loop.create_task(state.rollback_transactions())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

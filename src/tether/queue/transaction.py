@@ -58,13 +58,17 @@ class Transaction:
         return message
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
-                   time_to_live: float | None = None) -> str:
+                   time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
+                   deliver_at: float | None = None, group_id: str | None = None,
+                   journal: bool | None = None) -> str:
         """Like QueueManager.send(), but the message is queued only at commit. Returns its id."""
         self._check_active()
         name = await self._route(address)
         self._check_transactional(name)
         entry = self._operations.prepare(name, body, headers=headers, time_to_live=time_to_live,
-                                         destination=address if name != address else None)
+                                         destination=address if name != address else None,
+                                         priority=priority, delay=delay, deliver_at=deliver_at,
+                                         group_id=group_id, journal=journal)
         self._sends.append(entry)
         return entry.id
 
@@ -111,6 +115,11 @@ class Transaction:
 
     async def abandon_message(self, message: Message) -> None:
         raise TransactionError(f"message {message.id} belongs to a transaction: it is returned by rollback()")
+
+    async def renew_message(self, message: Message) -> None:
+        """A message of this transaction keeps its lock longer (until commit or rollback)."""
+        self._check_active()
+        message._lock_deadline = self._operations.renew(message._entry, message._tag)
 
     async def __aenter__(self) -> "Transaction":
         return self

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Iterator
 
 from ...errors import (
@@ -31,11 +31,13 @@ from ...layer1 import RangeSet, module
 from . import records as R
 from .address import split_subqueue, validate_queue_name
 from .deadletter import EXPIRED, REJECTED, dead_letter_queue_name
-from .entry import RECORD_FIELDS, Entry
+from .entry import DEFAULT_PRIORITY, MAX_PRIORITY, RECORD_FIELDS, Entry
 from .headers import HeadersTooLarge, encode_headers
 from .info import QueueInfo
 from .lifecycle import (
-    DROP, EXPIRE, GONE, LOCKED, READY, RELEASE, RENEW, SETTLE, SETTLING, TAKE, WRITE_FAILED_LOCKED,
+    DROP, DUE, EXPIRE, GONE, LOCKED, POISON_GROUP, PURGE, READY, RELEASE, RENEW, SCHEDULE, SETTLE, SETTLING,
+    TAKE,
+    WRITE_FAILED_LOCKED,
     WRITE_FAILED_READY, WRITTEN_BACK, WRITTEN_GONE, advance,
 )
 from .pending_records import PendingRecords
@@ -45,7 +47,8 @@ from .replay import ReplayState
 from .retry_rule import POISON as POISON_STEP
 from .retry_rule import RETRY_LATER, RETRY_NOW, after_failure
 from .settings import SYSTEM_DEAD_LETTER_QUEUE, QueueSettings
-from .system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
+from .source_journal import JournalSettings
+from .system_queues import JOURNAL_QUEUE, RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
 
 DeadlineHeap = module("rtt").DeadlineHeap
 
@@ -74,7 +77,8 @@ class QueueCore:
     """The queues of one queue manager (see the module docstring)."""
 
     def __init__(self, manager_id: bytes, *, journaled: bool,
-                 producer_expiry: float = DEFAULT_PRODUCER_EXPIRY, max_queues: int = DEFAULT_MAX_QUEUES) -> None:
+                 producer_expiry: float = DEFAULT_PRODUCER_EXPIRY, max_queues: int = DEFAULT_MAX_QUEUES,
+                 journal: JournalSettings | None = None) -> None:
         if manager_id.__class__ is not bytes or not 8 <= len(manager_id) <= 64:
             raise ValueError(f"manager_id must be 8..64 bytes, not {manager_id!r}")
         if not (producer_expiry > 0 and math.isfinite(producer_expiry)):
@@ -107,6 +111,9 @@ class QueueCore:
         self._identity_journaled = False
         self._closed = False
         self._define(SYSTEM_DEAD_LETTER_QUEUE, settings_for(SYSTEM_DEAD_LETTER_QUEUE))
+        #: the source journal's settings, and its queue (source_journal.py)
+        self.journal_settings = journal if journal is not None else JournalSettings()
+        self._journal_queue = self._define(JOURNAL_QUEUE, settings_for(JOURNAL_QUEUE))
 
     # ------------------------------------------------------------------ recovery
 
@@ -145,13 +152,23 @@ class QueueCore:
             for entry in entries.values():
                 # a transmission queue's messages may have been sent before the restart
                 entry.handed = numbered
+                if queue.app and entry.deliver_at is not None and entry.deliver_at > now:
+                    self._admit_scheduled(queue, entry)
+                    continue
                 self._admit(queue, entry)
                 queue.push_ready(entry)
+                if queue.kind == RETRY and queue.parent.app and entry.group_id is not None \
+                        and entry.dead_letter_reason is None:
+                    queue.parent.group_of(entry).retrying += 1      # its group waits for it
                 if entry.key >= self._next_key:
                     self._next_key = entry.key + 1
             self._rearm(queue)
             if queue.kind == POISON:
                 self._poison_changed(queue.main)
+        for queue in list(self._queues.values()):
+            for group in list(queue.groups.values()):
+                self._group_changed(queue, group, now)
+        self._trim_journal(now)       # (journal_max_length may be lower than before)
         if self.producers.by_pid:
             self._producer_sweep_at = now + self._producer_sweep_interval()
 
@@ -242,7 +259,7 @@ class QueueCore:
         main.poison = Queue(name + ";poison", settings, journaled=journaled, kind=POISON, parent=main)
         for queue in (main, main.retry, main.poison):
             self._queues[queue.name] = queue
-        if name != SYSTEM_DEAD_LETTER_QUEUE:
+        if name != SYSTEM_DEAD_LETTER_QUEUE and name != JOURNAL_QUEUE:
             self._definitions[name] = settings
         if not name.startswith("$"):
             self._sendable[name] = main
@@ -266,8 +283,12 @@ class QueueCore:
                 queue.deleted = True
                 for entry in list(queue.entries()):
                     advance(entry, DROP)
-                    self._remove(queue, entry)
-                queue.ready.clear()
+                    self._remove(queue, entry, now)
+                for ready in queue.levels:
+                    ready.clear()
+                queue.scheduled.clear()
+                queue.groups.clear()
+                queue.available.clear()
                 queue.depth = 0
                 queue.fail_waiters(error)
                 self._timers.cancel(queue)
@@ -312,23 +333,30 @@ class QueueCore:
         queue = self._queue(name)
         if queue.kind != MAIN:
             return QueueInfo(queue.name, queue.settings.durable, queue.depth, _locked(queue), 0, 0, 0,
-                             queue.bytes, False, len(queue.waiters))
+                             queue.bytes, False, len(queue.waiters), 0, 0)
         return QueueInfo(
             name=queue.name, durable=queue.settings.durable, depth=queue.depth, in_flight=_locked(queue),
-            retrying=queue.retry.held, dead_lettered=self._dead_counts.get(queue.name, 0),
+            retrying=queue.retry.held, dead=self._dead_counts.get(queue.name, 0),
             poison=queue.poison.held, bytes=queue.bytes + queue.retry.bytes + queue.poison.bytes,
-            faulted=queue.faulted, waiting=len(queue.waiters))
+            faulted=queue.faulted, waiting=len(queue.waiters), scheduled=len(queue.scheduled),
+            groups=len(queue.groups))
 
     # ------------------------------------------------------------------ sending
 
     def prepare(self, name: str, body: Any, now: float, *, headers: Any = None,
                 time_to_live: Any = None, destination: str | None = None, id: str | None = None,
-                enqueued_at: float | None = None, expires_at: Any = ..., origin: str | None = None) -> Entry:
+                enqueued_at: float | None = None, expires_at: Any = ..., origin: str | None = None,
+                priority: Any = None, delay: Any = None, deliver_at: Any = None, group_id: Any = None,
+                journal: Any = None) -> Entry:
         """A new entry for queue `name` (an application queue, or a system queue the adapter
-        routes to), checked: TypeError/ValueError for a bad body, headers or time-to-live,
-        QueueMessageTooLarge over max_message_size, QueueNotFound. It joins the queue
-        through send() or commit(). `expires_at` (when given) overrides the time-to-live;
-        `id`, `enqueued_at` and `origin` are kept from another queue manager when forwarded."""
+        routes to), checked: TypeError/ValueError for a bad body, headers, time-to-live,
+        priority (0..7, default 3) or delivery time (`delay` seconds from now, or
+        `deliver_at` wall-clock seconds; not both) or group_id (a string of 1..255
+        characters, or None) or journal (True, False, or None: the manager's
+        source_journal, for a `destination`), QueueMessageTooLarge over
+        max_message_size, QueueNotFound. It joins the queue through send() or commit().
+        `expires_at` (when given) overrides the time-to-live; `id`, `enqueued_at` and
+        `origin` are kept from another queue manager when forwarded."""
         queue = self._sendable.get(name)
         if queue is None:
             queue = self._send_target(name)
@@ -353,11 +381,17 @@ class QueueCore:
             expires_at = None if ttl is None else now + ttl
         elif expires_at is not None:
             expires_at = float(expires_at)
+        priority = DEFAULT_PRIORITY if priority is None else check_priority(priority)
+        deliver_at = delivery_time(delay, deliver_at, now)
+        if group_id is not None:
+            check_group_id(group_id)
+        journal = self.journal_settings.wanted(journal, destination)
         key = self._next_key
         self._next_key = key + 1
         entry = Entry(key, id if id is not None else f"{self.id_prefix}{key:x}", body, encoded,
                       now if enqueued_at is None else float(enqueued_at), expires_at,
-                      destination=destination, origin=origin)
+                      destination=destination, origin=origin, priority=priority, deliver_at=deliver_at,
+                      group_id=group_id, journal=journal)
         entry.queue = queue
         return entry
 
@@ -392,6 +426,7 @@ class QueueCore:
         results: list[SendResult | BaseException] = []
         ops: list[list] = []
         journaled: list[tuple[Entry, int]] = []       # (entry, its producer sequence; -1: none)
+        copied: list[Entry] = []                      # local, sent with journal=True: copies
         added: Counter[Queue] = Counter()
         in_batch: set[tuple[str, int]] = set()
         for i, entry in enumerate(entries):
@@ -427,6 +462,8 @@ class QueueCore:
                 in_batch.add((queue.name, dedupe))
             if queue.numbered:
                 self._number(queue, entry)
+            elif entry.journal:
+                copied.append(entry)
             if queue.journaled:
                 added[queue] += 1
                 ops.append([R.ENQUEUE, queue.name, entry.to_record(), dedupe] if dedupe >= 0
@@ -439,6 +476,7 @@ class QueueCore:
                 self._arrive(queue, entry, now)
                 results.append(SendResult(entry.id, None))
         if not journaled:
+            self._copy_to_journal(copied, now)
             return results
         for queue, count in added.items():
             queue.reserved += count
@@ -464,6 +502,7 @@ class QueueCore:
                     producers.unreserve(producer, entry.queue.name, dedupe)
 
         record = self.records.add(ops, apply, undo)
+        self._copy_to_journal(copied, now)          # the same record
         for entry, dedupe in journaled:
             if dedupe >= 0:
                 producers.reserve(producer, entry.queue.name, dedupe, record)
@@ -505,12 +544,30 @@ class QueueCore:
             raise QueueNotFound(f"queue {queue.name!r} was deleted")
         if queue.numbered:
             self._number(queue, entry)
+        if entry.journal and not queue.numbered:
+            return self.commit([], [entry], now)        # with its $journal copy, in one record
         if not queue.journaled:
             self._arrive(queue, entry, now)
             return None
         queue.reserved += 1
         return self.records.add_to_run([R.ENQUEUE, queue.name, entry.to_record()], self._arrived_reserved,
                                        self._unreserved, entry)
+
+    def _journal_copy(self, entry: Entry, now: float) -> Entry:
+        """The $journal copy of a message sent with journal=True to a local queue."""
+        key = self._next_key
+        self._next_key = key + 1
+        copy = Entry(key, entry.id, entry.body, entry.headers, entry.enqueued_at,
+                     self.journal_settings.expires_at(now), destination=entry.queue.name,
+                     priority=entry.priority)
+        copy.queue = self._journal_queue
+        return copy
+
+    def _copy_to_journal(self, entries: list[Entry], now: float) -> None:
+        """The $journal copies of local messages sent with journal=True, joining the open
+        record (the one their messages are in) or at once."""
+        if entries:
+            self.commit([], [self._journal_copy(entry, now) for entry in entries], now)
 
     def _arrived_reserved(self, entries: list[Entry], now: float) -> None:
         """A run of send_one() entries is written: each joins its queue."""
@@ -589,6 +646,8 @@ class QueueCore:
         if queue.faulted:
             raise self._poison_error(queue)
         if queue.timer_at <= now and self._hold.get(queue, 0.0) <= now:
+            if queue.scheduled:
+                self._scheduled_due(queue, now)      # due before the timer got to them
             self._expire_due(queue, now)     # before the timer got to them: never delivered
         entry = queue.take()
         if entry is None:
@@ -607,6 +666,50 @@ class QueueCore:
         if deadline < queue.timer_at:
             self._schedule(queue, deadline)
         return entry
+
+    def peek(self, name: str, count: int, now: float) -> list[Entry]:
+        """Up to `count` entries of queue (or sub-queue) `name` that a receiver would get
+        next, in that order: not locked, no delivery counted. QueueNotFound."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"peek count must be an integer >= 1, not {count!r}")
+        queue = self._queue(name)
+        out = []
+        for entry in queue.ready_entries():
+            if queue.expires(entry) and entry.expires_at <= now:
+                continue            # the expiry timer takes it: nobody receives it
+            out.append(entry)
+            if len(out) == count:
+                break
+        return out
+
+    def purge(self, name: str, now: float) -> tuple[int, int | None]:
+        """Remove every message waiting in queue (or sub-queue) `name` (locked ones stay with
+        their receivers), durably: (how many, the record to wait for or None)."""
+        self._check_open()
+        queue = self._queue(name)
+        entries = list(queue.ready_entries())
+        if not entries:
+            return 0, None
+        return len(entries), self._drop_ready(queue, entries, now)
+
+    def _drop_ready(self, queue: Queue, entries: list[Entry], now: float) -> int | None:
+        """Remove READY `entries` of `queue`, durably: the record to wait for, or None."""
+        for entry in entries:
+            self._settle_ready(queue, entry, PURGE)
+
+        def apply(now: float) -> None:
+            for entry in entries:
+                if entry.state == SETTLING:
+                    advance(entry, WRITTEN_GONE)
+                    self._remove(queue, entry, now)
+            self._rearm(queue)
+
+        def undo(now: float) -> None:
+            for entry in entries:
+                self._unsettle(entry, now)
+
+        ops = [[R.REMOVE, queue.name, entry.key] for entry in entries]
+        return self._journal(queue, ops, apply, undo, now)
 
     def wait(self, name: str, waiter: Waiter) -> None:
         """`waiter` gets the next entry of queue `name` that becomes ready (waiters are served
@@ -636,12 +739,40 @@ class QueueCore:
             self._schedule(queue, entry.lock_deadline)
 
     def _arrive(self, queue: Queue, entry: Entry, now: float, front: bool = False) -> None:
-        """`entry` joins `queue` (READY): handed to the longest waiter, or queued."""
+        """`entry` joins `queue` (READY): handed to the longest waiter, or queued; or, when
+        its delivery time is still to come in an application queue, SCHEDULED until then."""
         entry.state = READY
+        if queue.app and entry.deliver_at is not None and entry.deliver_at > now:
+            self._admit_scheduled(queue, entry)
+            return
         self._admit(queue, entry)
+        if queue is self._journal_queue:
+            self._trim_journal(now)
         if queue.kind == POISON:
             self._poison_changed(queue.main)
         self._offer(queue, entry, now, front)
+
+    def _admit_scheduled(self, queue: Queue, entry: Entry) -> None:
+        """A READY `entry` is held in application queue `queue` until its deliver_at (its
+        time-to-live is looked at once it is due)."""
+        entry.queue = queue
+        queue.held += 1
+        queue.bytes += len(entry.body)
+        advance(entry, SCHEDULE)
+        queue.schedule(entry)
+        if entry.deliver_at < queue.timer_at:
+            self._schedule(queue, entry.deliver_at)
+
+    def _scheduled_due(self, queue: Queue, now: float) -> None:
+        """Scheduled entries whose delivery time came: READY, to a waiter or the ready list
+        (one whose time-to-live ran out meanwhile is left to the expiry timer)."""
+        for entry in queue.scheduled_due(now):
+            advance(entry, DUE)
+            if queue.expires(entry):
+                queue.expiry.add(entry)
+                if entry.expires_at < queue.timer_at:
+                    self._schedule(queue, entry.expires_at)
+            self._offer(queue, entry, now, False)
 
     def _admit(self, queue: Queue, entry: Entry) -> None:
         entry.queue = queue
@@ -661,6 +792,10 @@ class QueueCore:
     def _offer(self, queue: Queue, entry: Entry, now: float, front: bool) -> None:
         """A READY entry of `queue` without a ready-list slot: to a waiter, or into the list
         (where one whose time-to-live ran out waits for the expiry timer)."""
+        if entry.group_id is not None and queue.app and entry.dead_letter_reason is None:
+            queue.push_ready(entry, front)          # into its group: received whole
+            self._group_changed(queue, queue.groups[entry.group_id], now)
+            return
         expired = queue.expires(entry) and entry.expires_at <= now
         if queue.waiters and not queue.faulted and not expired:
             waiter = queue.next_waiter()
@@ -669,11 +804,13 @@ class QueueCore:
             return
         queue.push_ready(entry, front)
 
-    def _remove(self, queue: Queue, entry: Entry) -> None:
+    def _remove(self, queue: Queue, entry: Entry, now: float) -> None:
         """`entry` (GONE) leaves `queue`."""
         queue.remove(entry)
         if entry.dead_letter_source is not None or queue.kind == POISON:
             self._removed_special(queue, entry)
+        if entry.group_id is not None:
+            self._group_left(queue, entry, now)
 
     def _removed_special(self, queue: Queue, entry: Entry) -> None:
         """A dead letter left (its source's count drops), or a poison message (the queue
@@ -710,10 +847,10 @@ class QueueCore:
         entry.state = SETTLING          # the table's SETTLE (LOCKED was checked above)
         entry.before = LOCKED
         if not queue.journaled:
-            self._gone(queue, entry)
+            self._gone(queue, entry, now)
             return None
         return self.records.add([[R.REMOVE, queue.name, entry.key]],
-                                 lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now))
+                                 lambda now: self._gone(queue, entry, now), lambda now: self._unsettle(entry, now))
 
     def complete_many(self, receipts: list[tuple[Entry, int]], now: float) -> tuple[int | None, list[LockLost | None]]:
         """complete() of many entries in one record: the record to wait for, and per entry
@@ -731,7 +868,53 @@ class QueueCore:
                 record = number
         return record, errors
 
-    def _gone(self, queue: Queue, entry: Entry) -> None:
+    def forwarded(self, entry: Entry, tag: int, now: float) -> int | None:
+        """A transmission queue's message was accepted by its target: complete it, or, when
+        it is to be journaled, move it to $journal in the same record (source_journal.py).
+        The record to wait for, or None. LockLost."""
+        queue = entry.queue
+        if not entry.journal or queue is None or not queue.numbered:
+            return self.complete(entry, tag, now)
+        queue = self._locked_entry(entry, tag, now)
+        advance(entry, SETTLE)
+        entry.before = LOCKED
+        return self._move(queue, entry, self._journal_queue, now, expires_at=self.journal_settings.expires_at(now),
+                          retry_at=None, journal=False, deliver_at=None, group_id=None)
+
+    def forwarded_many(self, receipts: list[tuple[Entry, int]], now: float) -> tuple[int | None, list[LockLost | None]]:
+        """forwarded() of many entries in one record (as complete_many)."""
+        errors: list[LockLost | None] = []
+        record = None
+        for entry, tag in receipts:
+            try:
+                number = self.forwarded(entry, tag, now)
+            except LockLost as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
+            if number is not None:
+                record = number
+        return record, errors
+
+    def _trim_journal(self, now: float) -> None:
+        """$journal holds at most journal_max_length copies: the oldest go."""
+        queue = self._journal_queue
+        limit = self.journal_settings.journal_max_length
+        if limit is None or queue.deleted:
+            return
+        going = sum(1 for entry in queue.inflight.values() if entry.state == SETTLING)
+        excess = queue.held - going - limit
+        if excess <= 0:
+            return
+        oldest = []
+        for entry in queue.ready_entries():
+            oldest.append(entry)
+            if len(oldest) == excess:
+                break
+        if oldest:
+            self._drop_ready(queue, oldest, now)
+
+    def _gone(self, queue: Queue, entry: Entry, now: float) -> None:
         state = entry.state
         if state == GONE:
             return       # its queue was deleted meanwhile
@@ -742,11 +925,14 @@ class QueueCore:
         queue.remove(entry)
         if entry.dead_letter_source is not None or queue.kind == POISON:
             self._removed_special(queue, entry)
+        if entry.group_id is not None:
+            self._group_left(queue, entry, now)
 
 
-    def _settle_ready(self, queue: Queue, entry: Entry) -> None:
-        """A READY entry is about to move (expiry, retry delay over): not takeable meanwhile."""
-        advance(entry, EXPIRE)
+    def _settle_ready(self, queue: Queue, entry: Entry, event: str = EXPIRE) -> None:
+        """A READY entry is about to move (expiry, retry delay over) or go (purge): not
+        takeable meanwhile."""
+        advance(entry, event)
         entry.before = READY
         queue.waiting(entry)
         queue.inflight[entry.key] = entry      # enumerable (snapshot, delete) while it settles
@@ -760,13 +946,15 @@ class QueueCore:
         self._hold[queue] = now + STORAGE_RETRY_DELAY
         if entry.before == LOCKED:
             advance(entry, WRITE_FAILED_LOCKED)
+            if entry.group is not None:          # its holder may take the next one now
+                self._group_changed(queue, entry.group, now)
         else:
             advance(entry, WRITE_FAILED_READY)
             del queue.inflight[entry.key]
             if queue.expires(entry):
                 queue.expiry.add(entry)
             if entry.in_ready:
-                queue.depth += 1
+                queue.waiting_again(entry)
             else:
                 self._offer(queue, entry, now, True)
         self._rearm(queue)
@@ -781,6 +969,8 @@ class QueueCore:
         advance(entry, RELEASE)
         entry.delivery_count -= 1
         queue.unlock(entry)
+        if entry.group is not None:
+            self._ungroup(entry)
         self._back(queue, entry, now)
         return True
 
@@ -816,6 +1006,175 @@ class QueueCore:
         entry.before = LOCKED
         return self._dead_letter(queue, entry, reason, now)
 
+
+    # ------------------------------------------------------------------ groups
+
+    def accept_group(self, name: str, holder: Any, now: float) -> Any:
+        """Hold the first available group of application queue `name` for `holder` (an
+        adapter's token): the Group (its `group_id`), or None when none is available (wait
+        with wait_group). QueueNotFound, PoisonMessage, ValueError for a queue without groups."""
+        self._check_open()
+        queue = self._group_queue(name)
+        if queue.timer_at <= now and self._hold.get(queue, 0.0) <= now:
+            if queue.scheduled:
+                self._scheduled_due(queue, now)
+            self._expire_due(queue, now)
+        while queue.available:
+            group = next(iter(queue.available))
+            del queue.available[group]
+            if group.available:
+                group.holder = holder
+                return group
+        return None
+
+    def wait_group(self, name: str, waiter: Any) -> None:
+        """`waiter` (hand_group(group) / fail(error)) gets the next group of `name` that
+        becomes available, held for it. Check accept_group first."""
+        self._check_open()
+        queue = self._group_queue(name)
+        queue.group_waiters[waiter] = None
+
+    def stop_waiting_group(self, name: str, waiter: Any) -> bool:
+        """`waiter` no longer waits for a group; False if it was not waiting."""
+        queue = self._queues.get(name)
+        return queue is not None and queue.group_waiters.pop(waiter, 0) is None
+
+    def take_group(self, group: Any, holder: Any, now: float) -> Entry | None:
+        """The next message of a held group, in send order, peek-locked; None when none is
+        ready (or one waits in ;retry: nothing after it may come first). LockLost when
+        `holder` does not hold the group; QueueNotFound, PoisonMessage."""
+        queue = self._held(group, holder)
+        if queue.timer_at <= now and self._hold.get(queue, 0.0) <= now:
+            if queue.scheduled:
+                self._scheduled_due(queue, now)
+            self._expire_due(queue, now)
+        if group.blocked or group.settling:
+            return None
+        entry = self._pop_group(queue, group, now)
+        if entry is not None:
+            self._lock_in_group(queue, group, entry, now)
+        return entry
+
+    def wait_in_group(self, group: Any, holder: Any, waiter: Waiter) -> None:
+        """`waiter` gets the held group's next message as it becomes ready. Check take_group first."""
+        self._held(group, holder)
+        group.waiters[waiter] = None
+
+    def stop_waiting_in_group(self, group: Any, waiter: Waiter) -> bool:
+        """`waiter` no longer waits for the group's next message."""
+        return group.waiters.pop(waiter, 0) is None
+
+    def release_group(self, group: Any, holder: Any, now: float, *, abandon: bool) -> list[int]:
+        """`holder` lets go of `group`: its messages still locked are abandoned (failed
+        deliveries) or, without `abandon`, released uncounted; the group returns to the queue
+        once they are back. The records to wait for."""
+        if group.holder is not holder:
+            return []
+        group.holder = None
+        queue = group.queue
+        waiters, group.waiters = group.waiters, type(group.waiters)()
+        for waiter in waiters:
+            waiter.fail(LockLost(f"group {group.group_id!r} was released"))
+        records: list[int] = []
+        if not queue.deleted:
+            for entry in list(group.inflight.values()):
+                if entry.state != LOCKED:
+                    continue
+                if abandon:
+                    record = self._fail(queue, entry, now)
+                    if record is not None and record not in records:
+                        records.append(record)
+                else:
+                    self.release(entry, entry.tag, now)
+        self._group_changed(queue, group, now)
+        return records
+
+    def _group_queue(self, name: str) -> Queue:
+        queue = self._queue(name)
+        if not queue.app:
+            raise ValueError(f"queue {name!r} has no groups: groups are in application queues only")
+        if queue.faulted:
+            raise self._poison_error(queue)
+        return queue
+
+    def _held(self, group: Any, holder: Any) -> Queue:
+        queue = group.queue
+        if queue.deleted:
+            raise QueueNotFound(f"queue {queue.name!r} was deleted")
+        if group.holder is not holder:
+            raise LockLost(f"group {group.group_id!r} is not held (released, or its holder went away)")
+        if queue.faulted:
+            raise self._poison_error(queue)
+        return queue
+
+    def _pop_group(self, queue: Queue, group: Any, now: float) -> Entry | None:
+        """The group's first ready entry, out of the ready count; None when there is none or
+        it expired (the expiry timer dead-letters it, then the next one comes)."""
+        entry = group.pop()
+        if entry is None:
+            return None
+        if queue.expires(entry) and entry.expires_at <= now:
+            entry.in_ready = True
+            group.push(entry)
+            return None
+        queue.depth -= 1
+        return entry
+
+    def _lock_in_group(self, queue: Queue, group: Any, entry: Entry, now: float) -> None:
+        self._lock(queue, entry, now)
+        entry.group = group
+        group.inflight[entry.key] = entry
+
+    def _ungroup(self, entry: Entry) -> None:
+        """A locked group entry is locked no more (released, back, gone)."""
+        group = entry.group
+        entry.group = None
+        group.inflight.pop(entry.key, None)
+
+    def _group_left(self, queue: Queue, entry: Entry, now: float) -> None:
+        """A message of a group left its lock or the queue: the group may be offered again."""
+        group = entry.group
+        if group is not None:
+            self._ungroup(entry)
+        else:
+            group = queue.group_of(entry, create=False)
+        if group is not None:
+            self._group_changed(group.queue, group, now)
+
+    def _group_moves(self, source: Queue, target: Queue, fresh: Entry) -> None:
+        """A group's message goes to ;retry (the group waits for it) or comes back."""
+        if target.kind == RETRY and source.app and fresh.dead_letter_reason is None:
+            source.group_of(fresh).retrying += 1
+        elif source.kind == RETRY and target.app and fresh.dead_letter_reason is None:
+            group = target.group_of(fresh)
+            group.retrying = max(0, group.retrying - 1)
+
+    def _group_changed(self, queue: Queue, group: Any, now: float) -> None:
+        """Hand what a group can give now: its next messages to its holder's waiting
+        receives, or the group itself to a consumer waiting to accept one."""
+        if queue.deleted:
+            return
+        if group.holder is not None:
+            while group.waiters and group.depth and not group.blocked and not group.settling \
+                    and not queue.faulted:
+                entry = self._pop_group(queue, group, now)
+                if entry is None:
+                    break
+                waiter = group.waiters.popitem(last=False)[0]
+                self._lock_in_group(queue, group, entry, now)
+                waiter.hand(entry)
+        elif group.available and not queue.faulted:
+            if queue.group_waiters:
+                waiter = queue.group_waiters.popitem(last=False)[0]
+                queue.available.pop(group, None)
+                group.holder = waiter
+                waiter.hand_group(group)
+            else:
+                queue.available[group] = None
+        else:
+            queue.available.pop(group, None)
+        queue.forget_group(group)
+
     # ------------------------------------------------------------------ failed deliveries and moves
 
     def _fail(self, queue: Queue, entry: Entry, now: float) -> int | None:
@@ -840,14 +1199,32 @@ class QueueCore:
         mode = settings.receive_error_handling
         self.events.append(("warning", f"poison message {entry.id} in queue {queue.name!r} after "
                                        f"{attempts} deliveries: {mode}"))
+        group = entry.group
+        if group is not None:
+            # a group is poisoned as a whole: its waiting messages go the same way, in the
+            # same record (one still locked by its holder follows when it fails)
+            others = list(group.ready_entries())
+            if others:
+                self.events.append(("warning", f"group {group.group_id!r} of queue {queue.name!r} goes with it: "
+                                               f"{len(others)} more messages: {mode}"))
+            record = self._poison(queue, entry, attempts, mode, now)
+            for other in others:
+                self._settle_ready(queue, other, POISON_GROUP)
+                number = self._poison(queue, other, other.attempts, mode, now)
+                record = number if number is not None else record
+            return record
+        return self._poison(queue, entry, attempts, mode, now)
+
+    def _poison(self, queue: Queue, entry: Entry, attempts: int, mode: str, now: float) -> int | None:
+        """The SETTLING `entry` failed for good: `receive_error_handling` `mode` applies."""
         if mode == "drop":
             return self._journal(queue, [[R.REMOVE, queue.name, entry.key]],
-                                 lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now), now)
+                                 lambda now: self._gone(queue, entry, now), lambda now: self._unsettle(entry, now), now)
         if mode == "reject":
             back = self._queues.get(RETURN_PREFIX + entry.origin) if entry.origin else None
             if back is not None:        # forwarded in: the negative acknowledgement goes home
                 return self._move(queue, entry, back, now, expires_at=None, dead_letter_reason=REJECTED,
-                                  dead_letter_source=queue.main.name, retry_at=None)
+                                  dead_letter_source=queue.main.name, retry_at=None, deliver_at=None)
             return self._dead_letter(queue, entry, REJECTED, now)
         # "move", and "fault" (which also stops the queue while ;poison holds it)
         return self._move(queue, entry, queue.poison, now, attempts=attempts, retry_at=None)
@@ -860,6 +1237,8 @@ class QueueCore:
             advance(entry, WRITTEN_BACK)
             entry.attempts = attempts
             queue.unlock(entry)
+            if entry.group is not None:
+                self._ungroup(entry)
             self._back(queue, entry, now)
             self._rearm(queue)
 
@@ -876,14 +1255,14 @@ class QueueCore:
             self.events.append(("info", f"message {entry.id} of queue {main.name!r} dropped ({reason}, "
                                         f"dead_letter_queue none)"))
             return self._journal(queue, [[R.REMOVE, queue.name, entry.key]],
-                                 lambda now: self._gone(queue, entry), lambda now: self._unsettle(entry, now), now)
+                                 lambda now: self._gone(queue, entry, now), lambda now: self._unsettle(entry, now), now)
         target = self._queues.get(target_name)
         if target is None or target is main:
             self.events.append(("warning", f"dead-letter queue {target_name!r} of {main.name!r} does not exist; "
                                            f"using {SYSTEM_DEAD_LETTER_QUEUE}"))
             target = self._queues[SYSTEM_DEAD_LETTER_QUEUE]
         return self._move(queue, entry, target, now, expires_at=None, dead_letter_reason=reason,
-                          dead_letter_source=source, retry_at=None)
+                          dead_letter_source=source, retry_at=None, deliver_at=None)
 
     def _move(self, source: Queue, entry: Entry, target: Queue, now: float, **changes: Any) -> int | None:
         """The SETTLING `entry` leaves `source`; a copy with `changes` joins `target` (a new
@@ -895,7 +1274,9 @@ class QueueCore:
             if entry.state != SETTLING:
                 return
             advance(entry, WRITTEN_GONE)
-            self._remove(source, entry)
+            if fresh.group_id is not None:
+                self._group_moves(source, target, fresh)
+            self._remove(source, entry, now)
             if target.deleted:
                 self.events.append(("warning", f"message {fresh.id} dropped: queue {target.name!r} was deleted"))
             else:
@@ -922,6 +1303,9 @@ class QueueCore:
         for entry, tag in receipts:
             if not self.lock_valid(entry, tag, now):
                 raise TransactionError(f"cannot commit: the peek-lock of message {entry.id} was lost")
+        copies = [self._journal_copy(e, now) for e in entries if e.journal and not e.queue.numbered]
+        if copies:
+            entries = entries + copies      # a local message sent with journal=True: its copy
         added: Counter[Queue] = Counter(entry.queue for entry in entries)
         for queue, count in added.items():
             if queue.deleted:
@@ -945,7 +1329,7 @@ class QueueCore:
 
         def apply(now: float) -> None:
             for entry, _ in receipts:
-                self._gone(entry.queue, entry)
+                self._gone(entry.queue, entry, now)
             for queue, count in added.items():
                 queue.reserved -= count
             for entry in entries:
@@ -970,7 +1354,8 @@ class QueueCore:
     def rollback(self, receipts: list[tuple[Entry, int]], now: float) -> list[int]:
         """A transaction's receives return as failed deliveries: the records to wait for."""
         waits = []
-        for entry, tag in receipts:
+        # last first: each goes back to the front of its queue, so they keep their order
+        for entry, tag in reversed(receipts):
             # an expired lock the timer has not handled yet fails here just the same
             if entry.state == LOCKED and entry.tag == tag and not entry.queue.deleted:
                 record = self._fail(entry.queue, entry, now)
@@ -1009,6 +1394,8 @@ class QueueCore:
             self._producer_sweep_at = now + self._producer_sweep_interval() if self.producers.by_pid else _INF
 
     def _due(self, queue: Queue, now: float) -> None:
+        if queue.scheduled:
+            self._scheduled_due(queue, now)
         self._expire_due(queue, now)
         for entry in queue.expired_locks(now):
             self._fail(queue, entry, now)
@@ -1118,3 +1505,53 @@ def _seconds(name: str, value: Any) -> float:
         raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
     return float(value)
 
+
+
+def check_priority(value: Any) -> int:
+    """A message priority: an integer 0..7 (TypeError/ValueError naming `priority`)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"priority must be an integer 0..{MAX_PRIORITY}, not {value!r}")
+    if not 0 <= value <= MAX_PRIORITY:
+        raise ValueError(f"priority must be 0..{MAX_PRIORITY} (higher is received first), not {value!r}")
+    return value
+
+
+def delivery_time(delay: Any, deliver_at: Any, now: float) -> float | None:
+    """The wall-clock time a message becomes visible: `delay` seconds (>= 0) from `now`, or
+    `deliver_at` (seconds since the epoch, or an aware datetime); None for at once.
+    TypeError/ValueError naming the argument; both given is a ValueError."""
+    if delay is not None and deliver_at is not None:
+        raise ValueError("give delay or deliver_at, not both")
+    if delay is not None:
+        if isinstance(delay, timedelta):
+            delay = delay.total_seconds()
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise TypeError(f"delay must be a number of seconds, not {delay!r}")
+        if not (delay >= 0 and math.isfinite(delay)):
+            raise ValueError(f"delay must be a finite number of seconds >= 0, not {delay!r}")
+        return now + float(delay) if delay > 0 else None
+    if deliver_at is not None:
+        if isinstance(deliver_at, datetime):
+            if deliver_at.tzinfo is None:
+                raise ValueError("deliver_at must be an aware datetime (with a time zone) or epoch seconds")
+            deliver_at = deliver_at.timestamp()
+        if isinstance(deliver_at, bool) or not isinstance(deliver_at, (int, float)):
+            raise TypeError(f"deliver_at must be epoch seconds (a number) or a datetime, not {deliver_at!r}")
+        if not math.isfinite(deliver_at):
+            raise ValueError(f"deliver_at must be finite, not {deliver_at!r}")
+        return float(deliver_at) if deliver_at > now else None
+    return None
+
+
+#: The longest group_id.
+MAX_GROUP_ID = 255
+
+
+def check_group_id(value: Any) -> str:
+    """A group id: a string of 1..255 characters without control characters."""
+    if not isinstance(value, str):
+        raise TypeError(f"group_id must be a string, not {value!r:.80}")
+    if not 0 < len(value) <= MAX_GROUP_ID or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"group_id must be 1..{MAX_GROUP_ID} characters, none of them a control "
+                         f"character, not {value!r:.80}")
+    return value

@@ -1,4 +1,7 @@
-"""`QueueInfo`: the counts `QueueManager.queue_info()` reports."""
+"""`QueueInfo`: the counts `QueueManager.queue_info()` reports.
+
+The contract is the keys `depth`, `in_flight`, `dead` and `poison`; the others are extra.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -15,11 +18,13 @@ class QueueInfo(Mapping):
     depth: int            # messages ready to be received
     in_flight: int        # received under a peek-lock, not yet completed or abandoned
     retrying: int         # waiting in the ;retry sub-queue
-    dead_lettered: int    # messages from this queue now in a dead-letter queue
+    dead: int             # messages from this queue now in a dead-letter queue
     poison: int           # in the ;poison sub-queue
     bytes: int            # body bytes held by the queue and its sub-queues
     faulted: bool         # receive_error_handling="fault" stopped delivery
     waiting: int = 0      # receivers waiting for a message
+    scheduled: int = 0    # sent with a delivery time still to come (invisible until then)
+    groups: int = 0       # groups with messages ready, locked, or waiting in ;retry
 
     def __getitem__(self, key: str) -> Any:
         if key not in _FIELDS:

@@ -1,5 +1,6 @@
-"""`Queue`: one queue or sub-queue of the core: its ready list (FIFO), its locked entries,
-its receive waiters and its counts. A data structure only: what happens to an entry that
+"""`Queue`: one queue or sub-queue of the core: its ready lists (one FIFO per priority in an
+application queue, one FIFO elsewhere), its scheduled entries (a heap by delivery time), its
+locked entries, its receive waiters and its counts. A data structure only: what happens to an entry that
 fails, expires or ends a retry delay is decided by the engine (engine.py), which may move
 it to another queue and must journal that first.
 
@@ -13,9 +14,10 @@ import heapq
 from collections import OrderedDict, deque
 from typing import Iterator, Protocol
 
-from .entry import Entry
+from .entry import MAX_PRIORITY, Entry
 from .expiry import ExpiryIndex
-from .lifecycle import GONE, LOCKED, READY
+from .groups import Group
+from .lifecycle import GONE, LOCKED, READY, SCHEDULED
 from .settings import QueueSettings
 
 MAIN = "main"
@@ -36,10 +38,13 @@ class Waiter(Protocol):
 
 
 class Queue:
-    """Entries of one queue: ready (FIFO), locked (in lock order), and who waits."""
+    """Entries of one queue: ready (FIFO per priority), scheduled (by delivery time), locked
+    (in lock order), and who waits."""
 
     __slots__ = (
-        "name", "settings", "kind", "parent", "journaled", "ready", "depth", "inflight", "held",
+        "name", "settings", "kind", "parent", "journaled", "app", "levels", "top", "scheduled", "groups",
+        "available", "group_waiters", "depth",
+        "inflight", "held",
         "bytes", "reserved", "waiters", "expiry", "retry", "poison", "deleted", "faulted",
         "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "numbers", "_sweep_countdown",
     )
@@ -51,8 +56,20 @@ class Queue:
         self.kind = kind
         self.parent = parent
         self.journaled = journaled
-        self.ready: deque[Entry] = deque()
-        self.depth = 0                              # READY entries in `ready`
+        #: an application queue: priorities order it and delivery times hold messages back
+        #: (sub-queues, $dead, transmission and return queues are plain FIFOs)
+        self.app = kind == MAIN and not name.startswith("$")
+        #: the ready lists: by priority (index = priority) in an application queue, else one
+        self.levels: list[deque[Entry]] = [deque() for _ in range(MAX_PRIORITY + 1 if self.app else 1)]
+        self.top = 0                                # no list above this index holds anything
+        #: SCHEDULED entries: (deliver_at, key, entry), a heap
+        self.scheduled: list[tuple[float, int, Entry]] = []
+        #: an application queue's groups (groups.py) by group_id; those available to a new
+        #: holder, in the order they became so; and who waits for one (accept_group)
+        self.groups: dict[str, Group] = {}
+        self.available: OrderedDict[Group, None] = OrderedDict()
+        self.group_waiters: OrderedDict[Waiter, None] = OrderedDict()
+        self.depth = 0                              # READY entries in the ready lists
         self.inflight: dict[int, Entry] = {}        # key -> locked (or settling) entry, lock order
         self.held = 0                               # every entry whose queue is this one
         self.bytes = 0                              # their body bytes
@@ -82,18 +99,40 @@ class Queue:
         return self.parent if self.parent is not None else self
 
     def entries(self) -> Iterator[Entry]:
-        """Every entry held here, once (locked or settling first, then ready), oldest first.
+        """Every entry held here, once (locked or settling first, then ready, then scheduled).
         (One settling after READY keeps its ready-list slot; it is listed as settling.)"""
         yield from self.inflight.values()
-        for entry in self.ready:
-            if entry.queue is self and entry.state == READY:
+        yield from self.ready_entries()
+        for _, _, entry in sorted(self.scheduled, key=lambda s: (s[0], s[1])):
+            if entry.queue is self and entry.state == SCHEDULED:
                 yield entry
 
     def ready_entries(self) -> Iterator[Entry]:
-        """The entries waiting to be taken, in the order they will be."""
-        for entry in self.ready:
-            if entry.queue is self and entry.state == READY:
-                yield entry
+        """The entries waiting to be taken, in the order they will be (then each group's,
+        in its order)."""
+        for level in range(len(self.levels) - 1, -1, -1):
+            for entry in self.levels[level]:
+                if entry.queue is self and entry.state == READY:
+                    yield entry
+        for group in list(self.groups.values()):
+            yield from group.ready_entries()
+
+    def group_of(self, entry: Entry, create: bool = True) -> Group | None:
+        """The group `entry` belongs to here (made on first use), or None: only messages of
+        application queues sent with a group_id are grouped (a dead letter never is)."""
+        group_id = entry.group_id
+        if group_id is None or not self.app or entry.dead_letter_reason is not None:
+            return None
+        group = self.groups.get(group_id)
+        if group is None and create:
+            group = self.groups[group_id] = Group(group_id, self)
+        return group
+
+    def forget_group(self, group: Group) -> None:
+        """Drop an idle group (it is made again by its next message)."""
+        if group.idle and self.groups.get(group.group_id) is group:
+            del self.groups[group.group_id]
+            self.available.pop(group, None)
 
     # ---- arriving ----
 
@@ -106,13 +145,35 @@ class Queue:
         self.push_ready(entry, front)
 
     def push_ready(self, entry: Entry, front: bool = False) -> None:
-        """Put a READY entry of this queue in the ready list (it has no slot there)."""
+        """Put a READY entry of this queue in its ready list (it has no slot there): at the
+        back of its priority's list, or at the front."""
         entry.in_ready = True
-        if front:
-            self.ready.appendleft(entry)
-        else:
-            self.ready.append(entry)
         self.depth += 1
+        if entry.group_id is not None and self.app and entry.dead_letter_reason is None:
+            self.group_of(entry).push(entry)        # (the engine offers the group)
+            return
+        level = entry.priority if self.app else 0
+        if level > self.top:
+            self.top = level
+        if front:
+            self.levels[level].appendleft(entry)
+        else:
+            self.levels[level].append(entry)
+
+    def schedule(self, entry: Entry) -> None:
+        """Hold a SCHEDULED entry until its deliver_at."""
+        heapq.heappush(self.scheduled, (entry.deliver_at, entry.key, entry))
+
+    def scheduled_due(self, now: float) -> list[Entry]:
+        """The SCHEDULED entries whose delivery time came by `now`, earliest first (they
+        leave the heap: the caller makes them READY)."""
+        due = []
+        scheduled = self.scheduled
+        while scheduled and scheduled[0][0] <= now:
+            entry = heapq.heappop(scheduled)[2]
+            if entry.queue is self and entry.state == SCHEDULED:
+                due.append(entry)
+        return due
 
     def expires(self, entry: Entry) -> bool:
         """True when `entry`'s time-to-live is enforced here. Not in ;poison (dead letters
@@ -131,14 +192,21 @@ class Queue:
     # ---- taking ----
 
     def take(self) -> Entry | None:
-        """Pop the first READY entry (the caller locks it); None when there is none."""
-        ready = self.ready
-        while ready:
-            entry = ready.popleft()
-            entry.in_ready = False
-            if entry.state == READY and entry.queue is self:
-                self.depth -= 1
-                return entry
+        """Pop the first READY entry of the highest priority (the caller locks it); None
+        when there is none."""
+        levels = self.levels
+        level = self.top
+        while level >= 0:
+            ready = levels[level]
+            while ready:
+                entry = ready.popleft()
+                entry.in_ready = False
+                if entry.state == READY and entry.queue is self:
+                    self.depth -= 1
+                    self.top = level
+                    return entry
+            level -= 1
+        self.top = 0
         return None
 
     def lock(self, entry: Entry, tag: int, now: float) -> None:
@@ -162,6 +230,18 @@ class Queue:
     def waiting(self, entry: Entry) -> None:
         """A READY entry stops being takeable while its move is journaled."""
         self.depth -= 1
+        group = self.group_of(entry, create=False)
+        if group is not None:
+            group.depth -= 1
+            # its heap slot goes stale: if the move fails it is offered to the group afresh
+            # (the group may have been forgotten meanwhile)
+            entry.in_ready = False
+            if not group.depth:
+                self.available.pop(group, None)
+
+    def waiting_again(self, entry: Entry) -> None:
+        """A READY entry that kept its slot (waiting()) is takeable again (its move failed)."""
+        self.depth += 1
 
     # ---- leaving ----
 
@@ -185,14 +265,15 @@ class Queue:
         if not fifo:
             expiry.tail = -float("inf")
         expiry.maybe_compact(self.held, self._still_held)
-        if len(self.ready) > 2 * self.depth + _STALE_SLACK:
-            keep = deque()
-            for entry in self.ready:
-                if entry.queue is self and entry.state != GONE and entry.in_ready:
-                    keep.append(entry)
-                else:
-                    entry.in_ready = False
-            self.ready = keep
+        if sum(map(len, self.levels)) > 2 * self.depth + _STALE_SLACK:
+            for level, ready in enumerate(self.levels):
+                keep = deque()
+                for entry in ready:
+                    if entry.queue is self and entry.state != GONE and entry.in_ready:
+                        keep.append(entry)
+                    else:
+                        entry.in_ready = False
+                self.levels[level] = keep
 
     def _still_held(self, entry: Entry) -> bool:
         # a locked (or settling) entry keeps its expiry: it may come back READY
@@ -214,16 +295,26 @@ class Queue:
         return self.waiters.popitem(last=False)[0]
 
     def fail_waiters(self, error: BaseException) -> None:
-        """Every waiting receiver gets `error`."""
+        """Every waiting receiver gets `error` (those waiting for a group, or in one, too)."""
         waiters, self.waiters = self.waiters, OrderedDict()
         for waiter in waiters:
             waiter.fail(error)
+        waiters, self.group_waiters = self.group_waiters, OrderedDict()
+        for waiter in waiters:
+            waiter.fail(error)
+        for group in list(self.groups.values()):
+            waiters, group.waiters = group.waiters, OrderedDict()
+            for waiter in waiters:
+                waiter.fail(error)
 
     # ---- time ----
 
     def next_deadline(self) -> float | None:
-        """The earliest time something may be due here: an expiry, a lock, a retry delay."""
+        """The earliest time something may be due here: an expiry, a lock, a retry delay, a
+        delivery time."""
         best = self.expiry.next_deadline() if self.indexes_expiry else None
+        if self.scheduled and (best is None or self.scheduled[0][0] < best):
+            best = self.scheduled[0][0]
         for entry in self.inflight.values():
             if entry.state == LOCKED:
                 if best is None or entry.lock_deadline < best:

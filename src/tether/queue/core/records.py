@@ -25,8 +25,11 @@ import msgpack
 
 from ...errors import JournalCorrupt
 
-#: The layout of the operations above; a journal of another format is refused.
-FORMAT = 2
+#: The layout of the operations above; a journal of another format is refused. Format 3
+#: appended priority and deliver_at to an entry's record (entry.py); a format-2 journal is
+#: read as it is (its entries take the defaults) and continues as format 3.
+FORMAT = 3
+READABLE_FORMATS = (2, 3)
 
 IDENTITY = "m"
 DEFINE = "q"

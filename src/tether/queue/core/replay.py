@@ -82,8 +82,9 @@ class ReplayState:
                 entry.attempts = int(op[4])
         elif kind == R.IDENTITY:
             manager_id, next_key, next_pid, fmt = op[1:]
-            if fmt != R.FORMAT:
-                raise JournalCorrupt(f"the journal has format {fmt}; this tether reads format {R.FORMAT}")
+            if fmt not in R.READABLE_FORMATS:
+                raise JournalCorrupt(f"the journal has format {fmt}; this tether reads formats "
+                                     f"{', '.join(map(str, R.READABLE_FORMATS))}")
             if manager_id.__class__ is not bytes or not 8 <= len(manager_id) <= 64:
                 raise JournalCorrupt(f"the journal's manager id is malformed: {manager_id!r:.80}")
             self.manager_id = manager_id
