@@ -1,8 +1,8 @@
 """Group commit: many concurrent writers share one write and one sync.
 
 Records handed to `GroupCommit.add` from any number of tasks collect in a pending list;
-one batch at a time goes to a single writer thread (a 1-worker executor), which writes and
-syncs it while the next batch collects. Every task waiting on a batch is woken when that
+one batch at a time goes to the journal's writer thread (writer_thread.WriterThread), which
+writes and syncs it while the next batch collects. Every task waiting on a batch is woken when that
 batch is done, with its result or its error. The event loop never blocks on the disk.
 
 `add_then(record, callback, arg)` is `add` without a future: `callback(arg, error)` runs on
@@ -21,32 +21,32 @@ ordering a journal rewrite or close needs.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
-from concurrent.futures import Future as ThreadFuture
 from typing import Any, Callable, TypeVar
+
+from .writer_thread import WriterThread
 
 T = TypeVar("T")
 
 
 class GroupCommit:
-    """Batches records for `write_batch`, which runs on `executor`'s single thread.
+    """Batches records for `write_batch`, which runs on `thread` (the writer thread).
 
     `write_batch(records)` must write the records in order and raise on failure; its
     exception is raised in every task whose record was in that batch. `after_batch()`, if
     given, runs on the loop after each batch (the journal arms its interval sync there).
     """
 
-    __slots__ = ("_loop", "_executor", "_write_batch", "_after_batch", "_records", "_waiters",
+    __slots__ = ("_loop", "_thread", "_write_batch", "_after_batch", "_records", "_waiters",
                  "_in_flight", "_scheduled", "_hold", "batch_count", "record_count", "max_in_flight")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, executor: Executor,
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: WriterThread,
                  write_batch: Callable[[list[bytes]], None],
                  after_batch: Callable[[], None] | None = None, max_in_flight: int = 1) -> None:
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
         self.max_in_flight = max_in_flight
         self._loop = loop
-        self._executor = executor
+        self._thread = thread
         self._write_batch = write_batch
         self._after_batch = after_batch
         self._records: list[bytes] = []
@@ -98,10 +98,10 @@ class GroupCommit:
         self._hold += 1
         try:
             # Whatever is pending was added before us: it goes to the writer ahead of fn,
-            # even if another batch is still in flight (the executor keeps FIFO order).
+            # even if another batch is still in flight (the writer thread keeps FIFO order).
             if self._records:
                 self._submit()
-            return await asyncio.wrap_future(self._executor.submit(fn, *args), loop=self._loop)
+            return await self._thread.call(fn, *args)
         finally:
             self._hold -= 1
             if self._records and not (self._scheduled or self._in_flight >= self.max_in_flight or self._hold):
@@ -122,20 +122,11 @@ class GroupCommit:
         records, waiters = self._records, self._waiters
         self._records, self._waiters = [], []
         self._in_flight += 1
-        job = self._executor.submit(self._write_batch, records)
-        count = len(records)
-        job.add_done_callback(lambda done: self._call_on_loop(self._done, done, waiters, count))
+        self._thread.post(self._write_batch, (records,), self._done, (waiters, len(records)))
 
-    def _call_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:
-            # The loop was closed under a running journal; nobody is left to wake.
-            pass
-
-    def _done(self, job: ThreadFuture, waiters: list, count: int) -> None:
+    def _done(self, batch: tuple, _result: None, error: BaseException | None) -> None:
+        waiters, count = batch
         self._in_flight -= 1
-        error = job.exception()
         if error is None:
             self.batch_count += 1
             self.record_count += count

@@ -17,14 +17,14 @@ import asyncio
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .files import LOCK_NAME  # noqa: F401  (re-exported: the lock file's name)
 from .group_commit import GroupCommit
 from .recovery import recover
 from .segment import MAX_RECORD_SIZE
 from .segment_files import SegmentFiles
+from .writer_thread import WriterThread, _settle
 
 FSYNC_POLICIES = ("always", "interval", "never")
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
@@ -48,16 +48,16 @@ class Journal:
     fails, just as an OS crash under this policy loses them). See segment_files.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor,
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: WriterThread,
                  files: SegmentFiles, recovered: list[bytes], recovery_log: list[str],
                  max_in_flight: int = 1) -> None:
         # Use Journal.open(): construction needs recovery to have run on the writer thread.
         self._loop = loop
-        self._executor = executor
+        self._thread = thread
         self._files = files
         self.recovered: list[bytes] = recovered
         self.recovery_log: list[str] = recovery_log
-        self._commit = GroupCommit(loop, executor, files.write_batch,
+        self._commit = GroupCommit(loop, thread, files.write_batch,
                                    self._after_batch if files.policy == "interval" else None,
                                    max_in_flight)
         self._closed = False
@@ -100,16 +100,17 @@ class Journal:
                 or not math.isfinite(retry_interval) or retry_interval <= 0:
             raise ValueError(f"retry_interval must be a finite number of seconds > 0, got {retry_interval!r}")
         loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-journal")
-        job = executor.submit(recover, path, segment_size, fsync, float(fsync_interval), float(retry_interval))
+        thread = WriterThread(loop)
+        opened = loop.create_future()
+        thread.post(recover, (path, segment_size, fsync, float(fsync_interval), float(retry_interval)),
+                    _opened, opened)
         try:
-            files, recovered, recovery_log = await asyncio.wrap_future(job, loop=loop)
+            files, recovered, recovery_log = await opened
         except BaseException:
-            # Cancelled while recovery ran on: release what it opens once it finishes.
-            job.add_done_callback(_close_abandoned)
-            executor.shutdown(wait=False)
+            # Cancelled while recovery ran on: _opened releases what it opens once it finishes.
+            thread.stop()
             raise
-        return cls(loop, executor, files, recovered, recovery_log, max_in_flight)
+        return cls(loop, thread, files, recovered, recovery_log, max_in_flight)
 
     # ---- appending ----
 
@@ -195,7 +196,7 @@ class Journal:
         try:
             await self._commit.run_exclusive(self._files.close)
         finally:
-            self._executor.shutdown(wait=False)
+            self._thread.stop()
 
     async def __aenter__(self) -> "Journal":
         return self
@@ -274,20 +275,19 @@ class Journal:
         self._sync_timer = None
         if self._closed:
             return
-        job = self._executor.submit(self._files.sync_if_due)
-        job.add_done_callback(lambda _done: _call_on_loop(self._loop, self._after_batch))
+        self._thread.post(self._files.sync_if_due, (), _synced, self)
 
 
-def _call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    try:
-        loop.call_soon_threadsafe(callback)
-    except RuntimeError:
-        pass   # the loop was closed under a running journal
+def _synced(journal: "Journal", _result: None, _error: BaseException | None) -> None:
+    journal._after_batch()
 
 
-def _close_abandoned(job) -> None:
-    if not job.cancelled() and job.exception() is None:
-        job.result()[0].close()
+def _opened(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        if result is not None:
+            result[0].close()      # Journal.open was cancelled: release what recovery opened
+        return
+    _settle(future, result, error)
 
 
 def _check_directory(directory: object) -> str:
