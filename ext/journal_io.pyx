@@ -16,7 +16,7 @@ from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint32_t
 from libc.string cimport memcpy, strerror
 
-__all__ = ["frame_records", "framed_size", "write_records", "CRC_SEED", "MAX_RECORD_SIZE",
+__all__ = ["BatchWriter", "frame_records", "framed_size", "write_records", "CRC_SEED", "MAX_RECORD_SIZE",
            "RECORD_HEADER_SIZE", "fail_next"]
 
 CRC_SEED = 0x5EED_1E55
@@ -225,3 +225,305 @@ def write_records(fd, records, salt, bint sync) -> int:
         exc.journal_step = "write" if step == STEP_WRITE else "sync"
         raise exc
     return total
+
+
+# ---- BatchWriter: write_records on a thread of its own that never takes the GIL ----
+
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_create(pthread_t *thread, void *attr, void *(*start)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t thread, void **result)
+    int pthread_mutex_init(pthread_mutex_t *mutex, void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *mutex)
+    int pthread_mutex_lock(pthread_mutex_t *mutex)
+    int pthread_mutex_unlock(pthread_mutex_t *mutex)
+    int pthread_cond_init(pthread_cond_t *cond, void *attr)
+    int pthread_cond_destroy(pthread_cond_t *cond)
+    int pthread_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
+    int pthread_cond_signal(pthread_cond_t *cond)
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_CLOEXEC
+    int EFD_NONBLOCK
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t c_write "write"(int fd, const void *buf, size_t count)
+    ssize_t c_read "read"(int fd, void *buf, size_t count)
+    int c_close "close"(int fd)
+
+from libc.stdlib cimport calloc, free
+from libc.stdint cimport uint64_t
+
+cdef enum:
+    STEP_SKIPPED = 3
+
+ctypedef struct Job:
+    long long token
+    int fd
+    int sync
+    Py_ssize_t count
+    iovec *iov
+    unsigned char *heads
+    uint32_t key
+    PyObject *keep           # the records' tuple: its payloads live until the job is collected
+    Py_ssize_t total
+    int err
+    int step
+    double seconds           # how long the write and sync took
+    Job *next
+
+ctypedef struct Shared:
+    pthread_mutex_t lock
+    pthread_cond_t wake
+    Job *pending_head
+    Job *pending_tail
+    Job *done_head
+    Job *done_tail
+    int stopping             # close(): end once every pending job ran
+    int stopped              # a job failed: later jobs are skipped until resume()
+    int event_fd
+
+
+cdef void _run_job(Job *job) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int rc
+    global _fail_write_times, _fail_sync_times
+    for i in range(job.count):
+        _header(job.heads + i * HEAD, <const unsigned char *>job.iov[2 * i + 1].iov_base,
+                <uint32_t>job.iov[2 * i + 1].iov_len, job.key)
+    if _fail_write_times > 0:
+        _fail_write_times -= 1
+        job.err, job.step = _fail_write_errno, STEP_WRITE
+        return
+    if job.count:
+        job.err = _write_all(job.fd, job.iov, <int>(2 * job.count))
+        if job.err:
+            job.step = STEP_WRITE
+            return
+    if job.sync:
+        if _fail_sync_times > 0:
+            _fail_sync_times -= 1
+            job.err, job.step = _fail_sync_errno, STEP_SYNC
+            return
+        while True:
+            rc = fdatasync(job.fd)
+            if rc == 0 or errno != EINTR:
+                break
+        if rc != 0:
+            job.err, job.step = errno, STEP_SYNC
+
+
+cdef void *_writer_main(void *arg) noexcept nogil:
+    cdef Shared *s = <Shared *>arg
+    cdef Job *job
+    cdef int skip, was_empty
+    cdef uint64_t one = 1
+    cdef timespec t0, t1
+    pthread_mutex_lock(&s.lock)
+    while True:
+        while s.pending_head == NULL and not s.stopping:
+            pthread_cond_wait(&s.wake, &s.lock)
+        job = s.pending_head
+        if job == NULL:
+            break
+        s.pending_head = job.next
+        if s.pending_head == NULL:
+            s.pending_tail = NULL
+        job.next = NULL
+        skip = s.stopped
+        pthread_mutex_unlock(&s.lock)
+        if skip:
+            job.step = STEP_SKIPPED
+        else:
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            _run_job(job)
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+            job.seconds = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9
+        pthread_mutex_lock(&s.lock)
+        if job.step == STEP_WRITE or job.step == STEP_SYNC:
+            s.stopped = 1
+        was_empty = s.done_head == NULL
+        if s.done_tail == NULL:
+            s.done_head = job
+        else:
+            s.done_tail.next = job
+        s.done_tail = job
+        if was_empty:
+            c_write(s.event_fd, &one, 8)
+    pthread_mutex_unlock(&s.lock)
+    return NULL
+
+
+cdef class BatchWriter:
+    """write_records on a thread of its own (a pthread that never takes the GIL): the loop
+    submits a batch and goes on; the thread frames, writes and fdatasyncs the batches one
+    at a time in submission order, and `event_fd` (an eventfd) becomes readable when jobs
+    have finished; `finished()` collects them. After a failed job the writer stops: the
+    jobs queued behind it are not run (reported "skipped") until `resume()`."""
+
+    cdef Shared *_s
+    cdef pthread_t _thread
+    cdef bint _running
+    cdef readonly int event_fd
+
+    def __cinit__(self):
+        self._s = <Shared *>calloc(1, sizeof(Shared))
+        if self._s == NULL:
+            raise MemoryError()
+        pthread_mutex_init(&self._s.lock, NULL)
+        pthread_cond_init(&self._s.wake, NULL)
+        fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        if fd < 0:
+            err = errno
+            self._free_shared()
+            raise OSError(err, strerror(err).decode("utf-8", "replace"))
+        self._s.event_fd = self.event_fd = fd
+        if pthread_create(&self._thread, NULL, _writer_main, self._s) != 0:
+            c_close(fd)
+            self._free_shared()
+            raise RuntimeError("could not start the journal writer thread")
+        self._running = True
+
+    cdef void _free_shared(self):
+        if self._s != NULL:
+            pthread_cond_destroy(&self._s.wake)
+            pthread_mutex_destroy(&self._s.lock)
+            free(self._s)
+            self._s = NULL
+
+    def submit(self, token, fd, records, salt, bint sync) -> int:
+        """Queue a job writing `records` framed for `salt` at `fd`, then fdatasync(fd) if
+        `sync`; returns the bytes it writes. `token` (an int) names it in finished()."""
+        cdef uint32_t key = _key(salt)
+        cdef tuple items = _records(records)
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, got {type(fd).__name__}")
+        if fd < 0 or fd > 0x7FFF_FFFF:
+            raise ValueError(f"fd must be in 0..2**31-1, got {fd}")
+        if not self._running:
+            raise ValueError("the writer is closed")
+        cdef long long ctoken = token
+        cdef Py_ssize_t i, n = PyTuple_GET_SIZE(items)
+        cdef Job *job = <Job *>PyMem_Malloc(sizeof(Job))
+        if job == NULL:
+            raise MemoryError()
+        job.heads = <unsigned char *>PyMem_Malloc(n * HEAD + 1)
+        job.iov = <iovec *>PyMem_Malloc(2 * n * sizeof(iovec) + 1)
+        if job.heads == NULL or job.iov == NULL:
+            PyMem_Free(job.heads)
+            PyMem_Free(job.iov)
+            PyMem_Free(job)
+            raise MemoryError()
+        job.token, job.fd, job.sync, job.count, job.key = ctoken, <int>fd, sync, n, key
+        job.total, job.err, job.step, job.next, job.seconds = 0, 0, STEP_NONE, NULL, 0.0
+        for i in range(n):
+            item = <object>PyTuple_GET_ITEM(items, i)
+            job.iov[2 * i].iov_base = job.heads + i * HEAD
+            job.iov[2 * i].iov_len = HEAD
+            job.iov[2 * i + 1].iov_base = PyBytes_AS_STRING(item)
+            job.iov[2 * i + 1].iov_len = PyBytes_GET_SIZE(item)
+            job.total += HEAD + PyBytes_GET_SIZE(item)
+        Py_INCREF(items)
+        job.keep = <PyObject *>items
+        cdef Shared *s = self._s
+        with nogil:
+            pthread_mutex_lock(&s.lock)
+            if s.pending_tail == NULL:
+                s.pending_head = job
+            else:
+                s.pending_tail.next = job
+            s.pending_tail = job
+            pthread_cond_signal(&s.wake)
+            pthread_mutex_unlock(&s.lock)
+        return job.total
+
+    def finished(self) -> list:
+        """The jobs finished since the last call, in submission order: (token, bytes, errno,
+        step, seconds, message) with step None (written, and synced if asked), "write" or
+        "sync" (failed with errno; message: the error's text) or "skipped" (not run: an
+        earlier job failed); seconds: how long its write and sync took (0.0 when skipped)."""
+        cdef uint64_t count
+        cdef Job *job
+        cdef Job *nxt
+        if self._s == NULL:
+            return []
+        c_read(self.event_fd, &count, 8)        # reset before collecting (non-blocking)
+        with nogil:
+            pthread_mutex_lock(&self._s.lock)
+            job = self._s.done_head
+            self._s.done_head = self._s.done_tail = NULL
+            pthread_mutex_unlock(&self._s.lock)
+        out = []
+        while job != NULL:
+            nxt = job.next
+            if job.step == STEP_NONE:
+                out.append((job.token, job.total, 0, None, job.seconds, None))
+            elif job.step == STEP_SKIPPED:
+                out.append((job.token, 0, 0, "skipped", 0.0, None))
+            else:
+                out.append((job.token, 0, job.err, "write" if job.step == STEP_WRITE else "sync", job.seconds,
+                            strerror(job.err).decode("utf-8", "replace")))
+            _free_job(job)
+            job = nxt
+        return out
+
+    def resume(self) -> None:
+        """After a failed job: run the jobs submitted from now on again."""
+        if self._s != NULL:
+            with nogil:
+                pthread_mutex_lock(&self._s.lock)
+                self._s.stopped = 0
+                pthread_mutex_unlock(&self._s.lock)
+
+    @property
+    def stopped(self) -> bool:
+        """True after a failed job, until resume()."""
+        return self._s != NULL and self._s.stopped != 0
+
+    def close(self) -> None:
+        """Run what is queued, end the thread, close event_fd. Unfinished jobs' outcomes
+        are dropped (collect them with finished() first). Idempotent."""
+        cdef Job *job
+        cdef Job *nxt
+        if not self._running:
+            return
+        self._running = False
+        with nogil:
+            pthread_mutex_lock(&self._s.lock)
+            self._s.stopping = 1
+            pthread_cond_signal(&self._s.wake)
+            pthread_mutex_unlock(&self._s.lock)
+            pthread_join(self._thread, NULL)
+        job = self._s.done_head
+        while job != NULL:
+            nxt = job.next
+            _free_job(job)
+            job = nxt
+        c_close(self.event_fd)
+        self._free_shared()
+
+    def __dealloc__(self):
+        if self._running:
+            self.close()
+
+
+cdef void _free_job(Job *job):
+    Py_XDECREF(job.keep)
+    PyMem_Free(job.heads)
+    PyMem_Free(job.iov)
+    PyMem_Free(job)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 import zlib
+from collections import deque
 
-__all__ = ["frame_records", "framed_size", "write_records", "CRC_SEED", "MAX_RECORD_SIZE",
+__all__ = ["BatchWriter", "frame_records", "framed_size", "write_records", "CRC_SEED", "MAX_RECORD_SIZE",
            "RECORD_HEADER_SIZE", "fail_next"]
 
 CRC_SEED = 0x5EED_1E55
@@ -102,3 +105,115 @@ def write_records(fd: int, records: list, salt: int, sync: bool) -> int:
             exc.journal_step = "sync"
             raise
     return len(data)
+
+
+class BatchWriter:
+    """write_records on a thread of its own: the loop submits a batch and goes on; the
+    thread frames, writes and fdatasyncs the batches one at a time in submission order,
+    and `event_fd` (an eventfd) becomes readable when jobs have finished; `finished()`
+    collects them. After a failed job the writer stops: the jobs queued behind it are not
+    run (reported "skipped") until `resume()`. (The native twin's thread never takes the
+    GIL; this one is a Python thread.)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: deque = deque()
+        self._done: list = []
+        self._stopping = False
+        self._stopped = False
+        self._running = True
+        self.event_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._thread = threading.Thread(target=self._main, name="tether-journal-io", daemon=True)
+        self._thread.start()
+
+    def submit(self, token: int, fd: int, records: list, salt: int, sync: bool) -> int:
+        """Queue a job writing `records` framed for `salt` at `fd`, then fdatasync(fd) if
+        `sync`; returns the bytes it writes. `token` (an int) names it in finished()."""
+        data = frame_records(records, salt)
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, got {type(fd).__name__}")
+        if fd < 0 or fd > 0x7FFF_FFFF:
+            raise ValueError(f"fd must be in 0..2**31-1, got {fd}")
+        if not self._running:
+            raise ValueError("the writer is closed")
+        with self._lock:
+            self._pending.append((int(token), fd, data, bool(sync)))
+            self._wake.notify()
+        return len(data)
+
+    def _main(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._stopping:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                token, fd, data, sync = self._pending.popleft()
+                skip = self._stopped
+            if skip:
+                outcome = (token, 0, 0, "skipped", 0.0, None)
+            else:
+                start = time.monotonic()
+                outcome = (token, len(data), 0, None)
+                message = None
+                step = "write"
+                try:
+                    _failpoint("write")
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    if sync:
+                        step = "sync"
+                        _failpoint("sync")
+                        os.fdatasync(fd)
+                except OSError as exc:
+                    outcome = (token, 0, exc.errno or 0, step)
+                    message = exc.strerror or str(exc)
+                outcome += (time.monotonic() - start, message)
+            with self._lock:
+                if outcome[3] in ("write", "sync"):
+                    self._stopped = True
+                was_empty = not self._done
+                self._done.append(outcome)
+                if was_empty:
+                    os.eventfd_write(self.event_fd, 1)
+
+    def finished(self) -> list:
+        """The jobs finished since the last call, in submission order: (token, bytes, errno,
+        step, seconds, message) with step None (written, and synced if asked), "write" or
+        "sync" (failed with errno; message: the error's text) or "skipped" (not run: an
+        earlier job failed); seconds: how long its write and sync took (0.0 when skipped)."""
+        if self.event_fd < 0:
+            return []
+        try:
+            os.eventfd_read(self.event_fd)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def resume(self) -> None:
+        """After a failed job: run the jobs submitted from now on again."""
+        with self._lock:
+            self._stopped = False
+
+    @property
+    def stopped(self) -> bool:
+        """True after a failed job, until resume()."""
+        return self._stopped
+
+    def close(self) -> None:
+        """Run what is queued, end the thread, close event_fd. Unfinished jobs' outcomes
+        are dropped (collect them with finished() first). Idempotent."""
+        if not self._running:
+            return
+        self._running = False
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+        os.close(self.event_fd)
+        self.event_fd = -1
+        self._done = []

@@ -20,7 +20,8 @@ import time
 from typing import Any, Callable, Iterable
 
 from .files import LOCK_NAME  # noqa: F401  (re-exported: the lock file's name)
-from .group_commit import GroupCommit
+from . import segment_files
+from .group_commit import GroupCommit, fast_path_enabled
 from .recovery import recover
 from .segment import MAX_RECORD_SIZE
 from .segment_files import SegmentFiles
@@ -57,9 +58,14 @@ class Journal:
         self._files = files
         self.recovered: list[bytes] = recovered
         self.recovery_log: list[str] = recovery_log
+        # the fast path: batches framed, written and synced by a thread that never takes
+        # the GIL (journal_io.BatchWriter; not under "interval", which keeps its batches)
+        self._writer = None
+        if files.policy != "interval" and fast_path_enabled():
+            self._writer = segment_files.journal_io.BatchWriter()
         self._commit = GroupCommit(loop, thread, files.write_batch,
                                    self._after_batch if files.policy == "interval" else None,
-                                   max_in_flight)
+                                   max_in_flight, files if self._writer is not None else None, self._writer)
         self._closed = False
         self._close_job: asyncio.Future | None = None
         self._sync_timer: asyncio.TimerHandle | None = None
@@ -144,6 +150,12 @@ class Journal:
             raise ValueError(f"record is {len(record)} bytes; the limit is {MAX_RECORD_SIZE}")
         self._commit.add_then(record, callback, arg)
 
+    def cut_early(self, busy_for: float) -> bool:
+        """True when a record its owner has been filling for `busy_for` seconds of the
+        loop's turn had better be appended now than at the end of the turn (the journal is
+        idle and a sync is quicker than the turn: see group_commit, pipelining)."""
+        return self._commit.cut_early(busy_for)
+
     @property
     def batches_in_flight(self) -> int:
         """Batches handed to the writer thread and not yet reported done."""
@@ -196,6 +208,9 @@ class Journal:
         try:
             await self._commit.run_exclusive(self._files.close)
         finally:
+            self._commit.close()
+            if self._writer is not None:
+                self._writer.close()
             self._thread.stop()
 
     async def __aenter__(self) -> "Journal":

@@ -67,6 +67,11 @@ class JournalStore:
         except ValueError as exc:       # closed, or a record over the journal's limit
             raise StorageError(f"the journal refused a record: {exc}") from exc
 
+    def cut_early(self, busy_for: float) -> bool:
+        """True when the record the loop has been filling for `busy_for` seconds had better
+        be appended now, before the loop's turn ends (see Journal.cut_early)."""
+        return self.journal.cut_early(busy_for)
+
     def wants_compaction(self, live_bytes: int) -> bool:
         """True when the journal is compact_ratio times the live state (and big enough)."""
         size = self.journal.size_bytes

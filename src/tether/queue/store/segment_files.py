@@ -175,6 +175,37 @@ class SegmentFiles:
         except OSError as exc:
             raise self._failed(exc, step) from exc
 
+    # ---- the fast path (group_commit): these three run while no slow batch is in flight ----
+
+    def fast_fd(self, size: int, in_flight: int) -> int:
+        """Loop: the fd a batch of `size` framed bytes may be written to by the BatchWriter,
+        behind `in_flight` bytes of its batches not yet done; -1 if the batch must go
+        through write_batch (a new segment, the interval policy, a failed journal)."""
+        if self._fd < 0 or self.broken is not None or self.policy == "interval":
+            return -1
+        end = self._size + in_flight
+        if end > HEADER_SIZE and end + size > self.segment_size:
+            return -1
+        return self._fd
+
+    def fast_written(self, size: int) -> None:
+        """Loop: the BatchWriter wrote a batch of `size` bytes (and synced it under "always")."""
+        self._grew(size)
+        if self.policy == "always":
+            self.sync_count += 1
+            self.dirty = False
+            self.last_sync = time.monotonic()
+        self._good_size = self._size
+
+    def fast_failed(self, err: int, step: str, message: str) -> StorageError:
+        """Writer thread: a batch of the BatchWriter failed at `step` ("write" or "sync")
+        with errno `err` (`message`: its text). Restores the last good state as for a failed
+        write_batch and returns the StorageError for the batch."""
+        exc = OSError(err, message)
+        error = self._failed(exc, "write to" if step == "write" else "sync")
+        error.__cause__ = exc
+        return error
+
     def _grew(self, size: int) -> None:
         self._size += size
         self._sizes[self.seq] = self._size
