@@ -9,6 +9,7 @@ import asyncio
 import errno
 import os
 import random
+import time
 
 import pytest
 
@@ -156,4 +157,162 @@ async def test_native_failed_batches_fail_alone_and_the_journal_restores_itself(
     async with await Journal.open(tmp_path) as reopened:
         # the failed batches' bytes were cut off: exactly what was acknowledged is there
         assert reopened.recovered == acknowledged
+        assert reopened.recovery_log == []
+
+
+# ---- BatchWriter: the same outcomes, bytes and order from both twins ----
+
+def collect(writer, count: int, timeout: float = 10.0) -> list[tuple]:
+    """finished() until `count` outcomes came, waiting on the eventfd between calls."""
+    import select
+
+    out: list[tuple] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count:
+        assert time.monotonic() < deadline, f"only {len(out)} of {count} jobs finished"
+        select.select([writer.event_fd], [], [], 0.5)
+        out += writer.finished()
+    return out
+
+
+def outcome_shape(outcome: tuple) -> tuple:
+    token, written, err, step, seconds, message = outcome
+    assert seconds >= 0.0 and (message is None) == (step in (None, "skipped"))
+    return token, written, err, step
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_batch_writer_twins_write_the_same_bytes_in_order(seed, tmp_path):
+    rng = random.Random(seed)
+    jobs = [(random_records(rng)[:50], rng.getrandbits(32), rng.random() < 0.3) for _ in range(40)]
+    results = []
+    for twin in BOTH:
+        path = tmp_path / twin.__name__
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        writer = twin.BatchWriter()
+        try:
+            sizes = [writer.submit(token, fd, records, salt, sync) for token, (records, salt, sync) in enumerate(jobs)]
+            outcomes = [outcome_shape(o) for o in collect(writer, len(jobs))]
+        finally:
+            writer.close()
+            os.close(fd)
+        assert outcomes == [(token, size, 0, None) for token, size in enumerate(sizes)]
+        results.append(path.read_bytes())
+    assert results[0] == results[1] == b"".join(segment.encode_records(r, salt) for r, salt, _ in jobs)
+
+
+@pytest.mark.parametrize("twin", BOTH, ids=["native", "reference"])
+@pytest.mark.parametrize("step", ["write", "sync"])
+def test_batch_writer_stops_after_a_failed_job_until_resumed(twin, step, tmp_path):
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    writer = twin.BatchWriter()
+    try:
+        writer.submit(1, fd, [b"one"], 5, True)
+        assert [outcome_shape(o) for o in collect(writer, 1)] == [(1, 15, 0, None)]
+        twin.fail_next(step, errno.ENOSPC)
+        for token in (2, 3, 4):
+            writer.submit(token, fd, [b"x%d" % token], 5, True)
+        outcomes = collect(writer, 3)
+        assert [outcome_shape(o) for o in outcomes] == [(2, 0, errno.ENOSPC, step), (3, 0, 0, "skipped"),
+                                                        (4, 0, 0, "skipped")]
+        assert outcomes[0][5] == os.strerror(errno.ENOSPC)
+        assert writer.stopped
+        writer.submit(5, fd, [b"five"], 5, False)            # still stopped: skipped too
+        assert [outcome_shape(o) for o in collect(writer, 1)] == [(5, 0, 0, "skipped")]
+        writer.resume()
+        assert not writer.stopped
+        writer.submit(6, fd, [b"six"], 5, True)
+        assert [outcome_shape(o) for o in collect(writer, 1)] == [(6, 15, 0, None)]
+    finally:
+        twin.fail_next(step, 0, 0)
+        writer.close()
+        os.close(fd)
+    expected = segment.encode_records([b"one"], 5)
+    if step == "sync":                                       # written, then its sync failed
+        expected += segment.encode_records([b"x2"], 5)
+    assert path.read_bytes() == expected + segment.encode_records([b"six"], 5)
+
+
+@pytest.mark.parametrize("twin", BOTH, ids=["native", "reference"])
+def test_batch_writer_close_runs_what_is_queued_and_refuses_more(twin, tmp_path):
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    writer = twin.BatchWriter()
+    event_fd = writer.event_fd
+    for token in range(100):
+        writer.submit(token, fd, [b"%d" % token], 9, False)
+    writer.close()
+    writer.close()                                           # idempotent
+    os.close(fd)
+    assert path.read_bytes() == segment.encode_records([b"%d" % t for t in range(100)], 9)
+    assert writer.finished() == []
+    with pytest.raises(OSError):
+        os.fstat(event_fd)                                   # closed with the writer
+    with pytest.raises(ValueError, match="closed"):
+        writer.submit(1, 0, [b"x"], 1, False)
+
+
+@pytest.mark.parametrize("args", [
+    (1, ["x"], 1), (1, [b"a"], -1), (-1, [b"a"], 1), (True, [b"a"], 1), (1, "abc", 1),
+])
+def test_batch_writer_twins_refuse_the_same_arguments_the_same_way(args, tmp_path):
+    outcomes = []
+    for twin in BOTH:
+        writer = twin.BatchWriter()
+        try:
+            with pytest.raises((TypeError, ValueError)) as info:
+                writer.submit(1, *args, False)
+            outcomes.append((type(info.value), str(info.value)))
+        finally:
+            writer.close()
+    assert outcomes[0] == outcomes[1]
+
+
+async def test_the_journal_batches_go_through_the_batch_writer(tmp_path):
+    journal = await Journal.open(tmp_path)
+    try:
+        assert isinstance(journal._writer, NATIVE.BatchWriter)
+        await asyncio.gather(*(journal.append(b"%d" % i) for i in range(50)))
+        assert journal.sync_count >= 1 and journal.record_count == 50
+        # the loop accounted the bytes the writer thread wrote
+        assert journal.size_bytes == sum(os.path.getsize(tmp_path / n) for n in os.listdir(tmp_path)
+                                         if n.endswith(".seg"))
+    finally:
+        await journal.close()
+
+
+async def test_a_journal_under_interval_writes_without_the_batch_writer(tmp_path):
+    async with await Journal.open(tmp_path, fsync="interval") as journal:
+        assert journal._writer is None
+        await journal.append(b"x")
+
+
+@pytest.mark.parametrize("step", ["write", "sync"])
+async def test_batches_queued_behind_a_failed_one_are_written_after_the_restore_in_order(step, tmp_path):
+    journal = await Journal.open(tmp_path, max_in_flight=4)
+    journal._commit.turn_seconds = 10.0       # pipelined: up to 4 batches in flight
+    await journal.append(b"good")
+    outcomes: dict[bytes, BaseException | None] = {}
+    done = asyncio.Event()
+
+    def report(record: bytes, error: BaseException | None) -> None:
+        outcomes[record] = error
+        if len(outcomes) == 6:
+            done.set()
+
+    NATIVE.fail_next(step, errno.EIO, 1)
+    try:
+        for i in range(6):                   # each goes at once: 4 in flight, 2 wait
+            journal.append_then(b"r%d" % i, report, b"r%d" % i)
+        assert journal.batches_in_flight == 4
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        NATIVE.fail_next(step, 0, 0)
+    assert isinstance(outcomes[b"r0"], StorageError) and outcomes[b"r0"].__cause__.errno == errno.EIO
+    assert all(outcomes[b"r%d" % i] is None for i in range(1, 6))
+    await journal.append(b"later")
+    await journal.close()
+    async with await Journal.open(tmp_path) as reopened:
+        assert reopened.recovered == [b"good"] + [b"r%d" % i for i in range(1, 6)] + [b"later"]
         assert reopened.recovery_log == []
