@@ -8,8 +8,9 @@ the owner's snapshot becomes the new start of the journal and every older segmen
 deleted. A failed write fails its batch with StorageError and the journal restores its last
 good state by itself (segment_files.py). The on-disk format is in `segment`.
 
-Everything under `SegmentFiles` runs on the writer thread only; the event loop reads its
-counters (plain ints) and nothing else.
+Everything under `SegmentFiles` runs on the writer thread, except that the loop asks it
+where a fast batch may go and counts the bytes the BatchWriter (journal_io) wrote, both
+while no job of the writer thread is in flight (group_commit).
 """
 from __future__ import annotations
 
@@ -79,9 +80,9 @@ class Journal:
         fsync: "always" (an append returns once its bytes are fdatasync'ed), "interval"
         (fdatasync at most every `fsync_interval` seconds; an append returns once written)
         or "never" (write only). A new segment starts when the current one would grow past
-        `segment_size` bytes. `max_in_flight`: batches handed to the writer thread at once
-        (2 lets the next batch's write start as soon as the previous fdatasync returns;
-        see group_commit). `retry_interval`: seconds between attempts to restore the files
+        `segment_size` bytes. `max_in_flight`: batches in flight at once
+        when a sync is quicker than the loop's turn (2 lets the next batch's write start
+        while the loop runs the previous one's senders; see group_commit, pipelining). `retry_interval`: seconds between attempts to restore the files
         after a failed write left them in an unknown state (appends fail at once meanwhile).
 
         The directory is made 0700 and files in it 0600; none is opened through a symbolic
