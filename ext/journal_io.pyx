@@ -364,7 +364,11 @@ cdef void *_writer_main(void *arg) noexcept nogil:
             s.done_tail.next = job
         s.done_tail = job
         if was_empty:
+            # the syscall outside the lock (the loop may be waiting for it); the loop reads
+            # the eventfd before it takes the list, so no finished job goes unsignalled
+            pthread_mutex_unlock(&s.lock)
             c_write(s.event_fd, &one, 8)
+            pthread_mutex_lock(&s.lock)
     pthread_mutex_unlock(&s.lock)
     return NULL
 
@@ -450,8 +454,8 @@ cdef class BatchWriter:
         else:
             s.pending_tail.next = job
         s.pending_tail = job
-        pthread_cond_signal(&s.wake)
         pthread_mutex_unlock(&s.lock)
+        pthread_cond_signal(&s.wake)            # outside the lock: the thread wakes to a free lock
         return total
 
     def finished(self) -> list:
