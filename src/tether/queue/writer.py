@@ -6,9 +6,10 @@ iteration (for instance all those the last write woke) joins it. One exception: 
 store says so (`cut_early`: it is idle, and the turn has run longer than its write takes),
 a record holding at least EARLY_CUT_MIN operations' waiters is cut at once, so the disk
 starts on them while the rest of the turn runs (the store's pipelining, group_commit.py).
-A cut always falls between two operations: an operation's ops are all in before it waits. The record goes to the
-store; when the store reports it durable (or failed), the core applies (or undoes) what it
-holds, and the tasks waiting on it wake with the outcome (StorageError if it failed).
+A cut always falls between two operations: an operation's ops are all in before it waits.
+The record goes to the store; when the store reports it durable (or failed), the core
+applies (or undoes) what it holds, and the tasks waiting on it wake with the outcome
+(StorageError if it failed).
 
 Compaction: when no record is in flight, the core's state is exactly the journaled state,
 so a snapshot can be taken and the store rewritten from it. New records wait until the
