@@ -20,6 +20,9 @@ os.makedirs(os.path.join(PXD_ROOT, "tether", "_native"), exist_ok=True)
 for pxd in glob.glob("ext/*.pxd"):
     shutil.copy2(pxd, os.path.join(PXD_ROOT, "tether", "_native"))
 
+# modules that link a C library
+LIBRARIES = {"journal_io": ["z"]}
+
 extensions = []
 for path in sorted(glob.glob("ext/*.pyx")):
     name = os.path.splitext(os.path.basename(path))[0]
@@ -29,6 +32,7 @@ for path in sorted(glob.glob("ext/*.pyx")):
         Extension(
             f"tether._native.{name}",
             [path],
+            libraries=LIBRARIES.get(name, []),
             define_macros=[("CYTHON_TRACE", "1")] if DEBUG else [],
             extra_compile_args=["-O2"],
         )

@@ -17,6 +17,18 @@ def twins(name: str):
     )
 
 
+@pytest.fixture
+def reference_journal_io(monkeypatch):
+    """Journal batches written through the pure-Python twin of journal_io, which calls
+    os.write and os.fdatasync: for tests that count or fail those with monkeypatch (the
+    native twin makes the calls in C, with the GIL released)."""
+    from tether._reference import journal_io
+    from tether.queue.store import segment_files
+
+    monkeypatch.setattr(segment_files, "journal_io", journal_io)
+    return journal_io
+
+
 def pytest_configure(config):
     # Tests must run the compiled extensions: a missing build is an error, not a skip.
     import tether._native  # noqa: F401

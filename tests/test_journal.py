@@ -34,8 +34,9 @@ def numbered(i: int, size: int = 40) -> bytes:
 
 
 @pytest.fixture
-def count_syncs(monkeypatch):
-    """Counts os.fdatasync calls (the journal looks it up on every call)."""
+def count_syncs(monkeypatch, reference_journal_io):
+    """Counts os.fdatasync calls (the journal looks it up on every call; its batches go
+    through the pure-Python twin of journal_io, which calls os.fdatasync)."""
     calls: list[float] = []
     real = os.fdatasync
 
@@ -269,7 +270,7 @@ async def test_interval_policy_syncs_at_most_every_interval_and_eventually(tmp_p
     await journal.close()
 
 
-async def test_fdatasync_runs_off_the_event_loop(tmp_path, monkeypatch):
+async def test_fdatasync_runs_off_the_event_loop(tmp_path, monkeypatch, reference_journal_io):
     journal = await Journal.open(tmp_path, fsync="always")
     real = os.fdatasync
     loop_thread = threading.get_ident()
@@ -325,7 +326,8 @@ async def test_cancelled_append_does_not_disturb_others(tmp_path):
         assert reopened.recovered == [numbered(i) for i in range(10)] + [b"after"]
 
 
-async def test_failed_fdatasync_fails_the_batch_and_the_journal_goes_on(tmp_path, monkeypatch):
+async def test_failed_fdatasync_fails_the_batch_and_the_journal_goes_on(tmp_path, monkeypatch,
+                                                                       reference_journal_io):
     journal = await Journal.open(tmp_path)
     await journal.append(b"good")
 

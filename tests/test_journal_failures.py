@@ -62,9 +62,24 @@ def is_segment_fd(fd: int) -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def twin(request, monkeypatch):
+    """Journal batches through the twin a test asks for (`twin` param), else through the
+    pure-Python twin: the injected errors below fail os.write and os.fdatasync, which only
+    it calls (test_journal_io.py fails the native twin's calls with its failpoints)."""
+    from tether._reference import journal_io as reference
+    from tether.queue.store import segment_files
+
+    name = getattr(request, "param", "reference")
+    if name == "reference":
+        monkeypatch.setattr(segment_files, "journal_io", reference)
+    return name
+
+
 # ---- a real full disk ----
 
-async def test_full_disk_fails_appends_then_appends_work_again_once_space_is_freed(small_tmpfs):
+@pytest.mark.parametrize("twin", ["native", "reference"], indirect=True)
+async def test_full_disk_fails_appends_then_appends_work_again_once_space_is_freed(small_tmpfs, twin):
     directory = small_tmpfs / "journal"
     journal = await Journal.open(directory, segment_size=8192)
     acknowledged = [numbered(i, 1000) for i in range(100)]

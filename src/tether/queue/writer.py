@@ -2,9 +2,14 @@
 
 Whatever the core journals in one loop iteration becomes one record: the first operation
 that opens a record schedules a cut with `call_soon`, so every task ready to run this
-iteration (for instance all those the last write woke) joins it. The record goes to the
-store; when the store reports it durable (or failed), the core applies (or undoes) what it
-holds, and the tasks waiting on it wake with the outcome (StorageError if it failed).
+iteration (for instance all those the last write woke) joins it. One exception: when the
+store says so (`cut_early`: it is idle, and the turn has run longer than its write takes),
+a record holding at least EARLY_CUT_MIN operations' waiters is cut at once, so the disk
+starts on them while the rest of the turn runs (the store's pipelining, group_commit.py).
+A cut always falls between two operations: an operation's ops are all in before it waits.
+The record goes to the store; when the store reports it durable (or failed), the core
+applies (or undoes) what it holds, and the tasks waiting on it wake with the outcome
+(StorageError if it failed).
 
 Compaction: when no record is in flight, the core's state is exactly the journaled state,
 so a snapshot can be taken and the store rewritten from it. New records wait until the
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from time import monotonic
 from typing import Callable
 
 from ..errors import StorageError
@@ -24,6 +30,9 @@ from .core import records as R
 from .store.interface import Store
 
 log = logging.getLogger("tether.queue")
+
+#: An early cut needs at least this many waiters on the open record.
+EARLY_CUT_MIN = 8
 
 #: Snapshot records are cut at about this size, so that no single record is huge.
 SNAPSHOT_RECORD_BYTES = 256 * 1024
@@ -50,6 +59,8 @@ class RecordWriter:
         self._compact_wanted = False  # a compaction waits for the records in flight
         self._compaction: asyncio.Task | None = None
         self._closed = False
+        self._cut_early = getattr(store, "cut_early", None)
+        self._opened_at = 0.0         # when the open record got its first waiter
 
     # ---- records ----
 
@@ -59,8 +70,14 @@ class RecordWriter:
         waiters = self._waiters.get(record)
         if waiters is None:
             self._waiters[record] = [future]
+            self._opened_at = monotonic()
         else:
             waiters.append(future)
+            if len(waiters) >= EARLY_CUT_MIN and self._cut_early is not None \
+                    and record == self._core.pending_record and not (self._gate or self._compact_wanted) \
+                    and self._cut_early(monotonic() - self._opened_at):
+                self._cut()
+                return future
         if not self._cut_scheduled:
             self._cut_scheduled = True
             self._loop.call_soon(self._cut)

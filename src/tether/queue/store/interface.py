@@ -36,6 +36,11 @@ class Store(Protocol):
         """Append one encoded record; `done(None)` once it is durable, `done(StorageError)`
         if it could not be written. Callbacks run on the event loop, in append order."""
 
+    def cut_early(self, busy_for: float) -> bool:
+        """True when a record the loop has been filling for `busy_for` seconds of its turn
+        had better be appended now than at the turn's end (the store is idle and would
+        finish a write sooner than the turn). Optional: a store without it is never asked."""
+
     def wants_compaction(self, live_bytes: int) -> bool:
         """True when a rewrite would shrink the store a lot (`live_bytes`: the state's size)."""
 

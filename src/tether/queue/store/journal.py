@@ -8,8 +8,9 @@ the owner's snapshot becomes the new start of the journal and every older segmen
 deleted. A failed write fails its batch with StorageError and the journal restores its last
 good state by itself (segment_files.py). The on-disk format is in `segment`.
 
-Everything under `SegmentFiles` runs on the writer thread only; the event loop reads its
-counters (plain ints) and nothing else.
+Everything under `SegmentFiles` runs on the writer thread, except that the loop asks it
+where a fast batch may go and counts the bytes the BatchWriter (journal_io) wrote, both
+while no job of the writer thread is in flight (group_commit).
 """
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ import asyncio
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .files import LOCK_NAME  # noqa: F401  (re-exported: the lock file's name)
-from .group_commit import GroupCommit
+from . import segment_files
+from .group_commit import GroupCommit, fast_path_enabled
 from .recovery import recover
 from .segment import MAX_RECORD_SIZE
 from .segment_files import SegmentFiles
+from .writer_thread import WriterThread, _settle
 
 FSYNC_POLICIES = ("always", "interval", "never")
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
@@ -48,18 +50,23 @@ class Journal:
     fails, just as an OS crash under this policy loses them). See segment_files.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor,
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: WriterThread,
                  files: SegmentFiles, recovered: list[bytes], recovery_log: list[str],
                  max_in_flight: int = 1) -> None:
         # Use Journal.open(): construction needs recovery to have run on the writer thread.
         self._loop = loop
-        self._executor = executor
+        self._thread = thread
         self._files = files
         self.recovered: list[bytes] = recovered
         self.recovery_log: list[str] = recovery_log
-        self._commit = GroupCommit(loop, executor, files.write_batch,
+        # the fast path: batches framed, written and synced by a thread that never takes
+        # the GIL (journal_io.BatchWriter; not under "interval", which keeps its batches)
+        self._writer = None
+        if files.policy != "interval" and fast_path_enabled():
+            self._writer = segment_files.journal_io.BatchWriter()
+        self._commit = GroupCommit(loop, thread, files.write_batch,
                                    self._after_batch if files.policy == "interval" else None,
-                                   max_in_flight)
+                                   max_in_flight, files if self._writer is not None else None, self._writer)
         self._closed = False
         self._close_job: asyncio.Future | None = None
         self._sync_timer: asyncio.TimerHandle | None = None
@@ -73,9 +80,9 @@ class Journal:
         fsync: "always" (an append returns once its bytes are fdatasync'ed), "interval"
         (fdatasync at most every `fsync_interval` seconds; an append returns once written)
         or "never" (write only). A new segment starts when the current one would grow past
-        `segment_size` bytes. `max_in_flight`: batches handed to the writer thread at once
-        (2 lets the next batch's write start as soon as the previous fdatasync returns;
-        see group_commit). `retry_interval`: seconds between attempts to restore the files
+        `segment_size` bytes. `max_in_flight`: batches in flight at once
+        when a sync is quicker than the loop's turn (2 lets the next batch's write start
+        while the loop runs the previous one's senders; see group_commit, pipelining). `retry_interval`: seconds between attempts to restore the files
         after a failed write left them in an unknown state (appends fail at once meanwhile).
 
         The directory is made 0700 and files in it 0600; none is opened through a symbolic
@@ -100,16 +107,17 @@ class Journal:
                 or not math.isfinite(retry_interval) or retry_interval <= 0:
             raise ValueError(f"retry_interval must be a finite number of seconds > 0, got {retry_interval!r}")
         loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-journal")
-        job = executor.submit(recover, path, segment_size, fsync, float(fsync_interval), float(retry_interval))
+        thread = WriterThread(loop)
+        opened = loop.create_future()
+        thread.post(recover, (path, segment_size, fsync, float(fsync_interval), float(retry_interval)),
+                    _opened, opened)
         try:
-            files, recovered, recovery_log = await asyncio.wrap_future(job, loop=loop)
+            files, recovered, recovery_log = await opened
         except BaseException:
-            # Cancelled while recovery ran on: release what it opens once it finishes.
-            job.add_done_callback(_close_abandoned)
-            executor.shutdown(wait=False)
+            # Cancelled while recovery ran on: _opened releases what it opens once it finishes.
+            thread.stop()
             raise
-        return cls(loop, executor, files, recovered, recovery_log, max_in_flight)
+        return cls(loop, thread, files, recovered, recovery_log, max_in_flight)
 
     # ---- appending ----
 
@@ -142,6 +150,12 @@ class Journal:
         if len(record) > MAX_RECORD_SIZE:
             raise ValueError(f"record is {len(record)} bytes; the limit is {MAX_RECORD_SIZE}")
         self._commit.add_then(record, callback, arg)
+
+    def cut_early(self, busy_for: float) -> bool:
+        """True when a record its owner has been filling for `busy_for` seconds of the
+        loop's turn had better be appended now than at the end of the turn (the journal is
+        idle and a sync is quicker than the turn: see group_commit, pipelining)."""
+        return self._commit.cut_early(busy_for)
 
     @property
     def batches_in_flight(self) -> int:
@@ -195,7 +209,10 @@ class Journal:
         try:
             await self._commit.run_exclusive(self._files.close)
         finally:
-            self._executor.shutdown(wait=False)
+            self._commit.close()
+            if self._writer is not None:
+                self._writer.close()
+            self._thread.stop()
 
     async def __aenter__(self) -> "Journal":
         return self
@@ -274,20 +291,19 @@ class Journal:
         self._sync_timer = None
         if self._closed:
             return
-        job = self._executor.submit(self._files.sync_if_due)
-        job.add_done_callback(lambda _done: _call_on_loop(self._loop, self._after_batch))
+        self._thread.post(self._files.sync_if_due, (), _synced, self)
 
 
-def _call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    try:
-        loop.call_soon_threadsafe(callback)
-    except RuntimeError:
-        pass   # the loop was closed under a running journal
+def _synced(journal: "Journal", _result: None, _error: BaseException | None) -> None:
+    journal._after_batch()
 
 
-def _close_abandoned(job) -> None:
-    if not job.cancelled() and job.exception() is None:
-        job.result()[0].close()
+def _opened(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        if result is not None:
+            result[0].close()      # Journal.open was cancelled: release what recovery opened
+        return
+    _settle(future, result, error)
 
 
 def _check_directory(directory: object) -> str:

@@ -44,8 +44,9 @@ class JournalStore:
             raise ValueError(f"compact_ratio must be a finite number > 1, not {compact_ratio!r}")
         if isinstance(compact_min_bytes, bool) or not isinstance(compact_min_bytes, int) or compact_min_bytes < 0:
             raise ValueError(f"compact_min_bytes must be an integer >= 0, not {compact_min_bytes!r}")
-        # max_in_flight 2: the next batch's write starts as soon as the previous fdatasync
-        # returns, while the loop is still applying that batch and waking its senders
+        # max_in_flight 2: when a sync is quicker than the loop's turn, a second batch may
+        # be written while the loop still runs the first one's senders (group_commit.py,
+        # pipelining); when it is slower, one batch at a time and what waited merges
         journal = await Journal.open(directory, fsync=fsync, fsync_interval=fsync_interval,
                                      segment_size=segment_size, max_in_flight=2)
         return cls(journal, compact_ratio=float(compact_ratio), compact_min_bytes=compact_min_bytes)
@@ -66,6 +67,11 @@ class JournalStore:
             self.journal.append_then(record, _report, done)
         except ValueError as exc:       # closed, or a record over the journal's limit
             raise StorageError(f"the journal refused a record: {exc}") from exc
+
+    def cut_early(self, busy_for: float) -> bool:
+        """True when the record the loop has been filling for `busy_for` seconds had better
+        be appended now, before the loop's turn ends (see Journal.cut_early)."""
+        return self.journal.cut_early(busy_for)
 
     def wants_compaction(self, live_bytes: int) -> bool:
         """True when the journal is compact_ratio times the live state (and big enough)."""

@@ -23,10 +23,14 @@ import logging
 import os
 import time
 
+from ... import layer1
 from ...errors import StorageError
 from .files import datasync, fsync_directory, open_file, unlink_quietly, write_all
 from .rewrite import write_new_journal
-from .segment import HEADER_SIZE, close_marker, encode_header, encode_records, new_salt, segment_name
+from .segment import HEADER_SIZE, RECORD_HEADER_SIZE, close_marker, encode_header, new_salt, segment_name
+
+# The batch write (framing, write, fdatasync): tether._native.journal_io, or its twin.
+journal_io = layer1.module("journal_io")
 
 logger = logging.getLogger("tether.journal")
 
@@ -124,40 +128,88 @@ class SegmentFiles:
 
     def write_batch(self, records: list[bytes]) -> None:
         """Write one batch, then sync it per the policy. Raises StorageError if that fails
-        (the batch is then not in the journal) or if the journal is failed."""
+        (the batch is then not in the journal) or if the journal is failed.
+
+        Under "always" and "never" the framing, the write and the fdatasync are one call
+        of journal_io (native: the GIL is released for all three)."""
         if self._fd < 0:
             raise ValueError("journal is closed")
         if self.broken is not None:
             self._restore_or_refuse()
-        data = encode_records(records, self.salt)
+        size = sum(map(len, records)) + RECORD_HEADER_SIZE * len(records)
         step = "write to"
         try:
-            if self._size > HEADER_SIZE and self._size + len(data) > self.segment_size:
+            if self._size > HEADER_SIZE and self._size + size > self.segment_size:
                 # Flush the full segment first so a crash keeps a prefix of the journal.
                 if self.policy != "never":
                     step = "sync"
                     self._sync()
                 step = "start a segment of"
                 self._start_segment(self.seq + 1, self.base, self._size)
-            step = "write to"
-            write_all(self._fd, data)
-            self._size += len(data)
-            self._sizes[self.seq] = self._size
-            self.total_bytes += len(data)
-            if self.policy == "always":
-                step = "sync"
-                self._sync()
-            elif self.policy == "interval":
+                step = "write to"
+            if self.policy == "interval":
+                data = journal_io.frame_records(records, self.salt)
+                write_all(self._fd, data)
+                self._grew(size)
                 if time.monotonic() - self.last_sync >= self.interval:
                     step = "sync"
                     self._sync()
                 else:
                     self._unsynced.append(data)
                     self.dirty = True
-            else:
-                self._good_size = self._size
+                return
+            always = self.policy == "always"
+            try:
+                journal_io.write_records(self._fd, records, self.salt, always)
+            except OSError as exc:
+                if getattr(exc, "journal_step", None) == "sync":
+                    step = "sync"
+                raise
+            self._grew(size)
+            if always:
+                self.sync_count += 1
+                self.dirty = False
+                self.last_sync = time.monotonic()
+                self._unsynced = []
+            self._good_size = self._size
         except OSError as exc:
             raise self._failed(exc, step) from exc
+
+    # ---- the fast path (group_commit): these three run while no slow batch is in flight ----
+
+    def fast_fd(self, size: int, in_flight: int) -> int:
+        """Loop: the fd a batch of `size` framed bytes may be written to by the BatchWriter,
+        behind `in_flight` bytes of its batches not yet done; -1 if the batch must go
+        through write_batch (a new segment, the interval policy, a failed journal)."""
+        if self._fd < 0 or self.broken is not None or self.policy == "interval":
+            return -1
+        end = self._size + in_flight
+        if end > HEADER_SIZE and end + size > self.segment_size:
+            return -1
+        return self._fd
+
+    def fast_written(self, size: int) -> None:
+        """Loop: the BatchWriter wrote a batch of `size` bytes (and synced it under "always")."""
+        self._grew(size)
+        if self.policy == "always":
+            self.sync_count += 1
+            self.dirty = False
+            self.last_sync = time.monotonic()
+        self._good_size = self._size
+
+    def fast_failed(self, err: int, step: str, message: str) -> StorageError:
+        """Writer thread: a batch of the BatchWriter failed at `step` ("write" or "sync")
+        with errno `err` (`message`: its text). Restores the last good state as for a failed
+        write_batch and returns the StorageError for the batch."""
+        exc = OSError(err, message)
+        error = self._failed(exc, "write to" if step == "write" else "sync")
+        error.__cause__ = exc
+        return error
+
+    def _grew(self, size: int) -> None:
+        self._size += size
+        self._sizes[self.seq] = self._size
+        self.total_bytes += size
 
     def _sync(self) -> None:
         datasync(self._fd)
