@@ -718,3 +718,93 @@ def test_payload_sizes(codec):
 @given(st.lists(st.one_of(st.binary(max_size=40), st.binary(max_size=40).map(bytearray)), max_size=30))
 def test_payload_sizes_twins_agree(payloads):
     assert native.payload_sizes(payloads) == reference.payload_sizes(payloads)
+
+
+# ---------------------------------------------------------------- batches of datagrams
+
+@SETTINGS
+@given(st.lists(st.one_of(st.lists(frames, min_size=1, max_size=3).map(lambda fs: b"".join(native.encode_frame(f) for f in fs)),
+                          st.binary(max_size=40)), max_size=8))
+def test_decode_packets_is_decode_packet_per_body(bodies):
+    """One call for a run of datagrams: each body's frames, or the ProtocolError it raised,
+    exactly as decode_packet one by one (a bad body spoils no other); both twins agree."""
+    for module in MODULES:
+        out = module.decode_packets(bodies, max_message_size=300, max_frames=50)
+        assert len(out) == len(bodies)
+        for body, item in zip(bodies, out):
+            single = decoded(module, body, max_message_size=300, max_frames=50)
+            if isinstance(item, ProtocolError):
+                assert single == ("error",)
+            else:
+                assert single == ("ok", repr(item))
+    n = native.decode_packets(bodies, max_message_size=300, max_frames=50)
+    r = reference.decode_packets(bodies, max_message_size=300, max_frames=50)
+    # (the twins' error messages differ in wording, as for decode_packet)
+    assert [repr(x) if isinstance(x, list) else type(x) for x in n] == \
+        [repr(x) if isinstance(x, list) else type(x) for x in r]
+
+
+def test_decode_packets_takes_any_bytes_like_body_and_rejects_others(codec):
+    body = packb([7, 1])
+    assert codec.decode_packets((bytearray(body), memoryview(body), b"")) [:2] == [[(7, 1)], [(7, 1)]]
+    assert isinstance(codec.decode_packets([b""])[0], ProtocolError)
+    assert codec.decode_packets([]) == []
+    with pytest.raises(TypeError, match=r"bodies\[1\]|bytes-like"):
+        codec.decode_packets([body, 5])
+    with pytest.raises(TypeError, match="bodies"):
+        codec.decode_packets(body)
+
+
+@SETTINGS
+@given(st.lists(st.binary(min_size=1, max_size=120), max_size=30), st.integers(1, 400))
+def test_pack_frames_joins_greedily_in_order(frames_, limit):
+    out = native.pack_frames(frames_, limit)
+    assert out == reference.pack_frames(frames_, limit)
+    assert b"".join(out) == b"".join(frames_)
+    # greedy: every packet within the limit unless it is one frame; no two neighbours fit together
+    i = 0
+    for packet in out:
+        taken = 0
+        while taken < len(packet):
+            taken += len(frames_[i])
+            i += 1
+        assert taken == len(packet)
+        assert len(packet) <= limit or packet == frames_[i - 1]
+    for a, b in zip(out, out[1:]):
+        first_of_b = next(f for f in frames_ if b.startswith(f))
+        assert len(a) + len(first_of_b) > limit
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from([1, 5, 7, 100, 1452]), max_size=80), st.integers(1, 70),
+       st.integers(1, 70000))
+def test_segment_runs_cut_what_gso_can_send(sizes, max_segments, max_bytes):
+    """Each run is count packets of segment_size bytes but the last, which may be shorter;
+    within max_segments and max_bytes (unless one packet alone is bigger); in order."""
+    packets = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
+    out = native.segment_runs(packets, max_segments, max_bytes)
+    assert out == reference.segment_runs(packets, max_segments, max_bytes)
+    assert b"".join(buf for buf, _, _ in out) == b"".join(packets)
+    i = 0
+    for buf, segment, count in out:
+        run = packets[i:i + count]
+        i += count
+        assert buf == b"".join(run) and 1 <= count <= max_segments
+        assert all(len(p) == segment for p in run[:-1]) and len(run[-1]) <= segment
+        assert len(buf) <= max_bytes or count == 1
+        # splitting the buffer at segment_size gives the packets back (what GRO's receiver does)
+        assert [buf[j:j + segment] for j in range(0, len(buf), segment)] == run
+    assert i == len(packets)
+
+
+@pytest.mark.parametrize("name,args", [
+    ("pack_frames", ([b"x"], 0)), ("pack_frames", ([b"x", "y"], 10)), ("pack_frames", (b"x", 10)),
+    ("pack_frames", ([b"x"], 1.5)), ("segment_runs", ([b"x"], 0, 10)),
+    ("segment_runs", ([b"x"], 1, 0)), ("segment_runs", ([b""], 1, 10)),
+    ("segment_runs", ([bytearray(b"x")], 1, 10)), ("decode_packets", ([b"x"], -1, 4)),
+    ("decode_packets", ([b"x"], 10, 0)),
+])
+def test_batch_functions_bad_arguments_agree(name, args):
+    expected = raised(getattr(reference, name), *args)
+    assert expected in (TypeError, ValueError), expected
+    assert raised(getattr(native, name), *args) is expected
