@@ -51,6 +51,10 @@ FIRST_NUMBER = 1
 K_TERMINATE_RETRIES = 3
 
 
+# Plain ints for the per-frame dispatch (comparing with an IntEnum member is slower).
+_DATA, _ACK, _ACK_REQUESTED = int(F.DATA), int(F.ACK), int(F.ACK_REQUESTED)
+
+
 class _Control:
     """A control frame that waits for its response; resent with doubling backoff."""
 
@@ -326,60 +330,135 @@ class SessionEngine:
             return
         self.receive_frames(frames, now)
 
-    def receive_frames(self, frames: list, now: float) -> None:
-        """Decoded frames of one packet, all for this session."""
+    def receive_packets(self, bodies: list, now: float) -> None:
+        """Several packets from the peer, in arrival order (a batch of datagrams, or the
+        packets cut from a TCP read): the same as receive_packet for each, with the bodies
+        decoded in one call and the data of consecutive packets given to the receive window
+        in one call."""
         if self.state in FINAL_STATES:
             return
-        self._last_heard = now
-        self.packets_received += 1
-        had_data = False
-        try:
-            for frame in frames:
-                kind = frame[0]
-                if frame[1] != self.session_id:
-                    raise ProtocolError(
-                        f"frame for session {frame[1]:#x} arrived on session {self.session_id:#x}")
-                if kind == F.DATA:
-                    self._on_data(frame, now)
-                    had_data = True
-                elif kind == F.ACK:
-                    self._on_ack(frame, now)
-                elif kind == F.ACK_REQUESTED:
-                    self._ack_now = True
-                else:
-                    self._on_control(kind, frame, now)
-                if self.state in FINAL_STATES:
-                    return
-        except TetherError as exc:
-            self._fault(exc, now)
+        decoded = self._codec.decode_packets(bodies, self.settings.max_message_size,
+                                             MAX_FRAMES_PER_PACKET)
+        lenient = self.is_client and not self.reliable_transport
+        packets: list = []
+        for frames in decoded:
+            if type(frames) is not list:
+                if lenient:
+                    self.packets_ignored += 1
+                    continue
+                self.receive_frames_many(packets, now)   # what arrived before it counts
+                self._fault(frames, now)
+                return
+            if lenient and frames[0][1] != self.session_id:
+                self.packets_ignored += 1
+                continue
+            packets.append(frames)
+        if packets:
+            self.receive_frames_many(packets, now)
+
+    def receive_frames(self, frames: list, now: float) -> None:
+        """Decoded frames of one packet, all for this session."""
+        self.receive_frames_many([frames], now)
+
+    def receive_frames_many(self, packets: list, now: float) -> None:
+        """Decoded frames of several packets (a list of frame lists), all for this session,
+        in arrival order: the same as receive_frames for each. DATA frames that continue
+        one another are joined into one run for the receive window; the run is accepted
+        before any other frame but AckRequested is acted on, so every check sees the same
+        state as packet by packet."""
+        if self.state in FINAL_STATES or not packets:
             return
+        self._last_heard = now
+        sid = self.session_id
+        run: list | None = None    # payloads of consecutive DATA frames not yet accepted
+        run_first = 0
+        error: TetherError | None = None
+        try:
+            for frames in packets:
+                self.packets_received += 1
+                had_data = False
+                for frame in frames:
+                    kind = frame[0]
+                    if frame[1] != sid:
+                        raise ProtocolError(
+                            f"frame for session {frame[1]:#x} arrived on session {sid:#x}")
+                    if kind == _DATA:
+                        had_data = True
+                        checked = self._check_data(frame)
+                        if checked is None:
+                            continue
+                        first, payloads = checked
+                        if run is not None and first == run_first + len(run):
+                            run.extend(payloads)
+                            continue
+                        if run is not None:
+                            pending, run = run, None
+                            self._accept_run(run_first, pending)
+                        run_first, run = first, list(payloads)
+                    elif kind == _ACK_REQUESTED:
+                        self._ack_now = True
+                    else:
+                        if run is not None:
+                            pending, run = run, None
+                            self._accept_run(run_first, pending)
+                        if kind == _ACK:
+                            self._on_ack(frame, now)
+                        else:
+                            self._on_control(kind, frame, now)
+                        if self.state in FINAL_STATES:
+                            return
+                if had_data:
+                    self._packets_unacked += 1
+                    if self._packets_unacked >= ACK_ELICITING_THRESHOLD or self.settings.ack_interval == 0:
+                        self._ack_now = True
+                    elif self._ack_deadline is None:
+                        self._ack_deadline = now + self.settings.ack_interval
+                if self._incoming_last is not None:
+                    if run is not None:
+                        pending, run = run, None
+                        self._accept_run(run_first, pending)
+                    self._check_incoming_closed()
+            if run is not None:
+                pending, run = run, None
+                self._accept_run(run_first, pending)
+        except TetherError as exc:
+            error = exc
         except (ValueError, OverflowError, TypeError) as exc:
             # hostile field values the codec let through (it checks types, not meaning)
-            self._fault(ProtocolError(f"invalid frame: {exc}"), now)
+            error = ProtocolError(f"invalid frame: {exc}")
+        if error is not None:
+            if run is not None:
+                # the frames before the bad one were taken, as packet by packet
+                try:
+                    self._accept_run(run_first, run)
+                except (TetherError, ValueError, OverflowError, TypeError):
+                    pass
+            self._fault(error, now)
             return
         if self._delivered:
             self.messages_delivered += len(self._delivered)
             self._events.append(MessagesDelivered(self._delivered))
             self._delivered = []
-        if had_data:
-            self._packets_unacked += 1
-            if self._packets_unacked >= ACK_ELICITING_THRESHOLD or self.settings.ack_interval == 0:
-                self._ack_now = True
-            elif self._ack_deadline is None:
-                self._ack_deadline = now + self.settings.ack_interval
         self._check_incoming_closed()
 
     def _on_data(self, frame: tuple, now: float) -> None:
+        checked = self._check_data(frame)
+        if checked is not None:
+            self._accept_run(*checked)
+
+    def _check_data(self, frame: tuple) -> tuple | None:
+        """(first number, payloads) of a DATA frame once its numbers are checked (fragments
+        wrapped), or None when it is to be ignored."""
         _, _, first, payloads, fragments = frame
         count = len(payloads)
         if count == 0:
-            return
+            return None
         if self.state is State.CONNECTING:
             # Data overtook the CreateSequenceResponse (UDP) or came from a server incarnation
             # that may yet forget the session (a restart: our CreateSequence then opens a new
             # one with the same id). Take data only from the sequence we connected to; the
             # server resends it, as nothing is acknowledged.
-            return
+            return None
         last = first + count - 1
         if first < FIRST_NUMBER or last > MAX_NUMBER:
             raise ProtocolError(f"message numbers {first}..{last} out of range")
@@ -387,6 +466,10 @@ class SessionEngine:
             raise ProtocolError(f"message {last} after CloseSequence at {self._incoming_last}")
         if fragments:
             payloads = self._wrap_fragments(first, payloads, fragments)
+        return first, payloads
+
+    def _accept_run(self, first: int, payloads: list) -> None:
+        """Consecutive messages from `first` into the receive window (one call)."""
         rw = self._rw
         duplicates, refused, had_gap = rw.duplicates, rw.refused, rw.has_gap
         delivered = rw.accept(first, payloads)
@@ -622,8 +705,8 @@ class SessionEngine:
         except ProtocolError as exc:
             self._fault(exc, now)
             return
-        for body in packets:
-            self.receive_packet(body, now)
+        if packets:
+            self.receive_packets(packets, now)
 
     def data_to_send(self, now: float) -> bytes:
         """TCP: the length-prefixed bytes to write now."""
@@ -825,18 +908,7 @@ class SessionEngine:
         if not frames:
             return []
         self._last_sent = now
-        limit = self.max_packet_size
-        packets: list[bytes] = []
-        current: list[bytes] = []
-        size = 0
-        for f in frames:
-            if current and size + len(f) > limit:
-                packets.append(b"".join(current))
-                current, size = [], 0
-            current.append(f)
-            size += len(f)
-        if current:
-            packets.append(current[0] if len(current) == 1 else b"".join(current))
+        packets = self._codec.pack_frames(frames, self.max_packet_size)
         self.packets_sent += len(packets)
         return packets
 
