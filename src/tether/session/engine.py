@@ -46,6 +46,12 @@ ACK_RESERVE = 1024
 ACK_RANGE_BYTES = 18
 ACK_HEADER_BYTES = 32
 FIRST_NUMBER = 1
+# Pacing (UDP, with congestion control): a burst is at most this many packets or this much
+# of the pacing rate, whichever is more (a timer per packet would cost more than it saves),
+# and the pacer waits at least this long (timers are not finer on an event loop).
+PACING_BURST_PACKETS = 16
+PACING_BURST_TIME = 0.002
+PACING_MIN_WAIT = 0.0005
 # TerminateSequence is resent this many times at most (like TCP's LAST_ACK, short): by then
 # both sequences are closed and acknowledged, so only the peer's bookkeeping is at stake.
 K_TERMINATE_RETRIES = 3
@@ -101,6 +107,12 @@ class SessionEngine:
         # Exclusive bound on the numbers the peer's receive window accepts (flow control).
         self._send_limit = FIRST_NUMBER + window
 
+        # Pacing (UDP with congestion control): bytes of new data that may go out now, and
+        # when they were counted; _pace_next is when enough for a burst will have accrued
+        # while the pacer holds data back (None otherwise).
+        self._pace_tokens = 0.0
+        self._pace_at = now
+        self._pace_next: float | None = None
         self._pending: list = []          # accepted from the app, not yet in the send window
         self._pending_head = 0
         self._pending_bytes = 0
@@ -510,7 +522,7 @@ class SessionEngine:
             if count:
                 self.messages_acked += count
                 if self._cc is not None:
-                    self._cc.on_acked(nbytes)
+                    self._cc.on_acked(nbytes, min(samples) if samples else None)
                 # Acked messages need not be fragments: the gate opens again only once no
                 # Fragment can be left anywhere (nothing in flight, nothing pending).
                 if self._fragments_queued and not sw.in_flight and not self.pending_count:
@@ -784,6 +796,8 @@ class SessionEngine:
             t = min(t, self._last_sent + self._keepalive_interval())
             if self._ack_deadline is not None:
                 t = min(t, self._ack_deadline)
+        if self._pace_next is not None and self.pending_count and self.state in OPEN_STATES:
+            t = min(t, self._pace_next)
         if not self.reliable_transport and self._sw.in_flight:
             deadline = self._sw.next_deadline(self._rto(), MAX_RTO)
             if deadline is not None and deadline < t:
@@ -843,6 +857,8 @@ class SessionEngine:
             self._control_out.append(ctl.frame)
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_now = True
+        if self._pace_next is not None and now >= self._pace_next:
+            self._pace_next = None     # packets_to_send takes what the pacer allows now
         if not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES:
             try:
                 due = self._sw.retransmit_due(now, self._rto(), MAX_RTO)
@@ -924,6 +940,7 @@ class SessionEngine:
 
     def _take_new(self, now: float) -> list[bytes]:
         """Move what the windows allow from pending into the send window; its DATA frames."""
+        self._pace_next = None     # set again below only if the pacer is what holds data back
         waiting = len(self._pending) - self._pending_head
         if waiting == 0 or self.state is State.CONNECTING:
             return []
@@ -935,6 +952,7 @@ class SessionEngine:
             allowed = min(allowed, self._send_limit - sw.next_number)
             if self._cc is not None and allowed > 0:
                 room = self._cc.available(sw.bytes_in_flight)
+                room = self._paced(room, now)
                 average = self._pending_bytes / waiting
                 allowed = min(allowed, int(room // average) if average >= 1 else allowed)
                 if allowed == 0 and room > 0:
@@ -956,8 +974,30 @@ class SessionEngine:
             del self._pending[:self._pending_head]
             self._pending_head = 0
         self._pending_bytes -= sw.bytes_in_flight - bytes_before
+        if self._cc is not None:
+            self._pace_tokens -= sw.bytes_in_flight - bytes_before
         self.messages_sent += taken
         return self._encode_batch(first, batch)
+
+    def _paced(self, room: int, now: float) -> int:
+        """`room` (bytes the congestion window allows) cut to what the pacer allows now:
+        new data goes out at 1.25 cwnd per smoothed RTT, in bursts of at most
+        max(PACING_BURST_PACKETS packets, PACING_BURST_TIME of the rate), so a whole window
+        is not dumped into the receiver's socket buffer at once."""
+        rate = self._cc.pacing_rate(self._rtt.srtt)
+        if rate is None:
+            return room
+        burst = max(PACING_BURST_PACKETS * self.max_packet_size, rate * PACING_BURST_TIME)
+        tokens = min(burst, self._pace_tokens + (now - self._pace_at) * rate)
+        self._pace_at = now
+        self._pace_tokens = tokens
+        if tokens >= room:
+            return room
+        # Send what has accrued (if a packet's worth), then wait for the next burst: not a
+        # timer per packet.
+        send = int(tokens) if tokens >= self.max_packet_size else 0
+        self._pace_next = now + max((min(burst, room) - (tokens - send)) / rate, PACING_MIN_WAIT)
+        return send
 
     def _encode_batch(self, first: int, payloads: list) -> list[bytes]:
         if self._fragments_queued and Fragment in set(map(type, payloads)):
