@@ -156,6 +156,8 @@ class UdpEndpoint:
         self._closed = False
         self.errors = 0          # send or receive errors (ICMP unreachable, ...)
         self.dropped = 0         # datagrams dropped because the send queue was full
+        self.gso_sends = 0       # sends that carried a run of several datagrams (GSO)
+        self.coalesced = 0       # reads that handed over several datagrams at once (GRO)
         self.sockname = sock.getsockname()
         loop.add_reader(sock.fileno(), self._read)
 
@@ -187,6 +189,7 @@ class UdpEndpoint:
                         segment = struct.unpack_from("=i", value)[0]
             if 0 < segment < len(data):
                 bodies = [data[i:i + segment] for i in range(0, len(data), segment)]
+                self.coalesced += 1
             else:
                 bodies = [data]
             if batch and batch[-1][1] == address:
@@ -234,6 +237,7 @@ class UdpEndpoint:
                     sock.sendmsg((buffer,), cmsg)
                 else:
                     sock.sendmsg((buffer,), cmsg, 0, address)
+                self.gso_sends += 1
             elif self._connected:
                 sock.send(buffer)
             else:
