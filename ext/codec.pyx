@@ -122,6 +122,7 @@ cdef enum:
     T_DATA = 4
     T_ACK = 5
     T_NACK = 6
+    T_ACK_REQUESTED = 7
     T_CREATE_SEQUENCE = 1
     T_LAST = 17
     C_TOKEN_SIZE = 16
@@ -1107,6 +1108,53 @@ def decode_packets(bodies, max_message_size=65536, max_frames=4096):
         except ProtocolError as exc:
             out.append(exc)
     return out
+
+
+def data_runs(packets, session_id):
+    """The receive fast path of a batch of decoded packets (lists of frames) that carry
+    nothing but DATA without fragments and AckRequested, all naming session_id:
+    (runs, data_packets, ack_requested), where runs are (first_number, payloads) with the
+    payloads of DATA frames that continue one another joined, in order; data_packets is
+    how many packets carry DATA. None when any frame is something else (the caller then
+    takes the packets frame by frame)."""
+    cdef Py_ssize_t i, j, n, m, data_packets = 0
+    cdef bint ack_requested = False, has_data
+    cdef list run = None
+    cdef object run_next = None, first, payloads, frame, frames, kind
+    check_sequence(packets, "packets")
+    runs = []
+    n = Py_SIZE(packets)
+    for i in range(n):
+        frames = packets[i]
+        check_sequence(frames, f"packets[{i}]")
+        has_data = False
+        m = Py_SIZE(frames)
+        for j in range(m):
+            frame = frames[j]
+            if not PyTuple_Check(frame) or Py_SIZE(frame) < 2:
+                raise TypeError(f"packets[{i}][{j}] must be a decoded frame tuple")
+            if frame[1] != session_id:
+                return None
+            kind = frame[0]
+            if kind == T_DATA:
+                if Py_SIZE(frame) != 5 or frame[4] is not None:
+                    return None
+                first = frame[2]
+                payloads = frame[3]
+                if run is not None and first == run_next:
+                    run.extend(payloads)
+                else:
+                    run = list(payloads)
+                    runs.append((first, run))
+                run_next = first + len(payloads)
+                has_data = True
+            elif kind == T_ACK_REQUESTED:
+                ack_requested = True
+            else:
+                return None
+        if has_data:
+            data_packets += 1
+    return runs, data_packets, ack_requested
 
 
 # ================================================================ packets for datagrams

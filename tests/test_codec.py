@@ -808,3 +808,63 @@ def test_batch_functions_bad_arguments_agree(name, args):
     expected = raised(getattr(reference, name), *args)
     assert expected in (TypeError, ValueError), expected
     assert raised(getattr(native, name), *args) is expected
+
+
+@st.composite
+def plain_packets(draw):
+    """Decoded packets that are mostly DATA runs and AckRequested of session 1, sometimes
+    with fragments, another session or another frame type (then data_runs gives None)."""
+    packets = []
+    number = draw(st.integers(1, 1000))
+    for _ in range(draw(st.integers(0, 6))):
+        frames = []
+        for _ in range(draw(st.integers(1, 3))):
+            r = draw(st.integers(0, 40))
+            sid = 2 if r == 0 else 1
+            if r == 1:
+                frames.append((5, sid, [(1, 2)], 3, False))
+            elif r == 2:
+                frames.append((7, sid))
+            elif r == 3:
+                frames.append((4, sid, number, [b"f"], [(0, 0, 2)]))
+                number += 1
+            else:
+                count = draw(st.integers(1, 4))
+                if draw(st.integers(0, 5)) == 0:
+                    number += draw(st.integers(-3, 3))     # a gap, overlap or repeat
+                    number = max(number, 0)
+                frames.append((4, sid, number, [bytes([number % 256])] * count, None))
+                number += count
+        packets.append(frames)
+    return packets
+
+
+@SETTINGS
+@given(plain_packets())
+def test_data_runs_joins_consecutive_data_and_twins_agree(packets):
+    out = native.data_runs(packets, 1)
+    assert repr(out) == repr(reference.data_runs(packets, 1))
+    frames = [f for p in packets for f in p]
+    if out is None:
+        assert any(f[1] != 1 or f[0] not in (4, 7) or (f[0] == 4 and f[4]) for f in frames)
+        return
+    runs, data_packets, ack_requested = out
+    assert data_packets == sum(1 for p in packets if any(f[0] == 4 for f in p))
+    assert ack_requested == any(f[0] == 7 for f in frames)
+    data = [f for f in frames if f[0] == 4]
+    # the runs are the frames' payloads in order, cut only where a frame does not continue
+    assert [p for _, run in runs for p in run] == [p for f in data for p in f[3]]
+    assert len(runs) == 1 + sum(1 for a, b in zip(data, data[1:]) if b[2] != a[2] + len(a[3])) \
+        if data else runs == []
+    for first, run in runs:
+        assert any(f[2] == first for f in data)
+
+
+def test_data_runs_bad_arguments(codec):
+    with pytest.raises(TypeError):
+        codec.data_runs([[(4,)]], 1)
+    with pytest.raises(TypeError):
+        codec.data_runs([5], 1)
+    with pytest.raises(TypeError):
+        codec.data_runs(5, 1)
+    assert codec.data_runs([], 1) == ([], 0, False)

@@ -571,6 +571,41 @@ def decode_packets(bodies: list, max_message_size: int = 65536, max_frames: int 
     return out
 
 
+def data_runs(packets: list, session_id: int) -> tuple | None:
+    """The receive fast path of a batch of decoded packets (lists of frames) that carry
+    nothing but DATA without fragments and AckRequested, all naming session_id:
+    (runs, data_packets, ack_requested), where runs are (first_number, payloads) with the
+    payloads of DATA frames that continue one another joined, in order; data_packets is
+    how many packets carry DATA. None when any frame is something else (the caller then
+    takes the packets frame by frame)."""
+    runs: list = []
+    data_packets = 0
+    ack_requested = False
+    for i, frames in enumerate(_sequence(packets, "packets")):
+        has_data = False
+        for j, frame in enumerate(_sequence(frames, f"packets[{i}]")):
+            if not isinstance(frame, tuple) or len(frame) < 2:
+                raise TypeError(f"packets[{i}][{j}] must be a decoded frame tuple")
+            if frame[1] != session_id:
+                return None
+            if frame[0] == DATA:
+                if len(frame) != 5 or frame[4] is not None:
+                    return None
+                first, payloads = frame[2], frame[3]
+                if runs and first == runs[-1][0] + len(runs[-1][1]):
+                    runs[-1][1].extend(payloads)
+                else:
+                    runs.append((first, list(payloads)))
+                has_data = True
+            elif frame[0] == ACK_REQUESTED:
+                ack_requested = True
+            else:
+                return None
+        if has_data:
+            data_packets += 1
+    return runs, data_packets, ack_requested
+
+
 # ---------------------------------------------------------------- packets for datagrams
 
 def _bytes_items(items: object, what: str) -> list:
