@@ -288,3 +288,30 @@ def test_demux_route_many_is_route_one_by_one(core):
             # garbage is dropped without ending a run; the stranger ends one
             assert len([r for r in routed if r.engine is engine]) == 2
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("core", [native(), reference()], ids=["native", "reference"])
+def test_no_timeout_resend_within_an_rto_of_an_ack_that_made_progress(core):
+    """RFC 6298 5.3: messages whose own deadline passed while acks for earlier ones kept
+    arriving (a receiver draining a backlog) are not resent until an RTO after the last
+    ack that acknowledged something new."""
+    client, (server, _) = _engines(core)
+    now = 0.01
+    client.send([b"x" * 1000] * 10, now)
+    packets = client.packets_to_send(now)
+    assert sum(len(f[3]) for p in packets for f in core.codec.decode_packet(p) if f[0] == 4) == 10
+    data = [p for p in packets if any(f[0] == 4 for f in core.codec.decode_packet(p))]
+    half = len(data) // 2
+    server.receive_packets(data[:half], now + 0.001)
+    acked_at = now + 0.030
+    for body in server.packets_to_send(now + 0.001):
+        client.receive_packet(body, acked_at)
+    rto = client.stats["rto"]
+    assert 0 < client.stats["acked"] < 10
+    assert client.next_timer() >= acked_at + rto
+    overdue = now + rto + 0.001                 # the unacked messages' own deadline passed
+    assert overdue < acked_at + rto
+    client.handle_timer(overdue)
+    assert client.stats["resent"] == 0
+    client.handle_timer(acked_at + rto)
+    assert client.stats["resent"] == 10 - client.stats["acked"]

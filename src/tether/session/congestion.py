@@ -7,11 +7,6 @@ K_INITIAL_WINDOW_PACKETS = 10
 K_MINIMUM_WINDOW_PACKETS = 2
 # RFC 9002 7.3.2: halve on loss.
 K_LOSS_REDUCTION_FACTOR = 0.5
-# RFC 9406 (HyStart++) 4.3: leave slow start once a round's lowest RTT exceeds the previous
-# round's by eta = clamp(previous / 8, 4 ms, 16 ms), judged on at least 8 samples.
-HYSTART_MIN_SAMPLES = 8
-HYSTART_MIN_ETA = 0.004
-HYSTART_MAX_ETA = 0.016
 # RFC 9002 7.7: pace at N * cwnd / smoothed RTT, N = 1.25.
 K_PACING_GAIN = 1.25
 
@@ -20,8 +15,7 @@ class NewReno:
     """Slow start, congestion avoidance and one multiplicative decrease per recovery period
     (a loss of a message sent before the period began does not reduce the window again)."""
 
-    __slots__ = ("datagram_size", "cwnd", "ssthresh", "recovery_start", "losses",
-                 "_round_left", "_round_min", "_last_round_min", "_round_samples")
+    __slots__ = ("datagram_size", "cwnd", "ssthresh", "recovery_start", "losses")
 
     def __init__(self, datagram_size: int) -> None:
         self.datagram_size = datagram_size
@@ -30,22 +24,9 @@ class NewReno:
         # First message number sent after recovery began; None when not in recovery.
         self.recovery_start: int | None = None
         self.losses = 0
-        # HyStart: a round is a window's worth of acknowledged bytes; the lowest RTT sample
-        # of this round and of the last one.
-        self._round_left = self.cwnd
-        self._round_min = float("inf")
-        self._last_round_min = float("inf")
-        self._round_samples = 0
 
-    def on_acked(self, acked_bytes: int, min_rtt_sample: float | None = None) -> None:
-        """`acked_bytes` newly acknowledged; `min_rtt_sample` the lowest RTT sample they gave
-        (None: none, e.g. only resent messages were acknowledged)."""
+    def on_acked(self, acked_bytes: int) -> None:
         if self.cwnd < self.ssthresh:
-            if min_rtt_sample is not None and self._rtt_grew(acked_bytes, min_rtt_sample):
-                # The queue at the bottleneck (a slower receiver, a full link) is growing:
-                # go on in congestion avoidance instead of doubling into losses (HyStart).
-                self.ssthresh = self.cwnd
-                return
             self.cwnd += acked_bytes                       # slow start
         else:
             self.cwnd += self.datagram_size * acked_bytes // max(1, int(self.cwnd))
@@ -60,23 +41,6 @@ class NewReno:
         self.ssthresh = max(self.cwnd * K_LOSS_REDUCTION_FACTOR,
                             K_MINIMUM_WINDOW_PACKETS * self.datagram_size)
         self.cwnd = self.ssthresh
-
-    def _rtt_grew(self, acked_bytes: int, sample: float) -> bool:
-        if sample < self._round_min:
-            self._round_min = sample
-        self._round_samples += 1
-        self._round_left -= acked_bytes
-        grew = False
-        last = self._last_round_min
-        if self._round_samples >= HYSTART_MIN_SAMPLES and last != float("inf"):
-            eta = min(max(last / 8, HYSTART_MIN_ETA), HYSTART_MAX_ETA)
-            grew = self._round_min >= last + eta
-        if self._round_left <= 0:
-            self._last_round_min = self._round_min
-            self._round_min = float("inf")
-            self._round_samples = 0
-            self._round_left = self.cwnd
-        return grew
 
     def pacing_rate(self, srtt: float | None) -> float | None:
         """Bytes per second to pace new data at (None: no RTT yet, or a zero one)."""

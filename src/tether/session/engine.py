@@ -140,6 +140,9 @@ class SessionEngine:
 
         self._last_heard = now
         self._last_sent = now
+        # UDP: when an ack last acknowledged new messages; no message is resent by timeout
+        # within an RTO of that (RFC 6298 5.3: the timer restarts when new data is acked).
+        self._last_progress = now
         self._keepalive = settings.keepalive_interval
         self._probe_at = -1.0                # UDP: when the last keepalive went out
         self._probes_unanswered = 0          # ... and how many in a row nothing answered
@@ -564,8 +567,9 @@ class SessionEngine:
                 self._rtt.update_many(samples)
             if count:
                 self.messages_acked += count
+                self._last_progress = now
                 if self._cc is not None:
-                    self._cc.on_acked(nbytes, min(samples) if samples else None)
+                    self._cc.on_acked(nbytes)
                 # Acked messages need not be fragments: the gate opens again only once no
                 # Fragment can be left anywhere (nothing in flight, nothing pending).
                 if self._fragments_queued and not sw.in_flight and not self.pending_count:
@@ -842,9 +846,15 @@ class SessionEngine:
         if self._pace_next is not None and self.pending_count and self.state in OPEN_STATES:
             t = min(t, self._pace_next)
         if not self.reliable_transport and self._sw.in_flight:
-            deadline = self._sw.next_deadline(self._rto(), MAX_RTO)
-            if deadline is not None and deadline < t:
-                t = deadline
+            rto = self._rto()
+            deadline = self._sw.next_deadline(rto, MAX_RTO)
+            if deadline is not None:
+                # Acks that acknowledge new messages push every timeout back (RFC 6298 5.3):
+                # a receiver draining a deep queue is slow, not losing, and messages lost
+                # among acknowledged ones are found by fast retransmit.
+                deadline = max(deadline, self._last_progress + rto)
+                if deadline < t:
+                    t = deadline
         return t
 
     def _keepalive_interval(self) -> float:
@@ -902,7 +912,8 @@ class SessionEngine:
             self._ack_now = True
         if self._pace_next is not None and now >= self._pace_next:
             self._pace_next = None     # packets_to_send takes what the pacer allows now
-        if not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES:
+        if (not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES
+                and now >= self._last_progress + self._rto()):
             try:
                 due = self._sw.retransmit_due(now, self._rto(), MAX_RTO)
             except RetryLimitExceeded as exc:
