@@ -58,8 +58,9 @@ GSO_MAX_BYTES = 65000
 # One read: the largest coalesced buffer GRO hands over, or one datagram.
 RECV_SIZE = 65536
 # Reads per wake-up, and datagrams, before the batch is handed on: the batch is acked
-# once, so it must stay well under a window (and the loop gets to run other work).
-RECV_BATCH = 64
+# once, so it must stay well under a window, and the loop gets to run other work (32 reads
+# as libuv does for its own UDP handles, so a peer on the same loop is not outpaced).
+RECV_BATCH = 32
 RECV_BATCH_DATAGRAMS = 256
 # Bytes held for a full socket before further datagrams are dropped (retransmission copes).
 SEND_QUEUE_LIMIT = 16 * 1024 * 1024
