@@ -315,3 +315,24 @@ def test_no_timeout_resend_within_an_rto_of_an_ack_that_made_progress(core):
     assert client.stats["resent"] == 0
     client.handle_timer(acked_at + rto)
     assert client.stats["resent"] == 10 - client.stats["acked"]
+
+
+@pytest.mark.parametrize("core", [native(), reference()], ids=["native", "reference"])
+def test_a_timeout_after_a_stall_resends_a_burst_not_the_window(core):
+    """The peer goes quiet for longer than an RTO with 200 messages in flight: the timeout
+    resends the lowest RTO_BURST, restarts the timer, and the next timeout (still no word)
+    resends twice as many; an ack with a fresh RTT sample starts the bursts over."""
+    from tether.session.engine import RTO_BURST
+    client, (server, _) = _engines(core, window=256)
+    client._cc = None                        # no congestion window: all 200 go at once
+    now = 0.01
+    client.send([b"y" * 100] * 200, now)
+    client.packets_to_send(now)
+    t = client.next_timer()
+    client.handle_timer(t)
+    assert client.stats["resent"] == RTO_BURST
+    client.packets_to_send(t)
+    t2 = client.next_timer()
+    assert t2 >= t + client.stats["rto"]
+    client.handle_timer(t2)
+    assert client.stats["resent"] == RTO_BURST * 3

@@ -52,6 +52,11 @@ FIRST_NUMBER = 1
 PACING_BURST_PACKETS = 16
 PACING_BURST_TIME = 0.002
 PACING_MIN_WAIT = 0.0005
+# UDP: the first retransmission timeout after acks arrived resends at most this many
+# messages (the lowest due); each timeout that follows without a fresh RTT sample doubles
+# it. A receiver that merely stalled longer than an RTO then costs a few duplicates, not a
+# window of them; a path that lost a whole window is resent in doubling bursts.
+RTO_BURST = 16
 # TerminateSequence is resent this many times at most (like TCP's LAST_ACK, short): by then
 # both sequences are closed and acknowledged, so only the peer's bookkeeping is at stake.
 K_TERMINATE_RETRIES = 3
@@ -143,6 +148,7 @@ class SessionEngine:
         # UDP: when an ack last acknowledged new messages; no message is resent by timeout
         # within an RTO of that (RFC 6298 5.3: the timer restarts when new data is acked).
         self._last_progress = now
+        self._rto_burst = RTO_BURST
         self._keepalive = settings.keepalive_interval
         self._probe_at = -1.0                # UDP: when the last keepalive went out
         self._probes_unanswered = 0          # ... and how many in a row nothing answered
@@ -565,6 +571,7 @@ class SessionEngine:
             count, nbytes, samples = sw.apply_ack(ranges, now)
             if samples:
                 self._rtt.update_many(samples)
+                self._rto_burst = RTO_BURST    # first transmissions arrive again
             if count:
                 self.messages_acked += count
                 self._last_progress = now
@@ -915,13 +922,17 @@ class SessionEngine:
         if (not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES
                 and now >= self._last_progress + self._rto()):
             try:
-                due = self._sw.retransmit_due(now, self._rto(), MAX_RTO)
+                due = self._sw.retransmit_due(now, self._rto(), MAX_RTO, self._rto_burst)
             except RetryLimitExceeded as exc:
                 self._fault(exc, now)
                 return
             if due:
                 self.retransmission_timeouts += 1
                 self._lost(due)
+                # restart the timer (RFC 6298 5.6): what else is due waits an RTO more, or
+                # for acks showing it arrived (or lost: fast retransmit)
+                self._last_progress = now
+                self._rto_burst = min(self._rto_burst * 2, 1 << 20)
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
             self._control_out.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
             if self._last_heard >= self._probe_at:
