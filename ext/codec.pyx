@@ -122,6 +122,7 @@ cdef enum:
     T_DATA = 4
     T_ACK = 5
     T_NACK = 6
+    T_ACK_REQUESTED = 7
     T_CREATE_SEQUENCE = 1
     T_LAST = 17
     C_TOKEN_SIZE = 16
@@ -1078,6 +1079,169 @@ def decode_packet(body, max_message_size=65536, max_frames=4096):
         return decode_body(<const unsigned char*>view.buf, view.len, message_limit, frame_limit)
     finally:
         PyBuffer_Release(&view)
+
+
+def decode_packets(bodies, max_message_size=65536, max_frames=4096):
+    """decode_packet for each body of a list or tuple, in one call: a list with, for each
+    body, its frames or the ProtocolError that body raised (a bad packet spoils no other).
+    A body that is not bytes-like raises TypeError for the whole call."""
+    cdef Py_ssize_t i, n, message_limit, frame_limit
+    cdef Py_buffer view
+    check_sequence(bodies, "bodies")
+    message_limit = as_limit(max_message_size, "max_message_size", 0, C_MAX_BIN)
+    frame_limit = as_limit(max_frames, "max_frames", 1, C_MAX_BIN)
+    n = Py_SIZE(bodies)
+    out = []
+    for i in range(n):
+        body = bodies[i]
+        try:
+            if PyBytes_CheckExact(body):
+                out.append(decode_body(<const unsigned char*>PyBytes_AS_STRING(body),
+                                       len(<bytes>body), message_limit, frame_limit))
+                continue
+            get_view(body, &view, f"bodies[{i}]")
+            try:
+                out.append(decode_body(<const unsigned char*>view.buf, view.len,
+                                       message_limit, frame_limit))
+            finally:
+                PyBuffer_Release(&view)
+        except ProtocolError as exc:
+            out.append(exc)
+    return out
+
+
+def data_runs(packets, session_id):
+    """The receive fast path of a batch of decoded packets (lists of frames) that carry
+    nothing but DATA without fragments and AckRequested, all naming session_id:
+    (runs, data_packets, ack_requested), where runs are (first_number, payloads) with the
+    payloads of DATA frames that continue one another joined, in order; data_packets is
+    how many packets carry DATA. None when any frame is something else (the caller then
+    takes the packets frame by frame)."""
+    cdef Py_ssize_t i, j, n, m, data_packets = 0
+    cdef bint ack_requested = False, has_data
+    cdef list run = None
+    cdef object run_next = None, first, payloads, frame, frames, kind
+    check_sequence(packets, "packets")
+    runs = []
+    n = Py_SIZE(packets)
+    for i in range(n):
+        frames = packets[i]
+        check_sequence(frames, f"packets[{i}]")
+        has_data = False
+        m = Py_SIZE(frames)
+        for j in range(m):
+            frame = frames[j]
+            if not PyTuple_Check(frame) or Py_SIZE(frame) < 2:
+                raise TypeError(f"packets[{i}][{j}] must be a decoded frame tuple")
+            if frame[1] != session_id:
+                return None
+            kind = frame[0]
+            if kind == T_DATA:
+                if Py_SIZE(frame) != 5 or frame[4] is not None:
+                    return None
+                first = frame[2]
+                payloads = frame[3]
+                if run is not None and first == run_next:
+                    run.extend(payloads)
+                else:
+                    run = list(payloads)
+                    runs.append((first, run))
+                run_next = first + len(payloads)
+                has_data = True
+            elif kind == T_ACK_REQUESTED:
+                ack_requested = True
+            else:
+                return None
+        if has_data:
+            data_packets += 1
+    return runs, data_packets, ack_requested
+
+
+# ================================================================ packets for datagrams
+
+def pack_frames(frames, max_packet_size):
+    """Encoded frames (bytes) joined greedily, in order, into packet bodies of at most
+    max_packet_size bytes; a frame larger than that alone is a packet of its own."""
+    cdef Py_ssize_t i, j, n, limit, size, fsize, start, total
+    cdef PyObject** items
+    cdef unsigned char* p
+    check_sequence(frames, "frames")
+    limit = as_limit(max_packet_size, "max_packet_size", 1, PY_SSIZE_T_MAX)
+    n = Py_SIZE(frames)
+    items = PySequence_Fast_ITEMS(frames)
+    for i in range(n):
+        if not raw_is_bytes(items[i]):
+            raise TypeError(f"frames[{i}] must be bytes, not {type(<object>items[i]).__name__}")
+    packets = []
+    start = 0
+    while start < n:
+        size = raw_bytes_size(items[start])
+        i = start + 1
+        while i < n:
+            fsize = raw_bytes_size(items[i])
+            if size + fsize > limit:
+                break
+            size += fsize
+            i += 1
+        if i == start + 1:
+            packets.append(<object>items[start])
+        else:
+            out = PyBytes_FromStringAndSize(NULL, size)
+            p = <unsigned char*>PyBytes_AS_STRING(out)
+            for j in range(start, i):
+                fsize = raw_bytes_size(items[j])
+                memcpy(p, raw_bytes_data(items[j]), fsize)
+                p += fsize
+            packets.append(out)
+        start = i
+    return packets
+
+
+def segment_runs(packets, max_segments, max_bytes):
+    """Packets (bytes) grouped for UDP segmentation offload, in order: a list of
+    (buffer, segment_size, count) where buffer joins count consecutive packets that all
+    have segment_size bytes except the last, which may be shorter. A run holds at most
+    max_segments packets and max_bytes bytes (a packet larger than max_bytes is a run of
+    its own); a run of one packet is that packet itself."""
+    cdef Py_ssize_t i, j, n, segments, limit, seg, size, total, start
+    cdef PyObject** items
+    cdef unsigned char* p
+    check_sequence(packets, "packets")
+    segments = as_limit(max_segments, "max_segments", 1, PY_SSIZE_T_MAX)
+    limit = as_limit(max_bytes, "max_bytes", 1, PY_SSIZE_T_MAX)
+    n = Py_SIZE(packets)
+    items = PySequence_Fast_ITEMS(packets)
+    for i in range(n):
+        if not raw_is_bytes(items[i]):
+            raise TypeError(f"packets[{i}] must be bytes, not {type(<object>items[i]).__name__}")
+        if raw_bytes_size(items[i]) == 0:
+            raise ValueError(f"packets[{i}] is empty")
+    runs = []
+    start = 0
+    while start < n:
+        seg = raw_bytes_size(items[start])
+        total = seg
+        i = start + 1
+        while i < n and i - start < segments:
+            size = raw_bytes_size(items[i])
+            if size > seg or total + size > limit:
+                break
+            total += size
+            i += 1
+            if size < seg:
+                break
+        if i == start + 1:
+            runs.append((<object>items[start], seg, 1))
+        else:
+            out = PyBytes_FromStringAndSize(NULL, total)
+            p = <unsigned char*>PyBytes_AS_STRING(out)
+            for j in range(start, i):
+                size = raw_bytes_size(items[j])
+                memcpy(p, raw_bytes_data(items[j]), size)
+                p += size
+            runs.append((out, seg, i - start))
+        start = i
+    return runs
 
 
 # ================================================================ TCP framing

@@ -718,3 +718,153 @@ def test_payload_sizes(codec):
 @given(st.lists(st.one_of(st.binary(max_size=40), st.binary(max_size=40).map(bytearray)), max_size=30))
 def test_payload_sizes_twins_agree(payloads):
     assert native.payload_sizes(payloads) == reference.payload_sizes(payloads)
+
+
+# ---------------------------------------------------------------- batches of datagrams
+
+@SETTINGS
+@given(st.lists(st.one_of(st.lists(frames, min_size=1, max_size=3).map(lambda fs: b"".join(native.encode_frame(f) for f in fs)),
+                          st.binary(max_size=40)), max_size=8))
+def test_decode_packets_is_decode_packet_per_body(bodies):
+    """One call for a run of datagrams: each body's frames, or the ProtocolError it raised,
+    exactly as decode_packet one by one (a bad body spoils no other); both twins agree."""
+    for module in MODULES:
+        out = module.decode_packets(bodies, max_message_size=300, max_frames=50)
+        assert len(out) == len(bodies)
+        for body, item in zip(bodies, out):
+            single = decoded(module, body, max_message_size=300, max_frames=50)
+            if isinstance(item, ProtocolError):
+                assert single == ("error",)
+            else:
+                assert single == ("ok", repr(item))
+    n = native.decode_packets(bodies, max_message_size=300, max_frames=50)
+    r = reference.decode_packets(bodies, max_message_size=300, max_frames=50)
+    # (the twins' error messages differ in wording, as for decode_packet)
+    assert [repr(x) if isinstance(x, list) else type(x) for x in n] == \
+        [repr(x) if isinstance(x, list) else type(x) for x in r]
+
+
+def test_decode_packets_takes_any_bytes_like_body_and_rejects_others(codec):
+    body = packb([7, 1])
+    assert codec.decode_packets((bytearray(body), memoryview(body), b"")) [:2] == [[(7, 1)], [(7, 1)]]
+    assert isinstance(codec.decode_packets([b""])[0], ProtocolError)
+    assert codec.decode_packets([]) == []
+    with pytest.raises(TypeError, match=r"bodies\[1\]|bytes-like"):
+        codec.decode_packets([body, 5])
+    with pytest.raises(TypeError, match="bodies"):
+        codec.decode_packets(body)
+
+
+@SETTINGS
+@given(st.lists(st.binary(min_size=1, max_size=120), max_size=30), st.integers(1, 400))
+def test_pack_frames_joins_greedily_in_order(frames_, limit):
+    out = native.pack_frames(frames_, limit)
+    assert out == reference.pack_frames(frames_, limit)
+    assert b"".join(out) == b"".join(frames_)
+    # greedy: every packet within the limit unless it is one frame; no two neighbours fit together
+    i = 0
+    for packet in out:
+        taken = 0
+        while taken < len(packet):
+            taken += len(frames_[i])
+            i += 1
+        assert taken == len(packet)
+        assert len(packet) <= limit or packet == frames_[i - 1]
+    for a, b in zip(out, out[1:]):
+        first_of_b = next(f for f in frames_ if b.startswith(f))
+        assert len(a) + len(first_of_b) > limit
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from([1, 5, 7, 100, 1452]), max_size=80), st.integers(1, 70),
+       st.integers(1, 70000))
+def test_segment_runs_cut_what_gso_can_send(sizes, max_segments, max_bytes):
+    """Each run is count packets of segment_size bytes but the last, which may be shorter;
+    within max_segments and max_bytes (unless one packet alone is bigger); in order."""
+    packets = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
+    out = native.segment_runs(packets, max_segments, max_bytes)
+    assert out == reference.segment_runs(packets, max_segments, max_bytes)
+    assert b"".join(buf for buf, _, _ in out) == b"".join(packets)
+    i = 0
+    for buf, segment, count in out:
+        run = packets[i:i + count]
+        i += count
+        assert buf == b"".join(run) and 1 <= count <= max_segments
+        assert all(len(p) == segment for p in run[:-1]) and len(run[-1]) <= segment
+        assert len(buf) <= max_bytes or count == 1
+        # splitting the buffer at segment_size gives the packets back (what GRO's receiver does)
+        assert [buf[j:j + segment] for j in range(0, len(buf), segment)] == run
+    assert i == len(packets)
+
+
+@pytest.mark.parametrize("name,args", [
+    ("pack_frames", ([b"x"], 0)), ("pack_frames", ([b"x", "y"], 10)), ("pack_frames", (b"x", 10)),
+    ("pack_frames", ([b"x"], 1.5)), ("segment_runs", ([b"x"], 0, 10)),
+    ("segment_runs", ([b"x"], 1, 0)), ("segment_runs", ([b""], 1, 10)),
+    ("segment_runs", ([bytearray(b"x")], 1, 10)), ("decode_packets", ([b"x"], -1, 4)),
+    ("decode_packets", ([b"x"], 10, 0)),
+])
+def test_batch_functions_bad_arguments_agree(name, args):
+    expected = raised(getattr(reference, name), *args)
+    assert expected in (TypeError, ValueError), expected
+    assert raised(getattr(native, name), *args) is expected
+
+
+@st.composite
+def plain_packets(draw):
+    """Decoded packets that are mostly DATA runs and AckRequested of session 1, sometimes
+    with fragments, another session or another frame type (then data_runs gives None)."""
+    packets = []
+    number = draw(st.integers(1, 1000))
+    for _ in range(draw(st.integers(0, 6))):
+        frames = []
+        for _ in range(draw(st.integers(1, 3))):
+            r = draw(st.integers(0, 40))
+            sid = 2 if r == 0 else 1
+            if r == 1:
+                frames.append((5, sid, [(1, 2)], 3, False))
+            elif r == 2:
+                frames.append((7, sid))
+            elif r == 3:
+                frames.append((4, sid, number, [b"f"], [(0, 0, 2)]))
+                number += 1
+            else:
+                count = draw(st.integers(1, 4))
+                if draw(st.integers(0, 5)) == 0:
+                    number += draw(st.integers(-3, 3))     # a gap, overlap or repeat
+                    number = max(number, 0)
+                frames.append((4, sid, number, [bytes([number % 256])] * count, None))
+                number += count
+        packets.append(frames)
+    return packets
+
+
+@SETTINGS
+@given(plain_packets())
+def test_data_runs_joins_consecutive_data_and_twins_agree(packets):
+    out = native.data_runs(packets, 1)
+    assert repr(out) == repr(reference.data_runs(packets, 1))
+    frames = [f for p in packets for f in p]
+    if out is None:
+        assert any(f[1] != 1 or f[0] not in (4, 7) or (f[0] == 4 and f[4]) for f in frames)
+        return
+    runs, data_packets, ack_requested = out
+    assert data_packets == sum(1 for p in packets if any(f[0] == 4 for f in p))
+    assert ack_requested == any(f[0] == 7 for f in frames)
+    data = [f for f in frames if f[0] == 4]
+    # the runs are the frames' payloads in order, cut only where a frame does not continue
+    assert [p for _, run in runs for p in run] == [p for f in data for p in f[3]]
+    assert len(runs) == 1 + sum(1 for a, b in zip(data, data[1:]) if b[2] != a[2] + len(a[3])) \
+        if data else runs == []
+    for first, run in runs:
+        assert any(f[2] == first for f in data)
+
+
+def test_data_runs_bad_arguments(codec):
+    with pytest.raises(TypeError):
+        codec.data_runs([[(4,)]], 1)
+    with pytest.raises(TypeError):
+        codec.data_runs([5], 1)
+    with pytest.raises(TypeError):
+        codec.data_runs(5, 1)
+    assert codec.data_runs([], 1) == ([], 0, False)

@@ -554,6 +554,117 @@ def decode_packet(body: bytes, max_message_size: int = 65536, max_frames: int = 
     return frames
 
 
+def decode_packets(bodies: list, max_message_size: int = 65536, max_frames: int = 4096) -> list:
+    """decode_packet for each body of a list or tuple, in one call: a list with, for each
+    body, its frames or the ProtocolError that body raised (a bad packet spoils no other).
+    A body that is not bytes-like raises TypeError for the whole call."""
+    seq = _sequence(bodies, "bodies")
+    max_message_size = _limit(max_message_size, "max_message_size", 0, MAX_BIN)
+    max_frames = _limit(max_frames, "max_frames", 1, MAX_BIN)
+    out: list = []
+    for i, body in enumerate(seq):
+        _contiguous(body, f"bodies[{i}]")
+        try:
+            out.append(decode_packet(body, max_message_size, max_frames))
+        except ProtocolError as exc:
+            out.append(exc)
+    return out
+
+
+def data_runs(packets: list, session_id: int) -> tuple | None:
+    """The receive fast path of a batch of decoded packets (lists of frames) that carry
+    nothing but DATA without fragments and AckRequested, all naming session_id:
+    (runs, data_packets, ack_requested), where runs are (first_number, payloads) with the
+    payloads of DATA frames that continue one another joined, in order; data_packets is
+    how many packets carry DATA. None when any frame is something else (the caller then
+    takes the packets frame by frame)."""
+    runs: list = []
+    data_packets = 0
+    ack_requested = False
+    for i, frames in enumerate(_sequence(packets, "packets")):
+        has_data = False
+        for j, frame in enumerate(_sequence(frames, f"packets[{i}]")):
+            if not isinstance(frame, tuple) or len(frame) < 2:
+                raise TypeError(f"packets[{i}][{j}] must be a decoded frame tuple")
+            if frame[1] != session_id:
+                return None
+            if frame[0] == DATA:
+                if len(frame) != 5 or frame[4] is not None:
+                    return None
+                first, payloads = frame[2], frame[3]
+                if runs and first == runs[-1][0] + len(runs[-1][1]):
+                    runs[-1][1].extend(payloads)
+                else:
+                    runs.append((first, list(payloads)))
+                has_data = True
+            elif frame[0] == ACK_REQUESTED:
+                ack_requested = True
+            else:
+                return None
+        if has_data:
+            data_packets += 1
+    return runs, data_packets, ack_requested
+
+
+# ---------------------------------------------------------------- packets for datagrams
+
+def _bytes_items(items: object, what: str) -> list:
+    seq = _sequence(items, what)
+    for i, item in enumerate(seq):
+        if not isinstance(item, bytes):
+            raise TypeError(f"{what}[{i}] must be bytes, not {type(item).__name__}")
+    return list(seq)
+
+
+def pack_frames(frames: list, max_packet_size: int) -> list[bytes]:
+    """Encoded frames (bytes) joined greedily, in order, into packet bodies of at most
+    max_packet_size bytes; a frame larger than that alone is a packet of its own."""
+    items = _bytes_items(frames, "frames")
+    limit = _limit(max_packet_size, "max_packet_size", 1, 2**63 - 1)
+    packets: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for frame in items:
+        if current and size + len(frame) > limit:
+            packets.append(b"".join(current))
+            current, size = [], 0
+        current.append(frame)
+        size += len(frame)
+    if current:
+        packets.append(b"".join(current))
+    return packets
+
+
+def segment_runs(packets: list, max_segments: int, max_bytes: int) -> list[tuple[bytes, int, int]]:
+    """Packets (bytes) grouped for UDP segmentation offload, in order: a list of
+    (buffer, segment_size, count) where buffer joins count consecutive packets that all
+    have segment_size bytes except the last, which may be shorter. A run holds at most
+    max_segments packets and max_bytes bytes (a packet larger than max_bytes is a run of
+    its own); a run of one packet is that packet itself."""
+    items = _bytes_items(packets, "packets")
+    segments = _limit(max_segments, "max_segments", 1, 2**63 - 1)
+    limit = _limit(max_bytes, "max_bytes", 1, 2**63 - 1)
+    for i, packet in enumerate(items):
+        if not packet:
+            raise ValueError(f"packets[{i}] is empty")
+    runs: list[tuple[bytes, int, int]] = []
+    i = 0
+    while i < len(items):
+        run = [items[i]]
+        segment = total = len(items[i])
+        while i + len(run) < len(items) and len(run) < segments:
+            nxt = items[i + len(run)]
+            if len(nxt) > segment or total + len(nxt) > limit:
+                break
+            run.append(nxt)
+            total += len(nxt)
+            if len(nxt) < segment:
+                break    # a shorter packet ends its run
+        runs.append((b"".join(run), segment, len(run)))
+        i += len(run)
+    return runs
+
+
 # ---------------------------------------------------------------- TCP framing
 
 def frame_packet(body: bytes) -> bytes:

@@ -21,7 +21,7 @@ from .state import State
 from .tcp import (RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection,
                   max_packet_size)
 from .timers import clock
-from .udp import UdpClientProtocol, UdpServerProtocol, datagram_size
+from .udp import UdpClientProtocol, UdpEndpoint, UdpServerProtocol, datagram_size
 from .url import SessionURL, parse
 
 log = logging.getLogger("tether.session")
@@ -76,8 +76,7 @@ class connect:
 
 async def _open_udp(url: SessionURL, settings: SessionSettings) -> Session:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        UdpClientProtocol, remote_addr=(url.host, url.port))
+    protocol = await UdpClientProtocol.open(url.host, url.port)
     engine = SessionEngine.client(
         settings, session_id=_new_session_id(), token=os.urandom(16), now=clock(),
         reliable_transport=False, max_packet_size=datagram_size(url.host))
@@ -253,7 +252,7 @@ class Server:
         self.sessions: dict[int, Session] = {}
         self._backlog: asyncio.Queue[Session | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: UdpEndpoint | None = None
         self._tcp: asyncio.AbstractServer | None = None
         # open TCP connections; close() ends those not bound to a session (a bound one ends
         # with its session). asyncio's and uvloop's Server.close() leave connections open.
@@ -266,11 +265,9 @@ class Server:
     async def _start(self) -> None:
         host, port = self.url.host, self.url.port
         if self.url.scheme == "udp":
-            transport, _ = await self._loop.create_datagram_endpoint(
-                lambda: UdpServerProtocol(self.demux, self._loop, self._new_session, self.sessions),
-                local_addr=(host, port))
-            self._udp = transport
-            sockname = transport.get_extra_info("sockname")
+            protocol = UdpServerProtocol(self.demux, self._loop, self._new_session, self.sessions)
+            self._udp = await protocol.listen(host, port)
+            sockname = self._udp.get_extra_info("sockname")
         else:
             tls_options: dict[str, Any] = {}
             if self.ssl_context is not None:

@@ -7,6 +7,8 @@ K_INITIAL_WINDOW_PACKETS = 10
 K_MINIMUM_WINDOW_PACKETS = 2
 # RFC 9002 7.3.2: halve on loss.
 K_LOSS_REDUCTION_FACTOR = 0.5
+# RFC 9002 7.7: pace at N * cwnd / smoothed RTT, N = 1.25.
+K_PACING_GAIN = 1.25
 
 
 class NewReno:
@@ -39,6 +41,12 @@ class NewReno:
         self.ssthresh = max(self.cwnd * K_LOSS_REDUCTION_FACTOR,
                             K_MINIMUM_WINDOW_PACKETS * self.datagram_size)
         self.cwnd = self.ssthresh
+
+    def pacing_rate(self, srtt: float | None) -> float | None:
+        """Bytes per second to pace new data at (None: no RTT yet, or a zero one)."""
+        if not srtt:
+            return None
+        return K_PACING_GAIN * self.cwnd / srtt
 
     def available(self, bytes_in_flight: int) -> int:
         """Bytes that may be sent now."""

@@ -95,6 +95,48 @@ class Demux:
         except ProtocolError:
             self.dropped_packets += 1
             return Routed()
+        return self._route_frames(frames, len(body), now, opening, source)
+
+    def route_many(self, bodies: list, now: float, *, source: Hashable = None) -> list[Routed]:
+        """UDP: a batch of datagrams from one source address, in arrival order: the same as
+        route() for each, with the bodies decoded in one call and the packets that go on
+        path to the same session handed to it in one call (receive_frames_many). Returns a
+        Routed for each run of packets that reached a session, and for each packet that
+        was answered or went elsewhere (created a session, moved one, was refused)."""
+        self._now = now
+        decoded = self._codec.decode_packets(bodies, self.settings.max_message_size,
+                                             MAX_FRAMES_PER_PACKET)
+        out: list[Routed] = []
+        sessions, paths = self.sessions, self._paths
+        run_engine: SessionEngine | None = None
+        run: list = []
+        for body, frames in zip(bodies, decoded):
+            if type(frames) is not list:
+                self.dropped_packets += 1
+                continue
+            first = frames[0]
+            engine = sessions.get(first[1])
+            if (engine is not None and not self.reliable_transport and first[0] != _RESUME
+                    and paths[first[1]].address == source):
+                if engine is not run_engine:
+                    if run:
+                        run_engine.receive_frames_many(run, now)
+                        out.append(Routed(run_engine, False, [], source))
+                    run_engine, run = engine, []
+                run.append(frames)
+                continue
+            if run:
+                run_engine.receive_frames_many(run, now)
+                out.append(Routed(run_engine, False, [], source))
+                run_engine, run = None, []
+            out.append(self._route_frames(frames, len(body), now, False, source))
+        if run:
+            run_engine.receive_frames_many(run, now)
+            out.append(Routed(run_engine, False, [], source))
+        return out
+
+    def _route_frames(self, frames: list, size: int, now: float, opening: bool,
+                      source: Hashable) -> Routed:
         if not frames:
             self.dropped_packets += 1
             return Routed()
@@ -105,13 +147,13 @@ class Demux:
                 return self._route_tcp(engine, frames, kind, now, opening)
             address = self._paths[session_id].address
             if source != address:
-                return self._off_path(engine, self._paths[session_id], frames, len(body), source, now)
+                return self._off_path(engine, self._paths[session_id], frames, size, source, now)
             if kind == _RESUME and not self.token_matches(engine, frames[0][2]):
                 return Routed(replies=self._limited(
-                    (F.CREATE_SEQUENCE_REFUSED, session_id, "resume refused: wrong token"), len(body)))
+                    (F.CREATE_SEQUENCE_REFUSED, session_id, "resume refused: wrong token"), size))
             engine.receive_frames(frames, now)
             return Routed(engine, False, [], address)
-        return self._stateless(frames, kind, session_id, len(body), source, now)
+        return self._stateless(frames, kind, session_id, size, source, now)
 
     def _route_tcp(self, engine: SessionEngine, frames: list, kind: int, now: float,
                    opening: bool) -> Routed:

@@ -46,9 +46,24 @@ ACK_RESERVE = 1024
 ACK_RANGE_BYTES = 18
 ACK_HEADER_BYTES = 32
 FIRST_NUMBER = 1
+# Pacing (UDP, with congestion control): a burst is at most this many packets or this much
+# of the pacing rate, whichever is more (a timer per packet would cost more than it saves),
+# and the pacer waits at least this long (timers are not finer on an event loop).
+PACING_BURST_PACKETS = 16
+PACING_BURST_TIME = 0.002
+PACING_MIN_WAIT = 0.0005
+# UDP: the first retransmission timeout after acks arrived resends at most this many
+# messages (the lowest due); each timeout that follows without a fresh RTT sample doubles
+# it. A receiver that merely stalled longer than an RTO then costs a few duplicates, not a
+# window of them; a path that lost a whole window is resent in doubling bursts.
+RTO_BURST = 16
 # TerminateSequence is resent this many times at most (like TCP's LAST_ACK, short): by then
 # both sequences are closed and acknowledged, so only the peer's bookkeeping is at stake.
 K_TERMINATE_RETRIES = 3
+
+
+# Plain ints for the per-frame dispatch (comparing with an IntEnum member is slower).
+_DATA, _ACK, _ACK_REQUESTED = int(F.DATA), int(F.ACK), int(F.ACK_REQUESTED)
 
 
 class _Control:
@@ -97,6 +112,12 @@ class SessionEngine:
         # Exclusive bound on the numbers the peer's receive window accepts (flow control).
         self._send_limit = FIRST_NUMBER + window
 
+        # Pacing (UDP with congestion control): bytes of new data that may go out now, and
+        # when they were counted; _pace_next is when enough for a burst will have accrued
+        # while the pacer holds data back (None otherwise).
+        self._pace_tokens = 0.0
+        self._pace_at = now
+        self._pace_next: float | None = None
         self._pending: list = []          # accepted from the app, not yet in the send window
         self._pending_head = 0
         self._pending_bytes = 0
@@ -124,10 +145,16 @@ class SessionEngine:
 
         self._last_heard = now
         self._last_sent = now
+        # UDP: when an ack last acknowledged new messages; no message is resent by timeout
+        # within an RTO of that (RFC 6298 5.3: the timer restarts when new data is acked).
+        self._last_progress = now
+        self._rto_burst = RTO_BURST
         self._keepalive = settings.keepalive_interval
         self._probe_at = -1.0                # UDP: when the last keepalive went out
         self._probes_unanswered = 0          # ... and how many in a row nothing answered
         self._stream_reader = None  # receive_data() only
+        # Batches of plain DATA take codec.data_runs (tests turn it off to compare).
+        self._fast_receive = True
         self._events: list = []
         self.messages_sent = 0
         self.messages_resent = 0
@@ -326,60 +353,176 @@ class SessionEngine:
             return
         self.receive_frames(frames, now)
 
-    def receive_frames(self, frames: list, now: float) -> None:
-        """Decoded frames of one packet, all for this session."""
+    def receive_packets(self, bodies: list, now: float) -> None:
+        """Several packets from the peer, in arrival order (a batch of datagrams, or the
+        packets cut from a TCP read): the same as receive_packet for each, with the bodies
+        decoded in one call and the data of consecutive packets given to the receive window
+        in one call."""
         if self.state in FINAL_STATES:
             return
-        self._last_heard = now
-        self.packets_received += 1
-        had_data = False
-        try:
-            for frame in frames:
-                kind = frame[0]
-                if frame[1] != self.session_id:
-                    raise ProtocolError(
-                        f"frame for session {frame[1]:#x} arrived on session {self.session_id:#x}")
-                if kind == F.DATA:
-                    self._on_data(frame, now)
-                    had_data = True
-                elif kind == F.ACK:
-                    self._on_ack(frame, now)
-                elif kind == F.ACK_REQUESTED:
-                    self._ack_now = True
-                else:
-                    self._on_control(kind, frame, now)
-                if self.state in FINAL_STATES:
-                    return
-        except TetherError as exc:
-            self._fault(exc, now)
+        decoded = self._codec.decode_packets(bodies, self.settings.max_message_size,
+                                             MAX_FRAMES_PER_PACKET)
+        lenient = self.is_client and not self.reliable_transport
+        packets: list = []
+        for frames in decoded:
+            if type(frames) is not list:
+                if lenient:
+                    self.packets_ignored += 1
+                    continue
+                self.receive_frames_many(packets, now)   # what arrived before it counts
+                self._fault(frames, now)
+                return
+            if lenient and frames[0][1] != self.session_id:
+                self.packets_ignored += 1
+                continue
+            packets.append(frames)
+        if packets:
+            self.receive_frames_many(packets, now)
+
+    def receive_frames(self, frames: list, now: float) -> None:
+        """Decoded frames of one packet, all for this session."""
+        self.receive_frames_many([frames], now)
+
+    def receive_frames_many(self, packets: list, now: float) -> None:
+        """Decoded frames of several packets (a list of frame lists), all for this session,
+        in arrival order: the same as receive_frames for each. DATA frames that continue
+        one another are joined into one run for the receive window; the run is accepted
+        before any other frame but AckRequested is acted on, so every check sees the same
+        state as packet by packet."""
+        if self.state in FINAL_STATES or not packets:
             return
+        if self._fast_receive and self.state is not State.CONNECTING and self._incoming_last is None:
+            fast = self._codec.data_runs(packets, self.session_id)
+            if fast is not None:
+                self._receive_data_runs(len(packets), *fast, now)
+                return
+        self._last_heard = now
+        sid = self.session_id
+        run: list | None = None    # payloads of consecutive DATA frames not yet accepted
+        run_first = 0
+        error: TetherError | None = None
+        try:
+            for frames in packets:
+                self.packets_received += 1
+                had_data = False
+                for frame in frames:
+                    kind = frame[0]
+                    if frame[1] != sid:
+                        raise ProtocolError(
+                            f"frame for session {frame[1]:#x} arrived on session {sid:#x}")
+                    if kind == _DATA:
+                        had_data = True
+                        checked = self._check_data(frame)
+                        if checked is None:
+                            continue
+                        first, payloads = checked
+                        if run is not None and first == run_first + len(run):
+                            run.extend(payloads)
+                            continue
+                        if run is not None:
+                            pending, run = run, None
+                            self._accept_run(run_first, pending)
+                        run_first, run = first, list(payloads)
+                    elif kind == _ACK_REQUESTED:
+                        self._ack_now = True
+                    else:
+                        if run is not None:
+                            pending, run = run, None
+                            self._accept_run(run_first, pending)
+                        if kind == _ACK:
+                            self._on_ack(frame, now)
+                        else:
+                            self._on_control(kind, frame, now)
+                        if self.state in FINAL_STATES:
+                            return
+                if had_data:
+                    self._packets_unacked += 1
+                    if self._packets_unacked >= ACK_ELICITING_THRESHOLD or self.settings.ack_interval == 0:
+                        self._ack_now = True
+                    elif self._ack_deadline is None:
+                        self._ack_deadline = now + self.settings.ack_interval
+                if self._incoming_last is not None:
+                    if run is not None:
+                        pending, run = run, None
+                        self._accept_run(run_first, pending)
+                    self._check_incoming_closed()
+            if run is not None:
+                pending, run = run, None
+                self._accept_run(run_first, pending)
+        except TetherError as exc:
+            error = exc
         except (ValueError, OverflowError, TypeError) as exc:
             # hostile field values the codec let through (it checks types, not meaning)
-            self._fault(ProtocolError(f"invalid frame: {exc}"), now)
+            error = ProtocolError(f"invalid frame: {exc}")
+        if error is not None:
+            if run is not None:
+                # the frames before the bad one were taken, as packet by packet
+                try:
+                    self._accept_run(run_first, run)
+                except (TetherError, ValueError, OverflowError, TypeError):
+                    pass
+            self._fault(error, now)
             return
         if self._delivered:
             self.messages_delivered += len(self._delivered)
             self._events.append(MessagesDelivered(self._delivered))
             self._delivered = []
-        if had_data:
-            self._packets_unacked += 1
-            if self._packets_unacked >= ACK_ELICITING_THRESHOLD or self.settings.ack_interval == 0:
-                self._ack_now = True
-            elif self._ack_deadline is None:
-                self._ack_deadline = now + self.settings.ack_interval
         self._check_incoming_closed()
 
+    def _receive_data_runs(self, count: int, runs: list, data_packets: int, ack_requested: bool,
+                           now: float) -> None:
+        """receive_frames_many for `count` packets of nothing but DATA (no fragments) and
+        AckRequested, already joined into runs by codec.data_runs: the same end state, with
+        no Python work per frame."""
+        self._last_heard = now
+        self.packets_received += count
+        try:
+            for first, payloads in runs:
+                # (the decoder checked first + count - 1 <= 2**64-1 for every frame)
+                if first < FIRST_NUMBER:
+                    raise ProtocolError(f"message numbers {first}..{first + len(payloads) - 1} out of range")
+                self._accept_run(first, payloads)
+        except TetherError as exc:
+            self._fault(exc, now)
+            return
+        except (ValueError, OverflowError, TypeError) as exc:
+            self._fault(ProtocolError(f"invalid frame: {exc}"), now)
+            return
+        if ack_requested:
+            self._ack_now = True
+        if data_packets:
+            # as packet by packet: the first packet carrying data starts the ack delay, the
+            # second (or any, with ack_interval 0) asks for an ack at once
+            interval = self.settings.ack_interval
+            if interval != 0 and self._packets_unacked + 1 < ACK_ELICITING_THRESHOLD \
+                    and self._ack_deadline is None:
+                self._ack_deadline = now + interval
+            self._packets_unacked += data_packets
+            if self._packets_unacked >= ACK_ELICITING_THRESHOLD or interval == 0:
+                self._ack_now = True
+        if self._delivered:
+            self.messages_delivered += len(self._delivered)
+            self._events.append(MessagesDelivered(self._delivered))
+            self._delivered = []
+
     def _on_data(self, frame: tuple, now: float) -> None:
+        checked = self._check_data(frame)
+        if checked is not None:
+            self._accept_run(*checked)
+
+    def _check_data(self, frame: tuple) -> tuple | None:
+        """(first number, payloads) of a DATA frame once its numbers are checked (fragments
+        wrapped), or None when it is to be ignored."""
         _, _, first, payloads, fragments = frame
         count = len(payloads)
         if count == 0:
-            return
+            return None
         if self.state is State.CONNECTING:
             # Data overtook the CreateSequenceResponse (UDP) or came from a server incarnation
             # that may yet forget the session (a restart: our CreateSequence then opens a new
             # one with the same id). Take data only from the sequence we connected to; the
             # server resends it, as nothing is acknowledged.
-            return
+            return None
         last = first + count - 1
         if first < FIRST_NUMBER or last > MAX_NUMBER:
             raise ProtocolError(f"message numbers {first}..{last} out of range")
@@ -387,6 +530,10 @@ class SessionEngine:
             raise ProtocolError(f"message {last} after CloseSequence at {self._incoming_last}")
         if fragments:
             payloads = self._wrap_fragments(first, payloads, fragments)
+        return first, payloads
+
+    def _accept_run(self, first: int, payloads: list) -> None:
+        """Consecutive messages from `first` into the receive window (one call)."""
         rw = self._rw
         duplicates, refused, had_gap = rw.duplicates, rw.refused, rw.has_gap
         delivered = rw.accept(first, payloads)
@@ -424,8 +571,10 @@ class SessionEngine:
             count, nbytes, samples = sw.apply_ack(ranges, now)
             if samples:
                 self._rtt.update_many(samples)
+                self._rto_burst = RTO_BURST    # first transmissions arrive again
             if count:
                 self.messages_acked += count
+                self._last_progress = now
                 if self._cc is not None:
                     self._cc.on_acked(nbytes)
                 # Acked messages need not be fragments: the gate opens again only once no
@@ -622,8 +771,8 @@ class SessionEngine:
         except ProtocolError as exc:
             self._fault(exc, now)
             return
-        for body in packets:
-            self.receive_packet(body, now)
+        if packets:
+            self.receive_packets(packets, now)
 
     def data_to_send(self, now: float) -> bytes:
         """TCP: the length-prefixed bytes to write now."""
@@ -701,10 +850,18 @@ class SessionEngine:
             t = min(t, self._last_sent + self._keepalive_interval())
             if self._ack_deadline is not None:
                 t = min(t, self._ack_deadline)
+        if self._pace_next is not None and self.pending_count and self.state in OPEN_STATES:
+            t = min(t, self._pace_next)
         if not self.reliable_transport and self._sw.in_flight:
-            deadline = self._sw.next_deadline(self._rto(), MAX_RTO)
-            if deadline is not None and deadline < t:
-                t = deadline
+            rto = self._rto()
+            deadline = self._sw.next_deadline(rto, MAX_RTO)
+            if deadline is not None:
+                # Acks that acknowledge new messages push every timeout back (RFC 6298 5.3):
+                # a receiver draining a deep queue is slow, not losing, and messages lost
+                # among acknowledged ones are found by fast retransmit.
+                deadline = max(deadline, self._last_progress + rto)
+                if deadline < t:
+                    t = deadline
         return t
 
     def _keepalive_interval(self) -> float:
@@ -760,15 +917,22 @@ class SessionEngine:
             self._control_out.append(ctl.frame)
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_now = True
-        if not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES:
+        if self._pace_next is not None and now >= self._pace_next:
+            self._pace_next = None     # packets_to_send takes what the pacer allows now
+        if (not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES
+                and now >= self._last_progress + self._rto()):
             try:
-                due = self._sw.retransmit_due(now, self._rto(), MAX_RTO)
+                due = self._sw.retransmit_due(now, self._rto(), MAX_RTO, self._rto_burst)
             except RetryLimitExceeded as exc:
                 self._fault(exc, now)
                 return
             if due:
                 self.retransmission_timeouts += 1
                 self._lost(due)
+                # restart the timer (RFC 6298 5.6): what else is due waits an RTO more, or
+                # for acks showing it arrived (or lost: fast retransmit)
+                self._last_progress = now
+                self._rto_burst = min(self._rto_burst * 2, 1 << 20)
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
             self._control_out.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
             if self._last_heard >= self._probe_at:
@@ -825,18 +989,7 @@ class SessionEngine:
         if not frames:
             return []
         self._last_sent = now
-        limit = self.max_packet_size
-        packets: list[bytes] = []
-        current: list[bytes] = []
-        size = 0
-        for f in frames:
-            if current and size + len(f) > limit:
-                packets.append(b"".join(current))
-                current, size = [], 0
-            current.append(f)
-            size += len(f)
-        if current:
-            packets.append(current[0] if len(current) == 1 else b"".join(current))
+        packets = self._codec.pack_frames(frames, self.max_packet_size)
         self.packets_sent += len(packets)
         return packets
 
@@ -852,6 +1005,7 @@ class SessionEngine:
 
     def _take_new(self, now: float) -> list[bytes]:
         """Move what the windows allow from pending into the send window; its DATA frames."""
+        self._pace_next = None     # set again below only if the pacer is what holds data back
         waiting = len(self._pending) - self._pending_head
         if waiting == 0 or self.state is State.CONNECTING:
             return []
@@ -863,6 +1017,7 @@ class SessionEngine:
             allowed = min(allowed, self._send_limit - sw.next_number)
             if self._cc is not None and allowed > 0:
                 room = self._cc.available(sw.bytes_in_flight)
+                room = self._paced(room, now)
                 average = self._pending_bytes / waiting
                 allowed = min(allowed, int(room // average) if average >= 1 else allowed)
                 if allowed == 0 and room > 0:
@@ -884,8 +1039,30 @@ class SessionEngine:
             del self._pending[:self._pending_head]
             self._pending_head = 0
         self._pending_bytes -= sw.bytes_in_flight - bytes_before
+        if self._cc is not None:
+            self._pace_tokens -= sw.bytes_in_flight - bytes_before
         self.messages_sent += taken
         return self._encode_batch(first, batch)
+
+    def _paced(self, room: int, now: float) -> int:
+        """`room` (bytes the congestion window allows) cut to what the pacer allows now:
+        new data goes out at 1.25 cwnd per smoothed RTT, in bursts of at most
+        max(PACING_BURST_PACKETS packets, PACING_BURST_TIME of the rate), so a whole window
+        is not dumped into the receiver's socket buffer at once."""
+        rate = self._cc.pacing_rate(self._rtt.srtt)
+        if rate is None:
+            return room
+        burst = max(PACING_BURST_PACKETS * self.max_packet_size, rate * PACING_BURST_TIME)
+        tokens = min(burst, self._pace_tokens + (now - self._pace_at) * rate)
+        self._pace_at = now
+        self._pace_tokens = tokens
+        if tokens >= room:
+            return room
+        # Send what has accrued (if a packet's worth), then wait for the next burst: not a
+        # timer per packet.
+        send = int(tokens) if tokens >= self.max_packet_size else 0
+        self._pace_next = now + max((min(burst, room) - (tokens - send)) / rate, PACING_MIN_WAIT)
+        return send
 
     def _encode_batch(self, first: int, payloads: list) -> list[bytes]:
         if self._fragments_queued and Fragment in set(map(type, payloads)):

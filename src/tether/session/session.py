@@ -337,6 +337,12 @@ class Session:
         self._engine.receive_packet(body, clock())
         self.pump()
 
+    def feed_many(self, bodies: list) -> None:
+        """Packets that arrived together (a batch of datagrams), in order: handed to the
+        engine in one call, then one pump for all of them."""
+        self._engine.receive_packets(bodies, clock())
+        self.pump()
+
     def on_timer(self, now: float) -> None:
         """The session's deadline has come (the TimerService calls this)."""
         self._engine.handle_timer(now)

@@ -1,22 +1,75 @@
-"""The UDP adapter: datagram protocols that feed session engines. A client owns a connected
-socket for its one session; a server socket carries many sessions, told apart by session id,
-each sending to its peer's validated address (the Demux decides which: demux.py)."""
+"""The UDP adapter: sockets that feed session engines. A client owns a connected socket for
+its one session; a server socket carries many sessions, told apart by session id, each
+sending to its peer's validated address (the Demux decides which: demux.py).
+
+The adapter drives its own non-blocking socket from the event loop (`loop.add_reader`)
+rather than the loop's datagram transport, because it needs ancillary data both ways
+(Linux UDP segmentation offload) and wants to read and hand over datagrams in batches:
+
+- **Receiving**: every time the socket is readable, up to RECV_BATCH reads, each with
+  `recvmsg`. With UDP_GRO on, the kernel may hand over several datagrams of one sender
+  coalesced into one buffer, and says the segment size in a cmsg; the buffer is cut back
+  into the datagrams at that size (each is a whole packet: GRO only joins datagrams of the
+  same size, the last may be shorter). The whole batch then goes to the engine (client)
+  or the Demux (server) in one call, and each session is pumped once per batch, so one
+  ack answers a batch rather than every second datagram.
+- **Sending**: a burst of packets is cut into runs of equal-sized packets
+  (`codec.segment_runs`) and each run goes out in one `sendmsg` with a UDP_SEGMENT cmsg:
+  the kernel (or the NIC) splits it into the datagrams again, so the receiver sees exactly
+  the packets the engine made.
+- **Fallback**: where the kernel or socket lacks GSO or GRO (detected once per address
+  family and logged at DEBUG, or when a GSO send fails), one `send` per datagram and one
+  datagram per read, as before. TETHER_UDP_OFFLOAD=0 forces the fallback.
+"""
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import logging
+import os
 import socket
+import struct
+from collections import deque
 from typing import Any, Callable
 
+from .core import default as default_core
 from .demux import Demux
 from .timers import clock
+
+log = logging.getLogger(__name__)
 
 # Loopback carries 64 KiB datagrams; elsewhere stay under a common Ethernet MTU
 # (1500 - 40 IPv6 - 8 UDP) so datagrams are not IP-fragmented.
 LOOPBACK_DATAGRAM = 65000
 NETWORK_DATAGRAM = 1452
-# Large socket buffers absorb bursts of a full window (the kernel caps them at rmem_max).
-SOCKET_BUFFER = 4 * 1024 * 1024
+# Large socket buffers absorb bursts of a full window (SO_RCVBUFFORCE where permitted,
+# else the kernel caps SO_RCVBUF at rmem_max).
+SOCKET_BUFFER = 16 * 1024 * 1024
+
+# Linux UDP segmentation offload (include/uapi/linux/udp.h); Python names them from 3.12.
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+UDP_GRO = getattr(socket, "UDP_GRO", 104)
+# At most this many segments per GSO send (UDP_MAX_SEGMENTS is 64 on older kernels) and
+# this many bytes (a UDP payload is at most 65507 bytes over IPv4).
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+# One read: the largest coalesced buffer GRO hands over, or one datagram.
+RECV_SIZE = 65536
+# Reads per wake-up, and datagrams, before the batch is handed on: the batch is acked
+# once, so it must stay well under a window, and the loop gets to run other work (32 reads
+# as libuv does for its own UDP handles, so a peer on the same loop is not outpaced).
+RECV_BATCH = 32
+RECV_BATCH_DATAGRAMS = 256
+# Bytes held for a full socket before further datagrams are dropped (retransmission copes).
+SEND_QUEUE_LIMIT = 16 * 1024 * 1024
+# A GSO send failing with one of these means the path cannot segment: send datagrams.
+_GSO_FAILURES = frozenset({errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT,
+                           errno.EOPNOTSUPP})
+
+_GRO_CMSG_SIZE = socket.CMSG_SPACE(4)
+_offload: dict[int, tuple[bool, bool]] = {}
 
 
 def datagram_size(host: str) -> int:
@@ -27,57 +80,310 @@ def datagram_size(host: str) -> int:
         return LOOPBACK_DATAGRAM if host == "localhost" else NETWORK_DATAGRAM
 
 
-def tune_socket(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
+def offload_support(family: int) -> tuple[bool, bool]:
+    """(GSO, GRO): whether this kernel takes UDP_SEGMENT and UDP_GRO on a socket of
+    `family`. Probed once per family; TETHER_UDP_OFFLOAD=0 says neither."""
+    if os.environ.get("TETHER_UDP_OFFLOAD", "1") == "0":
+        return False, False
+    found = _offload.get(family)
+    if found is None:
+        gso = gro = False
+        try:
+            probe = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError:
+            probe = None
+        if probe is not None:
+            with probe:
+                try:
+                    probe.setsockopt(SOL_UDP, UDP_SEGMENT, 1200)
+                    gso = True
+                except OSError:
+                    pass
+                try:
+                    probe.setsockopt(SOL_UDP, UDP_GRO, 1)
+                    gro = True
+                except OSError:
+                    pass
+        found = _offload[family] = (gso, gro)
+        log.debug("UDP offload for address family %s: GSO %s, GRO %s", int(family),
+                  "yes" if gso else "no", "yes" if gro else "no")
+    return found
+
+
+def tune_socket(transport: Any) -> None:
+    """Raise a socket's buffers (a transport's, or a socket itself): SO_RCVBUFFORCE and
+    SO_SNDBUFFORCE where permitted (CAP_NET_ADMIN), else as far as rmem_max/wmem_max allow."""
+    sock = transport if isinstance(transport, socket.socket) else transport.get_extra_info("socket")
     if sock is None:
         return
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+    for forced, option in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                           (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+        for name in (forced, option):
+            if name is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, name, SOCKET_BUFFER)
+                break
+            except OSError:
+                pass
+
+
+class UdpEndpoint:
+    """A non-blocking UDP socket on the event loop, read and written in batches.
+    `on_batch(batch)` gets, per wake-up, a list of (bodies, address) in arrival order,
+    consecutive datagrams of one address together."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 on_batch: Callable[[list], None], *, connected: bool,
+                 offload: tuple[bool, bool] | None = None) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._on_batch = on_batch
+        self._connected = connected
+        sock.setblocking(False)
+        tune_socket(sock)
+        gso, gro = offload_support(sock.family) if offload is None else offload
+        if gro:
+            try:
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            except OSError:
+                gro = False
+        self.gso = gso
+        self.gro = gro
+        self._runs = default_core().codec.segment_runs
+        self._cmsgs: dict[int, list] = {}
+        self._queue: deque = deque()      # (buffer, segment size, count, address) waiting for room
+        self._queued_bytes = 0
+        self._closed = False
+        self.errors = 0          # send or receive errors (ICMP unreachable, ...)
+        self.dropped = 0         # datagrams dropped because the send queue was full
+        self.gso_sends = 0       # sends that carried a run of several datagrams (GSO)
+        self.coalesced = 0       # reads that handed over several datagrams at once (GRO)
+        self.sockname = sock.getsockname()
+        loop.add_reader(sock.fileno(), self._read)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---- receiving ----
+
+    def _read(self) -> None:
+        recvmsg = self._sock.recvmsg
+        ancsize = _GRO_CMSG_SIZE if self.gro else 0
+        batch: list = []
+        datagrams = 0
+        for _ in range(RECV_BATCH):
+            try:
+                data, ancillary, _flags, address = recvmsg(RECV_SIZE, ancsize)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                # ICMP unreachable reported on a connected socket while the peer restarts:
+                # retransmission copes
+                self.errors += 1
+                continue
+            segment = 0
+            if ancillary:
+                for level, kind, value in ancillary:
+                    if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                        segment = struct.unpack_from("=i", value)[0]
+            if 0 < segment < len(data):
+                bodies = [data[i:i + segment] for i in range(0, len(data), segment)]
+                self.coalesced += 1
+            else:
+                bodies = [data]
+            if batch and batch[-1][1] == address:
+                batch[-1][0].extend(bodies)
+            else:
+                batch.append((bodies, address))
+            datagrams += len(bodies)
+            if datagrams >= RECV_BATCH_DATAGRAMS:
+                break
+        if batch:
+            self._on_batch(batch)
+
+    # ---- sending ----
+
+    def send(self, packets: list[bytes], address: Any = None) -> None:
+        """Send packets as datagrams, in order: runs of equal-sized packets in one GSO
+        send each where the kernel segments, one datagram per send otherwise. When the
+        socket is full they wait (the writer drains them), up to SEND_QUEUE_LIMIT bytes."""
+        if self._closed or not packets:
+            return
+        if self.gso and len(packets) > 1:
+            runs = self._runs(packets, GSO_MAX_SEGMENTS, GSO_MAX_BYTES)
+        else:
+            runs = [(p, len(p), 1) for p in packets]
+        if self._queue:
+            for buffer, segment, count in runs:
+                self._enqueue(buffer, segment, count, address)
+            return
+        for i, (buffer, segment, count) in enumerate(runs):
+            if not self._send_run(buffer, segment, count, address):
+                for buffer, segment, count in runs[i:]:
+                    self._enqueue(buffer, segment, count, address)
+                self._loop.add_writer(self._sock.fileno(), self._write)
+                return
+
+    def _send_run(self, buffer: bytes, segment: int, count: int, address: Any) -> bool:
+        """Send one run; False when the socket is full (nothing of the run was sent)."""
+        sock = self._sock
         try:
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        except OSError:
-            pass
+            if count > 1:
+                cmsg = self._cmsgs.get(segment)
+                if cmsg is None:
+                    cmsg = self._cmsgs[segment] = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
+                if self._connected:
+                    sock.sendmsg((buffer,), cmsg)
+                else:
+                    sock.sendmsg((buffer,), cmsg, 0, address)
+                self.gso_sends += 1
+            elif self._connected:
+                sock.send(buffer)
+            else:
+                sock.sendto(buffer, address)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if count > 1 and exc.errno in _GSO_FAILURES:
+                # this path cannot segment: from now on one datagram per send
+                log.debug("UDP GSO send failed (%s); sending datagrams one by one", exc)
+                self.gso = False
+                pieces = [buffer[i:i + segment] for i in range(0, len(buffer), segment)]
+                for j, piece in enumerate(pieces):
+                    if not self._send_run(piece, len(piece), 1, address):
+                        for rest in pieces[j:]:
+                            self._enqueue(rest, len(rest), 1, address)
+                        self._loop.add_writer(sock.fileno(), self._write)
+                        break
+                return True
+            self.errors += 1    # ICMP unreachable (connected socket), no route: retransmission copes
+        return True
+
+    def _enqueue(self, buffer: bytes, segment: int, count: int, address: Any) -> None:
+        if self._queued_bytes + len(buffer) > SEND_QUEUE_LIMIT:
+            self.dropped += count
+            return
+        self._queue.append((buffer, segment, count, address))
+        self._queued_bytes += len(buffer)
+
+    def _write(self) -> None:
+        queue = self._queue
+        while queue:
+            buffer, segment, count, address = queue[0]
+            if count > 1 and not self.gso:
+                # GSO failed meanwhile: this run goes as datagrams
+                queue.popleft()
+                self._queued_bytes -= len(buffer)
+                for i in reversed(range(0, len(buffer), segment)):
+                    piece = buffer[i:i + segment]
+                    queue.appendleft((piece, segment, 1, address))
+                    self._queued_bytes += len(piece)
+                continue
+            if not self._send_run(buffer, segment, count, address):
+                return
+            queue.popleft()
+            self._queued_bytes -= len(buffer)
+        self._loop.remove_writer(self._sock.fileno())
+
+    # ---- the rest of a transport ----
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        fd = self._sock.fileno()
+        if fd >= 0:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._sock.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self._sock
+        if name == "sockname":
+            return self.sockname
+        if name == "peername" and self._connected:
+            try:
+                return self._sock.getpeername()
+            except OSError:
+                return default
+        return default
 
 
-class UdpClientProtocol(asyncio.DatagramProtocol):
+async def _socket_for(loop: asyncio.AbstractEventLoop, host: str, port: int, *,
+                      passive: bool) -> tuple[socket.socket, Any]:
+    """A UDP socket for host:port, and the address resolved (the first getaddrinfo gives
+    that a socket can be made for)."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
+                                   flags=socket.AI_PASSIVE if passive else 0)
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            error = exc
+            continue
+        try:
+            if passive:
+                sock.bind(address)
+            else:
+                sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock, address
+    raise error or OSError(f"getaddrinfo gave no address for {host}:{port}")
+
+
+class UdpClientProtocol:
     """A client's connected socket: every datagram is for its one session."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
+        self.endpoint: UdpEndpoint | None = None
         self.session = None
-        self.errors = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        tune_socket(transport)
+    @classmethod
+    async def open(cls, host: str, port: int,
+                   offload: tuple[bool, bool] | None = None) -> "UdpClientProtocol":
+        loop = asyncio.get_running_loop()
+        sock, _ = await _socket_for(loop, host, port, passive=False)
+        protocol = cls()
+        protocol.endpoint = UdpEndpoint(loop, sock, protocol._received, connected=True,
+                                        offload=offload)
+        return protocol
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.session is not None:
-            self.session.feed(data)
+    @property
+    def errors(self) -> int:
+        return 0 if self.endpoint is None else self.endpoint.errors
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable while the server restarts: retransmission copes
-        self.errors += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+    def _received(self, batch: list) -> None:
+        session = self.session
+        if session is None:
+            return
+        if len(batch) == 1:
+            session.feed_many(batch[0][0])
+        else:
+            session.feed_many([body for bodies, _ in batch for body in bodies])
 
     # Link
     def transmit(self, packets: list[bytes]) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        sendto = transport.sendto
-        for packet in packets:
-            sendto(packet)
+        endpoint = self.endpoint
+        if endpoint is not None:
+            endpoint.send(packets)
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if self.transport is None:
+        if self.endpoint is None or self.endpoint.closed:
             return default
-        return self.transport.get_extra_info(name, default)
+        return self.endpoint.get_extra_info(name, default)
 
 
 class UdpPeerLink:
@@ -91,13 +397,9 @@ class UdpPeerLink:
         self.addr = addr
 
     def transmit(self, packets: list[bytes]) -> None:
-        transport = self.endpoint.transport
-        if transport is None or transport.is_closing():
-            return
-        addr = self.addr
-        sendto = transport.sendto
-        for packet in packets:
-            sendto(packet, addr)
+        endpoint = self.endpoint.endpoint
+        if endpoint is not None:
+            endpoint.send(packets, self.addr)
 
     def close(self) -> None:
         """The socket is shared; nothing to close per session."""
@@ -105,12 +407,13 @@ class UdpPeerLink:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
             return self.addr
-        transport = self.endpoint.transport
-        return default if transport is None else transport.get_extra_info(name, default)
+        endpoint = self.endpoint.endpoint
+        return default if endpoint is None else endpoint.get_extra_info(name, default)
 
 
-class UdpServerProtocol(asyncio.DatagramProtocol):
-    """A server socket: routes each datagram through the Demux by session id."""
+class UdpServerProtocol:
+    """A server socket: routes each batch of datagrams through the Demux by session id and
+    pumps each session it reached once."""
 
     def __init__(self, demux: Demux, loop: asyncio.AbstractEventLoop,
                  on_new: Callable[[Any, UdpPeerLink], Any], sessions: dict) -> None:
@@ -118,33 +421,35 @@ class UdpServerProtocol(asyncio.DatagramProtocol):
         self.loop = loop
         self.on_new = on_new          # (engine, link) -> Session
         self.sessions = sessions      # session id -> Session
-        self.transport: asyncio.DatagramTransport | None = None
+        self.endpoint: UdpEndpoint | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        tune_socket(transport)
+    async def listen(self, host: str, port: int,
+                     offload: tuple[bool, bool] | None = None) -> UdpEndpoint:
+        sock, _ = await _socket_for(self.loop, host, port, passive=True)
+        self.endpoint = UdpEndpoint(self.loop, sock, self._received, connected=False,
+                                    offload=offload)
+        return self.endpoint
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        routed = self.demux.route(data, clock(), source=addr)
-        if routed.replies and self.transport is not None:
-            for reply in routed.replies:
-                self.transport.sendto(reply, addr)
-        engine = routed.engine
-        if engine is None:
-            return
-        if routed.created:
-            session = self.on_new(engine, UdpPeerLink(self, routed.address))
-        else:
-            session = self.sessions.get(engine.session_id)
-            if session is None:
-                return
-            link = session.link
-            if link is not None and link.addr != routed.address:
-                link.addr = routed.address  # the peer moved and proved it receives there
-        session.pump()
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # a peer went away; its session times out or retransmits
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+    def _received(self, batch: list) -> None:
+        endpoint = self.endpoint
+        now = clock()
+        touched: dict = {}
+        for bodies, address in batch:
+            for routed in self.demux.route_many(bodies, now, source=address):
+                if routed.replies and endpoint is not None:
+                    endpoint.send(routed.replies, address)
+                engine = routed.engine
+                if engine is None:
+                    continue
+                if routed.created:
+                    session = self.on_new(engine, UdpPeerLink(self, routed.address))
+                else:
+                    session = self.sessions.get(engine.session_id)
+                    if session is None:
+                        continue
+                    link = session.link
+                    if link is not None and link.addr != routed.address:
+                        link.addr = routed.address  # the peer moved and proved it receives there
+                touched[session] = None
+        for session in touched:
+            session.pump()
