@@ -962,6 +962,36 @@ def test_a_peer_that_moved_is_followed_once_it_answers_the_challenge(core) -> No
     assert p.server_got == [b"before", b"after"]
 
 
+def test_a_move_resends_at_once_with_the_retries_started_over(core) -> None:
+    """An idle client whose address changed hears nothing and says nothing until its
+    keepalive: what the server resent meanwhile went to the old address and proves nothing
+    about the client. Once it moved, the server resends at once, with a fresh retry budget
+    (the seed lossy 9001019 of the simulation faulted here)."""
+    p = Pair(core=core, server={"max_retry_count": 4})
+    p.exchange()
+    p.address = ("client", 2)
+    p.server.send([b"one", b"two"], p.now)
+    p.to_client(drop=lambda body: True)          # to the old address: nobody listens
+    for _ in range(3):
+        p.fire(p.server)
+        p.to_client(drop=lambda body: True)
+    assert p.server.stats["state"] == "established" and p.client_got == []
+    p.advance(10.0)
+    p.client.send([b"x" * 20], p.now)             # (a keepalive is too small to challenge
+    p.to_server()                                 # a short session id's new address)
+    p.to_client()                                 # the challenge
+    p.to_server()                                 # the answer: the session moves
+    assert p.demux.migrations == 1
+    assert [p.server._sw.retries_of(n) for n in (1, 2)] == [0, 0]
+    resent = p.server.packets_to_send(p.now)      # at once, not after the backed-off timer
+    assert [f[3] for f in p.frames(resent) if f[0] == F.DATA] == [[b"one", b"two"]]
+    assert p.server.stats["cwnd"] == 10 * DATAGRAM  # the new path's capacity is unknown
+    for body in resent:
+        p.client.receive_packet(body, p.now)
+    p._collect()
+    assert p.client_got == [b"one", b"two"]
+
+
 def test_challenges_keep_the_amplification_limit_and_are_paced(core) -> None:
     p = moved_pair(core)
     ping = core.codec.encode_frame((F.ACK_REQUESTED, SESSION_ID))

@@ -140,6 +140,7 @@ class Demux:
                 # The peer receives at its new address: move, and take the rest of its packet.
                 self.migrations += 1
                 engine.receive_frames(frames, now)
+                engine.peer_moved(now)
                 return Routed(engine, address=source)
         challenge = path.probe(
             source, size, now, engine.rto, sid, self._challenges,

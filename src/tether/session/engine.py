@@ -656,6 +656,31 @@ class SessionEngine:
                 (F.CLOSE_SEQUENCE_RESPONSE, self.session_id, self._incoming_last)))
         self._resend_everything(now)
 
+    def peer_moved(self, now: float) -> None:
+        """Server, UDP: the peer answered a path challenge from a new address and the Demux
+        moved the session there. What went to the old address since the peer left it proves
+        nothing about the peer (it was alive, elsewhere, perhaps idle and unaware that its
+        address changed): everything unacknowledged is resent now with its retry count and
+        backoff started over, and so is a control frame awaiting its response. The new
+        path's capacity is unknown: congestion control starts over (RFC 9000 9.4)."""
+        if self.state not in OPEN_STATES or self.reliable_transport:
+            return
+        if self._sw.in_flight:
+            self._resend = self._sw.unacked()
+            self._nacked.clear()
+            self._sw.mark_all_sent(now, reset_retries=True)
+            self.messages_resent += len(self._resend)
+        ctl = self._ctl
+        if ctl is not None:
+            ctl.retries = 0
+            ctl.deadline = now + self._rto()
+            if ctl.frame not in self._control_out:
+                self._control_out.append(ctl.frame)
+        if self._cc is not None:
+            self._cc = NewReno(self.max_packet_size)
+        self._probes_unanswered = 0
+        self._ack_now = True
+
     def _resend_everything(self, now: float) -> None:
         self._resend = self._sw.unacked()
         self._sw.mark_all_sent(now)
