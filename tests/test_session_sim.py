@@ -280,6 +280,7 @@ def test_replay() -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(0)     # as long as TETHER_SIM_SOAK asks; bound the whole run from outside
 @pytest.mark.parametrize("core_name", ["native", "reference"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_soak(family: str, core_name: str) -> None:

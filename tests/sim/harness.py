@@ -527,7 +527,7 @@ class Simulation:
             fields = (F.CREATE_SEQUENCE, rng.getrandbits(63) | 1, rng.randbytes(16),
                       rng.choice((8, 64)), 65536, True)
             if rng.random() < 0.3:
-                fields += (rng.randbytes(rng.choice((16, 24))),)
+                fields += (200_000, rng.randbytes(rng.choice((16, 24))))
             kind, body, src = "create", codec.encode_frame(fields), self._forged_address(rng, None)
         elif pick < 0.6:
             ep = rng.choice(live)

@@ -102,19 +102,19 @@ class Demux:
         engine = self.sessions.get(session_id)
         if engine is not None:
             if self.reliable_transport:
-                return self._route_tcp(engine, frames, kind, now, opening)
+                return self._route_tcp(engine, frames, kind, now, opening, len(body))
             address = self._paths[session_id].address
             if source != address:
                 return self._off_path(engine, self._paths[session_id], frames, len(body), source, now)
             if kind == _RESUME and not self.token_matches(engine, frames[0][2]):
                 return Routed(replies=self._limited(
                     (F.CREATE_SEQUENCE_REFUSED, session_id, "resume refused: wrong token"), len(body)))
-            engine.receive_frames(frames, now)
+            engine.receive_frames(frames, now, len(body))
             return Routed(engine, False, [], address)
         return self._stateless(frames, kind, session_id, len(body), source, now)
 
     def _route_tcp(self, engine: SessionEngine, frames: list, kind: int, now: float,
-                   opening: bool) -> Routed:
+                   opening: bool, size: int) -> Routed:
         session_id = engine.session_id
         if kind == F.RESUME and not self.token_matches(engine, frames[0][2]):
             return Routed(replies=[self.refusal(session_id, "resume refused: wrong token")])
@@ -123,7 +123,7 @@ class Demux:
             return Routed(replies=[self.refusal(
                 session_id, "a new connection must start with Resume (or CreateSequence) "
                             "carrying the session's token")])
-        engine.receive_frames(frames, now)
+        engine.receive_frames(frames, now, size)
         return Routed(engine)
 
     def _off_path(self, engine: SessionEngine, path: PeerPath, frames: list, size: int,
@@ -139,7 +139,7 @@ class Demux:
                                                              self._challenges):
                 # The peer receives at its new address: move, and take the rest of its packet.
                 self.migrations += 1
-                engine.receive_frames(frames, now)
+                engine.receive_frames(frames, now, size)
                 engine.peer_moved(now)
                 return Routed(engine, address=source)
         challenge = path.probe(
@@ -188,7 +188,7 @@ class Demux:
         except ProtocolError as exc:
             return Routed(replies=self._limited((F.CREATE_SEQUENCE_REFUSED, session_id, str(exc)), size))
         if not self.reliable_transport:
-            token = offer[6] if len(offer) > 6 else None
+            token = offer[7] if len(offer) > 7 else None
             if token is None or not self._tokens.valid(token, source, session_id, offer[2], now):
                 # Keep nothing: the client proves its address by echoing this token.
                 self.retries_sent += 1
@@ -202,7 +202,7 @@ class Demux:
             self._paths[session_id] = PeerPath(source)
         self.unaccepted += 1
         if len(frames) > 1:
-            engine.receive_frames(frames[1:], now)
+            engine.receive_frames(frames[1:], now, size)
         return Routed(engine, created=True, address=None if self.reliable_transport else source)
 
     def _limited(self, frame: tuple, received: int) -> list[bytes]:

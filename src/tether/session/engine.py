@@ -37,8 +37,13 @@ K_INITIAL_RTT = 0.333
 MIN_RTO = 0.025
 # RFC 6298 2.5: a maximum RTO of at least 60 s may be placed.
 MAX_RTO = 60.0
-# Acknowledge at least every second packet carrying data (RFC 9000 13.2.2).
+# Acknowledge at once every second full packet carrying data (RFC 1122 4.2.3.2, RFC 9000
+# 13.2.2); a packet is full from half the packet size up (messages are not cut to fill one).
 ACK_ELICITING_THRESHOLD = 2
+# The longest a peer delays an ack (its ack_interval, in microseconds on the wire) when its
+# handshake frame leaves it out; and the most it may say.
+K_DEFAULT_ACK_DELAY = 0.2
+MAX_ACK_DELAY_US = 60_000_000
 MAX_FRAMES_PER_PACKET = 8192
 # Room kept in a data packet for a piggybacked ack: 32 ranges of two uint64 and a header on
 # big datagrams; a quarter of a small (MTU-sized) datagram, with fewer ranges to fit.
@@ -108,7 +113,12 @@ class SessionEngine:
 
         self._ack_now = False
         self._ack_deadline: float | None = None
-        self._packets_unacked = 0
+        self._packets_unacked = 0             # full packets with data since our last ack
+        self._full_packet = max_packet_size // 2
+        self._ask = False                    # send AckRequested with the next packets
+        # The longest the peer delays an ack (its ack_interval, from the handshake): our
+        # retransmission timeout for data waits that much longer (RFC 9002 6.2.1).
+        self.peer_ack_delay = K_DEFAULT_ACK_DELAY
         self._acked_first = False
         self._delivered: list = []
         self._reassembler: Reassembler | None = None
@@ -159,6 +169,8 @@ class SessionEngine:
             raise ProtocolError(f"CreateSequence window {window} out of range")
         if max_message_size < 1:
             raise ProtocolError(f"CreateSequence max_message_size {max_message_size} out of range")
+        if len(frame) > 6 and frame[6] > MAX_ACK_DELAY_US:
+            raise ProtocolError(f"CreateSequence ack_delay {frame[6]} us out of range")
 
     @classmethod
     def accept(cls, frame: tuple, settings: SessionSettings, *, now: float,
@@ -172,10 +184,8 @@ class SessionEngine:
             settings = dataclasses.replace(settings, ordered=ordered)
         engine = cls(settings, session_id=session_id, token=token, is_client=False, now=now,
                      reliable_transport=reliable_transport, max_packet_size=max_packet_size, core=core)
-        engine._peer_handshake(window, max_message_size)
-        engine._control_out.append(engine._codec.encode_frame(
-            (F.CREATE_SEQUENCE_RESPONSE, session_id, settings.max_transfer_window,
-             settings.max_message_size)))
+        engine._peer_handshake(window, max_message_size, frame[6] if len(frame) > 6 else None)
+        engine._control_out.append(engine._response_frame())
         engine._events.append(Connected())
         return engine
 
@@ -186,15 +196,26 @@ class SessionEngine:
     def _create_frame(self) -> bytes:
         s = self.settings
         fields: tuple = (F.CREATE_SEQUENCE, self.session_id, self.token, s.max_transfer_window,
-                         s.max_message_size, s.ordered)
+                         s.max_message_size, s.ordered, self._ack_delay_us())
         if self._address_token is not None:
             fields += (self._address_token,)
         return self._codec.encode_frame(fields)
 
-    def _peer_handshake(self, window: int, max_message_size: int) -> None:
+    def _response_frame(self) -> bytes:
+        s = self.settings
+        return self._codec.encode_frame((F.CREATE_SEQUENCE_RESPONSE, self.session_id,
+                                         s.max_transfer_window, s.max_message_size,
+                                         self._ack_delay_us()))
+
+    def _ack_delay_us(self) -> int:
+        return round(self.settings.ack_interval * 1_000_000)
+
+    def _peer_handshake(self, window: int, max_message_size: int, ack_delay_us: int | None) -> None:
         self.peer_window = window
         self.peer_max_message_size = max_message_size
         self._send_limit = FIRST_NUMBER + window
+        if ack_delay_us is not None:
+            self.peer_ack_delay = ack_delay_us / 1_000_000
 
     # ---- application side ----
 
@@ -275,6 +296,13 @@ class SessionEngine:
         if before == 0 or before * 2 < capacity <= self._rw.buffer_remaining * 2:
             self._ack_now = True
 
+    def flush(self, now: float) -> None:
+        """Ask the peer to acknowledge everything sent so far at once (an AckRequested goes
+        with the next packets), rather than after its ack_interval: what a caller waiting
+        for the acknowledgements (Session.flush, a paused writer) wants."""
+        if self.state in OPEN_STATES and not self.all_acknowledged:
+            self._ask = True
+
     def close(self, now: float) -> None:
         """Graceful close: send what is pending, wait for it to be acknowledged, then
         CloseSequence and TerminateSequence. SessionEnded(None) follows."""
@@ -284,6 +312,7 @@ class SessionEngine:
             return
         if self.state is State.ESTABLISHED:
             self._transition(Event.CLOSE)
+        self.flush(now)
         self._advance_close(now)
 
     def close_sending(self, now: float) -> None:
@@ -291,6 +320,7 @@ class SessionEngine:
         after the last message and may go on sending."""
         if self.state in OPEN_STATES:
             self._close_out_requested = True
+            self.flush(now)
             self._advance_close(now)
 
     def fail(self, error: TetherError, now: float) -> None:
@@ -324,10 +354,11 @@ class SessionEngine:
                 and frames[0][1] != self.session_id):
             self.packets_ignored += 1
             return
-        self.receive_frames(frames, now)
+        self.receive_frames(frames, now, len(body))
 
-    def receive_frames(self, frames: list, now: float) -> None:
-        """Decoded frames of one packet, all for this session."""
+    def receive_frames(self, frames: list, now: float, size: int | None = None) -> None:
+        """Decoded frames of one packet, all for this session; `size` is the packet's length
+        in bytes (None: taken as a full packet)."""
         if self.state in FINAL_STATES:
             return
         self._last_heard = now
@@ -362,7 +393,8 @@ class SessionEngine:
             self._events.append(MessagesDelivered(self._delivered))
             self._delivered = []
         if had_data:
-            self._packets_unacked += 1
+            if size is None or size >= self._full_packet:
+                self._packets_unacked += 1
             if self._packets_unacked >= ACK_ELICITING_THRESHOLD or self.settings.ack_interval == 0:
                 self._ack_now = True
             elif self._ack_deadline is None:
@@ -465,17 +497,17 @@ class SessionEngine:
                 if self._ctl.retries == 0:  # Karn's rule: no sample from a resent request
                     self._rtt.update(now - self._ctl.sent_at)
                 self._ctl = None
-                _, _, window, max_message_size = frame
-                if not 1 <= window <= 65536 or max_message_size < 1:
-                    raise ProtocolError("CreateSequenceResponse with out-of-range window or size")
-                self._peer_handshake(window, max_message_size)
+                window, max_message_size = frame[2], frame[3]
+                ack_delay = frame[4] if len(frame) > 4 else None
+                if not 1 <= window <= 65536 or max_message_size < 1 or (
+                        ack_delay is not None and ack_delay > MAX_ACK_DELAY_US):
+                    raise ProtocolError("CreateSequenceResponse with out-of-range window, size or ack delay")
+                self._peer_handshake(window, max_message_size, ack_delay)
                 self._transition(Event.HANDSHAKE_DONE)
                 self._events.append(Connected())
         elif kind == F.CREATE_SEQUENCE:
             if not self.is_client:  # our response was lost: send it again
-                self._control_out.append(codec.encode_frame(
-                    (F.CREATE_SEQUENCE_RESPONSE, sid, self.settings.max_transfer_window,
-                     self.settings.max_message_size)))
+                self._control_out.append(self._response_frame())
                 if self.reliable_transport:
                     # TCP loses nothing on a live connection: the client reconnected before
                     # the handshake completed, so what we sent since was lost with the old one.
@@ -680,11 +712,13 @@ class SessionEngine:
             self._cc = NewReno(self.max_packet_size)
         self._probes_unanswered = 0
         self._ack_now = True
+        self._ask = bool(self._resend)
 
     def _resend_everything(self, now: float) -> None:
         self._resend = self._sw.unacked()
         self._sw.mark_all_sent(now)
         self._ack_now = True
+        self._ask = bool(self._resend)
 
     # ---- timers ----
 
@@ -709,9 +743,12 @@ class SessionEngine:
         return self._rtt.rto
 
     def _rto(self) -> float:
-        # No max_ack_delay term (RFC 9002 6.2.1 adds one): every burst of data ends with
-        # AckRequested, which the peer answers at once.
+        # Control frames and keepalives: the peer answers them at once.
         return self._rtt.rto
+
+    def _data_rto(self) -> float:
+        # Data: the peer may delay its ack by its ack_interval (RFC 9002 6.2.1's max_ack_delay).
+        return self._rtt.rto + self.peer_ack_delay
 
     def next_timer(self) -> float | None:
         """The earliest time handle_timer must be called; None when the session is over."""
@@ -727,7 +764,7 @@ class SessionEngine:
             if self._ack_deadline is not None:
                 t = min(t, self._ack_deadline)
         if not self.reliable_transport and self._sw.in_flight:
-            deadline = self._sw.next_deadline(self._rto(), MAX_RTO)
+            deadline = self._sw.next_deadline(self._data_rto(), MAX_RTO)
             if deadline is not None and deadline < t:
                 t = deadline
         return t
@@ -787,15 +824,16 @@ class SessionEngine:
             self._ack_now = True
         if not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES:
             try:
-                due = self._sw.retransmit_due(now, self._rto(), MAX_RTO)
+                due = self._sw.retransmit_due(now, self._data_rto(), MAX_RTO)
             except RetryLimitExceeded as exc:
                 self._fault(exc, now)
                 return
             if due:
                 self.retransmission_timeouts += 1
                 self._lost(due)
+                self._ask = True    # acks stopped coming: ask for the news at once
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
-            self._control_out.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
+            self._control_out.append(self._ack_request)
             if self._last_heard >= self._probe_at:
                 self._probes_unanswered = 0      # the last one was answered: start over
             self._probes_unanswered += 1
@@ -828,11 +866,13 @@ class SessionEngine:
             if new:
                 frames.extend(new)
                 data_sent = True
-            if data_sent and not self.reliable_transport or new and not self.pending_count:
-                # The end of a burst (we send nothing more until an ack or a timer): ask for
-                # the ack now rather than after the peer's ack_interval. So the peer never
-                # delays the ack a retransmission timer waits for, the RTO needs no ack delay
-                # added, and flush() and a blocked sender move on promptly.
+            if self._ask and not data_sent and self.all_acknowledged:
+                self._ask = False   # (the acks came meanwhile)
+            if self._ask or (data_sent and self._window_nearly_full()):
+                # Otherwise the peer acknowledges after its ack_interval or every second full
+                # packet: ask at once only when an ack is what we wait for (a window nearly
+                # full, flush, close, a retransmission timeout).
+                self._ask = False
                 frames.append(self._ack_request)
             self._advance_close(now)
             if self._control_out:
@@ -845,6 +885,20 @@ class SessionEngine:
         if not frames:
             return []
         return self._pack(frames, now)
+
+    def _window_nearly_full(self) -> bool:
+        """After a burst: nothing (or at most a quarter of a window) more may go before an
+        ack arrives, or we are closing and wait for the acks to finish."""
+        if self.pending_count or self._close_out_requested or self.state is State.CLOSING:
+            return True
+        sw = self._sw
+        room = sw.free
+        if self.settings.flow_control or self.reliable_transport:
+            room = min(room, self._send_limit - sw.next_number)
+        if room * 4 <= min(self.settings.max_transfer_window, self.peer_window):
+            return True
+        cc = self._cc
+        return cc is not None and cc.available(sw.bytes_in_flight) * 4 <= cc.cwnd
 
     def _pack(self, frames: list[bytes], now: float) -> list[bytes]:
         if not frames:
