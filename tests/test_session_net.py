@@ -449,3 +449,38 @@ async def test_recv_many_rejects_a_bad_max_count_at_once():
             for bad in (0, -1):
                 with pytest.raises(ValueError, match="max_count"):
                     await asyncio.wait_for(client.recv_many(bad), 1)
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+async def test_close_gives_up_after_close_timeout_when_the_peer_stops_reading(scheme):
+    """A peer that stops reading holds our messages unacknowledged (flow control): close()
+    and leaving `async with` wait close_timeout, then abort and raise TimeoutError."""
+    stuck = asyncio.Event()
+    sessions = []
+
+    async def handler(session):
+        sessions.append(session)
+        await stuck.wait()                       # never reads
+
+    async with asyncio.timeout(30):
+        async with await tether.serve(handler, f"{scheme}://127.0.0.1:0",
+                                      max_transfer_window=4) as server:
+            target = url(scheme, server.address)
+            client = await tether.connect(target, max_transfer_window=4, close_timeout=0.3)
+            await client.send_many([b"x"] * 8)   # 4 in the peer's buffer, 4 waiting
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(TimeoutError, match="close_timeout"):
+                await client.close()
+            assert 0.25 <= loop.time() - started < 5
+            assert client.closed and isinstance(client.error, tether.SequenceTerminated)
+
+            with pytest.raises(TimeoutError):
+                async with tether.connect(target, max_transfer_window=4, close_timeout=0.3) as c:
+                    await c.send_many([b"y"] * 8)
+            assert c.closed
+            # the server's sessions learn of the aborts (a Fault), and end
+            for s in sessions:
+                await s.wait_closed()
+                assert isinstance(s.error, tether.SequenceTerminated)
+            stuck.set()

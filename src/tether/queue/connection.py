@@ -729,6 +729,7 @@ class Connection:
         if session.unacknowledged_bytes < limits.max_reply_bytes:
             return True
         deadline = self._loop.time() + limits.reply_stall
+        session.ask_for_ack()
         while session.unacknowledged_bytes >= limits.max_reply_bytes:
             if self._loop.time() >= deadline or session.closed:
                 log.warning("client %s has not read its replies for %g s: dropped",

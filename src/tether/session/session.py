@@ -173,12 +173,22 @@ class Session:
         self._schedule()
 
     async def flush(self) -> None:
-        """Wait until every message sent so far has been acknowledged by the peer."""
+        """Wait until every message sent so far has been acknowledged by the peer (who is
+        asked to acknowledge at once rather than after its ack_interval)."""
+        self.ask_for_ack()
         while not self._engine.all_acknowledged:
             if self._ended:
                 raise self._error or SequenceClosed("the session ended before everything was acknowledged")
             self._schedule()
             await self._wait(self._flush_waiters)
+
+    def ask_for_ack(self) -> None:
+        """Ask the peer to acknowledge everything sent so far at once, without waiting (the
+        peer otherwise acknowledges within its ack_interval, or when this side's window is
+        nearly full). For callers that wait for acknowledgements by other means."""
+        if not self._ended and not self._engine.all_acknowledged:
+            self._engine.flush(clock())
+            self._schedule()
 
     # ---- receiving ----
 
@@ -259,16 +269,22 @@ class Session:
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush, then end the session gracefully (CloseSequence, TerminateSequence).
-        Raises the fault if the session fails while closing."""
+        Raises the fault if the session fails while closing. After `timeout` seconds (the
+        session's close_timeout unless given) the session is aborted (the peer gets
+        SequenceTerminated) and close() raises TimeoutError."""
         if self._ended:
             return
+        if timeout is None:
+            timeout = self._engine.settings.close_timeout
         self.start_close()
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._closed)
         except TimeoutError:
-            self.abort("close timed out")
-            raise
+            self.abort(f"close timed out after {timeout} s")
+            raise TimeoutError(
+                f"close() timed out after {timeout} s (close_timeout): the peer did not "
+                f"acknowledge everything; the session was aborted") from None
         if self._error is not None:
             raise self._error
 

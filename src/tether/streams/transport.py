@@ -142,7 +142,7 @@ class SessionTransport(asyncio.Transport):
     async def _close_session(self) -> None:
         try:
             await self._session.close()
-        except TetherError:
+        except (TetherError, TimeoutError):
             pass  # the session's end callback hands the fault to connection_lost
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -257,7 +257,11 @@ class SessionTransport(asyncio.Transport):
             self._conn_lost += 1  # the session has ended; its end callback reports why
 
     def _maybe_pause_protocol(self) -> None:
-        if self._protocol_paused or self.get_write_buffer_size() <= self._high_water:
+        size = self.get_write_buffer_size()
+        if size > self._low_water:
+            # drain() waits for these acks: ask for them now, not after the peer's ack_interval
+            self._session.ask_for_ack()
+        if self._protocol_paused or size <= self._high_water:
             return
         self._protocol_paused = True
         try:
