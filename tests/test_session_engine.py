@@ -350,11 +350,17 @@ def test_a_blocked_sender_probes_every_rto_in_case_the_reopening_ack_was_lost(co
     assert len(p.server_got) == 4
 
 
-def test_send_capacity_is_one_window_queued(core) -> None:
-    p = Pair(core=core, client={"max_transfer_window": 8})
+def test_send_capacity_is_one_window_in_all(core) -> None:
+    p = Pair(core=core, client={"max_transfer_window": 8}, server={"max_transfer_window": 64})
     assert p.client.send_capacity == 8
     p.client.send([b"x"] * 5, p.now)
-    assert p.client.send_capacity == 3
+    assert p.client.send_capacity == 3                           # queued
+    p.to_server(drop=lambda body: True)                          # in flight, unacknowledged
+    assert p.client.stats["in_flight"] == 5 and p.client.send_capacity == 3
+    p.client.send([b"y"] * 3, p.now)
+    assert p.client.send_capacity == 0 and p.client.unacknowledged_count == 8
+    p.exchange()                         # the acks of 6..8 show 1..5 lost: resent, acked
+    assert p.client.all_acknowledged and p.client.send_capacity == 8
 
 
 def test_without_flow_control_udp_overruns_and_resends(core) -> None:

@@ -225,10 +225,16 @@ class SessionEngine:
         return len(self._pending) - self._pending_head
 
     @property
+    def unacknowledged_count(self) -> int:
+        """Messages accepted by send() that the peer has not acknowledged (queued or in
+        flight; a fragmented message counts once per fragment)."""
+        return self.pending_count + self._sw.in_flight
+
+    @property
     def send_capacity(self) -> int:
         """How many more messages send() should take before the caller waits: one window
-        queued beyond the window in flight (a sender never runs ahead unboundedly)."""
-        return self.settings.max_transfer_window - self.pending_count
+        unacknowledged in all, queued or in flight."""
+        return self.settings.max_transfer_window - self.pending_count - self._sw.in_flight
 
     @property
     def unacknowledged_bytes(self) -> int:

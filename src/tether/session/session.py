@@ -7,11 +7,16 @@ import asyncio
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
-from ..errors import RetryLimitExceeded, SequenceClosed, TetherError
+from ..errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
 from .engine import SessionEngine
 from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
 from .settings import SessionSettings
 from .timers import clock, timer_service
+
+# The most send_nowait() lets a session hold unacknowledged (queued or in flight); beyond
+# it SendQueueFull. send() waits at one window instead.
+SEND_NOWAIT_MAX_BYTES = 64 * 1024 * 1024
+SEND_NOWAIT_MAX_MESSAGES = 1 << 20
 
 
 class Link(Protocol):
@@ -165,11 +170,22 @@ class Session:
             self._schedule()
 
     def send_nowait(self, messages: list[bytes]) -> None:
-        """Queue messages without waiting for window space (the caller bounds its own
-        buffering, as the asyncio Transport adapter does)."""
+        """Queue messages without waiting for window space: the caller bounds its own
+        buffering (the asyncio Transport adapter pauses its protocol at its high-water
+        mark). Raises SendQueueFull, queueing nothing, when the session would then hold
+        more than SEND_NOWAIT_MAX_BYTES (64 MiB) or SEND_NOWAIT_MAX_MESSAGES (2**20)
+        unacknowledged."""
         if self._ended:
             raise self._error or SequenceClosed("the session is closed")
-        self._engine.send(messages, clock())
+        engine = self._engine
+        count = engine.unacknowledged_count + len(messages)
+        size = engine.unacknowledged_bytes + sum(map(len, messages))
+        if count > SEND_NOWAIT_MAX_MESSAGES or size > SEND_NOWAIT_MAX_BYTES:
+            raise SendQueueFull(
+                f"send_nowait() would leave {count} messages ({size} bytes) unacknowledged, "
+                f"beyond {SEND_NOWAIT_MAX_MESSAGES} messages or {SEND_NOWAIT_MAX_BYTES} bytes: "
+                f"wait for acknowledgements (send(), drain(), flush())")
+        engine.send(messages, clock())
         self._schedule()
 
     async def flush(self) -> None:

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from typing import Any, Iterable
 
-from ..errors import TetherError
+from ..errors import SendQueueFull, TetherError
 from ..session.session import Session
 
 log = logging.getLogger("tether.streams")
@@ -253,6 +253,9 @@ class SessionTransport(asyncio.Transport):
             messages = [bytes(view[i:i + chunk]) for i in range(0, len(data), chunk)]
         try:
             self._session.send_nowait(messages)
+        except SendQueueFull as exc:
+            # the protocol went on writing far past pause_writing(): end the connection
+            self._force_close(exc, f"the writer ignored backpressure: {exc}")
         except TetherError:
             self._conn_lost += 1  # the session has ended; its end callback reports why
 
