@@ -1063,7 +1063,7 @@ def test_a_move_resends_at_once_with_the_retries_started_over(core) -> None:
     assert [p.server._sw.retries_of(n) for n in (1, 2)] == [0, 0]
     resent = p.server.packets_to_send(p.now)      # at once, not after the backed-off timer
     assert [f[3] for f in p.frames(resent) if f[0] == F.DATA] == [[b"one", b"two"]]
-    assert p.server.stats["cwnd"] == 10 * DATAGRAM  # the new path's capacity is unknown
+    assert p.server.stats["cwnd"] == 8 * DATAGRAM   # starts over (10 packets, capped at the window)
     for body in resent:
         p.client.receive_packet(body, p.now)
     p._collect()

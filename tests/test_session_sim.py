@@ -16,6 +16,7 @@ schedules; the range is printed, and TETHER_SIM_SOAK_FIRST=N runs the one starti
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import random
 
@@ -256,6 +257,52 @@ def test_basic_scenarios_pass_on_both_transports() -> None:
                                      conditions=Conditions(delay=0.002, jitter=0.001)), core)
             assert all(ep.app.error is None and ep.app.ended for ep in sim.clients + sim.servers)
             assert sim.clients[0].app.received == 50 and sim.servers[0].app.received == 50
+
+
+# ---- congestion control ----
+
+@pytest.mark.parametrize("core_name", ["native", "reference"])
+def test_congestion_window_falls_on_loss_recovers_and_stays_within_the_windows(core_name) -> None:
+    """A bulk transfer through a 1 MB/s bottleneck with a short drop-tail queue: the queue
+    overflows, each loss period halves the window (the harness checks every step that it is
+    then its ssthresh, that it stays within [2 packets, both windows' worth of packets] and
+    that no new message goes out at or over it), and it grows back in between."""
+    cond = Conditions(delay=0.005, bandwidth=1e6, queue_limit=0.01)
+    scenario = basic(client={"max_transfer_window": 256}, server={"max_transfer_window": 128},
+                     client_total=4000, server_total=0, conditions=cond)
+    spec = scenario.clients[0]
+    plan = dataclasses.replace(spec.plan, small_max=1000, batch_max=64, gap=0.0)
+    server_plan = dataclasses.replace(spec.server_plan, close_role="closer")
+    scenario = dataclasses.replace(scenario, clients=(dataclasses.replace(
+        spec, plan=plan, server_plan=server_plan),))
+    sim = Simulation(scenario, _core(core_name), core_name=core_name)
+    client = None
+    trace: list[tuple[float, float, float]] = []
+    pump = sim._pump
+
+    def recording_pump(ep):
+        pump(ep)
+        if ep.side == 0 and ep.engine._cc is not None:
+            cc = ep.engine._cc
+            if not trace or trace[-1][1:] != (cc.cwnd, cc.ssthresh):
+                trace.append((sim.clock.now, cc.cwnd, cc.ssthresh))
+
+    sim._pump = recording_pump
+    sim.run()
+    client = sim.clients[0]
+    assert client.app.error is None and sim.servers[0].app.received == 4000
+    packet = scenario.max_packet_size
+    assert client.engine.stats["resent"] > 0 and sim.paths[0].up.stats.queue_drops > 0
+    assert client.cc_reductions >= 2                       # more than one loss period
+    falls = [i for i in range(1, len(trace)) if trace[i][1] < trace[i - 1][1]]
+    assert falls, "the window never fell"
+    for i in falls:
+        before, after = trace[i - 1][1], trace[i][1]
+        assert after == max(before / 2, 2 * packet) or after < before   # halved (or less)
+    first = falls[0]
+    assert max(cwnd for _, cwnd, _ in trace[first:]) > trace[first][1]   # and grew again
+    most = min(256, 128) * packet
+    assert max(cwnd for _, cwnd, _ in trace) <= most
 
 
 # ---- replay and soak ----

@@ -88,7 +88,8 @@ class SessionEngine:
         self._sw = core.SendWindow(window, settings.max_retry_count, FIRST_NUMBER)
         self._rw = core.ReceiveWindow(window, settings.ordered, FIRST_NUMBER)
         self._rtt = core.RttEstimator(K_INITIAL_RTT, MIN_RTO, MAX_RTO)
-        self._cc = NewReno(max_packet_size) if (not reliable_transport and settings.flow_control) else None
+        self._cc = (NewReno(max_packet_size, window) if (not reliable_transport and settings.flow_control)
+                    else None)
         ack_reserve = min(ACK_RESERVE, max_packet_size // 4)
         self._max_ack_ranges = max(1, min(MAX_ACK_RANGES, (ack_reserve - ACK_HEADER_BYTES) // ACK_RANGE_BYTES))
         self._max_body = max_packet_size - ack_reserve
@@ -207,6 +208,11 @@ class SessionEngine:
                                          s.max_transfer_window, s.max_message_size,
                                          self._ack_delay_us()))
 
+    def _cwnd_packets(self) -> int:
+        # At most this many messages are in flight (both windows), each in one datagram at
+        # most (larger ones are fragmented): the congestion window needs no more.
+        return min(self.settings.max_transfer_window, self.peer_window)
+
     def _ack_delay_us(self) -> int:
         return round(self.settings.ack_interval * 1_000_000)
 
@@ -214,6 +220,8 @@ class SessionEngine:
         self.peer_window = window
         self.peer_max_message_size = max_message_size
         self._send_limit = FIRST_NUMBER + window
+        if self._cc is not None:
+            self._cc.limit(self._cwnd_packets())
         if ack_delay_us is not None:
             self.peer_ack_delay = ack_delay_us / 1_000_000
 
@@ -715,7 +723,7 @@ class SessionEngine:
             if ctl.frame not in self._control_out:
                 self._control_out.append(ctl.frame)
         if self._cc is not None:
-            self._cc = NewReno(self.max_packet_size)
+            self._cc = NewReno(self.max_packet_size, self._cwnd_packets())
         self._probes_unanswered = 0
         self._ack_now = True
         self._ask = bool(self._resend)
