@@ -384,15 +384,12 @@ class SessionEngine:
                 if frame[1] != self.session_id:
                     raise ProtocolError(
                         f"frame for session {frame[1]:#x} arrived on session {self.session_id:#x}")
-                if kind == F.DATA:
-                    self._on_data(frame, now)
+                handler = _HANDLERS.get(kind)
+                if handler is None:
+                    raise ProtocolError(f"unexpected frame type {kind}")
+                handler(self, frame, now)
+                if kind == _DATA:
                     had_data = True
-                elif kind == F.ACK:
-                    self._on_ack(frame, now)
-                elif kind == F.ACK_REQUESTED:
-                    self._ack_now = True
-                else:
-                    self._on_control(kind, frame, now)
                 if self.state in FINAL_STATES:
                     return
         except TetherError as exc:
@@ -503,103 +500,115 @@ class SessionEngine:
         if self._cc is not None:
             self._cc.on_lost(max(n for n, _ in lost), self._sw.next_number)
 
-    def _on_control(self, kind: int, frame: tuple, now: float) -> None:
-        codec = self._codec
-        sid = self.session_id
-        if kind == F.CREATE_SEQUENCE_RESPONSE:
-            if self.state is State.CONNECTING and self._ctl is not None and self._ctl.kind == "create":
-                if self._ctl.retries == 0:  # Karn's rule: no sample from a resent request
-                    self._rtt.update(now - self._ctl.sent_at)
-                self._ctl = None
-                window, max_message_size = frame[2], frame[3]
-                ack_delay = frame[4] if len(frame) > 4 else None
-                if not 1 <= window <= 65536 or max_message_size < 1 or (
-                        ack_delay is not None and ack_delay > MAX_ACK_DELAY_US):
-                    raise ProtocolError("CreateSequenceResponse with out-of-range window, size or ack delay")
-                self._peer_handshake(window, max_message_size, ack_delay)
-                self._transition(Event.HANDSHAKE_DONE)
-                self._events.append(Connected())
-        elif kind == F.CREATE_SEQUENCE:
-            if not self.is_client:  # our response was lost: send it again
-                self._control_out.append(self._response_frame())
-                if self.reliable_transport:
-                    # TCP loses nothing on a live connection: the client reconnected before
-                    # the handshake completed, so what we sent since was lost with the old one.
-                    self._resend_everything(now)
-        elif kind == F.CREATE_SEQUENCE_REFUSED:
-            if self.state is State.CONNECTING:
-                self._fault(CreateSequenceRefused(frame[2] or "refused by the peer"), now, notify=False)
-            elif self.is_client and self._only_formalities_left():
-                self._end_gracefully()  # as UnknownSequence then: the server ended the session
-            elif self.is_client:
-                # Our Resume was refused: the server no longer holds the session (it
-                # restarted, or ended it); reconnecting again would only be refused again.
-                self._fault(UnknownSequence(f"the server refused to resume the session: {frame[2]}"),
-                            now, notify=False)
-        elif kind == F.CLOSE_SEQUENCE:
-            last = frame[2]
-            if last < self._rw.highest:
-                raise ProtocolError(f"CloseSequence at {last} below message {self._rw.highest} already received")
-            if self._incoming_last is not None and last != self._incoming_last:
-                raise ProtocolError("CloseSequence moved the last message number")
-            self._incoming_last = last
-            self._close_response_sent = False  # (re)send the response once complete
-        elif kind == F.CLOSE_SEQUENCE_RESPONSE:
-            if self._ctl is not None and self._ctl.kind == "close":
-                self._ctl = None
-                self._out_close_confirmed = True
-                self._advance_close(now)
-        elif kind == F.TERMINATE_SEQUENCE:
-            self._control_out.append(codec.encode_frame((F.TERMINATE_SEQUENCE_RESPONSE, sid)))
-            unacked = self.pending_count + self._sw.in_flight
-            if unacked:
-                # a fault (the state becomes FAULTED, timers stop); the peer ended already
-                self._fault(SequenceTerminated(
-                    f"the peer terminated the session with {unacked} messages unacknowledged"),
-                    now, notify=False)
-            elif self.state is State.CONNECTING:
-                # The server created, closed and terminated the session before its response
-                # reached us (reordered or lost): it is over, as a close while connecting is.
-                self._ctl = None
-                self._transition(Event.CLOSE)
-                self._end(None)
-            else:
-                self._transition(Event.TERMINATED)
-                self._end(None)
-        elif kind == F.TERMINATE_SEQUENCE_RESPONSE:
-            if self._ctl is not None and self._ctl.kind == "terminate":
-                self._end_gracefully()
-        elif kind == F.FAULT:
-            if frame[2] == UnknownSequence.code and self._only_formalities_left():
-                # The peer ended the session (on our Terminate, or it terminated and its
-                # Terminate was lost) and a packet of ours found it gone: nothing was lost.
-                self._end_gracefully()
-                return
-            self._fault(fault_from_code(frame[2], f"peer fault: {frame[3]}"), now, notify=False)
-        elif kind == F.RESUME_RESPONSE:
-            pass  # the client resent everything with its Resume already
-        elif kind == F.RESUME:
-            # a wrong token is refused by the server's demultiplexer; it never harms the session
-            if not self.is_client and hmac.compare_digest(frame[2], self.token):
-                self.peer_resumed(now)
-        elif kind == F.NACK:
-            self._on_nack(frame[2])
-        elif kind == F.PATH_CHALLENGE:
-            # The server checks that we receive at the address our packets now come from (a
-            # NAT rebinding, a new network): echo it. Only a client moves, so only it answers.
-            if self.is_client and not self.reliable_transport:
-                self._control_out.append(codec.encode_frame((F.PATH_RESPONSE, sid, frame[2])))
-        elif kind == F.RETRY:
-            if (self.is_client and not self.reliable_transport and self.state is State.CONNECTING
-                    and self._ctl is not None and self._ctl.kind == "create"
-                    and frame[2] != self._address_token):
-                self._on_retry(self._ctl, frame[2], now)
-        elif kind == F.PATH_RESPONSE:
-            pass  # the server's Demux checks it (path_validation.py); a client never challenges
-        else:
-            raise ProtocolError(f"unexpected frame type {kind}")
+    # ---- one handler per frame type (_HANDLERS, at the end of this module) ----
 
-    def _on_retry(self, ctl: _Control, address_token: bytes, now: float) -> None:
+    def _on_ack_requested(self, frame: tuple, now: float) -> None:
+        self._ack_now = True
+
+    def _on_create_sequence_response(self, frame: tuple, now: float) -> None:
+        if self.state is State.CONNECTING and self._ctl is not None and self._ctl.kind == "create":
+            if self._ctl.retries == 0:  # Karn's rule: no sample from a resent request
+                self._rtt.update(now - self._ctl.sent_at)
+            self._ctl = None
+            window, max_message_size = frame[2], frame[3]
+            ack_delay = frame[4] if len(frame) > 4 else None
+            if not 1 <= window <= 65536 or max_message_size < 1 or (
+                    ack_delay is not None and ack_delay > MAX_ACK_DELAY_US):
+                raise ProtocolError("CreateSequenceResponse with out-of-range window, size or ack delay")
+            self._peer_handshake(window, max_message_size, ack_delay)
+            self._transition(Event.HANDSHAKE_DONE)
+            self._events.append(Connected())
+
+    def _on_create_sequence(self, frame: tuple, now: float) -> None:
+        if not self.is_client:  # our response was lost: send it again
+            self._control_out.append(self._response_frame())
+            if self.reliable_transport:
+                # TCP loses nothing on a live connection: the client reconnected before
+                # the handshake completed, so what we sent since was lost with the old one.
+                self._resend_everything(now)
+
+    def _on_create_sequence_refused(self, frame: tuple, now: float) -> None:
+        if self.state is State.CONNECTING:
+            self._fault(CreateSequenceRefused(frame[2] or "refused by the peer"), now, notify=False)
+        elif self.is_client and self._only_formalities_left():
+            self._end_gracefully()  # as UnknownSequence then: the server ended the session
+        elif self.is_client:
+            # Our Resume was refused: the server no longer holds the session (it
+            # restarted, or ended it); reconnecting again would only be refused again.
+            self._fault(UnknownSequence(f"the server refused to resume the session: {frame[2]}"),
+                        now, notify=False)
+
+    def _on_close_sequence(self, frame: tuple, now: float) -> None:
+        last = frame[2]
+        if last < self._rw.highest:
+            raise ProtocolError(f"CloseSequence at {last} below message {self._rw.highest} already received")
+        if self._incoming_last is not None and last != self._incoming_last:
+            raise ProtocolError("CloseSequence moved the last message number")
+        self._incoming_last = last
+        self._close_response_sent = False  # (re)send the response once complete
+
+    def _on_close_sequence_response(self, frame: tuple, now: float) -> None:
+        if self._ctl is not None and self._ctl.kind == "close":
+            self._ctl = None
+            self._out_close_confirmed = True
+            self._advance_close(now)
+
+    def _on_terminate_sequence(self, frame: tuple, now: float) -> None:
+        self._control_out.append(self._codec.encode_frame(
+            (F.TERMINATE_SEQUENCE_RESPONSE, self.session_id)))
+        unacked = self.pending_count + self._sw.in_flight
+        if unacked:
+            # a fault (the state becomes FAULTED, timers stop); the peer ended already
+            self._fault(SequenceTerminated(
+                f"the peer terminated the session with {unacked} messages unacknowledged"),
+                now, notify=False)
+        elif self.state is State.CONNECTING:
+            # The server created, closed and terminated the session before its response
+            # reached us (reordered or lost): it is over, as a close while connecting is.
+            self._ctl = None
+            self._transition(Event.CLOSE)
+            self._end(None)
+        else:
+            self._transition(Event.TERMINATED)
+            self._end(None)
+
+    def _on_terminate_sequence_response(self, frame: tuple, now: float) -> None:
+        if self._ctl is not None and self._ctl.kind == "terminate":
+            self._end_gracefully()
+
+    def _on_fault(self, frame: tuple, now: float) -> None:
+        if frame[2] == UnknownSequence.code and self._only_formalities_left():
+            # The peer ended the session (on our Terminate, or it terminated and its
+            # Terminate was lost) and a packet of ours found it gone: nothing was lost.
+            self._end_gracefully()
+            return
+        self._fault(fault_from_code(frame[2], f"peer fault: {frame[3]}"), now, notify=False)
+
+    def _on_resume(self, frame: tuple, now: float) -> None:
+        # a wrong token is refused by the server's demultiplexer; it never harms the session
+        if not self.is_client and hmac.compare_digest(frame[2], self.token):
+            self.peer_resumed(now)
+
+    def _on_resume_response(self, frame: tuple, now: float) -> None:
+        pass  # the client resent everything with its Resume already
+
+    def _on_path_challenge(self, frame: tuple, now: float) -> None:
+        # The server checks that we receive at the address our packets now come from (a
+        # NAT rebinding, a new network): echo it. Only a client moves, so only it answers.
+        if self.is_client and not self.reliable_transport:
+            self._control_out.append(self._codec.encode_frame(
+                (F.PATH_RESPONSE, self.session_id, frame[2])))
+
+    def _on_path_response(self, frame: tuple, now: float) -> None:
+        pass  # the server's Demux checks it (path_validation.py); a client never challenges
+
+    def _on_retry(self, frame: tuple, now: float) -> None:
+        ctl = self._ctl
+        if (self.is_client and not self.reliable_transport and self.state is State.CONNECTING
+                and ctl is not None and ctl.kind == "create" and frame[2] != self._address_token):
+            self._retried(ctl, frame[2], now)
+
+    def _retried(self, ctl: _Control, address_token: bytes, now: float) -> None:
         """Client: the server wants proof that we receive at our address before it keeps any
         state: repeat CreateSequence at once, carrying its token. The first Retry is the
         normal handshake, a new request (its round trip is an RTT sample unless CreateSequence
@@ -621,10 +630,11 @@ class SessionEngine:
         ctl.frame = self._create_frame()
         self._control_out.append(ctl.frame)
 
-    def _on_nack(self, numbers: list) -> None:
+    def _on_nack(self, frame: tuple, now: float) -> None:
         # A NACK is the peer's claim: each unacked message it names is queued once until
         # the next send, however many NACKs repeat it, so a packet of them cannot multiply
         # our output (or our work: only new numbers cost a scan of the window).
+        numbers = frame[2]
         sw = self._sw
         low, high, queued = sw.lowest_unacked, sw.next_number, self._nacked
         wanted = {n for n in numbers if low <= n < high and n not in queued}
@@ -648,15 +658,9 @@ class SessionEngine:
             self._peer_closed_reported = True
             self._events.append(PeerClosed())
 
-    # ---- the same entry points under aioquic's names: datagrams (UDP), a byte stream (TCP) ----
-
-    def receive_datagram(self, data: bytes, now: float) -> None:
-        """UDP: one datagram is one packet."""
-        self.receive_packet(data, now)
-
-    def datagrams_to_send(self, now: float) -> list[bytes]:
-        """UDP: the datagrams to send now."""
-        return self.packets_to_send(now)
+    # ---- a byte stream (TCP): the packets with their length prefixes ----
+    # (UDP needs nothing of its own: one datagram is one packet, receive_packet and
+    # packets_to_send.)
 
     def receive_data(self, data: bytes, now: float) -> None:
         """TCP: bytes from the stream, de-framed into packets here."""
@@ -1111,3 +1115,26 @@ class SessionEngine:
 def _number(item: tuple) -> int:
     return item[0]
 
+
+_DATA = int(F.DATA)
+# Every frame type a session acts on, and its handler (one per type; receive_frames
+# dispatches through this table).
+_HANDLERS = {int(kind): handler for kind, handler in {
+    F.CREATE_SEQUENCE: SessionEngine._on_create_sequence,
+    F.CREATE_SEQUENCE_RESPONSE: SessionEngine._on_create_sequence_response,
+    F.CREATE_SEQUENCE_REFUSED: SessionEngine._on_create_sequence_refused,
+    F.DATA: SessionEngine._on_data,
+    F.ACK: SessionEngine._on_ack,
+    F.NACK: SessionEngine._on_nack,
+    F.ACK_REQUESTED: SessionEngine._on_ack_requested,
+    F.CLOSE_SEQUENCE: SessionEngine._on_close_sequence,
+    F.CLOSE_SEQUENCE_RESPONSE: SessionEngine._on_close_sequence_response,
+    F.TERMINATE_SEQUENCE: SessionEngine._on_terminate_sequence,
+    F.TERMINATE_SEQUENCE_RESPONSE: SessionEngine._on_terminate_sequence_response,
+    F.FAULT: SessionEngine._on_fault,
+    F.RESUME: SessionEngine._on_resume,
+    F.RESUME_RESPONSE: SessionEngine._on_resume_response,
+    F.RETRY: SessionEngine._on_retry,
+    F.PATH_CHALLENGE: SessionEngine._on_path_challenge,
+    F.PATH_RESPONSE: SessionEngine._on_path_response,
+}.items()}
