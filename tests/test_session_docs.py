@@ -172,6 +172,24 @@ def test_every_state_transition_is_in_the_states_table():
     assert documented == {(s, e, n) for (s, e), n in TRANSITIONS.items()}
 
 
+def test_the_close_handshake_tables_are_state_pys():
+    from tether.session.state import RECEIVING_TRANSITIONS, SENDING_TRANSITIONS
+    section = (DOCS / "wire-protocol.md").read_text().split("\n## Closing\n")[1].split("\n## ")[0]
+    tables, rows = [], []
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            tables.append(rows[2:])          # less the header and the rule
+            rows = []
+    assert len(tables) == 2
+    for rows, transitions in zip(tables, (SENDING_TRANSITIONS, RECEIVING_TRANSITIONS)):
+        documented = {(state, re.match(r"[a-z-]+", event).group(), code(after))
+                      for states, event, after in rows
+                      for state in re.findall(r"`([^`]+)`", states)}
+        assert documented == {(s.value, e.value, n.value) for (s, e), n in transitions.items()}
+
+
 def _engine(packet: int, tcp_transport: bool = False, **settings) -> SessionEngine:
     return SessionEngine.client(SessionSettings(**settings), session_id=1, token=os.urandom(16),
                                 now=0.0, reliable_transport=tcp_transport, max_packet_size=packet)

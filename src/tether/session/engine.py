@@ -25,7 +25,10 @@ from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
 from .fragments import Fragment, Reassembler, cut
 from .frames import FrameType as F
 from .settings import SessionSettings
-from .state import FINAL_STATES, OPEN_STATES, Event, State, next_state
+from .state import (
+    FINAL_STATES, OPEN_STATES, Event, Receiving, ReceivingEvent, Sending, SendingEvent, State,
+    next_receiving, next_sending, next_state,
+)
 
 MAX_NUMBER = 2**64 - 1
 # Ranges carried per ack: the cumulative one plus the highest gaps (QUIC sends a bounded set too).
@@ -124,12 +127,10 @@ class SessionEngine:
         self._delivered: list = []
         self._reassembler: Reassembler | None = None
         self._incoming_last: int | None = None
-        self._close_response_sent = False
-        self._peer_closed_reported = False
-        self._close_out_requested = False
-        self._out_closed = False
-        self._out_close_confirmed = False
-        self._terminate_sent = False
+        # the close handshake, one state per direction (state.py)
+        self.sending = Sending.OPEN
+        self.receiving = Receiving.OPEN
+        self._peer_closed_reported = False   # PeerClosed emitted (once)
         self._resume_frame: bytes | None = None
         self._address_token: bytes | None = None   # UDP client: from the server's Retry
 
@@ -273,7 +274,7 @@ class SessionEngine:
         close, or the session's fault once it has ended."""
         if self.state in FINAL_STATES:
             raise self.error or SequenceClosed("the session is closed")
-        if self._close_out_requested or self.state is State.CLOSING:
+        if self.sending is not Sending.OPEN or self.state is State.CLOSING:
             raise SequenceClosed("the session is closing: nothing more can be sent")
         if not payloads:
             return
@@ -326,6 +327,7 @@ class SessionEngine:
             return
         if self.state is State.ESTABLISHED:
             self._transition(Event.CLOSE)
+        self._close_sequence_asked()
         self.flush(now)
         self._advance_close(now)
 
@@ -333,7 +335,7 @@ class SessionEngine:
         """Half-close (write_eof): end our sequence after what is pending; the peer sees EOF
         after the last message and may go on sending."""
         if self.state in OPEN_STATES:
-            self._close_out_requested = True
+            self._close_sequence_asked()
             self.flush(now)
             self._advance_close(now)
 
@@ -545,12 +547,12 @@ class SessionEngine:
         if self._incoming_last is not None and last != self._incoming_last:
             raise ProtocolError("CloseSequence moved the last message number")
         self._incoming_last = last
-        self._close_response_sent = False  # (re)send the response once complete
+        self._receiving(ReceivingEvent.CLOSE_SEQUENCE)   # (re)send the response once complete
 
     def _on_close_sequence_response(self, frame: tuple, now: float) -> None:
         if self._ctl is not None and self._ctl.kind == "close":
             self._ctl = None
-            self._out_close_confirmed = True
+            self._sending(SendingEvent.CLOSE_CONFIRMED)
             self._advance_close(now)
 
     def _on_terminate_sequence(self, frame: tuple, now: float) -> None:
@@ -649,8 +651,8 @@ class SessionEngine:
         last = self._incoming_last
         if last is None or self._rw.floor <= last:
             return
-        if not self._close_response_sent:
-            self._close_response_sent = True
+        if self.receiving is Receiving.CLOSE_RECEIVED:
+            self._receiving(ReceivingEvent.ALL_RECEIVED)
             self._control_out.append(self._codec.encode_frame(
                 (F.CLOSE_SEQUENCE_RESPONSE, self.session_id, last)))
             self._ack_now = True
@@ -701,7 +703,7 @@ class SessionEngine:
         self._control_out = [self._codec.encode_frame((F.RESUME_RESPONSE, self.session_id))]
         if self._ctl is not None:
             self._control_out.append(self._ctl.frame)
-        if self._close_response_sent and self._incoming_last is not None:
+        if self.receiving is Receiving.COMPLETE:
             self._control_out.append(self._codec.encode_frame(
                 (F.CLOSE_SEQUENCE_RESPONSE, self.session_id, self._incoming_last)))
         self._resend_everything(now)
@@ -752,7 +754,7 @@ class SessionEngine:
         if not (self.state in OPEN_STATES and last is not None and self._rw.floor > last
                 and self.all_acknowledged):
             return False
-        return peer_silent or self._close_out_requested or self.state is State.CLOSING
+        return peer_silent or self.sending is not Sending.OPEN or self.state is State.CLOSING
 
     @property
     def rto(self) -> float:
@@ -907,7 +909,7 @@ class SessionEngine:
     def _window_nearly_full(self) -> bool:
         """After a burst: nothing (or at most a quarter of a window) more may go before an
         ack arrives, or we are closing and wait for the acks to finish."""
-        if self.pending_count or self._close_out_requested or self.state is State.CLOSING:
+        if self.pending_count or self.sending is not Sending.OPEN or self.state is State.CLOSING:
             return True
         sw = self._sw
         room = sw.free
@@ -1025,22 +1027,32 @@ class SessionEngine:
     # ---- closing, faults ----
 
     def _advance_close(self, now: float) -> None:
-        closing = self.state is State.CLOSING
-        if not (closing or self._close_out_requested) or self.state in FINAL_STATES:
+        """Take the close handshake of our sequence as far as it can go now."""
+        if self.state in FINAL_STATES:
             return
-        if not self._out_closed:
+        if self.sending is Sending.FLUSHING:
             if self.pending_count or self._sw.in_flight or self._resend or self._ctl is not None:
                 return  # flush first
-            self._out_closed = True
+            self._sending(SendingEvent.FLUSHED)
             frame = self._codec.encode_frame(
                 (F.CLOSE_SEQUENCE, self.session_id, self._sw.next_number - 1))
             self._start_control("close", frame, now)
             return
-        if closing and self._out_close_confirmed and not self._terminate_sent and self._ctl is None:
-            self._terminate_sent = True
+        if self.sending is Sending.CLOSED and self.state is State.CLOSING and self._ctl is None:
+            self._sending(SendingEvent.TERMINATE)
             frame = self._codec.encode_frame(
                 (F.TERMINATE_SEQUENCE, self.session_id, self._sw.next_number - 1))
             self._start_control("terminate", frame, now)
+
+    def _close_sequence_asked(self) -> None:
+        if self.sending is Sending.OPEN and self.state in OPEN_STATES:
+            self._sending(SendingEvent.CLOSE_ASKED)
+
+    def _sending(self, event: SendingEvent) -> None:
+        self.sending = next_sending(self.sending, event)
+
+    def _receiving(self, event: ReceivingEvent) -> None:
+        self.receiving = next_receiving(self.receiving, event)
 
     def _start_control(self, kind: str, frame: bytes, now: float) -> None:
         self._ctl = _Control(kind, frame, now, self._rto())
