@@ -1070,6 +1070,28 @@ def test_a_move_resends_at_once_with_the_retries_started_over(core) -> None:
     assert p.client_got == [b"one", b"two"]
 
 
+def test_a_move_while_the_client_connects_repeats_the_response(core) -> None:
+    """The server's response is lost and the client moves before it repeats CreateSequence:
+    that CreateSequence only earns the new address a challenge, so once the session moved
+    the server answers it (soak seed lossy 883139027966: the client went on connecting
+    until the server's inactivity timeout)."""
+    p = Pair(core=core, handshake=False)
+    p.create()
+    p.to_client(drop=lambda body: True)           # the CreateSequenceResponse is lost
+    p.address = ("client", 2)
+    p.fire(p.client)                               # CreateSequence again, from the new address
+    p.to_server()
+    assert p.kinds(p.replies) == [F.PATH_CHALLENGE]
+    p.to_client()
+    p.to_server()                                  # the answer: the session moves
+    assert p.demux.migrations == 1 and p.client.state is State.CONNECTING
+    assert F.CREATE_SEQUENCE_RESPONSE in p.kinds(p.to_client())
+    assert p.client.state is State.ESTABLISHED
+    p.client.send([b"hello"], p.now)
+    p.exchange()
+    assert p.server_got == [b"hello"]
+
+
 def test_challenges_keep_the_amplification_limit_and_are_paced(core) -> None:
     p = moved_pair(core)
     ping = core.codec.encode_frame((F.ACK_REQUESTED, SESSION_ID))

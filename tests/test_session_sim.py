@@ -64,6 +64,12 @@ REGRESSION_SEEDS = [
     # address moved the session back to a path nobody listened on (fixed by path validation).
     ("lossy", 9001882),
     ("attacked", 9008580),
+    # Soak: the server's CreateSequenceResponse was lost and the client, still connecting,
+    # moved; its repeated CreateSequence only earned the new address a challenge, and after
+    # the move nothing answered it, so the client went on connecting (backing off) until the
+    # server's inactivity timeout. Fixed: a move repeats the response to a client not yet
+    # known to have it.
+    ("lossy", 883139027966),
 ]
 
 

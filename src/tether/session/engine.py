@@ -131,6 +131,9 @@ class SessionEngine:
         self.sending = Sending.OPEN
         self.receiving = Receiving.OPEN
         self._peer_closed_reported = False   # PeerClosed emitted (once)
+        # Server: the client sent something only an established client sends, so it has our
+        # CreateSequenceResponse (until then a move repeats the response: peer_moved).
+        self._peer_confirmed = is_client
         self._resume_frame: bytes | None = None
         self._address_token: bytes | None = None   # UDP client: from the server's Retry
 
@@ -379,6 +382,8 @@ class SessionEngine:
             return
         self._last_heard = now
         self.packets_received += 1
+        if not self._peer_confirmed:
+            self._peer_confirmed = any(f[0] not in _HANDSHAKE_FRAMES for f in frames)
         had_data = False
         try:
             for frame in frames:
@@ -714,7 +719,8 @@ class SessionEngine:
         nothing about the peer (it was alive, elsewhere, perhaps idle and unaware that its
         address changed): everything unacknowledged is resent now with its retry count and
         backoff started over, and so is a control frame awaiting its response. The new
-        path's capacity is unknown: congestion control starts over (RFC 9000 9.4)."""
+        path's capacity is unknown: congestion control starts over (RFC 9000 9.4). A client
+        not yet known to have our CreateSequenceResponse gets it again."""
         if self.state not in OPEN_STATES or self.reliable_transport:
             return
         if self._sw.in_flight:
@@ -730,6 +736,11 @@ class SessionEngine:
                 self._control_out.append(ctl.frame)
         if self._cc is not None:
             self._cc = NewReno(self.max_packet_size, self._cwnd_packets())
+        if not self._peer_confirmed:
+            # The client may still be connecting: its CreateSequence from the new address
+            # (which earned the challenge) never reached us, so answer it now; a client that
+            # has the response already ignores this one.
+            self._control_out.append(self._response_frame())
         self._probes_unanswered = 0
         self._ack_now = True
         self._ask = bool(self._resend)
@@ -1129,6 +1140,8 @@ def _number(item: tuple) -> int:
 
 
 _DATA = int(F.DATA)
+# What a client sends before it has the server's CreateSequenceResponse.
+_HANDSHAKE_FRAMES = frozenset({int(F.CREATE_SEQUENCE), int(F.PATH_RESPONSE)})
 # Every frame type a session acts on, and its handler (one per type; receive_frames
 # dispatches through this table).
 _HANDLERS = {int(kind): handler for kind, handler in {
