@@ -128,7 +128,7 @@ cdef enum:
     C_TOKEN_SIZE = 16
     C_ADDRESS_TOKEN_MAX = 64
     C_PREFIX = 4
-    MAX_ARITY = 7
+    MAX_ARITY = 8
 
 cdef enum Kind:
     K_UINT = 1
@@ -140,13 +140,15 @@ cdef enum Kind:
 cdef uint64_t C_U64_MAX = 0xFFFFFFFFFFFFFFFF
 cdef Py_ssize_t C_MAX_BIN = 0xFFFFFFFF
 
-# (field name, kind) of the frames without lists; index = frame type. CREATE_SEQUENCE's
-# last field, the address token, may be left out (OPTIONAL_LAST).
+# (field name, kind) of the frames without lists; index = frame type. The last fields of
+# CREATE_SEQUENCE (ack_delay, address_token) and CREATE_SEQUENCE_RESPONSE (ack_delay) may be
+# left out, from the end (SIMPLE_OPTIONAL).
 cdef tuple SIMPLE_FIELDS = (
     None,
     (("session_id", K_UINT), ("token", K_TOKEN), ("window", K_UINT),
-     ("max_message_size", K_UINT), ("ordered", K_BOOL), ("address_token", K_ADDRESS_TOKEN)),
-    (("session_id", K_UINT), ("window", K_UINT), ("max_message_size", K_UINT)),
+     ("max_message_size", K_UINT), ("ordered", K_BOOL), ("ack_delay", K_UINT),
+     ("address_token", K_ADDRESS_TOKEN)),
+    (("session_id", K_UINT), ("window", K_UINT), ("max_message_size", K_UINT), ("ack_delay", K_UINT)),
     (("session_id", K_UINT), ("reason", K_STR)),
     None, None, None,
     (("session_id", K_UINT),),
@@ -162,8 +164,11 @@ cdef tuple SIMPLE_FIELDS = (
     (("session_id", K_UINT), ("data", K_TOKEN)),
 )
 
+# How many trailing fields of a simple frame may be left out, by frame type.
+cdef tuple SIMPLE_OPTIONAL = (0, 2, 1) + (0,) * (T_LAST - 2)
+
 # The same table in C for the decoder: kinds and arity by frame type (0: not simple), and
-# the smallest arity (one less where the last field is optional).
+# the smallest arity (less the optional trailing fields).
 cdef unsigned char SIMPLE_KINDS[T_LAST + 1][MAX_ARITY]
 cdef Py_ssize_t SIMPLE_ARITY[T_LAST + 1]
 cdef Py_ssize_t SIMPLE_MIN_ARITY[T_LAST + 1]
@@ -177,7 +182,7 @@ cdef int _fill_simple_tables() except -1:
     for t in range(T_LAST + 1):
         fields = SIMPLE_FIELDS[t]
         SIMPLE_ARITY[t] = len(fields) + 1 if fields else 0
-        SIMPLE_MIN_ARITY[t] = SIMPLE_ARITY[t] - 1 if t == T_CREATE_SEQUENCE else SIMPLE_ARITY[t]
+        SIMPLE_MIN_ARITY[t] = SIMPLE_ARITY[t] - <Py_ssize_t>SIMPLE_OPTIONAL[t]
         for k in range(MAX_ARITY):
             SIMPLE_KINDS[t][k] = fields[k - 1][1] if fields and 1 <= k <= len(fields) else 0
     return 0
@@ -591,10 +596,12 @@ cdef object checked_field(object value, int kind, str what):
 
 
 cdef str arity_text(Py_ssize_t frame_type):
-    """How many elements a simple frame has, in words ("3", or "6 or 7")."""
+    """How many elements a simple frame has, in words ("3", "4 or 5", "6 to 8")."""
     if SIMPLE_MIN_ARITY[frame_type] == SIMPLE_ARITY[frame_type]:
         return str(SIMPLE_ARITY[frame_type])
-    return f"{SIMPLE_MIN_ARITY[frame_type]} or {SIMPLE_ARITY[frame_type]}"
+    if SIMPLE_MIN_ARITY[frame_type] + 1 == SIMPLE_ARITY[frame_type]:
+        return f"{SIMPLE_MIN_ARITY[frame_type]} or {SIMPLE_ARITY[frame_type]}"
+    return f"{SIMPLE_MIN_ARITY[frame_type]} to {SIMPLE_ARITY[frame_type]}"
 
 
 def encode_frame(frame):

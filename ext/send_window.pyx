@@ -516,13 +516,18 @@ cdef class SendWindow:
                 out.append((lowest + <uint64_t>off, <object>slot.payload))
         return out
 
-    def mark_all_sent(self, now) -> None:
-        """Everything held was just resent (after a resume): last_sent = now, retries unchanged."""
+    def mark_all_sent(self, now, reset_retries=False) -> None:
+        """Everything held was just resent (after a resume): last_sent = now, retries unchanged,
+        or set to 0 with reset_retries (the peer proved itself alive on a new path)."""
         cdef double t = _time(now, "now")
+        cdef bint reset
         cdef uint64_t lowest = self._next - <uint64_t>self._span
         cdef Py_ssize_t off
         cdef uint32_t index
         cdef SentSlot* slot
+        if type(reset_retries) is not bool:
+            raise TypeError(f"reset_retries must be a bool, got {type(reset_retries).__name__}")
+        reset = reset_retries
         if self._in_flight:
             self._note_transmission(t)
         for off in range(self._span):
@@ -531,6 +536,8 @@ cdef class SendWindow:
             if slot.payload != NULL:
                 slot.last_sent = t
                 slot.resent = True
+                if reset:
+                    slot.retries = 0
                 self._serial += 1
                 slot.serial = self._serial
                 self._unlink(index)

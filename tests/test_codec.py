@@ -101,8 +101,10 @@ def ack_frames(draw):
 
 frames = st.one_of(
     st.tuples(st.just(1), u64, token, u64, u64, st.booleans()),
-    st.tuples(st.just(1), u64, token, u64, u64, st.booleans(), address_token),
+    st.tuples(st.just(1), u64, token, u64, u64, st.booleans(), u64),
+    st.tuples(st.just(1), u64, token, u64, u64, st.booleans(), u64, address_token),
     st.tuples(st.just(2), u64, u64, u64),
+    st.tuples(st.just(2), u64, u64, u64, u64),
     st.tuples(st.just(3), u64, text),
     data_frames(),
     ack_frames(),
@@ -456,16 +458,27 @@ def test_limits(codec):
     assert codec.decode_packet(resume, max_message_size=0) == [(13, 1, b"k" * 16)]
 
 
-def test_create_sequence_carries_an_address_token_or_none(codec):
+def test_create_sequence_carries_an_ack_delay_and_an_address_token_or_none(codec):
     plain = (1, 9, b"k" * 16, 8, 100, True)
-    for frame in (plain, plain + (b"t",), plain + (b"t" * 64,)):
+    for frame in (plain, plain + (200_000,), plain + (0, b"t"), plain + (60_000_000, b"t" * 64)):
         assert codec.decode_packet(codec.encode_frame(frame)) == [frame]
     with pytest.raises(ProtocolError, match="address_token"):
-        codec.decode_packet(packb([1, 9, b"k" * 16, 8, 100, True, b"t" * 65]))
-    with pytest.raises(ProtocolError, match="6 or 7"):
+        codec.decode_packet(packb([1, 9, b"k" * 16, 8, 100, True, 5, b"t" * 65]))
+    with pytest.raises(ProtocolError, match="ack_delay"):
+        codec.decode_packet(packb([1, 9, b"k" * 16, 8, 100, True, b"t"]))   # the token's old place
+    with pytest.raises(ProtocolError, match="6 to 8"):
         codec.decode_packet(packb([1, 9, b"k" * 16, 8, 100]))
-    with pytest.raises(ValueError, match="6 or 7"):
-        codec.encode_frame((1, 9, b"k" * 16, 8, 100, True, b"t", b"t"))
+    with pytest.raises(ValueError, match="6 to 8"):
+        codec.encode_frame((1, 9, b"k" * 16, 8, 100, True, 5, b"t", b"t"))
+
+
+def test_create_sequence_response_carries_an_ack_delay_or_none(codec):
+    for frame in ((2, 9, 8, 100), (2, 9, 8, 100, 200_000)):
+        assert codec.decode_packet(codec.encode_frame(frame)) == [frame]
+    with pytest.raises(ProtocolError, match="4 or 5"):
+        codec.decode_packet(packb([2, 9, 8, 100, 1, 2]))
+    with pytest.raises(ProtocolError, match="ack_delay"):
+        codec.decode_packet(packb([2, 9, 8, 100, -1]))
 
 
 def test_error_names_the_frame_and_field():
@@ -488,7 +501,8 @@ def sample_packets() -> list[list[bytes]]:
                             fragments=[(3, 0, 2), (4, 1, 2)])],
         [native.encode_ack(2**64 - 1, [(1, 9), (12, 12), (2**40, 2**41)], 300, True)],
         [native.encode_frame((1, 5, bytes(range(16)), 8, 65536, False))],
-        [native.encode_frame((1, 5, bytes(range(16)), 8, 65536, False, bytes(range(24))))],
+        [native.encode_frame((1, 5, bytes(range(16)), 8, 65536, False, 200_000, bytes(range(24))))],
+        [native.encode_frame((2, 5, 8, 65536, 50_000))],
         [native.encode_frame((15, 2**62 + 1, b"\xff" * 24)),
          native.encode_frame((16, 7, b"c" * 16)), native.encode_frame((17, 7, b"r" * 16))],
         [native.encode_frame((12, 5, "protocol-error", "bad frame \u00e9"))],

@@ -99,7 +99,7 @@ def test_native_matches_reference(capacity, max_retries, first_number, data):
         elif op == "fast":
             call = ("fast_retransmit", now, data.draw(st.sampled_from([-1, 0, 1, 2])))
         elif op == "resume":
-            call = ("mark_all_sent", now)
+            call = ("mark_all_sent", now, data.draw(st.booleans(), label="reset_retries"))
         else:
             call = ("retries_of", data.draw(st.integers(max(0, reference.lowest_unacked - 1),
                                                         min(MAX, reference.next_number))))
@@ -384,6 +384,23 @@ def test_unacked_and_mark_all_sent(SendWindow):
     assert w.next_deadline(1.0, 60.0) == 6.0
     with pytest.raises(KeyError):
         w.retries_of(2)  # acked above the gap
+
+
+def test_mark_all_sent_can_start_the_retries_over(SendWindow):
+    """After a peer's validated move (UDP) the retries spent on its old address don't count."""
+    w = SendWindow(8, 2)
+    w.push(payloads(3), 0.0)
+    w.retransmit_due(1.0, 1.0, 60.0)
+    w.retransmit_due(3.0, 1.0, 60.0)
+    assert [w.retries_of(n) for n in (1, 2, 3)] == [2, 2, 2]
+    with pytest.raises(RetryLimitExceeded):
+        w.retransmit_due(7.0, 1.0, 60.0)
+    w.mark_all_sent(7.0, reset_retries=True)
+    assert [w.retries_of(n) for n in (1, 2, 3)] == [0, 0, 0]
+    assert w.next_deadline(1.0, 60.0) == 8.0
+    assert len(w.retransmit_due(8.0, 1.0, 60.0)) == 3
+    with pytest.raises(TypeError, match="reset_retries"):
+        w.mark_all_sent(9.0, reset_retries=1)
 
 
 def test_payload_references_are_released():

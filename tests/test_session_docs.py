@@ -172,9 +172,27 @@ def test_every_state_transition_is_in_the_states_table():
     assert documented == {(s, e, n) for (s, e), n in TRANSITIONS.items()}
 
 
-def _engine(packet: int, tcp_transport: bool = False) -> SessionEngine:
-    return SessionEngine.client(SessionSettings(), session_id=1, token=os.urandom(16), now=0.0,
-                                reliable_transport=tcp_transport, max_packet_size=packet)
+def test_the_close_handshake_tables_are_state_pys():
+    from tether.session.state import RECEIVING_TRANSITIONS, SENDING_TRANSITIONS
+    section = (DOCS / "wire-protocol.md").read_text().split("\n## Closing\n")[1].split("\n## ")[0]
+    tables, rows = [], []
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            tables.append(rows[2:])          # less the header and the rule
+            rows = []
+    assert len(tables) == 2
+    for rows, transitions in zip(tables, (SENDING_TRANSITIONS, RECEIVING_TRANSITIONS)):
+        documented = {(state, re.match(r"[a-z-]+", event).group(), code(after))
+                      for states, event, after in rows
+                      for state in re.findall(r"`([^`]+)`", states)}
+        assert documented == {(s.value, e.value, n.value) for (s, e), n in transitions.items()}
+
+
+def _engine(packet: int, tcp_transport: bool = False, **settings) -> SessionEngine:
+    return SessionEngine.client(SessionSettings(**settings), session_id=1, token=os.urandom(16),
+                                now=0.0, reliable_transport=tcp_transport, max_packet_size=packet)
 
 
 # (document, phrase it contains, the code's value, the value the phrase states)
@@ -197,7 +215,7 @@ QUOTED = [
      (tcp.TCP_PACKET, tcp.max_packet_size(10**6)), (256 * 1024, 10**6 + 4096)),
     ("wire-protocol.md", "at most `min(3, max_retry_count)` times", engine.K_TERMINATE_RETRIES, 3),
     ("wire-protocol.md", "the window starts at 10 packets",
-     _engine(1452)._cc.cwnd, 10 * 1452),
+     (_engine(1452, max_transfer_window=64)._cc.cwnd, _engine(1452)._cc.cwnd), (10 * 1452, 8 * 1452)),
     ("sessions.md", "`min(inactivity_timeout / 4, 30 s)`",
      (SessionSettings(inactivity_timeout=600).keepalive_interval,
       SessionSettings(inactivity_timeout=20).keepalive_interval), (30.0, 5.0)),

@@ -449,3 +449,71 @@ async def test_recv_many_rejects_a_bad_max_count_at_once():
             for bad in (0, -1):
                 with pytest.raises(ValueError, match="max_count"):
                     await asyncio.wait_for(client.recv_many(bad), 1)
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+async def test_close_gives_up_after_close_timeout_when_the_peer_stops_reading(scheme):
+    """A peer that stops reading holds our messages unacknowledged (flow control): close()
+    and leaving `async with` wait close_timeout, then abort and raise TimeoutError."""
+    stuck = asyncio.Event()
+    sessions = []
+
+    async def handler(session):
+        sessions.append(session)
+        await stuck.wait()                       # never reads
+
+    async with asyncio.timeout(30):
+        async with await tether.serve(handler, f"{scheme}://127.0.0.1:0",
+                                      max_transfer_window=4) as server:
+            target = url(scheme, server.address)
+            client = await tether.connect(target, max_transfer_window=4, close_timeout=0.3)
+            await client.send_many([b"x"] * 8)   # 4 in the peer's buffer, 4 waiting
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(TimeoutError, match="close_timeout"):
+                await client.close()
+            assert 0.25 <= loop.time() - started < 5
+            assert client.closed and isinstance(client.error, tether.SequenceTerminated)
+
+            with pytest.raises(TimeoutError):
+                async with tether.connect(target, max_transfer_window=4, close_timeout=0.3) as c:
+                    await c.send_many([b"y"] * 8)
+            assert c.closed
+            # the server's sessions learn of the aborts (a Fault), and end
+            for s in sessions:
+                await s.wait_closed()
+                assert isinstance(s.error, tether.SequenceTerminated)
+            stuck.set()
+
+
+async def test_send_waits_once_one_window_is_unacknowledged():
+    """max_transfer_window messages unacknowledged, in flight or queued, hold send() back:
+    one window, not a window in flight and another queued. send_nowait() has its own,
+    documented bound."""
+    from tether.session.session import SEND_NOWAIT_MAX_MESSAGES
+    async with asyncio.timeout(30):
+        async with await tether.serve(None, "udp://127.0.0.1:0", max_transfer_window=64) as server:
+            relay = await UdpRelay(server.address).start()
+            try:
+                client = await tether.connect(url("udp", relay.address), max_transfer_window=4,
+                                              max_retry_count=1000)
+                peer = await server.accept()
+                relay.blackhole = True                       # nothing is acknowledged now
+                await client.send_many([b"a", b"b", b"c"])
+                await client.send(b"d")                      # the fourth: the window is full
+                assert client.stats["in_flight"] + client.stats["pending"] == 4
+                blocked = asyncio.ensure_future(client.send(b"e"))
+                done, _ = await asyncio.wait([blocked], timeout=0.3)
+                assert not done                              # still waiting for an ack
+                relay.blackhole = False                      # the acks come (on a resend)
+                await blocked
+                assert [await peer.recv() for _ in range(5)] == [b"a", b"b", b"c", b"d", b"e"]
+
+                with pytest.raises(tether.SendQueueFull, match="send_nowait"):
+                    client.send_nowait([b"x"] * (SEND_NOWAIT_MAX_MESSAGES + 1))
+                assert client.stats["pending"] == 0 and not client.closed   # nothing queued
+                client.send_nowait([b"f"])
+                assert await peer.recv() == b"f"
+                await client.close()
+            finally:
+                relay.close()

@@ -1,5 +1,5 @@
-"""The sans-IO engine's entry points under aioquic's names (docs/architecture.md, "The
-sans-IO session engine"): datagrams for UDP, a byte stream for TCP."""
+"""The sans-IO engine's entry points (docs/architecture.md, "The sans-IO session engine"):
+packets (a UDP datagram is one), and a byte stream for TCP."""
 from __future__ import annotations
 
 import os
@@ -29,16 +29,16 @@ def test_udp_datagram_names():
     now = 0.0
     for _ in range(3):
         replies = []
-        for d in client.datagrams_to_send(now):
+        for d in client.packets_to_send(now):
             routed = demux.route(d, now, source=("127.0.0.1", 40000))
             replies += routed.replies       # first the Retry: the handshake takes two trips
             server = routed.engine or server
-        for d in replies + (server.datagrams_to_send(now) if server else []):
-            client.receive_datagram(d, now)
+        for d in replies + (server.packets_to_send(now) if server else []):
+            client.receive_packet(d, now)
         now += 0.001
     client.send([b"one", b"two"], now)
-    for d in client.datagrams_to_send(now):
-        server.receive_datagram(d, now)
+    for d in client.packets_to_send(now):
+        server.receive_packet(d, now)
     assert delivered(server) == [b"one", b"two"]
 
 
@@ -64,10 +64,18 @@ def test_mtu_sized_datagrams_keep_most_of_the_packet_for_data():
     # a quarter of the datagram is kept for a piggybacked ack, not a fixed kilobyte
     assert client.fragment_size >= 1000
     client.start(0.0)
-    client.datagrams_to_send(0.0)
+    client.packets_to_send(0.0)
     assert client.unacknowledged_bytes == 0
     client.send([b"z" * 5000], 0.0)
     assert client.unacknowledged_bytes == 5000
+
+
+def test_every_frame_type_has_exactly_one_handler():
+    from tether.session.engine import _HANDLERS
+    from tether.session.frames import FrameType
+
+    assert set(_HANDLERS) == {t.value for t in FrameType}
+    assert not hasattr(SessionEngine, "receive_datagram")    # one name per entry point
 
 
 def test_frame_type_numbers_are_the_codecs():

@@ -21,6 +21,7 @@ DEFAULTS = {
     "ordered": True,
     "max_message_size": 65536,
     "connect_timeout": 10.0,
+    "close_timeout": 60.0,
 }
 
 # (setting, values accepted, values out of range)
@@ -32,6 +33,7 @@ RANGES = [
     ("max_transfer_window", [1, 8, 4096], [0, -1, 4097]),
     ("max_message_size", [1, 65536, MAX_MESSAGE_SIZE_LIMIT], [0, -1, MAX_MESSAGE_SIZE_LIMIT + 1]),
     ("connect_timeout", [0.001, 10, 3600], [0, -1, 3600.5, math.nan]),
+    ("close_timeout", [0.001, 60, 86400], [0, -1, 86400.5, math.inf, math.nan]),
 ]
 
 # (setting, values of the wrong type)
@@ -43,6 +45,7 @@ WRONG_TYPES = [
     ("max_transfer_window", [8.5, "8", None, False]),
     ("max_message_size", [65536.0, b"1", None, True]),
     ("connect_timeout", ["10", None, True]),
+    ("close_timeout", ["60", None, False]),
     ("flow_control", [1, 0, "yes", None]),
     ("ordered", [1, 0, "true", None]),
 ]

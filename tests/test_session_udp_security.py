@@ -70,7 +70,7 @@ class RawPeer(asyncio.DatagramProtocol):
 
 
 def create(session_id: int, token: bytes = bytes(16), address_token: bytes | None = None) -> bytes:
-    fields = (F.CREATE_SEQUENCE, session_id, token, 64, 65536, True)
+    fields = (F.CREATE_SEQUENCE, session_id, token, 64, 65536, True, 200_000)
     return codec.encode_frame(fields if address_token is None else fields + (address_token,))
 
 

@@ -78,6 +78,12 @@ class MessageTooLarge(SessionFault):
     code = "message-too-large"
 
 
+class SendQueueFull(SessionFault):
+    """send_nowait() would queue more than a session holds unacknowledged."""
+
+    code = "send-queue-full"
+
+
 class ProtocolError(SessionFault):
     """A malformed, oversized or wrong-typed frame."""
 
@@ -89,7 +95,7 @@ SESSION_FAULTS: dict[str, type[SessionFault]] = {
     for cls in (
         SessionFault, SequenceTerminated, UnknownSequence, InvalidAcknowledgement,
         MessageNumberRollover, CreateSequenceRefused, SequenceClosed, RetryLimitExceeded,
-        InactivityTimeout, MessageTooLarge, ProtocolError,
+        InactivityTimeout, MessageTooLarge, SendQueueFull, ProtocolError,
     )
 }
 

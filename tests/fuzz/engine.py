@@ -162,7 +162,9 @@ def with_address_token(part: bytes, replies: list[bytes]) -> bytes | None:
     first = frames[0]
     if first[0] != 1 or len(first) < 6:
         return None
-    return b"".join(codec.encode_frame(frame) for frame in [(*first[:6], retry[2]), *frames[1:]])
+    ack_delay = first[6] if len(first) > 6 else 200_000
+    return b"".join(codec.encode_frame(frame)
+                    for frame in [(*first[:6], ack_delay, retry[2]), *frames[1:]])
 
 
 def run_client(config: int, parts: list[bytes], core) -> Story:

@@ -97,6 +97,8 @@ class Endpoint:
         self.stray = spec is None
         self.events_after_end = 0
         self.packets_dropped_unlinked = 0
+        self.cc_seen: tuple | None = None   # (controller, recovery_start, cwnd) at the last check
+        self.cc_reductions = 0              # recovery periods begun
 
 
 class Simulation:
@@ -527,7 +529,7 @@ class Simulation:
             fields = (F.CREATE_SEQUENCE, rng.getrandbits(63) | 1, rng.randbytes(16),
                       rng.choice((8, 64)), 65536, True)
             if rng.random() < 0.3:
-                fields += (rng.randbytes(rng.choice((16, 24))),)
+                fields += (200_000, rng.randbytes(rng.choice((16, 24))))
             kind, body, src = "create", codec.encode_frame(fields), self._forged_address(rng, None)
         elif pick < 0.6:
             ep = rng.choice(live)
@@ -618,7 +620,14 @@ class Simulation:
             engine.release(app.consumed, now)
             app.consumed = 0
         self._handle_events(ep, engine.events())
+        cc = engine._cc
+        sent_before = engine.messages_sent
+        in_flight_before = engine._sw.bytes_in_flight
+        cwnd_before = None if cc is None else cc.cwnd
         packets = engine.packets_to_send(now)
+        if cc is not None and engine.messages_sent > sent_before and in_flight_before >= cwnd_before:
+            self.fail(f"{ep.name}: sent new messages with {in_flight_before} bytes in flight, "
+                      f"at or over the congestion window {cwnd_before}")
         if packets:
             for body in packets:
                 self._record("tx", ep.name, len(body), zlib.crc32(body))
@@ -835,6 +844,7 @@ class Simulation:
         window = settings.max_transfer_window
         if stats["in_flight"] > window:
             self.fail(f"{ep.name}: {stats['in_flight']} messages in flight exceed the send window {window}")
+        self._check_congestion(ep, engine)
         if stats["held"] > window or stats["buffer_remaining"] < 0:
             self.fail(f"{ep.name}: receive window over capacity: held={stats['held']} "
                       f"buffer_remaining={stats['buffer_remaining']} capacity={window}")
@@ -844,12 +854,40 @@ class Simulation:
         peer = ep.peer
         if ep.victim or ep.stray or peer is None:
             return
+        sw = engine._sw
+        if (settings.flow_control or self.tcp) and sw.next_number - sw.lowest_unacked > engine.peer_window:
+            # (an honest peer's acks never allow more; a corrupting path's may)
+            self.fail(f"{ep.name}: messages {sw.lowest_unacked}..{sw.next_number - 1} in flight span "
+                      f"more than the peer's window {engine.peer_window}")
         if peer.engine is not None and peer.engine.settings.flow_control and stats["refused"]:
             self.fail(f"{ep.name}: refused {stats['refused']} messages although the peer's flow control "
                       f"should never overrun this window")
         if engine.all_acknowledged and peer.app.received < app.handed:
             self.fail(f"{ep.name}: everything sent is acknowledged (flush done) but the peer received "
                       f"{peer.app.received} of {app.handed}")
+
+    def _check_congestion(self, ep: Endpoint, engine: SessionEngine) -> None:
+        """UDP with flow_control: the congestion window stays between the minimum (2
+        packets) and what both windows let be in flight (one packet per message), and a loss
+        that starts a recovery period halves it (to ssthresh, at least the minimum)."""
+        cc = engine._cc
+        if cc is None:
+            return
+        packet = self.scenario.max_packet_size
+        most = max(2, min(engine.settings.max_transfer_window, engine.peer_window)) * packet
+        if not 2 * packet <= cc.cwnd <= most:
+            self.fail(f"{ep.name}: congestion window {cc.cwnd} outside [{2 * packet}, {most}] "
+                      f"(windows {engine.settings.max_transfer_window}/{engine.peer_window})")
+        last = ep.cc_seen
+        ep.cc_seen = (cc, cc.recovery_start, cc.cwnd)
+        if last is None or last[0] is not cc or last[1] == cc.recovery_start:
+            return
+        # a new recovery period began in this step: the window is its new ssthresh (half
+        # what it was when the loss was found, or the minimum)
+        ep.cc_reductions += 1
+        if cc.cwnd != cc.ssthresh:
+            self.fail(f"{ep.name}: a loss began a recovery period but the congestion window "
+                      f"{cc.cwnd} is not its ssthresh {cc.ssthresh}")
 
     def _check_peer_closed(self, ep: Endpoint) -> None:
         peer = ep.peer

@@ -60,12 +60,14 @@ MAX_BIN = 2**32 - 1          # bin32 is the largest msgpack binary
 
 # Field kinds of the frames that have no list in them.
 _UINT, _TOKEN, _ADDRESS_TOKEN, _STR, _BOOL = "uint", "token", "address_token", "str", "bool"
-# CREATE_SEQUENCE's last field, the address token, may be left out (_OPTIONAL_LAST).
+# The last fields of CREATE_SEQUENCE (ack_delay, address_token) and CREATE_SEQUENCE_RESPONSE
+# (ack_delay) may be left out, from the end (_OPTIONAL).
 _SIMPLE_FIELDS: dict[int, tuple[tuple[str, str], ...]] = {
     CREATE_SEQUENCE: (("session_id", _UINT), ("token", _TOKEN), ("window", _UINT),
-                      ("max_message_size", _UINT), ("ordered", _BOOL),
+                      ("max_message_size", _UINT), ("ordered", _BOOL), ("ack_delay", _UINT),
                       ("address_token", _ADDRESS_TOKEN)),
-    CREATE_SEQUENCE_RESPONSE: (("session_id", _UINT), ("window", _UINT), ("max_message_size", _UINT)),
+    CREATE_SEQUENCE_RESPONSE: (("session_id", _UINT), ("window", _UINT), ("max_message_size", _UINT),
+                               ("ack_delay", _UINT)),
     CREATE_SEQUENCE_REFUSED: (("session_id", _UINT), ("reason", _STR)),
     ACK_REQUESTED: (("session_id", _UINT),),
     CLOSE_SEQUENCE: (("session_id", _UINT), ("last_number", _UINT)),
@@ -79,18 +81,20 @@ _SIMPLE_FIELDS: dict[int, tuple[tuple[str, str], ...]] = {
     PATH_CHALLENGE: (("session_id", _UINT), ("data", _TOKEN)),
     PATH_RESPONSE: (("session_id", _UINT), ("data", _TOKEN)),
 }
-_OPTIONAL_LAST = frozenset({CREATE_SEQUENCE})
+_OPTIONAL = {CREATE_SEQUENCE: 2, CREATE_SEQUENCE_RESPONSE: 1}
 
 
 def _arities(frame_type: int) -> tuple[int, int]:
     """The fewest and most elements a simple frame has, type included."""
     most = len(_SIMPLE_FIELDS[frame_type]) + 1
-    return (most - 1 if frame_type in _OPTIONAL_LAST else most), most
+    return most - _OPTIONAL.get(frame_type, 0), most
 
 
 def _arity_text(frame_type: int) -> str:
     fewest, most = _arities(frame_type)
-    return str(most) if fewest == most else f"{fewest} or {most}"
+    if fewest == most:
+        return str(most)
+    return f"{fewest} or {most}" if fewest + 1 == most else f"{fewest} to {most}"
 
 
 # ---------------------------------------------------------------- encoding

@@ -270,12 +270,18 @@ class SendWindow:
         """Every held message, ascending (what a resumed connection resends)."""
         return [(number, sent.payload) for number, sent in self._held.items()]
 
-    def mark_all_sent(self, now: float) -> None:
-        """Everything held was just resent (on resume): last_sent = now, retries unchanged."""
+    def mark_all_sent(self, now: float, reset_retries: bool = False) -> None:
+        """Everything held was just resent (on resume): last_sent = now, retries unchanged,
+        or set to 0 with reset_retries (the peer proved itself alive on a new path)."""
         now = _time(now, "now")
+        if type(reset_retries) is not bool:
+            raise TypeError(f"reset_retries must be a bool, got {type(reset_retries).__name__}")
+        reset = reset_retries
         for number, sent in self._held.items():
             sent.last_sent = now
             sent.resent = True
+            if reset:
+                sent.retries = 0
             self._serial += 1
             sent.serial = self._serial
             del self._by_transmission[number]

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 from ..errors import (
     AuthenticationFailed, LockLost, ProducerFenced, ProtocolError, QueueError, QueueMessageTooLarge,
-    QueueUnavailable, TetherError, TransactionError,
+    QueueUnavailable, SendQueueFull, TetherError, TransactionError,
 )
 from . import protocol as P
 from ..backoff import Backoff
@@ -618,6 +618,10 @@ class QueueClient:
         out, self._out, self._out_bytes = self._out, [], 0
         try:
             self._session.send_nowait([P.encode(out)])
+        except SendQueueFull:
+            # the service has not acknowledged 64 MiB of requests: end this session; the
+            # reader sees the end and reconnects, and pending requests are resent
+            self._session.abort("the queue service does not read our requests")
         except TetherError:
             pass    # the reader sees the end and reconnects; pending requests are resent
 

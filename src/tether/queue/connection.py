@@ -21,7 +21,10 @@ import logging
 from collections import OrderedDict
 from typing import Any, Protocol
 
-from ..errors import AuthenticationFailed, LockLost, ProtocolError, QueueError, SequenceClosed, TetherError, TransactionError
+from ..errors import (
+    AuthenticationFailed, LockLost, ProtocolError, QueueError, SendQueueFull, SequenceClosed,
+    TetherError, TransactionError,
+)
 from . import protocol as P
 from .auth import Access, client_key, origin_of
 from .core import Entry
@@ -751,6 +754,11 @@ class Connection:
         limit = self.session.settings.max_message_size
         try:
             self.session.send_nowait(self._frames(out, limit))
+        except SendQueueFull:
+            # the session holds as much unacknowledged as it takes: the client does not read
+            log.warning("client %s does not read its replies: dropped", self.session.peer_address)
+            self.abort("the client does not read its replies")
+            return
         except TetherError:
             return      # the session ended: the client resends what it still waits for
         hard = 2 * self.service.limits.max_reply_bytes
@@ -808,6 +816,7 @@ class Connection:
         if session.unacknowledged_bytes < limits.max_reply_bytes:
             return True
         deadline = self._loop.time() + limits.reply_stall
+        session.ask_for_ack()
         while session.unacknowledged_bytes >= limits.max_reply_bytes:
             if self._loop.time() >= deadline or session.closed:
                 log.warning("client %s has not read its replies for %g s: dropped",

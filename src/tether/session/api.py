@@ -347,7 +347,7 @@ class Server:
             if not session.closed:
                 try:
                     await session.close()
-                except TetherError as exc:
+                except (TetherError, TimeoutError) as exc:
                     log.info("session %#x did not close cleanly: %s", session.session_id, exc)
 
     async def accept(self) -> Session:

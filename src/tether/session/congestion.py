@@ -13,23 +13,38 @@ K_PACING_GAIN = 1.25
 
 class NewReno:
     """Slow start, congestion avoidance and one multiplicative decrease per recovery period
-    (a loss of a message sent before the period began does not reduce the window again)."""
+    (a loss of a message sent before the period began does not reduce the window again).
 
-    __slots__ = ("datagram_size", "cwnd", "ssthresh", "recovery_start", "losses")
+    The window never exceeds `max_packets` datagrams (at least the minimum of 2): the most
+    the session's flow control lets be in flight, one message per datagram at most. Beyond
+    that acks would grow it without bound while nothing could use it, and a loss would
+    then halve a number that limits nothing."""
 
-    def __init__(self, datagram_size: int) -> None:
+    __slots__ = ("datagram_size", "cwnd", "ssthresh", "recovery_start", "losses", "max_cwnd")
+
+    def __init__(self, datagram_size: int, max_packets: int | None = None) -> None:
         self.datagram_size = datagram_size
+        self.max_cwnd = float("inf")
         self.cwnd = K_INITIAL_WINDOW_PACKETS * datagram_size
         self.ssthresh = float("inf")
         # First message number sent after recovery began; None when not in recovery.
         self.recovery_start: int | None = None
         self.losses = 0
+        if max_packets is not None:
+            self.limit(max_packets)
+
+    def limit(self, max_packets: int) -> None:
+        """Cap the window at `max_packets` datagrams (at least the minimum window)."""
+        self.max_cwnd = max(K_MINIMUM_WINDOW_PACKETS, max_packets) * self.datagram_size
+        self.cwnd = min(self.cwnd, self.max_cwnd)
 
     def on_acked(self, acked_bytes: int) -> None:
         if self.cwnd < self.ssthresh:
             self.cwnd += acked_bytes                       # slow start
         else:
             self.cwnd += self.datagram_size * acked_bytes // max(1, int(self.cwnd))
+        if self.cwnd > self.max_cwnd:
+            self.cwnd = self.max_cwnd
 
     def on_lost(self, highest_lost_number: int, next_number: int) -> None:
         """Messages up to `highest_lost_number` were declared lost; `next_number` is the

@@ -110,6 +110,7 @@ class Demux:
         sessions, paths = self.sessions, self._paths
         run_engine: SessionEngine | None = None
         run: list = []
+        sizes: list = []
         for body, frames in zip(bodies, decoded):
             if type(frames) is not list:
                 self.dropped_packets += 1
@@ -120,18 +121,19 @@ class Demux:
                     and paths[first[1]].address == source):
                 if engine is not run_engine:
                     if run:
-                        run_engine.receive_frames_many(run, now)
+                        run_engine.receive_frames_many(run, now, sizes)
                         out.append(Routed(run_engine, False, [], source))
-                    run_engine, run = engine, []
+                    run_engine, run, sizes = engine, [], []
                 run.append(frames)
+                sizes.append(len(body))
                 continue
             if run:
-                run_engine.receive_frames_many(run, now)
+                run_engine.receive_frames_many(run, now, sizes)
                 out.append(Routed(run_engine, False, [], source))
-                run_engine, run = None, []
+                run_engine, run, sizes = None, [], []
             out.append(self._route_frames(frames, len(body), now, False, source))
         if run:
-            run_engine.receive_frames_many(run, now)
+            run_engine.receive_frames_many(run, now, sizes)
             out.append(Routed(run_engine, False, [], source))
         return out
 
@@ -144,19 +146,19 @@ class Demux:
         engine = self.sessions.get(session_id)
         if engine is not None:
             if self.reliable_transport:
-                return self._route_tcp(engine, frames, kind, now, opening)
+                return self._route_tcp(engine, frames, kind, now, opening, size)
             address = self._paths[session_id].address
             if source != address:
                 return self._off_path(engine, self._paths[session_id], frames, size, source, now)
             if kind == _RESUME and not self.token_matches(engine, frames[0][2]):
                 return Routed(replies=self._limited(
                     (F.CREATE_SEQUENCE_REFUSED, session_id, "resume refused: wrong token"), size))
-            engine.receive_frames(frames, now)
+            engine.receive_frames(frames, now, size)
             return Routed(engine, False, [], address)
         return self._stateless(frames, kind, session_id, size, source, now)
 
     def _route_tcp(self, engine: SessionEngine, frames: list, kind: int, now: float,
-                   opening: bool) -> Routed:
+                   opening: bool, size: int) -> Routed:
         session_id = engine.session_id
         if kind == F.RESUME and not self.token_matches(engine, frames[0][2]):
             return Routed(replies=[self.refusal(session_id, "resume refused: wrong token")])
@@ -165,7 +167,7 @@ class Demux:
             return Routed(replies=[self.refusal(
                 session_id, "a new connection must start with Resume (or CreateSequence) "
                             "carrying the session's token")])
-        engine.receive_frames(frames, now)
+        engine.receive_frames(frames, now, size)
         return Routed(engine)
 
     def _off_path(self, engine: SessionEngine, path: PeerPath, frames: list, size: int,
@@ -181,7 +183,8 @@ class Demux:
                                                              self._challenges):
                 # The peer receives at its new address: move, and take the rest of its packet.
                 self.migrations += 1
-                engine.receive_frames(frames, now)
+                engine.receive_frames(frames, now, size)
+                engine.peer_moved(now)
                 return Routed(engine, address=source)
         challenge = path.probe(
             source, size, now, engine.rto, sid, self._challenges,
@@ -229,7 +232,7 @@ class Demux:
         except ProtocolError as exc:
             return Routed(replies=self._limited((F.CREATE_SEQUENCE_REFUSED, session_id, str(exc)), size))
         if not self.reliable_transport:
-            token = offer[6] if len(offer) > 6 else None
+            token = offer[7] if len(offer) > 7 else None
             if token is None or not self._tokens.valid(token, source, session_id, offer[2], now):
                 # Keep nothing: the client proves its address by echoing this token.
                 self.retries_sent += 1
@@ -243,7 +246,7 @@ class Demux:
             self._paths[session_id] = PeerPath(source)
         self.unaccepted += 1
         if len(frames) > 1:
-            engine.receive_frames(frames[1:], now)
+            engine.receive_frames(frames[1:], now, size)
         return Routed(engine, created=True, address=None if self.reliable_transport else source)
 
     def _limited(self, frame: tuple, received: int) -> list[bytes]:

@@ -25,7 +25,10 @@ from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
 from .fragments import Fragment, Reassembler, cut
 from .frames import FrameType as F
 from .settings import SessionSettings
-from .state import FINAL_STATES, OPEN_STATES, Event, State, next_state
+from .state import (
+    FINAL_STATES, OPEN_STATES, Event, Receiving, ReceivingEvent, Sending, SendingEvent, State,
+    next_receiving, next_sending, next_state,
+)
 
 MAX_NUMBER = 2**64 - 1
 # Ranges carried per ack: the cumulative one plus the highest gaps (QUIC sends a bounded set too).
@@ -37,8 +40,13 @@ K_INITIAL_RTT = 0.333
 MIN_RTO = 0.025
 # RFC 6298 2.5: a maximum RTO of at least 60 s may be placed.
 MAX_RTO = 60.0
-# Acknowledge at least every second packet carrying data (RFC 9000 13.2.2).
+# Acknowledge at once every second full packet carrying data (RFC 1122 4.2.3.2, RFC 9000
+# 13.2.2); a packet is full from half the packet size up (messages are not cut to fill one).
 ACK_ELICITING_THRESHOLD = 2
+# The longest a peer delays an ack (its ack_interval, in microseconds on the wire) when its
+# handshake frame leaves it out; and the most it may say.
+K_DEFAULT_ACK_DELAY = 0.2
+MAX_ACK_DELAY_US = 60_000_000
 MAX_FRAMES_PER_PACKET = 8192
 # Room kept in a data packet for a piggybacked ack: 32 ranges of two uint64 and a header on
 # big datagrams; a quarter of a small (MTU-sized) datagram, with fewer ranges to fit.
@@ -98,7 +106,8 @@ class SessionEngine:
         self._sw = core.SendWindow(window, settings.max_retry_count, FIRST_NUMBER)
         self._rw = core.ReceiveWindow(window, settings.ordered, FIRST_NUMBER)
         self._rtt = core.RttEstimator(K_INITIAL_RTT, MIN_RTO, MAX_RTO)
-        self._cc = NewReno(max_packet_size) if (not reliable_transport and settings.flow_control) else None
+        self._cc = (NewReno(max_packet_size, window) if (not reliable_transport and settings.flow_control)
+                    else None)
         ack_reserve = min(ACK_RESERVE, max_packet_size // 4)
         self._max_ack_ranges = max(1, min(MAX_ACK_RANGES, (ack_reserve - ACK_HEADER_BYTES) // ACK_RANGE_BYTES))
         self._max_body = max_packet_size - ack_reserve
@@ -129,17 +138,23 @@ class SessionEngine:
 
         self._ack_now = False
         self._ack_deadline: float | None = None
-        self._packets_unacked = 0
+        self._packets_unacked = 0             # full packets with data since our last ack
+        self._full_packet = max_packet_size // 2
+        self._ask = False                    # send AckRequested with the next packets
+        # The longest the peer delays an ack (its ack_interval, from the handshake): our
+        # retransmission timeout for data waits that much longer (RFC 9002 6.2.1).
+        self.peer_ack_delay = K_DEFAULT_ACK_DELAY
         self._acked_first = False
         self._delivered: list = []
         self._reassembler: Reassembler | None = None
         self._incoming_last: int | None = None
-        self._close_response_sent = False
-        self._peer_closed_reported = False
-        self._close_out_requested = False
-        self._out_closed = False
-        self._out_close_confirmed = False
-        self._terminate_sent = False
+        # the close handshake, one state per direction (state.py)
+        self.sending = Sending.OPEN
+        self.receiving = Receiving.OPEN
+        self._peer_closed_reported = False   # PeerClosed emitted (once)
+        # Server: the client sent something only an established client sends, so it has our
+        # CreateSequenceResponse (until then a move repeats the response: peer_moved).
+        self._peer_confirmed = is_client
         self._resume_frame: bytes | None = None
         self._address_token: bytes | None = None   # UDP client: from the server's Retry
 
@@ -186,6 +201,8 @@ class SessionEngine:
             raise ProtocolError(f"CreateSequence window {window} out of range")
         if max_message_size < 1:
             raise ProtocolError(f"CreateSequence max_message_size {max_message_size} out of range")
+        if len(frame) > 6 and frame[6] > MAX_ACK_DELAY_US:
+            raise ProtocolError(f"CreateSequence ack_delay {frame[6]} us out of range")
 
     @classmethod
     def accept(cls, frame: tuple, settings: SessionSettings, *, now: float,
@@ -199,10 +216,8 @@ class SessionEngine:
             settings = dataclasses.replace(settings, ordered=ordered)
         engine = cls(settings, session_id=session_id, token=token, is_client=False, now=now,
                      reliable_transport=reliable_transport, max_packet_size=max_packet_size, core=core)
-        engine._peer_handshake(window, max_message_size)
-        engine._control_out.append(engine._codec.encode_frame(
-            (F.CREATE_SEQUENCE_RESPONSE, session_id, settings.max_transfer_window,
-             settings.max_message_size)))
+        engine._peer_handshake(window, max_message_size, frame[6] if len(frame) > 6 else None)
+        engine._control_out.append(engine._response_frame())
         engine._events.append(Connected())
         return engine
 
@@ -213,15 +228,33 @@ class SessionEngine:
     def _create_frame(self) -> bytes:
         s = self.settings
         fields: tuple = (F.CREATE_SEQUENCE, self.session_id, self.token, s.max_transfer_window,
-                         s.max_message_size, s.ordered)
+                         s.max_message_size, s.ordered, self._ack_delay_us())
         if self._address_token is not None:
             fields += (self._address_token,)
         return self._codec.encode_frame(fields)
 
-    def _peer_handshake(self, window: int, max_message_size: int) -> None:
+    def _response_frame(self) -> bytes:
+        s = self.settings
+        return self._codec.encode_frame((F.CREATE_SEQUENCE_RESPONSE, self.session_id,
+                                         s.max_transfer_window, s.max_message_size,
+                                         self._ack_delay_us()))
+
+    def _cwnd_packets(self) -> int:
+        # At most this many messages are in flight (both windows), each in one datagram at
+        # most (larger ones are fragmented): the congestion window needs no more.
+        return min(self.settings.max_transfer_window, self.peer_window)
+
+    def _ack_delay_us(self) -> int:
+        return round(self.settings.ack_interval * 1_000_000)
+
+    def _peer_handshake(self, window: int, max_message_size: int, ack_delay_us: int | None) -> None:
         self.peer_window = window
         self.peer_max_message_size = max_message_size
         self._send_limit = FIRST_NUMBER + window
+        if self._cc is not None:
+            self._cc.limit(self._cwnd_packets())
+        if ack_delay_us is not None:
+            self.peer_ack_delay = ack_delay_us / 1_000_000
 
     # ---- application side ----
 
@@ -231,10 +264,16 @@ class SessionEngine:
         return len(self._pending) - self._pending_head
 
     @property
+    def unacknowledged_count(self) -> int:
+        """Messages accepted by send() that the peer has not acknowledged (queued or in
+        flight; a fragmented message counts once per fragment)."""
+        return self.pending_count + self._sw.in_flight
+
+    @property
     def send_capacity(self) -> int:
         """How many more messages send() should take before the caller waits: one window
-        queued beyond the window in flight (a sender never runs ahead unboundedly)."""
-        return self.settings.max_transfer_window - self.pending_count
+        unacknowledged in all, queued or in flight."""
+        return self.settings.max_transfer_window - self.pending_count - self._sw.in_flight
 
     @property
     def unacknowledged_bytes(self) -> int:
@@ -265,7 +304,7 @@ class SessionEngine:
         close, or the session's fault once it has ended."""
         if self.state in FINAL_STATES:
             raise self.error or SequenceClosed("the session is closed")
-        if self._close_out_requested or self.state is State.CLOSING:
+        if self.sending is not Sending.OPEN or self.state is State.CLOSING:
             raise SequenceClosed("the session is closing: nothing more can be sent")
         if not payloads:
             return
@@ -302,6 +341,13 @@ class SessionEngine:
         if before == 0 or before * 2 < capacity <= self._rw.buffer_remaining * 2:
             self._ack_now = True
 
+    def flush(self, now: float) -> None:
+        """Ask the peer to acknowledge everything sent so far at once (an AckRequested goes
+        with the next packets), rather than after its ack_interval: what a caller waiting
+        for the acknowledgements (Session.flush, a paused writer) wants."""
+        if self.state in OPEN_STATES and not self.all_acknowledged:
+            self._ask = True
+
     def close(self, now: float) -> None:
         """Graceful close: send what is pending, wait for it to be acknowledged, then
         CloseSequence and TerminateSequence. SessionEnded(None) follows."""
@@ -311,13 +357,16 @@ class SessionEngine:
             return
         if self.state is State.ESTABLISHED:
             self._transition(Event.CLOSE)
+        self._close_sequence_asked()
+        self.flush(now)
         self._advance_close(now)
 
     def close_sending(self, now: float) -> None:
         """Half-close (write_eof): end our sequence after what is pending; the peer sees EOF
         after the last message and may go on sending."""
         if self.state in OPEN_STATES:
-            self._close_out_requested = True
+            self._close_sequence_asked()
+            self.flush(now)
             self._advance_close(now)
 
     def fail(self, error: TetherError, now: float) -> None:
@@ -351,7 +400,7 @@ class SessionEngine:
                 and frames[0][1] != self.session_id):
             self.packets_ignored += 1
             return
-        self.receive_frames(frames, now)
+        self.receive_frames(frames, now, len(body))
 
     def receive_packets(self, bodies: list, now: float) -> None:
         """Several packets from the peer, in arrival order (a batch of datagrams, or the
@@ -364,46 +413,55 @@ class SessionEngine:
                                              MAX_FRAMES_PER_PACKET)
         lenient = self.is_client and not self.reliable_transport
         packets: list = []
-        for frames in decoded:
+        sizes: list = []
+        for body, frames in zip(bodies, decoded):
             if type(frames) is not list:
                 if lenient:
                     self.packets_ignored += 1
                     continue
-                self.receive_frames_many(packets, now)   # what arrived before it counts
+                self.receive_frames_many(packets, now, sizes)   # what arrived before it counts
                 self._fault(frames, now)
                 return
             if lenient and frames[0][1] != self.session_id:
                 self.packets_ignored += 1
                 continue
             packets.append(frames)
+            sizes.append(len(body))
         if packets:
-            self.receive_frames_many(packets, now)
+            self.receive_frames_many(packets, now, sizes)
 
-    def receive_frames(self, frames: list, now: float) -> None:
-        """Decoded frames of one packet, all for this session."""
-        self.receive_frames_many([frames], now)
+    def receive_frames(self, frames: list, now: float, size: int | None = None) -> None:
+        """Decoded frames of one packet, all for this session; `size` is the packet's length
+        in bytes (None: taken as a full packet)."""
+        self.receive_frames_many([frames], now, None if size is None else [size])
 
-    def receive_frames_many(self, packets: list, now: float) -> None:
+    def receive_frames_many(self, packets: list, now: float, sizes: list | None = None) -> None:
         """Decoded frames of several packets (a list of frame lists), all for this session,
-        in arrival order: the same as receive_frames for each. DATA frames that continue
-        one another are joined into one run for the receive window; the run is accepted
-        before any other frame but AckRequested is acted on, so every check sees the same
-        state as packet by packet."""
+        in arrival order, and their lengths in bytes (None: each taken as a full packet):
+        the same as receive_frames for each. DATA frames that continue one another are
+        joined into one run for the receive window; the run is accepted before any other
+        frame but AckRequested is acted on, so every check sees the same state as packet by
+        packet."""
         if self.state in FINAL_STATES or not packets:
             return
         if self._fast_receive and self.state is not State.CONNECTING and self._incoming_last is None:
             fast = self._codec.data_runs(packets, self.session_id)
             if fast is not None:
-                self._receive_data_runs(len(packets), *fast, now)
+                self._peer_confirmed = True       # DATA: only an established peer sends it
+                full = len(packets) if sizes is None else sum(1 for size in sizes if size >= self._full_packet)
+                self._receive_data_runs(len(packets), *fast, now, full)
                 return
         self._last_heard = now
         sid = self.session_id
         run: list | None = None    # payloads of consecutive DATA frames not yet accepted
         run_first = 0
         error: TetherError | None = None
+        full_packet = self._full_packet
         try:
-            for frames in packets:
+            for index, frames in enumerate(packets):
                 self.packets_received += 1
+                if not self._peer_confirmed:
+                    self._peer_confirmed = any(f[0] not in _HANDSHAKE_FRAMES for f in frames)
                 had_data = False
                 for frame in frames:
                     kind = frame[0]
@@ -429,14 +487,17 @@ class SessionEngine:
                         if run is not None:
                             pending, run = run, None
                             self._accept_run(run_first, pending)
-                        if kind == _ACK:
-                            self._on_ack(frame, now)
-                        else:
-                            self._on_control(kind, frame, now)
+                        handler = _HANDLERS.get(kind)
+                        if handler is None:
+                            raise ProtocolError(f"unexpected frame type {kind}")
+                        handler(self, frame, now)
                         if self.state in FINAL_STATES:
                             return
                 if had_data:
-                    self._packets_unacked += 1
+                    # only full packets count towards the ack every second packet; any data
+                    # starts the ack_interval clock
+                    if sizes is None or sizes[index] >= full_packet:
+                        self._packets_unacked += 1
                     if self._packets_unacked >= ACK_ELICITING_THRESHOLD or self.settings.ack_interval == 0:
                         self._ack_now = True
                     elif self._ack_deadline is None:
@@ -470,7 +531,7 @@ class SessionEngine:
         self._check_incoming_closed()
 
     def _receive_data_runs(self, count: int, runs: list, data_packets: int, ack_requested: bool,
-                           now: float) -> None:
+                           now: float, full_packets: int) -> None:
         """receive_frames_many for `count` packets of nothing but DATA (no fragments) and
         AckRequested, already joined into runs by codec.data_runs: the same end state, with
         no Python work per frame."""
@@ -493,11 +554,14 @@ class SessionEngine:
         if data_packets:
             # as packet by packet: the first packet carrying data starts the ack delay, the
             # second (or any, with ack_interval 0) asks for an ack at once
+            # (only full packets count towards it: an AckRequested-only packet is tiny, so
+            # the full ones among `count` are data)
             interval = self.settings.ack_interval
-            if interval != 0 and self._packets_unacked + 1 < ACK_ELICITING_THRESHOLD \
+            first_counts = 1 if full_packets else 0
+            if interval != 0 and self._packets_unacked + first_counts < ACK_ELICITING_THRESHOLD \
                     and self._ack_deadline is None:
                 self._ack_deadline = now + interval
-            self._packets_unacked += data_packets
+            self._packets_unacked += min(full_packets, data_packets)
             if self._packets_unacked >= ACK_ELICITING_THRESHOLD or interval == 0:
                 self._ack_now = True
         if self._delivered:
@@ -606,103 +670,115 @@ class SessionEngine:
         if self._cc is not None:
             self._cc.on_lost(max(n for n, _ in lost), self._sw.next_number)
 
-    def _on_control(self, kind: int, frame: tuple, now: float) -> None:
-        codec = self._codec
-        sid = self.session_id
-        if kind == F.CREATE_SEQUENCE_RESPONSE:
-            if self.state is State.CONNECTING and self._ctl is not None and self._ctl.kind == "create":
-                if self._ctl.retries == 0:  # Karn's rule: no sample from a resent request
-                    self._rtt.update(now - self._ctl.sent_at)
-                self._ctl = None
-                _, _, window, max_message_size = frame
-                if not 1 <= window <= 65536 or max_message_size < 1:
-                    raise ProtocolError("CreateSequenceResponse with out-of-range window or size")
-                self._peer_handshake(window, max_message_size)
-                self._transition(Event.HANDSHAKE_DONE)
-                self._events.append(Connected())
-        elif kind == F.CREATE_SEQUENCE:
-            if not self.is_client:  # our response was lost: send it again
-                self._control_out.append(codec.encode_frame(
-                    (F.CREATE_SEQUENCE_RESPONSE, sid, self.settings.max_transfer_window,
-                     self.settings.max_message_size)))
-                if self.reliable_transport:
-                    # TCP loses nothing on a live connection: the client reconnected before
-                    # the handshake completed, so what we sent since was lost with the old one.
-                    self._resend_everything(now)
-        elif kind == F.CREATE_SEQUENCE_REFUSED:
-            if self.state is State.CONNECTING:
-                self._fault(CreateSequenceRefused(frame[2] or "refused by the peer"), now, notify=False)
-            elif self.is_client and self._only_formalities_left():
-                self._end_gracefully()  # as UnknownSequence then: the server ended the session
-            elif self.is_client:
-                # Our Resume was refused: the server no longer holds the session (it
-                # restarted, or ended it); reconnecting again would only be refused again.
-                self._fault(UnknownSequence(f"the server refused to resume the session: {frame[2]}"),
-                            now, notify=False)
-        elif kind == F.CLOSE_SEQUENCE:
-            last = frame[2]
-            if last < self._rw.highest:
-                raise ProtocolError(f"CloseSequence at {last} below message {self._rw.highest} already received")
-            if self._incoming_last is not None and last != self._incoming_last:
-                raise ProtocolError("CloseSequence moved the last message number")
-            self._incoming_last = last
-            self._close_response_sent = False  # (re)send the response once complete
-        elif kind == F.CLOSE_SEQUENCE_RESPONSE:
-            if self._ctl is not None and self._ctl.kind == "close":
-                self._ctl = None
-                self._out_close_confirmed = True
-                self._advance_close(now)
-        elif kind == F.TERMINATE_SEQUENCE:
-            self._control_out.append(codec.encode_frame((F.TERMINATE_SEQUENCE_RESPONSE, sid)))
-            unacked = self.pending_count + self._sw.in_flight
-            if unacked:
-                # a fault (the state becomes FAULTED, timers stop); the peer ended already
-                self._fault(SequenceTerminated(
-                    f"the peer terminated the session with {unacked} messages unacknowledged"),
-                    now, notify=False)
-            elif self.state is State.CONNECTING:
-                # The server created, closed and terminated the session before its response
-                # reached us (reordered or lost): it is over, as a close while connecting is.
-                self._ctl = None
-                self._transition(Event.CLOSE)
-                self._end(None)
-            else:
-                self._transition(Event.TERMINATED)
-                self._end(None)
-        elif kind == F.TERMINATE_SEQUENCE_RESPONSE:
-            if self._ctl is not None and self._ctl.kind == "terminate":
-                self._end_gracefully()
-        elif kind == F.FAULT:
-            if frame[2] == UnknownSequence.code and self._only_formalities_left():
-                # The peer ended the session (on our Terminate, or it terminated and its
-                # Terminate was lost) and a packet of ours found it gone: nothing was lost.
-                self._end_gracefully()
-                return
-            self._fault(fault_from_code(frame[2], f"peer fault: {frame[3]}"), now, notify=False)
-        elif kind == F.RESUME_RESPONSE:
-            pass  # the client resent everything with its Resume already
-        elif kind == F.RESUME:
-            # a wrong token is refused by the server's demultiplexer; it never harms the session
-            if not self.is_client and hmac.compare_digest(frame[2], self.token):
-                self.peer_resumed(now)
-        elif kind == F.NACK:
-            self._on_nack(frame[2])
-        elif kind == F.PATH_CHALLENGE:
-            # The server checks that we receive at the address our packets now come from (a
-            # NAT rebinding, a new network): echo it. Only a client moves, so only it answers.
-            if self.is_client and not self.reliable_transport:
-                self._control_out.append(codec.encode_frame((F.PATH_RESPONSE, sid, frame[2])))
-        elif kind == F.RETRY:
-            if (self.is_client and not self.reliable_transport and self.state is State.CONNECTING
-                    and self._ctl is not None and self._ctl.kind == "create"
-                    and frame[2] != self._address_token):
-                self._on_retry(self._ctl, frame[2], now)
-        elif kind == F.PATH_RESPONSE:
-            pass  # the server's Demux checks it (path_validation.py); a client never challenges
-        else:
-            raise ProtocolError(f"unexpected frame type {kind}")
+    # ---- one handler per frame type (_HANDLERS, at the end of this module) ----
 
-    def _on_retry(self, ctl: _Control, address_token: bytes, now: float) -> None:
+    def _on_ack_requested(self, frame: tuple, now: float) -> None:
+        self._ack_now = True
+
+    def _on_create_sequence_response(self, frame: tuple, now: float) -> None:
+        if self.state is State.CONNECTING and self._ctl is not None and self._ctl.kind == "create":
+            if self._ctl.retries == 0:  # Karn's rule: no sample from a resent request
+                self._rtt.update(now - self._ctl.sent_at)
+            self._ctl = None
+            window, max_message_size = frame[2], frame[3]
+            ack_delay = frame[4] if len(frame) > 4 else None
+            if not 1 <= window <= 65536 or max_message_size < 1 or (
+                    ack_delay is not None and ack_delay > MAX_ACK_DELAY_US):
+                raise ProtocolError("CreateSequenceResponse with out-of-range window, size or ack delay")
+            self._peer_handshake(window, max_message_size, ack_delay)
+            self._transition(Event.HANDSHAKE_DONE)
+            self._events.append(Connected())
+
+    def _on_create_sequence(self, frame: tuple, now: float) -> None:
+        if not self.is_client:  # our response was lost: send it again
+            self._control_out.append(self._response_frame())
+            if self.reliable_transport:
+                # TCP loses nothing on a live connection: the client reconnected before
+                # the handshake completed, so what we sent since was lost with the old one.
+                self._resend_everything(now)
+
+    def _on_create_sequence_refused(self, frame: tuple, now: float) -> None:
+        if self.state is State.CONNECTING:
+            self._fault(CreateSequenceRefused(frame[2] or "refused by the peer"), now, notify=False)
+        elif self.is_client and self._only_formalities_left():
+            self._end_gracefully()  # as UnknownSequence then: the server ended the session
+        elif self.is_client:
+            # Our Resume was refused: the server no longer holds the session (it
+            # restarted, or ended it); reconnecting again would only be refused again.
+            self._fault(UnknownSequence(f"the server refused to resume the session: {frame[2]}"),
+                        now, notify=False)
+
+    def _on_close_sequence(self, frame: tuple, now: float) -> None:
+        last = frame[2]
+        if last < self._rw.highest:
+            raise ProtocolError(f"CloseSequence at {last} below message {self._rw.highest} already received")
+        if self._incoming_last is not None and last != self._incoming_last:
+            raise ProtocolError("CloseSequence moved the last message number")
+        self._incoming_last = last
+        self._receiving(ReceivingEvent.CLOSE_SEQUENCE)   # (re)send the response once complete
+
+    def _on_close_sequence_response(self, frame: tuple, now: float) -> None:
+        if self._ctl is not None and self._ctl.kind == "close":
+            self._ctl = None
+            self._sending(SendingEvent.CLOSE_CONFIRMED)
+            self._advance_close(now)
+
+    def _on_terminate_sequence(self, frame: tuple, now: float) -> None:
+        self._control_out.append(self._codec.encode_frame(
+            (F.TERMINATE_SEQUENCE_RESPONSE, self.session_id)))
+        unacked = self.pending_count + self._sw.in_flight
+        if unacked:
+            # a fault (the state becomes FAULTED, timers stop); the peer ended already
+            self._fault(SequenceTerminated(
+                f"the peer terminated the session with {unacked} messages unacknowledged"),
+                now, notify=False)
+        elif self.state is State.CONNECTING:
+            # The server created, closed and terminated the session before its response
+            # reached us (reordered or lost): it is over, as a close while connecting is.
+            self._ctl = None
+            self._transition(Event.CLOSE)
+            self._end(None)
+        else:
+            self._transition(Event.TERMINATED)
+            self._end(None)
+
+    def _on_terminate_sequence_response(self, frame: tuple, now: float) -> None:
+        if self._ctl is not None and self._ctl.kind == "terminate":
+            self._end_gracefully()
+
+    def _on_fault(self, frame: tuple, now: float) -> None:
+        if frame[2] == UnknownSequence.code and self._only_formalities_left():
+            # The peer ended the session (on our Terminate, or it terminated and its
+            # Terminate was lost) and a packet of ours found it gone: nothing was lost.
+            self._end_gracefully()
+            return
+        self._fault(fault_from_code(frame[2], f"peer fault: {frame[3]}"), now, notify=False)
+
+    def _on_resume(self, frame: tuple, now: float) -> None:
+        # a wrong token is refused by the server's demultiplexer; it never harms the session
+        if not self.is_client and hmac.compare_digest(frame[2], self.token):
+            self.peer_resumed(now)
+
+    def _on_resume_response(self, frame: tuple, now: float) -> None:
+        pass  # the client resent everything with its Resume already
+
+    def _on_path_challenge(self, frame: tuple, now: float) -> None:
+        # The server checks that we receive at the address our packets now come from (a
+        # NAT rebinding, a new network): echo it. Only a client moves, so only it answers.
+        if self.is_client and not self.reliable_transport:
+            self._control_out.append(self._codec.encode_frame(
+                (F.PATH_RESPONSE, self.session_id, frame[2])))
+
+    def _on_path_response(self, frame: tuple, now: float) -> None:
+        pass  # the server's Demux checks it (path_validation.py); a client never challenges
+
+    def _on_retry(self, frame: tuple, now: float) -> None:
+        ctl = self._ctl
+        if (self.is_client and not self.reliable_transport and self.state is State.CONNECTING
+                and ctl is not None and ctl.kind == "create" and frame[2] != self._address_token):
+            self._retried(ctl, frame[2], now)
+
+    def _retried(self, ctl: _Control, address_token: bytes, now: float) -> None:
         """Client: the server wants proof that we receive at our address before it keeps any
         state: repeat CreateSequence at once, carrying its token. The first Retry is the
         normal handshake, a new request (its round trip is an RTT sample unless CreateSequence
@@ -724,10 +800,11 @@ class SessionEngine:
         ctl.frame = self._create_frame()
         self._control_out.append(ctl.frame)
 
-    def _on_nack(self, numbers: list) -> None:
+    def _on_nack(self, frame: tuple, now: float) -> None:
         # A NACK is the peer's claim: each unacked message it names is queued once until
         # the next send, however many NACKs repeat it, so a packet of them cannot multiply
         # our output (or our work: only new numbers cost a scan of the window).
+        numbers = frame[2]
         sw = self._sw
         low, high, queued = sw.lowest_unacked, sw.next_number, self._nacked
         wanted = {n for n in numbers if low <= n < high and n not in queued}
@@ -742,8 +819,8 @@ class SessionEngine:
         last = self._incoming_last
         if last is None or self._rw.floor <= last:
             return
-        if not self._close_response_sent:
-            self._close_response_sent = True
+        if self.receiving is Receiving.CLOSE_RECEIVED:
+            self._receiving(ReceivingEvent.ALL_RECEIVED)
             self._control_out.append(self._codec.encode_frame(
                 (F.CLOSE_SEQUENCE_RESPONSE, self.session_id, last)))
             self._ack_now = True
@@ -751,15 +828,9 @@ class SessionEngine:
             self._peer_closed_reported = True
             self._events.append(PeerClosed())
 
-    # ---- the same entry points under aioquic's names: datagrams (UDP), a byte stream (TCP) ----
-
-    def receive_datagram(self, data: bytes, now: float) -> None:
-        """UDP: one datagram is one packet."""
-        self.receive_packet(data, now)
-
-    def datagrams_to_send(self, now: float) -> list[bytes]:
-        """UDP: the datagrams to send now."""
-        return self.packets_to_send(now)
+    # ---- a byte stream (TCP): the packets with their length prefixes ----
+    # (UDP needs nothing of its own: one datagram is one packet, receive_packet and
+    # packets_to_send.)
 
     def receive_data(self, data: bytes, now: float) -> None:
         """TCP: bytes from the stream, de-framed into packets here."""
@@ -800,15 +871,48 @@ class SessionEngine:
         self._control_out = [self._codec.encode_frame((F.RESUME_RESPONSE, self.session_id))]
         if self._ctl is not None:
             self._control_out.append(self._ctl.frame)
-        if self._close_response_sent and self._incoming_last is not None:
+        if self.receiving is Receiving.COMPLETE:
             self._control_out.append(self._codec.encode_frame(
                 (F.CLOSE_SEQUENCE_RESPONSE, self.session_id, self._incoming_last)))
         self._resend_everything(now)
+
+    def peer_moved(self, now: float) -> None:
+        """Server, UDP: the peer answered a path challenge from a new address and the Demux
+        moved the session there. What went to the old address since the peer left it proves
+        nothing about the peer (it was alive, elsewhere, perhaps idle and unaware that its
+        address changed): everything unacknowledged is resent now with its retry count and
+        backoff started over, and so is a control frame awaiting its response. The new
+        path's capacity is unknown: congestion control starts over (RFC 9000 9.4). A client
+        not yet known to have our CreateSequenceResponse gets it again."""
+        if self.state not in OPEN_STATES or self.reliable_transport:
+            return
+        if self._sw.in_flight:
+            self._resend = self._sw.unacked()
+            self._nacked.clear()
+            self._sw.mark_all_sent(now, reset_retries=True)
+            self.messages_resent += len(self._resend)
+        ctl = self._ctl
+        if ctl is not None:
+            ctl.retries = 0
+            ctl.deadline = now + self._rto()
+            if ctl.frame not in self._control_out:
+                self._control_out.append(ctl.frame)
+        if self._cc is not None:
+            self._cc = NewReno(self.max_packet_size, self._cwnd_packets())
+        if not self._peer_confirmed:
+            # The client may still be connecting: its CreateSequence from the new address
+            # (which earned the challenge) never reached us, so answer it now; a client that
+            # has the response already ignores this one.
+            self._control_out.append(self._response_frame())
+        self._probes_unanswered = 0
+        self._ack_now = True
+        self._ask = bool(self._resend)
 
     def _resend_everything(self, now: float) -> None:
         self._resend = self._sw.unacked()
         self._sw.mark_all_sent(now)
         self._ack_now = True
+        self._ask = bool(self._resend)
 
     # ---- timers ----
 
@@ -824,7 +928,7 @@ class SessionEngine:
         if not (self.state in OPEN_STATES and last is not None and self._rw.floor > last
                 and self.all_acknowledged):
             return False
-        return peer_silent or self._close_out_requested or self.state is State.CLOSING
+        return peer_silent or self.sending is not Sending.OPEN or self.state is State.CLOSING
 
     @property
     def rto(self) -> float:
@@ -833,9 +937,12 @@ class SessionEngine:
         return self._rtt.rto
 
     def _rto(self) -> float:
-        # No max_ack_delay term (RFC 9002 6.2.1 adds one): every burst of data ends with
-        # AckRequested, which the peer answers at once.
+        # Control frames and keepalives: the peer answers them at once.
         return self._rtt.rto
+
+    def _data_rto(self) -> float:
+        # Data: the peer may delay its ack by its ack_interval (RFC 9002 6.2.1's max_ack_delay).
+        return self._rtt.rto + self.peer_ack_delay
 
     def next_timer(self) -> float | None:
         """The earliest time handle_timer must be called; None when the session is over."""
@@ -853,7 +960,7 @@ class SessionEngine:
         if self._pace_next is not None and self.pending_count and self.state in OPEN_STATES:
             t = min(t, self._pace_next)
         if not self.reliable_transport and self._sw.in_flight:
-            rto = self._rto()
+            rto = self._data_rto()
             deadline = self._sw.next_deadline(rto, MAX_RTO)
             if deadline is not None:
                 # Acks that acknowledge new messages push every timeout back (RFC 6298 5.3):
@@ -920,9 +1027,9 @@ class SessionEngine:
         if self._pace_next is not None and now >= self._pace_next:
             self._pace_next = None     # packets_to_send takes what the pacer allows now
         if (not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES
-                and now >= self._last_progress + self._rto()):
+                and now >= self._last_progress + self._data_rto()):
             try:
-                due = self._sw.retransmit_due(now, self._rto(), MAX_RTO, self._rto_burst)
+                due = self._sw.retransmit_due(now, self._data_rto(), MAX_RTO, self._rto_burst)
             except RetryLimitExceeded as exc:
                 self._fault(exc, now)
                 return
@@ -933,8 +1040,9 @@ class SessionEngine:
                 # for acks showing it arrived (or lost: fast retransmit)
                 self._last_progress = now
                 self._rto_burst = min(self._rto_burst * 2, 1 << 20)
+                self._ask = True    # acks stopped coming: ask for the news at once
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
-            self._control_out.append(self._codec.encode_frame((F.ACK_REQUESTED, self.session_id)))
+            self._control_out.append(self._ack_request)
             if self._last_heard >= self._probe_at:
                 self._probes_unanswered = 0      # the last one was answered: start over
             self._probes_unanswered += 1
@@ -967,11 +1075,13 @@ class SessionEngine:
             if new:
                 frames.extend(new)
                 data_sent = True
-            if data_sent and not self.reliable_transport or new and not self.pending_count:
-                # The end of a burst (we send nothing more until an ack or a timer): ask for
-                # the ack now rather than after the peer's ack_interval. So the peer never
-                # delays the ack a retransmission timer waits for, the RTO needs no ack delay
-                # added, and flush() and a blocked sender move on promptly.
+            if self._ask and not data_sent and self.all_acknowledged:
+                self._ask = False   # (the acks came meanwhile)
+            if self._ask or (data_sent and self._window_nearly_full()):
+                # Otherwise the peer acknowledges after its ack_interval or every second full
+                # packet: ask at once only when an ack is what we wait for (a window nearly
+                # full, flush, close, a retransmission timeout).
+                self._ask = False
                 frames.append(self._ack_request)
             self._advance_close(now)
             if self._control_out:
@@ -984,6 +1094,20 @@ class SessionEngine:
         if not frames:
             return []
         return self._pack(frames, now)
+
+    def _window_nearly_full(self) -> bool:
+        """After a burst: nothing (or at most a quarter of a window) more may go before an
+        ack arrives, or we are closing and wait for the acks to finish."""
+        if self.pending_count or self.sending is not Sending.OPEN or self.state is State.CLOSING:
+            return True
+        sw = self._sw
+        room = sw.free
+        if self.settings.flow_control or self.reliable_transport:
+            room = min(room, self._send_limit - sw.next_number)
+        if room * 4 <= min(self.settings.max_transfer_window, self.peer_window):
+            return True
+        cc = self._cc
+        return cc is not None and cc.available(sw.bytes_in_flight) * 4 <= cc.cwnd
 
     def _pack(self, frames: list[bytes], now: float) -> list[bytes]:
         if not frames:
@@ -1105,22 +1229,32 @@ class SessionEngine:
     # ---- closing, faults ----
 
     def _advance_close(self, now: float) -> None:
-        closing = self.state is State.CLOSING
-        if not (closing or self._close_out_requested) or self.state in FINAL_STATES:
+        """Take the close handshake of our sequence as far as it can go now."""
+        if self.state in FINAL_STATES:
             return
-        if not self._out_closed:
+        if self.sending is Sending.FLUSHING:
             if self.pending_count or self._sw.in_flight or self._resend or self._ctl is not None:
                 return  # flush first
-            self._out_closed = True
+            self._sending(SendingEvent.FLUSHED)
             frame = self._codec.encode_frame(
                 (F.CLOSE_SEQUENCE, self.session_id, self._sw.next_number - 1))
             self._start_control("close", frame, now)
             return
-        if closing and self._out_close_confirmed and not self._terminate_sent and self._ctl is None:
-            self._terminate_sent = True
+        if self.sending is Sending.CLOSED and self.state is State.CLOSING and self._ctl is None:
+            self._sending(SendingEvent.TERMINATE)
             frame = self._codec.encode_frame(
                 (F.TERMINATE_SEQUENCE, self.session_id, self._sw.next_number - 1))
             self._start_control("terminate", frame, now)
+
+    def _close_sequence_asked(self) -> None:
+        if self.sending is Sending.OPEN and self.state in OPEN_STATES:
+            self._sending(SendingEvent.CLOSE_ASKED)
+
+    def _sending(self, event: SendingEvent) -> None:
+        self.sending = next_sending(self.sending, event)
+
+    def _receiving(self, event: ReceivingEvent) -> None:
+        self.receiving = next_receiving(self.receiving, event)
 
     def _start_control(self, kind: str, frame: bytes, now: float) -> None:
         self._ctl = _Control(kind, frame, now, self._rto())
@@ -1195,3 +1329,28 @@ class SessionEngine:
 def _number(item: tuple) -> int:
     return item[0]
 
+
+_DATA = int(F.DATA)
+# What a client sends before it has the server's CreateSequenceResponse.
+_HANDSHAKE_FRAMES = frozenset({int(F.CREATE_SEQUENCE), int(F.PATH_RESPONSE)})
+# Every frame type a session acts on, and its handler (one per type; receive_frames
+# dispatches through this table).
+_HANDLERS = {int(kind): handler for kind, handler in {
+    F.CREATE_SEQUENCE: SessionEngine._on_create_sequence,
+    F.CREATE_SEQUENCE_RESPONSE: SessionEngine._on_create_sequence_response,
+    F.CREATE_SEQUENCE_REFUSED: SessionEngine._on_create_sequence_refused,
+    F.DATA: SessionEngine._on_data,
+    F.ACK: SessionEngine._on_ack,
+    F.NACK: SessionEngine._on_nack,
+    F.ACK_REQUESTED: SessionEngine._on_ack_requested,
+    F.CLOSE_SEQUENCE: SessionEngine._on_close_sequence,
+    F.CLOSE_SEQUENCE_RESPONSE: SessionEngine._on_close_sequence_response,
+    F.TERMINATE_SEQUENCE: SessionEngine._on_terminate_sequence,
+    F.TERMINATE_SEQUENCE_RESPONSE: SessionEngine._on_terminate_sequence_response,
+    F.FAULT: SessionEngine._on_fault,
+    F.RESUME: SessionEngine._on_resume,
+    F.RESUME_RESPONSE: SessionEngine._on_resume_response,
+    F.RETRY: SessionEngine._on_retry,
+    F.PATH_CHALLENGE: SessionEngine._on_path_challenge,
+    F.PATH_RESPONSE: SessionEngine._on_path_response,
+}.items()}

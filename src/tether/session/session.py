@@ -7,11 +7,16 @@ import asyncio
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
-from ..errors import RetryLimitExceeded, SequenceClosed, TetherError
+from ..errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
 from .engine import SessionEngine
 from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
 from .settings import SessionSettings
 from .timers import clock, timer_service
+
+# The most send_nowait() lets a session hold unacknowledged (queued or in flight); beyond
+# it SendQueueFull. send() waits at one window instead.
+SEND_NOWAIT_MAX_BYTES = 64 * 1024 * 1024
+SEND_NOWAIT_MAX_MESSAGES = 1 << 20
 
 
 class Link(Protocol):
@@ -165,20 +170,41 @@ class Session:
             self._schedule()
 
     def send_nowait(self, messages: list[bytes]) -> None:
-        """Queue messages without waiting for window space (the caller bounds its own
-        buffering, as the asyncio Transport adapter does)."""
+        """Queue messages without waiting for window space: the caller bounds its own
+        buffering (the asyncio Transport adapter pauses its protocol at its high-water
+        mark). Raises SendQueueFull, queueing nothing, when the session would then hold
+        more than SEND_NOWAIT_MAX_BYTES (64 MiB) or SEND_NOWAIT_MAX_MESSAGES (2**20)
+        unacknowledged."""
         if self._ended:
             raise self._error or SequenceClosed("the session is closed")
-        self._engine.send(messages, clock())
+        engine = self._engine
+        count = engine.unacknowledged_count + len(messages)
+        size = engine.unacknowledged_bytes + sum(map(len, messages))
+        if count > SEND_NOWAIT_MAX_MESSAGES or size > SEND_NOWAIT_MAX_BYTES:
+            raise SendQueueFull(
+                f"send_nowait() would leave {count} messages ({size} bytes) unacknowledged, "
+                f"beyond {SEND_NOWAIT_MAX_MESSAGES} messages or {SEND_NOWAIT_MAX_BYTES} bytes: "
+                f"wait for acknowledgements (send(), drain(), flush())")
+        engine.send(messages, clock())
         self._schedule()
 
     async def flush(self) -> None:
-        """Wait until every message sent so far has been acknowledged by the peer."""
+        """Wait until every message sent so far has been acknowledged by the peer (who is
+        asked to acknowledge at once rather than after its ack_interval)."""
+        self.ask_for_ack()
         while not self._engine.all_acknowledged:
             if self._ended:
                 raise self._error or SequenceClosed("the session ended before everything was acknowledged")
             self._schedule()
             await self._wait(self._flush_waiters)
+
+    def ask_for_ack(self) -> None:
+        """Ask the peer to acknowledge everything sent so far at once, without waiting (the
+        peer otherwise acknowledges within its ack_interval, or when this side's window is
+        nearly full). For callers that wait for acknowledgements by other means."""
+        if not self._ended and not self._engine.all_acknowledged:
+            self._engine.flush(clock())
+            self._schedule()
 
     # ---- receiving ----
 
@@ -259,16 +285,22 @@ class Session:
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush, then end the session gracefully (CloseSequence, TerminateSequence).
-        Raises the fault if the session fails while closing."""
+        Raises the fault if the session fails while closing. After `timeout` seconds (the
+        session's close_timeout unless given) the session is aborted (the peer gets
+        SequenceTerminated) and close() raises TimeoutError."""
         if self._ended:
             return
+        if timeout is None:
+            timeout = self._engine.settings.close_timeout
         self.start_close()
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._closed)
         except TimeoutError:
-            self.abort("close timed out")
-            raise
+            self.abort(f"close timed out after {timeout} s")
+            raise TimeoutError(
+                f"close() timed out after {timeout} s (close_timeout): the peer did not "
+                f"acknowledge everything; the session was aborted") from None
         if self._error is not None:
             raise self._error
 

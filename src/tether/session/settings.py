@@ -29,6 +29,9 @@ class SessionSettings:
     # Not in WCF's table: how long connect() waits for the handshake (and a TCP client for
     # a reconnect) before giving up.
     connect_timeout: float = 10.0
+    # WCF's CloseTimeout: the longest close() (and leaving `async with`) waits for the peer
+    # to acknowledge everything; then the session is aborted and close() raises TimeoutError.
+    close_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         _seconds("ack_interval", self.ack_interval, low=0.0, high=60.0, low_inclusive=True)
@@ -40,6 +43,7 @@ class SessionSettings:
         _flag("ordered", self.ordered)
         _integer("max_message_size", self.max_message_size, 1, MAX_MESSAGE_SIZE_LIMIT)
         _seconds("connect_timeout", self.connect_timeout, low=0.0, high=3600.0)
+        _seconds("close_timeout", self.close_timeout, low=0.0, high=86400.0)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "SessionSettings":

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from typing import Any, Iterable
 
-from ..errors import TetherError
+from ..errors import SendQueueFull, TetherError
 from ..session.session import Session
 
 log = logging.getLogger("tether.streams")
@@ -142,7 +142,7 @@ class SessionTransport(asyncio.Transport):
     async def _close_session(self) -> None:
         try:
             await self._session.close()
-        except TetherError:
+        except (TetherError, TimeoutError):
             pass  # the session's end callback hands the fault to connection_lost
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -253,11 +253,18 @@ class SessionTransport(asyncio.Transport):
             messages = [bytes(view[i:i + chunk]) for i in range(0, len(data), chunk)]
         try:
             self._session.send_nowait(messages)
+        except SendQueueFull as exc:
+            # the protocol went on writing far past pause_writing(): end the connection
+            self._force_close(exc, f"the writer ignored backpressure: {exc}")
         except TetherError:
             self._conn_lost += 1  # the session has ended; its end callback reports why
 
     def _maybe_pause_protocol(self) -> None:
-        if self._protocol_paused or self.get_write_buffer_size() <= self._high_water:
+        size = self.get_write_buffer_size()
+        if size > self._low_water:
+            # drain() waits for these acks: ask for them now, not after the peer's ack_interval
+            self._session.ask_for_ack()
+        if self._protocol_paused or size <= self._high_water:
             return
         self._protocol_paused = True
         try:
