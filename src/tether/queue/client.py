@@ -57,7 +57,7 @@ from .core.engine import check_group_id, check_priority, delivery_time
 from .core.headers import encode_headers, plain_headers
 from .core.info import QueueInfo
 from .core.settings import QueueSettings
-from .batch import ReceiveBatch, check_batch
+from .receive_batch import ReceiveBatch, check_batch
 from .group import AcceptGroup, check_accept
 from .message import Message
 from .opening import Opening

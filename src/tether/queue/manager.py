@@ -46,7 +46,7 @@ from .store.journal_store import (
 )
 from .store.memory import MemoryStore
 from .transaction import Transaction
-from .batch import ReceiveBatch, check_batch, more_in_turn
+from .receive_batch import ReceiveBatch, check_batch, more_in_turn
 from .group import AcceptGroup, LocalGroups, check_accept
 
 log = logging.getLogger("tether.queue")
@@ -415,7 +415,7 @@ class QueueManager:
         """`async with qm.receive_batch(name, max_messages, timeout) as batch:` up to
         `max_messages` messages received in one transaction (the first waited for up to
         `timeout` seconds, the rest taken if ready), completed in one journal record when
-        the block ends, returned as failed deliveries if it raises (batch.py)."""
+        the block ends, returned as failed deliveries if it raises (receive_batch.py)."""
         self._check_open()
         max_messages, timeout = check_batch(max_messages, timeout)
         return ReceiveBatch(self.transaction(), name, max_messages, timeout, more_in_turn)

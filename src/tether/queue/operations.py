@@ -281,20 +281,27 @@ class QueueOperations:
                 raise ValueError("receive timeout must be a number of seconds or None, not nan")
             if timeout <= 0:
                 return None
+        return await self._wait(timeout, lambda receiver: core.wait(name, receiver),
+                                lambda receiver: core.stop_waiting(name, receiver))
+
+    async def _wait(self, timeout: float | None, start: Callable[[_Receiver], None],
+                    stop: Callable[[_Receiver], None]) -> Entry | None:
+        """Wait in the core (`start` registers the receiver, `stop` removes it) up to
+        `timeout` seconds for an entry; None on timeout."""
         future = self._loop.create_future()
         receiver = _Receiver(future, self._give_back)
-        core.wait(name, receiver)
+        start(receiver)
         handle = None
         if timeout is not None:
-            handle = self._loop.call_later(timeout, self._timed_out, name, receiver)
+            handle = self._loop.call_later(timeout, self._timed_out, stop, receiver)
         try:
             entry = await future
         except asyncio.CancelledError:
-            core.stop_waiting(name, receiver)
+            stop(receiver)
             if future.done() and not future.cancelled() and future.exception() is None:
                 entry = future.result()
                 if entry is not None:    # handed over just as we were cancelled: give it back
-                    core.release(entry, entry.tag, self._clock())
+                    self.core.release(entry, entry.tag, self._clock())
                     self.settle()
             raise
         finally:
@@ -312,9 +319,10 @@ class QueueOperations:
         if not self._closed:
             self.release(entry, tag)
 
-    def _timed_out(self, name: str, receiver: _Receiver) -> None:
+    @staticmethod
+    def _timed_out(stop: Callable[[_Receiver], None], receiver: _Receiver) -> None:
         if not receiver.future.done():
-            self.core.stop_waiting(name, receiver)
+            stop(receiver)
             receiver.future.set_result(None)
 
     def release(self, entry: Entry, tag: int) -> bool:
@@ -449,32 +457,8 @@ class QueueOperations:
             return entry
         if timeout is not None and timeout <= 0:
             return None
-        future = self._loop.create_future()
-        receiver = _Receiver(future, self._give_back)
-        core.wait_in_group(group, holder, receiver)
-        handle = None
-        if timeout is not None:
-            handle = self._loop.call_later(timeout, self._in_group_timed_out, group, receiver)
-        try:
-            entry = await future
-        except asyncio.CancelledError:
-            core.stop_waiting_in_group(group, receiver)
-            if future.done() and not future.cancelled() and future.exception() is None:
-                entry = future.result()
-                if entry is not None:
-                    core.release(entry, entry.tag, self._clock())
-                    self.settle()
-            raise
-        finally:
-            if handle is not None:
-                handle.cancel()
-        self.settle()
-        return entry
-
-    def _in_group_timed_out(self, group: Any, receiver: _Receiver) -> None:
-        if not receiver.future.done():
-            self.core.stop_waiting_in_group(group, receiver)
-            receiver.future.set_result(None)
+        return await self._wait(timeout, lambda receiver: core.wait_in_group(group, holder, receiver),
+                                lambda receiver: core.stop_waiting_in_group(group, receiver))
 
     # ---- transactions ----
 
