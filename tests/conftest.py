@@ -53,3 +53,20 @@ async def qm(request, tmp_path):
         yield manager
     finally:
         await manager.close()
+
+
+@pytest.fixture(params=["embedded", "client"])
+async def api(request, tmp_path):
+    """(a queue manager with a service, what the test drives: the manager itself or a
+    QueueClient of its service): the same test embedded and over the wire."""
+    import tether
+
+    qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
+    try:
+        if request.param == "embedded":
+            yield qm, qm
+        else:
+            async with tether.QueueClient.connect(qm.services[0].url) as client:
+                yield qm, client
+    finally:
+        await qm.close()

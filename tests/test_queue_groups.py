@@ -260,18 +260,6 @@ def test_purge_and_peek_include_group_messages():
 
 # ---- the manager and the service ----
 
-@pytest.fixture(params=["embedded", "client"])
-async def api(request, tmp_path):
-    qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
-    try:
-        if request.param == "embedded":
-            yield qm, qm
-        else:
-            async with tether.QueueClient.connect(qm.services[0].url) as client:
-                yield qm, client
-    finally:
-        await qm.close()
-
 
 async def test_accept_group_end_to_end(api):
     qm, handle = api

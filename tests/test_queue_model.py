@@ -12,19 +12,6 @@ from tether import LockLost, PermissionDenied, QueueNotFound
 from tether.queue.auth import hash_password
 
 
-@pytest.fixture(params=["embedded", "client"])
-async def api(request, tmp_path):
-    """(the manager, what the test drives: the manager itself or a client of its service)."""
-    qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
-    try:
-        if request.param == "embedded":
-            yield qm, qm
-        else:
-            async with tether.QueueClient.connect(qm.services[0].url) as client:
-                yield qm, client
-    finally:
-        await qm.close()
-
 
 async def _drain(handle, name, n, timeout=5):
     out = []

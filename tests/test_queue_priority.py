@@ -171,18 +171,6 @@ def test_bad_options_are_refused_naming_them(options, error, word):
 
 # ---- embedded and through the service ----
 
-@pytest.fixture(params=["embedded", "client"])
-async def api(request, tmp_path):
-    qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
-    try:
-        if request.param == "embedded":
-            yield qm, qm
-        else:
-            async with tether.QueueClient.connect(qm.services[0].url) as client:
-                yield qm, client
-    finally:
-        await qm.close()
-
 
 async def test_priority_end_to_end(api):
     qm, handle = api

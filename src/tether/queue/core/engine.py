@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from datetime import datetime, timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ...errors import (
     LimitExceeded, LockLost, PoisonMessage, QueueError, QueueExists, QueueFull, QueueMessageTooLarge, QueueNotFound,
@@ -855,18 +855,7 @@ class QueueCore:
     def complete_many(self, receipts: list[tuple[Entry, int]], now: float) -> tuple[int | None, list[LockLost | None]]:
         """complete() of many entries in one record: the record to wait for, and per entry
         None or the LockLost refusing it."""
-        errors: list[LockLost | None] = []
-        record = None
-        for entry, tag in receipts:
-            try:
-                number = self.complete(entry, tag, now)
-            except LockLost as exc:
-                errors.append(exc)
-                continue
-            errors.append(None)
-            if number is not None:
-                record = number
-        return record, errors
+        return self._each(self.complete, receipts, now)
 
     def forwarded(self, entry: Entry, tag: int, now: float) -> int | None:
         """A transmission queue's message was accepted by its target: complete it, or, when
@@ -883,11 +872,18 @@ class QueueCore:
 
     def forwarded_many(self, receipts: list[tuple[Entry, int]], now: float) -> tuple[int | None, list[LockLost | None]]:
         """forwarded() of many entries in one record (as complete_many)."""
+        return self._each(self.forwarded, receipts, now)
+
+    @staticmethod
+    def _each(settle: Callable[[Entry, int, float], int | None], receipts: list[tuple[Entry, int]],
+              now: float) -> tuple[int | None, list[LockLost | None]]:
+        """`settle` for every receipt, the records joined: the last record to wait for, and
+        per entry None or the LockLost refusing it."""
         errors: list[LockLost | None] = []
         record = None
         for entry, tag in receipts:
             try:
-                number = self.forwarded(entry, tag, now)
+                number = settle(entry, tag, now)
             except LockLost as exc:
                 errors.append(exc)
                 continue
