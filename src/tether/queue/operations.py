@@ -345,19 +345,16 @@ class QueueOperations:
 
     async def complete_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
         """complete() of many (entry, tag) pairs in one record; per pair None or the error."""
-        record, errors = self.core.complete_many(receipts, self._clock())
-        self.settle()
-        if record is not None:
-            try:
-                await self.writer.wait(record)
-            except QueueError as exc:
-                return [exc if e is None else e for e in errors]
-        return list(errors)
+        return await self._settled(*self.core.complete_many(receipts, self._clock()))
 
     async def forwarded_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
         """Settle forwarded messages their target accepted (completed, or moved to $journal),
         in one record; per pair None or the error."""
-        record, errors = self.core.forwarded_many(receipts, self._clock())
+        return await self._settled(*self.core.forwarded_many(receipts, self._clock()))
+
+    async def _settled(self, record: int | None, errors: list) -> list[BaseException | None]:
+        """Wait for the record settling many entries: per entry None or its error (the
+        record's own failure for those the core took)."""
         self.settle()
         if record is not None:
             try:
