@@ -48,11 +48,12 @@ ACK_ELICITING_THRESHOLD = 2
 K_DEFAULT_ACK_DELAY = 0.2
 MAX_ACK_DELAY_US = 60_000_000
 MAX_FRAMES_PER_PACKET = 8192
-# Room kept in a data packet for a piggybacked ack: 32 ranges of two uint64 and a header on
-# big datagrams; a quarter of a small (MTU-sized) datagram, with fewer ranges to fit.
-ACK_RESERVE = 1024
+# An ack's size: a header and two uint64 per range; it holds as many ranges as fit a
+# packet, at most MAX_ACK_RANGES.
 ACK_RANGE_BYTES = 18
 ACK_HEADER_BYTES = 32
+# Room for a DATA frame's own fields around a fragment (fragment_size).
+FRAGMENT_OVERHEAD = 64
 FIRST_NUMBER = 1
 # Pacing (UDP, with congestion control): a burst is at most this many packets or this much
 # of the pacing rate, whichever is more (a timer per packet would cost more than it saves),
@@ -108,12 +109,14 @@ class SessionEngine:
         self._rtt = core.RttEstimator(K_INITIAL_RTT, MIN_RTO, MAX_RTO)
         self._cc = (NewReno(max_packet_size, window) if (not reliable_transport and settings.flow_control)
                     else None)
-        ack_reserve = min(ACK_RESERVE, max_packet_size // 4)
-        self._max_ack_ranges = max(1, min(MAX_ACK_RANGES, (ack_reserve - ACK_HEADER_BYTES) // ACK_RANGE_BYTES))
-        self._max_body = max_packet_size - ack_reserve
+        self._max_ack_ranges = max(1, min(MAX_ACK_RANGES, (max_packet_size - ACK_HEADER_BYTES) // ACK_RANGE_BYTES))
+        # DATA fills whole packets: acks and other control frames travel after the data, in
+        # a packet of their own (packets_to_send), so a burst is a run of equal-sized
+        # packets (one GSO send) ended by a shorter one.
+        self._max_body = max_packet_size
         self._ack_request = self._codec.encode_frame((F.ACK_REQUESTED, session_id))
         # UDP: a message larger than a datagram goes as fragments.
-        self._fragment_size = None if reliable_transport else self._max_body - 64
+        self._fragment_size = None if reliable_transport else self._max_body - FRAGMENT_OVERHEAD
         self.state = State.CONNECTING if is_client else State.ESTABLISHED
         self.error: TetherError | None = None
         self.peer_window = window
@@ -155,7 +158,6 @@ class SessionEngine:
         # Server: the client sent something only an established client sends, so it has our
         # CreateSequenceResponse (until then a move repeats the response: peer_moved).
         self._peer_confirmed = is_client
-        self._resume_frame: bytes | None = None
         self._address_token: bytes | None = None   # UDP client: from the server's Retry
 
         self._last_heard = now
@@ -861,8 +863,9 @@ class SessionEngine:
             self._control_out.append(self._ctl.frame)
             self._ctl.deadline = now + self._rto()
         if self.state is not State.CONNECTING:
-            self._resume_frame = self._codec.encode_frame((F.RESUME, self.session_id, self.token))
-            self._control_out.insert(0, self._resume_frame)
+            # Resume leads the stream: the server's demux checks the token (and binds the
+            # new TCP connection) on the first frame.
+            self._control_out.insert(0, self._codec.encode_frame((F.RESUME, self.session_id, self.token)))
             self._resend_everything(now)
         self._last_heard = now
 
@@ -1052,29 +1055,30 @@ class SessionEngine:
 
     def packets_to_send(self, now: float) -> list[bytes]:
         """Packet bodies to send now (each at most max_packet_size unless one message alone
-        is larger, TCP only). Acks ride on data when there is any."""
+        is larger, TCP only). DATA fills whole packets; an ack, AckRequested and the close
+        handshake's frames follow in a packet of their own (or alone when there is no data),
+        so a burst is equal-sized packets ended by a shorter one: one GSO run."""
         frames: list[bytes] = []
         if self._control_out:
             frames.extend(self._control_out)
             self._control_out = []
-        data_sent = False
+        data: list[bytes] = []
+        tail: list[bytes] = []
         if self.state in OPEN_STATES:
             try:
                 if self._resend:
                     resend, self._resend = self._resend, []
                     self._nacked.clear()
                     resend.sort(key=_number)
-                    frames.extend(self._encode_runs(resend))
-                    data_sent = True
-                new = self._take_new(now)
+                    data.extend(self._encode_runs(resend))
+                data.extend(self._take_new(now))
             except TetherError as exc:
                 self._fault(exc, now)
+                frames.extend(data)
                 frames.extend(self._control_out)
                 self._control_out = []
                 return self._pack(frames, now)
-            if new:
-                frames.extend(new)
-                data_sent = True
+            data_sent = bool(data)
             if self._ask and not data_sent and self.all_acknowledged:
                 self._ask = False   # (the acks came meanwhile)
             if self._ask or (data_sent and self._window_nearly_full()):
@@ -1082,18 +1086,20 @@ class SessionEngine:
                 # packet: ask at once only when an ack is what we wait for (a window nearly
                 # full, flush, close, a retransmission timeout).
                 self._ask = False
-                frames.append(self._ack_request)
+                tail.append(self._ack_request)
             self._advance_close(now)
             if self._control_out:
-                frames.extend(self._control_out)
+                tail.extend(self._control_out)
                 self._control_out = []
             if self._ack_now or (self._ack_deadline is not None and (data_sent or now >= self._ack_deadline)):
-                # Resume leads its packet: the server's demux checks the token (and binds a
-                # new TCP connection) on the first frame.
-                frames.insert(1 if frames and frames[0] is self._resume_frame else 0, self._ack_frame())
-        if not frames:
-            return []
-        return self._pack(frames, now)
+                tail.append(self._ack_frame())
+        if not data:
+            return self._pack(frames + tail, now)
+        frames.extend(data)
+        packets = self._pack(frames, now)
+        if tail:
+            packets.extend(self._pack(tail, now))
+        return packets
 
     def _window_nearly_full(self) -> bool:
         """After a burst: nothing (or at most a quarter of a window) more may go before an
