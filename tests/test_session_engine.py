@@ -411,6 +411,7 @@ def test_unordered_delivers_on_arrival_exactly_once(core) -> None:
 def test_rto_backoff_doubles_then_retry_limit_exceeded(core) -> None:
     p = Pair(core=core, client={"max_retry_count": 4})
     p.client.send([b"lost"], p.now)
+    p.client.flush(p.now)     # with an AckRequested, as every probe: no wait for the ack delay
     p.client.packets_to_send(p.now)              # the peer never hears it
     times = [p.now]
     for _ in range(4):
@@ -1338,6 +1339,23 @@ def test_ack_for_a_number_never_sent_is_invalid_acknowledgement(core) -> None:
     assert isinstance(p.client.error, InvalidAcknowledgement)
     (fault,) = [f for f in frames_of(core, p.client.packets_to_send(p.now)) if f[0] == F.FAULT]
     assert fault[2] == InvalidAcknowledgement.code
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_ack_opening_more_than_the_peers_window_is_a_protocol_error(core, ordered) -> None:
+    """A genuine ack's bound (floor + buffer + what is held above a gap) is at most the
+    receiver's window above the floor: a larger one (a corrupted ack) would have the sender
+    overrun the window, so it faults the session instead of being believed."""
+    p = Pair(core=core, client={"ordered": ordered}, server={"max_transfer_window": 4})
+    assert p.client.peer_window == 4
+    p.client.send([b"a", b"b", b"c"], p.now)
+    p.client.packets_to_send(p.now)
+    # the most a window of 4 can say: 1 received, 3 held above a gap or free
+    fine = [(1, 1), (3, 3)] if ordered else [(1, 1)]
+    p.client.receive_packet(core.codec.encode_ack(SESSION_ID, fine, 4 - len(fine) + 1, False), p.now)
+    assert p.client.error is None and p.client._send_limit == 6
+    p.client.receive_packet(core.codec.encode_ack(SESSION_ID, [(1, 1)], 5, False), p.now)
+    assert isinstance(p.client.error, ProtocolError) and "peer's window 4" in str(p.client.error)
 
 
 @pytest.mark.parametrize("frame", [

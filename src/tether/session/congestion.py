@@ -57,6 +57,14 @@ class NewReno:
                             K_MINIMUM_WINDOW_PACKETS * self.datagram_size)
         self.cwnd = self.ssthresh
 
+    def on_persistent_congestion(self) -> None:
+        """RFC 9002 7.6.2: everything sent over several probe timeouts went unacknowledged:
+        the window falls to the minimum (slow start then finds the path again up to half
+        what it was)."""
+        self.ssthresh = max(self.cwnd * K_LOSS_REDUCTION_FACTOR,
+                            K_MINIMUM_WINDOW_PACKETS * self.datagram_size)
+        self.cwnd = K_MINIMUM_WINDOW_PACKETS * self.datagram_size
+
     def pacing_rate(self, srtt: float | None) -> float | None:
         """Bytes per second to pace new data at (None: no RTT yet, or a zero one)."""
         if not srtt:

@@ -61,11 +61,19 @@ FIRST_NUMBER = 1
 PACING_BURST_PACKETS = 16
 PACING_BURST_TIME = 0.002
 PACING_MIN_WAIT = 0.0005
-# UDP: the first retransmission timeout after acks arrived resends at most this many
+# UDP: the first probe timeout (PTO) after acks arrived resends at most this many
 # messages (the lowest due); each timeout that follows without a fresh RTT sample doubles
 # it. A receiver that merely stalled longer than an RTO then costs a few duplicates, not a
 # window of them; a path that lost a whole window is resent in doubling bursts.
 RTO_BURST = 16
+# RFC 9002 6.1.2: a message is lost once a later transmission arrived and it was sent 9/8
+# of an RTT (the larger of the smoothed and the latest) ago, and at least this long ago.
+K_TIME_THRESHOLD = 9 / 8
+K_GRANULARITY = 0.001
+# RFC 9002 7.6: probe timeouts in a row with nothing acknowledged, spanning about three
+# PTOs (1 + 2 + 4 with the backoff), mean persistent congestion: the window collapses to
+# its minimum. A single timeout changes nothing (it sends probes, declares no loss).
+K_PERSISTENT_CONGESTION_PTOS = 3
 # TerminateSequence is resent this many times at most (like TCP's LAST_ACK, short): by then
 # both sequences are closed and acknowledged, so only the peer's bookkeeping is at stake.
 K_TERMINATE_RETRIES = 3
@@ -166,6 +174,9 @@ class SessionEngine:
         # within an RTO of that (RFC 6298 5.3: the timer restarts when new data is acked).
         self._last_progress = now
         self._rto_burst = RTO_BURST
+        self._latest_rtt = 0.0               # the latest RTT sample (loss detection's time threshold)
+        self._ptos = 0                       # probe timeouts since an ack last acknowledged news
+        self._tail_asked = False             # the last data sent went with an AckRequested
         self._keepalive = settings.keepalive_interval
         self._probe_at = -1.0                # UDP: when the last keepalive went out
         self._probes_unanswered = 0          # ... and how many in a row nothing answered
@@ -637,10 +648,12 @@ class SessionEngine:
             count, nbytes, samples = sw.apply_ack(ranges, now)
             if samples:
                 self._rtt.update_many(samples)
+                self._latest_rtt = samples[-1]
                 self._rto_burst = RTO_BURST    # first transmissions arrive again
             if count:
                 self.messages_acked += count
                 self._last_progress = now
+                self._ptos = 0
                 if self._cc is not None:
                     self._cc.on_acked(nbytes)
                 # Acked messages need not be fragments: the gate opens again only once no
@@ -648,7 +661,7 @@ class SessionEngine:
                 if self._fragments_queued and not sw.in_flight and not self.pending_count:
                     self._fragments_queued = 0
             if not self.reliable_transport and sw.in_flight:
-                lost = sw.fast_retransmit(now)
+                lost = sw.detect_lost(now, self._loss_delay())
                 if lost:
                     self.fast_retransmits += 1
                     self._lost(lost)
@@ -662,6 +675,12 @@ class SessionEngine:
         if self.settings.ordered:
             for lo, hi in above:
                 limit += hi - lo + 1
+        if limit - floor > self.peer_window:
+            # Its buffer and what it holds out of order fit its window (the handshake's): a
+            # larger bound is no ack the peer made (a corrupted one would have us overrun
+            # its window, each refused message backing off its retransmissions for ever).
+            raise ProtocolError(f"ack opens {limit - floor} messages above {floor}, more than "
+                                f"the peer's window {self.peer_window}")
         if limit > self._send_limit:
             self._send_limit = limit
         self._advance_close(now)
@@ -671,6 +690,37 @@ class SessionEngine:
         self.messages_resent += len(lost)
         if self._cc is not None:
             self._cc.on_lost(max(n for n, _ in lost), self._sw.next_number)
+
+    def _timed_out(self, now: float) -> None:
+        """UDP, messages in flight: what the time threshold declares lost by now is resent
+        (RFC 9002 6.1.2), and after a probe timeout with no ack making progress the lowest
+        messages due go again as probes, with an AckRequested (6.2.4). A probe declares no
+        loss and leaves the congestion window alone; only K_PERSISTENT_CONGESTION_PTOS of
+        them in a row collapse it (7.6)."""
+        sw = self._sw
+        loss_delay = self._loss_delay()
+        lost_at = sw.loss_deadline(loss_delay)
+        if lost_at is not None and now >= lost_at:
+            lost = sw.detect_lost(now, loss_delay)
+            if lost:
+                self.fast_retransmits += 1
+                self._lost(lost)
+        if not sw.in_flight or now < self._last_progress + self._data_rto():
+            return
+        due = sw.retransmit_due(now, self._data_rto(), MAX_RTO, self._rto_burst)
+        if not due:
+            return
+        self.retransmission_timeouts += 1
+        self._resend.extend(due)
+        self.messages_resent += len(due)
+        self._ptos += 1
+        if self._cc is not None and self._ptos >= K_PERSISTENT_CONGESTION_PTOS:
+            self._cc.on_persistent_congestion()
+        # restart the timer (RFC 6298 5.6): what else is due waits an RTO more, or for acks
+        # showing it arrived (or lost: loss detection)
+        self._last_progress = now
+        self._rto_burst = min(self._rto_burst * 2, 1 << 20)
+        self._ask = True    # acks stopped coming: ask for the news at once
 
     # ---- one handler per frame type (_HANDLERS, at the end of this module) ----
 
@@ -944,8 +994,17 @@ class SessionEngine:
         return self._rtt.rto
 
     def _data_rto(self) -> float:
-        # Data: the peer may delay its ack by its ack_interval (RFC 9002 6.2.1's max_ack_delay).
+        # Data: the probe timeout (RFC 9002 6.2.1). The peer may delay its ack by its
+        # ack_interval (max_ack_delay), unless the last data went with an AckRequested,
+        # which it answers at once.
+        if self._tail_asked:
+            return self._rtt.rto
         return self._rtt.rto + self.peer_ack_delay
+
+    def _loss_delay(self) -> float:
+        srtt = self._rtt.srtt
+        return max(K_TIME_THRESHOLD * max(srtt if srtt is not None else K_INITIAL_RTT, self._latest_rtt),
+                   K_GRANULARITY)
 
     def next_timer(self) -> float | None:
         """The earliest time handle_timer must be called; None when the session is over."""
@@ -963,6 +1022,9 @@ class SessionEngine:
         if self._pace_next is not None and self.pending_count and self.state in OPEN_STATES:
             t = min(t, self._pace_next)
         if not self.reliable_transport and self._sw.in_flight:
+            lost_at = self._sw.loss_deadline(self._loss_delay())
+            if lost_at is not None and lost_at < t and self.state in OPEN_STATES:
+                t = lost_at
             rto = self._data_rto()
             deadline = self._sw.next_deadline(rto, MAX_RTO)
             if deadline is not None:
@@ -1029,21 +1091,12 @@ class SessionEngine:
             self._ack_now = True
         if self._pace_next is not None and now >= self._pace_next:
             self._pace_next = None     # packets_to_send takes what the pacer allows now
-        if (not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES
-                and now >= self._last_progress + self._data_rto()):
+        if not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES:
             try:
-                due = self._sw.retransmit_due(now, self._data_rto(), MAX_RTO, self._rto_burst)
+                self._timed_out(now)
             except RetryLimitExceeded as exc:
                 self._fault(exc, now)
                 return
-            if due:
-                self.retransmission_timeouts += 1
-                self._lost(due)
-                # restart the timer (RFC 6298 5.6): what else is due waits an RTO more, or
-                # for acks showing it arrived (or lost: fast retransmit)
-                self._last_progress = now
-                self._rto_burst = min(self._rto_burst * 2, 1 << 20)
-                self._ask = True    # acks stopped coming: ask for the news at once
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
             self._control_out.append(self._ack_request)
             if self._last_heard >= self._probe_at:
@@ -1087,6 +1140,9 @@ class SessionEngine:
                 # full, flush, close, a retransmission timeout).
                 self._ask = False
                 tail.append(self._ack_request)
+                self._tail_asked = True
+            elif data_sent:
+                self._tail_asked = False
             self._advance_close(now)
             if self._control_out:
                 tail.extend(self._control_out)
