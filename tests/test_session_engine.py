@@ -1442,17 +1442,12 @@ def test_abort_tells_the_peer(core) -> None:
     assert p.demux.sessions == {SESSION_ID: p.server}   # the adapter removes it on SessionEnded
 
 
-def test_repeated_nacks_resend_each_message_once(core) -> None:
-    """A NACK is the peer's claim: however often one packet (or several before we send)
-    names a message, it is resent once, so a small packet cannot multiply our output."""
-    p = Pair(core=core, client={"max_transfer_window": 16})
-    sent = [b"m%d" % i + b"x" * 1000 for i in range(1, 5)]
-    p.client.send(sent, p.now)
-    p.client.packets_to_send(p.now)                       # all lost
-    nack = core.codec.encode_frame((F.NACK, SESSION_ID, [1, 2, 3, 4, 2]))
-    p.client.receive_packet(nack * 500, p.now)
-    p.client.receive_packet(nack * 3, p.now)
-    resent = [payload for f in p.frames(p.client.packets_to_send(p.now)) if f[0] == F.DATA
-              for payload in f[3]]
-    assert sorted(resent) == sorted(sent)
-    assert p.client.stats["resent"] == 4
+def test_a_frame_of_the_retired_nack_type_is_a_protocol_error(core) -> None:
+    """Type 6 was NACK: loss detection resends from the ACK's ranges (packet and time
+    thresholds), so a NACK would add nothing; the number is refused like any unknown type."""
+    p = Pair(core=core)
+    p.client.send([b"a"], p.now)
+    p.client.packets_to_send(p.now)
+    p.exchange()
+    p.server.receive_packet(msgpack.packb([6, SESSION_ID, [1]]), p.now)
+    assert isinstance(p.server.error, ProtocolError) and "unknown frame type 6" in str(p.server.error)

@@ -143,7 +143,6 @@ class SessionEngine:
         self._pending_bytes = 0
         self._fragments_queued = 0        # nonzero while a Fragment may be in _pending or the send window
         self._resend: list = []           # (number, payload) to retransmit
-        self._nacked: set = set()         # numbers a NACK put in _resend since the last send
         self._control_out: list[bytes] = []
         self._ctl: _Control | None = None
 
@@ -650,12 +649,14 @@ class SessionEngine:
                 self._rtt.update_many(samples)
                 self._latest_rtt = samples[-1]
                 self._rto_burst = RTO_BURST    # first transmissions arrive again
+                if self._cc is not None:
+                    self._cc.on_rtt(samples[-1])
             if count:
                 self.messages_acked += count
                 self._last_progress = now
                 self._ptos = 0
                 if self._cc is not None:
-                    self._cc.on_acked(nbytes)
+                    self._cc.on_acked(nbytes, now, self._rtt.srtt)
                 # Acked messages need not be fragments: the gate opens again only once no
                 # Fragment can be left anywhere (nothing in flight, nothing pending).
                 if self._fragments_queued and not sw.in_flight and not self.pending_count:
@@ -675,9 +676,10 @@ class SessionEngine:
         if self.settings.ordered:
             for lo, hi in above:
                 limit += hi - lo + 1
-        if limit - floor > self.peer_window:
-            # Its buffer and what it holds out of order fit its window (the handshake's): a
-            # larger bound is no ack the peer made (a corrupted one would have us overrun
+        if limit - floor > self.peer_window and self.state is not State.CONNECTING:
+            # Its buffer and what it holds out of order fit its window (known once the
+            # handshake is done: an ack may overtake the response): a larger bound is no
+            # ack the peer made (a corrupted one would have us overrun
             # its window, each refused message backing off its retransmissions for ever).
             raise ProtocolError(f"ack opens {limit - floor} messages above {floor}, more than "
                                 f"the peer's window {self.peer_window}")
@@ -852,21 +854,6 @@ class SessionEngine:
         ctl.frame = self._create_frame()
         self._control_out.append(ctl.frame)
 
-    def _on_nack(self, frame: tuple, now: float) -> None:
-        # A NACK is the peer's claim: each unacked message it names is queued once until
-        # the next send, however many NACKs repeat it, so a packet of them cannot multiply
-        # our output (or our work: only new numbers cost a scan of the window).
-        numbers = frame[2]
-        sw = self._sw
-        low, high, queued = sw.lowest_unacked, sw.next_number, self._nacked
-        wanted = {n for n in numbers if low <= n < high and n not in queued}
-        if not wanted:
-            return
-        resend = [(n, p) for n, p in sw.unacked() if n in wanted]
-        queued.update(n for n, _ in resend)
-        self._resend.extend(resend)
-        self.messages_resent += len(resend)
-
     def _check_incoming_closed(self) -> None:
         last = self._incoming_last
         if last is None or self._rw.floor <= last:
@@ -941,7 +928,6 @@ class SessionEngine:
             return
         if self._sw.in_flight:
             self._resend = self._sw.unacked()
-            self._nacked.clear()
             self._sw.mark_all_sent(now, reset_retries=True)
             self.messages_resent += len(self._resend)
         ctl = self._ctl
@@ -1030,7 +1016,7 @@ class SessionEngine:
             if deadline is not None:
                 # Acks that acknowledge new messages push every timeout back (RFC 6298 5.3):
                 # a receiver draining a deep queue is slow, not losing, and messages lost
-                # among acknowledged ones are found by fast retransmit.
+                # among acknowledged ones are found by loss detection.
                 deadline = max(deadline, self._last_progress + rto)
                 if deadline < t:
                     t = deadline
@@ -1121,7 +1107,6 @@ class SessionEngine:
             try:
                 if self._resend:
                     resend, self._resend = self._resend, []
-                    self._nacked.clear()
                     resend.sort(key=_number)
                     data.extend(self._encode_runs(resend))
                 data.extend(self._take_new(now))
@@ -1403,7 +1388,6 @@ _HANDLERS = {int(kind): handler for kind, handler in {
     F.CREATE_SEQUENCE_REFUSED: SessionEngine._on_create_sequence_refused,
     F.DATA: SessionEngine._on_data,
     F.ACK: SessionEngine._on_ack,
-    F.NACK: SessionEngine._on_nack,
     F.ACK_REQUESTED: SessionEngine._on_ack_requested,
     F.CLOSE_SEQUENCE: SessionEngine._on_close_sequence,
     F.CLOSE_SEQUENCE_RESPONSE: SessionEngine._on_close_sequence_response,
