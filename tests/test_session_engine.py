@@ -1451,3 +1451,65 @@ def test_a_frame_of_the_retired_nack_type_is_a_protocol_error(core) -> None:
     p.exchange()
     p.server.receive_packet(msgpack.packb([6, SESSION_ID, [1]]), p.now)
     assert isinstance(p.server.error, ProtocolError) and "unknown frame type 6" in str(p.server.error)
+
+
+# ---- loss detection and probe timeouts (RFC 9002 6.1, 6.2, 7.6) ----
+
+def _sent_packets(p: Pair, payloads: list, ask: bool = False) -> list[bytes]:
+    p.client.send(payloads, p.now)
+    if ask:
+        p.client.flush(p.now)
+    return [body for body in p.client.packets_to_send(p.now) if F.DATA in p.kinds([body])]
+
+
+def test_time_threshold_resends_a_message_lost_before_one_that_arrived(core) -> None:
+    """Two messages in two packets, the first lost: one later transmission arrived, short of
+    the packet threshold, so the time threshold (9/8 RTT after it was sent) finds the loss,
+    on a timer well before any timeout, and no timeout fires."""
+    p = Pair(core=core)
+    p.advance(0.01)
+    first, second = _sent_packets(p, [b"a" * 1000, b"b" * 1000])
+    p.route(second)                             # the first is lost; the gap is acked at once
+    p.advance(0.002)
+    p.to_client()
+    stats = p.client.stats
+    assert stats["resent"] == 0 and stats["fast_retransmits"] == 0
+    rtt = stats["rtt"]
+    deadline = p.client.next_timer()
+    assert deadline <= p.now - 0.002 + 9 / 8 * max(rtt, 0.002) + 1e-9 < p.now + stats["rto"]
+    p.fire(p.client)
+    resent = [f for f in p.frames(p.client.packets_to_send(p.now)) if f[0] == F.DATA]
+    assert [(f[2], f[3]) for f in resent] == [(1, [b"a" * 1000])]
+    stats = p.client.stats
+    assert (stats["fast_retransmits"], stats["retransmission_timeouts"], stats["resent"]) == (1, 0, 1)
+
+
+def test_probe_timeouts_leave_the_window_alone_until_persistent_congestion(core) -> None:
+    p = Pair(core=core, client={"max_retry_count": 10})
+    p.exchange()
+    cwnd = p.client.stats["cwnd"]
+    assert cwnd > 2 * DATAGRAM
+    _sent_packets(p, [b"x" * 100])              # lost, and every probe after it
+    for timeouts in (1, 2):
+        p.fire(p.client)
+        assert F.DATA in p.kinds(p.client.packets_to_send(p.now))
+        assert p.client.stats["retransmission_timeouts"] == timeouts
+        assert p.client.stats["cwnd"] == cwnd   # a probe declares no loss
+    p.fire(p.client)
+    p.client.packets_to_send(p.now)
+    assert p.client.stats["retransmission_timeouts"] == 3
+    assert p.client.stats["cwnd"] == 2 * DATAGRAM   # persistent congestion
+    assert p.client.stats["fast_retransmits"] == 0
+
+
+def test_an_ack_that_was_asked_for_is_not_waited_for_with_the_peers_ack_delay(core) -> None:
+    """The probe timeout includes the peer's ack delay only when the last data went without
+    an AckRequested (which the peer answers at once)."""
+    p = Pair(core=core, server={"ack_interval": 0.5})
+    assert p.client.peer_ack_delay == 0.5
+    _sent_packets(p, [b"quiet"])                # no AckRequested: the peer may wait 0.5 s
+    quiet = p.client.next_timer() - p.now
+    p2 = Pair(core=core, server={"ack_interval": 0.5})
+    _sent_packets(p2, [b"asked"], ask=True)     # with an AckRequested
+    asked = p2.client.next_timer() - p2.now
+    assert quiet == pytest.approx(asked + 0.5)
