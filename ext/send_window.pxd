@@ -48,3 +48,4 @@ cdef class SendWindow:
     cdef void _note_transmission(self, double now) noexcept nogil
     cdef Py_ssize_t _parse_ranges(self, list ranges) except -1
     cdef list _resend(self, Py_ssize_t count, double now)
+    cdef double _scan_lost(self, double delay, double t, Py_ssize_t* count, bint* found) noexcept nogil

@@ -478,6 +478,32 @@ cdef class SendWindow:
             index = slot.newer
         return best
 
+    cdef double _scan_lost(self, double delay, double t, Py_ssize_t* count, bint* found) noexcept nogil:
+        """Walk the transmissions older than the newest one known to have arrived (the list
+        is in serial order: stop at the first that is not). With `count`, put the window
+        offsets of those lost by either threshold at `t` into _picked; return the earliest
+        last_sent + delay of the others (all of them without `count`), `found` saying
+        whether there was one."""
+        cdef uint64_t lowest = self._next - <uint64_t>self._span
+        cdef uint64_t largest = self._largest_acked_serial
+        cdef double best = INFINITY, deadline
+        cdef uint32_t index = self._oldest
+        cdef SentSlot* slot
+        found[0] = False
+        while index != NIL:
+            slot = &self._slots[index]
+            if slot.serial >= largest:
+                break
+            deadline = slot.last_sent + delay
+            if count != NULL and (slot.serial + _K_PACKET_THRESHOLD <= largest or deadline <= t):
+                self._picked[count[0]] = <uint32_t>((index - lowest) & self._mask)
+                count[0] += 1
+            elif not found[0] or deadline < best:
+                best = deadline
+                found[0] = True
+            index = slot.newer
+        return best
+
     def detect_lost(self, now, loss_delay, limit=-1) -> list:
         """Messages declared lost (RFC 9002 6.1): transmitted before the newest transmission
         known to have arrived, and K_PACKET_THRESHOLD or more transmissions before it
@@ -487,21 +513,9 @@ cdef class SendWindow:
         cdef double t = _time(now, "now")
         cdef double delay = _delay(loss_delay)
         cdef Py_ssize_t most = _limit(limit)
-        cdef uint64_t lowest = self._next - <uint64_t>self._span
-        cdef uint64_t largest = self._largest_acked_serial
         cdef Py_ssize_t count = 0
-        cdef uint32_t index = self._oldest
-        cdef SentSlot* slot
-        # The list is in serial order: stop at the first transmission not before the newest
-        # one known to have arrived.
-        while index != NIL:
-            slot = &self._slots[index]
-            if slot.serial >= largest:
-                break
-            if slot.serial + _K_PACKET_THRESHOLD <= largest or slot.last_sent + delay <= t:
-                self._picked[count] = <uint32_t>((index - lowest) & self._mask)
-                count += 1
-            index = slot.newer
+        cdef bint found
+        self._scan_lost(delay, t, &count, &found)
         qsort(self._picked, count, sizeof(uint32_t), _compare_offsets)
         if most != -1 and count > most:
             count = most
@@ -512,19 +526,8 @@ cdef class SendWindow:
         earliest last_sent + loss_delay of a message transmitted before the newest
         transmission known to have arrived; None when there is none."""
         cdef double delay = _delay(loss_delay)
-        cdef uint64_t largest = self._largest_acked_serial
-        cdef double best = INFINITY
-        cdef bint found = False
-        cdef uint32_t index = self._oldest
-        cdef SentSlot* slot
-        while index != NIL:
-            slot = &self._slots[index]
-            if slot.serial >= largest:
-                break
-            if not found or slot.last_sent + delay < best:
-                best = slot.last_sent + delay
-                found = True
-            index = slot.newer
+        cdef bint found
+        cdef double best = self._scan_lost(delay, INFINITY, NULL, &found)
         return best if found else None
 
     # ---- resume ----
