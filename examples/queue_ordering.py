@@ -10,7 +10,7 @@ async def main():
         await qm.create_queue("orders")
         await qm.send("orders", b"routine")                  # priority 3 by default
         await qm.send("orders", b"urgent", priority=7)       # 0..7, higher first
-        await qm.send("orders", b"later", delay=1)           # invisible for 1 s
+        await qm.send("orders", b"later", delay=2)           # invisible for 2 s
         await qm.send_many("orders", [b"cart: add", b"cart: pay"], group_id="cart-42")
         print("peek:", [m.body for m in await qm.peek("orders", 10)])   # no lock, nothing counted
 
@@ -19,7 +19,7 @@ async def main():
                 async with msg:                                         # when none is ready
                     print(group.group_id, msg.body)
 
-        async for msg in qm.consume("orders", timeout=2):    # ends after 2 s without a message
+        async for msg in qm.consume("orders", timeout=3):    # ends after 3 s without a message
             async with msg:
                 print("consumed:", msg.body)
 
