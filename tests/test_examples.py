@@ -17,6 +17,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -82,13 +83,26 @@ def test_example_prints_its_expected_output(path: pathlib.Path, tmp_path: pathli
         command = [sys.executable, str(path)]
     work = tmp_path / "work"
     work.mkdir()
-    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, f"{path.name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    actual = done.stdout.splitlines()
+    stdout, stderr, returncode = run(command, work, env)
+    assert returncode == 0, f"{path.name} exited {returncode}:\n{stdout}\n{stderr}"
+    actual = stdout.splitlines()
     wrong = [(e, a) for e, a in zip(expected, actual) if not matches(e, a)]
     assert len(actual) == len(expected) and not wrong, (
-        f"{path.name} printed:\n{done.stdout}\nexpected:\n" + "\n".join(expected)
-        + f"\nstderr:\n{done.stderr}")
+        f"{path.name} printed:\n{stdout}\nexpected:\n" + "\n".join(expected) + f"\nstderr:\n{stderr}")
+
+
+def run(command: list[str], cwd: pathlib.Path, env: dict[str, str]) -> tuple[str, str, int]:
+    """(stdout, stderr, exit status) of `command`, in a process group of its own so that
+    on a timeout what it started (a `tether qm serve`) is killed with it."""
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{command[-1]} did not finish within {TIMEOUT:g} s:\n{stdout}\n{stderr}")
+    return stdout, stderr, process.returncode
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -97,7 +111,7 @@ def test_readme_shows_the_example_and_its_output(path: pathlib.Path):
     block = f"```{LANGUAGE[path.suffix]}\n{code}```\n"
     assert block in README, f"README.md does not show examples/{path.name} as it is"
     after = README.split(block, 1)[1]
-    shown = re.match(r"(?:(?!```).)*?```text\n(.*?)```", after, re.S)
+    shown = re.match(r"(?:(?!```).)*?```text\n(.*?)```", after, re.DOTALL)
     assert shown, f"README.md: no ```text block of output after examples/{path.name}"
     assert shown.group(1).splitlines() == expected, \
         f"README.md shows another output for examples/{path.name} than the file's"
