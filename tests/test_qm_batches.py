@@ -17,17 +17,7 @@ from tether.queue import connection as C
 from tether.queue.auth import hash_password
 from tether.queue import protocol as P
 
-from test_queue_producers import Raw
-
-
-@pytest.fixture
-async def served(tmp_path):
-    qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
-    await qm.create_queue("q")
-    try:
-        yield qm
-    finally:
-        await qm.close()
+from test_queue_producers import Raw, served  # noqa: F401 (served: a manager serving queue "q")
 
 
 @pytest.fixture
