@@ -196,3 +196,20 @@ async def test_deliveries_go_out_as_many_as_are_ready_up_to_the_credit(served):
         assert [d[2][2] for d in more] == [b"%d" % i for i in range(25, 40)]
     finally:
         await raw.close()
+
+
+async def test_a_frame_of_more_batched_messages_than_items_ends_the_session(served):
+    raw = await Raw.open(served.services[0].url, os.urandom(16))
+    try:
+        per = P.MAX_BATCH
+        frame = [[P.SEND_BATCH, 0, "q", [b""] * per, n * per] for n in range(P.MAX_ITEMS // per + 1)]
+        frame.append([P.INFO, 99, "q"])
+        await raw.session.send(P.encode(frame))
+        with pytest.raises(ProtocolError, match="batched messages"):
+            for _ in range(100):
+                for answer in P.decode((await asyncio.wait_for(raw.session.recv_many(), 10))[0]):
+                    if answer[0] == P.ERROR:
+                        raise P.error_from_code(answer[2], answer[3])
+        assert (await served.queue_info("q")).depth == 0
+    finally:
+        raw.session.abort("done")

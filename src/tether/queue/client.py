@@ -7,7 +7,8 @@
         await msg.complete()
 
 Requests travel over one reliable session (protocol.py); concurrent calls share frames, so
-a round trip is paid per batch, not per message. Receiving is credit-based: the first
+a round trip is paid per batch, not per message, and the plain sends (and the completes)
+made in one loop turn travel as one SEND_BATCH (COMPLETE_BATCH) item, answered by one reply. Receiving is credit-based: the first
 `receive()` of a queue subscribes with `prefetch` credits, the service delivers at most
 that many messages ahead (each peek-locked), and every message taken returns one credit.
 

@@ -277,9 +277,15 @@ class Connection:
         forwards: list = []
         completes: list = []
         guard = self.guard
+        batched = 0
         for raw in items:
             item = P.parse_request(raw)
             op = item[0]
+            if op == P.SEND_BATCH or op == P.COMPLETE_BATCH:
+                # a frame costs no more than MAX_ITEMS single requests would
+                batched += len(item[3] if op == P.SEND_BATCH else item[2])
+                if batched > P.MAX_ITEMS:
+                    raise ProtocolError(f"queue protocol: a frame carries at most {P.MAX_ITEMS} batched messages")
             if not guard.unrestricted:
                 refusal = guard.refusal(item)
                 if refusal is not None:

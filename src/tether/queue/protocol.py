@@ -43,7 +43,9 @@ array whose first element is its op code:
 SEND_BATCH and COMPLETE_BATCH are what a client sends for the sends (and completes) its
 callers made in one loop turn: one item, one reply, however many messages. Their reply's
 value is an array with one outcome per message, in order (`batch_outcomes`): a SEND_BATCH's
-the message id or [code, text], a COMPLETE_BATCH's nil or [code, text].
+the message id or [code, text], a COMPLETE_BATCH's nil or [code, text]. The batches of one
+frame hold at most MAX_ITEMS messages in all (a frame costs no more than that many single
+requests would); the service ends a session that sends more.
 
 HELLO names the client (its stable `client_id`, which is also its producer id) and its
 producer `epoch` (0: a new instance, which fences every older one; the reply carries the
