@@ -12,11 +12,13 @@ The test process itself stays in its own namespace: `QmHost.call(fn)` runs `fn(c
 on a thread that entered the host's namespace (its own event loop, a QueueClient of the
 host's loopback service), so the applications' connections never cross the links the
 tests cut. The fixture's finalizer kills every queue manager, stops the threads and
-removes the namespaces, also when the test failed.
+removes the namespaces, also when the test failed; a test run killed outright takes its
+queue managers with it (PR_SET_PDEATHSIG), and the next run removes its namespaces.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import pathlib
 import signal
@@ -39,6 +41,14 @@ APP_PASSWORD = "app password for the multi-host tests"
 QM_PASSWORD = "queue manager password for the multi-host tests"
 START_TIMEOUT = 20.0
 CALL_TIMEOUT = 60.0
+PREFIX = "tether-test-"
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_test() -> None:
+    """In the child before exec: SIGKILL it when the test process dies, so a test run that
+    is killed (pytest-timeout ends it with os._exit) leaves no queue manager running."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class HostThread:
@@ -116,7 +126,7 @@ class QmHost:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.hosts.command(self.name, [sys.executable, "-m", "tether", "qm", "serve",
                                                 "--config", str(self.config), "--log-level", "INFO"]),
-                stdout=asyncio.subprocess.PIPE, stderr=log)
+                stdout=asyncio.subprocess.PIPE, stderr=log, preexec_fn=_die_with_the_test)
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT)
         except asyncio.TimeoutError:
@@ -211,7 +221,9 @@ async def qm_hosts(tmp_path, pki):
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    bridged = netns.BridgedHosts(list(HOSTS), prefix="tether-test-")
+    for stale in netns.leftovers(PREFIX):     # of a test run that was killed
+        netns.run("ip", "netns", "delete", stale)
+    bridged = netns.BridgedHosts(list(HOSTS), prefix=PREFIX)
     try:
         bridged.open()
     except OSError as exc:

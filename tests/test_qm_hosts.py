@@ -57,6 +57,16 @@ async def _delivered(target: QmHost, expected: int) -> dict[str, list[str]]:
     return got
 
 
+async def _nothing_more(c: QmHost, *senders: QmHost, dead_at: tuple[QmHost, ...] = ()) -> None:
+    """The senders' transmission queues to c are empty, no duplicate came late to c, and no
+    dead letter is anywhere but at `dead_at`."""
+    await _settled(*senders, to=c)
+    assert await c.pending("orders") == 0
+    for host in (*senders, c):
+        if host not in dead_at:
+            assert await host.drain("$dead", quiet=0.1) == []
+
+
 async def _settled(*hosts: QmHost, to: QmHost) -> None:
     """Every transmission queue to `to` is empty (everything forwarded is settled at its sender)."""
     async def empty():
@@ -80,9 +90,7 @@ async def test_links_cut_and_restored_mid_transfer(qm_hosts):
     assert held["a"] > 0 and held["b"] > 0, f"the cuts held nothing back: {held}"
     got = await _delivered(c, len(sent_a) + len(sent_b))
     assert got == {"a": sent_a, "b": sent_b}        # once each, in order per sender
-    await _settled(a, b, to=c)
-    for host in (a, b, c):
-        assert await host.drain("$dead", quiet=0.1) == []
+    await _nothing_more(c, a, b)
 
 
 async def test_target_killed_and_restarted_mid_transfer(qm_hosts):
@@ -101,9 +109,7 @@ async def test_target_killed_and_restarted_mid_transfer(qm_hosts):
     assert before_kill < total, "the transfer finished before the kill; nothing was tested"
     got = await _delivered(c, total)
     assert got == {"a": sent_a, "b": sent_b}        # once each, in order per sender
-    await _settled(a, b, to=c)
-    for host in (a, b, c):
-        assert await host.drain("$dead", quiet=0.1) == []
+    await _nothing_more(c, a, b)
 
 
 async def test_a_partition_that_outlasts_the_time_to_live(qm_hosts):
@@ -133,9 +139,7 @@ async def test_a_partition_that_outlasts_the_time_to_live(qm_hosts):
     sent_b = await b_sender
     got = await _delivered(c, len(first) + len(long) + len(sent_b))
     assert got == {"a": first + long, "b": sent_b}
-    await _settled(a, b, to=c)
+    await _nothing_more(c, a, b, dead_at=(a,))
     dead = await a.drain("$dead", quiet=0.5)
     assert sorted(m.id for m in dead) == sorted(short) and len(dead) == len(short)
     assert {(m.dead_letter_reason, m.dead_letter_source) for m in dead} == {("expired", address)}
-    for host in (b, c):
-        assert await host.drain("$dead", quiet=0.1) == []
