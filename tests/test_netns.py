@@ -49,9 +49,10 @@ def _in_namespace(namespace: str, fn):
     return out["result"]
 
 
-def _reaches(address: str, port: int) -> bool:
+def _reaches(address: str, port: int, timeout: float) -> bool:
+    """A TCP connection is made within `timeout` (SYNs are resent meanwhile)."""
     with socket.socket() as sock:
-        sock.settimeout(1.0)
+        sock.settimeout(timeout)
         try:
             sock.connect((address, port))
             return True
@@ -74,13 +75,13 @@ def test_bridged_hosts_reach_each_other_until_cut_and_are_removed():
         server = _in_namespace(hosts.namespace("y"), listen)
         port = server.getsockname()[1]
         try:
-            assert _in_namespace(hosts.namespace("x"), lambda: _reaches(hosts.address("y"), port))
+            assert _in_namespace(hosts.namespace("x"), lambda: _reaches(hosts.address("y"), port, 10))
             # the test process itself is not on the bridge
-            assert not _reaches(hosts.address("y"), port)
+            assert not _reaches(hosts.address("y"), port, 1)
             hosts.cut("y")
-            assert not _in_namespace(hosts.namespace("x"), lambda: _reaches(hosts.address("y"), port))
+            assert not _in_namespace(hosts.namespace("x"), lambda: _reaches(hosts.address("y"), port, 1))
             hosts.restore("y")
-            assert _in_namespace(hosts.namespace("x"), lambda: _reaches(hosts.address("y"), port))
+            assert _in_namespace(hosts.namespace("x"), lambda: _reaches(hosts.address("y"), port, 10))
         finally:
             server.close()
     assert not made & set(netns.namespaces())

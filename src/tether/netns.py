@@ -17,6 +17,7 @@ namespaces whose process is gone (`ip netns delete NAME` removes one, with every
 """
 from __future__ import annotations
 
+import abc
 import ctypes
 import os
 import re
@@ -122,7 +123,31 @@ class Namespaces:
             raise failure
 
 
-class BridgedHosts:
+class Topology(abc.ABC):
+    """Namespaces joined somehow, made by the subclass's `open()` and removed by its
+    `close()`; as a context manager, whatever `open()` made is removed also when it fails
+    half-way."""
+
+    @abc.abstractmethod
+    def open(self) -> "Topology":
+        """Make the namespaces and links; self."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Remove everything `open()` made (also after it failed half-way)."""
+
+    def __enter__(self):
+        try:
+            return self.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class BridgedHosts(Topology):
     """Hosts `names` (namespaces), each with `eth0` at `subnet`.N/24 (N = 1, 2, ...) on a
     bridge in a namespace of its own. Use as a context manager, or call `open()` and,
     always, `close()`."""
@@ -178,13 +203,3 @@ class BridgedHosts:
     def close(self) -> None:
         """Remove every namespace (the veths and the bridge go with them)."""
         self._namespaces.close()
-
-    def __enter__(self) -> "BridgedHosts":
-        try:
-            return self.open()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()

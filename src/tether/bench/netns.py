@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from ..netns import Namespaces, namespaces, run
+from ..netns import Namespaces, Topology, namespaces, run
 from ..netns import check_environment as _check_namespaces
 
 PREFIX = "tether-bench-"
@@ -39,7 +39,7 @@ def check_environment(loss: float) -> None:
         raise FileNotFoundError("--loss with --link veth needs the `iptables` command, which is not on PATH")
 
 
-class VethLink:
+class VethLink(Topology):
     """Sender namespace `sender_ns` (veth0, SENDER_ADDRESS) and receiver namespace
     `receiver_ns` (veth1, RECEIVER_ADDRESS), MTU 1500. Use as a context manager, or call
     `open()` and, always, `close()`."""
@@ -113,13 +113,3 @@ class VethLink:
         except OSError:
             self.loss = 0.0
         self._namespaces.close()
-
-    def __enter__(self) -> "VethLink":
-        try:
-            return self.open()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
