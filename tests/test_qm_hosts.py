@@ -143,3 +143,22 @@ async def test_a_partition_that_outlasts_the_time_to_live(qm_hosts):
     dead = await a.drain("$dead", quiet=0.5)
     assert sorted(m.id for m in dead) == sorted(short) and len(dead) == len(short)
     assert {(m.dead_letter_reason, m.dead_letter_source) for m in dead} == {("expired", address)}
+
+
+async def test_a_sender_killed_and_restarted_mid_transfer(qm_hosts):
+    """a's queue manager dies with messages in its transmission queue and in flight; its
+    application's client reconnects and resends, its forwarder starts again, and c gets
+    each message once, in order."""
+    a, b, c = qm_hosts["a"], qm_hosts["b"], qm_hosts["c"]
+    senders = asyncio.gather(_stream(a, c), _stream(b, c))
+
+    async def landed():
+        return await c.depth("orders") > 0
+    await _wait_for(landed, 20, "the first messages at c")
+    await a.kill()
+    await asyncio.sleep(0.5)
+    await a.start()
+    sent_a, sent_b = await senders
+    got = await _delivered(c, len(sent_a) + len(sent_b))
+    assert got == {"a": sent_a, "b": sent_b}
+    await _nothing_more(c, a, b)
