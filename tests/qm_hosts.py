@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import os
 import pathlib
 import signal
 import sys
@@ -42,6 +41,7 @@ QM_PASSWORD = "queue manager password for the multi-host tests"
 START_TIMEOUT = 20.0
 CALL_TIMEOUT = 60.0
 PREFIX = "tether-test-"
+SUBNET = "10.201.0"
 PR_SET_PDEATHSIG = 1
 
 
@@ -106,6 +106,7 @@ class QmHost:
         self.log = directory / "qm.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.thread = HostThread(self.namespace)
+        self._client: tether.QueueClient | None = None
 
     @property
     def authority(self) -> str:
@@ -132,6 +133,8 @@ class QmHost:
         except asyncio.TimeoutError:
             line = b""
         assert line.startswith(b"tether qm: ready"), f"{self.name} did not start: {line!r}\n{self.log_tail()}"
+        if self._client is None:
+            await self._connect()
 
     async def kill(self) -> None:
         """SIGKILL the queue manager and wait for it."""
@@ -146,13 +149,29 @@ class QmHost:
             return ""
 
     async def call(self, fn: Callable[[tether.QueueClient], Awaitable[Any]], timeout: float = CALL_TIMEOUT) -> Any:
-        """`await fn(client)` with a QueueClient of this host's queue manager (over its
-        loopback, as user `app`), in the host's namespace."""
-        async def session():
-            async with tether.QueueClient.connect(f"tcp://127.0.0.1:{PORT}", user="app", password=APP_PASSWORD,
-                                                  prefetch=256, connect_timeout=10) as client:
-                return await fn(client)
-        return await self.thread.run(session(), timeout)
+        """`await fn(client)` with this host's QueueClient (over its loopback, as user `app`,
+        one for the whole test: it reconnects by itself across a restart), in the host's
+        namespace."""
+        async def with_client():
+            return await fn(self._client)
+        return await self.thread.run(with_client(), timeout)
+
+    async def _connect(self) -> None:
+        async def connect():
+            return await tether.QueueClient.connect(f"tcp://127.0.0.1:{PORT}", user="app", password=APP_PASSWORD,
+                                                    prefetch=256, connect_timeout=10)
+        self._client = await self.thread.run(connect(), CALL_TIMEOUT)
+
+    async def close(self) -> None:
+        """Close the client, SIGKILL the queue manager, end the thread."""
+        try:
+            if self._client is not None:
+                await self.thread.run(self._client.close(), 10)
+        finally:
+            try:
+                await self.kill()
+            finally:
+                self.thread.close()
 
     async def depth(self, queue: str) -> int:
         """Messages ready in `queue`."""
@@ -215,15 +234,24 @@ def unavailable_reason() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def qm_hosts_secrets(pki):
+    """(certificate files for the hosts' addresses, app's and qm's password hashes): made
+    once per test session (scrypt is slow on purpose)."""
+    addresses = tuple(f"{SUBNET}.{i + 1}" for i in range(len(HOSTS)))
+    cert = issue_server_certificate(pki, "qm-hosts", addresses)
+    return cert, hash_password(APP_PASSWORD), hash_password(QM_PASSWORD)
+
+
 @pytest.fixture
-async def qm_hosts(tmp_path, pki):
+async def qm_hosts(tmp_path, pki, qm_hosts_secrets):
     """{name: QmHost} for hosts a, b and c, each queue manager running, with queue `orders`."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
     for stale in netns.leftovers(PREFIX):     # of a test run that was killed
         netns.run("ip", "netns", "delete", stale)
-    bridged = netns.BridgedHosts(list(HOSTS), prefix=PREFIX)
+    bridged = netns.BridgedHosts(list(HOSTS), prefix=PREFIX, subnet=SUBNET)
     try:
         bridged.open()
     except OSError as exc:
@@ -231,8 +259,7 @@ async def qm_hosts(tmp_path, pki):
         pytest.skip(f"cannot make network namespaces here: {exc}")
     made: list[QmHost] = []
     try:
-        cert = issue_server_certificate(pki, f"hosts-{os.getpid()}", tuple(bridged.address(h) for h in HOSTS))
-        app_hash, qm_hash = hash_password(APP_PASSWORD), hash_password(QM_PASSWORD)
+        cert, app_hash, qm_hash = qm_hosts_secrets
         for name in HOSTS:
             directory = tmp_path / name
             directory.mkdir()
@@ -243,9 +270,11 @@ async def qm_hosts(tmp_path, pki):
         await asyncio.gather(*(host.start() for host in made))
         yield {host.name: host for host in made}
     finally:
-        for host in made:
-            try:
-                await host.kill()
-            finally:
-                host.thread.close()
-        bridged.close()
+        try:
+            for host in made:
+                try:
+                    await host.close()
+                except Exception as exc:        # the others are closed all the same
+                    print(f"closing host {host.name}: {exc!r}", file=sys.stderr)
+        finally:
+            bridged.close()

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from qm_hosts import QmHost, qm_hosts  # noqa: F401  (the fixture)
-from tls_pki import pki  # noqa: F401  (a fixture qm_hosts uses)
+from qm_hosts import QmHost, qm_hosts, qm_hosts_secrets  # noqa: F401  (fixtures)
+from tls_pki import pki  # noqa: F401  (a fixture qm_hosts_secrets uses)
 
 pytestmark = [pytest.mark.netns, pytest.mark.fault]
 
@@ -42,7 +42,7 @@ async def _wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)
 
 
 async def _delivered(target: QmHost, expected: int) -> dict[str, list[str]]:
