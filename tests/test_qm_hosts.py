@@ -2,7 +2,8 @@
 `tether qm serve` in each; tests/qm_hosts.py): hosts a and b both send to queue `orders`
 on host c while links are cut and restored, c is killed with SIGKILL and restarted, or a
 partition outlasts some messages' time-to-live. Every message arrives at c once, in order
-per sender, or is dead-lettered at its sender with the reason `expired`.
+per sender, or is dead-lettered at its sender with its reason (`expired`; and for a queue
+c does not have or one that rejects it, `queue-not-found` and `rejected`).
 
 Run as root (`.ci/run` is); elsewhere they skip, saying why. `-m netns` selects them."""
 from __future__ import annotations
@@ -162,3 +163,32 @@ async def test_a_sender_killed_and_restarted_mid_transfer(qm_hosts):
     got = await _delivered(c, len(sent_a) + len(sent_b))
     assert got == {"a": sent_a, "b": sent_b}
     await _nothing_more(c, a, b)
+
+
+async def test_refusals_come_back_to_the_senders_dead_letter_queue(qm_hosts):
+    """A message for a queue c does not have, and one c's queue rejects: both end in a's
+    $dead, with the reason (`queue-not-found`, `rejected`) and their destination."""
+    a, c = qm_hosts["a"], qm_hosts["c"]
+
+    async def make_picky(client):
+        await client.create_queue("picky", receive_error_handling="reject", receive_retry_count=0,
+                                  max_retry_cycles=0)
+    await c.call(make_picky)
+
+    async def send(client):
+        return (await client.send(c.queue("nosuch"), b"lost"), await client.send(c.queue("picky"), b"refused"))
+    lost, refused = await a.call(send)
+
+    async def reject(client):
+        message = await client.receive("picky", timeout=10)
+        await message.abandon()         # no retries: rejected, back to where it came from
+        return message.id
+    assert await c.call(reject) == refused
+
+    async def both_back():
+        return await a.depth("$dead") >= 2
+    await _wait_for(both_back, 20, "both refusals in a's $dead")
+    dead = await a.drain("$dead", quiet=0.5)
+    assert sorted((m.id, m.dead_letter_reason, m.dead_letter_source) for m in dead) == sorted(
+        [(lost, "queue-not-found", c.queue("nosuch")), (refused, "rejected", c.queue("picky"))])
+    assert await c.pending("picky") == 0
