@@ -256,7 +256,7 @@ class Forwarder:
             await asyncio.sleep(max(0.01, min(LOCK_RENEW_EVERY, validity / 3)))
             for entry, tag in self.engine.unanswered():
                 try:
-                    self.operations.renew(entry, tag)
+                    await self.operations.renew(entry, tag)
                 except QueueError:
                     pass        # settled meanwhile
 

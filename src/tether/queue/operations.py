@@ -157,8 +157,8 @@ class QueueOperations:
         self.settle()
         await self.wait_for(record)
 
-    def info(self, name: str) -> QueueInfo:
-        """Counts of a queue or sub-queue."""
+    async def info(self, name: str) -> QueueInfo:
+        """Counts of a queue or sub-queue (async: a shared store counts in the database)."""
         return self.core.info(name)
 
     async def purge(self, name: str) -> int:
@@ -168,7 +168,7 @@ class QueueOperations:
         await self.wait_for(record)
         return count
 
-    def peek(self, name: str, count: int) -> list[Entry]:
+    async def peek(self, name: str, count: int) -> list[Entry]:
         """The next `count` entries a receiver would get, unlocked (see QueueCore.peek)."""
         if self._closed:
             raise QueueError("the queue manager is closed")
@@ -375,7 +375,7 @@ class QueueOperations:
         self.settle()
         await self.wait_for(record)
 
-    def renew(self, entry: Entry, tag: int) -> float:
+    async def renew(self, entry: Entry, tag: int) -> float:
         """Extend a peek-lock; the new deadline. LockLost."""
         deadline = self.core.renew(entry, tag, self._clock())
         self.settle()

@@ -119,7 +119,7 @@ class Transaction:
     async def renew_message(self, message: Message) -> None:
         """A message of this transaction keeps its lock longer (until commit or rollback)."""
         self._check_active()
-        message._lock_deadline = self._operations.renew(message._entry, message._tag)
+        message._lock_deadline = await self._operations.renew(message._entry, message._tag)
 
     async def __aenter__(self) -> "Transaction":
         return self
