@@ -131,7 +131,7 @@ async def test_two_services_on_one_database_one_sigkilled_nothing_lost_or_double
         b.kill()
         for client in clients:
             try:
-                await asyncio.wait_for(client.close(), 5)
+                await asyncio.wait_for(client.close(), 1)
             except Exception:
                 pass
         await a.wait()

@@ -160,6 +160,8 @@ class SharedQueueOperations:
         self._loop = asyncio.get_running_loop()
         self._clock = clock
         self._waiters: dict[str, set[asyncio.Future]] = {}
+        self._asking: dict[str, list[asyncio.Future]] = {}     # receives joining the next claim
+        self._claiming: set[str] = set()                        # queues with a claim on its way
         self._names: dict[str, _QueueName] = {}
         self._tasks: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -630,8 +632,42 @@ class SharedQueueOperations:
         return entries
 
     async def _claim_one(self, name: str) -> Entry | None:
-        entries = await self.take_many(name, 1)
-        return entries[0] if entries else None
+        """One message of `name`. The receives of one queue that ask while a claim is on its
+        way join the next claim, one statement for all of them, and get its messages in
+        queue order, in the order they asked (so a batch of receives keeps FIFO)."""
+        future = self._loop.create_future()
+        asking = self._asking.setdefault(name, [])
+        asking.append(future)
+        if name not in self._claiming:
+            self._claiming.add(name)
+            self._spawn(self._claims(name))
+        return await future
+
+    async def _claims(self, name: str) -> None:
+        asking = self._asking[name]
+        try:
+            while asking:
+                batch = asking[:]
+                asking.clear()
+                try:
+                    entries = await self.take_many(name, len(batch))
+                except BaseException as exc:
+                    for future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for n, future in enumerate(batch):
+                    entry = entries[n] if n < len(entries) else None
+                    if not future.done():
+                        future.set_result(entry)
+                    elif entry is not None:     # its receive was cancelled meanwhile
+                        self.release(entry, entry.tag)
+                for entry in entries[len(batch):]:
+                    self.release(entry, entry.tag)
+        finally:
+            self._claiming.discard(name)
 
     async def _wait(self, name: str, timeout: float | None, attempt: Callable[[], Any]) -> Any:
         """`attempt()` until it gives something, waiting for a NOTIFY of `name` between
