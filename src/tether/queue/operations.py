@@ -265,6 +265,16 @@ class QueueOperations:
             self.settle()
         return entry
 
+    async def take_many(self, name: str, count: int) -> list[Entry]:
+        """Up to `count` entries of queue `name` that are ready now, each locked (no wait)."""
+        out = []
+        while len(out) < count:
+            entry = self.take_now(name)
+            if entry is None:
+                break
+            out.append(entry)
+        return out
+
     async def take(self, name: str, timeout: float | None) -> Entry | None:
         """The next entry of queue `name`, locked; waits up to `timeout` seconds (None:
         until one comes; <= 0: no wait). None on timeout. QueueNotFound, PoisonMessage."""

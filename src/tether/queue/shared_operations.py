@@ -45,6 +45,7 @@ from .core.retry_rule import POISON, RETRY_LATER, RETRY_NOW, after_failure
 from .core.settings import SYSTEM_DEAD_LETTER_QUEUE
 from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX
 from .store.postgres import PostgresStore
+from .statement_batches import StatementBatches
 from .store.postgres_schema import MESSAGE_COLUMNS, NOW
 
 log = logging.getLogger("tether.queue")
@@ -169,7 +170,15 @@ class SharedQueueOperations:
         self._sweeping: asyncio.Task | None = None
         self._sweep_again = False
         self._refreshing: asyncio.Task | None = None
+        self._local_changes = 0       # definitions this manager made or deleted
         self._closed = False
+        # single sends and completes share statements (and commits) under load
+        self._sends = StatementBatches(self.send)
+        self._completes = StatementBatches(self.complete_many)
+        #: claims, renewals and uncounted releases: not flushed to disk at commit (a
+        #: database crash returns such a lock to the queue, as the journal does not
+        #: journal receives); everything else is durable at commit
+        self._lock_pool = store.lock_pool
 
     @classmethod
     async def start(cls, core: QueueCore, store: PostgresStore, dedupe_window: float) -> "SharedQueueOperations":
@@ -247,7 +256,11 @@ class SharedQueueOperations:
     async def refresh_definitions(self) -> None:
         """Mirror `tether_queues` into the core's catalogue (queues defined or deleted by any
         manager)."""
-        rows = await self._pool.fetch("SELECT name, settings FROM tether_queues")
+        while True:
+            changes = self._local_changes
+            rows = await self._pool.fetch("SELECT name, settings FROM tether_queues")
+            if changes == self._local_changes:
+                break       # (else this manager defined or deleted one meanwhile: read again)
         found = {name: QueueSettings.from_dict(json.loads(settings)) for name, settings in rows}
         for name, settings in found.items():
             if not self.core.has_queue(name):
@@ -447,6 +460,7 @@ class SharedQueueOperations:
                 if QueueSettings.from_dict(json.loads(stored)) != settings:
                     raise QueueExists(f"queue {name!r} exists with different settings")
                 await conn.execute("SELECT pg_notify('tether_defs', $1)", name)
+        self._local_changes += 1
         if not self.core.has_queue(name):
             self.core.define(name, settings)
 
@@ -462,6 +476,7 @@ class SharedQueueOperations:
                                    [name, name + ";retry", name + ";poison"])
                 await conn.execute("DELETE FROM tether_groups WHERE queue = $1", name)
                 await conn.execute("SELECT pg_notify('tether_defs', $1)", name)
+        self._local_changes += 1
         self.core.delete(name)
         self._notified(name)
 
@@ -518,11 +533,14 @@ class SharedQueueOperations:
         return self.core.prepare(name, body, self._clock(), **fields)
 
     async def send_one(self, entry: Entry) -> str:
-        """Queue one prepared entry; its id once committed."""
-        result = (await self.send([entry]))[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        """Queue one prepared entry; its id once committed (sends asked together share a
+        statement; one to a queue with max_length goes alone, so a full queue refuses only it)."""
+        if entry.queue.settings.max_length is not None:
+            result = (await self.send([entry]))[0]
+            if isinstance(result, BaseException):
+                raise result
+            return result
+        return await self._sends(entry)
 
     async def send_body(self, name: str, body: Any) -> str:
         """A plain send to application queue `name`."""
@@ -610,7 +628,7 @@ class SharedQueueOperations:
         """Up to `count` ready messages of `name`, locked, in one statement (no wait)."""
         self._check_open()
         validity, grouped_too, poison = self._claim_args(name)
-        rows = await self._pool.fetch(_CLAIM, name, count, self._owner, validity, grouped_too, poison)
+        rows = await self._lock_pool.fetch(_CLAIM, name, count, self._owner, validity, grouped_too, poison)
         if not rows and poison is not None:
             first = await self._pool.fetchval("SELECT id FROM tether_messages WHERE queue = $1 ORDER BY key LIMIT 1",
                                               poison)
@@ -720,7 +738,7 @@ class SharedQueueOperations:
         return True
 
     async def _release(self, key: int, tag: int) -> None:
-        await self._pool.execute(
+        await self._lock_pool.execute(
             f"WITH r AS (UPDATE tether_messages SET {_UNLOCK}, delivery_count = greatest(delivery_count - 1, 0) "
             f"WHERE key = $1 AND lock_tag = $2 AND lock_owner = $3 RETURNING queue) "
             f"SELECT pg_notify('tether_q', queue) FROM r", key, tag, self._owner)
@@ -732,11 +750,7 @@ class SharedQueueOperations:
     async def complete(self, entry: Entry, tag: int) -> None:
         """Remove a locked message. LockLost when the lock is not (or no longer) ours."""
         self._check_open()
-        done = await self._pool.execute(
-            f"DELETE FROM tether_messages WHERE key = $1 AND lock_tag = $2 AND lock_owner = $3 "
-            f"AND lock_until > {NOW}", entry.key, tag, self._owner)
-        if done == "DELETE 0":
-            raise LockLost(f"message {entry.id}: the peek-lock was lost (expired, or settled already)")
+        await self._completes((entry, tag))     # (completes asked together share a statement)
 
     async def complete_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
         """complete() of many in one statement; per pair None or LockLost."""
@@ -748,8 +762,8 @@ class SharedQueueOperations:
             f"WHERE m.key = r.key AND m.lock_tag = r.tag AND m.lock_owner = $3 AND m.lock_until > {NOW} "
             f"RETURNING m.key", [e.key for e, _ in receipts], [t for _, t in receipts], self._owner)
         gone = {r[0] for r in rows}
-        return [None if e.key in gone else LockLost(f"message {e.id}: the peek-lock was lost")
-                for e, _ in receipts]
+        return [None if e.key in gone else LockLost(f"message {e.id}: the peek-lock was lost (expired, or "
+                                                    f"settled already)") for e, _ in receipts]
 
     async def forwarded_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
         """Forwarders do not run on a shared store (see prepare())."""
@@ -788,7 +802,7 @@ class SharedQueueOperations:
         """Extend a peek-lock by the queue's validity_duration from now; the new deadline."""
         self._check_open()
         validity = self.core.settings(entry.queue.name).validity_duration
-        until = await self._pool.fetchval(
+        until = await self._lock_pool.fetchval(
             f"UPDATE tether_messages SET lock_until = {NOW} + $4 WHERE key = $1 AND lock_tag = $2 "
             f"AND lock_owner = $3 AND lock_until > {NOW} RETURNING lock_until", entry.key, tag, self._owner, validity)
         if until is None:
@@ -821,7 +835,7 @@ class SharedQueueOperations:
         validity = self.core.settings(group.queue).validity_duration
 
         async def attempt() -> Entry | None:
-            row = await self._pool.fetchrow(_CLAIM_GROUP, group.queue, group.group_id, self._owner, validity,
+            row = await self._lock_pool.fetchrow(_CLAIM_GROUP, group.queue, group.group_id, self._owner, validity,
                                             group.tag)
             if row is not None:
                 self._arm(self._clock() + validity + 0.005)

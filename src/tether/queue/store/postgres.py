@@ -55,9 +55,13 @@ class PostgresStore:
     #: the store holds the message state itself: operations go to it (shared_operations.py)
     shared = True
 
-    def __init__(self, url: str, pool: Any, listener: Any, owner: bytes, client_grace: float) -> None:
+    def __init__(self, url: str, pool: Any, lock_pool: Any, listener: Any, owner: bytes,
+                 client_grace: float) -> None:
         self.url = url
         self.pool = pool
+        #: for statements whose commit need not wait for the disk (claims, lock renewals):
+        #: synchronous_commit off
+        self.lock_pool = lock_pool
         self.owner = owner
         self.client_grace = client_grace
         self.recovered: list[bytes] = []
@@ -106,6 +110,8 @@ class PostgresStore:
                 await conn.execute(f"INSERT INTO tether_owners VALUES ($1, $2, $3, {NOW} + $4)", owner,
                                    socket.gethostname(), os.getpid(), float(client_grace))
             listener = await asyncpg.connect(url)
+            lock_pool = await asyncpg.create_pool(url, min_size=1, max_size=max(2, pool_size // 2),
+                                                  server_settings={"synchronous_commit": "off"})
         except BaseException as exc:
             if listener is not None:
                 await listener.close()
@@ -113,7 +119,7 @@ class PostgresStore:
             if isinstance(exc, asyncpg.PostgresError):
                 raise StorageError(f"{redacted(url)}: {exc}") from exc
             raise
-        store = cls(url, pool, listener, owner, float(client_grace))
+        store = cls(url, pool, lock_pool, listener, owner, float(client_grace))
         store._lease_task = asyncio.get_running_loop().create_task(store._keep_lease())
         return store
 
@@ -207,5 +213,6 @@ class PostgresStore:
             try:
                 await self._listener.close()
             finally:
+                await self.lock_pool.close()
                 await self.pool.close()
 
