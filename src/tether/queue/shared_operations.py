@@ -30,12 +30,17 @@ How each feature keeps its meaning (docs/storage.md, "The PostgreSQL store"):
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
-from ..errors import LockLost, PoisonMessage, QueueError, QueueExists, QueueFull, QueueNotFound, TransactionError
+import asyncpg
+
+from ..errors import (
+    LockLost, PoisonMessage, QueueError, QueueExists, QueueFull, QueueNotFound, StorageError, TransactionError,
+)
 from .core import Entry, QueueCore, QueueInfo, QueueSettings
 from .core.address import split_subqueue
 from .core.deadletter import EXPIRED, REJECTED, dead_letter_queue_name
@@ -49,6 +54,7 @@ from .statement_batches import StatementBatches
 from .store.postgres_schema import MESSAGE_COLUMNS, NOW
 
 log = logging.getLogger("tether.queue")
+T = TypeVar("T")
 
 _COLUMNS = ", ".join(MESSAGE_COLUMNS)
 _M_COLUMNS = ", ".join("m." + c for c in MESSAGE_COLUMNS)
@@ -125,6 +131,18 @@ INSERT INTO tether_groups (queue, group_id, holder, holder_tag)
 SELECT $1, group_id, $2, nextval('tether_lock_tags') FROM g
 ON CONFLICT DO NOTHING RETURNING group_id, holder_tag
 """
+
+
+def _database(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """The database's own failures (connection lost, server errors) as StorageError, a
+    QueueError like every other refusal; tether's errors pass as they are."""
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StorageError(f"the database failed: {exc.__class__.__name__}: {exc}") from exc
+    return call
 
 
 class SharedGroup:
@@ -253,6 +271,7 @@ class SharedQueueOperations:
     def _lease_lost(self) -> None:
         log.warning("peek-locks held through this queue manager were returned to their queues")
 
+    @_database
     async def refresh_definitions(self) -> None:
         """Mirror `tether_queues` into the core's catalogue (queues defined or deleted by any
         manager)."""
@@ -445,6 +464,7 @@ class SharedQueueOperations:
 
     # ---- definitions ----
 
+    @_database
     async def define(self, name: str, settings: QueueSettings) -> None:
         """Define a queue for every manager of the database (QueueExists for other settings)."""
         self._check_open()
@@ -464,6 +484,7 @@ class SharedQueueOperations:
         if not self.core.has_queue(name):
             self.core.define(name, settings)
 
+    @_database
     async def delete(self, name: str) -> None:
         """Delete a queue, its sub-queues and every message in them, for every manager."""
         self._check_open()
@@ -480,6 +501,7 @@ class SharedQueueOperations:
         self.core.delete(name)
         self._notified(name)
 
+    @_database
     async def info(self, name: str) -> QueueInfo:
         """Counts of a queue or sub-queue, from the database."""
         self._check_open()
@@ -504,6 +526,7 @@ class SharedQueueOperations:
         return QueueInfo(name, settings.durable, depth, in_flight, retrying, dead, poison, size, faulted,
                          waiting, scheduled, groups)
 
+    @_database
     async def purge(self, name: str) -> int:
         """Remove every message waiting (unlocked) in a queue or sub-queue; how many."""
         self._check_open()
@@ -511,6 +534,7 @@ class SharedQueueOperations:
         done = await self._pool.execute("DELETE FROM tether_messages WHERE queue = $1 AND lock_owner IS NULL", name)
         return int(done.split()[-1])
 
+    @_database
     async def peek(self, name: str, count: int) -> list[Entry]:
         """The next `count` messages a receiver would get, unlocked and uncounted."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -546,6 +570,7 @@ class SharedQueueOperations:
         """A plain send to application queue `name`."""
         return await self.send_one(self.core.prepare_plain(name, body, self._clock()))
 
+    @_database
     async def send(self, entries: list[Entry], *, producer: Producer | None = None, epoch: int = 0,
                    sequences: list[int] | None = None, keep_ids: bool = False) -> list[str | BaseException]:
         """Queue prepared entries in one statement: per entry its id once committed (the id
@@ -599,6 +624,7 @@ class SharedQueueOperations:
 
     # ---- producers ----
 
+    @_database
     async def open_producer(self, name: bytes, epoch: int) -> tuple[Producer, int]:
         """A producer's hello: its de-duplication keys are in the database, under its name."""
         producer, _ = self.core.open_producer(name, epoch, self._clock())
@@ -624,6 +650,7 @@ class SharedQueueOperations:
         poison = name + ";poison" if app and settings.receive_error_handling == "fault" else None
         return settings.validity_duration, not app, poison
 
+    @_database
     async def take_many(self, name: str, count: int) -> list[Entry]:
         """Up to `count` ready messages of `name`, locked, in one statement (no wait)."""
         self._check_open()
@@ -643,6 +670,7 @@ class SharedQueueOperations:
         entries.sort(key=lambda e: (-e.priority, e.key))
         return entries
 
+    @_database
     async def take(self, name: str, timeout: float | None) -> Entry | None:
         """The next message of queue `name`, locked; waits up to `timeout` seconds (None:
         until one comes; <= 0: no wait) for a NOTIFY. None on timeout."""
@@ -747,11 +775,13 @@ class SharedQueueOperations:
         """Not available without a round trip: use complete()."""
         raise QueueError("a shared store completes messages with await complete()")
 
+    @_database
     async def complete(self, entry: Entry, tag: int) -> None:
         """Remove a locked message. LockLost when the lock is not (or no longer) ours."""
         self._check_open()
         await self._completes((entry, tag))     # (completes asked together share a statement)
 
+    @_database
     async def complete_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
         """complete() of many in one statement; per pair None or LockLost."""
         self._check_open()
@@ -782,6 +812,7 @@ class SharedQueueOperations:
         if names:
             await conn.execute("SELECT pg_notify('tether_q', q) FROM unnest($1::text[]) q", names)
 
+    @_database
     async def abandon(self, entry: Entry, tag: int) -> None:
         """A failed delivery: retry, delay or poison per the queue. LockLost."""
         self._check_open()
@@ -790,6 +821,7 @@ class SharedQueueOperations:
                 row = await self._locked_row(conn, entry, tag)
                 await self._notify(conn, await self._fail(conn, row))
 
+    @_database
     async def dead_letter(self, entry: Entry, tag: int, reason: str) -> None:
         """Move a locked message to its dead-letter queue with `reason`. LockLost."""
         self._check_open()
@@ -798,6 +830,7 @@ class SharedQueueOperations:
                 row = await self._locked_row(conn, entry, tag)
                 await self._notify(conn, await self._dead_letter(conn, row, reason))
 
+    @_database
     async def renew(self, entry: Entry, tag: int) -> float:
         """Extend a peek-lock by the queue's validity_duration from now; the new deadline."""
         self._check_open()
@@ -813,6 +846,7 @@ class SharedQueueOperations:
 
     # ---- groups ----
 
+    @_database
     async def accept_group(self, name: str, timeout: float | None) -> tuple[SharedGroup, Any] | None:
         """Hold the next free group of queue `name` (waiting up to `timeout` seconds for one):
         (the group, None), or None on timeout."""
@@ -828,6 +862,7 @@ class SharedQueueOperations:
         from .operations import _timeout
         return await self._wait(name, _timeout(timeout), attempt)
 
+    @_database
     async def take_group(self, group: SharedGroup, holder: Any, timeout: float | None) -> Entry | None:
         """The held group's next message, locked (send order); waits up to `timeout`. LockLost
         when the group is no longer held (this manager's lease ran out)."""
@@ -854,6 +889,7 @@ class SharedQueueOperations:
         """Let go of a group nobody used (in the background; its locked messages released)."""
         self._spawn(self.release_group(group, holder, abandon=False))
 
+    @_database
     async def release_group(self, group: SharedGroup, holder: Any, *, abandon: bool) -> None:
         """Let go of a held group; its messages still locked are abandoned (or released)."""
         if self._closed:
@@ -876,6 +912,7 @@ class SharedQueueOperations:
 
     # ---- transactions ----
 
+    @_database
     async def commit(self, receipts: list[tuple[Entry, int]], entries: list[Entry]) -> None:
         """Complete `receipts` and queue `entries` in one database transaction
         (TransactionError when a lock was lost, QueueFull): all or nothing."""
@@ -898,6 +935,7 @@ class SharedQueueOperations:
                         await self._check_lengths(conn, entries, limited)
                     await self._insert(conn, entries, None, None)
 
+    @_database
     async def rollback(self, receipts: list[tuple[Entry, int]]) -> None:
         """Return `receipts` as failed deliveries (those whose lock is still ours)."""
         if not receipts or self._closed:
@@ -915,6 +953,21 @@ class SharedQueueOperations:
                 await self._notify(conn, notify)
 
     # ---- closing ----
+
+    def abort(self) -> None:
+        """End at once as a crash would: waiters fail, nothing is given back, the store's
+        connections drop and its lease is left to run out (PostgresStore.abort)."""
+        self._closed = True
+        self.core.close(QueueError("the queue manager is closed"))
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for waiters in self._waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+        self.store.abort()
 
     async def close(self) -> None:
         """Fail waiting receivers, stop the timer, give up the lease, close the store."""

@@ -185,6 +185,16 @@ class PostgresStore:
         """Nothing to rewrite."""
         taken()
 
+    def abort(self) -> None:
+        """End at once, giving nothing up: the connections are dropped and the lease is left
+        to run out, as a killed process leaves it (the crash tests use this)."""
+        self._closed = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        self._listener.terminate()
+        self.lock_pool.terminate()
+        self.pool.terminate()
+
     async def close(self) -> None:
         """Give up the lease (our remaining locks return at once), close the connections."""
         if self._closed:
