@@ -5,9 +5,9 @@ database); every send acknowledged before the kill is there."""
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import pytest
+from test_qm_service_crash import Service
 
 import tether
 from tether import LockLost, QueueError
@@ -18,40 +18,14 @@ CLIENT_GRACE = 1.5
 PRELOADED = 300
 
 
-class Service:
-    """A `python -m tether qm serve --store URL` child; always killed by the test's finally."""
-
-    def __init__(self, store_url, config):
-        self.args = [sys.executable, "-m", "tether", "qm", "serve", "--listen", "tcp://127.0.0.1:0",
-                     "--store", store_url, "--config", str(config), "--log-level", "WARNING"]
-        self.proc = None
-        self.url = None
-
-    async def start(self):
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
-        assert line.startswith(b"tether qm: ready "), (line, await self.proc.stderr.read())
-        self.url = line.split()[-1].decode()
-        return self
-
-    def kill(self):
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-
-    async def wait(self):
-        if self.proc is not None:
-            await self.proc.wait()
-
-
 async def test_two_services_on_one_database_one_sigkilled_nothing_lost_or_doubled(postgres_url, tmp_path):
     config = tmp_path / "qm.toml"
     config.write_text(f"[limits]\nclient_grace = {CLIENT_GRACE}\n")
     async with tether.QueueManager.open(postgres_url) as setup:
         await setup.create_queue("jobs")
         await setup.send_many("jobs", [b"p.%d" % i for i in range(PRELOADED)])
-    a = await Service(postgres_url, config).start()
-    b = await Service(postgres_url, config).start()
+    a = await Service(postgres_url, "tcp://127.0.0.1:0", "--config", str(config)).start()
+    b = await Service(postgres_url, "tcp://127.0.0.1:0", "--config", str(config)).start()
     clients = []
     try:
         receiver_a = await tether.QueueClient.connect(a.url, prefetch=8, request_timeout=2.0)

@@ -468,9 +468,8 @@ class SharedQueueOperations:
     async def define(self, name: str, settings: QueueSettings) -> None:
         """Define a queue for every manager of the database (QueueExists for other settings)."""
         self._check_open()
-        if name == SYSTEM_DEAD_LETTER_QUEUE or self.core.has_queue(name) and self.core.settings(name) == settings:
-            if name != SYSTEM_DEAD_LETTER_QUEUE:
-                return
+        if self.core.has_queue(name) and self.core.settings(name) == settings:
+            return          # (the mirror is the database's: defined there with these settings)
         encoded = json.dumps(settings.as_dict())
         async with self._pool.acquire() as conn:
             async with conn.transaction():
@@ -489,7 +488,7 @@ class SharedQueueOperations:
         """Delete a queue, its sub-queues and every message in them, for every manager."""
         self._check_open()
         if name not in self.core.queue_names() or name == SYSTEM_DEAD_LETTER_QUEUE:
-            self.core.delete(name)      # raises the core's error
+            self.core.delete(name)      # raises the core's error (QueueNotFound)
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute("DELETE FROM tether_queues WHERE name = $1", name)
