@@ -140,7 +140,8 @@ def _database(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]
     async def call(*args: Any, **kwargs: Any) -> T:
         try:
             return await method(*args, **kwargs)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError,
+                OSError) as exc:
             raise StorageError(f"the database failed: {exc.__class__.__name__}: {exc}") from exc
     return call
 
