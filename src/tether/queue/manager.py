@@ -118,6 +118,9 @@ class QueueManager:
         if isinstance(dedupe_window, bool) or not isinstance(dedupe_window, (int, float)) \
                 or not (dedupe_window > 0 and math.isfinite(dedupe_window)):
             raise ValueError(f"dedupe_window must be a finite number of seconds > 0, not {dedupe_window!r}")
+        if isinstance(client_grace, bool) or not isinstance(client_grace, (int, float)) \
+                or not (client_grace > 0 and math.isfinite(client_grace)):
+            raise ValueError(f"client_grace must be a finite number of seconds > 0, not {client_grace!r}")
         checked_remotes = validate_remotes(remotes)
         journal = JournalSettings.create(source_journal, journal_max_length, journal_time_to_live)
 

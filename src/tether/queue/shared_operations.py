@@ -644,9 +644,8 @@ class SharedQueueOperations:
         return None
 
     def _claim_args(self, name: str) -> tuple[float, bool, str | None]:
-        main, sub = split_subqueue(name) if ";" in name else (name, None)
         settings = self.core.settings(name)     # QueueNotFound
-        app = sub is None and not name.startswith("$")
+        app = ";" not in name and not name.startswith("$")
         poison = name + ";poison" if app and settings.receive_error_handling == "fault" else None
         return settings.validity_duration, not app, poison
 
