@@ -30,8 +30,8 @@ from tether._reference.receive_window import ReceiveWindow as ReferenceReceiveWi
 from tether.errors import (
     InactivityTimeout, ProtocolError, RetryLimitExceeded, SequenceTerminated, UnknownSequence,
 )
-from tether.session import core as cores
-from tether.session.core import Core
+from tether.session.sansio import core as cores
+from tether.session.sansio.core import Core
 
 # Seeds per family in CI (native): 1650 in about 20 s on a quiet 2-core machine.
 CI_SEEDS = {

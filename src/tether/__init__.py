@@ -16,10 +16,10 @@ __version__ = "0.1.0"
 
 # Public names that live in submodules, imported on first use so `import tether` stays cheap.
 _LAZY = {
-    "connect": "tether.session.api",
-    "serve": "tether.session.api",
-    "Session": "tether.session.api",
-    "Server": "tether.session.api",
+    "connect": "tether.session.adapters.api",
+    "serve": "tether.session.adapters.api",
+    "Session": "tether.session.adapters.api",
+    "Server": "tether.session.adapters.api",
     "open_connection": "tether.streams",
     "start_server": "tether.streams",
     "create_connection": "tether.streams",

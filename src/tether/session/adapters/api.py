@@ -10,14 +10,14 @@ import weakref
 from ssl import SSLContext
 from typing import Any, Awaitable, Callable, Generator
 
-from ..backoff import Backoff
-from ..errors import SequenceClosed, TetherError
+from ...backoff import Backoff
+from ...errors import SequenceClosed, TetherError
 from . import tls
-from .demux import Demux
-from .engine import SessionEngine
+from ..sansio.demux import Demux
+from ..sansio.engine import SessionEngine
 from .session import Session
-from .settings import SessionSettings
-from .state import State
+from ..sansio.settings import SessionSettings
+from ..sansio.state import State
 from .tcp import (RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection,
                   max_packet_size)
 from .timers import clock
