@@ -52,8 +52,8 @@ async def test_send_recv_and_queues(served):
     code, out, err = await tether_cli("queues", base)
     assert code == 0, err
     header, *rows = out.decode().splitlines()
-    assert header.split() == ["name", "durable", "depth", "in", "flight", "retrying", "dead", "poison"]
-    assert ["orders", "true", "2", "0", "0", "0", "0"] in [row.split() for row in rows]
+    assert header.split() == ["name", "durable", "depth", "in", "flight", "retrying", "dead", "poison", "faulted"]
+    assert ["orders", "true", "2", "0", "0", "0", "0", "false"] in [row.split() for row in rows]
     code, out, err = await tether_cli("queues", base, "--json")
     assert code == 0, err
     infos = {info["name"]: info for info in json.loads(out)}

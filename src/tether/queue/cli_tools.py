@@ -15,7 +15,8 @@ terminal without echo.
 
 Every failure is one line on stderr ("tether: error: ...", naming the service's address
 when the connection is what failed) and an exit status from tether.exit_codes: 1 an
-error, 2 a usage error, 3 a timeout, 128 + the signal when SIGINT or SIGTERM interrupted it.
+error, 2 a usage error, 3 a timeout (recv's --timeout ran out, or the service did not
+answer in time), 128 + the signal when SIGINT or SIGTERM interrupted it.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from .. import exit_codes
-from ..errors import MessageTooLarge, QueueUnavailable, SessionFault, TetherError
+from ..errors import (
+    InactivityTimeout, MessageTooLarge, QueueUnavailable, RetryLimitExceeded, SessionFault, TetherError,
+)
 from ..runner import new_loop_runner
 from ..table_output import print_table
 from .core.address import split_subqueue, validate_queue_name
@@ -175,7 +178,11 @@ def run_command(work: Callable[[], Awaitable[int]], address: str | None = None) 
         if address is not None and _connection_failed(exc) and address not in text:
             text = f"queue manager at {address}: {text}"
         print(f"tether: error: {text}", file=sys.stderr)
-        return exit_codes.TIMEOUT if isinstance(exc, TimeoutError) else exit_codes.ERROR
+        return exit_codes.TIMEOUT if isinstance(exc, _NO_ANSWER) else exit_codes.ERROR
+
+
+#: failures that mean nothing answered in time: exit status 3 (exit_codes.TIMEOUT)
+_NO_ANSWER = (TimeoutError, RetryLimitExceeded, InactivityTimeout, QueueUnavailable)
 
 
 def _password(user: str) -> str:
