@@ -16,6 +16,7 @@ import tether
 from tether.queue.auth import hash_password
 from tether.queue.queue_command import parse_settings
 from tether.table_output import print_table
+from cli_run import one_error_line, tether_cli
 
 
 @pytest.fixture
@@ -27,23 +28,8 @@ async def served(tmp_path):
         await qm.close()
 
 
-async def tether_cli(*args, stdin=b"", env=None):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tether", *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out.decode(), err.decode()
-
-
 def _error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tether: error: "), err
-    return lines[0]
+    return one_error_line(1, err)
 
 
 async def test_queue_create_purge_delete(served):
@@ -121,24 +107,16 @@ async def test_admin_commands_need_the_admin_permission(tmp_path):
     async with tether.QueueManager.open(tmp_path / "qm") as qm:
         service = await qm.listen("tcp://127.0.0.1:0", users=users)
         base = "tether://127.0.0.1:%d" % service.address[1]
-        env_alice = {**_env(), "TETHER_PASSWORD": "alice-pw"}
-        env_root = {**_env(), "TETHER_PASSWORD": "root-pw"}
         for action in ("create", "purge", "delete"):
-            code, _, err = await tether_cli("queue", action, base + "/orders", "--user", "alice", env=env_alice)
+            code, _, err = await tether_cli("queue", action, base + "/orders", "--user", "alice", password="alice-pw")
             assert code == 1 and "user 'alice' may not" in _error_line(err) and "admin" in err, (action, err)
-        code, _, err = await tether_cli("queue", "create", base + "/orders", "--user", "root", env=env_root)
+        code, _, err = await tether_cli("queue", "create", base + "/orders", "--user", "root", password="root-pw")
         assert code == 0, err
         await qm.send("orders", b"x")
-        code, out, err = await tether_cli("queue", "purge", base + "/orders", "--user", "root", env=env_root)
+        code, out, err = await tether_cli("queue", "purge", base + "/orders", "--user", "root", password="root-pw")
         assert (code, out) == (0, "purged 1 messages from orders\n"), err
-        code, _, err = await tether_cli("queue", "delete", base + "/orders", "--user", "root", env=env_root)
+        code, _, err = await tether_cli("queue", "delete", base + "/orders", "--user", "root", password="root-pw")
         assert code == 0 and "orders" not in await qm.queues(), err
-
-
-def _env():
-    import os
-
-    return dict(os.environ)
 
 
 async def test_peek_neither_locks_nor_counts(served):

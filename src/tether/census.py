@@ -11,9 +11,9 @@ import weakref
 from typing import Any
 
 #: live sessions (session.Session), clients' and servers' alike
-sessions: "weakref.WeakSet[Any]" = weakref.WeakSet()
+sessions: weakref.WeakSet[Any] = weakref.WeakSet()
 #: open queue managers (queue.manager.QueueManager)
-managers: "weakref.WeakSet[Any]" = weakref.WeakSet()
+managers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class EndedSessions:

@@ -45,7 +45,7 @@ class Histogram:
             out.append((bound, total))
         return out
 
-    def add(self, other: "Histogram") -> None:
+    def add(self, other: Histogram) -> None:
         """Add `other`'s observations (same bounds) to these."""
         if other.bounds != self.bounds:
             raise ValueError("cannot add histograms with different bounds")

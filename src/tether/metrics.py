@@ -17,18 +17,22 @@ added together.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
-    CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
 
 from . import census
 from .histogram import SYNC_BUCKETS, Histogram
 from .metrics_http import MetricsServer, parse_address, serve_registry
 
-__all__ = ["registry", "serve", "render", "CONTENT_TYPE", "MetricsServer", "parse_address", "TetherCollector"]
+__all__ = ["CONTENT_TYPE", "MetricsServer", "TetherCollector", "parse_address", "registry", "render", "serve"]
 
 #: the Content-Type of render()'s text
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -71,10 +75,10 @@ class TetherCollector:
                                             "by reason", labels=["queue", "reason"])
         pending = GaugeMetricFamily("tether_forwarder_pending", "Messages waiting to be forwarded to the queue "
                                     "manager at target (its transmission queue)", labels=["target"])
-        values: dict[str, Counter] = {key: Counter() for key in gauges}
-        traffic: Counter = Counter()
-        deaths: Counter = Counter()
-        waiting: Counter = Counter()
+        values: dict[str, Counter[str]] = {key: Counter() for key in gauges}
+        traffic: Counter[tuple[str, str]] = Counter()
+        deaths: Counter[tuple[str, str]] = Counter()
+        waiting: Counter[str] = Counter()
         journal_bytes = 0
         clients = 0
         syncs = Histogram(SYNC_BUCKETS)
@@ -118,7 +122,7 @@ class TetherCollector:
                                     "and fdatasync (fsync=always)", buckets=_buckets(syncs), sum_value=syncs.sum)
 
     def _session_metrics(self) -> Iterator[Metric]:
-        live: Counter = Counter({transport: 0 for transport in TRANSPORTS})
+        live: Counter[str] = Counter({transport: 0 for transport in TRANSPORTS})
         resent = census.ended.resent
         rtts = Histogram(RTT_BUCKETS)
         for session in list(census.sessions):

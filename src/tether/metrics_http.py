@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("tether.metrics")
 
@@ -48,7 +48,7 @@ class MetricsServer:
     def __init__(self, render: Callable[[], bytes], content_type: str) -> None:
         self._render = render
         self._content_type = content_type
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -70,7 +70,7 @@ class MetricsServer:
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._answer(writer, 408, b"request timeout\n")
                 return
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -113,7 +113,7 @@ class MetricsServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def __aenter__(self) -> "MetricsServer":
+    async def __aenter__(self) -> MetricsServer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -2,7 +2,8 @@
 plain aligned text otherwise (what scripts and tests read)."""
 from __future__ import annotations
 
-from typing import IO, Sequence
+from collections.abc import Sequence
+from typing import IO
 
 
 def print_table(titles: Sequence[str], rows: Sequence[Sequence[str]], out: IO[str], *,

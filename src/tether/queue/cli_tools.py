@@ -29,13 +29,18 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Mapping
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from .. import exit_codes
 from ..errors import (
-    InactivityTimeout, MessageTooLarge, QueueUnavailable, RetryLimitExceeded, SessionFault, TetherError,
+    InactivityTimeout,
+    MessageTooLarge,
+    QueueUnavailable,
+    RetryLimitExceeded,
+    SessionFault,
+    TetherError,
 )
 from ..runner import new_loop_runner
 from ..table_output import print_table
@@ -223,7 +228,7 @@ async def connect_client(url: str, args: argparse.Namespace) -> Any:
     try:
         return await asyncio.wait_for(QueueClient.connect(url, ssl=context, user=args.user, password=password,
                                                           connect_timeout=timeout, prefetch=1), timeout + 1)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise TimeoutError(f"no queue manager answered at {url} within {timeout} s") from None
 
 
@@ -318,7 +323,12 @@ class _Progress:
 
     def __init__(self, total: int) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeElapsedColumn,
+        )
 
         self._progress = Progress("received", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                   console=Console(file=sys.stderr), transient=True)
