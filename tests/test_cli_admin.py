@@ -277,3 +277,38 @@ async def test_serve_stops_cleanly_on_sigterm_with_lower_case_log_level(tmp_path
             await proc.wait()
     assert proc.returncode == 0, err
     assert b"queue manager stopped cleanly" in err        # INFO lines: the level was taken
+
+
+async def test_recv_shows_progress_on_a_terminal_while_stdout_is_a_file(served, tmp_path):
+    import os
+    import pty
+
+    qm, base = served
+    await qm.create_queue("orders")
+    await qm.send_many("orders", [b"m%d" % i for i in range(3)])
+    main_fd, terminal_fd = pty.openpty()
+    out_path = tmp_path / "out"
+    try:
+        with open(out_path, "wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tether", "recv", base + "/orders", "--count", "3",
+                stdout=out, stderr=terminal_fd)
+        os.close(terminal_fd)
+        terminal_fd = -1
+        await asyncio.wait_for(proc.wait(), 30)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:         # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main_fd)
+        if terminal_fd >= 0:
+            os.close(terminal_fd)
+    assert proc.returncode == 0, shown
+    assert out_path.read_bytes() == b"m0\nm1\nm2\n"
+    assert b"received" in shown and b"3/3" in shown      # rich's bar, drawn on the terminal

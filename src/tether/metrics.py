@@ -29,6 +29,7 @@ from prometheus_client.core import (
 )
 
 from . import census
+from .errors import QueueError
 from .histogram import SYNC_BUCKETS, Histogram
 from .metrics_http import MetricsServer, parse_address, serve_registry
 
@@ -83,9 +84,10 @@ class TetherCollector:
         clients = 0
         syncs = Histogram(SYNC_BUCKETS)
         for manager in list(census.managers):
-            if manager.closed:
+            try:
+                stats = manager.statistics()
+            except QueueError:      # closed (it leaves the census once collected)
                 continue
-            stats = manager.statistics()
             for info in stats.queues:
                 for key in values:
                     values[key][info.name] += int(info[key])

@@ -171,11 +171,6 @@ class QueueManager:
         self._closed = True
         await self.operations.close()
 
-    @property
-    def closed(self) -> bool:
-        """close() has finished."""
-        return self._closed
-
     def statistics(self) -> ManagerStatistics:
         """Every queue's counts, what went through each since the manager opened (sent,
         received, dead-lettered by reason), the journal's size and sync times, and how many

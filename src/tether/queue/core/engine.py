@@ -866,17 +866,14 @@ class QueueCore:
             self._locked_entry(entry, tag, now)
         entry.state = SETTLING          # the table's SETTLE (LOCKED was checked above)
         entry.before = LOCKED
+        # counted now, not once written: an integer add is all the metrics cost here (a
+        # write that fails leaves the message locked, and completing it again counts again)
+        queue.received += 1
         if not queue.journaled:
-            queue.received += 1
             self._gone(queue, entry, now)
             return None
         return self.records.add([[R.REMOVE, queue.name, entry.key]],
-                                 lambda now: self._completed(queue, entry, now), lambda now: self._unsettle(entry, now))
-
-    def _completed(self, queue: Queue, entry: Entry, now: float) -> None:
-        """A complete()'s record is written: the entry is gone, received."""
-        queue.received += 1
-        self._gone(queue, entry, now)
+                                 lambda now: self._gone(queue, entry, now), lambda now: self._unsettle(entry, now))
 
     def complete_many(self, receipts: list[tuple[Entry, int]], now: float) -> tuple[int | None, list[LockLost | None]]:
         """complete() of many entries in one record: the record to wait for, and per entry
