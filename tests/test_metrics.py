@@ -246,3 +246,34 @@ def test_the_histogram_counts_each_observation_in_its_bucket():
         h.add(Histogram((1.0,)))
     with pytest.raises(ValueError, match="ascending"):
         Histogram((0.1, 0.01))
+
+
+async def test_statistics_count_every_way_in_and_out(tmp_path):
+    async with tether.QueueManager.open(tmp_path / "qm") as qm:
+        await qm.create_queue("orders")
+        await qm.create_queue("nowhere", time_to_live=0.05, dead_letter_queue="none")
+        for i in range(3):
+            await qm.send("orders", b"one %d" % i)               # one by one, each journaled
+        await qm.send_many("orders", [b"a", b"b"])                # one record for both
+        async with qm.transaction() as tx:                        # received and sent in one commit
+            assert await tx.receive("orders", timeout=0) is not None
+            await tx.send("orders", b"from the transaction")
+        message = await qm.receive("orders", timeout=0)
+        await message.complete()
+        message = await qm.receive("orders", timeout=0)
+        await message.abandon()                                   # a failed delivery: not received
+        await qm.send("nowhere", b"gone")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not qm.statistics().dead_lettered:
+            assert loop.time() < deadline, "the message never expired"
+            await asyncio.sleep(0.02)
+        stats = qm.statistics()
+        assert stats.traffic["orders"] == (6, 2)
+        assert stats.traffic["nowhere"] == (1, 0)
+        assert stats.dead_lettered == {("nowhere", "expired"): 1}     # dropped, but counted
+        assert {info.name: info.depth for info in stats.queues}["orders"] == 4
+        assert stats.sync_seconds is not None and stats.sync_seconds.count >= 8
+        assert stats.journal_bytes == qm.journal_bytes > 0 and stats.clients == 0
+    with pytest.raises(tether.QueueError, match="closed"):
+        qm.statistics()

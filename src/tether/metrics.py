@@ -32,6 +32,7 @@ from . import census
 from .errors import QueueError
 from .histogram import SYNC_BUCKETS, Histogram
 from .metrics_http import MetricsServer, parse_address, serve_registry
+from .queue.core.system_queues import TRANSMISSION_PREFIX
 
 __all__ = ["CONTENT_TYPE", "MetricsServer", "TetherCollector", "parse_address", "registry", "render", "serve"]
 
@@ -41,7 +42,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 TRANSPORTS = ("udp", "tcp", "tls")
 #: bucket upper bounds (seconds) of the sessions' smoothed round-trip times
 RTT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-_TRANSMISSION_PREFIX = "$xmit:"
 
 
 class TetherCollector:
@@ -91,8 +91,8 @@ class TetherCollector:
             for info in stats.queues:
                 for key in values:
                     values[key][info.name] += int(info[key])
-                if info.name.startswith(_TRANSMISSION_PREFIX):
-                    waiting[info.name[len(_TRANSMISSION_PREFIX):]] += (info.depth + info.in_flight + info.retrying
+                if info.name.startswith(TRANSMISSION_PREFIX):
+                    waiting[info.name[len(TRANSMISSION_PREFIX):]] += (info.depth + info.in_flight + info.retrying
                                                                       + info.scheduled)
             for name, (sent_count, received_count) in stats.traffic.items():
                 traffic[name, "sent"] += sent_count
