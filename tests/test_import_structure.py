@@ -122,6 +122,8 @@ def test_the_queue_core_imports_no_adapter_and_no_io():
                      if isinstance(node, ast.ImportFrom) and not node.level}
         assert not imported & {"asyncio", "time", "os", "socket", "threading", "uvloop"}, \
             f"{name} reaches for I/O or a clock: {sorted(imported & {'asyncio', 'time', 'os', 'socket'})}"
+        # metrics are read from the core's counts by tether.metrics, never pushed from it
+        assert "prometheus_client" not in imported, f"{name} imports prometheus_client"
 
 
 @pytest.mark.parametrize("module, forbidden", [
@@ -134,6 +136,18 @@ def test_the_queue_core_imports_no_adapter_and_no_io():
 ])
 def test_adapters_do_not_reach_upward(module, forbidden):
     assert forbidden not in _graph()[module]
+
+
+def test_only_tether_metrics_imports_prometheus_client():
+    importers = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(m.split(".")[0] == "prometheus_client" for m in modules):
+                importers.append(name)
+    assert sorted(set(importers)) == ["tether.metrics"]
 
 
 def test_the_check_finds_a_loop():
