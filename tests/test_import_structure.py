@@ -132,6 +132,8 @@ def test_a_sans_io_engine_imports_no_adapter_and_no_io(package):
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and not node.level}
         assert not imported & forbidden, f"{name} reaches for I/O or a clock: {sorted(imported & forbidden)}"
+        # metrics are read from the engines' counts by tether.metrics, never pushed from them
+        assert "prometheus_client" not in imported, f"{name} imports prometheus_client"
 
 
 @pytest.mark.parametrize("module, forbidden", [
@@ -145,6 +147,18 @@ def test_a_sans_io_engine_imports_no_adapter_and_no_io(package):
 ])
 def test_adapters_do_not_reach_upward(module, forbidden):
     assert forbidden not in _graph()[module]
+
+
+def test_only_tether_metrics_imports_prometheus_client():
+    importers = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(m.split(".")[0] == "prometheus_client" for m in modules):
+                importers.append(name)
+    assert sorted(set(importers)) == ["tether.metrics"]
 
 
 def test_the_check_finds_a_loop():

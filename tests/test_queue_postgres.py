@@ -265,3 +265,24 @@ async def test_groups_go_whole_to_one_manager(managers):
 async def test_store_and_forward_is_refused_clearly(managers):
     with pytest.raises(tether.QueueError, match="store-and-forward"):
         await managers[0].send("tether://127.0.0.1:9/q", b"x")
+
+
+async def test_metrics_read_the_database_counts_as_of_the_previous_scrape(managers):
+    """A scrape cannot wait for the database: it reports the counts the previous scrape
+    started reading, so the second scrape after a send sees it."""
+    from tether import metrics
+
+    qm = managers[0]
+    await qm.create_queue("metered", durable=True)
+    for i in range(3):
+        await qm.send("metered", b"m%d" % i)
+    await managers[1].receive("metered", timeout=5)        # one in flight, through the other
+    metrics.render()                                        # starts the reads
+    for _ in range(100):                                    # bounded: the reads are in flight
+        await asyncio.sleep(0.02)
+        text = metrics.render().decode()
+        if 'tether_queue_messages{queue="metered"} 2.0' in text:
+            break
+    # three managers of this process share the database: its queue is reported once
+    assert 'tether_queue_messages{queue="metered"} 2.0' in text
+    assert 'tether_queue_in_flight{queue="metered"} 1.0' in text

@@ -2,7 +2,7 @@
 
 The public API (docs/architecture.md, "API"): `connect`, `serve`, `open_connection`,
 `start_server`, `create_connection`, `create_server`, `QueueManager`, `QueueClient`, and
-the error classes of `tether.errors`.
+the error classes of `tether.errors`; `tether.metrics` (Prometheus metrics of the process).
 """
 from __future__ import annotations
 
@@ -30,7 +30,13 @@ _LAZY = {
 }
 
 
+#: Submodules `tether.NAME` imports on first use: the Prometheus metrics need prometheus_client.
+_SUBMODULES = ("metrics",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tether.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tether' has no attribute {name!r}")

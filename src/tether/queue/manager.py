@@ -28,6 +28,7 @@ import os
 from ssl import SSLContext
 from typing import Any, AsyncIterator, Mapping
 
+from .. import census
 from ..errors import QueueError, QueueNotFound
 from .core import QueueCore, QueueInfo, QueueSettings
 from .core.engine import DEFAULT_MAX_QUEUES
@@ -40,6 +41,7 @@ from .message import Message
 from .opening import Opening
 from .operations import QueueOperations
 from .remotes import DIRECT, Remote, validate_remotes
+from .statistics import ManagerStatistics, gather
 from .store.interface import Store
 from .store.journal_store import (
     DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_RATIO, DEFAULT_SEGMENT_SIZE, JournalStore,
@@ -70,6 +72,7 @@ class QueueManager:
         self._closing = False                  # close() has begun: start no more forwarders
         self._services: list[Any] = []         # service.QueueService, see listen()
         self._forwarders: dict[str, Any] = {}  # transmission queue name -> forwarder.Forwarder
+        census.managers.add(self)              # tether.metrics reports it while it is open
 
     # ---- opening and closing ----
 
@@ -205,6 +208,13 @@ class QueueManager:
             await forwarder.close()
         self._closed = True
         await self.operations.close()
+
+    def statistics(self) -> ManagerStatistics:
+        """Every queue's counts, what went through each since the manager opened (sent,
+        received, dead-lettered by reason), the journal's size and sync times, and how many
+        clients its services know: what tether.metrics reports. QueueError once closed."""
+        self._check_open()
+        return gather(self.operations, self._services)
 
     async def __aenter__(self) -> "QueueManager":
         return self

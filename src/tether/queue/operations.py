@@ -161,6 +161,10 @@ class QueueOperations:
         """Counts of a queue or sub-queue (async: a shared store counts in the database)."""
         return self.core.info(name)
 
+    def info_now(self, name: str) -> QueueInfo:
+        """Counts of a queue without waiting (what a metrics scrape reads): the core's own."""
+        return self.core.info(name)
+
     async def purge(self, name: str) -> int:
         """Remove every message waiting in a queue, durably; how many."""
         count, record = self.core.purge(name, self._clock())

@@ -184,6 +184,7 @@ class SharedQueueOperations:
         self._claiming: set[str] = set()                        # queues with a claim on its way
         self._names: dict[str, _QueueName] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._info_cache: dict[str, QueueInfo] = {}     # info() per queue, for info_now()
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = float("inf")
         self._sweeping: asyncio.Task | None = None
@@ -501,9 +502,24 @@ class SharedQueueOperations:
         self.core.delete(name)
         self._notified(name)
 
-    @_database
+    def info_now(self, name: str) -> QueueInfo:
+        """The counts the last info() of `name` read (a metrics scrape cannot wait for the
+        database), and a fresh read started in the background for the next scrape; zeros
+        before the first. QueueNotFound."""
+        settings = self.core.settings(name)       # QueueNotFound
+        if not self._closed:
+            self._spawn(self.info(name))
+        cached = self._info_cache.get(name)
+        return cached if cached is not None else QueueInfo(name, settings.durable, 0, 0, 0, 0, 0, 0, False)
+
     async def info(self, name: str) -> QueueInfo:
         """Counts of a queue or sub-queue, from the database."""
+        info = await self._count(name)
+        self._info_cache[name] = info
+        return info
+
+    @_database
+    async def _count(self, name: str) -> QueueInfo:
         self._check_open()
         settings = self.core.settings(name)       # QueueNotFound
         sub = ";" in name

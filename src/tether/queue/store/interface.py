@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+from ...histogram import Histogram
+
 
 class Store(Protocol):
     """A place for the queue core's journal records."""
@@ -39,6 +41,10 @@ class Store(Protocol):
     @property
     def size_bytes(self) -> int:
         """Bytes the store takes."""
+
+    @property
+    def sync_seconds(self) -> Histogram | None:
+        """How long each sync of a batch took (None: the store does not sync each batch)."""
 
     def release_recovered(self) -> None:
         """The recovered records were replayed: let them go."""

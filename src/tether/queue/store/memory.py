@@ -17,6 +17,7 @@ class MemoryStore:
         self.recovered: list[bytes] = []
         self.recovery_log: list[str] = []
         self.size_bytes = 0
+        self.sync_seconds = None        # nothing is ever synced
 
     def release_recovered(self) -> None:
         """Nothing was recovered."""

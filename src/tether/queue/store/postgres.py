@@ -67,6 +67,7 @@ class PostgresStore:
         self.recovered: list[bytes] = []
         self.recovery_log: list[str] = []
         self.size_bytes = 0
+        self.sync_seconds = None        # the database syncs; tether times no batch of its own
         self._listener = listener
         self._on_queue: Callable[[str], None] | None = None
         self._on_definitions: Callable[[], None] | None = None

@@ -7,6 +7,7 @@ import asyncio
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
+from ... import census
 from ...errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
 from ..sansio.engine import SessionEngine
 from ..sansio.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
@@ -37,8 +38,10 @@ class Session:
     """
 
     def __init__(self, engine: SessionEngine, link: Link | None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, *, transport: str = "udp") -> None:
         self._engine = engine
+        #: "udp", "tcp" or "tls": what the session runs over
+        self.transport = transport
         self._link = link
         self._loop = loop or asyncio.get_running_loop()
         self._timers = timer_service(self._loop)
@@ -61,6 +64,7 @@ class Session:
         self._listener: Callable[[], None] | None = None
         self._link_listener: Callable[[Link | None], None] | None = None
         self.accepted = False
+        census.session_started(self)
 
     # ---- identity ----
 
@@ -447,6 +451,7 @@ class Session:
             return
         self._ended = True
         self._error = error
+        census.session_ended(self, self._engine.messages_resent)
         self._timers.cancel(self)
         if not self._connected.done():
             if error is not None:
