@@ -41,7 +41,9 @@ async def recv():
         done = loop.create_future()
         proto_obj = []
         def factory():
-            p = RawRecv(done); proto_obj.append(p); return p
+            p = RawRecv(done)
+            proto_obj.append(p)
+            return p
         srv = await loop.create_server(factory, host, port)
         print("READY", flush=True)
         await done

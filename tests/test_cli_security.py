@@ -12,7 +12,7 @@ import pytest
 
 import tether
 from tether.queue.auth import hash_password, parse_password_hash, verify_password
-from tls_pki import pki, server_context  # noqa: F401  (pki is a fixture)
+from tls_pki import server_context
 
 
 async def tether_cli(*args, stdin=b"", password=None, new_session=False):

@@ -17,7 +17,7 @@ async def served(tmp_path):
     qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
     try:
         await qm.create_queue("orders")
-        yield qm, "tether://127.0.0.1:%d" % qm.services[0].address[1]
+        yield qm, f"tether://127.0.0.1:{qm.services[0].address[1]}"
     finally:
         await qm.close()
 
@@ -85,7 +85,7 @@ async def test_errors_are_one_line(served):
         (("send", "http://127.0.0.1:1/q", "x"), "tether://HOST:PORT/QUEUE"),
         (("send", base, "x"), "no queue name"),
         (("send", base + "/orders", "x", "--header", "novalue"), "NAME=VALUE"),
-        (("recv", "tether://127.0.0.1:%d/q" % dead_port, "--connect-timeout", "2"), "refused"),
+        (("recv", f"tether://127.0.0.1:{dead_port}/q", "--connect-timeout", "2"), "refused"),
         (("queues", "tether://127.0.0.1"), "port"),
         (("recv", base + "/orders", "--count", "0"), "--count"),
     ]

@@ -612,7 +612,8 @@ def test_frame_packet(codec):
 @given(st.lists(st.binary(min_size=1, max_size=3000), max_size=12), st.randoms(use_true_random=False))
 def test_packet_reader_any_chunking_gives_the_same_packets(bodies, rng):
     stream = b"".join(native.frame_packet(body) for body in bodies)
-    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 30)))) if len(stream) > 1 else []
+    cuts = (sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 30))))
+            if len(stream) > 1 else [])
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
     for module in MODULES:
         whole = module.PacketReader(4000)
@@ -737,7 +738,8 @@ def test_payload_sizes_twins_agree(payloads):
 # ---------------------------------------------------------------- batches of datagrams
 
 @SETTINGS
-@given(st.lists(st.one_of(st.lists(frames, min_size=1, max_size=3).map(lambda fs: b"".join(native.encode_frame(f) for f in fs)),
+@given(st.lists(st.one_of(st.lists(frames, min_size=1, max_size=3).map(
+                              lambda fs: b"".join(native.encode_frame(f) for f in fs)),
                           st.binary(max_size=40)), max_size=8))
 def test_decode_packets_is_decode_packet_per_body(bodies):
     """One call for a run of datagrams: each body's frames, or the ProtocolError it raised,

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 from test_session_net import exchange, url
-from tls_pki import client_context, pki, server_context  # noqa: F401  (pki is a fixture)
+from tls_pki import client_context, server_context
 
 import tether
 from tether.bench.relay import TcpRelay

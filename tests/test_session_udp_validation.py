@@ -72,8 +72,10 @@ def challenge_of(data: bytes) -> bytes:
 
 def test_a_challenge_is_at_most_three_times_its_packet_and_paced():
     path, challenges = PeerPath(HERE), PathChallenges(seeded())
-    probe = lambda size, now, source=THERE: path.probe(source, size, now, 0.1, 77, challenges,
-                                                       challenge_of)
+
+    def probe(size, now, source=THERE):
+        return path.probe(source, size, now, 0.1, 77, challenges, challenge_of)
+
     assert probe(9, 0.0) is None                      # 27 < 29: no answer at all
     first = probe(10, 0.0)
     assert first is not None and len(first) == 13 + CHALLENGE_SIZE

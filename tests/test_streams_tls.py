@@ -8,7 +8,7 @@ import ssl
 
 import h11
 import pytest
-from tls_pki import client_context, pki, server_context  # noqa: F401  (pki is a fixture)
+from tls_pki import client_context, server_context
 
 import tether
 

@@ -54,8 +54,9 @@ class SimWaiter:
 class NodeSpec:
     """How one queue manager of a scenario behaves."""
 
-    def __init__(self, name: str, queues: dict[str, QueueSettings], *, write_delay: tuple[float, float] = (0.001, 0.004),
-                 fail_rate: float = 0.0, compact_rate: float = 0.0, downtime: tuple[float, float] = (0.5, 2.0)) -> None:
+    def __init__(self, name: str, queues: dict[str, QueueSettings], *,
+                 write_delay: tuple[float, float] = (0.001, 0.004), fail_rate: float = 0.0,
+                 compact_rate: float = 0.0, downtime: tuple[float, float] = (0.5, 2.0)) -> None:
         self.name = name
         self.queues = queues
         self.write_delay = write_delay
@@ -142,7 +143,8 @@ class Node:
         expected = self.model.open.number if self.model.open is not None else None
         if core.pending_record != expected:
             ops = core.records._open.ops if core.records._open else []
-            self.fail(f"{what}: the core's open record is {core.pending_record} ({[op[:3] for op in ops]!r:.300}), the model's {expected}")
+            self.fail(f"{what}: the core's open record is {core.pending_record} "
+                      f"({[op[:3] for op in ops]!r:.300}), the model's {expected}")
         if self.model.failing_waiters:
             self.fail(f"{what}: the queue faulted but waiters were not failed: {list(self.model.failing_waiters)}")
         if core.events:
@@ -511,7 +513,7 @@ class Node:
         owner = producer.owners.get((entry.queue.name, msg.seq))
         if owner != msg.mid:
             self.fail(f"m{msg.mid} (sequence {msg.seq} of producer {producer.name.hex()[:8]}) was answered as a "
-                      f"duplicate, but {'m%d' % owner if owner is not None else 'nothing'} was queued with that "
+                      f"duplicate, but {f'm{owner}' if owner is not None else 'nothing'} was queued with that "
                       f"sequence: an acknowledged message is lost")
 
     def _check_number(self, msg: Msg, entry: Any) -> None:

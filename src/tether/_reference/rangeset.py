@@ -100,7 +100,7 @@ class RangeSet:
             hi = max(hi, merged[-1][1])
         ranges[first:last] = [(lo, hi)]
         # The merged ranges lie inside the new one, so the rest of it is new.
-        return (hi - lo + 1) - sum(h - l + 1 for l, h in merged)
+        return (hi - lo + 1) - sum(high - low + 1 for low, high in merged)
 
     # ---- removing ----
 

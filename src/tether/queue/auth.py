@@ -201,7 +201,7 @@ class User:
 
     name: str
     password_hash: str = field(repr=False)
-    permissions: Permissions = Permissions()
+    permissions: Permissions = field(default_factory=Permissions)
 
     def __post_init__(self) -> None:
         validate_user_name(self.name)

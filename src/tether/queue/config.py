@@ -149,7 +149,7 @@ class ServiceConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"config: limits.{name} must be an integer >= {low}, not {value!r}")
         try:
-            self.limits
+            _ = self.limits
         except ValueError as exc:
             raise ValueError(f"config: limits: {exc}") from None
         for name, settings in self.queues.items():

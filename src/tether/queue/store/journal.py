@@ -82,8 +82,9 @@ class Journal:
         or "never" (write only). A new segment starts when the current one would grow past
         `segment_size` bytes. `max_in_flight`: batches in flight at once
         when a sync is quicker than the loop's turn (2 lets the next batch's write start
-        while the loop runs the previous one's senders; see group_commit, pipelining). `retry_interval`: seconds between attempts to restore the files
-        after a failed write left them in an unknown state (appends fail at once meanwhile).
+        while the loop runs the previous one's senders; see group_commit, pipelining).
+        `retry_interval`: seconds between attempts to restore the files after a failed write
+        left them in an unknown state (appends fail at once meanwhile).
 
         The directory is made 0700 and files in it 0600; none is opened through a symbolic
         link. Recovery repairs a torn tail only (the unsynced end of the last batch; one line
