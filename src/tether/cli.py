@@ -9,6 +9,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from . import __version__
 from .errors import TetherError
 from .runner import new_loop_runner
 
@@ -79,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run_bench(args: argparse.Namespace) -> int:
     from .bench.report import Progress, emit
+    from .layer1 import NATIVE
+
+    if not args.json:
+        core = "the compiled core" if NATIVE else "the pure-Python twins (no compiled core)"
+        print(f"tether {__version__} on {core}: tether.NATIVE = {NATIVE}")
 
     kinds = [args.kind] if args.kind else [k for k, m in BENCH_KINDS.items() if _available(m)]
     progress = Progress(enabled=not args.quiet)
@@ -100,7 +106,7 @@ async def _run_bench(args: argparse.Namespace) -> int:
             print(f"\n== tether bench {kind}{': ' + heading(kind_args) if heading else ''} ==")
             emit(results, as_json=False)
     if args.json:
-        emit(everything, as_json=True)
+        emit(everything, as_json=True, native=NATIVE)
     return 0
 
 

@@ -41,7 +41,7 @@ from collections import OrderedDict, deque
 from datetime import datetime, timedelta
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Unpack, cast
 from urllib.parse import urlsplit
 
 from ..errors import (
@@ -51,16 +51,17 @@ from ..errors import (
 from . import protocol as P
 from ..backoff import Backoff
 from ..session import tls
+from ..session.settings import SessionTuning
 from ..session.url import parse as parse_url
 from .auth import check_credentials
 from .core.engine import check_group_id, check_priority, delivery_time
 from .core.headers import encode_headers, plain_headers
 from .core.info import QueueInfo
-from .core.settings import QueueSettings
+from .core.settings import QueueOptions, QueueSettings
 from .receive_batch import ReceiveBatch, check_batch
 from .group import AcceptGroup, check_accept
 from .message import Message
-from .opening import Opening
+from ..opening import Opening
 
 log = logging.getLogger("tether.queue.client")
 
@@ -108,7 +109,7 @@ def _seconds_or_none(name: str, value: Any) -> float | None:
 class _Request:
     __slots__ = ("item", "future", "deadline")
 
-    def __init__(self, item: list, future: asyncio.Future, deadline: float) -> None:
+    def __init__(self, item: list[Any], future: asyncio.Future[Any], deadline: float) -> None:
         self.item = item
         self.future = future
         self.deadline = deadline
@@ -124,10 +125,10 @@ class _Consumer:
         self.consumer_id = consumer_id
         self.queue = queue
         self.buffer: deque[Message] = deque()
-        self.waiters: deque[asyncio.Future] = deque()     # receive() calls waiting, oldest first
+        self.waiters: deque[asyncio.Future[Any]] = deque()     # receive() calls waiting, oldest first
         self.error: BaseException | None = None
         self.subscribed = False
-        self.subscribing: asyncio.Future | None = None     # the SUBSCRIBE in progress
+        self.subscribing: asyncio.Future[Any] | None = None     # the SUBSCRIBE in progress
         self.granted = 0        # credit the service still has for us
         self.owed = 0           # credit to return with the next frame
 
@@ -196,7 +197,7 @@ async def _more_at_once(transaction: "RemoteTransaction", name: str, n: int) -> 
 
 
 def _send_options(priority: Any, delay: Any, deliver_at: Any, group_id: Any = None,
-                  journal: Any = None) -> dict | None:
+                  journal: Any = None) -> dict[str, Any] | None:
     """A SEND's options map (nil for the defaults), checked here as the service checks them."""
     options: dict[str, Any] = {}
     if priority.__class__ is not int or priority != 3:
@@ -230,7 +231,7 @@ class QueueClient:
     """A connection to a queue manager service. Create with `await QueueClient.connect(url)`."""
 
     def __init__(self, url: str, *, prefetch: int, connect_timeout: float, request_timeout: float | None,
-                 session_settings: dict[str, Any], client_id: bytes | None = None, ssl: Any = None,
+                 session_settings: SessionTuning, client_id: bytes | None = None, ssl: Any = None,
                  user: str | None = None, password: str | None = None) -> None:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 65536:
             raise ValueError(f"prefetch must be an integer 1..65536, not {prefetch!r}")
@@ -247,7 +248,7 @@ class QueueClient:
         self.prefetch = prefetch
         self.connect_timeout = float(connect_timeout)
         self.request_timeout = _seconds_or_none("request_timeout", request_timeout)
-        self._session_settings = dict(P.SESSION_SETTINGS)
+        self._session_settings: dict[str, Any] = dict(P.SESSION_SETTINGS)
         self._session_settings.update(session_settings)
         self._loop = asyncio.get_running_loop()
         self.client_id = client_id if client_id is not None else os.urandom(16)
@@ -263,13 +264,13 @@ class QueueClient:
         self._connected = False
         self._disconnected_at: float | None = None
         self._pending: dict[int, _Request] = {}
-        self._out: list = []
+        self._out: list[Any] = []
         self._out_bytes = 0
         self._flush_scheduled = False
         self._consumers: dict[str, _Consumer] = {}
         self._by_consumer_id: dict[int, _Consumer] = {}
         self._locks: dict[int, Message] = {}      # lock tag -> received message, unsettled
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Task[Any] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
         self._fatal: BaseException | None = None
@@ -280,7 +281,7 @@ class QueueClient:
     def connect(cls, url: str, *, ssl: SSLContext | None = None, user: str | None = None,
                 password: str | None = None, prefetch: int = DEFAULT_PREFETCH, connect_timeout: float = 10.0,
                 request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT, client_id: bytes | None = None,
-                **session_settings: Any) -> "Opening[QueueClient]":
+                **session_settings: Unpack[SessionTuning]) -> Opening[QueueClient]:
         """Connect to the queue manager service at `url` (tcp://HOST:PORT, or
         tls://HOST:PORT: TLS with `ssl`, by default `ssl.create_default_context()`, which
         verifies the certificate against HOST). Await it, or use it as an async context
@@ -321,7 +322,7 @@ class QueueClient:
             self._out, self._out_bytes = [], 0
             session.send_nowait([P.encode([hello])])
             async with asyncio.timeout(self.connect_timeout):
-                reply = await self._read_hello(session, hello[1])
+                reply = await self._read_hello(session, self._rids)
         except BaseException:
             session.abort("queue protocol handshake failed")
             raise
@@ -359,7 +360,7 @@ class QueueClient:
                 self._send(item)
         self._schedule_flush()
 
-    async def _read_hello(self, session: Any, rid: int) -> dict:
+    async def _read_hello(self, session: Any, rid: int) -> dict[str, Any]:
         """Read until HELLO's answer, dispatching whatever comes with it."""
         while True:
             try:
@@ -397,7 +398,7 @@ class QueueClient:
             consumer.owed += len(consumer.buffer)
             consumer.buffer.clear()
 
-    def _decode(self, frame: bytes) -> list:
+    def _decode(self, frame: bytes) -> list[Any]:
         try:
             return [P.parse_response(item) for item in P.decode(frame)]
         except ProtocolError as exc:
@@ -465,7 +466,7 @@ class QueueClient:
             consumer.error = error
             consumer.wake_all()
 
-    def _dispatch(self, item: list) -> None:
+    def _dispatch(self, item: list[Any]) -> None:
         op = item[0]
         if op == P.DELIVER:
             consumer = self._by_consumer_id.get(item[1])
@@ -501,13 +502,13 @@ class QueueClient:
                 consumer.error = P.error_from_code(item[2], item[3])
                 consumer.wake_all()
 
-    def _answered(self, item: list) -> None:
+    def _answered(self, item: list[Any]) -> None:
         """A send (or forward) was answered: it will never be resent; the floor may rise."""
         if item[0] == P.SEND:
             self._unanswered.pop(item[6], None)
             self._schedule_flush()
 
-    def _message(self, fields: list, validity: float) -> Message:
+    def _message(self, fields: list[Any], validity: float) -> Message:
         tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
             group_id = fields
         message = Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
@@ -526,7 +527,7 @@ class QueueClient:
         if self._closing:
             raise QueueError("the queue client is closed")
 
-    def _request(self, item: list, wait: float | None = 0.0, checked: bool = False) -> asyncio.Future:
+    def _request(self, item: list[Any], wait: float | None = 0.0, checked: bool = False) -> asyncio.Future[Any]:
         """Send a request; a future for its reply. It fails with QueueUnavailable after
         request_timeout (+ `wait`, the request's own waiting time; None: no limit).
         `checked`: the item was built from checked values (a send's): no second check."""
@@ -569,7 +570,7 @@ class QueueClient:
                     f"no answer from the queue manager at {self.url} within {self.request_timeout:g} s"
                     + ("" if self._connected else " (it is unreachable)")))
                 request.future.exception()
-        if not self._connected and self._disconnected_at is not None \
+        if not self._connected and self._disconnected_at is not None and self.request_timeout is not None \
                 and now - self._disconnected_at >= self.request_timeout:
             for consumer in self._consumers.values():
                 consumer.wake_all()     # their receive() sees the outage and raises
@@ -585,7 +586,7 @@ class QueueClient:
         return QueueUnavailable(f"the queue manager at {self.url} has been unreachable for "
                                 f"{self.request_timeout:g} s")
 
-    def _send(self, item: list) -> None:
+    def _send(self, item: list[Any]) -> None:
         self._out.append(item)
         self._out_bytes += 64 + (len(item[3]) if item[0] == P.SEND else 0)
         if self._out_bytes >= self.max_frame_bytes:
@@ -627,7 +628,7 @@ class QueueClient:
 
     # ---- QueueManager's methods ----
 
-    async def create_queue(self, name: str, **settings: Any) -> QueueSettings:
+    async def create_queue(self, name: str, **settings: Unpack[QueueOptions]) -> QueueSettings:
         """Create a queue (see QueueManager.create_queue); returns its settings."""
         self._check_open()
         QueueSettings.from_kwargs(**settings)      # bad settings fail here, clearly
@@ -639,7 +640,7 @@ class QueueClient:
         await self._request([P.DELETE, 0, name])
 
     def _send_item(self, address: str, body: Any, headers: Any, time_to_live: float | None,
-                   options: dict | None = None) -> list:
+                   options: dict[str, Any] | None = None) -> list[Any]:
         """A SEND item, every field checked as the service will check it (so it need not be
         parsed again): one the service refused would end the session, and be resent after
         every reconnect."""
@@ -665,7 +666,7 @@ class QueueClient:
                 raise ValueError(f"time_to_live must be a finite number of seconds, not {time_to_live!r}")
         return [P.SEND, 0, address, body, headers, time_to_live, 0, options]
 
-    def _number(self, item: list) -> list:
+    def _number(self, item: list[Any]) -> list[Any]:
         if self._forwarding:
             raise QueueError("a forwarder's client sends with forward(), not send()")
         self._numbering = True
@@ -675,7 +676,7 @@ class QueueClient:
         self._unanswered[sequence] = None
         return item
 
-    async def send(self, address: str, body: bytes, *, headers: dict | None = None,
+    async def send(self, address: str, body: bytes, *, headers: dict[str, Any] | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                    deliver_at: float | None = None, group_id: str | None = None,
                    journal: bool | None = None) -> str:
@@ -686,9 +687,10 @@ class QueueClient:
         self._check_open()
         item = self._send_item(address, body, headers, time_to_live,
                                _send_options(priority, delay, deliver_at, group_id, journal))
-        return await self._request(self._number(item), checked=True)
+        message_id: str = await self._request(self._number(item), checked=True)
+        return message_id
 
-    async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
+    async def send_many(self, address: str, bodies: list[bytes], *, headers: dict[str, Any] | None = None,
                         time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                         deliver_at: float | None = None, group_id: str | None = None,
                         journal: bool | None = None) -> list[str]:
@@ -704,10 +706,11 @@ class QueueClient:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return results
+        return cast(list[str], results)
 
-    def forward(self, queue: str, sequence: int, message_id: str, body: bytes, headers: dict | None,
-                enqueued_at: float, expires_at: float | None, options: dict | None = None) -> asyncio.Future:
+    def forward(self, queue: str, sequence: int, message_id: str, body: bytes, headers: dict[str, Any] | None,
+                enqueued_at: float, expires_at: float | None,
+                options: dict[str, Any] | None = None) -> asyncio.Future[Any]:
         """(For queue managers' forwarders.) Hand over a message of a transmission queue,
         numbered `sequence` by it; a future for the answer (None: accepted). A client that
         forwards numbers nothing itself: its floor is the forwarder's (`settled`)."""
@@ -746,7 +749,7 @@ class QueueClient:
             consumer = await self._subscribe(name, deadline)
             if consumer is None:
                 return None             # the timeout ran out while subscribing
-        elif not consumer.subscribed:
+        elif not consumer.subscribed and consumer.subscribing is not None:
             # another receive() is subscribing: wait for it, no longer than our timeout
             try:
                 await asyncio.wait_for(asyncio.shield(consumer.subscribing), self._remaining(deadline))
@@ -842,7 +845,7 @@ class QueueClient:
         consumer.subscribed = True
         return consumer
 
-    def _subscribed(self, consumer: _Consumer, future: asyncio.Future) -> None:
+    def _subscribed(self, consumer: _Consumer, future: asyncio.Future[Any]) -> None:
         consumer.subscribing = None
         if future.cancelled() or future.exception() is not None:
             self._drop_consumer(consumer)
@@ -939,7 +942,8 @@ class QueueClient:
         """Remove every message waiting in a queue (see QueueManager.purge_queue); how
         many. Needs admin at a service with users."""
         self._check_open()
-        return await self._request([P.PURGE, 0, name])
+        purged: int = await self._request([P.PURGE, 0, name])
+        return purged
 
     async def peek(self, name: str, count: int = 1) -> list[Message]:
         """Up to `count` messages of a queue without locking them or counting a delivery
@@ -950,7 +954,7 @@ class QueueClient:
         reply = await self._request([P.PEEK, 0, name, min(count, P.MAX_PEEK)])
         return [self._peeked(fields) for fields in reply]
 
-    def _peeked(self, fields: list) -> Message:
+    def _peeked(self, fields: list[Any]) -> Message:
         P.check_message("peek", fields)
         tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
             group_id = fields
@@ -1004,7 +1008,7 @@ class RemoteTransaction:
     def __init__(self, client: QueueClient) -> None:
         self._client = client
         self._txid: int | None = None
-        self._begin: asyncio.Future | None = None
+        self._begin: asyncio.Future[Any] | None = None
         self.state = "active"
 
     async def _id(self) -> int:
@@ -1013,7 +1017,8 @@ class RemoteTransaction:
         if self._txid is None:
             if self._begin is None:
                 self._begin = self._client._request([P.TX_BEGIN, 0])
-            self._txid = await asyncio.shield(self._begin)
+            txid: int = await asyncio.shield(self._begin)
+            self._txid = txid
         return self._txid
 
     async def receive(self, name: str, timeout: float | None = None) -> Message | None:
@@ -1031,7 +1036,7 @@ class RemoteTransaction:
         message._settler = self
         return message
 
-    async def send(self, address: str, body: bytes, *, headers: dict | None = None,
+    async def send(self, address: str, body: bytes, *, headers: dict[str, Any] | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                    deliver_at: float | None = None, group_id: str | None = None,
                    journal: bool | None = None) -> str:
@@ -1039,7 +1044,9 @@ class RemoteTransaction:
         options = _send_options(priority, delay, deliver_at, group_id, journal)
         txid = await self._id()
         item = self._client._send_item(address, body, headers, time_to_live, options)
-        return await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4], time_to_live, options])
+        message_id: str = await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4],
+                                                       time_to_live, options])
+        return message_id
 
     async def commit(self) -> None:
         """Make the transaction's receives and sends take effect, atomically and durably."""
@@ -1063,7 +1070,10 @@ class RemoteTransaction:
         self.state = "rolled back"
         if self._txid is None and self._begin is None:
             return
-        txid = self._txid if self._txid is not None else await asyncio.shield(self._begin)
+        txid = self._txid
+        if txid is None:
+            assert self._begin is not None         # one of the two, checked above
+            txid = await asyncio.shield(self._begin)
         await self._client._request([P.TX_ROLLBACK, 0, txid])
 
     async def complete_message(self, message: Message) -> None:

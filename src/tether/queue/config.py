@@ -200,7 +200,7 @@ def _positive(name: str, value: Any) -> None:
         raise ValueError(f"config: {name} must be a number of seconds > 0, not {value!r}")
 
 
-def load(path: str | os.PathLike) -> ServiceConfig:
+def load(path: str | os.PathLike[str]) -> ServiceConfig:
     """The configuration in a TOML file; ValueError (naming the file and key) if it is
     unreadable or wrong, FileNotFoundError if it is missing."""
     try:

@@ -26,18 +26,20 @@ import logging
 import math
 import os
 from ssl import SSLContext
-from typing import Any, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Unpack
 
 from ..errors import QueueError, QueueNotFound
+from ..session.settings import SessionOptions
 from .core import QueueCore, QueueInfo, QueueSettings
 from .core.engine import DEFAULT_MAX_QUEUES
+from .core.settings import QueueOptions
 from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
 from .core.replay import ReplayState
 from .core.source_journal import DEFAULT_JOURNAL_MAX_LENGTH, DEFAULT_JOURNAL_TIME_TO_LIVE, JournalSettings
 from .auth import Users
 from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
 from .message import Message
-from .opening import Opening
+from ..opening import Opening
 from .operations import QueueOperations
 from .remotes import DIRECT, Remote, validate_remotes
 from .store.interface import Store
@@ -48,12 +50,23 @@ from .store.memory import MemoryStore
 from .transaction import Transaction
 from .receive_batch import ReceiveBatch, check_batch, more_in_turn
 from .group import AcceptGroup, LocalGroups, check_accept
+from .limits import ServiceLimits
+
+if TYPE_CHECKING:
+    from .service import QueueService
 
 log = logging.getLogger("tether.queue")
 
 #: Producers silent this long are forgotten by default (see core/producers.py).
 DEFAULT_DEDUPE_WINDOW = 86400.0
 
+
+
+class ListenOptions(SessionOptions, total=False):
+    """`listen()`'s settings: the service's and its sessions' (SessionSettings' fields)."""
+
+    client_grace: float
+    limits: ServiceLimits
 
 class QueueManager:
     """The queues of this process. Create it with `await QueueManager.open(data_dir)`."""
@@ -73,7 +86,7 @@ class QueueManager:
     # ---- opening and closing ----
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike | None = None, *, listen: str | None = None,
+    def open(cls, data_dir: str | os.PathLike[str] | None = None, *, listen: str | None = None,
              ssl: SSLContext | None = None, users: Users | Mapping[str, Any] | None = None,
              allow_anonymous: bool = False, remotes: Mapping[str, Remote] | None = None,
              fsync: str = "always", fsync_interval: float = 0.05, segment_size: int = DEFAULT_SEGMENT_SIZE,
@@ -180,7 +193,7 @@ class QueueManager:
 
     # ---- queue definitions ----
 
-    async def create_queue(self, name: str, **settings: Any) -> QueueSettings:
+    async def create_queue(self, name: str, **settings: Unpack[QueueOptions]) -> QueueSettings:
         """Create a queue with these settings (durably: definitions survive a restart).
         Creating an existing queue with the same settings does nothing; different settings
         raise QueueExists. Returns the validated settings."""
@@ -263,7 +276,9 @@ class QueueManager:
     async def _system_queue(self, name: str) -> str:
         if not self._core.has_queue(name):
             self._check_open()
-            await self.operations.define(name, settings_for(name))
+            settings = settings_for(name)
+            assert settings is not None, name       # only system queues come here
+            await self.operations.define(name, settings)
             self._start_forwarder(name)
         return name
 
@@ -283,7 +298,7 @@ class QueueManager:
 
     # ---- sending ----
 
-    async def send(self, address: str, body: bytes, *, headers: dict | None = None,
+    async def send(self, address: str, body: bytes, *, headers: dict[str, Any] | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                    deliver_at: float | None = None, group_id: str | None = None,
                    journal: bool | None = None) -> str:
@@ -315,7 +330,7 @@ class QueueManager:
                                    journal=journal)
         return await operations.send_one(entry)
 
-    async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
+    async def send_many(self, address: str, bodies: list[bytes], *, headers: dict[str, Any] | None = None,
                         time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                         deliver_at: float | None = None, group_id: str | None = None,
                         journal: bool | None = None) -> list[str]:
@@ -424,7 +439,7 @@ class QueueManager:
 
     async def listen(self, url: str, *, ssl: SSLContext | None = None,
                      users: Users | Mapping[str, Any] | None = None, allow_anonymous: bool = False,
-                     **settings: Any) -> Any:
+                     **settings: Unpack[ListenOptions]) -> QueueService:
         """Serve this manager at `url` (tcp://HOST:PORT, or tls://HOST:PORT with `ssl`, a
         server `ssl.SSLContext`; port 0: any free port) with the protocol of `tether qm
         serve`, for QueueClients and other queue managers' forwarders. Returns the

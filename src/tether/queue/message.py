@@ -49,7 +49,7 @@ class Message:
         self.id = id
         self.body = body
         self._encoded_headers = headers
-        self._headers: Mapping | None = None
+        self._headers: Mapping[str, Any] | None = None
         #: how many times the message has been delivered (this delivery included)
         self.delivery_count = delivery_count
         #: wall-clock time (time.time()) the message was first queued
@@ -116,7 +116,7 @@ class Message:
         return message
 
     @property
-    def headers(self) -> Mapping:
+    def headers(self) -> Mapping[str, Any]:
         """The headers, read-only (nested maps read-only too, arrays as tuples)."""
         headers = self._headers
         if headers is None:

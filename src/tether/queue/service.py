@@ -26,7 +26,7 @@ import asyncio
 import logging
 import math
 from ssl import SSLContext
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Unpack
 
 from ..session.api import serve
 from ..session.url import parse as parse_url
@@ -34,6 +34,7 @@ from . import protocol as P
 from .auth import Access, Users
 from .connection import ClientState, Connection, peer_host
 from .core.producers import Producer
+from .core.settings import QueueOptions
 from .limits import FailedLogins, ServiceLimits, exceeded
 from .log_limiter import LogLimiter
 from .operations import QueueOperations
@@ -49,7 +50,7 @@ class ServedManager(Protocol):
 
     operations: QueueOperations
 
-    async def create_queue(self, name: str, **settings: Any) -> Any: ...
+    async def create_queue(self, name: str, **settings: Unpack[QueueOptions]) -> Any: ...
 
     async def delete_queue(self, name: str) -> None: ...
 
@@ -57,7 +58,7 @@ class ServedManager(Protocol):
 
     async def return_queue(self, origin: str) -> str: ...
 
-    def queues(self) -> list[str]: ...
+    async def queues(self) -> list[str]: ...
 
     async def queue_info(self, name: str) -> Any: ...
 

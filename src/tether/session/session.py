@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from types import TracebackType
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 from ..errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
@@ -42,7 +43,7 @@ class Session:
         self._link = link
         self._loop = loop or asyncio.get_running_loop()
         self._timers = timer_service(self._loop)
-        self._inbox: deque = deque()
+        self._inbox: deque[bytes] = deque()
         self._consumed = 0
         # release delivered buffer space to the peer in batches, not per message
         self._release_batch = max(1, engine.settings.max_transfer_window // 4)
@@ -52,9 +53,9 @@ class Session:
         self._scheduled = False
         # every task waiting in recv()/recv_many(): all are woken and re-check the inbox, so
         # concurrent receivers are never stranded by a later one
-        self._recv_waiters: list[asyncio.Future] = []
-        self._space_waiters: list[asyncio.Future] = []
-        self._flush_waiters: list[asyncio.Future] = []
+        self._recv_waiters: list[asyncio.Future[Any]] = []
+        self._space_waiters: list[asyncio.Future[Any]] = []
+        self._flush_waiters: list[asyncio.Future[Any]] = []
         self._connected = self._loop.create_future()
         self._closed = self._loop.create_future()
         self._on_end: list[Callable[["Session"], None]] = []
@@ -335,7 +336,8 @@ class Session:
     async def __aenter__(self) -> "Session":
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         if exc_type is None:
             await self.close()
         else:
@@ -369,7 +371,7 @@ class Session:
         self._engine.receive_packet(body, clock())
         self.pump()
 
-    def feed_many(self, bodies: list) -> None:
+    def feed_many(self, bodies: list[Any]) -> None:
         """Packets that arrived together (a batch of datagrams), in order: handed to the
         engine in one call, then one pump for all of them."""
         self._engine.receive_packets(bodies, clock())
@@ -427,7 +429,7 @@ class Session:
         if self._listener is not None:
             self._listener()
 
-    def _handle_events(self, events: list) -> None:
+    def _handle_events(self, events: list[Any]) -> None:
         for event in events:
             kind = type(event)
             if kind is MessagesDelivered:
@@ -467,7 +469,7 @@ class Session:
         if self._recv_waiters:
             _wake_all(self._recv_waiters)
 
-    async def _wait(self, waiters: list[asyncio.Future]) -> None:
+    async def _wait(self, waiters: list[asyncio.Future[Any]]) -> None:
         waiter = self._loop.create_future()
         waiters.append(waiter)
         try:
@@ -480,7 +482,7 @@ class Session:
         return f"<Session {self.session_id:#x} {self._engine.state.value}>"
 
 
-def _wake_all(waiters: list[asyncio.Future]) -> None:
+def _wake_all(waiters: list[asyncio.Future[Any]]) -> None:
     for waiter in waiters:
         if not waiter.done():
             waiter.set_result(None)

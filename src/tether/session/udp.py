@@ -31,11 +31,14 @@ import os
 import socket
 import struct
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .core import default as default_core
 from .demux import Demux
 from .timers import clock
+
+if TYPE_CHECKING:
+    from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +348,7 @@ class UdpClientProtocol:
 
     def __init__(self) -> None:
         self.endpoint: UdpEndpoint | None = None
-        self.session = None
+        self.session: Session | None = None
 
     @classmethod
     async def open(cls, host: str, port: int,

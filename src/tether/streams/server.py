@@ -27,7 +27,7 @@ class StreamServer:
         self._server: Server | None = None
         self._transports: set[SessionTransport] = set()
         self._serving = False
-        self._serving_forever_fut: asyncio.Future | None = None
+        self._serving_forever_fut: asyncio.Future[Any] | None = None
 
     def _attach(self, server: Server) -> None:
         self._server = server
@@ -48,7 +48,7 @@ class StreamServer:
     # ---- asyncio.Server's surface ----
 
     @property
-    def address(self) -> tuple:
+    def address(self) -> tuple[Any, ...]:
         """The (host, port) actually bound."""
         return self._tether_server.address
 
@@ -58,7 +58,7 @@ class StreamServer:
         return self._tether_server.url_bound
 
     @property
-    def sockets(self) -> tuple:
+    def sockets(self) -> tuple[Any, ...]:
         """The listening socket(s), as asyncio.Server.sockets; empty once closed."""
         return self._tether_server.sockets if self._serving else ()
 

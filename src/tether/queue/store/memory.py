@@ -24,6 +24,10 @@ class MemoryStore:
         """Never called: a core without a journal makes no records."""
         raise RuntimeError("the memory store keeps no records")
 
+    def cut_early(self, busy_for: float) -> bool:
+        """Never asked: a core without a journal makes no records."""
+        return False
+
     def wants_compaction(self, live_bytes: int) -> bool:
         """Never: there is nothing to compact."""
         return False
