@@ -31,7 +31,12 @@ class Seconds:
             raise ValueError(f"{name} must be in {self.describe().removesuffix(' s')} seconds, not {value}")
 
     def describe(self) -> str:
-        return f"{'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}] s"
+        return f"{'[' if self.low_inclusive else '('}{_plain(self.low)}, {_plain(self.high)}] s"
+
+
+def _plain(number: float) -> str:
+    """31536000, not 3.1536e+07; 0.5 as 0.5."""
+    return str(int(number)) if number == int(number) else repr(number)
 
 
 @dataclass(frozen=True)
