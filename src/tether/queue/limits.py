@@ -1,24 +1,7 @@
 """`ServiceLimits`: what one client may cost a queue service, so that no client can take
 the service down for the others. Every limit has a default, is validated, and is set in
-the `[limits]` table of `tether qm serve`'s configuration (or passed to `qm.listen()`).
-
-    max_connections              sessions served at once (each a client or a forwarder)
-    max_connections_per_address  ... from one peer address
-    max_pending_requests         requests of one session being served at once (a frame of
-                                 65,536 RECEIVEs must not become 65,536 tasks)
-    max_waiting_receives         RECEIVE calls of one client waiting for a message
-    max_reply_bytes              reply bytes a session has sent and the client not yet
-                                 acknowledged: at this level its consumers stop delivering,
-                                 at twice this level, or after reply_stall seconds over it,
-                                 the session is dropped (a client that does not read)
-    reply_stall                  see max_reply_bytes
-    log_interval                 seconds between two log lines about one peer's malformed
-                                 input (the lines in between are counted, not written)
-    hello_timeout                seconds a new session has to say HELLO (and authenticate)
-    max_failed_logins            failed logins from one peer address per failed_login_window
-                                 seconds; beyond them its logins are refused without being
-                                 checked (each check costs a scrypt computation)
-    failed_login_window          see max_failed_logins
+the `[limits]` table of `tether qm serve`'s configuration (or passed to `qm.listen()`);
+each field says what it limits (docs/configuration.md lists them all).
 
 A request over a limit gets `LimitExceeded` naming the limit; a connection over
 max_connections(_per_address) is refused with it at HELLO.
