@@ -15,7 +15,6 @@ import sys
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
-
 from setuptools.errors import CCompilerError, ExecError, PlatformError
 
 DEBUG = os.environ.get("TETHER_DEBUG") == "1"

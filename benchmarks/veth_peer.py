@@ -1,7 +1,14 @@
 """One side of a benchmarks/veth_udp.py row:
 python veth_peer.py recv|send udp|tcp|raw HOST PORT SIZE SECONDS WINDOW; prints one JSON line."""
-import asyncio, json, os, sys, time
-import uvloop, msgpack
+import asyncio
+import json
+import os
+import sys
+import time
+
+import msgpack
+import uvloop
+
 import tether
 from tether.errors import SequenceClosed
 

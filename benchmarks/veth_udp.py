@@ -7,7 +7,11 @@ statistic); --lo runs the same on loopback without namespaces. Root only; the na
 (s11r, s11s) are removed afterwards. PYSPY=dir records py-spy profiles of both sides.
 
     sudo PYTHONPATH=src python benchmarks/veth_udp.py [--loss 0.05] [--rows udp:1024,tcp:1024]"""
-import argparse, json, os, subprocess, sys, time
+import argparse
+import json
+import os
+import subprocess
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NS_R, NS_S = "s11r", "s11s"
@@ -21,7 +25,7 @@ def sh(cmd, check=True):
 def setup(loss):
     teardown()
     sh(f"ip netns add {NS_R}; ip netns add {NS_S}")
-    sh(f"ip link add s11v0 type veth peer name s11v1")
+    sh("ip link add s11v0 type veth peer name s11v1")
     sh(f"ip link set s11v0 netns {NS_R}; ip link set s11v1 netns {NS_S}")
     for ns, dev, ip in ((NS_R, "s11v0", IP_R), (NS_S, "s11v1", IP_S)):
         sh(f"ip netns exec {ns} ip addr add {ip}/24 dev {dev}")

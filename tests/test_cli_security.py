@@ -12,6 +12,7 @@ import pytest
 
 import tether
 from tether.queue.auth import hash_password, parse_password_hash, verify_password
+
 from tls_pki import server_context
 
 

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import twins
 from tether.errors import ProtocolError
+
+from conftest import twins
 
 native, reference = twins("codec")
 MODULES = [native, reference]
@@ -52,7 +53,7 @@ def raised(call, *args, **kwargs):
     """The exception type a call raises (None if it returns)."""
     try:
         call(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the type itself is what is compared
+    except Exception as exc:
         return type(exc)
     return None
 
@@ -873,7 +874,7 @@ def test_data_runs_joins_consecutive_data_and_twins_agree(packets):
     assert [p for _, run in runs for p in run] == [p for f in data for p in f[3]]
     assert len(runs) == 1 + sum(1 for a, b in zip(data, data[1:]) if b[2] != a[2] + len(a[3])) \
         if data else runs == []
-    for first, run in runs:
+    for first, _run in runs:
         assert any(f[2] == first for f in data)
 
 

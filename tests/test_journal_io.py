@@ -14,10 +14,11 @@ import time
 
 import pytest
 
-from conftest import twins
 from tether.errors import StorageError
 from tether.queue.store import segment, segment_files
 from tether.queue.store.journal import Journal
+
+from conftest import twins
 
 NATIVE, REFERENCE = twins("journal_io")
 BOTH = [NATIVE, REFERENCE]

@@ -183,4 +183,4 @@ async def asyncio_subprocess(*args: str) -> tuple[int, str]:
 
 def test_tether_native_is_what_layer1_chose():
     assert tether.NATIVE is layer1.NATIVE
-    assert layer1.PACKAGE == ("tether._native" if layer1.NATIVE else "tether._reference")
+    assert ("tether._native" if layer1.NATIVE else "tether._reference") == layer1.PACKAGE

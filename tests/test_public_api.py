@@ -94,8 +94,8 @@ def test_queue_options_are_the_queue_settings_and_take_timedeltas():
     fields = _field_types(QueueSettings)
     assert options.keys() == fields.keys()
     for name, annotation in options.items():
-        durations = {datetime.timedelta} if "retry_cycle_delay" == name or "time_to_live" == name \
-            or "validity_duration" == name else set()
+        durations = {datetime.timedelta} if name == "retry_cycle_delay" or name == "time_to_live" \
+            or name == "validity_duration" else set()
         assert set(typing.get_args(annotation) or (annotation,)) == \
             set(typing.get_args(fields[name]) or (fields[name],)) | durations, name
     assert QueueSettings.from_kwargs(retry_cycle_delay=datetime.timedelta(minutes=1)).retry_cycle_delay == 60.0

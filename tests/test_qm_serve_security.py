@@ -15,6 +15,7 @@ from tether import AuthenticationFailed
 from tether.queue import config as cfg
 from tether.queue.auth import hash_password
 from tether.queue.serve_command import serve_forever
+
 from tls_pki import client_context
 
 FAST = {"n": 1024, "r": 1, "p": 1}

@@ -36,7 +36,7 @@ class Raw:
         self.next_sequence = 0
 
     @classmethod
-    async def open(cls, url: str, client_id: bytes, epoch: int = 0) -> "Raw":
+    async def open(cls, url: str, client_id: bytes, epoch: int = 0) -> Raw:
         session = await tether.connect(url, **P.SESSION_SETTINGS)
         raw = cls(session, client_id)
         reply = await raw.ask([P.HELLO, 0, P.VERSION, client_id, epoch, [], None, None])

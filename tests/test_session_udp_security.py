@@ -35,7 +35,7 @@ class RawPeer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     @classmethod
-    async def open(cls, keep: bool = True) -> "RawPeer":
+    async def open(cls, keep: bool = True) -> RawPeer:
         loop = asyncio.get_running_loop()
         _, peer = await loop.create_datagram_endpoint(lambda: cls(keep), local_addr=("127.0.0.1", 0))
         return peer

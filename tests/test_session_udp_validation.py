@@ -8,10 +8,17 @@ import random
 
 from tether.session import ended as ended_module
 from tether.session.address_validation import (
-    AMPLIFICATION_LIMIT, TOKEN_LIFETIME, TOKEN_SIZE, AddressTokens, within_limit,
+    AMPLIFICATION_LIMIT,
+    TOKEN_LIFETIME,
+    TOKEN_SIZE,
+    AddressTokens,
+    within_limit,
 )
 from tether.session.path_validation import (
-    CHALLENGE_SIZE, CHALLENGE_WINDOW, PathChallenges, PeerPath,
+    CHALLENGE_SIZE,
+    CHALLENGE_WINDOW,
+    PathChallenges,
+    PeerPath,
 )
 
 HERE = ("192.0.2.1", 4000)

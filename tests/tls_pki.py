@@ -105,7 +105,7 @@ def _leaf(common_name: str, names: tuple[str, ...], issuer: x509.Certificate | N
 
 def make_pki(directory: pathlib.Path) -> Pki:
     """Write the CAs and certificates into `directory`."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     valid = {"not_before": now - datetime.timedelta(hours=1), "not_after": now + datetime.timedelta(days=7)}
     ca, ca_key = _ca("tether test CA", now)
     other, other_key = _ca("tether untrusted CA", now)

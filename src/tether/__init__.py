@@ -36,8 +36,7 @@ if TYPE_CHECKING:   # what the lazy names below are, for type checkers and IDEs
     from .session.api import Server, connect, serve
     from .session.session import Session
     from .session.settings import SessionSettings
-    from .streams import (SessionTransport, create_connection, create_server, open_connection,
-                          start_server)
+    from .streams import SessionTransport, create_connection, create_server, open_connection, start_server
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .errors import TetherError
@@ -34,7 +34,7 @@ def _available(module: str) -> bool:
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name) or exc.name == module:
+        if (exc.name and module.startswith(exc.name)) or exc.name == module:
             return False
         raise
     return True

@@ -13,7 +13,8 @@ the two answers must agree (records, errors, the message taken, each hand-off).
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tether.errors import PoisonMessage, QueueError
 from tether.queue.core import QueueCore, QueueSettings
@@ -21,7 +22,7 @@ from tether.queue.core.lifecycle import STATE_NAMES
 from tether.queue.core.replay import ReplayState
 
 from .journal import SimJournal
-from .model import POISON, READY, Expected, Model, Msg, expired_here
+from .model import READY, Expected, Model, Msg, expired_here
 
 _ERRORS = (QueueError, ValueError, TypeError)
 
@@ -36,7 +37,7 @@ class SimWaiter:
 
     __slots__ = ("node", "owner", "queue")
 
-    def __init__(self, node: "Node", owner: Any, queue: str) -> None:
+    def __init__(self, node: Node, owner: Any, queue: str) -> None:
         self.node = node
         self.owner = owner
         self.queue = queue
@@ -654,7 +655,7 @@ class Node:
             if number is not None:
                 record = number
         actual_record, actual_errors = self.core.complete_many(receipts, self.now)
-        for (entry, tag), want, got in zip(receipts, expected_errors, actual_errors):
+        for (entry, _tag), want, got in zip(receipts, expected_errors, actual_errors):
             if (want is None) != (got is None) or (want is not None and not isinstance(got, want)):
                 self.fail(f"complete_many m{mid_of(entry)}: the core said {got!r}, the model {want}")
             errors.append(got)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import operator
 from bisect import bisect_left, bisect_right
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-__all__ = ["RangeSet", "MAX_NUMBER"]
+__all__ = ["MAX_NUMBER", "RangeSet"]
 
 MAX_NUMBER = 2**64 - 1  # message numbers are unsigned 64-bit
 

@@ -80,7 +80,7 @@ class VethLink:
         self.loss = 0.0
         self._made: list[str] = []
 
-    def open(self) -> "VethLink":
+    def open(self) -> VethLink:
         stale = leftovers()
         if stale:
             print(f"tether bench: namespaces left by killed runs (remove with `ip netns delete NAME`): "
@@ -152,7 +152,7 @@ class VethLink:
         if failure is not None:
             raise failure
 
-    def __enter__(self) -> "VethLink":
+    def __enter__(self) -> VethLink:
         try:
             return self.open()
         except BaseException:

@@ -78,7 +78,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), 15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
 

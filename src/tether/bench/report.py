@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 
 @dataclass

@@ -26,8 +26,9 @@ import hmac
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import AuthenticationFailed
 from ..session.url import parse as parse_url
@@ -240,7 +241,7 @@ class Users:
         self._decoy: str | None = None
 
     @classmethod
-    def from_config(cls, table: Mapping[str, Any], where: str = "users") -> "Users":
+    def from_config(cls, table: Mapping[str, Any], where: str = "users") -> Users:
         """The users of a `[users.NAME]` TOML table (password_hash, send, receive, admin,
         forward); ValueError naming `users.NAME.KEY` when something is wrong."""
         if not isinstance(table, Mapping):

@@ -23,8 +23,8 @@ import json
 import os
 import ssl
 import sys
-from collections.abc import Mapping
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import TetherError
@@ -105,7 +105,7 @@ def _run(work: Callable[[], Awaitable[int]]) -> int:
     except KeyboardInterrupt:
         print("tether: interrupted", file=sys.stderr)
         return 130
-    except (TetherError, OSError, ValueError, TypeError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, TetherError, OSError, ValueError, TypeError) as exc:
         text = str(exc) or exc.__class__.__name__
         if isinstance(exc, ConnectionRefusedError):
             text = f"connection refused ({text})"
@@ -150,7 +150,7 @@ async def _connect(url: str, args: argparse.Namespace) -> Any:
     try:
         return await asyncio.wait_for(QueueClient.connect(url, ssl=context, user=args.user, password=password,
                                                           connect_timeout=timeout, prefetch=1), timeout + 1)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise TimeoutError(f"no queue manager answered at {url} within {timeout} s") from None
 
 

@@ -38,30 +38,39 @@ import math
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, AsyncIterator, Unpack, cast
+from typing import Any, Unpack, cast
 from urllib.parse import urlsplit
 
-from ..errors import (
-    AuthenticationFailed, LockLost, ProducerFenced, ProtocolError, QueueError, QueueMessageTooLarge,
-    QueueUnavailable, SendQueueFull, TetherError, TransactionError,
-)
-from . import protocol as P
 from ..backoff import Backoff
+from ..errors import (
+    AuthenticationFailed,
+    LockLost,
+    ProducerFenced,
+    ProtocolError,
+    QueueError,
+    QueueMessageTooLarge,
+    QueueUnavailable,
+    SendQueueFull,
+    TetherError,
+    TransactionError,
+)
+from ..opening import Opening
 from ..session import tls
 from ..session.settings import SessionTuning
 from ..session.url import parse as parse_url
+from . import protocol as P
 from .auth import check_credentials
 from .core.engine import check_group_id, check_priority, delivery_time
 from .core.headers import encode_headers, plain_headers
 from .core.info import QueueInfo
 from .core.settings import QueueOptions, QueueSettings
-from .receive_batch import ReceiveBatch, check_batch
 from .group import AcceptGroup, check_accept
 from .message import Message
-from ..opening import Opening
+from .receive_batch import ReceiveBatch, check_batch
 
 log = logging.getLogger("tether.queue.client")
 
@@ -151,7 +160,7 @@ class _Consumer:
 class _RemoteGroups:
     """The GroupBackend of a QueueClient: ACCEPT_GROUP, GROUP_RECEIVE, GROUP_RELEASE."""
 
-    def __init__(self, client: "QueueClient") -> None:
+    def __init__(self, client: QueueClient) -> None:
         self._client = client
 
     async def accept(self, name: str, timeout: float | None) -> tuple[str, Any] | None:
@@ -185,7 +194,7 @@ class _RemoteGroups:
             pass            # the service restarted, or let it go already
 
 
-async def _more_at_once(transaction: "RemoteTransaction", name: str, n: int) -> list[Message]:
+async def _more_at_once(transaction: RemoteTransaction, name: str, n: int) -> list[Message]:
     """Up to `n` more messages for a remote batch: `n` receives that do not wait, sent in
     one frame (one round trip); those that found nothing answer nil."""
     got = await asyncio.gather(*(transaction.receive(name, 0) for _ in range(n)), return_exceptions=True)
@@ -441,7 +450,7 @@ class QueueClient:
                 log.error("queue client %s: %s", self.client_id.hex()[:12], exc)
                 self._fail_everything(exc)
                 return
-            except (OSError, TetherError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, TetherError) as exc:
                 log.info("reconnect to %s failed: %s", self.url, exc)
                 continue
             self.reconnects += 1
@@ -753,7 +762,7 @@ class QueueClient:
             # another receive() is subscribing: wait for it, no longer than our timeout
             try:
                 await asyncio.wait_for(asyncio.shield(consumer.subscribing), self._remaining(deadline))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
         while True:
             message = self._take(consumer)
@@ -774,7 +783,7 @@ class QueueClient:
             consumer.waiters.append(waiter)
             try:
                 await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             finally:
                 if waiter.done() and not waiter.cancelled() and consumer.buffer:
@@ -832,7 +841,7 @@ class QueueClient:
         consumer.granted = self.prefetch
         try:
             await asyncio.wait_for(asyncio.shield(subscribing), self._remaining(deadline))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # the subscription goes on in the background; the next receive() uses it
             subscribing.add_done_callback(lambda f: self._subscribed(consumer, f))
             return None
@@ -898,7 +907,7 @@ class QueueClient:
         if message._lock_deadline <= time.time():
             raise LockLost(f"message {message.id}: the peek-lock expired (validity_duration)")
 
-    def transaction(self) -> "RemoteTransaction":
+    def transaction(self) -> RemoteTransaction:
         """`async with client.transaction() as tx:` receives and sends that commit together
         at the service (rolled back if the session to it is lost for good)."""
         self._check_open()
@@ -987,11 +996,11 @@ class QueueClient:
         if session is not None and not session.closed:
             try:
                 await session.close(timeout=5.0)
-            except (TetherError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, TetherError) as exc:
                 log.info("queue client session did not close cleanly: %s", exc)
         self._connected = False
 
-    async def __aenter__(self) -> "QueueClient":
+    async def __aenter__(self) -> QueueClient:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -1089,7 +1098,7 @@ class RemoteTransaction:
         validity = await self._client._request([P.RENEW, 0, message._tag])
         message._lock_deadline = time.time() + float(validity)
 
-    async def __aenter__(self) -> "RemoteTransaction":
+    async def __aenter__(self) -> RemoteTransaction:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

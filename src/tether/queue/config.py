@@ -54,8 +54,9 @@ import math
 import os
 import ssl
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..session.url import parse as parse_url
 from .auth import Access, Users
@@ -153,7 +154,7 @@ class ServiceConfig:
         """The service's limits (validated by validate())."""
         return ServiceLimits.from_kwargs(**self.service_limits)
 
-    def validate(self) -> "ServiceConfig":
+    def validate(self) -> ServiceConfig:
         """Check every value; ValueError naming the one that is wrong. Returns self."""
         if not self.listen:
             raise ValueError("config: listen needs at least one URL")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import LimitExceeded
 
@@ -60,7 +61,7 @@ class ServiceLimits:
                     raise ValueError(f"limit {f.name} must be a finite number of seconds > 0, not {value!r}")
 
     @classmethod
-    def from_kwargs(cls, **limits: Any) -> "ServiceLimits":
+    def from_kwargs(cls, **limits: Any) -> ServiceLimits:
         """Limits from keyword arguments; ValueError naming an unknown or bad one."""
         known = {f.name for f in fields(cls)}
         unknown = set(limits) - known

@@ -25,32 +25,36 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import AsyncIterator, Mapping
 from ssl import SSLContext
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from ..errors import QueueError, QueueNotFound
-from ..session.settings import SessionOptions
-from .core import QueueCore, QueueInfo, QueueSettings
-from .core.engine import DEFAULT_MAX_QUEUES
-from .core.settings import QueueOptions
-from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
-from .core.replay import ReplayState
-from .core.source_journal import DEFAULT_JOURNAL_MAX_LENGTH, DEFAULT_JOURNAL_TIME_TO_LIVE, JournalSettings
-from .auth import Users
-from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
-from .message import Message
 from ..opening import Opening
+from ..session.settings import SessionOptions
+from .auth import Users
+from .core import QueueCore, QueueInfo, QueueSettings
+from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
+from .core.engine import DEFAULT_MAX_QUEUES
+from .core.replay import ReplayState
+from .core.settings import QueueOptions
+from .core.source_journal import DEFAULT_JOURNAL_MAX_LENGTH, DEFAULT_JOURNAL_TIME_TO_LIVE, JournalSettings
+from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
+from .group import AcceptGroup, LocalGroups, check_accept
+from .limits import ServiceLimits
+from .message import Message
 from .operations import QueueOperations
+from .receive_batch import ReceiveBatch, check_batch, more_in_turn
 from .remotes import DIRECT, Remote, validate_remotes
 from .store.interface import Store
 from .store.journal_store import (
-    DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_RATIO, DEFAULT_SEGMENT_SIZE, JournalStore,
+    DEFAULT_COMPACT_MIN_BYTES,
+    DEFAULT_COMPACT_RATIO,
+    DEFAULT_SEGMENT_SIZE,
+    JournalStore,
 )
 from .store.memory import MemoryStore
 from .transaction import Transaction
-from .receive_batch import ReceiveBatch, check_batch, more_in_turn
-from .group import AcceptGroup, LocalGroups, check_accept
-from .limits import ServiceLimits
 
 if TYPE_CHECKING:
     from .service import QueueService
@@ -94,7 +98,7 @@ class QueueManager:
              dedupe_window: float = DEFAULT_DEDUPE_WINDOW, max_queues: int = DEFAULT_MAX_QUEUES,
              max_disk_bytes: int | None = None, source_journal: bool = False,
              journal_max_length: int | None = DEFAULT_JOURNAL_MAX_LENGTH,
-             journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE) -> "Opening[QueueManager]":
+             journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE) -> Opening[QueueManager]:
         """Open the queue manager whose journal is in `data_dir` (created if missing, 0700),
         recovering its queues and durable messages. Without `data_dir` everything is in
         memory. `fsync`: "always" (a durable send returns once fdatasync'ed), "interval"
@@ -181,7 +185,7 @@ class QueueManager:
         self._closed = True
         await self.operations.close()
 
-    async def __aenter__(self) -> "QueueManager":
+    async def __aenter__(self) -> QueueManager:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

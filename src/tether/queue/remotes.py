@@ -22,8 +22,9 @@ over plain TCP to another host is refused when it is made.
 from __future__ import annotations
 
 import ssl as _ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from .auth import check_credentials
@@ -95,7 +96,7 @@ class Remote:
         check_credentials(self.url(authority), self.user, self.password)
 
     @classmethod
-    def from_config(cls, table: Mapping[str, Any], where: str) -> "Remote":
+    def from_config(cls, table: Mapping[str, Any], where: str) -> Remote:
         """The Remote of a `[remotes."HOST:PORT"]` table; ValueError naming `where.KEY`."""
         if not isinstance(table, Mapping):
             raise ValueError(f"{where} must be a table")

@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
 from ssl import SSLContext
-from typing import Any, Mapping, Protocol, Unpack
+from typing import Any, Protocol, Unpack
 
 from ..session.api import serve
 from ..session.url import parse as parse_url
@@ -98,7 +99,7 @@ class QueueService:
     async def start(cls, manager: ServedManager, url: str, *, ssl: SSLContext | None = None,
                     users: Users | Mapping[str, Any] | None = None, allow_anonymous: bool = False,
                     client_grace: float = CLIENT_GRACE, limits: ServiceLimits | None = None,
-                    **session_settings: Any) -> "QueueService":
+                    **session_settings: Any) -> QueueService:
         """Listen at `url` (tcp://HOST:PORT or tls://HOST:PORT with `ssl`, a server
         `ssl.SSLContext`; port 0 picks a free one). `users`: a `Users` (or the dict of a
         `[users]` table) whose every client must authenticate; None: anonymous clients with

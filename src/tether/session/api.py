@@ -7,9 +7,9 @@ import logging
 import os
 import secrets
 import weakref
+from collections.abc import Awaitable, Callable
 from ssl import SSLContext
 from types import TracebackType
-from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
 from ..backoff import Backoff
@@ -21,8 +21,7 @@ from .engine import SessionEngine
 from .session import Session
 from .settings import SessionOptions, SessionSettings
 from .state import State
-from .tcp import (RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection,
-                  max_packet_size)
+from .tcp import RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection, max_packet_size
 from .timers import clock
 from .udp import UdpClientProtocol, UdpEndpoint, UdpServerProtocol, datagram_size
 from .url import SessionURL, parse
@@ -250,7 +249,7 @@ class Server:
         self._tcp: asyncio.Server | None = None
         # open TCP connections; close() ends those not bound to a session (a bound one ends
         # with its session). asyncio's and uvloop's Server.close() leave connections open.
-        self._tcp_connections: "weakref.WeakSet[TcpServerConnection]" = weakref.WeakSet()
+        self._tcp_connections: weakref.WeakSet[TcpServerConnection] = weakref.WeakSet()
         self._closing = False
         self._finisher: asyncio.Task[Any] | None = None
         self._closed = self._loop.create_future()
@@ -400,7 +399,7 @@ class Server:
         """Wait until close() has finished: sessions ended, sockets closed."""
         await asyncio.shield(self._closed)
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

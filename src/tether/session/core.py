@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from types import ModuleType
 
 from .. import layer1
@@ -21,7 +21,7 @@ class Core:
     codec: ModuleType
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(package: str = "tether._native") -> Core:
     """The layer-1 classes from `package` (tether._native or tether._reference)."""
     def mod(name: str) -> ModuleType:

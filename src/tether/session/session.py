@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 from ..errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
 from .engine import SessionEngine
@@ -58,7 +59,7 @@ class Session:
         self._flush_waiters: list[asyncio.Future[Any]] = []
         self._connected = self._loop.create_future()
         self._closed = self._loop.create_future()
-        self._on_end: list[Callable[["Session"], None]] = []
+        self._on_end: list[Callable[[Session], None]] = []
         self._listener: Callable[[], None] | None = None
         self._link_listener: Callable[[Link | None], None] | None = None
         self.accepted = False
@@ -262,7 +263,7 @@ class Session:
         awaiting (the asyncio Transport) deliver messages and track acks from it."""
         self._listener = listener
 
-    def __aiter__(self) -> "Session":
+    def __aiter__(self) -> Session:
         return self
 
     async def __anext__(self) -> bytes:
@@ -333,7 +334,7 @@ class Session:
         """Wait until the session has ended, however it ends."""
         await asyncio.shield(self._closed)
 
-    async def __aenter__(self) -> "Session":
+    async def __aenter__(self) -> Session:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -343,7 +344,7 @@ class Session:
         else:
             self.abort(f"the peer's application failed: {exc_type.__name__}")
 
-    def add_end_callback(self, callback: Callable[["Session"], None]) -> None:
+    def add_end_callback(self, callback: Callable[[Session], None]) -> None:
         """Call callback(session) once the session has ended (adapters clean up with it)."""
         if self._ended:
             self._loop.call_soon(callback, self)

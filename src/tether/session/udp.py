@@ -31,7 +31,8 @@ import os
 import socket
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .core import default as default_core
 from .demux import Demux
@@ -352,7 +353,7 @@ class UdpClientProtocol:
 
     @classmethod
     async def open(cls, host: str, port: int,
-                   offload: tuple[bool, bool] | None = None) -> "UdpClientProtocol":
+                   offload: tuple[bool, bool] | None = None) -> UdpClientProtocol:
         loop = asyncio.get_running_loop()
         sock, _ = await _socket_for(loop, host, port, passive=False)
         protocol = cls()
@@ -395,7 +396,7 @@ class UdpPeerLink:
 
     __slots__ = ("endpoint", "addr")
 
-    def __init__(self, endpoint: "UdpServerProtocol", addr: Any) -> None:
+    def __init__(self, endpoint: UdpServerProtocol, addr: Any) -> None:
         self.endpoint = endpoint
         self.addr = addr
 

@@ -5,8 +5,9 @@ arguments, as for `tether.connect` and `tether.serve`, and so is `ssl=` for tls:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from ssl import SSLContext
-from typing import Any, Awaitable, Callable, Unpack
+from typing import Unpack
 
 from ..session.api import connect, serve
 from ..session.settings import SessionOptions

@@ -4,7 +4,8 @@ a tether `Server` whose every session is given a `SessionTransport` and a new pr
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..session.api import Server
 from ..session.session import Session
@@ -123,7 +124,7 @@ class StreamServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def __aenter__(self) -> "StreamServer":
+    async def __aenter__(self) -> StreamServer:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

@@ -8,7 +8,8 @@ and `JournalStore` (the segmented journal on local disk).
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 
 class Store(Protocol):

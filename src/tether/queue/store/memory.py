@@ -4,7 +4,7 @@ Every queue is volatile there, so the core never journals anything and nothing i
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class MemoryStore:
