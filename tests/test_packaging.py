@@ -74,6 +74,7 @@ print("NATIVE", tether.NATIVE)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)      # Cython runs for real; on a loaded 2-core machine that takes minutes
 def test_without_a_compiler_the_install_falls_back_to_the_twins(tmp_path):
     source = _checkout_copy(tmp_path)
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-v",
@@ -96,6 +97,7 @@ def test_without_a_compiler_the_install_falls_back_to_the_twins(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)      # Cython and the C compiler run for real
 def test_build_makes_an_sdist_and_a_binary_wheel(tmp_path):
     source = _checkout_copy(tmp_path)
     dist = tmp_path / "dist"
