@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 # shared fixtures from modules of their own
-pytest_plugins = ["full_disk", "system_tools", "tls_pki"]
+pytest_plugins = ["full_disk", "system_tools", "tls_pki", "qm_hosts"]
 
 
 def twins(name: str):

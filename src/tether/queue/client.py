@@ -7,8 +7,10 @@
         await msg.complete()
 
 Requests travel over one reliable session (protocol.py); concurrent calls share frames, so
-a round trip is paid per batch, not per message. Receiving is credit-based: the first
-`receive()` of a queue subscribes with `prefetch` credits, the service delivers at most
+a round trip is paid per batch, not per message, and the plain sends (and the completes)
+made in one loop turn travel as one SEND_BATCH (COMPLETE_BATCH) item, answered by one reply.
+Receiving is credit-based: the first `receive()` of a queue subscribes with `prefetch`
+credits, the service delivers at most
 that many messages ahead (each peek-locked), and every message taken returns one credit.
 
 The client is an idempotent producer: its `client_id` (stable if you give one) names it to
@@ -79,7 +81,7 @@ RECONNECT_CAP = 2.0     # never more than this between reconnect attempts
 DEFAULT_PREFETCH = 16
 DEFAULT_REQUEST_TIMEOUT = 30.0
 # requests that only mean something to the service process that saw the lock or transaction
-_NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_ROLLBACK, P.RENEW,
+_NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.COMPLETE_BATCH, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_ROLLBACK, P.RENEW,
                            P.GROUP_RECEIVE, P.GROUP_RELEASE)
 
 
@@ -122,6 +124,40 @@ class _Request:
         self.item = item
         self.future = future
         self.deadline = deadline
+
+
+class _Batch(_Request):
+    """A SEND_BATCH or COMPLETE_BATCH: one request for the calls of one loop turn, each
+    with its own future (`futures`), answered from the batch's reply."""
+
+    __slots__ = ("futures",)
+
+    def __init__(self, item: list[Any], future: asyncio.Future[Any], deadline: float) -> None:
+        super().__init__(item, future, deadline)
+        self.futures: list[asyncio.Future[Any]] = []
+
+    def answered(self, future: asyncio.Future[Any]) -> None:
+        """The batch's own future is done: each call gets its outcome (a failed batch's
+        error, or its own from the reply)."""
+        futures = self.futures
+        if future.cancelled():
+            error: BaseException | None = QueueError("the queue client is closed")
+        else:
+            error = future.exception()
+        if error is None:
+            try:
+                outcomes = P.batch_outcomes(future.result(), len(futures),
+                                            str if self.item[0] == P.SEND_BATCH else type(None))
+            except ProtocolError as exc:
+                error = exc
+        for n, waiter in enumerate(futures):
+            if waiter.done():           # its caller was cancelled
+                continue
+            outcome = error if error is not None else outcomes[n]
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
 
 
 class _Consumer:
@@ -273,6 +309,7 @@ class QueueClient:
         self._connected = False
         self._disconnected_at: float | None = None
         self._pending: dict[int, _Request] = {}
+        self._batch: _Batch | None = None     # the batch this loop turn fills (see _batched)
         self._out: list[Any] = []
         self._out_bytes = 0
         self._flush_scheduled = False
@@ -328,7 +365,7 @@ class QueueClient:
             self._rids += 1
             user, password = self._credentials
             hello = [P.HELLO, self._rids, P.VERSION, self.client_id, self.epoch, list(self._locks), user, password]
-            self._out, self._out_bytes = [], 0
+            self._out, self._out_bytes, self._batch = [], 0, None
             session.send_nowait([P.encode([hello])])
             async with asyncio.timeout(self.connect_timeout):
                 reply = await self._read_hello(session, self._rids)
@@ -363,6 +400,8 @@ class QueueClient:
                 if not future.done():
                     error = (LockLost(f"the queue manager restarted: the lock of message {item[2]} is gone")
                              if op in (P.COMPLETE, P.ABANDON) else
+                             LockLost("the queue manager restarted: the locks of these messages are gone")
+                             if op == P.COMPLETE_BATCH else
                              TransactionError("the queue manager restarted: the transaction is gone"))
                     future.set_exception(error)
             else:
@@ -494,7 +533,7 @@ class QueueClient:
                     log.error("the queue manager at %s reported: %s", self.url, item[3])
                 return
             sent = request.item
-            if sent[0] == P.SEND or sent[0] == P.FORWARD:
+            if sent[0] == P.SEND or sent[0] == P.SEND_BATCH or sent[0] == P.FORWARD:
                 self._answered(sent)
             future = request.future
             if future.done():
@@ -515,6 +554,11 @@ class QueueClient:
         """A send (or forward) was answered: it will never be resent; the floor may rise."""
         if item[0] == P.SEND:
             self._unanswered.pop(item[6], None)
+            self._schedule_flush()
+        elif item[0] == P.SEND_BATCH:
+            unanswered = self._unanswered
+            for sequence in range(item[4], item[4] + len(item[3])):
+                unanswered.pop(sequence, None)
             self._schedule_flush()
 
     def _message(self, fields: list[Any], validity: float) -> Message:
@@ -561,6 +605,39 @@ class QueueClient:
             self._send(item)
         return future
 
+    def _batched(self, op: int, key: Any, value: Any, size: int, sequence: int = 0) -> asyncio.Future[Any]:
+        """Add `value` (a body numbered `sequence`, or a lock tag) to the SEND_BATCH for
+        address `key` (or the COMPLETE_BATCH) this loop turn is filling, or start one; a
+        future for its outcome. A batch takes values only until it goes out, and only while
+        it is the last item to go (the requests of one client keep their order) and its
+        sequences run on."""
+        batch = self._batch
+        out = self._out
+        if batch is None or not out or out[-1] is not batch.item or batch.item[0] != op \
+                or len(batch.futures) >= P.MAX_BATCH \
+                or (op == P.SEND_BATCH and (batch.item[2] != key or batch.item[4] + len(batch.futures) != sequence)):
+            self._rids += 1
+            rid = self._rids
+            item = [op, rid, key, [], sequence] if op == P.SEND_BATCH else [op, rid, []]
+            future = self._loop.create_future()
+            deadline = math.inf
+            if self.request_timeout is not None:
+                deadline = time.monotonic() + self.request_timeout
+                self._arm_sweeper()
+            batch = self._batch = _Batch(item, future, deadline)
+            future.add_done_callback(batch.answered)
+            self._pending[rid] = batch
+            out.append(item)
+        batch.item[3 if op == P.SEND_BATCH else 2].append(value)
+        waiter = self._loop.create_future()
+        batch.futures.append(waiter)
+        self._out_bytes += size
+        if self._out_bytes >= self.max_frame_bytes:
+            self._flush()
+        else:
+            self._schedule_flush()
+        return waiter
+
     def _arm_sweeper(self) -> None:
         if self._sweeper is None and self.request_timeout is not None and not self._closing:
             self._sweeper = self._loop.call_later(max(0.05, self.request_timeout / 10), self._sweep)
@@ -572,8 +649,8 @@ class QueueClient:
         now = time.monotonic()
         for rid in [rid for rid, r in self._pending.items() if r.deadline <= now]:
             request = self._pending.pop(rid)
-            if request.item[0] == P.SEND:
-                self._unanswered.pop(request.item[6], None)
+            if request.item[0] == P.SEND or request.item[0] == P.SEND_BATCH:
+                self._answered(request.item)
             if not request.future.done():
                 request.future.set_exception(QueueUnavailable(
                     f"no answer from the queue manager at {self.url} within {self.request_timeout:g} s"
@@ -626,6 +703,7 @@ class QueueClient:
         if not self._out:
             return
         out, self._out, self._out_bytes = self._out, [], 0
+        self._batch = None      # gone out: it takes no more
         try:
             self._session.send_nowait([P.encode(out)])
         except SendQueueFull:
@@ -694,8 +772,13 @@ class QueueClient:
         arguments are QueueManager.send's. Raises as QueueManager.send, and
         QueueUnavailable after request_timeout."""
         self._check_open()
-        item = self._send_item(address, body, headers, time_to_live,
-                               _send_options(priority, delay, deliver_at, group_id, journal))
+        options = _send_options(priority, delay, deliver_at, group_id, journal)
+        item = self._send_item(address, body, headers, time_to_live, options)
+        if headers is None and time_to_live is None and options is None and self._connected:
+            # a plain send: it joins this loop turn's SEND_BATCH to the address
+            self._number(item)
+            batched_id: str = await self._batched(P.SEND_BATCH, address, item[3], 16 + len(item[3]), item[6])
+            return batched_id
         message_id: str = await self._request(self._number(item), checked=True)
         return message_id
 
@@ -884,7 +967,10 @@ class QueueClient:
     async def complete_message(self, message: Message) -> None:
         """Remove a received message at the service. LockLost if its lock is gone."""
         self._settling(message)
-        await self._request([P.COMPLETE, 0, message._tag])
+        if self._connected:
+            await self._batched(P.COMPLETE_BATCH, None, message._tag, 12)   # this turn's completes: one item
+        else:
+            await self._request([P.COMPLETE, 0, message._tag])
 
     async def abandon_message(self, message: Message) -> None:
         """Give a received message back (a failed delivery: retried, delayed or poison)."""

@@ -283,9 +283,15 @@ class Connection:
         forwards: list = []
         completes: list = []
         guard = self.guard
+        batched = 0
         for raw in items:
             item = P.parse_request(raw)
             op = item[0]
+            if op == P.SEND_BATCH or op == P.COMPLETE_BATCH:
+                # a frame costs no more than MAX_ITEMS single requests would
+                batched += len(item[3] if op == P.SEND_BATCH else item[2])
+                if batched > P.MAX_ITEMS:
+                    raise ProtocolError(f"queue protocol: a frame carries at most {P.MAX_ITEMS} batched messages")
             if not guard.unrestricted:
                 refusal = guard.refusal(item)
                 if refusal is not None:
@@ -299,9 +305,9 @@ class Connection:
                 if forwards:
                     self._spawn(self._forwards(forwards), 0)
                     forwards = []
-            if op == P.SEND:
+            if op == P.SEND or op == P.SEND_BATCH:
                 sends.append(item)
-            elif op == P.COMPLETE:
+            elif op == P.COMPLETE or op == P.COMPLETE_BATCH:
                 completes.append(item)
             elif op == P.FORWARD:
                 forwards.append(item)
@@ -370,9 +376,9 @@ class Connection:
         return name
 
     async def _sends(self, items: list) -> None:
-        """SEND items: prepared one by one (a bad one is refused alone), queued in one call."""
+        """SEND and SEND_BATCH items: prepared one message at a time (a bad one is refused
+        alone), queued in one call; one reply per item (a batch's: every outcome)."""
         previous, turn = self._take_turn()
-        results: list[Any] = [None] * len(items)
         routes = self._routes
         refused: dict[str, BaseException] = {}
         try:
@@ -388,11 +394,32 @@ class Connection:
             turn.set_result(None)       # the next batch runs once this one yields: after it is queued
         core = self.operations.core
         now = self.operations.now()
+        results: list[Any] = []         # per message (a batch's one per body)
         entries, sequences, where = [], [], []
-        for n, (_, _, address, body, headers, ttl, sequence, options) in enumerate(items):
+        for item in items:
+            address = item[2]
             name = routes.get(address)
+            if item[0] == P.SEND_BATCH:
+                bodies, first = item[3], item[4]
+                if name is None:
+                    error = refused.get(address) or QueueError(f"queue address {address!r} was not routed")
+                    results.extend([error] * len(bodies))
+                    continue
+                prepare = core.prepare_plain if name == address else self._prepare_routed(name, address)
+                n = len(results)
+                for k, body in enumerate(bodies):
+                    try:
+                        entries.append(prepare(name, body, now))
+                        sequences.append(first + k)
+                        where.append(n + k)
+                        results.append(None)
+                    except (TetherError, ValueError, TypeError) as exc:
+                        results.append(exc)
+                continue
+            _, _, address, body, headers, ttl, sequence, options = item
+            results.append(None)
             if name is None:
-                results[n] = refused.get(address) or QueueError(f"queue address {address!r} was not routed")
+                results[-1] = refused.get(address) or QueueError(f"queue address {address!r} was not routed")
                 continue
             try:
                 if headers is None and ttl is None and options is None and name == address:
@@ -402,11 +429,16 @@ class Connection:
                                                 destination=address if name != address else None,
                                                 **(options or {})))
                 sequences.append(sequence)
-                where.append(n)
+                where.append(len(results) - 1)
             except (TetherError, ValueError, TypeError) as exc:
-                results[n] = exc
+                results[-1] = exc
         await self._queue(entries, sequences, where, results, keep_ids=False)
-        self._answer(items, results)
+        self._answer(items, _per_item(items, results))
+
+    def _prepare_routed(self, name: str, address: str) -> Any:
+        """prepare() of a plain send to `address`, which routes to local queue `name`."""
+        core = self.operations.core
+        return lambda name, body, now: core.prepare(name, body, now, destination=address)
 
     def _take_turn(self) -> tuple[asyncio.Future | None, asyncio.Future]:
         """(the turn before ours, ours): call first thing in a batch's task (tasks start in
@@ -504,39 +536,40 @@ class Connection:
             else:
                 out.append([reply, rid, result])
         self._out_bytes += 64 * (len(out) - before)
-        if self._out_bytes >= P.FRAME_BYTES:
-            self._flush()
-        elif not self._flush_scheduled and out:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._queued()
 
     # ---- settling ----
 
     async def _completes(self, items: list) -> None:
+        """COMPLETE and COMPLETE_BATCH items: every lock in one record; one reply per item."""
         state = self.state
         locks = state.locks
-        receipts, waiting, results = [], [], []
+        tags = []
         for item in items:
-            tag = item[2]
+            if item[0] == P.COMPLETE_BATCH:
+                tags.extend(item[2])
+            else:
+                tags.append(item[2])
+        results: list[Any] = [None] * len(tags)
+        receipts, where = [], []
+        for n, tag in enumerate(tags):
             entry = locks.pop(tag, None)
             if entry is None:
-                if tag in state.completed:      # a resend whose reply was lost
-                    results.append((item, None))
-                else:
-                    results.append((item, LockLost(f"lock {tag}: no peek-lock held (expired, settled, "
-                                                   f"or the service restarted)")))
+                if tag not in state.completed:      # (in it: a resend whose reply was lost)
+                    results[n] = LockLost(f"lock {tag}: no peek-lock held (expired, settled, or the service "
+                                          f"restarted)")
                 continue
             receipts.append((entry, tag))
-            waiting.append(item)
+            where.append(n)
         if receipts:
             errors = await self.operations.complete_many(receipts)
-            for item, (entry, tag), error in zip(waiting, receipts, errors):
+            for n, (entry, tag), error in zip(where, receipts, errors):
                 if error is None:
                     state.remember_completed(tag)
                 elif not isinstance(error, LockLost):
                     locks[tag] = entry      # the write failed: still locked, complete again
-                results.append((item, error))
-        self._answer([r[0] for r in results], [r[1] for r in results])
+                results[n] = error
+        self._answer(items, _per_item(items, results))
 
     # ---- everything else ----
 
@@ -702,11 +735,14 @@ class Connection:
         return tx
 
     async def _consume(self, consumer: _Consumer) -> None:
-        """Deliver `consumer.queue` while the client has credit."""
+        """Deliver `consumer.queue` while the client has credit: whatever is ready, up to
+        the credit, taken in one pass and pushed at once."""
         operations = self.operations
         name = consumer.queue
         locks = self.state.locks
-        push = self.push
+        consumer_id = consumer.consumer_id
+        fields = P.message_fields
+        limits = self.service.limits
         try:
             while True:
                 while consumer.credit <= 0:
@@ -714,16 +750,26 @@ class Connection:
                     await consumer.wake
                 if not await self._reply_room():
                     return
-                entry = await operations.take(name, None)
+                first = await operations.take(name, None)      # waits for one
+                room = limits.max_reply_bytes - self._out_bytes - self.session.unacknowledged_bytes
+                entries = [first]
+                if consumer.credit > 1 and room > len(first.body):
+                    try:
+                        entries += operations.take_ready(name, consumer.credit - 1, room - len(first.body))
+                    except QueueError:
+                        pass        # `first` still goes out; the next take raises it
+
                 now = operations.now()
-                limit = self.service.limits.max_reply_bytes
-                while entry is not None:
-                    consumer.credit -= 1
+                consumer.credit -= len(entries)
+                items = []
+                size = 0
+                for entry in entries:
                     locks[entry.tag] = entry
-                    push([P.DELIVER, consumer.consumer_id, P.message_fields(entry), _validity(entry, now)])
-                    if consumer.credit <= 0 or self._out_bytes + self.session.unacknowledged_bytes >= limit:
-                        break
-                    entry = await operations.take(name, 0)     # does not suspend
+                    items.append([P.DELIVER, consumer_id, fields(entry), _validity(entry, now)])
+                    size += len(entry.body) + 96
+                self._out.extend(items)
+                self._out_bytes += size
+                self._queued()
         except asyncio.CancelledError:
             raise
         except (TetherError, ValueError, TypeError) as exc:
@@ -744,9 +790,13 @@ class Connection:
             self._out_bytes += len(item[2][2]) + 96
         else:
             self._out_bytes += 64
+        self._queued()
+
+    def _queued(self) -> None:
+        """Items were added to the replies: send them now (a frame's worth) or this turn."""
         if self._out_bytes >= P.FRAME_BYTES:
             self._flush()
-        elif not self._flush_scheduled:
+        elif not self._flush_scheduled and self._out:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
@@ -846,6 +896,26 @@ class _Expired(QueueError):
     """The message expired in transit."""
 
     code = P.EXPIRED_CODE
+
+
+def _per_item(items: list, results: list) -> list:
+    """Per-message results as per-item ones: a batch item's is the array of its messages'
+    outcomes (protocol.batch_outcome), another's its own result."""
+    if len(results) == len(items):
+        if not any(item[0] == P.SEND_BATCH or item[0] == P.COMPLETE_BATCH for item in items):
+            return results
+    out = []
+    n = 0
+    outcome = P.batch_outcome
+    for item in items:
+        if item[0] == P.SEND_BATCH or item[0] == P.COMPLETE_BATCH:
+            count = len(item[3] if item[0] == P.SEND_BATCH else item[2])
+            out.append([outcome(r) for r in results[n:n + count]])
+            n += count
+        else:
+            out.append(results[n])
+            n += 1
+    return out
 
 
 def _validity(entry: Entry, now: float) -> float:

@@ -54,6 +54,8 @@ MAX_IN_FLIGHT = 4096        # messages sent and not yet answered (ForwardEngine.
 LOCK_RENEW_EVERY = 1.0      # seconds between renewals of the locks of unanswered messages
 RETURNS_POLL = 1.0          # the target makes our return queue with our first transfer
 AUTH_RETRY = 30.0           # seconds between attempts while the target refuses our credentials
+TAKE_AT_ONCE = 256          # messages taken from the transmission queue in one pass, at most
+BYTES_AT_ONCE = 1 << 20     # ... and their bodies' bytes (the pass ends once past this)
 
 
 def producer_id(manager_id: bytes, authority: str) -> bytes:
@@ -173,15 +175,18 @@ class Forwarder:
             if not engine.may_send(now):       # a transient refusal came while we waited
                 operations.release(entry, entry.tag)
                 continue
-            while entry is not None:
-                if engine.sent(entry, now):
-                    self._send(client, entry)
-                else:                          # expired before it was forwarded
-                    self._answered.set()
+            entries = [entry]
+            while entries:
+                for entry in entries:
+                    if engine.sent(entry, now):
+                        self._send(client, entry)
+                    else:                          # expired before it was forwarded
+                        self._answered.set()
                 if not engine.has_room(now):
                     self._room.clear()
                     break
-                entry = await operations.take(name, 0)     # does not suspend
+                # then whatever else is ready, in one pass (no more than the window has room for)
+                entries = operations.take_ready(name, min(engine.room(now), TAKE_AT_ONCE), BYTES_AT_ONCE)
 
     def _send(self, client: QueueClient, entry: Entry) -> None:
         tag = entry.tag

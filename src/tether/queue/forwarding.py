@@ -135,6 +135,10 @@ class ForwardEngine:
         """True when another message may be taken and sent now."""
         return len(self.in_flight) < self.max_in_flight and self.rules.may_send(now)
 
+    def room(self, now: float) -> int:
+        """How many more messages may be taken and sent now."""
+        return max(0, self.max_in_flight - len(self.in_flight)) if self.rules.may_send(now) else 0
+
     def sent(self, entry: Entry, now: float) -> bool:
         """A message taken (locked) from the transmission queue is in flight now: True.
         Even one whose time-to-live ran out is sent: it may have reached the target before

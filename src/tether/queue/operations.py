@@ -266,6 +266,31 @@ class QueueOperations:
             self.settle()
         return entry
 
+    def take_ready(self, name: str, count: int, max_bytes: int) -> list[Entry]:
+        """Up to `count` entries of queue `name` that are ready now (each locked), in one
+        pass, stopping once their bodies reach `max_bytes`; [] when none is. (A consumer's
+        deliveries under its credit.) QueueNotFound, PoisonMessage when the first fails."""
+        if self._closed:
+            raise QueueError("the queue manager is closed")
+        take = self.core.take
+        now = self._clock()
+        entries: list[Entry] = []
+        size = 0
+        while len(entries) < count and size < max_bytes:
+            try:
+                entry = take(name, now)
+            except QueueError:
+                if not entries:
+                    raise
+                break           # those taken are delivered; the next call raises it
+            if entry is None:
+                break
+            entries.append(entry)
+            size += len(entry.body)
+        if entries:
+            self.settle()
+        return entries
+
     async def take(self, name: str, timeout: float | None) -> Entry | None:
         """The next entry of queue `name`, locked; waits up to `timeout` seconds (None:
         until one comes; <= 0: no wait). None on timeout. QueueNotFound, PoisonMessage."""

@@ -152,7 +152,7 @@ class RequestGuard:
             return None
         op = item[0]
         permissions = self.permissions
-        if op == P.SEND:
+        if op == P.SEND or op == P.SEND_BATCH:
             return self._send_refusal(item[2])
         if op == P.TX_SEND:
             return self._send_refusal(item[3])

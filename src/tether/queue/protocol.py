@@ -29,6 +29,9 @@ array whose first element is its op code:
     [ACCEPT_GROUP, rid, queue, timeout]                 hold the next free group: [group_id, handle] or nil
     [GROUP_RECEIVE, rid, handle, timeout]               the held group's next message (or nil)
     [GROUP_RELEASE, rid, handle]                        let the group go (its locked messages abandoned)
+    [SEND_BATCH, rid, address, bodies, first_sequence]  plain sends (no headers, ttl or options) of
+                                                        many bodies, numbered first_sequence, +1, ...
+    [COMPLETE_BATCH, rid, tags]                         complete many peek-locked messages
 
     replies and pushes (service -> client)
     [REPLY, rid, value]
@@ -36,6 +39,13 @@ array whose first element is its op code:
                                                         "value-error" / "type-error" / "expired"
     [DELIVER, consumer, message, validity]              a message for a subscription
     [CONSUMER_ERROR, consumer, code, text]              the subscription ended (e.g. poison)
+
+SEND_BATCH and COMPLETE_BATCH are what a client sends for the sends (and completes) its
+callers made in one loop turn: one item, one reply, however many messages. Their reply's
+value is an array with one outcome per message, in order (`batch_outcomes`): a SEND_BATCH's
+the message id or [code, text], a COMPLETE_BATCH's nil or [code, text]. The batches of one
+frame hold at most MAX_ITEMS messages in all (a frame costs no more than that many single
+requests would); the service ends a session that sends more.
 
 HELLO names the client (its stable `client_id`, which is also its producer id) and its
 producer `epoch` (0: a new instance, which fences every older one; the reply carries the
@@ -74,7 +84,7 @@ import msgpack
 from .. import errors
 from ..errors import ProtocolError, TetherError
 
-VERSION = 4
+VERSION = 5
 
 # requests
 HELLO = 1
@@ -102,6 +112,8 @@ SETTINGS = 22
 ACCEPT_GROUP = 23
 GROUP_RECEIVE = 24
 GROUP_RELEASE = 25
+SEND_BATCH = 26
+COMPLETE_BATCH = 27
 # replies and pushes
 REPLY = 100
 ERROR = 101
@@ -123,6 +135,7 @@ MAX_ID = 255              # message ids
 MAX_CREDIT = 1 << 20
 MAX_SEQUENCE = (1 << 63) - 1
 MAX_PEEK = 4096           # messages one PEEK returns at most
+MAX_BATCH = 4096          # messages in one SEND_BATCH or COMPLETE_BATCH
 EXPIRED_CODE = "expired"
 #: The length of a message on the wire (see the module docstring).
 MESSAGE_FIELDS = 12
@@ -233,6 +246,19 @@ def _tags(op: str, field: str, value: Any) -> list[int]:
     return value
 
 
+def _bodies(op: str, field: str, value: Any) -> list[bytes]:
+    if value.__class__ is not list or not 0 < len(value) <= MAX_BATCH \
+            or not all(b.__class__ is bytes for b in value):
+        raise _fail(op, field, value, f"an array of 1..{MAX_BATCH} message bodies (bytes)")
+    return value
+
+
+def _batch_tags(op: str, field: str, value: Any) -> list[int]:
+    if value.__class__ is not list or not 0 < len(value) <= MAX_BATCH:
+        raise _fail(op, field, value, f"an array of 1..{MAX_BATCH} lock tags")
+    return _tags(op, field, value)
+
+
 def _password(op: str, field: str, value: Any) -> str | None:
     # never quoted in the error: it may be a password
     if value is not None and (value.__class__ is not str or not 0 < len(value) <= MAX_PASSWORD):
@@ -320,6 +346,8 @@ REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
     ACCEPT_GROUP: ("accept-group", (("queue", _name), ("timeout", _optional(_seconds)))),
     GROUP_RECEIVE: ("group-receive", (("handle", _int(1, (1 << 63) - 1)), ("timeout", _optional(_seconds)))),
     GROUP_RELEASE: ("group-release", (("handle", _int(1, (1 << 63) - 1)),)),
+    SEND_BATCH: ("send-batch", (("address", _name), ("bodies", _bodies), ("first_sequence", _sequence))),
+    COMPLETE_BATCH: ("complete-batch", (("tags", _batch_tags),)),
 }
 
 
@@ -349,6 +377,8 @@ def parse_request(item: Any) -> list:
     _rid(name, "rid", item[1])
     for i, (field, check) in enumerate(fields, 2):
         check(name, field, item[i])
+    if op == SEND_BATCH and item[4] + len(item[3]) - 1 > MAX_SEQUENCE:
+        raise _fail(name, "first_sequence", item[4], f"at most {MAX_SEQUENCE} - the count of bodies + 1")
     return item
 
 
@@ -424,6 +454,35 @@ def parse_response(item: Any) -> list:
     for i, (field, check) in enumerate(fields, 1):
         check(name, field, item[i])
     return item
+
+
+# ---- the outcomes of a batch ----
+
+def batch_outcome(result: Any) -> Any:
+    """One message's outcome in a batch's reply: the value (an id, or nil), or an
+    exception as [code, text]."""
+    if isinstance(result, BaseException):
+        return [error_code(result), str(result) or result.__class__.__name__]
+    return result
+
+
+def batch_outcomes(value: Any, count: int, ok: type) -> list[Any]:
+    """A batch reply's value, checked: per message its value (of class `ok`: str for a
+    SEND_BATCH's ids, NoneType for a COMPLETE_BATCH) or the exception its [code, text]
+    stands for. ProtocolError when it is not `count` such outcomes."""
+    if value.__class__ is not list or len(value) != count:
+        raise ProtocolError(f"queue protocol: a batch of {count} answered with {brief(value)}")
+    out: list[Any] = []
+    for outcome in value:
+        if outcome.__class__ is ok:
+            out.append(outcome)
+        elif outcome.__class__ is list and len(outcome) == 2 and outcome[0].__class__ is str \
+                and outcome[1].__class__ is str:
+            out.append(error_from_code(outcome[0], outcome[1]))
+        else:
+            raise ProtocolError(f"queue protocol: a batch's outcome must be {ok.__name__} or [code, text], "
+                                f"not {brief(outcome)}")
+    return out
 
 
 # ---- messages and errors on the wire ----
