@@ -75,6 +75,12 @@ REGRESSION_SEEDS = [
     # server's inactivity timeout. Fixed: a move repeats the response to a client not yet
     # known to have it.
     ("lossy", 883139027966),
+    # Soak: a corrupted ack (hostile path) claimed a buffer far beyond the server's window of
+    # one message; the client, taking the largest bound seen, overran that window, every
+    # refused message backed off its retransmissions towards the 60 s cap, and the session
+    # crawled a message per minute to the time limit. Fixed: an ack opening more than the
+    # peer's window (its handshake's) is a ProtocolError.
+    ("hostile", 883139024394),
 ]
 
 

@@ -244,9 +244,8 @@ def seed_inputs() -> list[bytes]:
     fragments = codec.encode_data(sid, 5, [b"f1", b"f2"], fragments=[(0, 0, 2), (1, 1, 2)])
     ack = codec.encode_ack(sid, [(1, 3)], 8, False)
     ack_all = codec.encode_ack(sid, [(1, 2), (3, 3)], 8, False)
-    nack = enc((6, sid, [1, 2, 3]))
     conversation = [
-        data + enc((7, sid)), ack, more, nack, gap, fragments, ack_all,
+        data + enc((7, sid)), ack, more, gap, fragments, ack_all,
         enc((8, sid, 6)), enc((9, sid, 3)), enc((10, sid, 6)), enc((11, sid)),
     ]
     others = [enc((12, sid, "protocol-error", "bad")), enc((13, sid, TOKEN)), enc((14, sid)),

@@ -1131,6 +1131,16 @@ class RemoteTransaction:
         message._settler = self
         return message
 
+    async def receive_many(self, name: str, count: int) -> list[Message]:
+        """Up to `count` messages of `name` that are ready now (no wait), in this transaction."""
+        out: list[Message] = []
+        while len(out) < count:
+            message = await self.receive(name, 0)
+            if message is None:
+                break
+            out.append(message)
+        return out
+
     async def send(self, address: str, body: bytes, *, headers: dict[str, Any] | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                    deliver_at: float | None = None, group_id: str | None = None,

@@ -24,6 +24,7 @@ class JournalStore:
     """The journal as a Store (store/interface.py)."""
 
     durable = True
+    shared = False
 
     def __init__(self, journal: Journal, *, compact_ratio: float, compact_min_bytes: int) -> None:
         self.journal = journal

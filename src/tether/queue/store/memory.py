@@ -11,6 +11,7 @@ class MemoryStore:
     """Keeps nothing (see the module docstring)."""
 
     durable = False
+    shared = False
 
     def __init__(self) -> None:
         self.recovered: list[bytes] = []
