@@ -16,7 +16,7 @@ from tether.queue.auth import USER_KEYS
 from tether.queue.core.settings import QueueSettings
 from tether.queue.limits import ServiceLimits
 from tether.queue.remotes import REMOTE_KEYS
-from tether.session.settings import SessionSettings
+from tether.session.sansio.settings import SessionSettings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "configuration.md"

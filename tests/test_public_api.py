@@ -16,7 +16,7 @@ import pytest
 import tether
 from tether.queue.core.settings import QueueOptions, QueueSettings
 from tether.queue.manager import ListenOptions
-from tether.session.settings import SessionOptions, SessionSettings, SessionTuning
+from tether.session.sansio.settings import SessionOptions, SessionSettings, SessionTuning
 
 API = ["connect", "serve", "Session", "Server", "SessionSettings", "open_connection", "start_server",
        "create_connection", "create_server", "SessionTransport", "QueueManager", "QueueClient", "Message",
@@ -138,8 +138,8 @@ def test_a_type_checker_sees_the_api(tmp_path):
          "--follow-imports", "silent", "--python-version", "3.11", str(program)],
         capture_output=True, text=True, cwd=tmp_path, env=env)
     out = result.stdout
-    assert 'Revealed type is "tether.session.api.Server"' in out, out
-    assert out.count('Revealed type is "tether.session.session.Session"') == 2, out
+    assert 'Revealed type is "tether.session.adapters.api.Server"' in out, out
+    assert out.count('Revealed type is "tether.session.adapters.session.Session"') == 2, out
     assert 'Revealed type is "tether.queue.core.settings.QueueSettings"' in out, out
     assert re.search(r'Revealed type is "(builtins\.)?bool"', out), out
     assert 'Argument "max_transfer_window" to "connect" has incompatible type "str"; expected "int"' in out, out

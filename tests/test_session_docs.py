@@ -5,8 +5,8 @@ import inspect
 
 import pytest
 
-from tether.session.api import Server, connect, serve
-from tether.session.session import Session
+from tether.session.adapters.api import Server, connect, serve
+from tether.session.adapters.session import Session
 from tether.streams.api import create_connection, create_server, open_connection, start_server
 from tether.streams.server import StreamServer
 from tether.streams.transport import SessionTransport
@@ -52,11 +52,12 @@ import re  # noqa: E402
 
 import tether  # noqa: E402
 from tether.errors import SESSION_FAULTS  # noqa: E402
-from tether.session import ended, engine, tcp, udp  # noqa: E402
-from tether.session.engine import SessionEngine  # noqa: E402
-from tether.session.frames import FrameType  # noqa: E402
-from tether.session.settings import SessionSettings  # noqa: E402
-from tether.session.state import TRANSITIONS, Event, State  # noqa: E402
+from tether.session.adapters import tcp, udp  # noqa: E402
+from tether.session.sansio import ended, engine  # noqa: E402
+from tether.session.sansio.engine import SessionEngine  # noqa: E402
+from tether.session.sansio.frames import FrameType  # noqa: E402
+from tether.session.sansio.settings import SessionSettings  # noqa: E402
+from tether.session.sansio.state import TRANSITIONS, Event, State  # noqa: E402
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 
@@ -173,7 +174,7 @@ def test_every_state_transition_is_in_the_states_table():
 
 
 def test_the_close_handshake_tables_are_state_pys():
-    from tether.session.state import RECEIVING_TRANSITIONS, SENDING_TRANSITIONS
+    from tether.session.sansio.state import RECEIVING_TRANSITIONS, SENDING_TRANSITIONS
     section = (DOCS / "wire-protocol.md").read_text().split("\n## Closing\n")[1].split("\n## ")[0]
     tables, rows = [], []
     for line in section.splitlines() + [""]:
@@ -221,7 +222,7 @@ QUOTED = [
      (SessionSettings(inactivity_timeout=600).keepalive_interval,
       SessionSettings(inactivity_timeout=20).keepalive_interval), (30.0, 5.0)),
     ("sessions.md", "aborting those that have not ended within 5\n  seconds",
-     tether.session.api.SERVER_CLOSE_GRACE, 5.0),
+     tether.session.adapters.api.SERVER_CLOSE_GRACE, 5.0),
 ]
 
 

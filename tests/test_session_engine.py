@@ -20,13 +20,13 @@ from tether.errors import (
     SessionFault,
     UnknownSequence,
 )
-from tether.session import core as cores
-from tether.session.demux import Demux
-from tether.session.engine import MAX_RTO, SessionEngine
-from tether.session.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
-from tether.session.frames import FrameType as F
-from tether.session.settings import SessionSettings
-from tether.session.state import State
+from tether.session.sansio import core as cores
+from tether.session.sansio.demux import Demux
+from tether.session.sansio.engine import MAX_RTO, SessionEngine
+from tether.session.sansio.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
+from tether.session.sansio.frames import FrameType as F
+from tether.session.sansio.settings import SessionSettings
+from tether.session.sansio.state import State
 
 from sim.pair import DATAGRAM, SESSION_ID, TOKEN, Pair
 
@@ -933,7 +933,7 @@ def test_a_token_is_bound_to_its_address_session_and_offer(core) -> None:
 
 
 def test_a_token_expires(core) -> None:
-    from tether.session.address_validation import TOKEN_LIFETIME
+    from tether.session.sansio.address_validation import TOKEN_LIFETIME
     demux = udp_demux(core)
     source = ("10.0.0.1", 5000)
     token = retry_token(core, demux.route(core.codec.encode_frame(create_frame()), 100.0, source=source))
@@ -1303,7 +1303,7 @@ def test_demux_does_not_reopen_an_ended_session_for_a_late_create_sequence(core)
 
 
 def test_demux_forgets_ended_sessions_after_a_while_and_beyond_a_bound(core, monkeypatch) -> None:
-    import tether.session.ended as ended_module
+    import tether.session.sansio.ended as ended_module
     p = _closed_by_server(core, lose_terminates=False)
     late = data(core, 1, [b"a late packet"])
     assert frames_of(core, p.demux.route(late, 1.0, source=p.address).replies)[0][0] == F.TERMINATE_SEQUENCE

@@ -30,8 +30,8 @@ from tether.errors import (
     SequenceTerminated,
     UnknownSequence,
 )
-from tether.session import core as cores
-from tether.session.core import Core
+from tether.session.sansio import core as cores
+from tether.session.sansio.core import Core
 
 from sim import FAMILIES, SimulationFailure, make_scenario, run_scenario
 from sim.harness import Simulation

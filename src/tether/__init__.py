@@ -33,20 +33,20 @@ if TYPE_CHECKING:   # what the lazy names below are, for type checkers and IDEs
     from .queue.core.settings import QueueSettings
     from .queue.manager import QueueManager
     from .queue.message import Message
-    from .session.api import Server, connect, serve
-    from .session.session import Session
-    from .session.settings import SessionSettings
+    from .session.adapters.api import Server, connect, serve
+    from .session.adapters.session import Session
+    from .session.sansio.settings import SessionSettings
     from .streams import SessionTransport, create_connection, create_server, open_connection, start_server
 
 __version__ = "0.1.0"
 
 # Public names that live in submodules, imported on first use so `import tether` stays cheap.
 _LAZY = {
-    "connect": "tether.session.api",
-    "serve": "tether.session.api",
-    "Session": "tether.session.api",
-    "Server": "tether.session.api",
-    "SessionSettings": "tether.session.settings",
+    "connect": "tether.session.adapters.api",
+    "serve": "tether.session.adapters.api",
+    "Session": "tether.session.adapters.api",
+    "Server": "tether.session.adapters.api",
+    "SessionSettings": "tether.session.sansio.settings",
     "open_connection": "tether.streams",
     "start_server": "tether.streams",
     "create_connection": "tether.streams",

@@ -20,7 +20,7 @@ from .queue.config import ServiceConfig
 from .queue.core.settings import QueueSettings
 from .queue.limits import ServiceLimits
 from .queue.remotes import REMOTE_KEYS
-from .session.settings import SessionSettings
+from .session.sansio.settings import SessionSettings
 
 DEFAULT_PATH = Path("docs") / "configuration.md"
 
@@ -29,7 +29,7 @@ HEADER = """# Configuration reference
 Every setting tether takes, with its default, what it accepts and what it does. This file
 is generated from the settings' own definitions (`python -m tether.docs_config`); a test
 fails when it is stale, so edit the definitions, not this file:
-`src/tether/session/settings.py`, `src/tether/queue/core/settings.py`,
+`src/tether/session/sansio/settings.py`, `src/tether/queue/core/settings.py`,
 `src/tether/queue/config.py`, `src/tether/queue/limits.py`, `src/tether/queue/auth.py`
 (`USER_KEYS`) and `src/tether/queue/remotes.py` (`REMOTE_KEYS`).
 
@@ -44,7 +44,7 @@ streams drop-ins (`open_connection`, `start_server`, `create_connection`, `creat
 of `QueueManager.listen()` and of `QueueClient.connect()` (which takes `connect_timeout` as
 a parameter of its own). Each side of a session has its own settings; the meanings say
 which ones the peer learns. Type checkers know them as
-`tether.session.settings.SessionOptions`.
+`tether.session.sansio.settings.SessionOptions`.
 """
 
 QUEUES = """## Queue settings

@@ -14,7 +14,7 @@ Either side has sent a few messages of its own first, so hostile ACKs and NACKs 
 send window with something in it. After every packet the harness does what an adapter
 does: takes the packets to send, the events, the next timer, fires the timer, releases the
 delivered messages. The same input runs on the compiled layer 1 and on the pure-Python
-twins (`tether.session.core`), and both must tell the same story.
+twins (`tether.session.sansio.core`), and both must tell the same story.
 
 The property: nothing raises out of the engine or the Demux; a session that ends on a
 hostile packet ends with a session fault (a `TetherError` in `SessionEnded` and
@@ -26,12 +26,12 @@ import math
 
 from tether._native import codec
 from tether.errors import ProtocolError, TetherError
-from tether.session import core as cores
-from tether.session.demux import Demux
-from tether.session.engine import SessionEngine
-from tether.session.events import MessagesDelivered, SessionEnded
-from tether.session.settings import SessionSettings
-from tether.session.state import State
+from tether.session.sansio import core as cores
+from tether.session.sansio.demux import Demux
+from tether.session.sansio.engine import SessionEngine
+from tether.session.sansio.events import MessagesDelivered, SessionEnded
+from tether.session.sansio.settings import SessionSettings
+from tether.session.sansio.state import State
 
 from fuzz.mutators import SEPARATOR_DEFAULT, Layout
 

@@ -61,9 +61,9 @@ from ..errors import (
     TransactionError,
 )
 from ..opening import Opening
-from ..session import tls
-from ..session.settings import SessionTuning
-from ..session.url import parse as parse_url
+from ..session.adapters import tls
+from ..session.adapters.url import parse as parse_url
+from ..session.sansio.settings import SessionTuning
 from . import protocol as P
 from .auth import check_credentials
 from .core.engine import check_group_id, check_priority, delivery_time
@@ -356,7 +356,7 @@ class QueueClient:
         self._reader = self._loop.create_task(self._read_loop())
 
     async def _new_session(self) -> None:
-        from ..session.api import connect
+        from ..session.adapters.api import connect
 
         session = await connect(self.url, ssl=self._ssl, connect_timeout=self.connect_timeout,
                                 **self._session_settings)

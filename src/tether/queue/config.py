@@ -58,7 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..session.url import parse as parse_url
+from ..session.adapters.url import parse as parse_url
 from .auth import Access, Users
 from .core.engine import DEFAULT_MAX_QUEUES
 from .core.settings import QueueSettings

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Unpack, cast
 
 from ..errors import QueueError, QueueNotFound
 from ..opening import Opening
-from ..session.settings import SessionOptions
+from ..session.sansio.settings import SessionOptions
 from .auth import Users
 from .core import QueueCore, QueueInfo, QueueSettings
 from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name

@@ -17,7 +17,7 @@ import signal
 import sys
 
 from ..runner import new_loop_runner
-from ..session.url import parse as parse_url
+from ..session.adapters.url import parse as parse_url
 from . import config as cfg
 from .manager import QueueManager
 from .service import QueueService

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from ssl import SSLContext
 from typing import Any, Protocol, Unpack
 
-from ..session.api import serve
-from ..session.url import parse as parse_url
+from ..session.adapters.api import serve
+from ..session.adapters.url import parse as parse_url
 from . import protocol as P
 from .auth import Access, Users
 from .connection import ClientState, Connection, peer_host

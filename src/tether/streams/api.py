@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 from ssl import SSLContext
 from typing import Unpack
 
-from ..session.api import connect, serve
-from ..session.settings import SessionOptions
+from ..session.adapters.api import connect, serve
+from ..session.sansio.settings import SessionOptions
 from .server import ProtocolFactory, StreamServer
 from .transport import SessionTransport
 

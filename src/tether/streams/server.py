@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ..session.api import Server
-from ..session.session import Session
+from ..session.adapters.api import Server
+from ..session.adapters.session import Session
 from .transport import SessionTransport
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import SendQueueFull, TetherError
-from ..session.session import Session
+from ..session.adapters.session import Session
 
 log = logging.getLogger("tether.streams")
 

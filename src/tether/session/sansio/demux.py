@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ProtocolError, UnknownSequence
+from ...errors import ProtocolError, UnknownSequence
 from .address_validation import AMPLIFICATION_LIMIT, AddressTokens, within_limit
 from .core import Core, default
 from .ended import EndedSessions

@@ -12,15 +12,15 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Unpack
 
-from ..backoff import Backoff
-from ..errors import SequenceClosed, TetherError
-from ..opening import Opening
+from ...backoff import Backoff
+from ...errors import SequenceClosed, TetherError
+from ...opening import Opening
+from ..sansio.demux import Demux
+from ..sansio.engine import SessionEngine
+from ..sansio.settings import SessionOptions, SessionSettings
+from ..sansio.state import State
 from . import tls
-from .demux import Demux
-from .engine import SessionEngine
 from .session import Session
-from .settings import SessionOptions, SessionSettings
-from .state import State
 from .tcp import RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection, max_packet_size
 from .timers import clock
 from .udp import UdpClientProtocol, UdpEndpoint, UdpServerProtocol, datagram_size

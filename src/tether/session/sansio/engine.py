@@ -14,7 +14,7 @@ import dataclasses
 import hmac
 from typing import Any
 
-from ..errors import (
+from ...errors import (
     CreateSequenceRefused,
     InactivityTimeout,
     MessageTooLarge,

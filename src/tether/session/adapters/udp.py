@@ -34,8 +34,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .core import default as default_core
-from .demux import Demux
+from ..sansio.core import default as default_core
+from ..sansio.demux import Demux
 from .timers import clock
 
 if TYPE_CHECKING:

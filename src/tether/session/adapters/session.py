@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Protocol
 
-from ..errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
-from .engine import SessionEngine
-from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
-from .settings import SessionSettings
+from ...errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
+from ..sansio.engine import SessionEngine
+from ..sansio.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
+from ..sansio.settings import SessionSettings
 from .timers import clock, timer_service
 
 # The most send_nowait() lets a session hold unacknowledged (queued or in flight); beyond
