@@ -70,8 +70,7 @@ def receive_traffic(messages: int, seed: int = 1) -> list[tuple[int, list]]:
     rng = random.Random(seed)
     calls: list[tuple[int, int]] = []
     pending: list[tuple[int, int]] = []  # (frame index to arrive at, number)
-    frame = 0
-    for first in range(1, messages + 1, 64):
+    for frame, first in enumerate(range(1, messages + 1, 64)):
         run_start = None
         for n in range(first, min(first + 64, messages + 1)):
             if rng.random() < 0.05:
@@ -89,7 +88,6 @@ def receive_traffic(messages: int, seed: int = 1) -> list[tuple[int, list]]:
             calls.append((n, 1))
             if rng.random() < 0.01:
                 calls.append((n, 1))
-        frame += 1
     calls.extend((n, 1) for _, n in sorted(pending))
     for i in range(len(calls) - 1):
         if rng.random() < 0.1:

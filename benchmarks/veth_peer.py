@@ -1,7 +1,14 @@
 """One side of a benchmarks/veth_udp.py row:
 python veth_peer.py recv|send udp|tcp|raw HOST PORT SIZE SECONDS WINDOW; prints one JSON line."""
-import asyncio, json, os, sys, time
-import uvloop, msgpack
+import asyncio
+import json
+import os
+import sys
+import time
+
+import msgpack
+import uvloop
+
 import tether
 from tether.errors import SequenceClosed
 
@@ -41,7 +48,9 @@ async def recv():
         done = loop.create_future()
         proto_obj = []
         def factory():
-            p = RawRecv(done); proto_obj.append(p); return p
+            p = RawRecv(done)
+            proto_obj.append(p)
+            return p
         srv = await loop.create_server(factory, host, port)
         print("READY", flush=True)
         await done

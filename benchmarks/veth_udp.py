@@ -7,7 +7,11 @@ statistic); --lo runs the same on loopback without namespaces. Root only; the na
 (s11r, s11s) are removed afterwards. PYSPY=dir records py-spy profiles of both sides.
 
     sudo PYTHONPATH=src python benchmarks/veth_udp.py [--loss 0.05] [--rows udp:1024,tcp:1024]"""
-import argparse, json, os, subprocess, sys, time
+import argparse
+import json
+import os
+import subprocess
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NS_R, NS_S = "s11r", "s11s"
@@ -21,7 +25,7 @@ def sh(cmd, check=True):
 def setup(loss):
     teardown()
     sh(f"ip netns add {NS_R}; ip netns add {NS_S}")
-    sh(f"ip link add s11v0 type veth peer name s11v1")
+    sh("ip link add s11v0 type veth peer name s11v1")
     sh(f"ip link set s11v0 netns {NS_R}; ip link set s11v1 netns {NS_S}")
     for ns, dev, ip in ((NS_R, "s11v0", IP_R), (NS_S, "s11v1", IP_S)):
         sh(f"ip netns exec {ns} ip addr add {ip}/24 dev {dev}")
@@ -45,23 +49,26 @@ def row(proto, size, seconds, window, port, lo=False):
     spy = os.environ.get("PYSPY")
     def wrap(mode):
         return f"py-spy record -r 200 -f raw -o {spy}/{proto}{size}-{mode}.txt -- " if spy else ""
-    r = subprocess.Popen(f"{pre_r}{wrap('recv')}{py} {HERE}/veth_peer.py recv {proto} {host} {port} {size} {seconds} {window}",
+    peer_args = f"{proto} {host} {port} {size} {seconds} {window}"
+    r = subprocess.Popen(f"{pre_r}{wrap('recv')}{py} {HERE}/veth_peer.py recv {peer_args}",
                          shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     while True:
         line = r.stdout.readline()
         if not line:
-            r.kill(); raise RuntimeError(r.stderr.read())
+            r.kill()
+            raise RuntimeError(r.stderr.read())
         if line.strip() == "READY":
             break
-    s = subprocess.run(f"{pre_s}{wrap('send')}{py} {HERE}/veth_peer.py send {proto} {host} {port} {size} {seconds} {window}",
+    s = subprocess.run(f"{pre_s}{wrap('send')}{py} {HERE}/veth_peer.py send {peer_args}",
                        shell=True, capture_output=True, text=True, env=env, timeout=seconds * 20 + 60)
     try:
         out_r, err_r = r.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        r.kill(); out_r, err_r = r.communicate()
+        r.kill()
+        out_r, err_r = r.communicate()
     try:
-        snd = json.loads([l for l in s.stdout.splitlines() if l.startswith("{")][-1])
-        rcv = json.loads([l for l in out_r.splitlines() if l.startswith("{")][-1])
+        snd = json.loads([line for line in s.stdout.splitlines() if line.startswith("{")][-1])
+        rcv = json.loads([line for line in out_r.splitlines() if line.startswith("{")][-1])
     except Exception:
         print("FAILED", proto, size, s.stdout, s.stderr[-3000:], out_r, err_r[-3000:])
         return None
@@ -93,9 +100,10 @@ def main():
             b = base.get(int(size))
             ratio = f"{res['rate'] / b:.2f}x raw" if b else ""
             snd, rcv = res["snd"], res["rcv"]
-            print(f"{'lo' if a.lo else 'veth'} loss={a.loss:g} {proto:4} {size:5}B {res['rate']:>12,.0f} msgs/s {ratio:10} "
-                  f"resent={snd.get('resent')} t={snd['elapsed']:.2f}s cpu s/r={snd['cpu']}/{rcv['cpu']} "
-                  f"pk={snd.get('pk')} fr={snd.get('fr')} rto={snd.get('rto')} cwnd={snd.get('cwnd')} rtt={snd.get('rtt') and round(snd['rtt']*1e3,2)}ms "
+            rtt_ms = snd.get("rtt") and round(snd["rtt"] * 1e3, 2)
+            print(f"{'lo' if a.lo else 'veth'} loss={a.loss:g} {proto:4} {size:5}B {res['rate']:>12,.0f} msgs/s "
+                  f"{ratio:10} resent={snd.get('resent')} t={snd['elapsed']:.2f}s cpu s/r={snd['cpu']}/{rcv['cpu']} "
+                  f"pk={snd.get('pk')} fr={snd.get('fr')} rto={snd.get('rto')} cwnd={snd.get('cwnd')} rtt={rtt_ms}ms "
                   f"dups={rcv.get('dups')} refused={rcv.get('refused')}", flush=True)
     finally:
         if not a.lo:

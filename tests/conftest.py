@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 # shared fixtures from modules of their own
-pytest_plugins = ["full_disk", "system_tools", "postgres_cluster"]
+pytest_plugins = ["full_disk", "system_tools", "tls_pki", "qm_hosts", "postgres_cluster"]
 
 
 def twins(name: str):
@@ -30,8 +30,14 @@ def reference_journal_io(monkeypatch):
 
 
 def pytest_configure(config):
-    # Tests must run the compiled extensions: a missing build is an error, not a skip.
-    import tether._native  # noqa: F401
+    # Tests must run the compiled extensions: a missing build is an error, not a skip (or a
+    # quiet run on the twins; TETHER_PUREPYTHON=1 asks for those on purpose).
+    import os
+
+    from tether import layer1
+
+    if not layer1.NATIVE and os.environ.get("TETHER_PUREPYTHON") != "1":
+        raise RuntimeError("tether's compiled core is not built: python setup.py build_ext --inplace")
 
 
 

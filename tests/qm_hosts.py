@@ -23,7 +23,8 @@ import pathlib
 import signal
 import sys
 import threading
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import uvloop
@@ -116,7 +117,7 @@ class QmHost:
         """The tether:// address of queue `name` on this host."""
         return f"tether://{self.authority}/{name}"
 
-    def transmission_queue(self, to: "QmHost") -> str:
+    def transmission_queue(self, to: QmHost) -> str:
         return f"$xmit:{to.authority}"
 
     async def start(self) -> None:
@@ -130,7 +131,7 @@ class QmHost:
                 stdout=asyncio.subprocess.PIPE, stderr=log, preexec_fn=_die_with_the_test)
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             line = b""
         assert line.startswith(b"tether qm: ready"), f"{self.name} did not start: {line!r}\n{self.log_tail()}"
         if self._client is None:

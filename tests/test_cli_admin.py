@@ -11,19 +11,19 @@ import socket
 import sys
 
 import pytest
+from cli_run import one_error_line, tether_cli
 
 import tether
 from tether.queue.auth import hash_password
 from tether.queue.queue_command import parse_settings
 from tether.table_output import print_table
-from cli_run import one_error_line, tether_cli
 
 
 @pytest.fixture
 async def served(tmp_path):
     qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
     try:
-        yield qm, "tether://127.0.0.1:%d" % qm.services[0].address[1]
+        yield qm, f"tether://127.0.0.1:{qm.services[0].address[1]}"
     finally:
         await qm.close()
 
@@ -106,7 +106,7 @@ async def test_admin_commands_need_the_admin_permission(tmp_path):
              "root": {"password_hash": hash_password("root-pw", **fast), "admin": True}}
     async with tether.QueueManager.open(tmp_path / "qm") as qm:
         service = await qm.listen("tcp://127.0.0.1:0", users=users)
-        base = "tether://127.0.0.1:%d" % service.address[1]
+        base = f"tether://127.0.0.1:{service.address[1]}"
         for action in ("create", "purge", "delete"):
             code, _, err = await tether_cli("queue", action, base + "/orders", "--user", "alice", password="alice-pw")
             assert code == 1 and "user 'alice' may not" in _error_line(err) and "admin" in err, (action, err)

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tether import __version__
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
@@ -19,7 +21,9 @@ def tether(*args: str) -> subprocess.CompletedProcess:
 def test_bench_session_json_has_every_row_with_its_baseline_ratio():
     done = tether("bench", "session", "--count", "3000", "--sizes", "64B", "--loss", "0.05", "--json")
     assert done.returncode == 0, done.stderr
-    rows = {r["name"]: r for r in json.loads(done.stdout)["results"]}
+    document = json.loads(done.stdout)
+    assert document["native"] is True             # which core ran: the compiled one
+    rows = {r["name"]: r for r in document["results"]}
     assert set(rows) == {"baseline-uvloop-tcp", "udp-64B", "tcp-64B", "udp-64B-relay", "udp-64B-loss0.05"}
     for row in rows.values():
         for key in ("msgs_per_s", "mb_per_s", "p50_us", "p99_us"):
@@ -33,6 +37,7 @@ def test_bench_session_table():
     done = tether("bench", "session", "--count", "2000", "--sizes", "1KiB", "--transports", "tcp")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
+    assert lines[0] == f"tether {__version__} on the compiled core: tether.NATIVE = True"
     assert any(line.startswith("baseline-uvloop-tcp-1KiB") for line in lines)
     assert any(line.startswith("tcp-1KiB") and re.search(r" \d+\.\d\dx +\d", line) for line in lines)
 

@@ -7,11 +7,13 @@ import asyncio
 import json
 
 import pytest
+from cli_run import one_error_line as _one_error_line
+from cli_run import tether_cli
 
 import tether
 from tether.queue.auth import hash_password, parse_password_hash, verify_password
-from cli_run import one_error_line as _one_error_line, tether_cli
-from tls_pki import pki, server_context  # noqa: F401  (pki is a fixture)
+
+from tls_pki import server_context
 
 
 async def test_qm_passwd_prints_a_hash_of_the_password_on_stdin():

@@ -6,9 +6,10 @@ import json
 import socket
 
 import pytest
+from cli_run import one_error_line as _one_error_line
+from cli_run import tether_cli
 
 import tether
-from cli_run import one_error_line as _one_error_line, tether_cli
 
 
 @pytest.fixture
@@ -16,7 +17,7 @@ async def served(tmp_path):
     qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
     try:
         await qm.create_queue("orders")
-        yield qm, "tether://127.0.0.1:%d" % qm.services[0].address[1]
+        yield qm, f"tether://127.0.0.1:{qm.services[0].address[1]}"
     finally:
         await qm.close()
 
@@ -64,7 +65,7 @@ async def test_errors_are_one_line(served):
         (("send", "http://127.0.0.1:1/q", "x"), "tether://HOST:PORT/QUEUE"),
         (("send", base, "x"), "no queue name"),
         (("send", base + "/orders", "x", "--header", "novalue"), "NAME=VALUE"),
-        (("recv", "tether://127.0.0.1:%d/q" % dead_port, "--connect-timeout", "2"), "refused"),
+        (("recv", f"tether://127.0.0.1:{dead_port}/q", "--connect-timeout", "2"), "refused"),
         (("queues", "tether://127.0.0.1"), "port"),
         (("recv", base + "/orders", "--count", "0"), "--count"),
     ]

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import twins
 from tether.errors import ProtocolError
+
+from conftest import twins
 
 native, reference = twins("codec")
 MODULES = [native, reference]
@@ -52,7 +53,7 @@ def raised(call, *args, **kwargs):
     """The exception type a call raises (None if it returns)."""
     try:
         call(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the type itself is what is compared
+    except Exception as exc:
         return type(exc)
     return None
 
@@ -611,7 +612,8 @@ def test_frame_packet(codec):
 @given(st.lists(st.binary(min_size=1, max_size=3000), max_size=12), st.randoms(use_true_random=False))
 def test_packet_reader_any_chunking_gives_the_same_packets(bodies, rng):
     stream = b"".join(native.frame_packet(body) for body in bodies)
-    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 30)))) if len(stream) > 1 else []
+    cuts = (sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 30))))
+            if len(stream) > 1 else [])
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
     for module in MODULES:
         whole = module.PacketReader(4000)
@@ -738,7 +740,8 @@ def test_payload_sizes_twins_agree(payloads):
 # ---------------------------------------------------------------- batches of datagrams
 
 @SETTINGS
-@given(st.lists(st.one_of(st.lists(frames, min_size=1, max_size=3).map(lambda fs: b"".join(native.encode_frame(f) for f in fs)),
+@given(st.lists(st.one_of(st.lists(frames, min_size=1, max_size=3).map(
+                              lambda fs: b"".join(native.encode_frame(f) for f in fs)),
                           st.binary(max_size=40)), max_size=8))
 def test_decode_packets_is_decode_packet_per_body(bodies):
     """One call for a run of datagrams: each body's frames, or the ProtocolError it raised,
@@ -872,7 +875,7 @@ def test_data_runs_joins_consecutive_data_and_twins_agree(packets):
     assert [p for _, run in runs for p in run] == [p for f in data for p in f[3]]
     assert len(runs) == 1 + sum(1 for a, b in zip(data, data[1:]) if b[2] != a[2] + len(a[3])) \
         if data else runs == []
-    for first, run in runs:
+    for first, _run in runs:
         assert any(f[2] == first for f in data)
 
 

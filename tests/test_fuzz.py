@@ -27,11 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from fuzz.protocol import hello as fuzz_hello
 
 import tether
 from tether.errors import ProtocolError
 from tether.queue import protocol as P
+
+from fuzz.protocol import hello as fuzz_hello
 
 FUZZ = Path(__file__).parent / "fuzz"
 TARGETS = ["codec", "engine", "protocol", "service"]
@@ -184,7 +185,7 @@ def test_fuzz_soak(tmp_path):
             "slowest_input_seconds": max(first["slowest_input_seconds"], rest["slowest_input_seconds"]),
             "corpus_files": first["corpus_files"], "coverage": first["coverage"],
             "figures": [first["figures"], rest["figures"]]}))
-    for target, (first, rest) in results.items():
+    for first, rest in results.values():
         check(first, covered, RSS_GROWTH_MIB["soak"])
         check(rest, inputs - covered, RSS_GROWTH_MIB["soak"])
 
@@ -247,9 +248,9 @@ async def test_requests_of_a_session_that_ends_at_once_leave_no_unawaited_corout
     import gc
     import warnings
 
-    from fuzz.service import HostileSession
-
     from tether.queue.service import QueueService
+
+    from fuzz.service import HostileSession
 
     hello = P.encode([fuzz_hello()])
     batches = P.encode([[P.SEND, 2, "q", b"s", None, None, 1, None], [P.SETTLED, 0, 1], [P.INFO, 3, None]])

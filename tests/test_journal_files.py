@@ -40,7 +40,7 @@ async def test_new_directory_is_0700_and_every_file_0600(tmp_path, open_umask, m
 
     monkeypatch.setattr(os, "rename", record_tmp_mode)
     async with await Journal.open(directory, segment_size=256) as journal:
-        for i in range(10):
+        for _i in range(10):
             await journal.append(b"x" * 100)
         await journal.rewrite(lambda: [b"y" * 100] * 5)       # .tmp files, renamed into place
         await journal.append(b"z" * 100)

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import random
 import time
 
 import pytest
 
-from conftest import twins
 from tether.errors import StorageError
 from tether.queue.store import segment, segment_files
 from tether.queue.store.journal import Journal
+
+from conftest import twins
 
 NATIVE, REFERENCE = twins("journal_io")
 BOTH = [NATIVE, REFERENCE]
@@ -65,7 +67,8 @@ def test_many_records_span_several_writev_calls(tmp_path):
 def test_twins_refuse_the_same_arguments_the_same_way(args):
     outcomes = []
     for twin in BOTH:
-        for call in (lambda: twin.frame_records(*args), lambda: twin.write_records(1, *args, False)):
+        for call in (functools.partial(twin.frame_records, *args),
+                     functools.partial(twin.write_records, 1, *args, False)):
             with pytest.raises((TypeError, ValueError)) as info:
                 call()
             outcomes.append((type(info.value), str(info.value)))

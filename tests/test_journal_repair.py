@@ -255,10 +255,12 @@ def test_repair_after_random_damage_keeps_every_untouched_record(template, data)
         touched = set()
         for name, offset, mask in hits:
             path = os.path.join(directory, name)
-            content = bytearray(open(path, "rb").read())
+            with open(path, "rb") as f:
+                content = bytearray(f.read())
             offset %= len(content)
             content[offset] ^= mask
-            open(path, "wb").write(bytes(content))
+            with open(path, "wb") as f:
+                f.write(bytes(content))
             for i in range(len(RECORDS)):
                 index, at = record_offset(i)
                 if names[index] == name and at <= offset < at + FRAME + 60:

@@ -8,10 +8,9 @@ import socket
 import threading
 
 import pytest
+from qm_hosts import unavailable_reason
 
 from tether import netns
-
-from qm_hosts import unavailable_reason
 
 needs_netns = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 pytestmark = pytest.mark.netns

@@ -10,14 +10,16 @@ import collections
 import os
 
 import pytest
+import test_queue_producers
+from test_queue_producers import Raw
 
 import tether
 from tether.errors import LockLost, PermissionDenied, ProtocolError, QueueMessageTooLarge
 from tether.queue import connection as C
-from tether.queue.auth import hash_password
 from tether.queue import protocol as P
+from tether.queue.auth import hash_password
 
-from test_queue_producers import Raw, served  # noqa: F401 (served: a manager serving queue "q")
+served = test_queue_producers.served        # the fixture: a manager serving queue "q"
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ async def _target_depth(url):
     try:
         async with tether.QueueClient.connect(url, connect_timeout=2) as client:
             return (await client.queue_info("orders")).depth
-    except (OSError, tether.TetherError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, tether.TetherError):
         return None
 
 

@@ -12,9 +12,7 @@ import asyncio
 import time
 
 import pytest
-
-from qm_hosts import QmHost, qm_hosts, qm_hosts_secrets  # noqa: F401  (fixtures)
-from tls_pki import pki  # noqa: F401  (a fixture qm_hosts_secrets uses)
+from qm_hosts import QmHost
 
 pytestmark = [pytest.mark.netns, pytest.mark.fault]
 

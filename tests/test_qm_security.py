@@ -16,7 +16,8 @@ from tether.queue import config as cfg
 from tether.queue import protocol as P
 from tether.queue.auth import hash_password
 from tether.queue.remotes import Remote
-from tls_pki import client_context, pki, server_context  # noqa: F401  (pki is a fixture)
+
+from tls_pki import client_context, server_context
 
 FAST = {"n": 1024, "r": 1, "p": 1}      # cheap scrypt: the cost is in the hash string
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw", "qm-east": "east-pw"}

@@ -15,7 +15,8 @@ from tether import AuthenticationFailed
 from tether.queue import config as cfg
 from tether.queue.auth import hash_password
 from tether.queue.serve_command import serve_forever
-from tls_pki import client_context, pki  # noqa: F401  (pki is a fixture)
+
+from tls_pki import client_context
 
 FAST = {"n": 1024, "r": 1, "p": 1}
 

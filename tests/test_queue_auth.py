@@ -10,8 +10,18 @@ import pytest
 
 from tether import AuthenticationFailed
 from tether.queue.auth import (
-    ANONYMOUS, Access, User, Users, check_credentials, client_key, credentials_allowed, hash_password,
-    is_loopback, origin_of, parse_password_hash, verify_password,
+    ANONYMOUS,
+    Access,
+    User,
+    Users,
+    check_credentials,
+    client_key,
+    credentials_allowed,
+    hash_password,
+    is_loopback,
+    origin_of,
+    parse_password_hash,
+    verify_password,
 )
 from tether.queue.permissions import Permissions
 

@@ -28,7 +28,7 @@ async def test_definitions_and_messages_survive_close_and_reopen(tmp_path):
         locked = await qm.receive("orders", timeout=1)   # m1 again, locked at close
         assert locked.id == ids[1]
     async with tether.QueueManager.open(d) as qm:
-        assert set((await qm.queues())) == {"$dead", "$journal", "orders", "dlq"}
+        assert set(await qm.queues()) == {"$dead", "$journal", "orders", "dlq"}
         assert (await qm.settings("orders")).max_length == 100
         assert (await qm.settings("orders")).receive_error_handling == "move"
         assert (await qm.settings("dlq")).time_to_live == 3600
@@ -74,7 +74,7 @@ async def test_volatile_queue_never_touches_the_disk(tmp_path):
     async with tether.QueueManager.open(tmp_path / "qm") as qm:
         await qm.create_queue("v", durable=False)
         size = qm.journal_bytes
-        for i in range(200):
+        for _i in range(200):
             await qm.send("v", b"x" * 100)
         async with qm.transaction() as tx:
             await tx.receive("v", timeout=1)
@@ -103,7 +103,7 @@ async def test_compaction_keeps_disk_use_proportional_to_live_messages(tmp_path)
         keep = [await qm.send("keep", b"k%d" % i) for i in range(5)]
         body = b"x" * 1000
         peak = 0
-        for round_ in range(20):
+        for _round in range(20):
             await asyncio.gather(*(qm.send("q", body) for _ in range(100)))
             received = [await qm.receive("q", timeout=1) for _ in range(100)]
             await asyncio.gather(*(m.complete() for m in received))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-
 import tether
 from tether.errors import StorageError
 

@@ -12,7 +12,6 @@ from tether import LockLost, PermissionDenied, QueueNotFound
 from tether.queue.auth import hash_password
 
 
-
 async def _drain(handle, name, n, timeout=5):
     out = []
     for _ in range(n):

@@ -88,7 +88,8 @@ def test_every_request_is_checked_against_its_permission():
         assert _refusal(alice, item) is None, item
     refused = {
         "send to 'payroll'": [P.SEND, 1, "payroll", b"x", None, None, 0, None],
-        "send to 'tether://127.0.0.1:9/orders'": [P.TX_SEND, 1, 1, "tether://127.0.0.1:9/orders", b"x", None, None, None],
+        "send to 'tether://127.0.0.1:9/orders'":
+            [P.TX_SEND, 1, 1, "tether://127.0.0.1:9/orders", b"x", None, None, None],
         "receive from '$dead'": [P.RECEIVE, 1, "$dead", None, 0],
         "receive from 'payroll'": [P.SUBSCRIBE, 1, 1, "payroll", 16],
         "create queue 'new'": [P.CREATE, 1, "new", {}],

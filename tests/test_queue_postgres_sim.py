@@ -71,7 +71,7 @@ class Seed:
                     continue
                 body = m.body
                 fate, failures = self.fates.get(body.rstrip(b"!"), ("?", 0))
-                if body.endswith(b"!") or fate == "ok" and m.delivery_count > failures:
+                if body.endswith(b"!") or (fate == "ok" and m.delivery_count > failures):
                     try:
                         await m.complete()
                     except LockLost:
@@ -174,8 +174,8 @@ class Seed:
             infos = [await qm.queue_info(name) for name in ("in", "tx", "out")]
             busy = any(i["depth"] or i["in_flight"] or i["retrying"] or i["scheduled"] for i in infos)
             done = sum(1 for body, (fate, _) in self.fates.items()
-                       if fate == "ok" and (self.completed[body] or body in self.uncertain)
-                       or fate == "tx" and (self.completed[body + b"!"] or body + b"!" in self.uncertain))
+                       if (fate == "ok" and (self.completed[body] or body in self.uncertain))
+                       or (fate == "tx" and (self.completed[body + b"!"] or body + b"!" in self.uncertain)))
             if not busy and (done >= expected_done or self.crash):
                 return      # (after a crash one may have become poison instead: _check decides)
             await asyncio.sleep(0.1)
@@ -192,7 +192,7 @@ class Seed:
                 left[name].append(m)
                 await m.complete()
         seen = Counter(self.completed)
-        for name, messages in left.items():
+        for messages in left.values():
             for m in messages:
                 seen[m.body] += 1
         for body, count in seen.items():

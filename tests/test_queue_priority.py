@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 import tether
 from tether.queue.core import QueueCore, QueueSettings
-from tether.queue.core.replay import ReplayState
 from tether.queue.core import records as R
+from tether.queue.core.replay import ReplayState
 
 
 def _written(core: QueueCore, now: float) -> None:
@@ -194,7 +194,7 @@ async def test_scheduled_delivery_end_to_end(api):
     qm, handle = api
     await handle.create_queue("q")
     await handle.send("q", b"in 0.3 s", delay=0.3)
-    await handle.send("q", b"at", deliver_at=datetime.now(timezone.utc) + timedelta(seconds=0.3))
+    await handle.send("q", b"at", deliver_at=datetime.now(UTC) + timedelta(seconds=0.3))
     assert await handle.receive("q", timeout=0) is None
     info = await handle.queue_info("q")
     assert (info["depth"], info["scheduled"]) == (0, 2)

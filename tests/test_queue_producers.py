@@ -36,7 +36,7 @@ class Raw:
         self.next_sequence = 0
 
     @classmethod
-    async def open(cls, url: str, client_id: bytes, epoch: int = 0) -> "Raw":
+    async def open(cls, url: str, client_id: bytes, epoch: int = 0) -> Raw:
         session = await tether.connect(url, **P.SESSION_SETTINGS)
         raw = cls(session, client_id)
         reply = await raw.ask([P.HELLO, 0, P.VERSION, client_id, epoch, [], None, None])
@@ -89,7 +89,8 @@ async def test_a_restarted_client_continues_its_sequence_and_loses_nothing(serve
             got.append((m.id, m.body))
             await m.complete()          # no LockLost: nothing collided
     assert len(set(ids)) == 6
-    assert sorted(b for _, b in got) == sorted([b"first-%d" % i for i in range(3)] + [b"second-%d" % i for i in range(3)])
+    expected = [b"first-%d" % i for i in range(3)] + [b"second-%d" % i for i in range(3)]
+    assert sorted(b for _, b in got) == sorted(expected)
     assert {i for i, _ in got} == set(ids)
 
 

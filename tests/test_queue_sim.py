@@ -20,12 +20,13 @@ import collections
 import os
 
 import pytest
+
+from tether.queue.core import engine
+
 from qsim import FAMILIES, SimulationFailure, make_scenario, run_scenario
 from qsim.harness import Simulation
 from qsim.model import COMPLETED, DEAD, DROPPED_EXPIRED, DROPPED_POISON
 from qsim.scenarios import CRASH_POSITIONS, clean
-
-from tether.queue.core import engine
 
 # Seeds per family in CI: 1,200 in about 15 s on a quiet 2-core machine (the whole file: 19 s).
 CI_SEEDS = {
@@ -246,8 +247,9 @@ def test_group_runs_are_deterministic_and_exercise_what_they_claim() -> None:
 
 
 def test_group_simulation_catches_a_group_that_does_not_wait_for_retry(monkeypatch) -> None:
-    from qsim.groups import GroupSimulation, GroupSimulationFailure
     from tether.queue.core.groups import Group
+
+    from qsim.groups import GroupSimulation, GroupSimulationFailure
 
     monkeypatch.setattr(Group, "blocked", property(lambda self: False))
     monkeypatch.setattr(Group, "available", property(

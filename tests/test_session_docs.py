@@ -11,8 +11,8 @@ from tether.streams.api import create_connection, create_server, open_connection
 from tether.streams.server import StreamServer
 from tether.streams.transport import SessionTransport
 
-CLASSES = [Session, Server, connect, StreamServer, SessionTransport]
-FUNCTIONS = [serve, create_connection, create_server, open_connection, start_server]
+CLASSES = [Session, Server, StreamServer, SessionTransport]
+FUNCTIONS = [connect, serve, create_connection, create_server, open_connection, start_server]
 
 
 def public_members(cls):

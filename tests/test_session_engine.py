@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from sim.pair import DATAGRAM, SESSION_ID, TOKEN, Pair
 
 from tether.errors import (
-    CreateSequenceRefused, InactivityTimeout, InvalidAcknowledgement, MessageNumberRollover,
-    MessageTooLarge, ProtocolError, RetryLimitExceeded, SequenceClosed, SequenceTerminated,
-    SessionFault, UnknownSequence,
+    CreateSequenceRefused,
+    InactivityTimeout,
+    InvalidAcknowledgement,
+    MessageNumberRollover,
+    MessageTooLarge,
+    ProtocolError,
+    RetryLimitExceeded,
+    SequenceClosed,
+    SequenceTerminated,
+    SessionFault,
+    UnknownSequence,
 )
 from tether.session.sansio import core as cores
 from tether.session.sansio.demux import Demux
@@ -20,6 +27,8 @@ from tether.session.sansio.events import Connected, MessagesDelivered, PeerClose
 from tether.session.sansio.frames import FrameType as F
 from tether.session.sansio.settings import SessionSettings
 from tether.session.sansio.state import State
+
+from sim.pair import DATAGRAM, SESSION_ID, TOKEN, Pair
 
 
 @pytest.fixture(params=["native", "reference"])
@@ -1099,7 +1108,7 @@ def test_challenges_keep_the_amplification_limit_and_are_paced(core) -> None:
     probe = data(core, 1, [b"x" * 10])
     for body in (ping, probe):
         p.replies.clear()
-        for i in range(50):
+        for _i in range(50):
             routed = p.route(body, source=("spoofed", 1))
             assert sum(map(len, routed.replies)) <= 3 * len(body) and routed.engine is None
             p.advance(0.001)

@@ -234,9 +234,8 @@ async def test_hostile_bytes_never_hurt_the_server_or_other_sessions():
         async with await tether.serve(None, f"{scheme}://127.0.0.1:0") as server:
             client = await tether.connect(url(scheme, server.address), max_transfer_window=64)
             peer = await server.accept()
-            loop = asyncio.get_running_loop()
 
-            async def attack():
+            async def attack(scheme: str = scheme) -> None:
                 for i in range(300):
                     junk = rng.randbytes(rng.randrange(0, 2000))
                     if scheme == "udp":

@@ -81,8 +81,9 @@ def test_every_frame_type_has_exactly_one_handler():
 def test_frame_type_numbers_are_the_codecs():
     # The codec twins define the wire numbers (C constants in the native one); the engine
     # names them through FrameType: the two must never drift apart.
-    from conftest import twins
     from tether.session.sansio.frames import FrameType
+
+    from conftest import twins
 
     for codec in twins("codec"):
         assert {t.value: t.name for t in FrameType} == codec.FRAME_NAMES

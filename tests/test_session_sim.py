@@ -21,17 +21,22 @@ import os
 import random
 
 import pytest
+
+from tether._reference.receive_window import ReceiveWindow as ReferenceReceiveWindow
+from tether.errors import (
+    InactivityTimeout,
+    ProtocolError,
+    RetryLimitExceeded,
+    SequenceTerminated,
+    UnknownSequence,
+)
+from tether.session.sansio import core as cores
+from tether.session.sansio.core import Core
+
 from sim import FAMILIES, SimulationFailure, make_scenario, run_scenario
 from sim.harness import Simulation
 from sim.network import Conditions
 from sim.scenarios import basic
-
-from tether._reference.receive_window import ReceiveWindow as ReferenceReceiveWindow
-from tether.errors import (
-    InactivityTimeout, ProtocolError, RetryLimitExceeded, SequenceTerminated, UnknownSequence,
-)
-from tether.session.sansio import core as cores
-from tether.session.sansio.core import Core
 
 # Seeds per family in CI (native): 1650 in about 20 s on a quiet 2-core machine.
 CI_SEEDS = {

@@ -12,14 +12,15 @@ import socket
 import ssl
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from test_session_net import exchange, url
-from tls_pki import client_context, pki, server_context  # noqa: F401  (pki is a fixture)
 
 import tether
 from tether.bench.relay import TcpRelay
+
+from tls_pki import client_context, server_context
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -199,7 +199,7 @@ def test_receive_packets_is_receive_packet_one_by_one(core, seed):
     now = 0.01
     delivered = {id(one): [], id(batched): []}
     released = 0
-    for round_ in range(20):
+    for _round in range(20):
         messages = [rng.randbytes(rng.choice([10, 64, 1024, 3000])) for _ in range(rng.randint(1, 40))]
         client.send(messages, now)
         packets = client.packets_to_send(now)

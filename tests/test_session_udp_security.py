@@ -35,7 +35,7 @@ class RawPeer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     @classmethod
-    async def open(cls, keep: bool = True) -> "RawPeer":
+    async def open(cls, keep: bool = True) -> RawPeer:
         loop = asyncio.get_running_loop()
         _, peer = await loop.create_datagram_endpoint(lambda: cls(keep), local_addr=("127.0.0.1", 0))
         return peer
@@ -110,7 +110,7 @@ async def test_ten_thousand_unvalidated_create_sequences_hold_nothing_and_run_no
             for i in range(10_000):
                 peers[i % 4].send(create(new_id(), os.urandom(16)), server.address)
                 if i % 200 == 199:     # let the server drain its socket: every one must arrive
-                    await settle(lambda: sum(p.datagrams_in for p in peers) >= i - 200)
+                    await settle(lambda i=i: sum(p.datagrams_in for p in peers) >= i - 200)
             await settle(lambda: sum(p.datagrams_in for p in peers) >= 9_900)
             gc.collect()
             grown = tracemalloc.get_traced_memory()[0] - before

@@ -8,10 +8,17 @@ import random
 
 from tether.session.sansio import ended as ended_module
 from tether.session.sansio.address_validation import (
-    AMPLIFICATION_LIMIT, TOKEN_LIFETIME, TOKEN_SIZE, AddressTokens, within_limit,
+    AMPLIFICATION_LIMIT,
+    TOKEN_LIFETIME,
+    TOKEN_SIZE,
+    AddressTokens,
+    within_limit,
 )
 from tether.session.sansio.path_validation import (
-    CHALLENGE_SIZE, CHALLENGE_WINDOW, PathChallenges, PeerPath,
+    CHALLENGE_SIZE,
+    CHALLENGE_WINDOW,
+    PathChallenges,
+    PeerPath,
 )
 
 HERE = ("192.0.2.1", 4000)
@@ -72,8 +79,10 @@ def challenge_of(data: bytes) -> bytes:
 
 def test_a_challenge_is_at_most_three_times_its_packet_and_paced():
     path, challenges = PeerPath(HERE), PathChallenges(seeded())
-    probe = lambda size, now, source=THERE: path.probe(source, size, now, 0.1, 77, challenges,
-                                                       challenge_of)
+
+    def probe(size, now, source=THERE):
+        return path.probe(source, size, now, 0.1, 77, challenges, challenge_of)
+
     assert probe(9, 0.0) is None                      # 27 < 29: no answer at all
     first = probe(10, 0.0)
     assert first is not None and len(first) == 13 + CHALLENGE_SIZE

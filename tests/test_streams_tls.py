@@ -8,9 +8,10 @@ import ssl
 
 import h11
 import pytest
-from tls_pki import client_context, pki, server_context  # noqa: F401  (pki is a fixture)
 
 import tether
+
+from tls_pki import client_context, server_context
 
 pytestmark = pytest.mark.timeout(60)
 

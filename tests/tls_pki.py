@@ -105,7 +105,7 @@ def _leaf(common_name: str, names: tuple[str, ...], issuer: x509.Certificate | N
 
 def make_pki(directory: pathlib.Path) -> Pki:
     """Write the CAs and certificates into `directory`."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     valid = {"not_before": now - datetime.timedelta(hours=1), "not_after": now + datetime.timedelta(days=7)}
     ca, ca_key = _ca("tether test CA", now)
     other, other_key = _ca("tether untrusted CA", now)
@@ -132,7 +132,7 @@ def issue_server_certificate(pki: Pki, name: str, names: tuple[str, ...]) -> tup
     CA; (certificate file, key file)."""
     ca = x509.load_pem_x509_certificate((pki.directory / "ca.pem").read_bytes())
     ca_key = serialization.load_pem_private_key((pki.directory / "ca.key").read_bytes(), password=None)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert, key = _leaf(f"tether {name}", names, ca, ca_key, not_before=now - datetime.timedelta(hours=1),
                       not_after=now + datetime.timedelta(days=7))
     _write(pki.directory, name, cert, key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__, exit_codes
 from .errors import TetherError
@@ -39,7 +39,7 @@ def _available(module: str) -> bool:
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name) or exc.name == module:
+        if (exc.name and module.startswith(exc.name)) or exc.name == module:
             return False
         raise
     return True
@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run_bench(args: argparse.Namespace) -> int:
     from .bench.report import Progress, emit
+    from .layer1 import NATIVE
+
+    if not args.json:
+        core = "the compiled core" if NATIVE else "the pure-Python twins (no compiled core)"
+        print(f"tether {__version__} on {core}: tether.NATIVE = {NATIVE}")
 
     kinds = [args.kind] if args.kind else [k for k, m in BENCH_KINDS.items() if _available(m)]
     progress = Progress(enabled=not args.quiet)
@@ -112,7 +117,7 @@ async def _run_bench(args: argparse.Namespace) -> int:
             print(f"\n== tether bench {kind}{': ' + heading(kind_args) if heading else ''} ==")
             emit(results, as_json=False)
     if args.json:
-        emit(everything, as_json=True)
+        emit(everything, as_json=True, native=NATIVE)
     return 0
 
 

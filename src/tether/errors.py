@@ -9,7 +9,7 @@ class TetherError(Exception):
     code = "tether-error"
 
     def __init__(self, message: str = "", *args: object) -> None:
-        super().__init__(message or self.__class__.__doc__.strip().splitlines()[0], *args)
+        super().__init__(message or (self.__class__.__doc__ or self.__class__.__name__).strip().splitlines()[0], *args)
 
     @property
     def reason(self) -> str:

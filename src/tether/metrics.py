@@ -150,7 +150,8 @@ class TetherCollector:
                                   "unacknowledged in time)", value=resent)
         yield CounterMetricFamily("tether_sessions_ended", "Sessions that have ended", value=census.ended.count)
         yield GaugeHistogramMetricFamily("tether_session_rtt_seconds", "Live sessions by their smoothed "
-                                         "round-trip time (once one was measured)", buckets=_buckets(rtts), gsum_value=rtts.sum)
+                                         "round-trip time (once one was measured)", buckets=_buckets(rtts),
+                                         gsum_value=rtts.sum)
 
 
 def _buckets(histogram: Histogram) -> list[tuple[str, float]]:

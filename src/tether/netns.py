@@ -129,7 +129,7 @@ class Topology(abc.ABC):
     half-way."""
 
     @abc.abstractmethod
-    def open(self) -> "Topology":
+    def open(self) -> Topology:
         """Make the namespaces and links; self."""
 
     @abc.abstractmethod
@@ -173,7 +173,7 @@ class BridgedHosts(Topology):
     def _port(self, host: str) -> str:
         return f"port{self.names.index(host)}"
 
-    def open(self) -> "BridgedHosts":
+    def open(self) -> BridgedHosts:
         self._namespaces.warn_about_leftovers("tether")
         switch = self._namespaces.add("switch")
         run("ip", "-n", switch, "link", "add", self.BRIDGE, "type", "bridge")

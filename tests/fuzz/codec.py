@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import zlib
 
-from fuzz.mutators import Layout
-
 from tether._native import codec as native
 from tether._reference import codec as reference
 from tether.errors import ProtocolError
+
+from fuzz.mutators import Layout
 
 MAX = 2**64 - 1
 MESSAGE_LIMITS = [0, 1, 15, 16, 255, 300, 65536, 16 * 2**20]

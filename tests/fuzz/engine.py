@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import math
 
-from fuzz.mutators import SEPARATOR_DEFAULT, Layout
-
 from tether._native import codec
 from tether.errors import ProtocolError, TetherError
 from tether.session.sansio import core as cores
@@ -34,6 +32,8 @@ from tether.session.sansio.engine import SessionEngine
 from tether.session.sansio.events import MessagesDelivered, SessionEnded
 from tether.session.sansio.settings import SessionSettings
 from tether.session.sansio.state import State
+
+from fuzz.mutators import SEPARATOR_DEFAULT, Layout
 
 SEPARATOR = SEPARATOR_DEFAULT
 SESSION_ID = 0x5EED

@@ -14,10 +14,11 @@ An input is one queue-protocol frame (one session message). The property:
 from __future__ import annotations
 
 import msgpack
-from fuzz.mutators import Layout
 
 from tether.errors import ProtocolError
 from tether.queue import protocol as P
+
+from fuzz.mutators import Layout
 
 CLIENT_ID = b"fuzz-client-0001"
 MESSAGE = [7, "msg-1", b"body", None, 1, 1000.5, None, None, None, 3, 3, None]

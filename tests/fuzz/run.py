@@ -91,7 +91,7 @@ class Run:
         began = time.perf_counter()
         try:
             self.target.one(data)
-        except Exception as exc:  # noqa: BLE001 - every escape is a finding, recorded and counted
+        except Exception as exc:
             self.record(exc, data)
         took = time.perf_counter() - began
         self.slowest = max(self.slowest, took)
@@ -105,8 +105,8 @@ class Run:
         self.findings += 1
         frames = traceback.extract_tb(exc.__traceback__)
         # where: the innermost frame in tether's own code, else the innermost at all
-        inner = next((f for f in reversed(frames) if "/src/tether/" in f.filename or "site-packages/tether/" in f.filename),
-                     frames[-1] if frames else None)
+        ours = [f for f in frames if "/src/tether/" in f.filename or "site-packages/tether/" in f.filename]
+        inner = ours[-1] if ours else (frames[-1] if frames else None)
         where = f"{Path(inner.filename).name}:{inner.lineno}" if inner else "?"
         kind = getattr(exc, "kind", None) or f"{type(exc).__name__} at {where}"
         entry = self.kinds.setdefault(kind, {"count": 0, "message": str(exc)[:300], "inputs": []})
@@ -122,7 +122,7 @@ class Run:
     def checkpoint(self) -> None:
         try:
             self.target.checkpoint()
-        except Exception as exc:  # noqa: BLE001 - a failed periodic check is a finding too
+        except Exception as exc:
             self.record(exc, b"checkpoint")
         self.rss.append((self.done, rss_kib()))
         self.write(complete=False)

@@ -26,13 +26,14 @@ import types
 import zlib
 
 import uvloop
-from fuzz import Finding
-from fuzz.mutators import SEPARATOR_DEFAULT, Layout
-from fuzz.protocol import CLIENT_ID, hello, valid_requests
 
 import tether
 from tether.errors import SequenceClosed, SequenceTerminated, TetherError
 from tether.queue import protocol as P
+
+from fuzz import Finding
+from fuzz.mutators import SEPARATOR_DEFAULT, Layout
+from fuzz.protocol import CLIENT_ID, hello, valid_requests
 
 SEPARATOR = SEPARATOR_DEFAULT
 RESET_EVERY = 5000

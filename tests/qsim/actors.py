@@ -129,7 +129,7 @@ class Producer(Actor):
     """One instance of an idempotent producer (see the module docstring)."""
 
     def __init__(self, sim: Any, node: Node, spec: ProducerSpec, instance: int = 0, count: int | None = None,
-                 group: "ProducerGroup | None" = None) -> None:
+                 group: ProducerGroup | None = None) -> None:
         self.sim = sim
         self.group = group
         self.node = node

@@ -20,8 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from tether.errors import QueueError
 from tether.backoff import Backoff
+from tether.errors import QueueError
 from tether.queue.core.system_queues import RETURN_PREFIX, settings_for
 from tether.queue.forwarder import CONNECT_CAP, CONNECT_FIRST, LOCK_RENEW_EVERY, producer_id
 from tether.queue.forwarding import ForwardEngine
@@ -71,7 +71,7 @@ class Link:
         self.service: TargetService | None = None
         self.breaks = 0
         self._last = [0.0, 0.0]      # arrival of the last frame each way (frames stay in order)
-        for start, end in spec.partitions:
+        for start, _end in spec.partitions:
             sim.clock.at(start, self.break_session, "partition")
 
     def partitioned(self) -> bool:
@@ -521,7 +521,7 @@ class TargetService(Actor):
         answers: list = [None] * len(items)
         pairs, seqs, where = [], [], []
         producer = self.mproducer
-        for n, (_, rid, queue, sequence, message_id, body, expires_at) in enumerate(items):
+        for n, (_, _rid, queue, sequence, message_id, body, expires_at) in enumerate(items):
             seen = (sequence < producer.floor or sequence in producer.accepted.get(queue, ())
                     or (queue, sequence) in producer.pending)
             if expires_at is not None and expires_at <= now and not seen:

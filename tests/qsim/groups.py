@@ -43,7 +43,7 @@ class GroupSimulationFailure(AssertionError):
 class Consumer:
     """A consumer of groups, one message at a time (a state machine driven by step())."""
 
-    def __init__(self, sim: "GroupSimulation", name: str) -> None:
+    def __init__(self, sim: GroupSimulation, name: str) -> None:
         self.sim = sim
         self.name = name
         self.reset()
@@ -323,9 +323,9 @@ class GroupSimulation:
             return
         self.sending[producer] = (body, record)
 
-    def run(self) -> "GroupSimulation":
+    def run(self) -> GroupSimulation:
         rng = self.rng
-        for step in range(self.steps):
+        for _step in range(self.steps):
             self.now += rng.uniform(0.001, 0.03)
             self._produce()
             for consumer in rng.sample(self.consumers, len(self.consumers)):

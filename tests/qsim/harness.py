@@ -22,12 +22,11 @@ import traceback
 from collections import deque
 from typing import Any
 
-from sim.network import Clock
-
 from .actors import Consumer, ProducerGroup, Sender, TxConsumer
 from .forward import Forwarder, Link, TargetService
 from .model import COMPLETED, DEAD, LOST_VOLATILE, READY, Msg
 from .node import Node, mid_of
+from sim.network import Clock
 
 #: A run taking more steps than this is stuck in a loop.
 MAX_STEPS = 200_000
@@ -144,7 +143,7 @@ class Simulation:
 
     # ---------------------------------------------------------------- running
 
-    def run(self) -> "Simulation":
+    def run(self) -> Simulation:
         clock = self.clock
         end = self.scenario.end
         nodes = list(self.nodes.values())

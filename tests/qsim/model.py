@@ -13,7 +13,8 @@ durable view into the live one, which is what recovery must rebuild.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tether.errors import LockLost, ProducerFenced, QueueFull, QueueMessageTooLarge, QueueNotFound, TransactionError
 from tether.queue.core.engine import STORAGE_RETRY_DELAY
@@ -733,7 +734,7 @@ class Model:
         sends = [(msg, q) for msg, q, _ in sends]
         for name, count in added.items():
             self.queues[name].reserved += count
-        for msg, q in sends:
+        for msg, _q in sends:
             msg.sending = journaled
 
         def apply(now: float) -> None:
@@ -757,7 +758,7 @@ class Model:
         def undo(now: float) -> None:
             for name, count in added.items():
                 self.queues[name].reserved -= count
-            for msg, q in sends:
+            for msg, _q in sends:
                 msg.sending = False
             for msg, _ in receipts:
                 self._unsettle(msg)(now)

@@ -13,7 +13,8 @@ the two answers must agree (records, errors, the message taken, each hand-off).
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tether.errors import PoisonMessage, QueueError
 from tether.queue.core import QueueCore, QueueSettings
@@ -21,7 +22,7 @@ from tether.queue.core.lifecycle import STATE_NAMES
 from tether.queue.core.replay import ReplayState
 
 from .journal import SimJournal
-from .model import POISON, READY, Expected, Model, Msg, expired_here
+from .model import READY, Expected, Model, Msg, expired_here
 
 _ERRORS = (QueueError, ValueError, TypeError)
 
@@ -36,7 +37,7 @@ class SimWaiter:
 
     __slots__ = ("node", "owner", "queue")
 
-    def __init__(self, node: "Node", owner: Any, queue: str) -> None:
+    def __init__(self, node: Node, owner: Any, queue: str) -> None:
         self.node = node
         self.owner = owner
         self.queue = queue
@@ -54,8 +55,9 @@ class SimWaiter:
 class NodeSpec:
     """How one queue manager of a scenario behaves."""
 
-    def __init__(self, name: str, queues: dict[str, QueueSettings], *, write_delay: tuple[float, float] = (0.001, 0.004),
-                 fail_rate: float = 0.0, compact_rate: float = 0.0, downtime: tuple[float, float] = (0.5, 2.0)) -> None:
+    def __init__(self, name: str, queues: dict[str, QueueSettings], *,
+                 write_delay: tuple[float, float] = (0.001, 0.004), fail_rate: float = 0.0,
+                 compact_rate: float = 0.0, downtime: tuple[float, float] = (0.5, 2.0)) -> None:
         self.name = name
         self.queues = queues
         self.write_delay = write_delay
@@ -142,7 +144,8 @@ class Node:
         expected = self.model.open.number if self.model.open is not None else None
         if core.pending_record != expected:
             ops = core.records._open.ops if core.records._open else []
-            self.fail(f"{what}: the core's open record is {core.pending_record} ({[op[:3] for op in ops]!r:.300}), the model's {expected}")
+            self.fail(f"{what}: the core's open record is {core.pending_record} "
+                      f"({[op[:3] for op in ops]!r:.300}), the model's {expected}")
         if self.model.failing_waiters:
             self.fail(f"{what}: the queue faulted but waiters were not failed: {list(self.model.failing_waiters)}")
         if core.events:
@@ -511,7 +514,7 @@ class Node:
         owner = producer.owners.get((entry.queue.name, msg.seq))
         if owner != msg.mid:
             self.fail(f"m{msg.mid} (sequence {msg.seq} of producer {producer.name.hex()[:8]}) was answered as a "
-                      f"duplicate, but {'m%d' % owner if owner is not None else 'nothing'} was queued with that "
+                      f"duplicate, but {f'm{owner}' if owner is not None else 'nothing'} was queued with that "
                       f"sequence: an acknowledged message is lost")
 
     def _check_number(self, msg: Msg, entry: Any) -> None:
@@ -652,7 +655,7 @@ class Node:
             if number is not None:
                 record = number
         actual_record, actual_errors = self.core.complete_many(receipts, self.now)
-        for (entry, tag), want, got in zip(receipts, expected_errors, actual_errors):
+        for (entry, _tag), want, got in zip(receipts, expected_errors, actual_errors):
             if (want is None) != (got is None) or (want is not None and not isinstance(got, want)):
                 self.fail(f"complete_many m{mid_of(entry)}: the core said {got!r}, the model {want}")
             errors.append(got)

@@ -378,7 +378,8 @@ def forward(seed: int) -> Scenario:
         s.senders.append(SenderSpec(f"s{i}", "src", xmit, rng.randint(3, 12), start=rng.uniform(0.0, 2.0),
                                     gap=rng.choice([(0.0, 0.05), (0.0, 0.5)]), batch=rng.choice([0.0, 0.3]),
                                     ttl=(None,) if source_forgets else rng.choice([(None,), (None, None, 1.0)]),
-                                    destination=f"tether://{authority}/{queue}", padding=rng.choice([(0,), (0, 0, 400)])))
+                                    destination=f"tether://{authority}/{queue}",
+                                    padding=rng.choice([(0,), (0, 0, 400)])))
     s.consumers = _consumers(rng, "dst", "orders", rng.randint(1, 2), 300.0, {"complete": 1.0})
     return s
 

@@ -24,8 +24,13 @@ from collections import deque
 from typing import Any
 
 from tether.errors import (
-    InactivityTimeout, ProtocolError, RetryLimitExceeded, SequenceTerminated, SessionFault,
-    TetherError, UnknownSequence,
+    InactivityTimeout,
+    ProtocolError,
+    RetryLimitExceeded,
+    SequenceTerminated,
+    SessionFault,
+    TetherError,
+    UnknownSequence,
 )
 from tether.session.sansio.core import Core
 from tether.session.sansio.demux import Demux
@@ -180,7 +185,7 @@ class Simulation:
 
     # ---- running ----
 
-    def run(self) -> "Simulation":
+    def run(self) -> Simulation:
         scenario = self.scenario
         try:
             while self.clock.step():

@@ -2,7 +2,7 @@
 ConnectionPair and aioquic's roundtrip()): for focused tests of one engine behaviour."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tether.session.sansio.core import Core, native
 from tether.session.sansio.demux import Demux

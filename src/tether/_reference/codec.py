@@ -8,7 +8,8 @@ this twin and the hand-written native reader accept and reject exactly the same 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgpack
 

@@ -11,8 +11,16 @@ import time
 import zlib
 from collections import deque
 
-__all__ = ["BatchWriter", "frame_records", "framed_size", "write_records", "CRC_SEED", "MAX_RECORD_SIZE",
-           "RECORD_HEADER_SIZE", "fail_next"]
+__all__ = [
+    "CRC_SEED",
+    "MAX_RECORD_SIZE",
+    "RECORD_HEADER_SIZE",
+    "BatchWriter",
+    "fail_next",
+    "frame_records",
+    "framed_size",
+    "write_records",
+]
 
 CRC_SEED = 0x5EED_1E55
 MAX_RECORD_SIZE = 0x7FFF_FFFF

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import operator
 from bisect import bisect_left, bisect_right
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-__all__ = ["RangeSet", "MAX_NUMBER"]
+__all__ = ["MAX_NUMBER", "RangeSet"]
 
 MAX_NUMBER = 2**64 - 1  # message numbers are unsigned 64-bit
 
@@ -100,7 +100,7 @@ class RangeSet:
             hi = max(hi, merged[-1][1])
         ranges[first:last] = [(lo, hi)]
         # The merged ranges lie inside the new one, so the rest of it is new.
-        return (hi - lo + 1) - sum(h - l + 1 for l, h in merged)
+        return (hi - lo + 1) - sum(high - low + 1 for low, high in merged)
 
     # ---- removing ----
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .arguments import MAX_NUMBER, _int, _number
 
-__all__ = ["ReceiveWindow", "MAX_NUMBER", "MAX_CAPACITY"]
+__all__ = ["MAX_CAPACITY", "MAX_NUMBER", "ReceiveWindow"]
 
 MAX_CAPACITY = 65536
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Hashable, Iterable
+from collections.abc import Hashable, Iterable
 
-__all__ = ["ALPHA", "BETA", "K", "RttEstimator", "DeadlineHeap"]
+__all__ = ["ALPHA", "BETA", "DeadlineHeap", "K", "RttEstimator"]
 
 # RFC 6298 section 2.3: the smoothing gains and the variance multiplier.
 ALPHA = 1.0 / 8.0

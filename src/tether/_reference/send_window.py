@@ -13,7 +13,7 @@ import math
 from ..errors import InvalidAcknowledgement, MessageNumberRollover, RetryLimitExceeded
 from .arguments import MAX_NUMBER, _int, _number
 
-__all__ = ["SendWindow", "K_PACKET_THRESHOLD", "MAX_NUMBER", "MAX_CAPACITY"]
+__all__ = ["K_PACKET_THRESHOLD", "MAX_CAPACITY", "MAX_NUMBER", "SendWindow"]
 
 MAX_CAPACITY = 65536
 MAX_RETRIES = 2**31 - 1

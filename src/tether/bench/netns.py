@@ -55,7 +55,7 @@ class VethLink(Topology):
         self.segment = segment
         self.loss = 0.0
 
-    def open(self) -> "VethLink":
+    def open(self) -> VethLink:
         self._namespaces.warn_about_leftovers("tether bench")
         self._namespaces.add("s")
         self._namespaces.add("r")

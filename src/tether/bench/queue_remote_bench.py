@@ -78,7 +78,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), 15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
 
@@ -148,14 +148,14 @@ async def _client_rows(size_name: str, size: int, args: argparse.Namespace, dire
                 await client.create_queue(queue)
                 send = client.send
 
-                async def send_one() -> None:
+                async def send_one(send=send, queue: str = queue) -> None:
                     await send(queue, body)
 
                 sent, send_s, send_lat = await _timed(f"remote {size_name} send x{n}", n, args.seconds,
                                                       send_one, progress)
                 receive = client.receive
 
-                async def receive_one() -> None:
+                async def receive_one(receive=receive, queue: str = queue) -> None:
                     message = await receive(queue)
                     await message.complete()
 

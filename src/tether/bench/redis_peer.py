@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .report import Result, make_result
 

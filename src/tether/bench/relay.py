@@ -21,7 +21,7 @@ def _check_probability(name: str, value: float) -> None:
 class _Upstream(asyncio.DatagramProtocol):
     """The relay's socket towards the target for one client address."""
 
-    def __init__(self, relay: "UdpRelay", client_addr: Any) -> None:
+    def __init__(self, relay: UdpRelay, client_addr: Any) -> None:
         self.relay = relay
         self.client_addr = client_addr
         self.transport: asyncio.DatagramTransport | None = None
@@ -40,7 +40,7 @@ class _Upstream(asyncio.DatagramProtocol):
 
 
 class _Front(asyncio.DatagramProtocol):
-    def __init__(self, relay: "UdpRelay") -> None:
+    def __init__(self, relay: UdpRelay) -> None:
         self.relay = relay
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,7 +74,7 @@ class UdpRelay:
         self._pending: dict[Any, list[bytes]] = {}
         self._loop = asyncio.get_running_loop()
 
-    async def start(self, host: str = "127.0.0.1") -> "UdpRelay":
+    async def start(self, host: str = "127.0.0.1") -> UdpRelay:
         self._front, _ = await self._loop.create_datagram_endpoint(
             lambda: _Front(self), local_addr=(host, 0))
         self.address = self._front.get_extra_info("sockname")[:2]
@@ -139,7 +139,7 @@ def _safe_send(send, data: bytes) -> None:
 
 
 class _Pipe(asyncio.Protocol):
-    def __init__(self, relay: "TcpRelay", pair: "_Pair", side: str) -> None:
+    def __init__(self, relay: TcpRelay, pair: _Pair, side: str) -> None:
         self.relay, self.pair, self.side = relay, pair, side
         self.transport: asyncio.Transport | None = None
 
@@ -156,7 +156,7 @@ class _Pipe(asyncio.Protocol):
 class _Pair:
     """A client connection and its upstream connection."""
 
-    def __init__(self, relay: "TcpRelay") -> None:
+    def __init__(self, relay: TcpRelay) -> None:
         self.relay = relay
         self.client: _Pipe | None = None
         self.upstream: _Pipe | None = None
@@ -213,7 +213,7 @@ class TcpRelay:
             return None
         return max(1, int(self.cut_every * (0.5 + self.random.random())))
 
-    async def start(self, host: str = "127.0.0.1") -> "TcpRelay":
+    async def start(self, host: str = "127.0.0.1") -> TcpRelay:
         self._server = await self._loop.create_server(self._accept_protocol, host, 0)
         self.address = self._server.sockets[0].getsockname()[:2]
         return self

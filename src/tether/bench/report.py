@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import IO, Sequence
+from typing import IO, Any
 
 
 @dataclass
@@ -120,11 +121,16 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def emit(results: list[Result], as_json: bool, stream: IO[str] | None = None) -> None:
-    """Print the table, or `{"results": [...]}` when as_json."""
+def emit(results: list[Result], as_json: bool, stream: IO[str] | None = None, *,
+         native: bool | None = None) -> None:
+    """Print the table, or `{"results": [...]}` when as_json (with `"native"`, whether the
+    compiled core ran, when given)."""
     stream = stream or sys.stdout
     if as_json:
-        json.dump({"results": [r.as_json() for r in results]}, stream, indent=2)
+        document: dict[str, Any] = {"results": [r.as_json() for r in results]}
+        if native is not None:
+            document["native"] = native
+        json.dump(document, stream, indent=2)
         stream.write("\n")
     else:
         stream.write(format_table(results) + "\n")

@@ -26,8 +26,9 @@ import hmac
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import AuthenticationFailed
 from ..session.adapters.url import parse as parse_url
@@ -43,7 +44,17 @@ HASH_BYTES = 32
 MAX_PASSWORD = 1024         # characters
 _HASH_SCHEME = "scrypt"
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-_USER_KEYS = {"password_hash", "send", "receive", "admin", "forward"}
+#: The keys of a `[users.NAME]` table and what they mean (docs/configuration.md)
+USER_KEYS = {
+    "password_hash": "Required: the scrypt hash of the user's password, as `tether qm passwd` prints it.",
+    "send": "fnmatch patterns (a list) of the queues the user may send to; a remote address only "
+            "by a pattern that starts with tether:// itself.",
+    "receive": "fnmatch patterns (a list) of the queues the user may receive from, peek and accept "
+               "groups from, their sub-queues included.",
+    "admin": "true: create, delete and purge queues, every $ system queue, the info of every queue.",
+    "forward": "true: deliver messages as another queue manager's forwarder, and take back its "
+               "own rejects.",
+}
 
 
 # ---- password hashes ----
@@ -201,7 +212,7 @@ class User:
 
     name: str
     password_hash: str = field(repr=False)
-    permissions: Permissions = Permissions()
+    permissions: Permissions = field(default_factory=Permissions)
 
     def __post_init__(self) -> None:
         validate_user_name(self.name)
@@ -230,7 +241,7 @@ class Users:
         self._decoy: str | None = None
 
     @classmethod
-    def from_config(cls, table: Mapping[str, Any], where: str = "users") -> "Users":
+    def from_config(cls, table: Mapping[str, Any], where: str = "users") -> Users:
         """The users of a `[users.NAME]` TOML table (password_hash, send, receive, admin,
         forward); ValueError naming `users.NAME.KEY` when something is wrong."""
         if not isinstance(table, Mapping):
@@ -244,10 +255,10 @@ class Users:
                 validate_user_name(name)
             except ValueError as exc:
                 raise ValueError(f"{path}: {exc}") from None
-            unknown = set(entry) - _USER_KEYS
+            unknown = set(entry) - USER_KEYS.keys()
             if unknown:
                 raise ValueError(f"{path}: unknown keys {', '.join(sorted(unknown))} "
-                                 f"(known: {', '.join(sorted(_USER_KEYS))})")
+                                 f"(known: {', '.join(sorted(USER_KEYS))})")
             if "password_hash" not in entry:
                 raise ValueError(f"{path}: password_hash is required (print one with `tether qm passwd`)")
             try:

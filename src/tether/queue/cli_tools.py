@@ -176,7 +176,7 @@ def run_command(work: Callable[[], Awaitable[int]], address: str | None = None) 
     except KeyboardInterrupt:
         print("tether: interrupted", file=sys.stderr)
         return exit_codes.INTERRUPTED_BASE + signal.SIGINT
-    except (TetherError, OSError, ValueError, TypeError) as exc:
+    except (TimeoutError, TetherError, OSError, ValueError, TypeError) as exc:
         text = str(exc) or exc.__class__.__name__
         if isinstance(exc, ConnectionRefusedError):
             text = f"connection refused ({text})"

@@ -8,8 +8,9 @@
 
 Requests travel over one reliable session (protocol.py); concurrent calls share frames, so
 a round trip is paid per batch, not per message, and the plain sends (and the completes)
-made in one loop turn travel as one SEND_BATCH (COMPLETE_BATCH) item, answered by one reply. Receiving is credit-based: the first
-`receive()` of a queue subscribes with `prefetch` credits, the service delivers at most
+made in one loop turn travel as one SEND_BATCH (COMPLETE_BATCH) item, answered by one reply.
+Receiving is credit-based: the first `receive()` of a queue subscribes with `prefetch`
+credits, the service delivers at most
 that many messages ahead (each peek-locked), and every message taken returns one credit.
 
 The client is an idempotent producer: its `client_id` (stable if you give one) names it to
@@ -39,29 +40,39 @@ import math
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, AsyncIterator
+from typing import Any, Unpack, cast
 from urllib.parse import urlsplit
 
-from ..errors import (
-    AuthenticationFailed, LockLost, ProducerFenced, ProtocolError, QueueError, QueueMessageTooLarge,
-    QueueUnavailable, SendQueueFull, TetherError, TransactionError,
-)
-from . import protocol as P
 from ..backoff import Backoff
+from ..errors import (
+    AuthenticationFailed,
+    LockLost,
+    ProducerFenced,
+    ProtocolError,
+    QueueError,
+    QueueMessageTooLarge,
+    QueueUnavailable,
+    SendQueueFull,
+    TetherError,
+    TransactionError,
+)
+from ..opening import Opening
 from ..session.adapters import tls
 from ..session.adapters.url import parse as parse_url
+from ..session.sansio.settings import SessionTuning
+from . import protocol as P
 from .auth import check_credentials
 from .core.engine import check_group_id, check_priority, delivery_time
 from .core.headers import encode_headers, plain_headers
 from .core.info import QueueInfo
-from .core.settings import QueueSettings
-from .receive_batch import ReceiveBatch, check_batch
+from .core.settings import QueueOptions, QueueSettings
 from .group import AcceptGroup, check_accept
 from .message import Message
-from .opening import Opening
+from .receive_batch import ReceiveBatch, check_batch
 
 log = logging.getLogger("tether.queue.client")
 
@@ -109,7 +120,7 @@ def _seconds_or_none(name: str, value: Any) -> float | None:
 class _Request:
     __slots__ = ("item", "future", "deadline")
 
-    def __init__(self, item: list, future: asyncio.Future, deadline: float) -> None:
+    def __init__(self, item: list[Any], future: asyncio.Future[Any], deadline: float) -> None:
         self.item = item
         self.future = future
         self.deadline = deadline
@@ -121,11 +132,11 @@ class _Batch(_Request):
 
     __slots__ = ("futures",)
 
-    def __init__(self, item: list, future: asyncio.Future, deadline: float) -> None:
+    def __init__(self, item: list[Any], future: asyncio.Future[Any], deadline: float) -> None:
         super().__init__(item, future, deadline)
-        self.futures: list[asyncio.Future] = []
+        self.futures: list[asyncio.Future[Any]] = []
 
-    def answered(self, future: asyncio.Future) -> None:
+    def answered(self, future: asyncio.Future[Any]) -> None:
         """The batch's own future is done: each call gets its outcome (a failed batch's
         error, or its own from the reply)."""
         futures = self.futures
@@ -159,10 +170,10 @@ class _Consumer:
         self.consumer_id = consumer_id
         self.queue = queue
         self.buffer: deque[Message] = deque()
-        self.waiters: deque[asyncio.Future] = deque()     # receive() calls waiting, oldest first
+        self.waiters: deque[asyncio.Future[Any]] = deque()     # receive() calls waiting, oldest first
         self.error: BaseException | None = None
         self.subscribed = False
-        self.subscribing: asyncio.Future | None = None     # the SUBSCRIBE in progress
+        self.subscribing: asyncio.Future[Any] | None = None     # the SUBSCRIBE in progress
         self.granted = 0        # credit the service still has for us
         self.owed = 0           # credit to return with the next frame
 
@@ -185,7 +196,7 @@ class _Consumer:
 class _RemoteGroups:
     """The GroupBackend of a QueueClient: ACCEPT_GROUP, GROUP_RECEIVE, GROUP_RELEASE."""
 
-    def __init__(self, client: "QueueClient") -> None:
+    def __init__(self, client: QueueClient) -> None:
         self._client = client
 
     async def accept(self, name: str, timeout: float | None) -> tuple[str, Any] | None:
@@ -219,7 +230,7 @@ class _RemoteGroups:
             pass            # the service restarted, or let it go already
 
 
-async def _more_at_once(transaction: "RemoteTransaction", name: str, n: int) -> list[Message]:
+async def _more_at_once(transaction: RemoteTransaction, name: str, n: int) -> list[Message]:
     """Up to `n` more messages for a remote batch: `n` receives that do not wait, sent in
     one frame (one round trip); those that found nothing answer nil."""
     got = await asyncio.gather(*(transaction.receive(name, 0) for _ in range(n)), return_exceptions=True)
@@ -231,7 +242,7 @@ async def _more_at_once(transaction: "RemoteTransaction", name: str, n: int) -> 
 
 
 def _send_options(priority: Any, delay: Any, deliver_at: Any, group_id: Any = None,
-                  journal: Any = None) -> dict | None:
+                  journal: Any = None) -> dict[str, Any] | None:
     """A SEND's options map (nil for the defaults), checked here as the service checks them."""
     options: dict[str, Any] = {}
     if priority.__class__ is not int or priority != 3:
@@ -265,7 +276,7 @@ class QueueClient:
     """A connection to a queue manager service. Create with `await QueueClient.connect(url)`."""
 
     def __init__(self, url: str, *, prefetch: int, connect_timeout: float, request_timeout: float | None,
-                 session_settings: dict[str, Any], client_id: bytes | None = None, ssl: Any = None,
+                 session_settings: SessionTuning, client_id: bytes | None = None, ssl: Any = None,
                  user: str | None = None, password: str | None = None) -> None:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 65536:
             raise ValueError(f"prefetch must be an integer 1..65536, not {prefetch!r}")
@@ -282,7 +293,7 @@ class QueueClient:
         self.prefetch = prefetch
         self.connect_timeout = float(connect_timeout)
         self.request_timeout = _seconds_or_none("request_timeout", request_timeout)
-        self._session_settings = dict(P.SESSION_SETTINGS)
+        self._session_settings: dict[str, Any] = dict(P.SESSION_SETTINGS)
         self._session_settings.update(session_settings)
         self._loop = asyncio.get_running_loop()
         self.client_id = client_id if client_id is not None else os.urandom(16)
@@ -299,13 +310,13 @@ class QueueClient:
         self._disconnected_at: float | None = None
         self._pending: dict[int, _Request] = {}
         self._batch: _Batch | None = None     # the batch this loop turn fills (see _batched)
-        self._out: list = []
+        self._out: list[Any] = []
         self._out_bytes = 0
         self._flush_scheduled = False
         self._consumers: dict[str, _Consumer] = {}
         self._by_consumer_id: dict[int, _Consumer] = {}
         self._locks: dict[int, Message] = {}      # lock tag -> received message, unsettled
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Task[Any] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
         self._fatal: BaseException | None = None
@@ -316,7 +327,7 @@ class QueueClient:
     def connect(cls, url: str, *, ssl: SSLContext | None = None, user: str | None = None,
                 password: str | None = None, prefetch: int = DEFAULT_PREFETCH, connect_timeout: float = 10.0,
                 request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT, client_id: bytes | None = None,
-                **session_settings: Any) -> "Opening[QueueClient]":
+                **session_settings: Unpack[SessionTuning]) -> Opening[QueueClient]:
         """Connect to the queue manager service at `url` (tcp://HOST:PORT, or
         tls://HOST:PORT: TLS with `ssl`, by default `ssl.create_default_context()`, which
         verifies the certificate against HOST). Await it, or use it as an async context
@@ -357,7 +368,7 @@ class QueueClient:
             self._out, self._out_bytes, self._batch = [], 0, None
             session.send_nowait([P.encode([hello])])
             async with asyncio.timeout(self.connect_timeout):
-                reply = await self._read_hello(session, hello[1])
+                reply = await self._read_hello(session, self._rids)
         except BaseException:
             session.abort("queue protocol handshake failed")
             raise
@@ -397,7 +408,7 @@ class QueueClient:
                 self._send(item)
         self._schedule_flush()
 
-    async def _read_hello(self, session: Any, rid: int) -> dict:
+    async def _read_hello(self, session: Any, rid: int) -> dict[str, Any]:
         """Read until HELLO's answer, dispatching whatever comes with it."""
         while True:
             try:
@@ -435,7 +446,7 @@ class QueueClient:
             consumer.owed += len(consumer.buffer)
             consumer.buffer.clear()
 
-    def _decode(self, frame: bytes) -> list:
+    def _decode(self, frame: bytes) -> list[Any]:
         try:
             return [P.parse_response(item) for item in P.decode(frame)]
         except ProtocolError as exc:
@@ -478,7 +489,7 @@ class QueueClient:
                 log.error("queue client %s: %s", self.client_id.hex()[:12], exc)
                 self._fail_everything(exc)
                 return
-            except (OSError, TetherError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, TetherError) as exc:
                 log.info("reconnect to %s failed: %s", self.url, exc)
                 continue
             self.reconnects += 1
@@ -503,7 +514,7 @@ class QueueClient:
             consumer.error = error
             consumer.wake_all()
 
-    def _dispatch(self, item: list) -> None:
+    def _dispatch(self, item: list[Any]) -> None:
         op = item[0]
         if op == P.DELIVER:
             consumer = self._by_consumer_id.get(item[1])
@@ -539,7 +550,7 @@ class QueueClient:
                 consumer.error = P.error_from_code(item[2], item[3])
                 consumer.wake_all()
 
-    def _answered(self, item: list) -> None:
+    def _answered(self, item: list[Any]) -> None:
         """A send (or forward) was answered: it will never be resent; the floor may rise."""
         if item[0] == P.SEND:
             self._unanswered.pop(item[6], None)
@@ -550,7 +561,7 @@ class QueueClient:
                 unanswered.pop(sequence, None)
             self._schedule_flush()
 
-    def _message(self, fields: list, validity: float) -> Message:
+    def _message(self, fields: list[Any], validity: float) -> Message:
         tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
             group_id = fields
         message = Message(message_id, body, headers, count, enqueued_at, expires_at, reason, source,
@@ -569,7 +580,7 @@ class QueueClient:
         if self._closing:
             raise QueueError("the queue client is closed")
 
-    def _request(self, item: list, wait: float | None = 0.0, checked: bool = False) -> asyncio.Future:
+    def _request(self, item: list[Any], wait: float | None = 0.0, checked: bool = False) -> asyncio.Future[Any]:
         """Send a request; a future for its reply. It fails with QueueUnavailable after
         request_timeout (+ `wait`, the request's own waiting time; None: no limit).
         `checked`: the item was built from checked values (a send's): no second check."""
@@ -594,7 +605,7 @@ class QueueClient:
             self._send(item)
         return future
 
-    def _batched(self, op: int, key: Any, value: Any, size: int, sequence: int = 0) -> asyncio.Future:
+    def _batched(self, op: int, key: Any, value: Any, size: int, sequence: int = 0) -> asyncio.Future[Any]:
         """Add `value` (a body numbered `sequence`, or a lock tag) to the SEND_BATCH for
         address `key` (or the COMPLETE_BATCH) this loop turn is filling, or start one; a
         future for its outcome. A batch takes values only until it goes out, and only while
@@ -603,7 +614,8 @@ class QueueClient:
         batch = self._batch
         out = self._out
         if batch is None or not out or out[-1] is not batch.item or batch.item[0] != op \
-                or len(batch.futures) >= P.MAX_BATCH or (op == P.SEND_BATCH and (batch.item[2] != key or batch.item[4] + len(batch.futures) != sequence)):
+                or len(batch.futures) >= P.MAX_BATCH \
+                or (op == P.SEND_BATCH and (batch.item[2] != key or batch.item[4] + len(batch.futures) != sequence)):
             self._rids += 1
             rid = self._rids
             item = [op, rid, key, [], sequence] if op == P.SEND_BATCH else [op, rid, []]
@@ -644,7 +656,7 @@ class QueueClient:
                     f"no answer from the queue manager at {self.url} within {self.request_timeout:g} s"
                     + ("" if self._connected else " (it is unreachable)")))
                 request.future.exception()
-        if not self._connected and self._disconnected_at is not None \
+        if not self._connected and self._disconnected_at is not None and self.request_timeout is not None \
                 and now - self._disconnected_at >= self.request_timeout:
             for consumer in self._consumers.values():
                 consumer.wake_all()     # their receive() sees the outage and raises
@@ -660,7 +672,7 @@ class QueueClient:
         return QueueUnavailable(f"the queue manager at {self.url} has been unreachable for "
                                 f"{self.request_timeout:g} s")
 
-    def _send(self, item: list) -> None:
+    def _send(self, item: list[Any]) -> None:
         self._out.append(item)
         self._out_bytes += 64 + (len(item[3]) if item[0] == P.SEND else 0)
         if self._out_bytes >= self.max_frame_bytes:
@@ -703,7 +715,7 @@ class QueueClient:
 
     # ---- QueueManager's methods ----
 
-    async def create_queue(self, name: str, **settings: Any) -> QueueSettings:
+    async def create_queue(self, name: str, **settings: Unpack[QueueOptions]) -> QueueSettings:
         """Create a queue (see QueueManager.create_queue); returns its settings."""
         self._check_open()
         QueueSettings.from_kwargs(**settings)      # bad settings fail here, clearly
@@ -715,7 +727,7 @@ class QueueClient:
         await self._request([P.DELETE, 0, name])
 
     def _send_item(self, address: str, body: Any, headers: Any, time_to_live: float | None,
-                   options: dict | None = None) -> list:
+                   options: dict[str, Any] | None = None) -> list[Any]:
         """A SEND item, every field checked as the service will check it (so it need not be
         parsed again): one the service refused would end the session, and be resent after
         every reconnect."""
@@ -741,7 +753,7 @@ class QueueClient:
                 raise ValueError(f"time_to_live must be a finite number of seconds, not {time_to_live!r}")
         return [P.SEND, 0, address, body, headers, time_to_live, 0, options]
 
-    def _number(self, item: list) -> list:
+    def _number(self, item: list[Any]) -> list[Any]:
         if self._forwarding:
             raise QueueError("a forwarder's client sends with forward(), not send()")
         self._numbering = True
@@ -751,7 +763,7 @@ class QueueClient:
         self._unanswered[sequence] = None
         return item
 
-    async def send(self, address: str, body: bytes, *, headers: dict | None = None,
+    async def send(self, address: str, body: bytes, *, headers: dict[str, Any] | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                    deliver_at: float | None = None, group_id: str | None = None,
                    journal: bool | None = None) -> str:
@@ -765,10 +777,12 @@ class QueueClient:
         if headers is None and time_to_live is None and options is None and self._connected:
             # a plain send: it joins this loop turn's SEND_BATCH to the address
             self._number(item)
-            return await self._batched(P.SEND_BATCH, address, item[3], 16 + len(item[3]), item[6])
-        return await self._request(self._number(item), checked=True)
+            batched_id: str = await self._batched(P.SEND_BATCH, address, item[3], 16 + len(item[3]), item[6])
+            return batched_id
+        message_id: str = await self._request(self._number(item), checked=True)
+        return message_id
 
-    async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
+    async def send_many(self, address: str, bodies: list[bytes], *, headers: dict[str, Any] | None = None,
                         time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                         deliver_at: float | None = None, group_id: str | None = None,
                         journal: bool | None = None) -> list[str]:
@@ -784,10 +798,11 @@ class QueueClient:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return results
+        return cast(list[str], results)
 
-    def forward(self, queue: str, sequence: int, message_id: str, body: bytes, headers: dict | None,
-                enqueued_at: float, expires_at: float | None, options: dict | None = None) -> asyncio.Future:
+    def forward(self, queue: str, sequence: int, message_id: str, body: bytes, headers: dict[str, Any] | None,
+                enqueued_at: float, expires_at: float | None,
+                options: dict[str, Any] | None = None) -> asyncio.Future[Any]:
         """(For queue managers' forwarders.) Hand over a message of a transmission queue,
         numbered `sequence` by it; a future for the answer (None: accepted). A client that
         forwards numbers nothing itself: its floor is the forwarder's (`settled`)."""
@@ -826,11 +841,11 @@ class QueueClient:
             consumer = await self._subscribe(name, deadline)
             if consumer is None:
                 return None             # the timeout ran out while subscribing
-        elif not consumer.subscribed:
+        elif not consumer.subscribed and consumer.subscribing is not None:
             # another receive() is subscribing: wait for it, no longer than our timeout
             try:
                 await asyncio.wait_for(asyncio.shield(consumer.subscribing), self._remaining(deadline))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
         while True:
             message = self._take(consumer)
@@ -851,7 +866,7 @@ class QueueClient:
             consumer.waiters.append(waiter)
             try:
                 await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             finally:
                 if waiter.done() and not waiter.cancelled() and consumer.buffer:
@@ -909,7 +924,7 @@ class QueueClient:
         consumer.granted = self.prefetch
         try:
             await asyncio.wait_for(asyncio.shield(subscribing), self._remaining(deadline))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # the subscription goes on in the background; the next receive() uses it
             subscribing.add_done_callback(lambda f: self._subscribed(consumer, f))
             return None
@@ -922,7 +937,7 @@ class QueueClient:
         consumer.subscribed = True
         return consumer
 
-    def _subscribed(self, consumer: _Consumer, future: asyncio.Future) -> None:
+    def _subscribed(self, consumer: _Consumer, future: asyncio.Future[Any]) -> None:
         consumer.subscribing = None
         if future.cancelled() or future.exception() is not None:
             self._drop_consumer(consumer)
@@ -978,7 +993,7 @@ class QueueClient:
         if message._lock_deadline <= time.time():
             raise LockLost(f"message {message.id}: the peek-lock expired (validity_duration)")
 
-    def transaction(self) -> "RemoteTransaction":
+    def transaction(self) -> RemoteTransaction:
         """`async with client.transaction() as tx:` receives and sends that commit together
         at the service (rolled back if the session to it is lost for good)."""
         self._check_open()
@@ -1022,7 +1037,8 @@ class QueueClient:
         """Remove every message waiting in a queue (see QueueManager.purge_queue); how
         many. Needs admin at a service with users."""
         self._check_open()
-        return await self._request([P.PURGE, 0, name])
+        purged: int = await self._request([P.PURGE, 0, name])
+        return purged
 
     async def peek(self, name: str, count: int = 1) -> list[Message]:
         """Up to `count` messages of a queue without locking them or counting a delivery
@@ -1033,7 +1049,7 @@ class QueueClient:
         reply = await self._request([P.PEEK, 0, name, min(count, P.MAX_PEEK)])
         return [self._peeked(fields) for fields in reply]
 
-    def _peeked(self, fields: list) -> Message:
+    def _peeked(self, fields: list[Any]) -> Message:
         P.check_message("peek", fields)
         tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
             group_id = fields
@@ -1066,11 +1082,11 @@ class QueueClient:
         if session is not None and not session.closed:
             try:
                 await session.close(timeout=5.0)
-            except (TetherError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, TetherError) as exc:
                 log.info("queue client session did not close cleanly: %s", exc)
         self._connected = False
 
-    async def __aenter__(self) -> "QueueClient":
+    async def __aenter__(self) -> QueueClient:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -1087,7 +1103,7 @@ class RemoteTransaction:
     def __init__(self, client: QueueClient) -> None:
         self._client = client
         self._txid: int | None = None
-        self._begin: asyncio.Future | None = None
+        self._begin: asyncio.Future[Any] | None = None
         self.state = "active"
 
     async def _id(self) -> int:
@@ -1096,7 +1112,8 @@ class RemoteTransaction:
         if self._txid is None:
             if self._begin is None:
                 self._begin = self._client._request([P.TX_BEGIN, 0])
-            self._txid = await asyncio.shield(self._begin)
+            txid: int = await asyncio.shield(self._begin)
+            self._txid = txid
         return self._txid
 
     async def receive(self, name: str, timeout: float | None = None) -> Message | None:
@@ -1124,7 +1141,7 @@ class RemoteTransaction:
             out.append(message)
         return out
 
-    async def send(self, address: str, body: bytes, *, headers: dict | None = None,
+    async def send(self, address: str, body: bytes, *, headers: dict[str, Any] | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                    deliver_at: float | None = None, group_id: str | None = None,
                    journal: bool | None = None) -> str:
@@ -1132,7 +1149,9 @@ class RemoteTransaction:
         options = _send_options(priority, delay, deliver_at, group_id, journal)
         txid = await self._id()
         item = self._client._send_item(address, body, headers, time_to_live, options)
-        return await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4], time_to_live, options])
+        message_id: str = await self._client._request([P.TX_SEND, 0, txid, address, item[3], item[4],
+                                                       time_to_live, options])
+        return message_id
 
     async def commit(self) -> None:
         """Make the transaction's receives and sends take effect, atomically and durably."""
@@ -1156,7 +1175,10 @@ class RemoteTransaction:
         self.state = "rolled back"
         if self._txid is None and self._begin is None:
             return
-        txid = self._txid if self._txid is not None else await asyncio.shield(self._begin)
+        txid = self._txid
+        if txid is None:
+            assert self._begin is not None         # one of the two, checked above
+            txid = await asyncio.shield(self._begin)
         await self._client._request([P.TX_ROLLBACK, 0, txid])
 
     async def complete_message(self, message: Message) -> None:
@@ -1172,7 +1194,7 @@ class RemoteTransaction:
         validity = await self._client._request([P.RENEW, 0, message._tag])
         message._lock_deadline = time.time() + float(validity)
 
-    async def __aenter__(self) -> "RemoteTransaction":
+    async def __aenter__(self) -> RemoteTransaction:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -56,6 +56,7 @@ import math
 import os
 import ssl
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ from .remotes import Remote, validate_remotes
 DEFAULT_LISTEN = "tcp://127.0.0.1:7600"
 FSYNC_POLICIES = ("always", "interval", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MIN_FRAME_BYTES = 64 * 1024
+MAX_FRAME_BYTES = 16 * 1024 * 1024
 _TOP = {"data_dir", "listen", "fsync", "fsync_interval", "log_level", "metrics", "limits", "queues", "tls", "users",
         "allow_anonymous", "remotes", "source_journal", "journal_max_length", "journal_time_to_live"}
 _JOURNAL = ("source_journal", "journal_max_length", "journal_time_to_live")
@@ -79,40 +82,86 @@ _LIMITS = {"max_frame_bytes", "client_grace", "max_queues", "max_disk_bytes"} | 
 _TLS = {"cert", "key", "client_ca"}
 
 
+def _key(default: Any, toml: str, allowed: str, doc: str, *, factory: Callable[[], Any] | None = None) -> Any:
+    """A ServiceConfig field that says which TOML key sets it, what it takes and what it
+    means (docs/configuration.md is made from these)."""
+    metadata = {"toml": toml, "range": allowed, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class ServiceConfig:
     """Everything `tether qm serve` needs, validated."""
 
-    data_dir: str | None = None
-    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
-    fsync: str = "always"
-    fsync_interval: float = 0.05
-    log_level: str = "INFO"
-    #: "HOST:PORT" where GET /metrics answers (tether.metrics); None: not served
-    metrics: str | None = None
-    max_frame_bytes: int = 8 * 1024 * 1024
-    client_grace: float = 15.0
-    max_queues: int = DEFAULT_MAX_QUEUES
-    max_disk_bytes: int = 0
+    data_dir: str | None = _key(
+        None, "data_dir", "a directory",
+        "Required (here or as --data-dir): where the queue manager keeps its journal (a 0700 "
+        "directory, made if missing).")
+    listen: list[str] = _key(  # noqa: RUF009  (_key returns a dataclasses.field)
+        None, "listen", "a URL or a list of URLs: tcp://HOST:PORT, tls://HOST:PORT",
+        "Where the service listens for clients and other queue managers' forwarders.",
+        factory=lambda: [DEFAULT_LISTEN])
+    fsync: str = _key(
+        "always", "fsync", " | ".join(FSYNC_POLICIES),
+        "always: a durable send is acknowledged once its journal write is fdatasync'ed; interval: "
+        "fdatasync at most every fsync_interval seconds, a send is acknowledged once written; "
+        "never: write only (the OS decides when it reaches the disk).")
+    fsync_interval: float = _key(
+        0.05, "fsync_interval", "> 0 s", "Seconds between two fdatasyncs with fsync = \"interval\".")
+    log_level: str = _key(
+        "INFO", "log_level", " | ".join(LOG_LEVELS), "The service's log level (to stderr).")
+    metrics: str | None = _key(
+        None, "metrics", "HOST:PORT, [IPv6]:PORT (port 0..65535; 0 picks a free one)",
+        "Where Prometheus' text format is served at /metrics (tether.metrics; no authentication: "
+        "bind it to loopback or a management network); unset: not served. --metrics overrides it.")
+    max_frame_bytes: int = _key(
+        8 * 1024 * 1024, "limits.max_frame_bytes", f"{MIN_FRAME_BYTES} .. {MAX_FRAME_BYTES}",
+        "The largest protocol frame (one session message) the service sends or takes.")
+    client_grace: float = _key(
+        15.0, "limits.client_grace", "> 0 s",
+        "Seconds a disconnected client's locks and transactions wait for it to reconnect "
+        "before its received messages return to their queues.")
+    max_queues: int = _key(
+        DEFAULT_MAX_QUEUES, "limits.max_queues", ">= 1",
+        "The most queues the manager holds, transmission queues included.")
+    max_disk_bytes: int = _key(
+        0, "limits.max_disk_bytes", ">= 0",
+        "Journal size in bytes over which durable sends are refused with StorageError; 0: no limit.")
     #: the ServiceLimits fields set in [limits] (the others keep their defaults)
     service_limits: dict[str, Any] = field(default_factory=dict)
     queues: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
+    tls_cert: str | None = _key(
+        None, "tls.cert", "a PEM file", "The server's certificate chain; required by a tls:// listen URL.")
+    tls_key: str | None = _key(
+        None, "tls.key", "a PEM file", "The private key of tls.cert.")
+    tls_client_ca: str | None = _key(
+        None, "tls.client_ca", "a PEM file",
+        "Require client certificates issued by this CA (mutual TLS); without it clients show none.")
     users: Users | None = None
-    allow_anonymous: bool = False
+    allow_anonymous: bool = _key(
+        False, "allow_anonymous", "true, false",
+        "Without [users] clients are anonymous with every permission, which the service allows "
+        "only on loopback addresses unless this is true.")
     remotes: dict[str, Remote] = field(default_factory=dict)
-    source_journal: bool = False
-    journal_max_length: int | None = DEFAULT_JOURNAL_MAX_LENGTH
-    journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE
+    source_journal: bool = _key(
+        False, "source_journal", "true, false",
+        "Keep a copy of every forwarded message once its target queue manager acknowledged it, "
+        "in the $journal queue.")
+    journal_max_length: int | None = _key(
+        DEFAULT_JOURNAL_MAX_LENGTH, "journal_max_length", ">= 1",
+        "The most copies $journal keeps (the oldest go first).")
+    journal_time_to_live: float | None = _key(
+        DEFAULT_JOURNAL_TIME_TO_LIVE, "journal_time_to_live", "> 0 s",
+        "Seconds a copy stays in $journal.")
 
     @property
     def limits(self) -> ServiceLimits:
         """The service's limits (validated by validate())."""
         return ServiceLimits.from_kwargs(**self.service_limits)
 
-    def validate(self) -> "ServiceConfig":
+    def validate(self) -> ServiceConfig:
         """Check every value; ValueError naming the one that is wrong. Returns self."""
         if not self.listen:
             raise ValueError("config: listen needs at least one URL")
@@ -152,8 +201,8 @@ class ServiceConfig:
             except ValueError as exc:
                 raise ValueError(f"config: {exc}") from None
         if isinstance(self.max_frame_bytes, bool) or not isinstance(self.max_frame_bytes, int) \
-                or not 64 * 1024 <= self.max_frame_bytes <= 16 * 1024 * 1024:
-            raise ValueError(f"config: limits.max_frame_bytes must be an integer 65536..16777216, "
+                or not MIN_FRAME_BYTES <= self.max_frame_bytes <= MAX_FRAME_BYTES:
+            raise ValueError(f"config: limits.max_frame_bytes must be an integer {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}, "
                              f"not {self.max_frame_bytes!r}")
         _positive("limits.client_grace", self.client_grace)
         for name in ("max_queues", "max_disk_bytes"):
@@ -162,7 +211,7 @@ class ServiceConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"config: limits.{name} must be an integer >= {low}, not {value!r}")
         try:
-            self.limits
+            _ = self.limits
         except ValueError as exc:
             raise ValueError(f"config: limits: {exc}") from None
         for name, settings in self.queues.items():
@@ -213,7 +262,7 @@ def _positive(name: str, value: Any) -> None:
         raise ValueError(f"config: {name} must be a number of seconds > 0, not {value!r}")
 
 
-def load(path: str | os.PathLike) -> ServiceConfig:
+def load(path: str | os.PathLike[str]) -> ServiceConfig:
     """The configuration in a TOML file; ValueError (naming the file and key) if it is
     unreadable or wrong, FileNotFoundError if it is missing."""
     try:

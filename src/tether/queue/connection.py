@@ -22,17 +22,23 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 from ..errors import (
-    AuthenticationFailed, LockLost, ProtocolError, QueueError, SendQueueFull, SequenceClosed,
-    TetherError, TransactionError,
+    AuthenticationFailed,
+    LockLost,
+    ProtocolError,
+    QueueError,
+    SendQueueFull,
+    SequenceClosed,
+    TetherError,
+    TransactionError,
 )
 from . import protocol as P
 from .auth import Access, client_key, origin_of
 from .core import Entry
 from .core.address import is_remote
 from .core.producers import NEW, Producer
+from .core.system_queues import RETURN_PREFIX
 from .limits import FailedLogins, ServiceLimits, exceeded
 from .log_limiter import LogLimiter
-from .core.system_queues import RETURN_PREFIX
 from .operations import QueueOperations
 from .permissions import RequestGuard
 
@@ -112,14 +118,14 @@ class ServiceHooks(Protocol):
     tls: bool
     failed_logins: FailedLogins
 
-    def attach(self, client_id: bytes, producer: Producer, epoch: int, connection: "Connection",
+    def attach(self, client_id: bytes, producer: Producer, epoch: int, connection: Connection,
                held: list[int]) -> tuple[ClientState, bool]: ...
 
-    def away(self, state: ClientState, connection: "Connection") -> None: ...
+    def away(self, state: ClientState, connection: Connection) -> None: ...
 
-    def back(self, state: ClientState, connection: "Connection") -> None: ...
+    def back(self, state: ClientState, connection: Connection) -> None: ...
 
-    def detach(self, state: ClientState, connection: "Connection") -> None: ...
+    def detach(self, state: ClientState, connection: Connection) -> None: ...
 
 
 class _Consumer:
@@ -193,13 +199,13 @@ class Connection:
             first = P.decode(frames[0])[0]
             if first.__class__ is list and len(first) > 1 and first[0] == P.HELLO and first[1].__class__ is int:
                 rid = first[1]
-        except (asyncio.TimeoutError, TetherError):
+        except (TimeoutError, TetherError):
             pass
         self.push([P.ERROR, rid, P.error_code(error), str(error)])
         self._flush()
         try:
             await self.session.close(timeout=wait)
-        except (TetherError, asyncio.TimeoutError):
+        except (TimeoutError, TetherError):
             self.abort(f"refused: {error}")
 
     # ---- the request loop ----
@@ -215,7 +221,7 @@ class Connection:
                     frames = await session.recv_many()
             except SequenceClosed:
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.service.log_limiter.log(log, logging.INFO, peer_host(peer),
                                              "client %s said no HELLO in time: dropped", peer)
                 session.abort("no HELLO in time")

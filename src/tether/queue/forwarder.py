@@ -32,8 +32,8 @@ import hashlib
 import logging
 import time
 
-from ..errors import AuthenticationFailed, QueueError, QueueNotFound, TetherError
 from ..backoff import Backoff
+from ..errors import AuthenticationFailed, QueueError, QueueNotFound, TetherError
 from .auth import origin_of
 from .client import QueueClient
 from .core import Entry
@@ -96,7 +96,7 @@ class Forwarder:
 
     @classmethod
     def start(cls, operations: QueueOperations, queue: str, authority: str, manager_id: bytes,
-              remote: Remote = DIRECT) -> "Forwarder":
+              remote: Remote = DIRECT) -> Forwarder:
         """A running forwarder for the transmission queue `queue`, reaching `authority` as
         `remote` says."""
         forwarder = cls(operations, queue, authority, manager_id, remote)
@@ -138,7 +138,7 @@ class Forwarder:
                 log.warning("forwarder to %s: %s; trying again in %g s", self.url, exc, AUTH_RETRY)
                 await asyncio.sleep(AUTH_RETRY)
                 continue
-            except (OSError, TetherError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, TetherError) as exc:
                 delay = backoff.next()
                 log.info("forwarder to %s: cannot connect (%s); retrying in %.2f s", self.url, exc, delay)
                 await asyncio.sleep(delay)

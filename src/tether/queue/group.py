@@ -16,8 +16,9 @@ group is offered to the next consumer once they are back. The rules are the core
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
 
 from .message import Message
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 #: Keys kept at most; the oldest are forgotten beyond it (peers come and go).
 MAX_KEYS = 4096

@@ -25,38 +25,55 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import AsyncIterator, Mapping
 from ssl import SSLContext
-from typing import Any, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Unpack, cast
 
 from .. import census
 from ..errors import QueueError, QueueNotFound
-from .core import QueueCore, QueueInfo, QueueSettings
-from .core.engine import DEFAULT_MAX_QUEUES
-from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
-from .core.replay import ReplayState
-from .core.source_journal import DEFAULT_JOURNAL_MAX_LENGTH, DEFAULT_JOURNAL_TIME_TO_LIVE, JournalSettings
+from ..opening import Opening
+from ..session.sansio.settings import SessionOptions
 from .auth import Users
+from .core import QueueCore, QueueInfo, QueueSettings
+from .core.address import RemoteAddress, is_remote, parse_remote, split_subqueue, validate_queue_name
+from .core.engine import DEFAULT_MAX_QUEUES
+from .core.replay import ReplayState
+from .core.settings import QueueOptions
+from .core.source_journal import DEFAULT_JOURNAL_MAX_LENGTH, DEFAULT_JOURNAL_TIME_TO_LIVE, JournalSettings
 from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX, settings_for
+from .group import AcceptGroup, LocalGroups, check_accept
+from .limits import ServiceLimits
 from .message import Message
-from .opening import Opening
 from .operations import QueueOperations
+from .receive_batch import ReceiveBatch, check_batch, more_in_turn
 from .remotes import DIRECT, Remote, validate_remotes
 from .statistics import ManagerStatistics, gather
 from .store.interface import Store
 from .store.journal_store import (
-    DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_RATIO, DEFAULT_SEGMENT_SIZE, JournalStore,
+    DEFAULT_COMPACT_MIN_BYTES,
+    DEFAULT_COMPACT_RATIO,
+    DEFAULT_SEGMENT_SIZE,
+    JournalStore,
 )
 from .store.memory import MemoryStore
 from .store.postgres import DEFAULT_CLIENT_GRACE, PostgresStore, is_postgres_url, redacted
 from .transaction import Transaction
-from .receive_batch import ReceiveBatch, check_batch, more_in_turn
-from .group import AcceptGroup, LocalGroups, check_accept
+
+if TYPE_CHECKING:
+    from .service import QueueService
 
 log = logging.getLogger("tether.queue")
 
 #: Producers silent this long are forgotten by default (see core/producers.py).
 DEFAULT_DEDUPE_WINDOW = 86400.0
 
+
+
+class ListenOptions(SessionOptions, total=False):
+    """`listen()`'s settings: the service's and its sessions' (SessionSettings' fields)."""
+
+    client_grace: float
+    limits: ServiceLimits
 
 class QueueManager:
     """The queues of this process. Create it with `await QueueManager.open(data_dir)`."""
@@ -77,7 +94,7 @@ class QueueManager:
     # ---- opening and closing ----
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike | None = None, *, listen: str | None = None,
+    def open(cls, data_dir: str | os.PathLike[str] | None = None, *, listen: str | None = None,
              ssl: SSLContext | None = None, users: Users | Mapping[str, Any] | None = None,
              allow_anonymous: bool = False, remotes: Mapping[str, Remote] | None = None,
              fsync: str = "always", fsync_interval: float = 0.05, segment_size: int = DEFAULT_SEGMENT_SIZE,
@@ -86,7 +103,7 @@ class QueueManager:
              max_disk_bytes: int | None = None, source_journal: bool = False,
              journal_max_length: int | None = DEFAULT_JOURNAL_MAX_LENGTH,
              journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE,
-             client_grace: float = DEFAULT_CLIENT_GRACE) -> "Opening[QueueManager]":
+             client_grace: float = DEFAULT_CLIENT_GRACE) -> Opening[QueueManager]:
         """Open the queue manager whose journal is in `data_dir` (created if missing, 0700),
         recovering its queues and durable messages. Without `data_dir` everything is in
         memory. `data_dir` may instead be a PostgreSQL URL ("postgresql://user@host/db",
@@ -129,7 +146,7 @@ class QueueManager:
 
         async def opening() -> QueueManager:
             if is_postgres_url(data_dir):
-                return await cls._open_shared(data_dir, float(dedupe_window), max_queues, journal,
+                return await cls._open_shared(str(data_dir), float(dedupe_window), max_queues, journal,
                                               checked_remotes, client_grace, listen,
                                               dict(ssl=ssl, users=users, allow_anonymous=allow_anonymous))
             store: Store
@@ -163,7 +180,7 @@ class QueueManager:
     @classmethod
     async def _open_shared(cls, url: str, dedupe_window: float, max_queues: int, journal: JournalSettings,
                            remotes: dict[str, Remote], client_grace: float, listen: str | None,
-                           serving: dict[str, Any]) -> "QueueManager":
+                           serving: dict[str, Any]) -> QueueManager:
         """A manager on a shared (PostgreSQL) store: its operations are the database's."""
         from .shared_operations import SharedQueueOperations
 
@@ -175,7 +192,8 @@ class QueueManager:
         except BaseException:
             await store.close()
             raise
-        manager = cls(operations, redacted(url), remotes)
+        # SharedQueueOperations has QueueOperations' methods (duck-typed: no Protocol names them yet)
+        manager = cls(cast(QueueOperations, operations), redacted(url), remotes)
         log.info("queue manager on %s: %d queues", redacted(url), len(core.queue_names()))
         if listen is not None:
             try:
@@ -216,7 +234,7 @@ class QueueManager:
         self._check_open()
         return gather(self.operations, self._services)
 
-    async def __aenter__(self) -> "QueueManager":
+    async def __aenter__(self) -> QueueManager:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -228,7 +246,7 @@ class QueueManager:
 
     # ---- queue definitions ----
 
-    async def create_queue(self, name: str, **settings: Any) -> QueueSettings:
+    async def create_queue(self, name: str, **settings: Unpack[QueueOptions]) -> QueueSettings:
         """Create a queue with these settings (durably: definitions survive a restart).
         Creating an existing queue with the same settings does nothing; different settings
         raise QueueExists. Returns the validated settings."""
@@ -314,7 +332,9 @@ class QueueManager:
     async def _system_queue(self, name: str) -> str:
         if not self._core.has_queue(name):
             self._check_open()
-            await self.operations.define(name, settings_for(name))
+            settings = settings_for(name)
+            assert settings is not None, name       # only system queues come here
+            await self.operations.define(name, settings)
             self._start_forwarder(name)
         return name
 
@@ -335,7 +355,7 @@ class QueueManager:
 
     # ---- sending ----
 
-    async def send(self, address: str, body: bytes, *, headers: dict | None = None,
+    async def send(self, address: str, body: bytes, *, headers: dict[str, Any] | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                    deliver_at: float | None = None, group_id: str | None = None,
                    journal: bool | None = None) -> str:
@@ -367,7 +387,7 @@ class QueueManager:
                                    journal=journal)
         return await operations.send_one(entry)
 
-    async def send_many(self, address: str, bodies: list[bytes], *, headers: dict | None = None,
+    async def send_many(self, address: str, bodies: list[bytes], *, headers: dict[str, Any] | None = None,
                         time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                         deliver_at: float | None = None, group_id: str | None = None,
                         journal: bool | None = None) -> list[str]:
@@ -472,7 +492,7 @@ class QueueManager:
 
     async def listen(self, url: str, *, ssl: SSLContext | None = None,
                      users: Users | Mapping[str, Any] | None = None, allow_anonymous: bool = False,
-                     **settings: Any) -> Any:
+                     **settings: Unpack[ListenOptions]) -> QueueService:
         """Serve this manager at `url` (tcp://HOST:PORT, or tls://HOST:PORT with `ssl`, a
         server `ssl.SSLContext`; port 0: any free port) with the protocol of `tether qm
         serve`, for QueueClients and other queue managers' forwarders. Returns the

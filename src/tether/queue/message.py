@@ -13,8 +13,8 @@ Headers are read-only: a receiver's changes could otherwise reach the stored mes
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Awaitable, Protocol
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
 
 from ..errors import LockLost, TetherError
 from .core.headers import decode_headers
@@ -23,11 +23,11 @@ from .core.headers import decode_headers
 class Settler(Protocol):
     """Whoever delivered a message under a peek-lock and settles it."""
 
-    async def complete_message(self, message: "Message") -> None: ...
+    async def complete_message(self, message: Message) -> None: ...
 
-    async def abandon_message(self, message: "Message") -> None: ...
+    async def abandon_message(self, message: Message) -> None: ...
 
-    async def renew_message(self, message: "Message") -> None: ...
+    async def renew_message(self, message: Message) -> None: ...
 
 
 class Message:
@@ -49,7 +49,7 @@ class Message:
         self.id = id
         self.body = body
         self._encoded_headers = headers
-        self._headers: Mapping | None = None
+        self._headers: Mapping[str, Any] | None = None
         #: how many times the message has been delivered (this delivery included)
         self.delivery_count = delivery_count
         #: wall-clock time (time.time()) the message was first queued
@@ -79,7 +79,7 @@ class Message:
         self._lock_deadline = 0.0
 
     @classmethod
-    def of_entry(cls, entry: Any, settler: Settler | None) -> "Message":
+    def of_entry(cls, entry: Any, settler: Settler | None) -> Message:
         """A message for a locked core entry (its lock number is the entry's tag now)."""
         # every field set here without __init__'s keyword handling: once per receive
         message = cls.__new__(cls)
@@ -107,7 +107,7 @@ class Message:
         return message
 
     @classmethod
-    def peeked(cls, entry: Any) -> "Message":
+    def peeked(cls, entry: Any) -> Message:
         """A message for a core entry that was only looked at: no lock, nothing to settle."""
         message = cls.of_entry(entry, None)
         message._entry = None
@@ -116,7 +116,7 @@ class Message:
         return message
 
     @property
-    def headers(self) -> Mapping:
+    def headers(self) -> Mapping[str, Any]:
         """The headers, read-only (nested maps read-only too, arrays as tuples)."""
         headers = self._headers
         if headers is None:
@@ -156,7 +156,7 @@ class Message:
             return _raise(LockLost(f"message {self.id} is not locked by a receiver"))
         return settler.renew_message(self)
 
-    async def __aenter__(self) -> "Message":
+    async def __aenter__(self) -> Message:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:

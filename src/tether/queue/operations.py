@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import LimitExceeded, QueueError
 from .core import Entry, QueueCore, QueueInfo, QueueSettings, SendResult
@@ -56,7 +57,7 @@ class GroupHolder:
 
     __slots__ = ("future", "give_back")
 
-    def __init__(self, future: asyncio.Future | None, give_back: Callable[[Any, "GroupHolder"], None]) -> None:
+    def __init__(self, future: asyncio.Future | None, give_back: Callable[[Any, GroupHolder], None]) -> None:
         self.future = future
         self.give_back = give_back
 

@@ -62,7 +62,7 @@ class Permissions:
                 raise ValueError(f"{flag} must be true or false, not {getattr(self, flag)!r}")
 
     @classmethod
-    def from_config(cls, table: dict[str, Any], where: str) -> "Permissions":
+    def from_config(cls, table: dict[str, Any], where: str) -> Permissions:
         """The permissions in a `[users.NAME]` table (its other keys are not looked at);
         ValueError naming `where.KEY` when one is wrong."""
         values = {}

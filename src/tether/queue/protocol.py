@@ -76,7 +76,8 @@ from __future__ import annotations
 
 import math
 import reprlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 

@@ -18,8 +18,9 @@ It works the same over any transaction with `receive(name, timeout)`, `commit()`
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from .message import Message
 

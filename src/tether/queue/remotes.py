@@ -22,13 +22,22 @@ over plain TCP to another host is refused when it is made.
 from __future__ import annotations
 
 import ssl as _ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from .auth import check_credentials
 
-_KEYS = {"user", "password", "cafile", "cert", "key", "tls"}
+#: The keys of a `[remotes."HOST:PORT"]` table and what they mean (docs/configuration.md)
+REMOTE_KEYS = {
+    "user": "The user the forwarders log in as at that queue manager (with password).",
+    "password": "That user's password.",
+    "tls": "true: connect with TLS (tls://), verifying the certificate against the system's CAs.",
+    "cafile": "Connect with TLS, verifying the queue manager's certificate against this CA file.",
+    "cert": "A client certificate (PEM) to present, for mutual TLS (with key).",
+    "key": "The private key of cert.",
+}
 
 
 def normalize_authority(authority: Any) -> str:
@@ -87,13 +96,14 @@ class Remote:
         check_credentials(self.url(authority), self.user, self.password)
 
     @classmethod
-    def from_config(cls, table: Mapping[str, Any], where: str) -> "Remote":
+    def from_config(cls, table: Mapping[str, Any], where: str) -> Remote:
         """The Remote of a `[remotes."HOST:PORT"]` table; ValueError naming `where.KEY`."""
         if not isinstance(table, Mapping):
             raise ValueError(f"{where} must be a table")
-        unknown = set(table) - _KEYS
+        unknown = set(table) - REMOTE_KEYS.keys()
         if unknown:
-            raise ValueError(f"{where}: unknown keys {', '.join(sorted(unknown))} (known: {', '.join(sorted(_KEYS))})")
+            raise ValueError(f"{where}: unknown keys {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(sorted(REMOTE_KEYS))})")
         for key in ("user", "password", "cafile", "cert", "key"):
             if key in table and (not isinstance(table[key], str) or not table[key]):
                 raise ValueError(f"{where}.{key} must be a non-empty string")

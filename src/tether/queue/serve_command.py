@@ -91,7 +91,7 @@ async def serve_forever(config: cfg.ServiceConfig, stop: asyncio.Event | None = 
     metrics = None
     try:
         if config.metrics is not None:
-            from .. import metrics as tether_metrics    # prometheus_client: only when asked for
+            from .. import metrics as tether_metrics  # prometheus_client: only when asked for
 
             metrics = await tether_metrics.serve(config.metrics)
             print(f"tether qm: metrics {metrics.url}", flush=True)

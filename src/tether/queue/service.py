@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
 from ssl import SSLContext
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol, Unpack
 
 from ..session.adapters.api import serve
 from ..session.adapters.url import parse as parse_url
@@ -34,6 +35,7 @@ from . import protocol as P
 from .auth import Access, Users
 from .connection import ClientState, Connection, peer_host
 from .core.producers import Producer
+from .core.settings import QueueOptions
 from .limits import FailedLogins, ServiceLimits, exceeded
 from .log_limiter import LogLimiter
 from .operations import QueueOperations
@@ -49,7 +51,7 @@ class ServedManager(Protocol):
 
     operations: QueueOperations
 
-    async def create_queue(self, name: str, **settings: Any) -> Any: ...
+    async def create_queue(self, name: str, **settings: Unpack[QueueOptions]) -> Any: ...
 
     async def delete_queue(self, name: str) -> None: ...
 
@@ -57,7 +59,7 @@ class ServedManager(Protocol):
 
     async def return_queue(self, origin: str) -> str: ...
 
-    def queues(self) -> list[str]: ...
+    async def queues(self) -> list[str]: ...
 
     async def queue_info(self, name: str) -> Any: ...
 
@@ -97,7 +99,7 @@ class QueueService:
     async def start(cls, manager: ServedManager, url: str, *, ssl: SSLContext | None = None,
                     users: Users | Mapping[str, Any] | None = None, allow_anonymous: bool = False,
                     client_grace: float = CLIENT_GRACE, limits: ServiceLimits | None = None,
-                    **session_settings: Any) -> "QueueService":
+                    **session_settings: Any) -> QueueService:
         """Listen at `url` (tcp://HOST:PORT or tls://HOST:PORT with `ssl`, a server
         `ssl.SSLContext`; port 0 picks a free one). `users`: a `Users` (or the dict of a
         `[users]` table) whose every client must authenticate; None: anonymous clients with

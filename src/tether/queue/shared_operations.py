@@ -34,12 +34,20 @@ import functools
 import json
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import asyncpg
 
 from ..errors import (
-    LockLost, PoisonMessage, QueueError, QueueExists, QueueFull, QueueNotFound, StorageError, TransactionError,
+    LockLost,
+    PoisonMessage,
+    QueueError,
+    QueueExists,
+    QueueFull,
+    QueueNotFound,
+    StorageError,
+    TransactionError,
 )
 from .core import Entry, QueueCore, QueueInfo, QueueSettings
 from .core.address import split_subqueue
@@ -49,8 +57,8 @@ from .core.producers import Producer
 from .core.retry_rule import POISON, RETRY_LATER, RETRY_NOW, after_failure
 from .core.settings import SYSTEM_DEAD_LETTER_QUEUE
 from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX
-from .store.postgres import PostgresStore
 from .statement_batches import StatementBatches
+from .store.postgres import PostgresStore
 from .store.postgres_schema import MESSAGE_COLUMNS, NOW
 
 log = logging.getLogger("tether.queue")
@@ -201,7 +209,7 @@ class SharedQueueOperations:
         self._lock_pool = store.lock_pool
 
     @classmethod
-    async def start(cls, core: QueueCore, store: PostgresStore, dedupe_window: float) -> "SharedQueueOperations":
+    async def start(cls, core: QueueCore, store: PostgresStore, dedupe_window: float) -> SharedQueueOperations:
         """Operations on `store`: definitions loaded, notifications listened to, a first sweep."""
         operations = cls(core, store, dedupe_window=dedupe_window)
         await store.listen(operations._notified, operations._definitions_changed, operations._lease_lost)
@@ -769,7 +777,7 @@ class SharedQueueOperations:
                     return None
                 try:
                     await asyncio.wait_for(wake, remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return None
                 self._check_open()
             finally:

@@ -9,7 +9,8 @@ share one statement and one commit, and an idle store runs a lone call at once.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -11,8 +11,8 @@ failed delivery (their delivery_count increased, the retry rule applied).
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Awaitable, Callable
 
 from ..errors import TransactionError
 from .core import Entry
@@ -133,7 +133,7 @@ class Transaction:
         self._check_active()
         message._lock_deadline = await self._operations.renew(message._entry, message._tag)
 
-    async def __aenter__(self) -> "Transaction":
+    async def __aenter__(self) -> Transaction:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

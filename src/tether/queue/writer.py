@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from time import monotonic
-from typing import Callable
 
 from ..errors import StorageError
 from .core import QueueCore

@@ -5,10 +5,12 @@ arguments, as for `tether.connect` and `tether.serve`, and so is `ssl=` for tls:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from ssl import SSLContext
-from typing import Any, Awaitable, Callable
+from typing import Unpack
 
 from ..session.adapters.api import connect, serve
+from ..session.sansio.settings import SessionOptions
 from .server import ProtocolFactory, StreamServer
 from .transport import SessionTransport
 
@@ -20,7 +22,7 @@ ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitab
 
 async def create_connection(protocol_factory: ProtocolFactory, url: str, *,
                             ssl: SSLContext | None = None,
-                            **settings: Any) -> tuple[SessionTransport, asyncio.BaseProtocol]:
+                            **settings: Unpack[SessionOptions]) -> tuple[SessionTransport, asyncio.BaseProtocol]:
     """Open a session to `url` and run `protocol_factory()` over it, as
     `loop.create_connection` does over TCP: returns (transport, protocol) once
     `protocol.connection_made` has been called. `ssl` is for tls:// (default
@@ -47,7 +49,7 @@ async def create_connection(protocol_factory: ProtocolFactory, url: str, *,
 
 
 async def create_server(protocol_factory: ProtocolFactory, url: str, *,
-                        ssl: SSLContext | None = None, **settings: Any) -> StreamServer:
+                        ssl: SSLContext | None = None, **settings: Unpack[SessionOptions]) -> StreamServer:
     """Listen at `url` (udp://, tcp:// or tls://; port 0 picks one, see `.address`) and run a
     new `protocol_factory()` over every session, as `loop.create_server` does over TCP.
     tls:// needs `ssl`, a server context with the server's certificate."""
@@ -59,7 +61,7 @@ async def create_server(protocol_factory: ProtocolFactory, url: str, *,
 
 
 async def open_connection(url: str, *, limit: int = DEFAULT_LIMIT, ssl: SSLContext | None = None,
-                          **settings: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                          **settings: Unpack[SessionOptions]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`asyncio.open_connection` over a reliable session: the standard StreamReader and
     StreamWriter (`drain()` waits until the peer has acknowledged enough). `ssl` is for
     tls:// (default `ssl.create_default_context()`)."""
@@ -73,7 +75,7 @@ async def open_connection(url: str, *, limit: int = DEFAULT_LIMIT, ssl: SSLConte
 
 async def start_server(client_connected_cb: ClientConnected, url: str, *,
                        limit: int = DEFAULT_LIMIT, ssl: SSLContext | None = None,
-                       **settings: Any) -> StreamServer:
+                       **settings: Unpack[SessionOptions]) -> StreamServer:
     """`asyncio.start_server` over reliable sessions: client_connected_cb(reader, writer)
     is called (a coroutine is run as a task) for every new session. tls:// needs `ssl`, a
     server context with the server's certificate."""

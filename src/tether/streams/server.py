@@ -4,7 +4,8 @@ a tether `Server` whose every session is given a `SessionTransport` and a new pr
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..session.adapters.api import Server
 from ..session.adapters.session import Session
@@ -27,7 +28,7 @@ class StreamServer:
         self._server: Server | None = None
         self._transports: set[SessionTransport] = set()
         self._serving = False
-        self._serving_forever_fut: asyncio.Future | None = None
+        self._serving_forever_fut: asyncio.Future[Any] | None = None
 
     def _attach(self, server: Server) -> None:
         self._server = server
@@ -48,7 +49,7 @@ class StreamServer:
     # ---- asyncio.Server's surface ----
 
     @property
-    def address(self) -> tuple:
+    def address(self) -> tuple[Any, ...]:
         """The (host, port) actually bound."""
         return self._tether_server.address
 
@@ -58,7 +59,7 @@ class StreamServer:
         return self._tether_server.url_bound
 
     @property
-    def sockets(self) -> tuple:
+    def sockets(self) -> tuple[Any, ...]:
         """The listening socket(s), as asyncio.Server.sockets; empty once closed."""
         return self._tether_server.sockets if self._serving else ()
 
@@ -123,7 +124,7 @@ class StreamServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def __aenter__(self) -> "StreamServer":
+    async def __aenter__(self) -> StreamServer:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

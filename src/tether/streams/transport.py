@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import SendQueueFull, TetherError
 from ..session.adapters.session import Session
@@ -79,12 +80,12 @@ class SessionTransport(asyncio.Transport):
         self._forced_exc: BaseException | None = None
         self._conn_lost = 0
         self._lost = False
-        self._close_task: asyncio.Task | None = None
+        self._close_task: asyncio.Task[Any] | None = None
         self._done = loop.create_future()
 
     # ---- start ----
 
-    def _start(self, waiter: asyncio.Future | None = None) -> None:
+    def _start(self, waiter: asyncio.Future[Any] | None = None) -> None:
         """Call connection_made soon, then start delivering; set waiter after it (as
         asyncio's transports do, so create_connection returns a made connection)."""
         self._loop.call_soon(self._connection_made)
@@ -318,7 +319,7 @@ class SessionTransport(asyncio.Transport):
         if self._delivering or self._lost or (session.closed and session.error is not None):
             return  # a fault: the end callback reports it, undelivered data is dropped
         self._delivering = True
-        protocol = self._protocol
+        protocol: Any = self._protocol      # a Protocol or, when _buffered, a BufferedProtocol
         where = "data_received" if not self._buffered else "buffer_updated"
         try:
             while not self._reading_paused and not self._closing:
@@ -377,7 +378,8 @@ class SessionTransport(asyncio.Transport):
         self._write_buffer.clear()
         self._write_buffer_size = 0
         try:
-            self._protocol.connection_lost(exc)
+            # asyncio's own transports hand any BaseException (CancelledError too) here
+            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
             if not self._done.done():
                 self._done.set_result(None)
@@ -408,6 +410,6 @@ def _feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
         remaining -= take
 
 
-def _set_result_unless_cancelled(fut: asyncio.Future, result: Any) -> None:
+def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
     if not fut.cancelled():
         fut.set_result(result)

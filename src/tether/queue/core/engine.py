@@ -20,11 +20,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ...errors import (
-    LimitExceeded, LockLost, PoisonMessage, QueueError, QueueExists, QueueFull, QueueMessageTooLarge, QueueNotFound,
+    LimitExceeded,
+    LockLost,
+    PoisonMessage,
+    QueueError,
+    QueueExists,
+    QueueFull,
+    QueueMessageTooLarge,
+    QueueNotFound,
     TransactionError,
 )
 from ...layer1 import RangeSet, module
@@ -35,10 +43,25 @@ from .entry import DEFAULT_PRIORITY, MAX_PRIORITY, RECORD_FIELDS, Entry
 from .headers import HeadersTooLarge, encode_headers
 from .info import QueueInfo
 from .lifecycle import (
-    DROP, DUE, EXPIRE, GONE, LOCKED, POISON_GROUP, PURGE, READY, RELEASE, RENEW, SCHEDULE, SETTLE, SETTLING,
+    DROP,
+    DUE,
+    EXPIRE,
+    GONE,
+    LOCKED,
+    POISON_GROUP,
+    PURGE,
+    READY,
+    RELEASE,
+    RENEW,
+    SCHEDULE,
+    SETTLE,
+    SETTLING,
     TAKE,
     WRITE_FAILED_LOCKED,
-    WRITE_FAILED_READY, WRITTEN_BACK, WRITTEN_GONE, advance,
+    WRITE_FAILED_READY,
+    WRITTEN_BACK,
+    WRITTEN_GONE,
+    advance,
 )
 from .pending_records import PendingRecords
 from .producers import DUPLICATE, NEW, Producer, ProducerTable
@@ -211,7 +234,7 @@ class QueueCore:
 
     def _journal(self, queue: Queue | None, ops: list[list], apply: Any, undo: Any, now: float) -> int | None:
         """Journal `ops` and apply later, or (queue not journaled) apply at once."""
-        if queue is not None and not queue.journaled or not ops:
+        if (queue is not None and not queue.journaled) or not ops:
             apply(now)
             return None
         return self.records.add(ops, apply, undo)
@@ -1494,7 +1517,7 @@ class QueueCore:
                 continue
             for entry in queue.entries():
                 record = entry.to_record()
-                if entry.state == LOCKED or entry.state == SETTLING and entry.before == LOCKED:
+                if entry.state == LOCKED or (entry.state == SETTLING and entry.before == LOCKED):
                     # as journaled: the delivery in progress is not (receives are not journaled)
                     record[RECORD_FIELDS.index("delivery_count")] = entry.delivery_count - 1
                 yield [R.ENQUEUE, queue.name, record]

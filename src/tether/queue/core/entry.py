@@ -106,7 +106,7 @@ class Entry:
                 self.deliver_at, self.group_id, self.journal]
 
     @classmethod
-    def from_record(cls, record: Any) -> "Entry":
+    def from_record(cls, record: Any) -> Entry:
         """An entry from `to_record()` output; JournalCorrupt if it is not one."""
         if record.__class__ is not list or not _OLDEST_LENGTH <= len(record) <= _RECORD_LENGTH:
             raise JournalCorrupt(f"journal message record has the wrong shape: {record!r:.120}")

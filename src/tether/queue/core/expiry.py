@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from .entry import Entry
 

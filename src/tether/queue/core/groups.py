@@ -19,7 +19,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .entry import Entry
 from .lifecycle import READY, SETTLING

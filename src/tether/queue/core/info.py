@@ -4,9 +4,9 @@ The contract is the keys `depth`, `in_flight`, `dead` and `poison`; the others a
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ open record's effects still to come: the moment a compaction snapshot may be tak
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Effect = Callable[[float], None]     # called with `now`
 

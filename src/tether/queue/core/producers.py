@@ -19,7 +19,7 @@ forgotten (Kafka's producer id expiration).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from ...errors import ProducerFenced
 from ...layer1 import RangeSet

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 from .entry import MAX_PRIORITY, Entry
 from .expiry import ExpiryIndex
@@ -51,7 +52,7 @@ class Queue:
     )
 
     def __init__(self, name: str, settings: QueueSettings, *, journaled: bool, kind: str = MAIN,
-                 parent: "Queue | None" = None) -> None:
+                 parent: Queue | None = None) -> None:
         self.name = name
         self.settings = settings
         self.kind = kind
@@ -99,7 +100,7 @@ class Queue:
         self.received = 0
 
     @property
-    def main(self) -> "Queue":
+    def main(self) -> Queue:
         """The main queue this (sub-)queue belongs to."""
         return self.parent if self.parent is not None else self
 

@@ -6,7 +6,7 @@ the journal holds the outcome of every decision, so replaying it is bookkeeping.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ...errors import JournalCorrupt
 from . import records as R

@@ -34,7 +34,7 @@ class JournalSettings:
 
     @classmethod
     def create(cls, source_journal: Any = False, journal_max_length: Any = DEFAULT_JOURNAL_MAX_LENGTH,
-               journal_time_to_live: Any = DEFAULT_JOURNAL_TIME_TO_LIVE) -> "JournalSettings":
+               journal_time_to_live: Any = DEFAULT_JOURNAL_TIME_TO_LIVE) -> JournalSettings:
         """Validated settings: TypeError/ValueError naming the one that is wrong. None for
         journal_max_length or journal_time_to_live: no bound of that kind."""
         if not isinstance(source_journal, bool):

@@ -46,7 +46,8 @@ import asyncio
 import os
 import time
 from collections import deque
-from typing import Any, Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from ...errors import StorageError
 from ...histogram import Histogram

@@ -15,7 +15,8 @@ as the catalogue of queue definitions and to check messages before they are sent
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from ...histogram import Histogram
 

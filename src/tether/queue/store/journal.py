@@ -18,11 +18,12 @@ import asyncio
 import math
 import os
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from .files import LOCK_NAME  # noqa: F401  (re-exported: the lock file's name)
-from . import segment_files
 from ...histogram import Histogram
+from . import segment_files
+from .files import LOCK_NAME  # noqa: F401  (re-exported: the lock file's name)
 from .group_commit import GroupCommit, fast_path_enabled
 from .recovery import recover
 from .segment import MAX_RECORD_SIZE
@@ -78,7 +79,7 @@ class Journal:
     @classmethod
     async def open(cls, directory: str | os.PathLike, *, fsync: str = "always",
                    fsync_interval: float = 0.05, segment_size: int = DEFAULT_SEGMENT_SIZE,
-                   max_in_flight: int = 1, retry_interval: float = DEFAULT_RETRY_INTERVAL) -> "Journal":
+                   max_in_flight: int = 1, retry_interval: float = DEFAULT_RETRY_INTERVAL) -> Journal:
         """Open (creating if needed) the journal in `directory` and recover it.
 
         fsync: "always" (an append returns once its bytes are fdatasync'ed), "interval"
@@ -86,8 +87,9 @@ class Journal:
         or "never" (write only). A new segment starts when the current one would grow past
         `segment_size` bytes. `max_in_flight`: batches in flight at once
         when a sync is quicker than the loop's turn (2 lets the next batch's write start
-        while the loop runs the previous one's senders; see group_commit, pipelining). `retry_interval`: seconds between attempts to restore the files
-        after a failed write left them in an unknown state (appends fail at once meanwhile).
+        while the loop runs the previous one's senders; see group_commit, pipelining).
+        `retry_interval`: seconds between attempts to restore the files after a failed write
+        left them in an unknown state (appends fail at once meanwhile).
 
         The directory is made 0700 and files in it 0600; none is opened through a symbolic
         link. Recovery repairs a torn tail only (the unsynced end of the last batch; one line
@@ -218,7 +220,7 @@ class Journal:
                 self._writer.close()
             self._thread.stop()
 
-    async def __aenter__(self) -> "Journal":
+    async def __aenter__(self) -> Journal:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -304,7 +306,7 @@ class Journal:
         self._thread.post(self._files.sync_if_due, (), _synced, self)
 
 
-def _synced(journal: "Journal", _result: None, _error: BaseException | None) -> None:
+def _synced(journal: Journal, _result: None, _error: BaseException | None) -> None:
     journal._after_batch()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from ...errors import StorageError
 from ...histogram import Histogram
@@ -38,7 +38,7 @@ class JournalStore:
     @classmethod
     async def open(cls, directory: str | os.PathLike, *, fsync: str = "always", fsync_interval: float = 0.05,
                    segment_size: int = DEFAULT_SEGMENT_SIZE, compact_ratio: float = DEFAULT_COMPACT_RATIO,
-                   compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES) -> "JournalStore":
+                   compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES) -> JournalStore:
         """Open (recovering) the journal in `directory`. ValueError naming a bad setting;
         JournalCorrupt for damage beyond a torn tail; QueueError if another process holds it."""
         if isinstance(compact_ratio, bool) or not isinstance(compact_ratio, (int, float)) \

@@ -4,7 +4,7 @@ Every queue is volatile there, so the core never journals anything and nothing i
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class MemoryStore:
@@ -25,6 +25,10 @@ class MemoryStore:
     def append(self, record: bytes, done: Callable[[BaseException | None], None]) -> None:
         """Never called: a core without a journal makes no records."""
         raise RuntimeError("the memory store keeps no records")
+
+    def cut_early(self, busy_for: float) -> bool:
+        """Never asked: a core without a journal makes no records."""
+        return False
 
     def wants_compaction(self, live_bytes: int) -> bool:
         """Never: there is nothing to compact."""

@@ -20,7 +20,8 @@ import logging
 import math
 import os
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ...errors import StorageError
@@ -77,7 +78,7 @@ class PostgresStore:
 
     @classmethod
     async def open(cls, url: str, *, client_grace: float = DEFAULT_CLIENT_GRACE,
-                   pool_size: int = DEFAULT_POOL_SIZE) -> "PostgresStore":
+                   pool_size: int = DEFAULT_POOL_SIZE) -> PostgresStore:
         """Connect, create the tables if missing, and take a lease. ValueError naming a bad
         setting; StorageError when the database cannot be reached or is not ours."""
         if not is_postgres_url(url):
@@ -93,7 +94,7 @@ class PostgresStore:
             raise StorageError("the PostgreSQL store needs asyncpg: pip install 'tether[postgres]'") from exc
         try:
             pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot connect to {redacted(url)}: {exc}") from exc
         listener = None
         try:

@@ -22,7 +22,7 @@ SCHEMA_VERSION = 1
 #: The advisory lock that serialises schema creation between queue managers.
 SCHEMA_LOCK = 0x7465746865720001
 
-SCHEMA = f"""
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS tether_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS tether_queues (
     name text PRIMARY KEY,

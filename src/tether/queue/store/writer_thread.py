@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from queue import SimpleQueue
-from typing import Any, Callable
+from typing import Any
 
 _STOP = object()
 
@@ -98,7 +99,7 @@ def _run(jobs: SimpleQueue, finished: Callable[[tuple], None]) -> None:
         fn, args, then, arg = job
         try:
             result = fn(*args)
-        except BaseException as exc:    # noqa: BLE001 - handed to the loop, raised there
+        except BaseException as exc:
             finished((then, arg, None, exc))
         else:
             finished((then, arg, result, None))

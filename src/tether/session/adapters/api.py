@@ -7,19 +7,21 @@ import logging
 import os
 import secrets
 import weakref
+from collections.abc import Awaitable, Callable
 from ssl import SSLContext
-from typing import Any, Awaitable, Callable, Generator
+from types import TracebackType
+from typing import Any, Unpack
 
 from ...backoff import Backoff
 from ...errors import SequenceClosed, TetherError
-from . import tls
+from ...opening import Opening
 from ..sansio.demux import Demux
 from ..sansio.engine import SessionEngine
-from .session import Session
-from ..sansio.settings import SessionSettings
+from ..sansio.settings import SessionOptions, SessionSettings
 from ..sansio.state import State
-from .tcp import (RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection,
-                  max_packet_size)
+from . import tls
+from .session import Session
+from .tcp import RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection, max_packet_size
 from .timers import clock
 from .udp import UdpClientProtocol, UdpEndpoint, UdpServerProtocol, datagram_size
 from .url import SessionURL, parse
@@ -35,9 +37,12 @@ def _new_session_id() -> int:
     return secrets.randbits(63) | 1
 
 
-class connect:
+def connect(url: str, *, ssl: SSLContext | None = None,
+            **settings: Unpack[SessionOptions]) -> Opening[Session]:
     """Open a client session: `session = await tether.connect(url, **settings)` or
-    `async with tether.connect(url, **settings) as session:`.
+    `async with tether.connect(url, **settings) as session:` (the block's end closes the
+    session gracefully, or aborts it when the block raised). `settings` are
+    SessionSettings' fields (docs/configuration.md).
 
     `ssl` is for tls:// URLs: the `ssl.SSLContext` to connect with (default
     `ssl.create_default_context()`: the server's certificate and the URL's host are
@@ -50,28 +55,16 @@ class connect:
     CreateSequenceRefused when the server refuses, and RetryLimitExceeded when nobody
     answers within connect_timeout.
     """
+    session_url = parse(url)
+    session_settings = SessionSettings.from_kwargs(**settings)
+    context = tls.client_context(session_url, ssl)
 
-    def __init__(self, url: str, *, ssl: SSLContext | None = None, **settings: Any) -> None:
-        self._url = parse(url)
-        self._settings = SessionSettings.from_kwargs(**settings)
-        self._ssl = tls.client_context(self._url, ssl)
-        self._session: Session | None = None
+    async def opening() -> Session:
+        if session_url.scheme == "udp":
+            return await _open_udp(session_url, session_settings)
+        return await _open_tcp(session_url, session_settings, context)
 
-    def __await__(self) -> Generator[Any, None, Session]:
-        return self._open().__await__()
-
-    async def __aenter__(self) -> Session:
-        self._session = await self._open()
-        return self._session
-
-    async def __aexit__(self, exc_type, exc, tb) -> None:
-        if self._session is not None:
-            await self._session.__aexit__(exc_type, exc, tb)
-
-    async def _open(self) -> Session:
-        if self._url.scheme == "udp":
-            return await _open_udp(self._url, self._settings)
-        return await _open_tcp(self._url, self._settings, self._ssl)
+    return Opening(opening)
 
 
 async def _open_udp(url: SessionURL, settings: SessionSettings) -> Session:
@@ -104,7 +97,7 @@ class _TcpReconnector:
         self.url = url
         self.context = context
         self.loop = asyncio.get_running_loop()
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[Any] | None = None
         self.reconnects = 0
         self.backoff = Backoff(RECONNECT_FIRST, RECONNECT_CAP)
         # why connect() failed though a TLS connection was made (see _lost)
@@ -251,16 +244,16 @@ class Server:
                            max_packet_size=TCP_PACKET if reliable else datagram_size(url.host))
         self.sessions: dict[int, Session] = {}
         self._backlog: asyncio.Queue[Session | None] = asyncio.Queue()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._udp: UdpEndpoint | None = None
-        self._tcp: asyncio.AbstractServer | None = None
+        self._tcp: asyncio.Server | None = None
         # open TCP connections; close() ends those not bound to a session (a bound one ends
         # with its session). asyncio's and uvloop's Server.close() leave connections open.
-        self._tcp_connections: "weakref.WeakSet[TcpServerConnection]" = weakref.WeakSet()
+        self._tcp_connections: weakref.WeakSet[TcpServerConnection] = weakref.WeakSet()
         self._closing = False
-        self._finisher: asyncio.Task | None = None
+        self._finisher: asyncio.Task[Any] | None = None
         self._closed = self._loop.create_future()
-        self.address: tuple = ()
+        self.address: tuple[Any, ...] = ()
 
     async def _start(self) -> None:
         host, port = self.url.host, self.url.port
@@ -281,7 +274,7 @@ class Server:
         self.address = tuple(sockname[:2])
 
     @property
-    def sockets(self) -> tuple:
+    def sockets(self) -> tuple[Any, ...]:
         """The listening socket(s), as asyncio.Server.sockets; empty once closed."""
         if self._closing:
             return ()
@@ -406,10 +399,11 @@ class Server:
         """Wait until close() has finished: sessions ended, sockets closed."""
         await asyncio.shield(self._closed)
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         self.close()
         await self.wait_closed()
 
@@ -417,20 +411,31 @@ class Server:
         return f"<Server {self.url.scheme} {self.address} sessions={len(self.sessions)}>"
 
 
-async def serve(handler: Handler | None, url: str, *, ssl: SSLContext | None = None,
-                **settings: Any) -> Server:
+def serve(handler: Handler | None, url: str, *, ssl: SSLContext | None = None,
+          **settings: Unpack[SessionOptions]) -> Opening[Server]:
     """Listen for sessions at `url` (udp://, tcp:// or tls://; port 0 picks a free port, see
-    `Server.address`). Each new session goes to `await handler(session)` in its own task (the
-    session is closed when the handler returns), or, with handler None, to `Server.accept()`.
+    `Server.address`): `server = await tether.serve(...)`, or `async with tether.serve(...)
+    as server:` (the block's end closes the server and waits for it). Each new session goes
+    to `await handler(session)` in its own task (the session is closed when the handler
+    returns), or, with handler None, to `Server.accept()`. `settings` are SessionSettings'
+    fields (docs/configuration.md), for every session of the server.
 
     tls:// needs `ssl`, a server `ssl.SSLContext` with the server's certificate
     (`ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)` and `load_cert_chain()`; for
     mutual TLS also `verify_mode = ssl.CERT_REQUIRED` and `load_verify_locations()`).
-    A client's handshake may take connect_timeout."""
+    A client's handshake may take connect_timeout.
+
+    Raises ValueError/TypeError for a bad handler, URL, setting or ssl= (at once), OSError
+    when the address cannot be bound."""
     if handler is not None and not callable(handler):
         raise TypeError(f"handler must be an async callable or None, not {type(handler).__name__}")
     session_url = parse(url)
     context = tls.server_context(session_url, ssl)
-    server = Server(session_url, SessionSettings.from_kwargs(**settings), handler, context)
-    await server._start()
-    return server
+    session_settings = SessionSettings.from_kwargs(**settings)
+
+    async def opening() -> Server:
+        server = Server(session_url, session_settings, handler, context)
+        await server._start()
+        return server
+
+    return Opening(opening)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, Protocol
 
 from ... import census
 from ...errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
@@ -45,7 +47,7 @@ class Session:
         self._link = link
         self._loop = loop or asyncio.get_running_loop()
         self._timers = timer_service(self._loop)
-        self._inbox: deque = deque()
+        self._inbox: deque[bytes] = deque()
         self._consumed = 0
         # release delivered buffer space to the peer in batches, not per message
         self._release_batch = max(1, engine.settings.max_transfer_window // 4)
@@ -55,12 +57,12 @@ class Session:
         self._scheduled = False
         # every task waiting in recv()/recv_many(): all are woken and re-check the inbox, so
         # concurrent receivers are never stranded by a later one
-        self._recv_waiters: list[asyncio.Future] = []
-        self._space_waiters: list[asyncio.Future] = []
-        self._flush_waiters: list[asyncio.Future] = []
+        self._recv_waiters: list[asyncio.Future[Any]] = []
+        self._space_waiters: list[asyncio.Future[Any]] = []
+        self._flush_waiters: list[asyncio.Future[Any]] = []
         self._connected = self._loop.create_future()
         self._closed = self._loop.create_future()
-        self._on_end: list[Callable[["Session"], None]] = []
+        self._on_end: list[Callable[[Session], None]] = []
         self._listener: Callable[[], None] | None = None
         self._link_listener: Callable[[Link | None], None] | None = None
         self.accepted = False
@@ -265,7 +267,7 @@ class Session:
         awaiting (the asyncio Transport) deliver messages and track acks from it."""
         self._listener = listener
 
-    def __aiter__(self) -> "Session":
+    def __aiter__(self) -> Session:
         return self
 
     async def __anext__(self) -> bytes:
@@ -336,16 +338,17 @@ class Session:
         """Wait until the session has ended, however it ends."""
         await asyncio.shield(self._closed)
 
-    async def __aenter__(self) -> "Session":
+    async def __aenter__(self) -> Session:
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         if exc_type is None:
             await self.close()
         else:
             self.abort(f"the peer's application failed: {exc_type.__name__}")
 
-    def add_end_callback(self, callback: Callable[["Session"], None]) -> None:
+    def add_end_callback(self, callback: Callable[[Session], None]) -> None:
         """Call callback(session) once the session has ended (adapters clean up with it)."""
         if self._ended:
             self._loop.call_soon(callback, self)
@@ -373,7 +376,7 @@ class Session:
         self._engine.receive_packet(body, clock())
         self.pump()
 
-    def feed_many(self, bodies: list) -> None:
+    def feed_many(self, bodies: list[Any]) -> None:
         """Packets that arrived together (a batch of datagrams), in order: handed to the
         engine in one call, then one pump for all of them."""
         self._engine.receive_packets(bodies, clock())
@@ -431,7 +434,7 @@ class Session:
         if self._listener is not None:
             self._listener()
 
-    def _handle_events(self, events: list) -> None:
+    def _handle_events(self, events: list[Any]) -> None:
         for event in events:
             kind = type(event)
             if kind is MessagesDelivered:
@@ -472,7 +475,7 @@ class Session:
         if self._recv_waiters:
             _wake_all(self._recv_waiters)
 
-    async def _wait(self, waiters: list[asyncio.Future]) -> None:
+    async def _wait(self, waiters: list[asyncio.Future[Any]]) -> None:
         waiter = self._loop.create_future()
         waiters.append(waiter)
         try:
@@ -485,7 +488,7 @@ class Session:
         return f"<Session {self.session_id:#x} {self._engine.state.value}>"
 
 
-def _wake_all(waiters: list[asyncio.Future]) -> None:
+def _wake_all(waiters: list[asyncio.Future[Any]]) -> None:
     for waiter in waiters:
         if not waiter.done():
             waiter.set_result(None)

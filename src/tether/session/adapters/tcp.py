@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ...errors import ProtocolError
 from ..sansio.core import default as default_core
@@ -35,7 +36,7 @@ class TcpConnection(asyncio.Protocol):
     """One TCP connection of a session (client or server side)."""
 
     def __init__(self, max_packet: int, on_packet: Callable[[bytes], None],
-                 on_lost: Callable[["TcpConnection", Exception | None], None],
+                 on_lost: Callable[[TcpConnection, Exception | None], None],
                  on_error: Callable[[ProtocolError], None]) -> None:
         self._reader = default_core().codec.PacketReader(max_packet)
         self.on_packet = on_packet
@@ -96,7 +97,7 @@ class TcpServerConnection(TcpConnection):
     session through the Demux; after that its packets go straight to that session."""
 
     def __init__(self, demux: Demux, loop: asyncio.AbstractEventLoop,
-                 on_new: Callable[[Any, "TcpServerConnection"], Any], sessions: dict) -> None:
+                 on_new: Callable[[Any, TcpServerConnection], Any], sessions: dict) -> None:
         super().__init__(max_packet_size(demux.settings.max_message_size), self._first_packet,
                          self._lost, self._error)
         self.demux = demux

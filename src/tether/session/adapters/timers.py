@@ -13,7 +13,6 @@ from typing import Protocol
 
 from ..sansio.core import default as default_core
 
-
 clock = time.monotonic
 
 
@@ -79,7 +78,7 @@ class TimerService:
             self._rearm()
 
 
-_services: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerService]" = weakref.WeakKeyDictionary()
+_services: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerService] = weakref.WeakKeyDictionary()
 
 
 def timer_service(loop: asyncio.AbstractEventLoop) -> TimerService:

@@ -31,11 +31,15 @@ import os
 import socket
 import struct
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..sansio.core import default as default_core
 from ..sansio.demux import Demux
 from .timers import clock
+
+if TYPE_CHECKING:
+    from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -345,11 +349,11 @@ class UdpClientProtocol:
 
     def __init__(self) -> None:
         self.endpoint: UdpEndpoint | None = None
-        self.session = None
+        self.session: Session | None = None
 
     @classmethod
     async def open(cls, host: str, port: int,
-                   offload: tuple[bool, bool] | None = None) -> "UdpClientProtocol":
+                   offload: tuple[bool, bool] | None = None) -> UdpClientProtocol:
         loop = asyncio.get_running_loop()
         sock, _ = await _socket_for(loop, host, port, passive=False)
         protocol = cls()
@@ -392,7 +396,7 @@ class UdpPeerLink:
 
     __slots__ = ("endpoint", "addr")
 
-    def __init__(self, endpoint: "UdpServerProtocol", addr: Any) -> None:
+    def __init__(self, endpoint: UdpServerProtocol, addr: Any) -> None:
         self.endpoint = endpoint
         self.addr = addr
 

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import os
 import struct
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 # RFC 9000 8.1: before an address is validated, a server sends it at most three times the
 # bytes it received from it, so a forged source address gains an attacker little.

@@ -1,12 +1,12 @@
 """Which implementation of layer 1 an engine runs on: the compiled one (what users get), or
-the pure-Python twins: tests run the simulation on both, and TETHER_PUREPYTHON=1 selects
-the twins for everything explicitly (as msgpack's MSGPACK_PUREPYTHON does). A missing
-compiled module is an ImportError, never a silent fallback."""
+the pure-Python twins: tests run the simulation on both. `default()` is the one
+tether.layer1 chose for the process (the twins under TETHER_PUREPYTHON=1 or in an install
+built without a compiler; see tether.NATIVE)."""
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from types import ModuleType
 
 from ... import layer1
@@ -21,7 +21,7 @@ class Core:
     codec: ModuleType
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(package: str = "tether._native") -> Core:
     """The layer-1 classes from `package` (tether._native or tether._reference)."""
     def mod(name: str) -> ModuleType:
@@ -45,5 +45,5 @@ def reference() -> Core:
 
 
 def default() -> Core:
-    """The compiled core, unless TETHER_PUREPYTHON=1 asks for the twins (tether.layer1)."""
+    """The core tether.layer1 chose: compiled, unless tether.NATIVE is False."""
     return load(layer1.PACKAGE)

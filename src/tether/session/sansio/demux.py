@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any
 
 from ...errors import ProtocolError, UnknownSequence
 from .address_validation import AMPLIFICATION_LIMIT, AddressTokens, within_limit

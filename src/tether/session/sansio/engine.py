@@ -15,8 +15,15 @@ import hmac
 from typing import Any
 
 from ...errors import (
-    CreateSequenceRefused, InactivityTimeout, MessageTooLarge, ProtocolError,
-    RetryLimitExceeded, SequenceClosed, SequenceTerminated, TetherError, UnknownSequence,
+    CreateSequenceRefused,
+    InactivityTimeout,
+    MessageTooLarge,
+    ProtocolError,
+    RetryLimitExceeded,
+    SequenceClosed,
+    SequenceTerminated,
+    TetherError,
+    UnknownSequence,
     fault_from_code,
 )
 from .congestion import NewReno
@@ -26,8 +33,17 @@ from .fragments import Fragment, Reassembler, cut
 from .frames import FrameType as F
 from .settings import SessionSettings
 from .state import (
-    FINAL_STATES, OPEN_STATES, Event, Receiving, ReceivingEvent, Sending, SendingEvent, State,
-    next_receiving, next_sending, next_state,
+    FINAL_STATES,
+    OPEN_STATES,
+    Event,
+    Receiving,
+    ReceivingEvent,
+    Sending,
+    SendingEvent,
+    State,
+    next_receiving,
+    next_sending,
+    next_state,
 )
 
 MAX_NUMBER = 2**64 - 1
@@ -197,7 +213,7 @@ class SessionEngine:
 
     @classmethod
     def client(cls, settings: SessionSettings, *, session_id: int, token: bytes, now: float,
-               reliable_transport: bool, max_packet_size: int, core: Core | None = None) -> "SessionEngine":
+               reliable_transport: bool, max_packet_size: int, core: Core | None = None) -> SessionEngine:
         """A client session; call start(now) to send CreateSequence."""
         return cls(settings, session_id=session_id, token=token, is_client=True, now=now,
                    reliable_transport=reliable_transport, max_packet_size=max_packet_size, core=core)
@@ -218,7 +234,7 @@ class SessionEngine:
 
     @classmethod
     def accept(cls, frame: tuple, settings: SessionSettings, *, now: float,
-               reliable_transport: bool, max_packet_size: int, core: Core | None = None) -> "SessionEngine":
+               reliable_transport: bool, max_packet_size: int, core: Core | None = None) -> SessionEngine:
         """The server side of a CreateSequence frame (already decoded; its address token, if
         any, already checked by the Demux). The session takes the client's `ordered` choice;
         windows and message sizes are each side's own."""

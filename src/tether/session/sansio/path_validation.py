@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from .address_validation import within_limit
 
