@@ -507,7 +507,8 @@ class SharedQueueOperations:
                 await conn.execute("DELETE FROM tether_groups WHERE queue = $1", name)
                 await conn.execute("SELECT pg_notify('tether_defs', $1)", name)
         self._local_changes += 1
-        self.core.delete(name)
+        if self.core.has_queue(name):   # (a refresh on our own NOTIFY may have mirrored it already)
+            self.core.delete(name)
         self._notified(name)
 
     def info_now(self, name: str) -> QueueInfo:
