@@ -288,6 +288,8 @@ class QueueClient:
         self.client_id = client_id if client_id is not None else os.urandom(16)
         self.epoch = 0                 # the producer epoch the service gave us (0: not yet)
         self._next_sequence = 0
+        #: the first sequence the service has never seen from this producer (its last HELLO)
+        self.service_next_sequence = 0
         self._unanswered: OrderedDict[int, None] = OrderedDict()   # send sequences awaiting a reply
         self._numbering = False        # this client numbers its own sends ...
         self._forwarding = False       # ... or a forwarder numbers them: never both
@@ -365,7 +367,8 @@ class QueueClient:
         resumed = bool(reply.get("resumed"))
         self.user = reply.get("user")
         self.epoch = int(reply["epoch"])
-        self._next_sequence = max(self._next_sequence, int(reply["next_sequence"]))
+        self.service_next_sequence = int(reply["next_sequence"])
+        self._next_sequence = max(self._next_sequence, self.service_next_sequence)
         self._session = session
         self._connected = True
         self._disconnected_at = None

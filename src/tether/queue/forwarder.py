@@ -146,6 +146,7 @@ class Forwarder:
             backoff.reset()
             log.info("forwarder to %s connected", self.url)
             client = self.client
+            await self._continue_numbering(client)
             returns = self._loop.create_task(self._take_back_rejects(client))
             self._tasks.append(returns)
             await self._pump(client)    # the client reconnects by itself, until a failure ends it
@@ -155,6 +156,25 @@ class Forwarder:
             log.warning("forwarder to %s: %s; connecting again in %g s", self.url, client.failure, AUTH_RETRY)
             await client.close()
             await asyncio.sleep(AUTH_RETRY)
+
+    async def _continue_numbering(self, client: QueueClient) -> None:
+        """Number new messages above every sequence the target has seen from us. It can
+        have seen more than we numbered only if this queue manager is an older copy of
+        itself (restored, with its clock behind the time the copy's later life ran; each
+        life numbers from its opening time, core/engine.py), or another one uses its data."""
+        seen = client.service_next_sequence
+        try:
+            before = await self.operations.raise_numbering(self.queue, seen)
+        except TetherError as exc:      # the journal failed: the next connection tries again
+            log.warning("forwarder to %s: could not number above the target's sequence %d: %s",
+                        self.url, seen, exc)
+            return
+        if before is not None:
+            log.warning("forwarder to %s: the target has seen sequences up to %d from this queue manager, "
+                        "which had numbered up to %d only: this data directory is an older copy (or is "
+                        "used by another queue manager); numbering from %d on. Messages numbered from %d "
+                        "to %d here may be taken as already delivered by the target",
+                        self.url, seen - 1, before - 1, seen, before, seen - 1)
 
     # ---- sending ----
 
