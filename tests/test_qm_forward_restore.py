@@ -30,7 +30,8 @@ async def _until(check, what, timeout=20.0):
 
 
 async def _xmit_empty(qm, port):
-    return (await qm.queue_info(f"$xmit:127.0.0.1:{port}")).depth == 0
+    info = await qm.queue_info(f"$xmit:127.0.0.1:{port}")
+    return info.depth == info.in_flight == info.retrying == 0
 
 
 async def _send(qm, address, bodies):

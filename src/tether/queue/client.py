@@ -801,6 +801,36 @@ class QueueClient:
         return self._request([P.FORWARD, 0, queue, sequence, message_id, body, headers, enqueued_at, expires_at,
                               options])
 
+    def forward_batch(self, messages: list[list]) -> asyncio.Future:
+        """(For queue managers' forwarders.) Hand over many messages of a transmission
+        queue in one FORWARD_BATCH, each as the list [queue, sequence, id, body, headers,
+        enqueued_at, expires_at, options] (forward()'s arguments); a future for their
+        outcomes in order, each None (accepted) or the exception refusing that message. The
+        future itself fails when the whole batch was refused (every message's outcome)."""
+        self._check_open()
+        if self._numbering:
+            raise QueueError("a client that sends with send() cannot forward(): the two would share sequences")
+        self._forwarding = True
+        count = len(messages)
+        reply = self._request([P.FORWARD_BATCH, 0, messages])
+        outcomes = self._loop.create_future()
+
+        def answered(future: asyncio.Future) -> None:
+            if outcomes.done():
+                return
+            if future.cancelled():
+                outcomes.cancel()
+            elif future.exception() is not None:
+                outcomes.set_exception(future.exception())
+            else:
+                try:
+                    outcomes.set_result(P.batch_outcomes(future.result(), count, type(None)))
+                except ProtocolError as exc:
+                    outcomes.set_exception(exc)
+
+        reply.add_done_callback(answered)
+        return outcomes
+
     def settled(self, floor: int) -> None:
         """(For queue managers' forwarders.) Every sequence below `floor` is settled here."""
         if floor > self._floor_sent and self._connected and self._forwarding:
