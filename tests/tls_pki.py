@@ -127,6 +127,18 @@ def make_pki(directory: pathlib.Path) -> Pki:
     return Pki(directory)
 
 
+def issue_server_certificate(pki: Pki, name: str, names: tuple[str, ...]) -> tuple[str, str]:
+    """A server certificate `name` for `names` (addresses or host names), issued by the test
+    CA; (certificate file, key file)."""
+    ca = x509.load_pem_x509_certificate((pki.directory / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki.directory / "ca.key").read_bytes(), password=None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert, key = _leaf(f"tether {name}", names, ca, ca_key, not_before=now - datetime.timedelta(hours=1),
+                      not_after=now + datetime.timedelta(days=7))
+    _write(pki.directory, name, cert, key)
+    return pki.cert(name)
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """The test PKI, made once per test session."""

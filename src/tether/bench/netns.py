@@ -9,16 +9,16 @@ interfaces live only inside the namespaces, so their names cannot collide either
 A run killed with SIGKILL cannot clean up: its namespaces stay (`ip netns list` shows
 them as `tether-bench-PID-TAG-…`, and `ip netns delete NAME` removes them, with the veth
 and the rules inside). The next run says so on stderr when it finds such leftovers whose
-process is gone.
+process is gone. Making, naming and removing namespaces is `tether.netns`'s, shared with the
+multi-host tests.
 """
 from __future__ import annotations
 
-import os
-import re
-import secrets
 import shutil
 import subprocess
-import sys
+
+from ..netns import Namespaces, Topology, namespaces, run
+from ..netns import check_environment as _check_namespaces
 
 PREFIX = "tether-bench-"
 MTU = 1500
@@ -26,82 +26,52 @@ SENDER_ADDRESS = "10.200.0.1"
 RECEIVER_ADDRESS = "10.200.0.2"
 _DEVICES = ("veth0", "veth1")       # sender side, receiver side
 
+__all__ = ["PREFIX", "VethLink", "check_environment", "namespaces"]
+
 
 def check_environment(loss: float) -> None:
     """Raise a one-line OSError when this process cannot make the link."""
-    if sys.platform != "linux":
-        raise OSError("--link veth needs Linux network namespaces")
-    if os.geteuid() != 0:
-        raise PermissionError("--link veth makes network namespaces and needs root; "
-                              "run it as root, or use --processes on loopback")
-    if shutil.which("ip") is None:
-        raise FileNotFoundError("--link veth needs the `ip` command (iproute2), which is not on PATH")
+    try:
+        _check_namespaces("--link veth")
+    except PermissionError as exc:
+        raise PermissionError(f"{exc}; run it as root, or use --processes on loopback") from None
     if loss and shutil.which("iptables") is None:
         raise FileNotFoundError("--loss with --link veth needs the `iptables` command, which is not on PATH")
 
 
-def _run(*argv: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise OSError(f"`{' '.join(argv)}` failed: {detail[-1] if detail else done.returncode}")
-
-
-def namespaces() -> list[str]:
-    """The names `ip netns list` shows."""
-    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
-    return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-
-
-def leftovers() -> list[str]:
-    """Namespaces of earlier runs whose process is gone (killed before it could clean up)."""
-    found = []
-    for name in namespaces():
-        m = re.match(re.escape(PREFIX) + r"(\d+)-", name)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            found.append(name)
-    return found
-
-
-class VethLink:
+class VethLink(Topology):
     """Sender namespace `sender_ns` (veth0, SENDER_ADDRESS) and receiver namespace
     `receiver_ns` (veth1, RECEIVER_ADDRESS), MTU 1500. Use as a context manager, or call
     `open()` and, always, `close()`."""
 
     def __init__(self, segment: bool = False) -> None:
-        tag = f"{os.getpid()}-{secrets.token_hex(3)}"
-        self.sender_ns = f"{PREFIX}{tag}-s"
-        self.receiver_ns = f"{PREFIX}{tag}-r"
+        self._namespaces = Namespaces(PREFIX)
+        self.sender_ns = self._namespaces.name("s")
+        self.receiver_ns = self._namespaces.name("r")
         self.sender_address = SENDER_ADDRESS
         self.receiver_address = RECEIVER_ADDRESS
         # segment=True: no packet larger than the MTU crosses the veth (no TSO/GSO
         # super-packets), so a dropped packet is one packet of at most 1500 bytes
         self.segment = segment
         self.loss = 0.0
-        self._made: list[str] = []
 
     def open(self) -> "VethLink":
-        stale = leftovers()
-        if stale:
-            print(f"tether bench: namespaces left by killed runs (remove with `ip netns delete NAME`): "
-                  f"{' '.join(stale)}", file=sys.stderr)
-        for ns in (self.sender_ns, self.receiver_ns):
-            _run("ip", "netns", "add", ns)
-            self._made.append(ns)
+        self._namespaces.warn_about_leftovers("tether bench")
+        self._namespaces.add("s")
+        self._namespaces.add("r")
         s, r = _DEVICES
-        _run("ip", "link", "add", s, "netns", self.sender_ns, "mtu", str(MTU), "type", "veth",
+        run("ip", "link", "add", s, "netns", self.sender_ns, "mtu", str(MTU), "type", "veth",
              "peer", "name", r, "netns", self.receiver_ns, "mtu", str(MTU))
         for ns, dev, address in ((self.sender_ns, s, self.sender_address),
                                  (self.receiver_ns, r, self.receiver_address)):
-            _run("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", dev)
+            run("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", dev)
             if self.segment:
-                _run("ip", "-n", ns, "link", "set", dev, "gso_max_size", str(MTU))
-            _run("ip", "-n", ns, "link", "set", dev, "up")
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
+                run("ip", "-n", ns, "link", "set", dev, "gso_max_size", str(MTU))
+            run("ip", "-n", ns, "link", "set", dev, "up")
         return self
 
     def _rule(self, ns: str, dev: str, action: str, probability: float) -> None:
-        _run("ip", "netns", "exec", ns, "iptables", "-w", action, "INPUT", "-i", dev,
+        run("ip", "netns", "exec", ns, "iptables", "-w", action, "INPUT", "-i", dev,
              "-m", "statistic", "--mode", "random", "--probability", f"{probability:.6f}",
              "-j", "DROP")
 
@@ -138,26 +108,8 @@ class VethLink:
         """Remove the rules and the namespaces (the veth goes with them). Every namespace
         is deleted even when removing a rule failed (the rules live in the namespace and
         go with it); a namespace that cannot be deleted is raised after."""
-        failure: OSError | None = None
         try:
             self.set_loss(0.0)
         except OSError:
             self.loss = 0.0
-        while self._made:
-            ns = self._made.pop()
-            try:
-                _run("ip", "netns", "delete", ns)
-            except OSError as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-
-    def __enter__(self) -> "VethLink":
-        try:
-            return self.open()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        self._namespaces.close()
