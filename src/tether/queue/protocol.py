@@ -362,7 +362,17 @@ def _forwards(op: str, field: str, value: Any) -> list[list]:
     if value.__class__ is not list or not 0 < len(value) <= MAX_BATCH:
         raise _fail(op, field, value, f"an array of 1..{MAX_BATCH} forwarded messages")
     count = len(FORWARD_FIELDS)
+    isfinite = math.isfinite
     for n, message in enumerate(value):
+        # the common message (no headers or options), checked inline: the same checks
+        if message.__class__ is list and len(message) == count:
+            queue, sequence, message_id, body, headers, enqueued_at, expires_at, options = message
+            if queue.__class__ is str and 0 < len(queue) <= MAX_NAME and sequence.__class__ is int \
+                    and 0 <= sequence <= MAX_SEQUENCE and message_id.__class__ is str \
+                    and 0 < len(message_id) <= MAX_ID and body.__class__ is bytes and headers is None \
+                    and enqueued_at.__class__ is float and isfinite(enqueued_at) and options is None \
+                    and (expires_at is None or (expires_at.__class__ is float and isfinite(expires_at))):
+                continue
         if message.__class__ is not list or len(message) != count:
             raise _fail(op, f"{field}[{n}]", message, f"an array of the {count} fields of a forwarded message")
         for (name, check), item in zip(FORWARD_FIELDS, message):
