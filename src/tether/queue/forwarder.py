@@ -57,8 +57,6 @@ RETURNS_POLL = 1.0          # the target makes our return queue with our first t
 AUTH_RETRY = 30.0           # seconds between attempts while the target refuses our credentials
 TAKE_AT_ONCE = 256          # messages taken from the transmission queue in one pass, at most
 BYTES_AT_ONCE = 1 << 20     # ... and their bodies' bytes (the pass ends once past this)
-
-
 FIELDS_BYTES = 128          # a forwarded message's wire size beyond its body and headers, about
 
 
@@ -192,9 +190,9 @@ class Forwarder:
         if before is not None:
             log.warning("forwarder to %s: the target has seen sequences up to %d from this queue manager, "
                         "which had numbered up to %d only: this data directory is an older copy (or is "
-                        "used by another queue manager); numbering from %d on. Messages numbered from %d "
-                        "to %d here may be taken as already delivered by the target",
-                        self.url, seen - 1, before - 1, seen, before, seen - 1)
+                        "used by another queue manager); numbering from %d on. Messages waiting here "
+                        "numbered below %d may be taken by the target as ones it has",
+                        self.url, seen - 1, before - 1, seen, before)
 
     # ---- sending ----
 
@@ -215,7 +213,7 @@ class Forwarder:
             if not engine.may_send(now):       # a transient refusal came while we waited
                 operations.release(entry, entry.tag)
                 continue
-            # with whatever else is ready, in one pass (no more than the window has room for)
+            # with whatever else is ready now: one FORWARD_BATCH
             entries = [entry]
             room = min(engine.room(now), TAKE_AT_ONCE) - 1
             if room > 0:
