@@ -29,10 +29,10 @@ tail -n 1 qm.log
 #   tether qm: ready tcp://127.0.0.1:...
 #   ...-1.0
 #   ...-2.0
-#   name      durable  depth  in flight  retrying  dead  poison
-#   $dead        true      0          0         0     0       0
-#   $journal     true      0          0         0     0       0
-#   orders       true      2          0         0     0       0
+#   name      durable  depth  in flight  retrying  dead  poison  faulted
+#   $dead        true      0          0         0     0       0    false
+#   $journal     true      0          0         0     0       0    false
+#   orders       true      2          0         0     0       0    false
 #   order 1
 #   order 2
 #   ... INFO tether.queue.service: queue manager stopped cleanly

@@ -79,7 +79,7 @@ CREATE_SEQUENCE_RESPONSE = 2
 CREATE_SEQUENCE_REFUSED = 3
 DATA = 4
 ACK = 5
-NACK = 6
+# 6 was NACK, retired: loss detection needs no more than the ACK's ranges.
 ACK_REQUESTED = 7
 CLOSE_SEQUENCE = 8
 CLOSE_SEQUENCE_RESPONSE = 9
@@ -98,7 +98,6 @@ FRAME_NAMES = {
     CREATE_SEQUENCE_REFUSED: "CREATE_SEQUENCE_REFUSED",
     DATA: "DATA",
     ACK: "ACK",
-    NACK: "NACK",
     ACK_REQUESTED: "ACK_REQUESTED",
     CLOSE_SEQUENCE: "CLOSE_SEQUENCE",
     CLOSE_SEQUENCE_RESPONSE: "CLOSE_SEQUENCE_RESPONSE",
@@ -121,7 +120,7 @@ MAX_BIN = 2**32 - 1          # bin32 is the largest msgpack binary
 cdef enum:
     T_DATA = 4
     T_ACK = 5
-    T_NACK = 6
+    T_RETIRED = 6      # NACK's number: decoding and encoding refuse it
     T_ACK_REQUESTED = 7
     T_CREATE_SEQUENCE = 1
     T_LAST = 17
@@ -192,7 +191,7 @@ _fill_simple_tables()
 
 cdef tuple NAMES = (
     "", "CREATE_SEQUENCE", "CREATE_SEQUENCE_RESPONSE", "CREATE_SEQUENCE_REFUSED", "DATA",
-    "ACK", "NACK", "ACK_REQUESTED", "CLOSE_SEQUENCE", "CLOSE_SEQUENCE_RESPONSE",
+    "ACK", "", "ACK_REQUESTED", "CLOSE_SEQUENCE", "CLOSE_SEQUENCE_RESPONSE",
     "TERMINATE_SEQUENCE", "TERMINATE_SEQUENCE_RESPONSE", "FAULT", "RESUME", "RESUME_RESPONSE",
     "RETRY", "PATH_CHALLENGE", "PATH_RESPONSE",
 )
@@ -613,7 +612,7 @@ def encode_frame(frame):
     if not frame:
         raise ValueError("frame is empty")
     as_uint(frame[0], &frame_type, "frame type")
-    if frame_type < 1 or frame_type > T_LAST:
+    if frame_type < 1 or frame_type > T_LAST or frame_type == T_RETIRED:
         raise ValueError(f"unknown frame type {frame_type}")
     arity = len(frame)
     if frame_type == T_DATA:
@@ -625,17 +624,6 @@ def encode_frame(frame):
         if arity != 5:
             raise ValueError(f"an ACK frame has 5 fields, got {arity}")
         return encode_ack_checked(frame[1], frame[2], frame[3], frame[4])
-    if frame_type == T_NACK:
-        if arity != 3:
-            raise ValueError(f"a NACK frame has 3 fields, got {arity}")
-        numbers = frame[2]
-        check_sequence(numbers, "NACK numbers")
-        out = []
-        for i in range(len(numbers)):
-            as_uint(numbers[i], &number, "NACK numbers[{}]", i)
-            out.append(number)
-        as_uint(frame[1], &number, "NACK session_id")
-        return packb([T_NACK, number, out], use_bin_type=True)
     name = NAMES[frame_type]
     fields = SIMPLE_FIELDS[frame_type]
     if not SIMPLE_MIN_ARITY[frame_type] <= arity <= SIMPLE_ARITY[frame_type]:
@@ -971,20 +959,6 @@ cdef tuple decode_ack(Reader* r, Py_ssize_t arity):
     return (T_ACK, sid, ranges, remaining, final)
 
 
-cdef tuple decode_nack(Reader* r, Py_ssize_t arity):
-    cdef uint64_t sid, number
-    cdef Py_ssize_t n, i
-    if arity != 3:
-        fail(r, "", f"{arity} elements, expected 3")
-    read_uint(r, &sid, "session_id")
-    read_array(r, &n, "numbers", 1)
-    cdef list numbers = PyList_New(n)
-    for i in range(n):
-        read_uint(r, &number, "number")
-        list_steal(numbers, i, raw_new_uint(number))
-    return (T_NACK, sid, numbers)
-
-
 cdef tuple decode_simple(Reader* r, Py_ssize_t arity):
     cdef int t = r.frame_type
     cdef Py_ssize_t i, size
@@ -1044,15 +1018,13 @@ cdef list decode_body(const unsigned char* data, Py_ssize_t size,
         if arity == 0:
             fail(&r, "", "an empty array")
         read_uint(&r, &frame_type, "type")
-        if frame_type < 1 or frame_type > T_LAST:
+        if frame_type < 1 or frame_type > T_LAST or frame_type == T_RETIRED:
             fail(&r, "", f"unknown frame type {frame_type}")
         r.frame_type = <int>frame_type
         if frame_type == T_DATA:
             frames.append(decode_data(&r, arity, max_message_size, &budget))
         elif frame_type == T_ACK:
             frames.append(decode_ack(&r, arity))
-        elif frame_type == T_NACK:
-            frames.append(decode_nack(&r, arity))
         else:
             frames.append(decode_simple(&r, arity))
     return frames

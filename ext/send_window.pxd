@@ -41,7 +41,6 @@ cdef class SendWindow:
     cdef Py_ssize_t _ranges_cap    # pairs _ranges can hold
     cdef uint32_t* _picked         # scratch: window offsets chosen for a resend
     cdef PyObject** _released      # scratch: payload references dropped by one ack
-    cdef double* _samples          # scratch: RTT samples of one ack
 
     cdef object _next_number(self)
     cdef void _link_newest(self, uint32_t index) noexcept nogil
@@ -49,3 +48,4 @@ cdef class SendWindow:
     cdef void _note_transmission(self, double now) noexcept nogil
     cdef Py_ssize_t _parse_ranges(self, list ranges) except -1
     cdef list _resend(self, Py_ssize_t count, double now)
+    cdef double _scan_lost(self, double delay, double t, Py_ssize_t* count, bint* found) noexcept nogil

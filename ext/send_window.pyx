@@ -4,7 +4,6 @@
 
 cimport cython
 from cpython.bytes cimport PyBytes_CheckExact, PyBytes_GET_SIZE
-from cpython.float cimport PyFloat_FromDouble
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyObject_Length
@@ -60,6 +59,13 @@ cdef double _time(object value, str name) except? -1.0:
     if not isfinite(t):
         raise ValueError(f"{name} must be finite, got {t!r}")
     return t
+
+
+cdef double _delay(object value) except? -1.0:
+    cdef double d = _time(value, "loss_delay")
+    if d < 0:
+        raise ValueError(f"loss_delay must be >= 0, got {d!r}")
+    return d
 
 
 cdef double _rto(object value) except? -1.0:
@@ -127,11 +133,10 @@ cdef class SendWindow:
         self._slots = <SentSlot*>PyMem_Malloc(ring * sizeof(SentSlot))
         self._picked = <uint32_t*>PyMem_Malloc(cap * sizeof(uint32_t))
         self._released = <PyObject**>PyMem_Malloc(cap * sizeof(PyObject*))
-        self._samples = <double*>PyMem_Malloc(cap * sizeof(double))
         self._ranges_cap = 16
         self._ranges = <uint64_t*>PyMem_Malloc(2 * self._ranges_cap * sizeof(uint64_t))
         if (self._slots == NULL or self._picked == NULL or self._released == NULL
-                or self._samples == NULL or self._ranges == NULL):
+                or self._ranges == NULL):
             raise MemoryError()
         memset(self._slots, 0, ring * sizeof(SentSlot))
         self._mask = ring - 1
@@ -161,7 +166,6 @@ cdef class SendWindow:
         PyMem_Free(self._slots)
         PyMem_Free(self._picked)
         PyMem_Free(self._released)
-        PyMem_Free(self._samples)
         PyMem_Free(self._ranges)
 
     # ---- state ----
@@ -335,15 +339,18 @@ cdef class SendWindow:
     def apply_ack(self, list ranges not None, now) -> tuple:
         """Apply one acknowledgement: ascending, disjoint (lo, hi) ranges as received (they
         may repeat acks already applied). Returns (newly acked count, newly acked bytes,
-        RTT samples): now - first_sent of each newly acked message sent exactly once (Karn's
-        rule), ascending by number. A range with lo > hi, not above the previous one, or
-        covering a number never sent raises InvalidAcknowledgement and applies nothing."""
+        RTT samples): at most one sample, now - the send time of the newest transmission
+        this ack newly acknowledges, when it was sent once (Karn's rule) and is newer than
+        any transmission acknowledged before (RFC 9002 5.1). A range with lo > hi, not above
+        the previous one, or covering a number never sent raises InvalidAcknowledgement and
+        applies nothing."""
         cdef double t = _time(now, "now")
         cdef Py_ssize_t count = self._parse_ranges(ranges)
-        cdef Py_ssize_t r, acked = 0, acked_bytes = 0, sampled = 0, i
+        cdef Py_ssize_t r, acked = 0, acked_bytes = 0, i
         cdef uint64_t lowest = self._next - <uint64_t>self._span
         cdef uint64_t lo, hi, off, end
-        cdef uint64_t largest = self._largest_acked_serial
+        cdef uint64_t newest = 0
+        cdef double newest_sent = 0.0
         cdef uint32_t index
         cdef SentSlot* slot
         cdef list samples
@@ -366,28 +373,25 @@ cdef class SendWindow:
                     slot.payload = NULL
                     acked += 1
                     acked_bytes += slot.size
-                    if not slot.resent:
-                        # Only a message sent once says which transmission arrived.
-                        self._samples[sampled] = t - slot.first_sent
-                        sampled += 1
-                        if slot.serial > largest:
-                            largest = slot.serial
+                    # Only a message sent once says which transmission arrived.
+                    if not slot.resent and slot.serial > newest:
+                        newest = slot.serial
+                        newest_sent = slot.first_sent
                     self._unlink(index)
             # The window's low edge moves up over everything acked.
             while self._span > 0 and self._slots[lowest & self._mask].payload == NULL:
                 lowest += 1
                 self._span -= 1
-        self._largest_acked_serial = largest
         self._in_flight -= acked
         self._bytes -= acked_bytes
         if self._in_flight == 0:
             self._tx_monotone = True
             self._last_tx_time = -INFINITY
-        samples = PyList_New(sampled)
-        for i in range(sampled):
-            value = PyFloat_FromDouble(self._samples[i])
-            Py_INCREF(value)
-            PyList_SET_ITEM(samples, i, value)
+        if newest > self._largest_acked_serial:
+            self._largest_acked_serial = newest
+            samples = [t - newest_sent]
+        else:
+            samples = []
         # Payloads are dropped last: a destructor then sees a consistent window.
         for i in range(acked):
             Py_DECREF(<object>self._released[i])
@@ -474,33 +478,57 @@ cdef class SendWindow:
             index = slot.newer
         return best
 
-    def fast_retransmit(self, now, limit=-1) -> list:
-        """Messages declared lost by the packet threshold (RFC 9002 6.1.1): transmitted
-        K_PACKET_THRESHOLD or more transmissions before the latest transmission known to
-        have arrived. Lowest number first, at most `limit`, marked resent like
-        retransmit_due (same RetryLimitExceeded rule); the resend gets a new serial, so each
-        transmission is declared lost at most once."""
-        cdef double t = _time(now, "now")
-        cdef Py_ssize_t most = _limit(limit)
+    cdef double _scan_lost(self, double delay, double t, Py_ssize_t* count, bint* found) noexcept nogil:
+        """Walk the transmissions older than the newest one known to have arrived (the list
+        is in serial order: stop at the first that is not). With `count`, put the window
+        offsets of those lost by either threshold at `t` into _picked; return the earliest
+        last_sent + delay of the others (all of them without `count`), `found` saying
+        whether there was one."""
         cdef uint64_t lowest = self._next - <uint64_t>self._span
         cdef uint64_t largest = self._largest_acked_serial
-        cdef Py_ssize_t count = 0
+        cdef double best = INFINITY, deadline
         cdef uint32_t index = self._oldest
         cdef SentSlot* slot
-        if largest < _K_PACKET_THRESHOLD:
-            return []
-        # The list is in serial order: stop at the first transmission not yet lost.
+        found[0] = False
         while index != NIL:
             slot = &self._slots[index]
-            if slot.serial > largest - _K_PACKET_THRESHOLD:
+            if slot.serial >= largest:
                 break
-            self._picked[count] = <uint32_t>((index - lowest) & self._mask)
-            count += 1
+            deadline = slot.last_sent + delay
+            if count != NULL and (slot.serial + _K_PACKET_THRESHOLD <= largest or deadline <= t):
+                self._picked[count[0]] = <uint32_t>((index - lowest) & self._mask)
+                count[0] += 1
+            elif not found[0] or deadline < best:
+                best = deadline
+                found[0] = True
             index = slot.newer
+        return best
+
+    def detect_lost(self, now, loss_delay, limit=-1) -> list:
+        """Messages declared lost (RFC 9002 6.1): transmitted before the newest transmission
+        known to have arrived, and K_PACKET_THRESHOLD or more transmissions before it
+        (packet threshold) or at least loss_delay ago (time threshold). Lowest number first,
+        at most `limit`, marked resent like retransmit_due (same RetryLimitExceeded rule);
+        the resend gets a new serial, so each transmission is declared lost at most once."""
+        cdef double t = _time(now, "now")
+        cdef double delay = _delay(loss_delay)
+        cdef Py_ssize_t most = _limit(limit)
+        cdef Py_ssize_t count = 0
+        cdef bint found
+        self._scan_lost(delay, t, &count, &found)
         qsort(self._picked, count, sizeof(uint32_t), _compare_offsets)
         if most != -1 and count > most:
             count = most
         return self._resend(count, t)
+
+    def loss_deadline(self, loss_delay):
+        """When detect_lost will next declare a message lost by the time threshold: the
+        earliest last_sent + loss_delay of a message transmitted before the newest
+        transmission known to have arrived; None when there is none."""
+        cdef double delay = _delay(loss_delay)
+        cdef bint found
+        cdef double best = self._scan_lost(delay, INFINITY, NULL, &found)
+        return best if found else None
 
     # ---- resume ----
 

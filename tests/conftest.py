@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 # shared fixtures from modules of their own
-pytest_plugins = ["full_disk", "system_tools"]
+pytest_plugins = ["full_disk", "system_tools", "postgres_cluster"]
 
 
 def twins(name: str):
@@ -55,15 +55,19 @@ async def qm(request, tmp_path):
         await manager.close()
 
 
-@pytest.fixture(params=["embedded", "client"])
+@pytest.fixture(params=["embedded", "client", "postgres-embedded", "postgres-client"])
 async def api(request, tmp_path):
     """(a queue manager with a service, what the test drives: the manager itself or a
-    QueueClient of its service): the same test embedded and over the wire."""
+    QueueClient of its service): the same test embedded and over the wire, on the journal
+    and on the PostgreSQL store (a fresh database of the run's private cluster)."""
     import tether
 
-    qm = await tether.QueueManager.open(tmp_path / "qm", listen="tcp://127.0.0.1:0")
+    store = tmp_path / "qm"
+    if request.param.startswith("postgres"):
+        store = request.getfixturevalue("postgres_url")
+    qm = await tether.QueueManager.open(store, listen="tcp://127.0.0.1:0")
     try:
-        if request.param == "embedded":
+        if request.param.endswith("embedded"):
             yield qm, qm
         else:
             async with tether.QueueClient.connect(qm.services[0].url) as client:

@@ -5,36 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 
 import pytest
 
 import tether
 from tether.queue.auth import hash_password, parse_password_hash, verify_password
+from cli_run import one_error_line as _one_error_line, tether_cli
 from tls_pki import pki, server_context  # noqa: F401  (pki is a fixture)
-
-
-async def tether_cli(*args, stdin=b"", password=None, new_session=False):
-    env = {k: v for k, v in os.environ.items() if k != "TETHER_PASSWORD"}
-    if password is not None:
-        env["TETHER_PASSWORD"] = password
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tether", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=new_session)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out.decode(), err.decode()
-
-
-def _one_error_line(code, err):
-    lines = err.strip().splitlines()
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("tether: error: "), err
-    return lines[0]
 
 
 async def test_qm_passwd_prints_a_hash_of_the_password_on_stdin():

@@ -2,14 +2,13 @@
 print, and that every failure is one clear line and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import sys
 
 import pytest
 
 import tether
+from cli_run import one_error_line as _one_error_line, tether_cli
 
 
 @pytest.fixture
@@ -22,38 +21,18 @@ async def served(tmp_path):
         await qm.close()
 
 
-async def tether_cli(*args, stdin=b""):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tether", *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out, err.decode()
-
-
-def _one_error_line(code, err):
-    lines = err.strip().splitlines()
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("tether: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 async def test_send_recv_and_queues(served):
     qm, base = served
     code, out, err = await tether_cli("send", base + "/orders", "hello", "--header", "k=v", "--ttl", "60")
     assert code == 0, err
-    first_id = out.decode().strip()
+    first_id = out.strip()
     code, out, err = await tether_cli("send", base + "/orders", "-", stdin=b"from stdin")
     assert code == 0, err
     code, out, err = await tether_cli("queues", base)
     assert code == 0, err
-    header, *rows = out.decode().splitlines()
-    assert header.split() == ["name", "durable", "depth", "in", "flight", "retrying", "dead", "poison"]
-    assert ["orders", "true", "2", "0", "0", "0", "0"] in [row.split() for row in rows]
+    header, *rows = out.splitlines()
+    assert header.split() == ["name", "durable", "depth", "in", "flight", "retrying", "dead", "poison", "faulted"]
+    assert ["orders", "true", "2", "0", "0", "0", "0", "false"] in [row.split() for row in rows]
     code, out, err = await tether_cli("queues", base, "--json")
     assert code == 0, err
     infos = {info["name"]: info for info in json.loads(out)}
@@ -63,7 +42,7 @@ async def test_send_recv_and_queues(served):
     got = json.loads(out)
     assert (got["id"], got["body"], got["headers"]) == (first_id, "hello", {"k": "v"})
     code, out, err = await tether_cli("recv", base + "/orders", "--count", "1")
-    assert (code, out) == (0, b"from stdin\n"), err
+    assert (code, out) == (0, "from stdin\n"), err
     assert (await qm.queue_info("orders")).depth == 0
 
 
@@ -71,7 +50,7 @@ async def test_recv_timeout_is_a_clear_non_zero_exit(served):
     qm, base = served
     await qm.send("orders", b"only one")
     code, out, err = await tether_cli("recv", base + "/orders", "--count", "2", "--timeout", "0.5")
-    assert out == b"only one\n"
+    assert out == "only one\n"
     assert "received 1 of 2" in _one_error_line(code, err)
 
 

@@ -25,12 +25,12 @@ TOP_LEVEL_FILES = ("README.md", "setup.py", "pyproject.toml", "MANIFEST.in")
 
 # Modules whose classes a document may name as `Class.attribute`.
 CLASS_MODULES = [
-    "tether.errors", "tether.session.address_validation", "tether.session.api",
-    "tether.session.congestion", "tether.session.demux", "tether.session.ended",
-    "tether.session.path_validation",
-    "tether.session.engine", "tether.session.events", "tether.session.fragments",
-    "tether.session.session", "tether.session.settings", "tether.session.state",
-    "tether.session.tcp", "tether.session.timers", "tether.session.udp",
+    "tether.errors", "tether.session.sansio.address_validation", "tether.session.adapters.api",
+    "tether.session.sansio.congestion", "tether.session.sansio.demux", "tether.session.sansio.ended",
+    "tether.session.sansio.path_validation",
+    "tether.session.sansio.engine", "tether.session.sansio.events", "tether.session.sansio.fragments",
+    "tether.session.adapters.session", "tether.session.sansio.settings", "tether.session.sansio.state",
+    "tether.session.adapters.tcp", "tether.session.adapters.timers", "tether.session.adapters.udp",
     "tether.streams.server", "tether.streams.transport", "tether.bench.relay",
     "tether._native.codec", "tether._native.rangeset", "tether._native.receive_window",
     "tether._native.rtt", "tether._native.send_window",
@@ -163,7 +163,7 @@ def test_the_class_attribute_check_can_fail():
     assert _has_attribute(classes["Demux"], "dropped_packets")          # set in __init__
     assert _has_attribute(classes["SendWindow"], "retransmit_due")      # compiled
     assert not _has_attribute(classes["SessionEngine"], "retransmit")
-    assert not _resolve_dotted("tether.session.engine.NoSuchThing")
+    assert not _resolve_dotted("tether.session.sansio.engine.NoSuchThing")
     assert not repo_path_exists("src/tether/session/no_such_file.py")
 
 

@@ -74,8 +74,9 @@ def _shim(directory: pathlib.Path) -> str:
 def test_example_prints_its_expected_output(path: pathlib.Path, tmp_path: pathlib.Path):
     _, expected = split(path)
     if path.suffix == ".sh":
-        if "openssl " in path.read_text() and shutil.which("openssl") is None:
-            pytest.skip(f"{path.name} needs openssl, which is not installed")
+        for tool in ("openssl", "curl"):
+            if f"{tool} " in path.read_text() and shutil.which(tool) is None:
+                pytest.skip(f"{path.name} needs {tool}, which is not installed")
         env = dict(os.environ, PATH=_shim(tmp_path) + os.pathsep + os.environ.get("PATH", ""))
         command = ["sh", str(path)]
     else:

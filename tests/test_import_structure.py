@@ -106,22 +106,34 @@ def test_no_import_cycles_in_tether():
     assert not cycles, "modules that import each other in a loop: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
-def test_the_queue_core_imports_no_adapter_and_no_io():
+# Engines are sans-IO: bytes, requests and a `now` in; bytes, records, events and deadlines
+# out. Each may import only itself and the layers below it, and nothing that does I/O or
+# reads a clock (os.urandom for secrets is allowed in the session engine: keys, not I/O).
+SANS_IO = {
+    "tether.queue.core": (("tether.queue.core",), {"asyncio", "time", "os", "socket", "threading", "uvloop"}),
+    "tether.session.sansio": (("tether.session.sansio",), {"asyncio", "time", "socket", "threading", "uvloop",
+                                                          "selectors", "ssl"}),
+}
+LAYERS_BELOW = ("tether.errors", "tether.layer1", "tether._native", "tether._reference")
+
+
+@pytest.mark.parametrize("package", sorted(SANS_IO))
+def test_a_sans_io_engine_imports_no_adapter_and_no_io(package):
+    own, forbidden = SANS_IO[package]
     graph = _graph()
-    core = [name for name in graph if name.startswith("tether.queue.core")]
-    assert core
-    for name in core:
+    modules = [name for name in graph if name == package or name.startswith(package + ".")]
+    assert modules
+    for name in modules:
         for dep in graph[name]:
-            assert dep.startswith(("tether.queue.core", "tether.errors", "tether.layer1", "tether._native",
-                                   "tether._reference")), f"{name} imports {dep}"
-        source = _modules()[name].read_text()
-        tree = ast.parse(source)
+            assert dep.startswith(own + LAYERS_BELOW), f"{name} imports {dep}"
+        tree = ast.parse(_modules()[name].read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                     for alias in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and not node.level}
-        assert not imported & {"asyncio", "time", "os", "socket", "threading", "uvloop"}, \
-            f"{name} reaches for I/O or a clock: {sorted(imported & {'asyncio', 'time', 'os', 'socket'})}"
+        assert not imported & forbidden, f"{name} reaches for I/O or a clock: {sorted(imported & forbidden)}"
+        # metrics are read from the engines' counts by tether.metrics, never pushed from them
+        assert "prometheus_client" not in imported, f"{name} imports prometheus_client"
 
 
 @pytest.mark.parametrize("module, forbidden", [
@@ -131,9 +143,22 @@ def test_the_queue_core_imports_no_adapter_and_no_io():
     ("tether.queue.forwarder", "tether.queue.manager"),
     ("tether.queue.transaction", "tether.queue.manager"),
     ("tether.queue.cli_tools", "tether.cli"),
+    ("tether.session.sansio.engine", "tether.session.adapters.session"),
 ])
 def test_adapters_do_not_reach_upward(module, forbidden):
     assert forbidden not in _graph()[module]
+
+
+def test_only_tether_metrics_imports_prometheus_client():
+    importers = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(m.split(".")[0] == "prometheus_client" for m in modules):
+                importers.append(name)
+    assert sorted(set(importers)) == ["tether.metrics"]
 
 
 def test_the_check_finds_a_loop():

@@ -9,9 +9,10 @@ from tether.queue.client import QueueClient, RemoteTransaction
 from tether.queue.manager import QueueManager
 from tether.queue.transaction import Transaction
 
-#: Only the embedded manager: opening a store, serving, forwarding, the journal.
+#: Only the embedded manager: opening a store, serving, forwarding, the journal, the
+#: statistics tether.metrics reports for this process.
 MANAGER_ONLY = {"open", "listen", "services", "forwarders", "route", "transmission_queue", "return_queue",
-                "compact", "journal_bytes", "recovery_log", "manager_id"}
+                "compact", "journal_bytes", "recovery_log", "manager_id", "statistics"}
 #: Only the client: connecting, the error that ended it, the forwarder's side of FORWARD.
 CLIENT_ONLY = {"connect", "failure", "forward", "forward_batch", "settled"}
 

@@ -77,7 +77,8 @@ async def _settled(*hosts: QmHost, to: QmHost) -> None:
 
 async def test_links_cut_and_restored_mid_transfer(qm_hosts):
     a, b, c = qm_hosts["a"], qm_hosts["b"], qm_hosts["c"]
-    senders = asyncio.gather(_stream(a, c), _stream(b, c))
+    # twice the usual transfer (~6 s), so it still runs when b's link goes down at ~3 s
+    senders = asyncio.gather(_stream(a, c, batches=2 * BATCHES), _stream(b, c, batches=2 * BATCHES))
     held = {}
     # each link goes down for a while during the transfer, and comes back
     for host in (a, c, b):

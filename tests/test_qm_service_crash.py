@@ -18,11 +18,13 @@ pytestmark = pytest.mark.fault
 
 
 class Service:
-    """A `python -m tether qm serve` child; always killed by the test's finally."""
+    """A `python -m tether qm serve` child (`data_dir` a directory, or a postgresql:// URL
+    for --store); always killed by the test's finally."""
 
     def __init__(self, data_dir, listen="tcp://127.0.0.1:0", *extra):
+        where = ["--store", data_dir] if str(data_dir).startswith("postgresql://") else ["--data-dir", str(data_dir)]
         self.args = [sys.executable, "-m", "tether", "qm", "serve", "--listen", listen,
-                     "--data-dir", str(data_dir), "--log-level", "WARNING", *extra]
+                     *where, "--log-level", "WARNING", *extra]
         self.proc = None
         self.url = None
 

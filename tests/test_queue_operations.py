@@ -23,22 +23,22 @@ async def test_concurrent_hellos_of_one_producer_get_their_own_epochs(tmp_path):
         assert second[0].epoch == 2
 
 
-async def test_take_ready_takes_what_is_ready_up_to_the_count_and_the_bytes(tmp_path):
+async def test_take_many_takes_what_is_ready_up_to_the_count_and_the_bytes(tmp_path):
     async with tether.QueueManager.open(tmp_path / "qm") as qm:
         await qm.create_queue("q")
         ops = qm.operations
-        assert ops.take_ready("q", 10, 1 << 20) == []
+        assert await ops.take_many("q", 10, 1 << 20) == []
         await qm.send_many("q", [b"%02d" % i + b"." * 8 for i in range(20)])     # 10 bytes each
-        taken = ops.take_ready("q", 5, 1 << 20)
+        taken = await ops.take_many("q", 5, 1 << 20)
         assert [e.body[:2] for e in taken] == [b"00", b"01", b"02", b"03", b"04"]
         assert len({e.tag for e in taken}) == 5 and all(e.tag for e in taken)
-        assert [e.body[:2] for e in ops.take_ready("q", 100, 25)] == [b"05", b"06", b"07"]   # past 25 bytes: stop
+        assert [e.body[:2] for e in await ops.take_many("q", 100, 25)] == [b"05", b"06", b"07"]   # past 25 bytes: stop
         assert (await qm.queue_info("q")).in_flight == 8
         for entry in taken:
             await ops.complete(entry, entry.tag)
         assert (await qm.queue_info("q")).depth == 12
         with pytest.raises(tether.QueueNotFound):
-            ops.take_ready("nope", 1, 100)
+            await ops.take_many("nope", 1, 100)
 
 
 def test_the_forward_window_says_how_much_room_it_has():

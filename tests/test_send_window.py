@@ -79,7 +79,8 @@ def test_native_matches_reference(capacity, max_retries, first_number, data):
     for _ in range(data.draw(st.integers(1, 60), label="steps")):
         now += data.draw(st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.5, 10.0, -1.0]), label="dt")
         op = data.draw(st.sampled_from(
-            ["push"] * 4 + ["ack"] * 5 + ["due"] * 2 + ["deadline", "fast", "fast", "resume", "retries"]
+            ["push"] * 4 + ["ack"] * 5 + ["due"] * 2
+            + ["deadline", "fast", "fast", "loss_deadline", "resume", "retries"]
         ))
         if op == "push":
             n = data.draw(st.integers(0, capacity + 2))
@@ -97,7 +98,10 @@ def test_native_matches_reference(capacity, max_retries, first_number, data):
         elif op == "deadline":
             call = ("next_deadline", data.draw(st.sampled_from([0.3, 1.0])), data.draw(st.sampled_from([1.5, 60.0])))
         elif op == "fast":
-            call = ("fast_retransmit", now, data.draw(st.sampled_from([-1, 0, 1, 2])))
+            call = ("detect_lost", now, data.draw(st.sampled_from([0.0, 0.3, 1.0, 100.0])),
+                    data.draw(st.sampled_from([-1, 0, 1, 2])))
+        elif op == "loss_deadline":
+            call = ("loss_deadline", data.draw(st.sampled_from([0.0, 0.3, 1.0])))
         elif op == "resume":
             call = ("mark_all_sent", now, data.draw(st.booleans(), label="reset_retries"))
         else:
@@ -218,16 +222,21 @@ def test_ack_for_a_number_never_sent_applies_nothing(SendWindow):
     assert w.in_flight == 5
 
 
-def test_ack_returns_new_only_and_samples_ascending(SendWindow):
+def test_ack_returns_new_only_and_one_sample_from_the_newest_transmission(SendWindow):
     w = SendWindow(8, 3)
     w.push(payloads(2), 0.0)
     w.push(payloads(2, 2), 1.0)
     size = [len(p) for p in payloads(4)]
-    assert w.apply_ack([(2, 3)], 4.0) == (2, size[1] + size[2], [4.0, 3.0])
-    assert w.apply_ack([(1, 3)], 5.0) == (1, size[0], [5.0])  # 2, 3 already acked
+    # 2 and 3 newly acked: the sample is from 3, the newer transmission (sent at 1.0)
+    assert w.apply_ack([(2, 3)], 4.0) == (2, size[1] + size[2], [3.0])
+    # 1 is older than a transmission already acknowledged: no sample (RFC 9002 5.1)
+    assert w.apply_ack([(1, 3)], 5.0) == (1, size[0], [])
     assert w.apply_ack([(1, 3)], 6.0) == (0, 0, [])
     assert w.apply_ack([], 6.0) == (0, 0, [])
     assert w.lowest_unacked == 4
+    w.push(payloads(1, 4), 7.0)
+    # 4 (sent at 1.0) and 5 (at 7.0) newly acked: one sample, from 5
+    assert w.apply_ack([(1, 5)], 7.5) == (2, size[3] + len(payloads(1, 4)[0]), [0.5])
 
 
 def test_karns_rule_no_sample_from_a_resent_message(SendWindow):
@@ -312,7 +321,7 @@ def test_retransmit_arguments(SendWindow):
     with pytest.raises(ValueError, match="limit"):
         w.retransmit_due(1.0, 1.0, 60.0, -2)
     with pytest.raises(ValueError, match="limit"):
-        w.fast_retransmit(1.0, -5)
+        w.detect_lost(1.0, 1.0, -5)
     with pytest.raises(TypeError, match="number"):
         w.retries_of(1.0)
 
@@ -328,46 +337,70 @@ def test_large_retry_counts_do_not_overflow_the_backoff(SendWindow):
     assert w.next_deadline(1.0, math.inf) == math.inf
 
 
-# ---- fast retransmit (RFC 9002 6.1.1 packet threshold) ----
+# ---- loss detection (RFC 9002 6.1: packet and time thresholds) ----
 
-def test_fast_retransmit_after_three_later_transmissions_acked(SendWindow):
+LONG = 100.0  # a loss_delay that never expires in these tests: the packet threshold alone
+
+
+def test_packet_threshold_three_later_transmissions_acked(SendWindow):
     assert NATIVE.K_PACKET_THRESHOLD == REFERENCE.K_PACKET_THRESHOLD == 3
     w = SendWindow(16, 5)
     w.push(payloads(5), 0.0)  # serials 1..5
     w.apply_ack([(2, 3)], 0.1)
-    assert w.fast_retransmit(0.1) == []  # only 2 later transmissions acked
+    assert w.detect_lost(0.1, LONG) == []  # only 2 later transmissions acked
     w.apply_ack([(2, 4)], 0.2)
-    assert w.fast_retransmit(0.2) == [(1, payloads(1)[0])]
+    assert w.detect_lost(0.2, LONG) == [(1, payloads(1)[0])]
     assert w.retries_of(1) == 1
-    assert w.fast_retransmit(0.3) == []  # that transmission is declared lost once
+    assert w.detect_lost(0.3, LONG) == []  # that transmission is declared lost once
     w.push(payloads(3, 5), 0.4)  # 6..8 after the resend of 1
     w.apply_ack([(2, 4), (6, 7)], 0.5)  # serials 7, 8: 5 (serial 5) is lost, 1 (6) is not
-    assert [n for n, _ in w.fast_retransmit(0.5)] == [5]
+    assert [n for n, _ in w.detect_lost(0.5, LONG)] == [5]
     w.apply_ack([(2, 4), (6, 8)], 0.6)  # serial 9
-    assert [n for n, _ in w.fast_retransmit(0.6)] == [1]
+    assert [n for n, _ in w.detect_lost(0.6, LONG)] == [1]
 
 
-def test_fast_retransmit_ignores_acks_of_resent_messages(SendWindow):
+def test_loss_detection_ignores_acks_of_resent_messages(SendWindow):
     w = SendWindow(16, 5)
     w.push(payloads(2), 0.0)  # serials 1, 2
     w.retransmit_due(1.0, 1.0, 60.0, limit=1)  # 1 again: serial 3
     w.push(payloads(3, 2), 1.0)  # serials 4..6
     w.apply_ack([(1, 1)], 1.1)  # which transmission of 1 arrived is unknown
-    assert w.fast_retransmit(1.1) == []
+    assert w.detect_lost(1.1, 0.0) == []
+    assert w.loss_deadline(0.0) is None
     w.apply_ack([(1, 1), (5, 5)], 1.2)  # serial 6 acked: 2 (serial 2) is lost, 3 (4) is not
-    assert [n for n, _ in w.fast_retransmit(1.2)] == [2]
+    assert [n for n, _ in w.detect_lost(1.2, LONG)] == [2]
 
 
-def test_fast_retransmit_limit_and_retry_limit(SendWindow):
+def test_time_threshold_declares_older_transmissions_lost(SendWindow):
+    w = SendWindow(16, 5)
+    w.push(payloads(1), 0.0)   # serial 1
+    w.push(payloads(1, 1), 0.5)  # serial 2
+    w.push(payloads(1, 2), 0.6)  # serial 3
+    assert w.loss_deadline(1.0) is None  # nothing later has arrived
+    w.apply_ack([(3, 3)], 0.7)  # only one transmission after 1 and 2: no packet threshold
+    assert w.detect_lost(0.7, 1.0) == []
+    assert w.loss_deadline(1.0) == 1.0  # 1, sent at 0.0
+    assert w.detect_lost(1.0, 1.0) == [(1, payloads(1)[0])]
+    assert w.loss_deadline(1.0) == 1.5  # 2, sent at 0.5; the resend of 1 is newer than 3
+    assert w.detect_lost(1.49, 1.0) == []
+    assert [n for n, _ in w.detect_lost(1.5, 1.0)] == [2]
+    assert w.loss_deadline(1.0) is None
+    with pytest.raises(ValueError, match="loss_delay"):
+        w.loss_deadline(-1.0)
+    with pytest.raises(ValueError, match="loss_delay"):
+        w.detect_lost(1.0, math.nan)
+
+
+def test_detect_lost_limit_and_retry_limit(SendWindow):
     w = SendWindow(16, 1)
     w.push(payloads(8), 0.0)
     w.apply_ack([(5, 8)], 0.1)
-    assert [n for n, _ in w.fast_retransmit(0.1, limit=2)] == [1, 2]
-    assert [n for n, _ in w.fast_retransmit(0.1)] == [3, 4]
+    assert [n for n, _ in w.detect_lost(0.1, LONG, limit=2)] == [1, 2]
+    assert [n for n, _ in w.detect_lost(0.1, LONG)] == [3, 4]
     w.push(payloads(4, 8), 0.2)
     w.apply_ack([(5, 12)], 0.3)
     with pytest.raises(RetryLimitExceeded, match="message 1 "):
-        w.fast_retransmit(0.3)
+        w.detect_lost(0.3, LONG)
     assert [w.retries_of(n) for n in (1, 2, 3, 4)] == [1, 1, 1, 1]
 
 

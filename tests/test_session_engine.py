@@ -13,13 +13,13 @@ from tether.errors import (
     MessageTooLarge, ProtocolError, RetryLimitExceeded, SequenceClosed, SequenceTerminated,
     SessionFault, UnknownSequence,
 )
-from tether.session import core as cores
-from tether.session.demux import Demux
-from tether.session.engine import MAX_RTO, SessionEngine
-from tether.session.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
-from tether.session.frames import FrameType as F
-from tether.session.settings import SessionSettings
-from tether.session.state import State
+from tether.session.sansio import core as cores
+from tether.session.sansio.demux import Demux
+from tether.session.sansio.engine import MAX_RTO, SessionEngine
+from tether.session.sansio.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
+from tether.session.sansio.frames import FrameType as F
+from tether.session.sansio.settings import SessionSettings
+from tether.session.sansio.state import State
 
 
 @pytest.fixture(params=["native", "reference"])
@@ -411,6 +411,7 @@ def test_unordered_delivers_on_arrival_exactly_once(core) -> None:
 def test_rto_backoff_doubles_then_retry_limit_exceeded(core) -> None:
     p = Pair(core=core, client={"max_retry_count": 4})
     p.client.send([b"lost"], p.now)
+    p.client.flush(p.now)     # with an AckRequested, as every probe: no wait for the ack delay
     p.client.packets_to_send(p.now)              # the peer never hears it
     times = [p.now]
     for _ in range(4):
@@ -923,7 +924,7 @@ def test_a_token_is_bound_to_its_address_session_and_offer(core) -> None:
 
 
 def test_a_token_expires(core) -> None:
-    from tether.session.address_validation import TOKEN_LIFETIME
+    from tether.session.sansio.address_validation import TOKEN_LIFETIME
     demux = udp_demux(core)
     source = ("10.0.0.1", 5000)
     token = retry_token(core, demux.route(core.codec.encode_frame(create_frame()), 100.0, source=source))
@@ -1293,7 +1294,7 @@ def test_demux_does_not_reopen_an_ended_session_for_a_late_create_sequence(core)
 
 
 def test_demux_forgets_ended_sessions_after_a_while_and_beyond_a_bound(core, monkeypatch) -> None:
-    import tether.session.ended as ended_module
+    import tether.session.sansio.ended as ended_module
     p = _closed_by_server(core, lose_terminates=False)
     late = data(core, 1, [b"a late packet"])
     assert frames_of(core, p.demux.route(late, 1.0, source=p.address).replies)[0][0] == F.TERMINATE_SEQUENCE
@@ -1338,6 +1339,23 @@ def test_ack_for_a_number_never_sent_is_invalid_acknowledgement(core) -> None:
     assert isinstance(p.client.error, InvalidAcknowledgement)
     (fault,) = [f for f in frames_of(core, p.client.packets_to_send(p.now)) if f[0] == F.FAULT]
     assert fault[2] == InvalidAcknowledgement.code
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_ack_opening_more_than_the_peers_window_is_a_protocol_error(core, ordered) -> None:
+    """A genuine ack's bound (floor + buffer + what is held above a gap) is at most the
+    receiver's window above the floor: a larger one (a corrupted ack) would have the sender
+    overrun the window, so it faults the session instead of being believed."""
+    p = Pair(core=core, client={"ordered": ordered}, server={"max_transfer_window": 4})
+    assert p.client.peer_window == 4
+    p.client.send([b"a", b"b", b"c"], p.now)
+    p.client.packets_to_send(p.now)
+    # the most a window of 4 can say: 1 received, 3 held above a gap or free
+    fine = [(1, 1), (3, 3)] if ordered else [(1, 1)]
+    p.client.receive_packet(core.codec.encode_ack(SESSION_ID, fine, 4 - len(fine) + 1, False), p.now)
+    assert p.client.error is None and p.client._send_limit == 6
+    p.client.receive_packet(core.codec.encode_ack(SESSION_ID, [(1, 1)], 5, False), p.now)
+    assert isinstance(p.client.error, ProtocolError) and "peer's window 4" in str(p.client.error)
 
 
 @pytest.mark.parametrize("frame", [
@@ -1424,17 +1442,74 @@ def test_abort_tells_the_peer(core) -> None:
     assert p.demux.sessions == {SESSION_ID: p.server}   # the adapter removes it on SessionEnded
 
 
-def test_repeated_nacks_resend_each_message_once(core) -> None:
-    """A NACK is the peer's claim: however often one packet (or several before we send)
-    names a message, it is resent once, so a small packet cannot multiply our output."""
-    p = Pair(core=core, client={"max_transfer_window": 16})
-    sent = [b"m%d" % i + b"x" * 1000 for i in range(1, 5)]
-    p.client.send(sent, p.now)
-    p.client.packets_to_send(p.now)                       # all lost
-    nack = core.codec.encode_frame((F.NACK, SESSION_ID, [1, 2, 3, 4, 2]))
-    p.client.receive_packet(nack * 500, p.now)
-    p.client.receive_packet(nack * 3, p.now)
-    resent = [payload for f in p.frames(p.client.packets_to_send(p.now)) if f[0] == F.DATA
-              for payload in f[3]]
-    assert sorted(resent) == sorted(sent)
-    assert p.client.stats["resent"] == 4
+def test_a_frame_of_the_retired_nack_type_is_a_protocol_error(core) -> None:
+    """Type 6 was NACK: loss detection resends from the ACK's ranges (packet and time
+    thresholds), so a NACK would add nothing; the number is refused like any unknown type."""
+    p = Pair(core=core)
+    p.client.send([b"a"], p.now)
+    p.client.packets_to_send(p.now)
+    p.exchange()
+    p.server.receive_packet(msgpack.packb([6, SESSION_ID, [1]]), p.now)
+    assert isinstance(p.server.error, ProtocolError) and "unknown frame type 6" in str(p.server.error)
+
+
+# ---- loss detection and probe timeouts (RFC 9002 6.1, 6.2, 7.6) ----
+
+def _sent_packets(p: Pair, payloads: list, ask: bool = False) -> list[bytes]:
+    p.client.send(payloads, p.now)
+    if ask:
+        p.client.flush(p.now)
+    return [body for body in p.client.packets_to_send(p.now) if F.DATA in p.kinds([body])]
+
+
+def test_time_threshold_resends_a_message_lost_before_one_that_arrived(core) -> None:
+    """Two messages in two packets, the first lost: one later transmission arrived, short of
+    the packet threshold, so the time threshold (9/8 RTT after it was sent) finds the loss,
+    on a timer well before any timeout, and no timeout fires."""
+    p = Pair(core=core)
+    p.advance(0.01)
+    first, second = _sent_packets(p, [b"a" * 1000, b"b" * 1000])
+    p.route(second)                             # the first is lost; the gap is acked at once
+    p.advance(0.002)
+    p.to_client()
+    stats = p.client.stats
+    assert stats["resent"] == 0 and stats["fast_retransmits"] == 0
+    rtt = stats["rtt"]
+    deadline = p.client.next_timer()
+    assert deadline <= p.now - 0.002 + 9 / 8 * max(rtt, 0.002) + 1e-9 < p.now + stats["rto"]
+    p.fire(p.client)
+    resent = [f for f in p.frames(p.client.packets_to_send(p.now)) if f[0] == F.DATA]
+    assert [(f[2], f[3]) for f in resent] == [(1, [b"a" * 1000])]
+    stats = p.client.stats
+    assert (stats["fast_retransmits"], stats["retransmission_timeouts"], stats["resent"]) == (1, 0, 1)
+
+
+def test_probe_timeouts_leave_the_window_alone_until_persistent_congestion(core) -> None:
+    p = Pair(core=core, client={"max_retry_count": 10})
+    p.exchange()
+    cwnd = p.client.stats["cwnd"]
+    assert cwnd > 2 * DATAGRAM
+    _sent_packets(p, [b"x" * 100])              # lost, and every probe after it
+    for timeouts in (1, 2):
+        p.fire(p.client)
+        assert F.DATA in p.kinds(p.client.packets_to_send(p.now))
+        assert p.client.stats["retransmission_timeouts"] == timeouts
+        assert p.client.stats["cwnd"] == cwnd   # a probe declares no loss
+    p.fire(p.client)
+    p.client.packets_to_send(p.now)
+    assert p.client.stats["retransmission_timeouts"] == 3
+    assert p.client.stats["cwnd"] == 2 * DATAGRAM   # persistent congestion
+    assert p.client.stats["fast_retransmits"] == 0
+
+
+def test_an_ack_that_was_asked_for_is_not_waited_for_with_the_peers_ack_delay(core) -> None:
+    """The probe timeout includes the peer's ack delay only when the last data went without
+    an AckRequested (which the peer answers at once)."""
+    p = Pair(core=core, server={"ack_interval": 0.5})
+    assert p.client.peer_ack_delay == 0.5
+    _sent_packets(p, [b"quiet"])                # no AckRequested: the peer may wait 0.5 s
+    quiet = p.client.next_timer() - p.now
+    p2 = Pair(core=core, server={"ack_interval": 0.5})
+    _sent_packets(p2, [b"asked"], ask=True)     # with an AckRequested
+    asked = p2.client.next_timer() - p2.now
+    assert quiet == pytest.approx(asked + 0.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tether.errors import ProtocolError
-from tether.session.fragments import Fragment, Reassembler, cut
+from tether.session.sansio.fragments import Fragment, Reassembler, cut
 
 
 def test_cut_and_join_round_trip_in_any_order():

@@ -10,7 +10,7 @@ import pytest
 
 import tether
 from tether.bench.relay import TcpRelay, UdpRelay
-from tether.session.frames import FrameType as F
+from tether.session.sansio.frames import FrameType as F
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -355,7 +355,7 @@ async def test_concurrent_receivers_each_get_a_message_and_all_wake_on_close():
 async def test_a_cancelled_connect_leaves_no_session_behind(scheme):
     """Cancelling connect() while the handshake is unanswered ends the half-made session
     at once (no timers keep retransmitting CreateSequence, no socket stays open)."""
-    from tether.session.timers import timer_service
+    from tether.session.adapters.timers import timer_service
     loop = asyncio.get_running_loop()
     kind = socket.SOCK_DGRAM if scheme == "udp" else socket.SOCK_STREAM
     silent = socket.socket(socket.AF_INET, kind)
@@ -490,7 +490,7 @@ async def test_send_waits_once_one_window_is_unacknowledged():
     """max_transfer_window messages unacknowledged, in flight or queued, hold send() back:
     one window, not a window in flight and another queued. send_nowait() has its own,
     documented bound."""
-    from tether.session.session import SEND_NOWAIT_MAX_MESSAGES
+    from tether.session.adapters.session import SEND_NOWAIT_MAX_MESSAGES
     async with asyncio.timeout(30):
         async with await tether.serve(None, "udp://127.0.0.1:0", max_transfer_window=64) as server:
             relay = await UdpRelay(server.address).start()

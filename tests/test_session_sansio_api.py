@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from tether.session.demux import Demux
-from tether.session.engine import SessionEngine
-from tether.session.events import MessagesDelivered, SessionEnded
-from tether.session.settings import SessionSettings
+from tether.session.sansio.demux import Demux
+from tether.session.sansio.engine import SessionEngine
+from tether.session.sansio.events import MessagesDelivered, SessionEnded
+from tether.session.sansio.settings import SessionSettings
 
 
 def pair(reliable: bool):
@@ -71,8 +71,8 @@ def test_mtu_sized_datagrams_keep_most_of_the_packet_for_data():
 
 
 def test_every_frame_type_has_exactly_one_handler():
-    from tether.session.engine import _HANDLERS
-    from tether.session.frames import FrameType
+    from tether.session.sansio.engine import _HANDLERS
+    from tether.session.sansio.frames import FrameType
 
     assert set(_HANDLERS) == {t.value for t in FrameType}
     assert not hasattr(SessionEngine, "receive_datagram")    # one name per entry point
@@ -82,7 +82,7 @@ def test_frame_type_numbers_are_the_codecs():
     # The codec twins define the wire numbers (C constants in the native one); the engine
     # names them through FrameType: the two must never drift apart.
     from conftest import twins
-    from tether.session.frames import FrameType
+    from tether.session.sansio.frames import FrameType
 
     for codec in twins("codec"):
         assert {t.value: t.name for t in FrameType} == codec.FRAME_NAMES

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tether.session.settings import MAX_MESSAGE_SIZE_LIMIT, SessionSettings
+from tether.session.sansio.settings import MAX_MESSAGE_SIZE_LIMIT, SessionSettings
 
 # Names and defaults after WCF's <reliableSession> (docs/sessions.md, "Settings").
 DEFAULTS = {

@@ -30,8 +30,8 @@ from tether._reference.receive_window import ReceiveWindow as ReferenceReceiveWi
 from tether.errors import (
     InactivityTimeout, ProtocolError, RetryLimitExceeded, SequenceTerminated, UnknownSequence,
 )
-from tether.session import core as cores
-from tether.session.core import Core
+from tether.session.sansio import core as cores
+from tether.session.sansio.core import Core
 
 # Seeds per family in CI (native): 1650 in about 20 s on a quiet 2-core machine.
 CI_SEEDS = {
@@ -70,6 +70,12 @@ REGRESSION_SEEDS = [
     # server's inactivity timeout. Fixed: a move repeats the response to a client not yet
     # known to have it.
     ("lossy", 883139027966),
+    # Soak: a corrupted ack (hostile path) claimed a buffer far beyond the server's window of
+    # one message; the client, taking the largest bound seen, overran that window, every
+    # refused message backed off its retransmissions towards the 60 s cap, and the session
+    # crawled a message per minute to the time limit. Fixed: an ack opening more than the
+    # peer's window (its handshake's) is a ProtocolError.
+    ("hostile", 883139024394),
 ]
 
 

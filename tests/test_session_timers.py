@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tether.session.timers import TimerService, clock
+from tether.session.adapters.timers import TimerService, clock
 
 
 class Client:

@@ -1,4 +1,4 @@
-"""The UDP I/O path (src/tether/session/udp.py): runs of packets sent with UDP_SEGMENT (GSO)
+"""The UDP I/O path (src/tether/session/adapters/udp.py): runs of packets sent with UDP_SEGMENT (GSO)
 arrive as exactly the packets sent, whether the receiver reads them coalesced (UDP_GRO, cut
 at the segment size) or one by one; the plain path (no offload, forced) and the fall back
 when a GSO send fails deliver the same; sessions work over every combination. And the
@@ -14,12 +14,12 @@ import socket
 import pytest
 
 import tether
-from tether.session import api, udp
-from tether.session.core import native, reference
-from tether.session.demux import Demux
-from tether.session.engine import SessionEngine
-from tether.session.events import MessagesDelivered
-from tether.session.settings import SessionSettings
+from tether.session.adapters import api, udp
+from tether.session.sansio.core import native, reference
+from tether.session.sansio.demux import Demux
+from tether.session.sansio.engine import SessionEngine
+from tether.session.sansio.events import MessagesDelivered
+from tether.session.sansio.settings import SessionSettings
 
 GSO, GRO = udp.offload_support(socket.AF_INET)
 needs_offload = pytest.mark.skipif(not (GSO and GRO), reason="kernel lacks UDP GSO/GRO")
@@ -322,7 +322,7 @@ def test_a_timeout_after_a_stall_resends_a_burst_not_the_window(core):
     """The peer goes quiet for longer than an RTO with 200 messages in flight: the timeout
     resends the lowest RTO_BURST, restarts the timer, and the next timeout (still no word)
     resends twice as many; an ack with a fresh RTT sample starts the bursts over."""
-    from tether.session.engine import RTO_BURST
+    from tether.session.sansio.engine import RTO_BURST
     client, (server, _) = _engines(core, window=256)
     client._cc = None                        # no congestion window: all 200 go at once
     now = 0.01

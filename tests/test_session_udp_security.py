@@ -19,7 +19,7 @@ import pytest
 import tether
 from tether._native import codec
 from tether.errors import UnknownSequence
-from tether.session.frames import FrameType as F
+from tether.session.sansio.frames import FrameType as F
 
 pytestmark = pytest.mark.timeout(120)
 

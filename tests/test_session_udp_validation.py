@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import random
 
-from tether.session import ended as ended_module
-from tether.session.address_validation import (
+from tether.session.sansio import ended as ended_module
+from tether.session.sansio.address_validation import (
     AMPLIFICATION_LIMIT, TOKEN_LIFETIME, TOKEN_SIZE, AddressTokens, within_limit,
 )
-from tether.session.path_validation import (
+from tether.session.sansio.path_validation import (
     CHALLENGE_SIZE, CHALLENGE_WINDOW, PathChallenges, PeerPath,
 )
 

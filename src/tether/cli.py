@@ -1,6 +1,8 @@
 """The `tether` command: benchmarks, the queue manager service and its journal, and queue tools.
 
-Errors print one clear line to stderr and exit non-zero; never a traceback.
+Errors print one clear line to stderr and exit non-zero; never a traceback. Exit statuses
+(tether.exit_codes): 0 done, 1 an error, 2 a usage error, 3 a timeout, 128 + the signal
+when SIGINT or SIGTERM interrupted a command.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from . import __version__, exit_codes
 from .errors import TetherError
 from .runner import new_loop_runner
 
@@ -21,8 +24,11 @@ BENCH_KINDS = {
 COMMANDS = {
     "send": ("tether.queue.cli_tools", "send a message to a queue URL"),
     "recv": ("tether.queue.cli_tools", "receive messages from a queue URL"),
-    "queues": ("tether.queue.cli_tools", "list the queues of a queue manager"),
+    "peek": ("tether.queue.cli_tools", "show waiting messages of a queue URL without receiving them"),
+    "queues": ("tether.queue.cli_tools", "list the queues of a queue manager and their counts"),
 }
+# `tether queue create|delete|purge`: configure(parser) and main(args) -> int
+QUEUE_ADMIN = "tether.queue.queue_command"
 # `tether qm check|repair`: configure_NAME(parser) and main_NAME(args) -> int
 QM_JOURNAL_TOOLS = "tether.queue.store.admin"
 # `tether qm passwd`: configure(parser) and main(args) -> int
@@ -46,7 +52,10 @@ def _output_options(parser: argparse.ArgumentParser, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0],
+                                     epilog="exit status: 0 done, 1 error, 2 usage error, 3 timeout, "
+                                            "130/143 interrupted by SIGINT/SIGTERM")
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     bench = sub.add_parser("bench", help="throughput/latency beside a same-run baseline")
@@ -74,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         if _available(module):
             p = sub.add_parser(name, help=help_text)
             getattr(importlib.import_module(module), f"configure_{name}")(p)
+    if _available(QUEUE_ADMIN):
+        queue = sub.add_parser("queue", help="create, delete or purge a queue of a queue manager")
+        importlib.import_module(QUEUE_ADMIN).configure(queue)
     return parser
 
 
@@ -118,14 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.qm_command == "passwd":
                 return importlib.import_module(QM_PASSWD).main(args)
             return getattr(importlib.import_module(QM_JOURNAL_TOOLS), f"main_{args.qm_command}")(args)
+        if args.command == "queue":
+            return importlib.import_module(QUEUE_ADMIN).main(args)
         module = importlib.import_module(COMMANDS[args.command][0])
         return getattr(module, f"main_{args.command}")(args)
     except KeyboardInterrupt:
         print("tether: interrupted", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED_BASE + 2      # SIGINT
     except (TetherError, OSError, ValueError) as exc:
         print(f"tether: error: {exc}", file=sys.stderr)
-        return 1
+        return exit_codes.TIMEOUT if isinstance(exc, TimeoutError) else exit_codes.ERROR
 
 
 if __name__ == "__main__":

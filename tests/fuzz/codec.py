@@ -168,7 +168,6 @@ def seed_bodies() -> list[tuple[int, bytes]]:
         native.encode_data(MAX, MAX, [b"last"]),
         native.encode_ack(5, [(1, 9), (12, 12), (2**40, 2**41)], 300, True),
         native.encode_ack(5, [], 0, False),
-        enc((6, 5, [3, 70000, 2**35])),
         enc((7, 5)),
         enc((8, 5, 9)), enc((9, 5, 9)), enc((10, 5, 2**32)),
         enc((11, 5)),

@@ -50,7 +50,7 @@ if str(HERE.parent) not in sys.path:
 # target -> the tether modules to instrument for coverage (imported before the target)
 TARGETS: dict[str, list[str]] = {
     "codec": ["tether._reference.codec"],
-    "engine": ["tether.session.engine", "tether.session.demux", "tether.session.fragments",
+    "engine": ["tether.session.sansio.engine", "tether.session.sansio.demux", "tether.session.sansio.fragments",
                "tether._reference.codec", "tether._reference.receive_window",
                "tether._reference.send_window", "tether._reference.rangeset"],
     "protocol": ["tether.queue.protocol"],

@@ -27,11 +27,11 @@ from tether.errors import (
     InactivityTimeout, ProtocolError, RetryLimitExceeded, SequenceTerminated, SessionFault,
     TetherError, UnknownSequence,
 )
-from tether.session.core import Core
-from tether.session.demux import Demux
-from tether.session.engine import SessionEngine
-from tether.session.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
-from tether.session.frames import FrameType as F
+from tether.session.sansio.core import Core
+from tether.session.sansio.demux import Demux
+from tether.session.sansio.engine import SessionEngine
+from tether.session.sansio.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
+from tether.session.sansio.frames import FrameType as F
 
 from .app import App, AppPlan, Bodies
 from .network import Clock, Direction, Path

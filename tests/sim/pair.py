@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tether.session.core import Core, native
-from tether.session.demux import Demux
-from tether.session.engine import SessionEngine
-from tether.session.events import MessagesDelivered
-from tether.session.frames import FrameType
-from tether.session.settings import SessionSettings
+from tether.session.sansio.core import Core, native
+from tether.session.sansio.demux import Demux
+from tether.session.sansio.engine import SessionEngine
+from tether.session.sansio.events import MessagesDelivered
+from tether.session.sansio.frames import FrameType
+from tether.session.sansio.settings import SessionSettings
 
 SESSION_ID = 0x7E7E
 TOKEN = bytes(range(16))

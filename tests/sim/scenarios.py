@@ -38,7 +38,7 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 
-from tether.session.settings import SessionSettings
+from tether.session.sansio.settings import SessionSettings
 
 from .app import HEADER_SIZE, AppPlan
 from .network import Conditions, Interval

@@ -19,7 +19,7 @@ CREATE_SEQUENCE_RESPONSE = 2
 CREATE_SEQUENCE_REFUSED = 3
 DATA = 4
 ACK = 5
-NACK = 6
+# 6 was NACK, retired: loss detection needs no more than the ACK's ranges.
 ACK_REQUESTED = 7
 CLOSE_SEQUENCE = 8
 CLOSE_SEQUENCE_RESPONSE = 9
@@ -38,7 +38,6 @@ FRAME_NAMES: dict[int, str] = {
     CREATE_SEQUENCE_REFUSED: "CREATE_SEQUENCE_REFUSED",
     DATA: "DATA",
     ACK: "ACK",
-    NACK: "NACK",
     ACK_REQUESTED: "ACK_REQUESTED",
     CLOSE_SEQUENCE: "CLOSE_SEQUENCE",
     CLOSE_SEQUENCE_RESPONSE: "CLOSE_SEQUENCE_RESPONSE",
@@ -291,12 +290,6 @@ def encode_frame(frame: tuple) -> bytes:
         if arity != 5:
             raise ValueError(f"an ACK frame has 5 fields, got {arity}")
         return encode_ack(frame[1], frame[2], frame[3], frame[4])
-    if frame_type == NACK:
-        if arity != 3:
-            raise ValueError(f"a NACK frame has 3 fields, got {arity}")
-        numbers = [_uint(n, f"NACK numbers[{i}]")
-                   for i, n in enumerate(_sequence(frame[2], "NACK numbers"))]
-        return _pack([NACK, _uint(frame[1], "NACK session_id"), numbers])
     fields = _SIMPLE_FIELDS[frame_type]
     fewest, most = _arities(frame_type)
     if not fewest <= arity <= most:
@@ -480,14 +473,6 @@ def _decode_ack(frame: list) -> tuple:
     return (ACK, session_id, ranges, buffer_remaining, final)
 
 
-def _decode_nack(frame: list) -> tuple:
-    if len(frame) != 3:
-        raise ProtocolError(f"NACK frame has {len(frame)} elements, expected 3")
-    session_id = _want_uint(frame[1], "NACK session_id")
-    numbers = _want(frame[2], list, "NACK numbers")
-    return (NACK, session_id, [_want_uint(n, "NACK number") for n in numbers])
-
-
 def _decode_simple(frame_type: int, frame: list) -> tuple:
     name = FRAME_NAMES[frame_type]
     fields = _SIMPLE_FIELDS[frame_type]
@@ -549,8 +534,6 @@ def decode_packet(body: bytes, max_message_size: int = 65536, max_frames: int = 
             frames.append(_decode_data(frame, max_message_size, budget))
         elif frame_type == ACK:
             frames.append(_decode_ack(frame))
-        elif frame_type == NACK:
-            frames.append(_decode_nack(frame))
         elif frame_type in _SIMPLE_FIELDS:
             frames.append(_decode_simple(frame_type, frame))
         else:

@@ -4,7 +4,7 @@ yet seen acknowledged, numbered consecutively, with what retransmission needs.
 Written for clarity, not speed; the tests compare every result with the native module.
 A held message lives in `_held` (number -> _Sent, ascending because numbers are pushed in
 order and dicts keep insertion order) and in `_by_transmission` (number -> None, oldest
-transmission first: a resend moves it to the end), which is what fast retransmit walks.
+transmission first: a resend moves it to the end), which is what loss detection walks.
 """
 from __future__ import annotations
 
@@ -56,6 +56,13 @@ def _rto_pair(rto: object, max_rto: object) -> tuple[float, float]:
     if not m > 0:  # also refuses NaN
         raise ValueError(f"max_rto must be > 0, got {m!r}")
     return r, m
+
+
+def _delay(value: object) -> float:
+    d = _time(value, "loss_delay")
+    if d < 0:
+        raise ValueError(f"loss_delay must be >= 0, got {d!r}")
+    return d
 
 
 def _interval(rto: float, retries: int, max_rto: float) -> float:
@@ -168,7 +175,10 @@ class SendWindow:
     # ---- acknowledgement ----
 
     def apply_ack(self, ranges: list, now: float) -> tuple[int, int, list[float]]:
-        """Apply one acknowledgement; (newly acked count, newly acked bytes, RTT samples)."""
+        """Apply one acknowledgement; (newly acked count, newly acked bytes, RTT samples):
+        at most one sample, now - the send time of the newest transmission this ack newly
+        acknowledges, when it was sent once (Karn's rule) and is newer than any transmission
+        acknowledged before (RFC 9002 5.1)."""
         if not isinstance(ranges, list):
             raise TypeError(f"ranges must be a list, got {type(ranges).__name__}")
         now = _time(now, "now")
@@ -191,7 +201,7 @@ class SendWindow:
                 )
             checked.append((lo, hi))
         acked = acked_bytes = 0
-        samples: list[float] = []
+        newest: _Sent | None = None
         lowest = self.lowest_unacked
         for lo, hi in checked:
             for number in range(max(lo, lowest), hi + 1):
@@ -201,11 +211,14 @@ class SendWindow:
                 del self._by_transmission[number]
                 acked += 1
                 acked_bytes += sent.size
-                if not sent.resent:
-                    # Only a message sent once says which transmission arrived (Karn's rule).
-                    samples.append(now - sent.first_sent)
-                    self._largest_acked_serial = max(self._largest_acked_serial, sent.serial)
+                # Only a message sent once says which transmission arrived (Karn's rule).
+                if not sent.resent and (newest is None or sent.serial > newest.serial):
+                    newest = sent
         self._bytes -= acked_bytes
+        samples: list[float] = []
+        if newest is not None and newest.serial > self._largest_acked_serial:
+            self._largest_acked_serial = newest.serial
+            samples.append(now - newest.first_sent)
         return acked, acked_bytes, samples
 
     # ---- retransmission ----
@@ -250,19 +263,40 @@ class SendWindow:
             default=None,
         )
 
-    def fast_retransmit(self, now: float, limit: int = -1) -> list:
-        """Messages declared lost by the packet threshold (RFC 9002 6.1.1), lowest number
-        first, marked resent; a resend gets a new serial, so each transmission is declared
-        lost at most once."""
+    def detect_lost(self, now: float, loss_delay: float, limit: int = -1) -> list:
+        """Messages declared lost (RFC 9002 6.1): transmitted before the newest transmission
+        known to have arrived, and K_PACKET_THRESHOLD or more transmissions before it
+        (packet threshold) or at least loss_delay ago (time threshold). Lowest number first,
+        at most `limit`, marked resent like retransmit_due (same RetryLimitExceeded rule);
+        the resend gets a new serial, so each transmission is declared lost at most once."""
         now = _time(now, "now")
+        delay = _delay(loss_delay)
         limit = _limit(limit)
+        largest = self._largest_acked_serial
         lost = []
         for number in self._by_transmission:  # oldest transmission first
-            if self._held[number].serial + K_PACKET_THRESHOLD > self._largest_acked_serial:
+            sent = self._held[number]
+            if sent.serial >= largest:
                 break
-            lost.append(number)
+            if sent.serial + K_PACKET_THRESHOLD <= largest or sent.last_sent + delay <= now:
+                lost.append(number)
         lost.sort()
         return self._resend(lost if limit == -1 else lost[:limit], now)
+
+    def loss_deadline(self, loss_delay: float) -> float | None:
+        """When detect_lost will next declare a message lost by the time threshold: the
+        earliest last_sent + loss_delay of a message transmitted before the newest
+        transmission known to have arrived; None when there is none."""
+        delay = _delay(loss_delay)
+        largest = self._largest_acked_serial
+        best = None
+        for number in self._by_transmission:
+            sent = self._held[number]
+            if sent.serial >= largest:
+                break
+            if best is None or sent.last_sent + delay < best:
+                best = sent.last_sent + delay
+        return best
 
     # ---- resume ----
 

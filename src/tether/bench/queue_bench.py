@@ -16,6 +16,11 @@ and, durable only, what transactional batching buys (one consumer, a full queue,
                                   fsync, per batch; `vs_tx_per_message` is its msgs/s over the
                                   row above, same run
 
+With `--store postgresql://...` the same rows run once more as `postgres-{size}-...`, on a
+queue manager whose store is that database (docs/storage.md), each with `vs_durable`: its
+msgs/s over the journal's row of the same name, same run (a database the benchmark may
+write to: it creates, fills and deletes the queue `bench`).
+
 Beside them, measured in the same run on the same disk, `baseline-fdatasync-{size}`: a
 plain os.write + os.fdatasync loop writing as many messages per fdatasync as the durable
 send phase averaged per journal batch (`tether.bench.fsync_baseline`). Every row's ratio
@@ -69,6 +74,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --remote: comma-separated counts of concurrent senders (and consumers)")
     parser.add_argument("--batch-size", type=int, default=100,
                         help="messages per receive_batch in the durable receive-batch row (default 100)")
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="also run every row on a queue manager whose store is this PostgreSQL "
+                             "database (postgresql://...; rows postgres-*, with vs_durable)")
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="how long each send row (and the concurrent row) runs; the receive rows "
                              "take all that was sent")
@@ -213,10 +221,12 @@ async def _consume_for(label: str, qm: QueueManager, body: bytes, seconds: float
 async def _run_mode(mode: str, size_name: str, size: int, args: argparse.Namespace,
                     directory: str, progress: Progress) -> tuple[list[Result], float]:
     """The rows of one mode and size, and the average messages per journal batch."""
-    data_dir = os.path.join(directory, f"qm-{mode}-{size_name}")
+    data_dir = args.store if mode == "postgres" else os.path.join(directory, f"qm-{mode}-{size_name}")
     body = (bytes(range(256)) * (size // 256 + 1))[:size]
     async with QueueManager.open(data_dir, fsync=args.fsync) as qm:
-        await qm.create_queue("bench", durable=(mode == "durable"))
+        if "bench" in await qm.queues():
+            await qm.delete_queue("bench")      # (a database keeps what an earlier run left)
+        await qm.create_queue("bench", durable=(mode != "volatile"))
         journal = getattr(qm.operations.store, "journal", None)
         batches_before = journal.batch_count if journal is not None else 0
         count, send_s, send_lat = await _sends(f"{mode} {size_name} send", args.senders, args.seconds, qm,
@@ -230,15 +240,20 @@ async def _run_mode(mode: str, size_name: str, size: int, args: argparse.Namespa
         both_s, both_lat = await _concurrent(qm, f"{mode} {size_name} concurrent", args.senders, count,
                                              body, progress)
         batch_rows = []
-        if mode == "durable":
+        if mode != "volatile":
             one = await _consume_for(f"{mode} {size_name} tx per message", qm, body, args.seconds, 1, progress)
             many = await _consume_for(f"{mode} {size_name} receive_batch", qm, body, args.seconds,
                                       args.batch_size, progress)
             batch_rows = [("tx-per-message", one, 1), ("receive-batch", many, args.batch_size)]
-    shutil.rmtree(data_dir, ignore_errors=True)
+        if mode == "postgres":
+            await qm.delete_queue("bench")
+    if mode != "postgres":
+        shutil.rmtree(data_dir, ignore_errors=True)
     prefix = f"{mode}-{size_name}"
     per_batch = count / batches if batches else 0.0
     extra = {"senders": args.senders, "fsync": args.fsync if mode == "durable" else None}
+    if mode == "postgres":
+        extra["store"] = "postgresql"
     if per_batch:
         extra["msgs_per_fsync"] = round(per_batch, 1)
     rows = [
@@ -264,6 +279,12 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
         return await run_remote(args, progress)
     sizes = _choices(args.sizes, SIZES, "sizes")
     modes = _choices(args.modes, MODES, "modes")
+    if args.store is not None:
+        from ..queue.store.postgres import is_postgres_url
+
+        if not is_postgres_url(args.store):
+            raise ValueError(f"--store must be a postgresql:// URL, not {args.store!r}")
+        modes.append("postgres")
     if args.count < 1 or args.senders < 1:
         raise ValueError("--count and --senders must be >= 1")
     if not args.seconds > 0:
@@ -296,6 +317,11 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
                 _keep_best(best, rows + [base])
             group = list(best.values())
             apply_ratios(group, f"baseline-fdatasync-{size_name}")
+            for row in group:
+                if row.name.startswith("postgres-"):
+                    journal_row = best.get("durable-" + row.name[len("postgres-"):])
+                    if journal_row is not None:
+                        row.extra["vs_durable"] = round(row.msgs_per_s / max(journal_row.msgs_per_s, 1e-9), 3)
             for row in group:
                 if row.name in paired:
                     ratios = sorted(paired[row.name])

@@ -10,7 +10,7 @@ import asyncio
 import random
 from typing import Any
 
-from ..session.udp import tune_socket
+from ..session.adapters.udp import tune_socket
 
 
 def _check_probability(name: str, value: float) -> None:

@@ -215,7 +215,8 @@ def _result(name: str, size: int, sent: dict, received: dict, **extra) -> Result
             f"got {received['received']:,}")
     elapsed = received["end"] - sent["start"]
     counters = {k: v for k, v in {**sent, **received}.items()
-                if k in ("retransmission_timeouts", "fast_retransmits", "duplicates", "refused")}
+                if k in ("retransmission_timeouts", "fast_retransmits", "duplicates", "refused",
+                         "srtt", "cwnd")}
     return make_result(name, received["received"], size, elapsed, received["latencies"],
                        resent=sent["resent"], elapsed_s=round(elapsed, 3), messages=received["received"],
                        **counters, **extra)

@@ -160,7 +160,8 @@ async def send_session(kind: str, host: str, port: int, size: int, window: int,
     stats = client.stats
     return {"start": start, "sent": out.sent, "resent": stats["resent"],
             "retransmission_timeouts": stats["retransmission_timeouts"],
-            "fast_retransmits": stats["fast_retransmits"]}
+            "fast_retransmits": stats["fast_retransmits"], "srtt": stats["rtt"],
+            "cwnd": stats["cwnd"]}
 
 
 class SessionReceiver:

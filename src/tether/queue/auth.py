@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import AuthenticationFailed
-from ..session.url import parse as parse_url
+from ..session.adapters.url import parse as parse_url
 from .permissions import EVERYTHING, Permissions
 
 SCRYPT_N = 1 << 14          # 16 MiB of memory and some 50 ms per check: an interactive login's cost

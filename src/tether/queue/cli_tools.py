@@ -1,8 +1,10 @@
-"""`tether send`, `tether recv`, `tether queues`: a queue manager service from the shell.
+"""`tether send`, `tether recv`, `tether peek`, `tether queues`: a queue manager service
+from the shell.
 
     tether send tether://127.0.0.1:7600/orders 'hello'        # prints the message id
     echo hello | tether send tether://127.0.0.1:7600/orders -
     tether recv tether://127.0.0.1:7600/orders --count 10 --timeout 5
+    tether peek tether://127.0.0.1:7600/orders --count 10      # no lock, nothing counted
     tether queues tether://127.0.0.1:7600 [--json]
     TETHER_PASSWORD=... tether recv tls://qm.example:7600/orders --user alice [--cafile ca.pem]
 
@@ -11,7 +13,10 @@ tls://HOST:PORT/QUEUE connects over TLS, and so does tether://HOST:PORT/QUEUE wi
 `--user` authenticates; the password comes from TETHER_PASSWORD, or is asked for on the
 terminal without echo.
 
-Every failure is one line on stderr ("tether: error: ...") and a non-zero exit status.
+Every failure is one line on stderr ("tether: error: ...", naming the service's address
+when the connection is what failed) and an exit status from tether.exit_codes: 1 an
+error, 2 a usage error, 3 a timeout (recv's --timeout ran out, or the service did not
+answer in time), 128 + the signal when SIGINT or SIGTERM interrupted it.
 """
 from __future__ import annotations
 
@@ -21,26 +26,34 @@ import base64
 import getpass
 import json
 import os
+import signal
 import ssl
 import sys
-from collections.abc import Mapping
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import TetherError
+from .. import exit_codes
+from ..errors import (
+    InactivityTimeout,
+    MessageTooLarge,
+    QueueUnavailable,
+    RetryLimitExceeded,
+    SessionFault,
+    TetherError,
+)
 from ..runner import new_loop_runner
+from ..table_output import print_table
 from .core.address import split_subqueue, validate_queue_name
 
-EXIT_ERROR = 1
-EXIT_TIMEOUT = 2
 _COLUMNS = (("name", "name"), ("durable", "durable"), ("depth", "depth"), ("in flight", "in_flight"),
-            ("retrying", "retrying"), ("dead", "dead"), ("poison", "poison"))
+            ("retrying", "retrying"), ("dead", "dead"), ("poison", "poison"), ("faulted", "faulted"))
 
 
 PASSWORD_VARIABLE = "TETHER_PASSWORD"
 
 
-def _queue_url(url: str) -> tuple[str, str]:
+def queue_url(url: str) -> tuple[str, str]:
     """(service URL, queue) of tether://HOST:PORT/QUEUE or tls://HOST:PORT/QUEUE;
     ValueError naming what is wrong."""
     from .client import service_url
@@ -60,9 +73,10 @@ def _queue_url(url: str) -> tuple[str, str]:
     return service, queue
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """--connect-timeout, --user and --cafile: how every remote command connects."""
     parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
-                        help="give up connecting after S seconds (default 5)")
+                        help="give up connecting after S seconds (default 5; exit status 3)")
     parser.add_argument("--user", default=None, metavar="NAME",
                         help=f"authenticate as NAME; the password comes from ${PASSWORD_VARIABLE}, "
                              "or is asked for on the terminal")
@@ -78,7 +92,9 @@ def configure_send(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
                         help="a message header (repeatable)")
     parser.add_argument("--ttl", type=float, default=None, metavar="S", help="time to live in seconds")
-    _common(parser)
+    parser.add_argument("--empty", action="store_true",
+                        help="send an empty body (refused otherwise: an empty stdin is usually a mistake)")
+    add_connection_options(parser)
 
 
 def configure_recv(parser: argparse.ArgumentParser) -> None:
@@ -86,31 +102,92 @@ def configure_recv(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="tether://HOST:PORT/QUEUE (sub-queues: QUEUE;poison, QUEUE;retry)")
     parser.add_argument("--count", type=int, default=1, metavar="N", help="messages to receive (default 1)")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
-                        help="wait at most S seconds in all (default: until --count arrived)")
+                        help="wait at most S seconds in all (default: until --count arrived); exit status 3 "
+                             "when fewer came")
     parser.add_argument("--json", action="store_true", help="one JSON object per message")
-    _common(parser)
+    add_connection_options(parser)
+
+
+def configure_peek(parser: argparse.ArgumentParser) -> None:
+    """Options of `tether peek`."""
+    parser.add_argument("url", help="tether://HOST:PORT/QUEUE (sub-queues: QUEUE;poison, QUEUE;retry)")
+    parser.add_argument("--count", type=int, default=1, metavar="N",
+                        help="show up to N messages, in the order receivers would get them (default 1)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per message")
+    add_connection_options(parser)
 
 
 def configure_queues(parser: argparse.ArgumentParser) -> None:
     """Options of `tether queues`."""
     parser.add_argument("url", help="tcp://HOST:PORT, tls://HOST:PORT or tether://HOST:PORT of a queue manager")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _common(parser)
+    add_connection_options(parser)
 
 
-def _run(work: Callable[[], Awaitable[int]]) -> int:
-    """Run `work` and turn every failure into one line and a non-zero status."""
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while a command ran."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+async def _interruptible(work: Callable[[], Awaitable[int]]) -> int:
+    """`work()`, cancelled (its finally blocks run: a client closes cleanly) by SIGINT or
+    SIGTERM, which then raise Interrupted."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    signums = (signal.SIGINT, signal.SIGTERM)
+    for signum in signums:
+        loop.add_signal_handler(signum, stop, signum)
     try:
-        return new_loop_runner()(work())
+        return await work()
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
+    finally:
+        for signum in signums:
+            loop.remove_signal_handler(signum)
+
+
+def _connection_failed(exc: BaseException) -> bool:
+    """Whether `exc` says the connection to the service failed (rather than a request)."""
+    return isinstance(exc, (OSError, QueueUnavailable)) or \
+        (isinstance(exc, SessionFault) and not isinstance(exc, MessageTooLarge))
+
+
+def run_command(work: Callable[[], Awaitable[int]], address: str | None = None) -> int:
+    """Run `work` and turn every failure into one line and its exit status; a connection
+    failure names `address` (the service's URL)."""
+    try:
+        return new_loop_runner()(_interruptible(work))
+    except Interrupted as exc:
+        print(f"tether: interrupted ({exc})", file=sys.stderr)
+        return exit_codes.INTERRUPTED_BASE + exc.signum
     except KeyboardInterrupt:
         print("tether: interrupted", file=sys.stderr)
-        return 130
-    except (TetherError, OSError, ValueError, TypeError, asyncio.TimeoutError) as exc:
+        return exit_codes.INTERRUPTED_BASE + signal.SIGINT
+    except (TetherError, OSError, ValueError, TypeError) as exc:
         text = str(exc) or exc.__class__.__name__
         if isinstance(exc, ConnectionRefusedError):
             text = f"connection refused ({text})"
+        if address is not None and _connection_failed(exc) and address not in text:
+            text = f"queue manager at {address}: {text}"
         print(f"tether: error: {text}", file=sys.stderr)
-        return EXIT_ERROR
+        return exit_codes.TIMEOUT if isinstance(exc, _NO_ANSWER) else exit_codes.ERROR
+
+
+#: failures that mean nothing answered in time: exit status 3 (exit_codes.TIMEOUT)
+_NO_ANSWER = (TimeoutError, RetryLimitExceeded, InactivityTimeout, QueueUnavailable)
 
 
 def _password(user: str) -> str:
@@ -130,8 +207,9 @@ def _password(user: str) -> str:
         raise ValueError(f"--user {user}: no password given") from None
 
 
-async def _connect(url: str, args: argparse.Namespace) -> Any:
-    """A QueueClient for the service at `url` (tcp:// or tls://), as the common options say."""
+async def connect_client(url: str, args: argparse.Namespace) -> Any:
+    """A QueueClient for the service at `url` (tcp:// or tls://), as the common options say.
+    TimeoutError naming the address when it does not answer within --connect-timeout."""
     from .client import QueueClient
 
     timeout = args.connect_timeout
@@ -150,14 +228,14 @@ async def _connect(url: str, args: argparse.Namespace) -> Any:
     try:
         return await asyncio.wait_for(QueueClient.connect(url, ssl=context, user=args.user, password=password,
                                                           connect_timeout=timeout, prefetch=1), timeout + 1)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise TimeoutError(f"no queue manager answered at {url} within {timeout} s") from None
 
 
 def main_send(args: argparse.Namespace) -> int:
     """`tether send URL [DATA|-]`: prints the new message's id."""
     async def work() -> int:
-        service, queue = _queue_url(args.url)
+        service, queue = queue_url(args.url)
         headers = {}
         for header in args.header:
             name, sep, value = header.partition("=")
@@ -165,7 +243,10 @@ def main_send(args: argparse.Namespace) -> int:
                 raise ValueError(f"--header {header!r}: expected NAME=VALUE")
             headers[name] = value
         body = sys.stdin.buffer.read() if args.data == "-" else args.data.encode()
-        client = await _connect(service, args)
+        if not body and not args.empty:
+            source = "stdin gave nothing" if args.data == "-" else "DATA is empty"
+            raise ValueError(f"refusing to send an empty message ({source}); pass --empty to send one")
+        client = await connect_client(service, args)
         try:
             message_id = await client.send(queue, body, headers=headers or None, time_to_live=args.ttl)
         finally:
@@ -173,22 +254,42 @@ def main_send(args: argparse.Namespace) -> int:
         print(message_id)
         return 0
 
-    return _run(work)
+    return run_command(work, _address(args.url))
+
+
+def _address(url: str) -> str | None:
+    """The service URL of a command's URL argument, for error messages (None if it is bad:
+    the command itself says why)."""
+    try:
+        return queue_url(url)[0]
+    except ValueError:
+        try:
+            from .client import service_url
+
+            return service_url(url)
+        except ValueError:
+            return None
+
+
+def _check_count(count: int) -> None:
+    if count < 1:
+        raise ValueError(f"--count must be >= 1, not {count}")
 
 
 def main_recv(args: argparse.Namespace) -> int:
     """`tether recv URL`: writes each body (or JSON) to stdout and completes it."""
     async def work() -> int:
-        service, queue = _queue_url(args.url)
-        if args.count < 1:
-            raise ValueError(f"--count must be >= 1, not {args.count}")
+        service, queue = queue_url(args.url)
+        _check_count(args.count)
         if args.timeout is not None and args.timeout < 0:
             raise ValueError(f"--timeout must be >= 0, not {args.timeout}")
-        client = await _connect(service, args)
+        client = await connect_client(service, args)
         loop = asyncio.get_running_loop()
         deadline = None if args.timeout is None else loop.time() + args.timeout
         received = 0
         out = sys.stdout.buffer
+        progress = _Progress(args.count) if args.count > 1 and sys.stderr.isatty() and not sys.stdout.isatty() \
+            else None
         try:
             while received < args.count:
                 remaining = None if deadline is None else max(0.0, deadline - loop.time())
@@ -202,15 +303,63 @@ def main_recv(args: argparse.Namespace) -> int:
                 out.flush()
                 await message.complete()
                 received += 1
+                if progress is not None:
+                    progress.advance()
         finally:
+            if progress is not None:
+                progress.stop()
             await client.close()
         if received < args.count:
             print(f"tether: error: received {received} of {args.count} messages within {args.timeout} s",
                   file=sys.stderr)
-            return EXIT_TIMEOUT
+            return exit_codes.TIMEOUT
         return 0
 
-    return _run(work)
+    return run_command(work, _address(args.url))
+
+
+class _Progress:
+    """A rich progress bar on stderr (a terminal) while `recv --count N` writes elsewhere."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress("received", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  console=Console(file=sys.stderr), transient=True)
+        self._task = self._progress.add_task("recv", total=total)
+        self._progress.start()
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
+def main_peek(args: argparse.Namespace) -> int:
+    """`tether peek URL`: writes up to --count waiting messages (bodies, or JSON) without
+    locking them or counting a delivery."""
+    async def work() -> int:
+        service, queue = queue_url(args.url)
+        _check_count(args.count)
+        client = await connect_client(service, args)
+        try:
+            messages = await client.peek(queue, args.count)
+        finally:
+            await client.close()
+        out = sys.stdout.buffer
+        for message in messages:
+            out.write(json.dumps(_as_json(message)).encode() + b"\n" if args.json else message.body + b"\n")
+        out.flush()
+        return 0
+
+    return run_command(work, _address(args.url))
 
 
 def _as_json(message: Any) -> dict:
@@ -241,7 +390,7 @@ def main_queues(args: argparse.Namespace) -> int:
     async def work() -> int:
         from .client import service_url
 
-        client = await _connect(service_url(args.url), args)
+        client = await connect_client(service_url(args.url), args)
         try:
             infos = await client.queue_infos()
         finally:
@@ -249,14 +398,9 @@ def main_queues(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([dict(info) for info in infos], indent=2))
             return 0
-        rows = [[str(info[key]).lower() if key == "durable" else str(info[key]) for _, key in _COLUMNS]
+        rows = [[str(info[key]).lower() if isinstance(info[key], bool) else str(info[key]) for _, key in _COLUMNS]
                 for info in infos]
-        widths = [max(len(title), *(len(row[i]) for row in rows)) if rows else len(title)
-                  for i, (title, _) in enumerate(_COLUMNS)]
-        print("  ".join(title.ljust(w) if i == 0 else title.rjust(w)
-                        for i, ((title, _), w) in enumerate(zip(_COLUMNS, widths))))
-        for row in rows:
-            print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        print_table([title for title, _ in _COLUMNS], rows, sys.stdout)
         return 0
 
-    return _run(work)
+    return run_command(work, _address(args.url))

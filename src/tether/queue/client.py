@@ -51,8 +51,8 @@ from ..errors import (
 )
 from . import protocol as P
 from ..backoff import Backoff
-from ..session import tls
-from ..session.url import parse as parse_url
+from ..session.adapters import tls
+from ..session.adapters.url import parse as parse_url
 from .auth import check_credentials
 from .core.engine import check_group_id, check_priority, delivery_time
 from .core.headers import encode_headers, plain_headers
@@ -347,7 +347,7 @@ class QueueClient:
         self._reader = self._loop.create_task(self._read_loop())
 
     async def _new_session(self) -> None:
-        from ..session.api import connect
+        from ..session.adapters.api import connect
 
         session = await connect(self.url, ssl=self._ssl, connect_timeout=self.connect_timeout,
                                 **self._session_settings)
@@ -1146,6 +1146,16 @@ class RemoteTransaction:
         self._client._locks.pop(message._tag, None)     # settled by the transaction, not by us
         message._settler = self
         return message
+
+    async def receive_many(self, name: str, count: int) -> list[Message]:
+        """Up to `count` messages of `name` that are ready now (no wait), in this transaction."""
+        out: list[Message] = []
+        while len(out) < count:
+            message = await self.receive(name, 0)
+            if message is None:
+                break
+            out.append(message)
+        return out
 
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,

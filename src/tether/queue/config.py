@@ -6,6 +6,8 @@ whose values the command line may override.
     fsync = "always"                          # always | interval | never
     fsync_interval = 0.05
     log_level = "INFO"
+    metrics = "127.0.0.1:9600"                # Prometheus text at http://127.0.0.1:9600/metrics
+                                              # (docs/operations.md; default: not served)
     source_journal = false                    # keep a copy of every forwarded message, once
     journal_max_length = 10000                # acknowledged, in $journal: at most this many,
     journal_time_to_live = 86400.0            # for this long (core/source_journal.py)
@@ -57,7 +59,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..session.url import parse as parse_url
+from ..metrics_http import parse_address
+from ..session.adapters.url import parse as parse_url
 from .auth import Access, Users
 from .core.engine import DEFAULT_MAX_QUEUES
 from .core.settings import QueueSettings
@@ -68,7 +71,7 @@ from .remotes import Remote, validate_remotes
 DEFAULT_LISTEN = "tcp://127.0.0.1:7600"
 FSYNC_POLICIES = ("always", "interval", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_TOP = {"data_dir", "listen", "fsync", "fsync_interval", "log_level", "limits", "queues", "tls", "users",
+_TOP = {"data_dir", "listen", "fsync", "fsync_interval", "log_level", "metrics", "limits", "queues", "tls", "users",
         "allow_anonymous", "remotes", "source_journal", "journal_max_length", "journal_time_to_live"}
 _JOURNAL = ("source_journal", "journal_max_length", "journal_time_to_live")
 _SERVICE_LIMITS = set(ServiceLimits().as_dict())
@@ -85,6 +88,8 @@ class ServiceConfig:
     fsync: str = "always"
     fsync_interval: float = 0.05
     log_level: str = "INFO"
+    #: "HOST:PORT" where GET /metrics answers (tether.metrics); None: not served
+    metrics: str | None = None
     max_frame_bytes: int = 8 * 1024 * 1024
     client_grace: float = 15.0
     max_queues: int = DEFAULT_MAX_QUEUES
@@ -136,8 +141,16 @@ class ServiceConfig:
         if self.fsync not in FSYNC_POLICIES:
             raise ValueError(f"config: fsync must be one of {', '.join(FSYNC_POLICIES)}, not {self.fsync!r}")
         _positive("fsync_interval", self.fsync_interval)
-        if self.log_level not in LOG_LEVELS:
-            raise ValueError(f"config: log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if isinstance(self.log_level, str) and self.log_level.upper() in LOG_LEVELS:
+            self.log_level = self.log_level.upper()
+        else:
+            raise ValueError(f"config: log_level must be one of {', '.join(LOG_LEVELS)} (any case), "
+                             f"not {self.log_level!r}")
+        if self.metrics is not None:
+            try:
+                parse_address(self.metrics, "metrics")
+            except ValueError as exc:
+                raise ValueError(f"config: {exc}") from None
         if isinstance(self.max_frame_bytes, bool) or not isinstance(self.max_frame_bytes, int) \
                 or not 64 * 1024 <= self.max_frame_bytes <= 16 * 1024 * 1024:
             raise ValueError(f"config: limits.max_frame_bytes must be an integer 65536..16777216, "
@@ -227,7 +240,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> ServiceConfig:
         config.listen = [listen] if isinstance(listen, str) else listen
         if not isinstance(config.listen, list):
             raise ValueError(f"{source}: listen must be a URL or a list of URLs")
-    for key in ("fsync", "fsync_interval", "log_level", *_JOURNAL):
+    for key in ("fsync", "fsync_interval", "log_level", "metrics", *_JOURNAL):
         if key in data:
             setattr(config, key, data[key])
     limits = data.get("limits", {})

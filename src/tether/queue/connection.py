@@ -603,7 +603,7 @@ class Connection:
             return None
         if op == P.SUBSCRIBE:
             _, _, consumer_id, queue, credit = item
-            operations.info(queue)      # QueueNotFound now rather than from the consumer
+            await operations.info(queue)      # QueueNotFound now rather than from the consumer
             if consumer_id in self.consumers:
                 raise ValueError(f"consumer {consumer_id} is already subscribed")
             consumer = self.consumers[consumer_id] = _Consumer(consumer_id, queue, credit)
@@ -657,7 +657,7 @@ class Connection:
             entry = state.locks.get(tag) or self._transaction_entry(tag)
             if entry is None:
                 raise LockLost(f"lock {tag}: no peek-lock held (expired, settled, or the service restarted)")
-            return _validity_after(operations.renew(entry, tag), operations.now())
+            return _validity_after(await operations.renew(entry, tag), operations.now())
         if op == P.TX_BEGIN:
             state.next_txid += 1
             state.transactions[state.next_txid] = manager.transaction()
@@ -758,7 +758,7 @@ class Connection:
                 entries = [first]
                 if consumer.credit > 1 and room > len(first.body):
                     try:
-                        entries += operations.take_ready(name, consumer.credit - 1, room - len(first.body))
+                        entries += await operations.take_many(name, consumer.credit - 1, room - len(first.body))
                     except QueueError:
                         pass        # `first` still goes out; the next take raises it
 

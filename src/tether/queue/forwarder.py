@@ -230,7 +230,7 @@ class Forwarder:
                     self._room.clear()
                     break
                 # then whatever else is ready, in one pass (no more than the window has room for)
-                entries = operations.take_ready(name, min(engine.room(now), TAKE_AT_ONCE), BYTES_AT_ONCE)
+                entries = await operations.take_many(name, min(engine.room(now), TAKE_AT_ONCE), BYTES_AT_ONCE)
 
     def _send(self, client: QueueClient, entries: list[Entry]) -> None:
         """Send `entries` (in flight) as FORWARD_BATCH items, one reply each: as many as
@@ -320,7 +320,7 @@ class Forwarder:
             await asyncio.sleep(max(0.01, min(LOCK_RENEW_EVERY, validity / 3)))
             for entry, tag in self.engine.unanswered():
                 try:
-                    self.operations.renew(entry, tag)
+                    await self.operations.renew(entry, tag)
                 except QueueError:
                     pass        # settled meanwhile
 

@@ -28,6 +28,7 @@ import os
 from ssl import SSLContext
 from typing import Any, AsyncIterator, Mapping
 
+from .. import census
 from ..errors import QueueError, QueueNotFound
 from .core import QueueCore, QueueInfo, QueueSettings
 from .core.engine import DEFAULT_MAX_QUEUES
@@ -40,11 +41,13 @@ from .message import Message
 from .opening import Opening
 from .operations import QueueOperations
 from .remotes import DIRECT, Remote, validate_remotes
+from .statistics import ManagerStatistics, gather
 from .store.interface import Store
 from .store.journal_store import (
     DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_RATIO, DEFAULT_SEGMENT_SIZE, JournalStore,
 )
 from .store.memory import MemoryStore
+from .store.postgres import DEFAULT_CLIENT_GRACE, PostgresStore, is_postgres_url, redacted
 from .transaction import Transaction
 from .receive_batch import ReceiveBatch, check_batch, more_in_turn
 from .group import AcceptGroup, LocalGroups, check_accept
@@ -69,6 +72,7 @@ class QueueManager:
         self._closing = False                  # close() has begun: start no more forwarders
         self._services: list[Any] = []         # service.QueueService, see listen()
         self._forwarders: dict[str, Any] = {}  # transmission queue name -> forwarder.Forwarder
+        census.managers.add(self)              # tether.metrics reports it while it is open
 
     # ---- opening and closing ----
 
@@ -81,10 +85,15 @@ class QueueManager:
              dedupe_window: float = DEFAULT_DEDUPE_WINDOW, max_queues: int = DEFAULT_MAX_QUEUES,
              max_disk_bytes: int | None = None, source_journal: bool = False,
              journal_max_length: int | None = DEFAULT_JOURNAL_MAX_LENGTH,
-             journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE) -> "Opening[QueueManager]":
+             journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE,
+             client_grace: float = DEFAULT_CLIENT_GRACE) -> "Opening[QueueManager]":
         """Open the queue manager whose journal is in `data_dir` (created if missing, 0700),
         recovering its queues and durable messages. Without `data_dir` everything is in
-        memory. `fsync`: "always" (a durable send returns once fdatasync'ed), "interval"
+        memory. `data_dir` may instead be a PostgreSQL URL ("postgresql://user@host/db",
+        with the `tether[postgres]` extra): then the queues live in that database and every
+        queue manager opened on it serves the same queues (docs/storage.md); a manager that
+        stops renewing its lease there for `client_grace` seconds (killed, cut off) has its
+        peek-locks returned by the others. `fsync`: "always" (a durable send returns once fdatasync'ed), "interval"
         (at most every `fsync_interval` s), "never". The journal is compacted when it is
         `compact_ratio` times the live data and over `compact_min_bytes`. A producer
         (a remote client, another queue manager's forwarder) silent for `dedupe_window`
@@ -112,10 +121,17 @@ class QueueManager:
         if isinstance(dedupe_window, bool) or not isinstance(dedupe_window, (int, float)) \
                 or not (dedupe_window > 0 and math.isfinite(dedupe_window)):
             raise ValueError(f"dedupe_window must be a finite number of seconds > 0, not {dedupe_window!r}")
+        if isinstance(client_grace, bool) or not isinstance(client_grace, (int, float)) \
+                or not (client_grace > 0 and math.isfinite(client_grace)):
+            raise ValueError(f"client_grace must be a finite number of seconds > 0, not {client_grace!r}")
         checked_remotes = validate_remotes(remotes)
         journal = JournalSettings.create(source_journal, journal_max_length, journal_time_to_live)
 
         async def opening() -> QueueManager:
+            if is_postgres_url(data_dir):
+                return await cls._open_shared(data_dir, float(dedupe_window), max_queues, journal,
+                                              checked_remotes, client_grace, listen,
+                                              dict(ssl=ssl, users=users, allow_anonymous=allow_anonymous))
             store: Store
             if data_dir is None:
                 store = MemoryStore()
@@ -144,6 +160,31 @@ class QueueManager:
 
         return Opening(opening, _close_manager)
 
+    @classmethod
+    async def _open_shared(cls, url: str, dedupe_window: float, max_queues: int, journal: JournalSettings,
+                           remotes: dict[str, Remote], client_grace: float, listen: str | None,
+                           serving: dict[str, Any]) -> "QueueManager":
+        """A manager on a shared (PostgreSQL) store: its operations are the database's."""
+        from .shared_operations import SharedQueueOperations
+
+        store = await PostgresStore.open(url, client_grace=client_grace)
+        try:
+            core = QueueCore(store.owner, journaled=False, producer_expiry=dedupe_window, max_queues=max_queues,
+                             journal=journal)
+            operations = await SharedQueueOperations.start(core, store, dedupe_window)
+        except BaseException:
+            await store.close()
+            raise
+        manager = cls(operations, redacted(url), remotes)
+        log.info("queue manager on %s: %d queues", redacted(url), len(core.queue_names()))
+        if listen is not None:
+            try:
+                await manager.listen(listen, **serving)
+            except BaseException:
+                await manager.close()
+                raise
+        return manager
+
     @property
     def recovery_log(self) -> list[str]:
         """What recovery of the journal repaired by itself (torn tails), if anything."""
@@ -167,6 +208,13 @@ class QueueManager:
             await forwarder.close()
         self._closed = True
         await self.operations.close()
+
+    def statistics(self) -> ManagerStatistics:
+        """Every queue's counts, what went through each since the manager opened (sent,
+        received, dead-lettered by reason), the journal's size and sync times, and how many
+        clients its services know: what tether.metrics reports. QueueError once closed."""
+        self._check_open()
+        return gather(self.operations, self._services)
 
     async def __aenter__(self) -> "QueueManager":
         return self
@@ -221,12 +269,12 @@ class QueueManager:
         `dead` (its messages now in a dead-letter queue) and `poison` (in `;poison`) are the
         contract; `retrying`, `bytes`, `faulted` and `waiting` come with them."""
         self._check_open()
-        return self.operations.info(name)
+        return await self.operations.info(name)
 
     async def queue_infos(self) -> list[QueueInfo]:
         """queue_info() of every queue (transmission queues included)."""
         self._check_open()
-        return [self.operations.info(name) for name in self._core.queue_names()]
+        return [await self.operations.info(name) for name in self._core.queue_names()]
 
     async def purge_queue(self, name: str) -> int:
         """Remove every message waiting in a queue (or sub-queue: `orders;poison`), durably;
@@ -243,6 +291,9 @@ class QueueManager:
         if not isinstance(address, str):
             raise TypeError(f"queue address must be a string, not {address!r}")
         if is_remote(address):
+            if self.operations.store.shared:
+                raise QueueError(f"cannot send to {address!r}: store-and-forward from a queue manager on a shared "
+                                 f"(PostgreSQL) store is not supported; send to a queue of the database")
             return await self.transmission_queue(parse_remote(address))
         base, sub = split_subqueue(address)
         if sub is not None:
@@ -268,7 +319,8 @@ class QueueManager:
         return name
 
     def _start_forwarder(self, name: str) -> None:
-        if not name.startswith(TRANSMISSION_PREFIX) or name in self._forwarders or self._closing:
+        if not name.startswith(TRANSMISSION_PREFIX) or name in self._forwarders or self._closing \
+                or self.operations.store.shared:
             return      # (one started while close() waits for the others would never close)
         from .forwarder import Forwarder
 
@@ -347,9 +399,7 @@ class QueueManager:
             self._check_open()
         entry = self.operations.take_now(name)        # no coroutine when one is ready
         if entry is None:
-            if timeout is not None and timeout <= 0:
-                return None
-            entry = await self.operations.take(name, timeout)
+            entry = await self.operations.take(name, timeout)     # (timeout <= 0: no wait)
             if entry is None:
                 return None
         return Message.of_entry(entry, self)
@@ -374,16 +424,14 @@ class QueueManager:
         get them, without locking them or counting a delivery (they cannot be settled).
         QueueNotFound, ValueError for a count < 1."""
         self._check_open()
-        return [Message.peeked(entry) for entry in self.operations.peek(name, count)]
+        return [Message.peeked(entry) for entry in await self.operations.peek(name, count)]
 
     # Message.complete() / Message.abandon() / Message.renew_lock() land here
     async def complete_message(self, message: Message) -> None:
         """Remove a received message (durably on a durable queue). LockLost if the lock expired."""
         if self._closed:
             self._check_open()
-        record = self.operations.complete_now(message._entry, message._tag)
-        if record is not None:
-            await self.operations.writer.wait(record)
+        await self.operations.complete(message._entry, message._tag)
 
     async def abandon_message(self, message: Message) -> None:
         """Return a received message as a failed delivery (retry, delay or poison per its queue)."""
@@ -393,7 +441,7 @@ class QueueManager:
     async def renew_message(self, message: Message) -> None:
         """Extend a received message's peek-lock by validity_duration from now. LockLost."""
         self._check_open()
-        message._lock_deadline = self.operations.renew(message._entry, message._tag)
+        message._lock_deadline = await self.operations.renew(message._entry, message._tag)
 
     # ---- transactions ----
 
@@ -458,7 +506,7 @@ class QueueManager:
     async def compact(self) -> None:
         """Rewrite the journal as a snapshot of the live data now (it also happens by itself)."""
         self._check_open()
-        if self.operations.store.durable:
+        if self.operations.store.durable and not self.operations.store.shared:
             await self.operations.writer.compact()
 
     def __repr__(self) -> str:

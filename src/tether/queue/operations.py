@@ -157,8 +157,12 @@ class QueueOperations:
         self.settle()
         await self.wait_for(record)
 
-    def info(self, name: str) -> QueueInfo:
-        """Counts of a queue or sub-queue."""
+    async def info(self, name: str) -> QueueInfo:
+        """Counts of a queue or sub-queue (async: a shared store counts in the database)."""
+        return self.core.info(name)
+
+    def info_now(self, name: str) -> QueueInfo:
+        """Counts of a queue without waiting (what a metrics scrape reads): the core's own."""
         return self.core.info(name)
 
     async def purge(self, name: str) -> int:
@@ -168,7 +172,7 @@ class QueueOperations:
         await self.wait_for(record)
         return count
 
-    def peek(self, name: str, count: int) -> list[Entry]:
+    async def peek(self, name: str, count: int) -> list[Entry]:
         """The next `count` entries a receiver would get, unlocked (see QueueCore.peek)."""
         if self._closed:
             raise QueueError("the queue manager is closed")
@@ -276,17 +280,18 @@ class QueueOperations:
             self.settle()
         return entry
 
-    def take_ready(self, name: str, count: int, max_bytes: int) -> list[Entry]:
+    async def take_many(self, name: str, count: int, max_bytes: int | None = None) -> list[Entry]:
         """Up to `count` entries of queue `name` that are ready now (each locked), in one
-        pass, stopping once their bodies reach `max_bytes`; [] when none is. (A consumer's
-        deliveries under its credit.) QueueNotFound, PoisonMessage when the first fails."""
+        pass, stopping once their bodies reach `max_bytes` (None: no bound); [] when none is
+        (no wait). A consumer's deliveries under its credit, a forwarder's run, a transaction's
+        receive_many. QueueNotFound, PoisonMessage when the first fails."""
         if self._closed:
             raise QueueError("the queue manager is closed")
         take = self.core.take
         now = self._clock()
         entries: list[Entry] = []
         size = 0
-        while len(entries) < count and size < max_bytes:
+        while len(entries) < count and (max_bytes is None or size < max_bytes):
             try:
                 entry = take(name, now)
             except QueueError:
@@ -411,7 +416,7 @@ class QueueOperations:
         self.settle()
         await self.wait_for(record)
 
-    def renew(self, entry: Entry, tag: int) -> float:
+    async def renew(self, entry: Entry, tag: int) -> float:
         """Extend a peek-lock; the new deadline. LockLost."""
         deadline = self.core.renew(entry, tag, self._clock())
         self.settle()

@@ -86,11 +86,5 @@ class ReceiveBatch:
 
 
 async def more_in_turn(transaction: Any, name: str, n: int) -> list[Message]:
-    """Up to `n` more messages of `name`, each taken at once, until none is ready."""
-    out = []
-    for _ in range(n):
-        message = await transaction.receive(name, 0)
-        if message is None:
-            break
-        out.append(message)
-    return out
+    """Up to `n` more messages of `name` that are ready now (one claim on a shared store)."""
+    return await transaction.receive_many(name, n)

@@ -1,9 +1,12 @@
 """`tether qm serve`: a queue manager service from the command line.
 
     tether qm serve --listen tcp://127.0.0.1:7600 --data-dir ./data [--config qm.toml]
+    tether qm serve --listen tcp://0.0.0.0:7600 --store postgresql://tether@db/tether --config qm.toml
+                    [--metrics 127.0.0.1:9600]
 
-Prints "tether qm: ready URL ..." once every address is bound; SIGTERM or SIGINT shut it
-down cleanly (open transactions roll back, the journal is closed). TLS, users and remotes
+Prints "tether qm: metrics http://HOST:PORT/metrics" (with metrics) and then
+"tether qm: ready URL ..." once every address is bound; SIGTERM or SIGINT shut it down
+cleanly (open transactions roll back, the journal is closed) and it exits 0. TLS, users and remotes
 come from the configuration file (config.py); it refuses to start, before opening
 anything, when anonymous access would reach beyond loopback (docs/security.md).
 """
@@ -16,10 +19,11 @@ import signal
 import sys
 
 from ..runner import new_loop_runner
-from ..session.url import parse as parse_url
+from ..session.adapters.url import parse as parse_url
 from . import config as cfg
 from .manager import QueueManager
 from .service import QueueService
+from .store.postgres import is_postgres_url
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,25 +32,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="tcp://HOST:PORT or tls://HOST:PORT (with [tls] in --config) to serve "
                              "(repeatable; default tcp://127.0.0.1:7600, loopback)")
     parser.add_argument("--data-dir", default=None, help="journal directory (required here or in --config)")
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="postgresql://USER@HOST:PORT/DB: keep the queues in that database, shared with "
+                             "every queue manager serving it (instead of --data-dir; needs tether[postgres])")
     parser.add_argument("--config", default=None, metavar="FILE", help="TOML configuration file")
     parser.add_argument("--fsync", default=None, choices=("always", "interval", "never"),
                         help="journal fsync policy (default always)")
-    parser.add_argument("--log-level", default=None, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port)")
+    parser.add_argument("--log-level", default=None, type=str.upper, choices=cfg.LOG_LEVELS,
+                        help="DEBUG, INFO (default), WARNING or ERROR, in any case")
 
 
 def _config(args: argparse.Namespace) -> cfg.ServiceConfig:
     config = cfg.load(args.config) if args.config else cfg.ServiceConfig()
     if args.listen:
         config.listen = list(args.listen)
+    if args.data_dir is not None and args.store is not None:
+        raise ValueError("give --data-dir or --store, not both")
     if args.data_dir is not None:
         config.data_dir = args.data_dir
+    if args.store is not None:
+        if not is_postgres_url(args.store):
+            raise ValueError(f"--store must be a postgresql:// URL, not {args.store!r}")
+        config.data_dir = args.store
     if args.fsync is not None:
         config.fsync = args.fsync
     if args.log_level is not None:
         config.log_level = args.log_level
+    if args.metrics is not None:
+        config.metrics = args.metrics
     config.validate()
     if not config.data_dir:
-        raise ValueError("a data directory is required: --data-dir DIR (or data_dir in --config)")
+        raise ValueError("a data directory is required: --data-dir DIR or --store postgresql://... "
+                         "(or data_dir in --config)")
     return config
 
 
@@ -66,9 +85,16 @@ async def serve_forever(config: cfg.ServiceConfig, stop: asyncio.Event | None = 
                                  remotes=config.remotes, max_queues=config.max_queues,
                                  max_disk_bytes=config.max_disk_bytes or None,
                                  source_journal=config.source_journal, journal_max_length=config.journal_max_length,
-                                 journal_time_to_live=config.journal_time_to_live)
+                                 journal_time_to_live=config.journal_time_to_live,
+                                 client_grace=config.client_grace)
     services: list[QueueService] = []
+    metrics = None
     try:
+        if config.metrics is not None:
+            from .. import metrics as tether_metrics    # prometheus_client: only when asked for
+
+            metrics = await tether_metrics.serve(config.metrics)
+            print(f"tether qm: metrics {metrics.url}", flush=True)
         for name, settings in config.queues.items():
             await qm.create_queue(name, **settings)
         for url in config.listen:
@@ -82,6 +108,9 @@ async def serve_forever(config: cfg.ServiceConfig, stop: asyncio.Event | None = 
         await stop.wait()
         log.info("shutting down: rolling back open transactions, closing the journal")
     finally:
+        if metrics is not None:
+            metrics.close()
+            await metrics.wait_closed()
         await qm.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:

@@ -28,8 +28,8 @@ import math
 from ssl import SSLContext
 from typing import Any, Mapping, Protocol
 
-from ..session.api import serve
-from ..session.url import parse as parse_url
+from ..session.adapters.api import serve
+from ..session.adapters.url import parse as parse_url
 from . import protocol as P
 from .auth import Access, Users
 from .connection import ClientState, Connection, peer_host

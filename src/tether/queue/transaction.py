@@ -57,6 +57,18 @@ class Transaction:
         self._received.append(message)
         return message
 
+    async def receive_many(self, name: str, count: int) -> list[Message]:
+        """Up to `count` messages of `name` that are ready now (no wait), in this
+        transaction: one claim for all of them on a shared store."""
+        self._check_active()
+        self._check_transactional(name)
+        messages = [Message.of_entry(entry, self) for entry in await self._operations.take_many(name, count)]
+        if self.state != ACTIVE:      # the transaction ended while we waited
+            await self._operations.rollback([(m._entry, m._tag) for m in messages])
+            self._check_active()
+        self._received.extend(messages)
+        return messages
+
     async def send(self, address: str, body: bytes, *, headers: dict | None = None,
                    time_to_live: float | None = None, priority: int = 3, delay: float | None = None,
                    deliver_at: float | None = None, group_id: str | None = None,
@@ -119,7 +131,7 @@ class Transaction:
     async def renew_message(self, message: Message) -> None:
         """A message of this transaction keeps its lock longer (until commit or rollback)."""
         self._check_active()
-        message._lock_deadline = self._operations.renew(message._entry, message._tag)
+        message._lock_deadline = await self._operations.renew(message._entry, message._tag)
 
     async def __aenter__(self) -> "Transaction":
         return self

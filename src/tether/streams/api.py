@@ -8,7 +8,7 @@ import asyncio
 from ssl import SSLContext
 from typing import Any, Awaitable, Callable
 
-from ..session.api import connect, serve
+from ..session.adapters.api import connect, serve
 from .server import ProtocolFactory, StreamServer
 from .transport import SessionTransport
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from ..session.api import Server
-from ..session.session import Session
+from ..session.adapters.api import Server
+from ..session.adapters.session import Session
 from .transport import SessionTransport
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]

@@ -21,7 +21,7 @@ import logging
 from typing import Any, Iterable
 
 from ..errors import SendQueueFull, TetherError
-from ..session.session import Session
+from ..session.adapters.session import Session
 
 log = logging.getLogger("tether.streams")
 

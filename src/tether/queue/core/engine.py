@@ -105,6 +105,9 @@ class QueueCore:
         self.deadline_moved = False
         self._hold: dict[Queue, float] = {}           # queue -> no timer work before (storage failed)
         self._dead_counts: Counter[str] = Counter()
+        #: (queue, reason) -> messages of that queue dead-lettered for that reason since the
+        #: core started (moved to a dead-letter or return queue, or dropped by "none")
+        self.dead_lettered: Counter[tuple[str, str]] = Counter()
         self._next_key = 1
         self._tags = 0
         #: where a transmission queue's numbering starts in this life (load()): see _define
@@ -316,6 +319,19 @@ class QueueCore:
         """Every main queue (application, `$dead`, transmission and return queues)."""
         return [name for name, queue in self._queues.items() if queue.kind == MAIN]
 
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Per main queue: (messages sent to it, messages received from it and its
+        sub-queues, completed) since the core started."""
+        out = {}
+        for name, queue in self._queues.items():
+            if queue.kind == MAIN:
+                received = queue.received
+                for sub in (queue.retry, queue.poison):
+                    if sub is not None:
+                        received += sub.received
+                out[name] = (queue.sent, received)
+        return out
+
     def sendable(self, name: Any) -> bool:
         """True when `name` is an application queue (a send's fast path)."""
         return name in self._sendable
@@ -482,6 +498,7 @@ class QueueCore:
             else:
                 if dedupe >= 0:
                     producers.accept(producer, queue.name, dedupe, now)
+                queue.sent += 1
                 self._arrive(queue, entry, now)
                 results.append(SendResult(entry.id, None))
         if not journaled:
@@ -500,6 +517,7 @@ class QueueCore:
                 if queue.deleted:
                     self.events.append(("info", f"message {entry.id} dropped: queue {queue.name!r} was deleted"))
                 else:
+                    queue.sent += 1
                     self._arrive(queue, entry, now)
 
         def undo(now: float) -> None:
@@ -556,6 +574,7 @@ class QueueCore:
         if entry.journal and not queue.numbered:
             return self.commit([], [entry], now)        # with its $journal copy, in one record
         if not queue.journaled:
+            queue.sent += 1
             self._arrive(queue, entry, now)
             return None
         queue.reserved += 1
@@ -622,6 +641,7 @@ class QueueCore:
         if queue.deleted:
             self.events.append(("info", f"message {entry.id} dropped: queue {queue.name!r} was deleted"))
         else:
+            queue.sent += 1
             self._arrive(queue, entry, now)
 
     @staticmethod
@@ -869,6 +889,9 @@ class QueueCore:
             self._locked_entry(entry, tag, now)
         entry.state = SETTLING          # the table's SETTLE (LOCKED was checked above)
         entry.before = LOCKED
+        # counted now, not once written: an integer add is all the metrics cost here (a
+        # write that fails leaves the message locked, and completing it again counts again)
+        queue.received += 1
         if not queue.journaled:
             self._gone(queue, entry, now)
             return None
@@ -890,6 +913,7 @@ class QueueCore:
         queue = self._locked_entry(entry, tag, now)
         advance(entry, SETTLE)
         entry.before = LOCKED
+        queue.received += 1
         return self._move(queue, entry, self._journal_queue, now, expires_at=self.journal_settings.expires_at(now),
                           retry_at=None, journal=False, deliver_at=None, group_id=None)
 
@@ -1273,8 +1297,13 @@ class QueueCore:
         if target_name is None:
             self.events.append(("info", f"message {entry.id} of queue {main.name!r} dropped ({reason}, "
                                         f"dead_letter_queue none)"))
-            return self._journal(queue, [[R.REMOVE, queue.name, entry.key]],
-                                 lambda now: self._gone(queue, entry, now), lambda now: self._unsettle(entry, now), now)
+
+            def dropped(now: float) -> None:
+                self.dead_lettered[main.name, reason] += 1
+                self._gone(queue, entry, now)
+
+            return self._journal(queue, [[R.REMOVE, queue.name, entry.key]], dropped,
+                                 lambda now: self._unsettle(entry, now), now)
         target = self._queues.get(target_name)
         if target is None or target is main:
             self.events.append(("warning", f"dead-letter queue {target_name!r} of {main.name!r} does not exist; "
@@ -1296,6 +1325,8 @@ class QueueCore:
             if fresh.group_id is not None:
                 self._group_moves(source, target, fresh)
             self._remove(source, entry, now)
+            if fresh.dead_letter_reason is not None and entry.dead_letter_reason is None:
+                self.dead_lettered[source.main.name, fresh.dead_letter_reason] += 1
             if target.deleted:
                 self.events.append(("warning", f"message {fresh.id} dropped: queue {target.name!r} was deleted"))
             else:
@@ -1348,6 +1379,7 @@ class QueueCore:
 
         def apply(now: float) -> None:
             for entry, _ in receipts:
+                entry.queue.received += 1
                 self._gone(entry.queue, entry, now)
             for queue, count in added.items():
                 queue.reserved -= count
@@ -1355,6 +1387,7 @@ class QueueCore:
                 if entry.queue.deleted:
                     self.events.append(("info", f"message {entry.id} dropped: queue {entry.queue.name!r} was deleted"))
                 else:
+                    entry.queue.sent += 1
                     self._arrive(entry.queue, entry, now)
 
         def undo(now: float) -> None:

@@ -47,6 +47,7 @@ class Queue:
         "inflight", "held",
         "bytes", "reserved", "waiters", "expiry", "retry", "poison", "deleted", "faulted",
         "timer_at", "validity", "indexes_expiry", "numbered", "next_sequence", "numbers", "_sweep_countdown",
+        "sent", "received",
     )
 
     def __init__(self, name: str, settings: QueueSettings, *, journaled: bool, kind: str = MAIN,
@@ -92,6 +93,10 @@ class Queue:
         #: or being sent there, a heap cleaned lazily (the forwarder's floor, lowest_sequence)
         self.numbers: list[tuple[int, int, Entry]] | None = None
         self._sweep_countdown = _STALE_SLACK
+        #: messages that joined this queue by a send (or a forward, or a commit), and that
+        #: left it completed by a receiver, since the core started (tether.metrics reads them)
+        self.sent = 0
+        self.received = 0
 
     @property
     def main(self) -> "Queue":

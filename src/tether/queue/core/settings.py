@@ -26,7 +26,7 @@ SYSTEM_DEAD_LETTER_QUEUE = "$dead"
 
 
 # A message must fit a journal record (4 GiB length field) many times over in one batch, and
-# the session that carries it remotely (tether.session.settings.MAX_MESSAGE_SIZE_LIMIT).
+# the session that carries it remotely (tether.session.sansio.settings.MAX_MESSAGE_SIZE_LIMIT).
 MAX_MESSAGE_SIZE_LIMIT = 16 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from collections import deque
 from typing import Any, Callable, Protocol, TypeVar
 
 from ...errors import StorageError
+from ...histogram import Histogram
 from .writer_thread import WriterThread
 
 T = TypeVar("T")
@@ -89,12 +90,12 @@ class GroupCommit:
                  "_in_flight", "_scheduled", "_hold", "batch_count", "record_count", "max_in_flight",
                  "write_seconds", "turn_seconds", "_completed_at", "_early", "_last_submit",
                  "_fast", "_writer", "_fast_jobs", "_fast_bytes", "_slow_in_flight", "_token",
-                 "_restoring", "_retry_records", "_retry_waiters", "_idle_waiters", "_closed")
+                 "_restoring", "_retry_records", "_retry_waiters", "_idle_waiters", "_closed", "sync_seconds")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread: WriterThread,
                  write_batch: Callable[[list[bytes]], None],
                  after_batch: Callable[[], None] | None = None, max_in_flight: int = 1,
-                 fast: FastPath | None = None, writer: Any = None) -> None:
+                 fast: FastPath | None = None, writer: Any = None, sync_seconds: Histogram | None = None) -> None:
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
         self.max_in_flight = max_in_flight
@@ -129,6 +130,8 @@ class GroupCommit:
         self._retry_waiters: list = []
         self._idle_waiters: list[asyncio.Future] = []
         self._closed = False
+        #: every batch's write + fdatasync seconds, when each batch is synced ("always")
+        self.sync_seconds = sync_seconds
         if self._writer is not None:
             loop.add_reader(writer.event_fd, self._fast_finished)
 
@@ -276,15 +279,19 @@ class GroupCommit:
         self._last_submit = time.monotonic()
         self._thread.post(self._timed_write, (records,), self._slow_done, (waiters, len(records)))
 
-    def _timed_write(self, records: list[bytes]) -> None:
+    def _timed_write(self, records: list[bytes]) -> float:
         # on the writer thread; a float store is atomic for the loop that reads it
         start = time.monotonic()
         self._write_batch(records)
-        self.write_seconds += (time.monotonic() - start - self.write_seconds) * _WEIGHT
+        seconds = time.monotonic() - start
+        self.write_seconds += (seconds - self.write_seconds) * _WEIGHT
+        return seconds      # observed by the loop (_slow_done): one thread writes the histogram
 
-    def _slow_done(self, batch: tuple, result: None, error: BaseException | None) -> None:
+    def _slow_done(self, batch: tuple, result: float | None, error: BaseException | None) -> None:
         self._slow_in_flight -= 1
-        self._done(batch, result, error)
+        if error is None and self.sync_seconds is not None and result is not None:
+            self.sync_seconds.observe(result)
+        self._done(batch, None, error)
 
     def _done(self, batch: tuple, _result: None, error: BaseException | None) -> None:
         waiters, count = batch
@@ -327,6 +334,8 @@ class GroupCommit:
             if step is None:
                 fast.fast_written(written)
                 self.write_seconds += (seconds - self.write_seconds) * _WEIGHT
+                if self.sync_seconds is not None:
+                    self.sync_seconds.observe(seconds)
                 self._done((waiters, len(records)), None, None)
             elif step == "skipped":
                 self._in_flight -= 1

@@ -3,12 +3,21 @@
 The queue core decides; a store keeps its journal records. A store is opened (recovering
 what it held), replays its records once into the core, appends new records in order with a
 callback each, and may be asked to rewrite itself as a snapshot (compaction). Two stores
-implement it: `MemoryStore` (nothing kept: the queue manager runs without a data directory)
-and `JournalStore` (the segmented journal on local disk).
+implement it that way: `MemoryStore` (nothing kept: the queue manager runs without a data
+directory) and `JournalStore` (the segmented journal on local disk).
+
+A third, `PostgresStore` (postgres.py), is `shared`: several queue managers work on the
+state it holds, so no one process's core can be the authority over it, and records of one
+core would be wrong the moment another manager took a message. Such a store takes
+operations instead (claim, settle, fail: shared_operations.py, which has the methods of
+QueueOperations); its record methods are there but never used, and the core is kept only
+as the catalogue of queue definitions and to check messages before they are sent.
 """
 from __future__ import annotations
 
 from typing import Callable, Protocol
+
+from ...histogram import Histogram
 
 
 class Store(Protocol):
@@ -16,6 +25,10 @@ class Store(Protocol):
 
     #: False: nothing is kept, every queue is volatile and no record is ever appended
     durable: bool
+
+    #: True: the store holds the message state itself, shared with other queue managers
+    #: (PostgreSQL): operations go to it through SharedQueueOperations, never as records
+    shared: bool
 
     @property
     def recovered(self) -> list[bytes]:
@@ -28,6 +41,10 @@ class Store(Protocol):
     @property
     def size_bytes(self) -> int:
         """Bytes the store takes."""
+
+    @property
+    def sync_seconds(self) -> Histogram | None:
+        """How long each sync of a batch took (None: the store does not sync each batch)."""
 
     def release_recovered(self) -> None:
         """The recovered records were replayed: let them go."""

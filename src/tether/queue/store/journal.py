@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 from .files import LOCK_NAME  # noqa: F401  (re-exported: the lock file's name)
 from . import segment_files
+from ...histogram import Histogram
 from .group_commit import GroupCommit, fast_path_enabled
 from .recovery import recover
 from .segment import MAX_RECORD_SIZE
@@ -64,9 +65,12 @@ class Journal:
         self._writer = None
         if files.policy != "interval" and fast_path_enabled():
             self._writer = segment_files.journal_io.BatchWriter()
+        # "always" syncs every batch: its write + sync time is the sync's latency
+        sync_seconds = Histogram() if files.policy == "always" else None
         self._commit = GroupCommit(loop, thread, files.write_batch,
                                    self._after_batch if files.policy == "interval" else None,
-                                   max_in_flight, files if self._writer is not None else None, self._writer)
+                                   max_in_flight, files if self._writer is not None else None, self._writer,
+                                   sync_seconds)
         self._closed = False
         self._close_job: asyncio.Future | None = None
         self._sync_timer: asyncio.TimerHandle | None = None
@@ -266,6 +270,12 @@ class Journal:
     def record_count(self) -> int:
         """Records written since open by append/append_many."""
         return self._commit.record_count
+
+    @property
+    def sync_seconds(self) -> Histogram | None:
+        """How long each batch took to write and fdatasync, under fsync="always" (None
+        under "interval" and "never", which do not sync each batch)."""
+        return self._commit.sync_seconds
 
     @property
     def sync_count(self) -> int:

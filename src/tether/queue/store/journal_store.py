@@ -13,6 +13,7 @@ import os
 from typing import Callable
 
 from ...errors import StorageError
+from ...histogram import Histogram
 from .journal import Journal
 
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
@@ -24,6 +25,7 @@ class JournalStore:
     """The journal as a Store (store/interface.py)."""
 
     durable = True
+    shared = False
 
     def __init__(self, journal: Journal, *, compact_ratio: float, compact_min_bytes: int) -> None:
         self.journal = journal
@@ -55,6 +57,11 @@ class JournalStore:
     def size_bytes(self) -> int:
         """Bytes the journal takes on disk."""
         return self.journal.size_bytes
+
+    @property
+    def sync_seconds(self) -> Histogram | None:
+        """Each batch's write + fdatasync seconds under fsync="always" (Journal.sync_seconds)."""
+        return self.journal.sync_seconds
 
     def release_recovered(self) -> None:
         """The recovered records were replayed: let them go."""

@@ -11,11 +11,13 @@ class MemoryStore:
     """Keeps nothing (see the module docstring)."""
 
     durable = False
+    shared = False
 
     def __init__(self) -> None:
         self.recovered: list[bytes] = []
         self.recovery_log: list[str] = []
         self.size_bytes = 0
+        self.sync_seconds = None        # nothing is ever synced
 
     def release_recovered(self) -> None:
         """Nothing was recovered."""

@@ -10,14 +10,14 @@ import weakref
 from ssl import SSLContext
 from typing import Any, Awaitable, Callable, Generator
 
-from ..backoff import Backoff
-from ..errors import SequenceClosed, TetherError
+from ...backoff import Backoff
+from ...errors import SequenceClosed, TetherError
 from . import tls
-from .demux import Demux
-from .engine import SessionEngine
+from ..sansio.demux import Demux
+from ..sansio.engine import SessionEngine
 from .session import Session
-from .settings import SessionSettings
-from .state import State
+from ..sansio.settings import SessionSettings
+from ..sansio.state import State
 from .tcp import (RECONNECT_CAP, RECONNECT_FIRST, TCP_PACKET, TcpConnection, TcpServerConnection,
                   max_packet_size)
 from .timers import clock
@@ -80,7 +80,7 @@ async def _open_udp(url: SessionURL, settings: SessionSettings) -> Session:
     engine = SessionEngine.client(
         settings, session_id=_new_session_id(), token=os.urandom(16), now=clock(),
         reliable_transport=False, max_packet_size=datagram_size(url.host))
-    session = Session(engine, protocol, loop)
+    session = Session(engine, protocol, loop, transport="udp")
     protocol.session = session
     session.add_end_callback(lambda s: protocol.close())
     engine.start(clock())
@@ -217,7 +217,7 @@ async def _open_tcp(url: SessionURL, settings: SessionSettings, context: SSLCont
     engine = SessionEngine.client(
         settings, session_id=_new_session_id(), token=os.urandom(16), now=clock(),
         reliable_transport=True, max_packet_size=TCP_PACKET)
-    session = Session(engine, None, loop)
+    session = Session(engine, None, loop, transport=url.scheme)
     reconnector = _TcpReconnector(session, url, context)
     session.reconnector = reconnector  # type: ignore[attr-defined]
     await reconnector.connect()
@@ -304,7 +304,7 @@ class Server:
         return conn
 
     def _new_session(self, engine: SessionEngine, link: Any) -> Session:
-        session = Session(engine, link, self._loop)
+        session = Session(engine, link, self._loop, transport=self.url.scheme)
         self.sessions[engine.session_id] = session
         session.add_end_callback(self._session_ended)
         if self._handler is not None:

@@ -33,8 +33,8 @@ import struct
 from collections import deque
 from typing import Any, Callable
 
-from .core import default as default_core
-from .demux import Demux
+from ..sansio.core import default as default_core
+from ..sansio.demux import Demux
 from .timers import clock
 
 log = logging.getLogger(__name__)

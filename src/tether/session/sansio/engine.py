@@ -14,7 +14,7 @@ import dataclasses
 import hmac
 from typing import Any
 
-from ..errors import (
+from ...errors import (
     CreateSequenceRefused, InactivityTimeout, MessageTooLarge, ProtocolError,
     RetryLimitExceeded, SequenceClosed, SequenceTerminated, TetherError, UnknownSequence,
     fault_from_code,
@@ -48,11 +48,12 @@ ACK_ELICITING_THRESHOLD = 2
 K_DEFAULT_ACK_DELAY = 0.2
 MAX_ACK_DELAY_US = 60_000_000
 MAX_FRAMES_PER_PACKET = 8192
-# Room kept in a data packet for a piggybacked ack: 32 ranges of two uint64 and a header on
-# big datagrams; a quarter of a small (MTU-sized) datagram, with fewer ranges to fit.
-ACK_RESERVE = 1024
+# An ack's size: a header and two uint64 per range; it holds as many ranges as fit a
+# packet, at most MAX_ACK_RANGES.
 ACK_RANGE_BYTES = 18
 ACK_HEADER_BYTES = 32
+# Room for a DATA frame's own fields around a fragment (fragment_size).
+FRAGMENT_OVERHEAD = 64
 FIRST_NUMBER = 1
 # Pacing (UDP, with congestion control): a burst is at most this many packets or this much
 # of the pacing rate, whichever is more (a timer per packet would cost more than it saves),
@@ -60,11 +61,19 @@ FIRST_NUMBER = 1
 PACING_BURST_PACKETS = 16
 PACING_BURST_TIME = 0.002
 PACING_MIN_WAIT = 0.0005
-# UDP: the first retransmission timeout after acks arrived resends at most this many
+# UDP: the first probe timeout (PTO) after acks arrived resends at most this many
 # messages (the lowest due); each timeout that follows without a fresh RTT sample doubles
 # it. A receiver that merely stalled longer than an RTO then costs a few duplicates, not a
 # window of them; a path that lost a whole window is resent in doubling bursts.
 RTO_BURST = 16
+# RFC 9002 6.1.2: a message is lost once a later transmission arrived and it was sent 9/8
+# of an RTT (the larger of the smoothed and the latest) ago, and at least this long ago.
+K_TIME_THRESHOLD = 9 / 8
+K_GRANULARITY = 0.001
+# RFC 9002 7.6: probe timeouts in a row with nothing acknowledged, spanning about three
+# PTOs (1 + 2 + 4 with the backoff), mean persistent congestion: the window collapses to
+# its minimum. A single timeout changes nothing (it sends probes, declares no loss).
+K_PERSISTENT_CONGESTION_PTOS = 3
 # TerminateSequence is resent this many times at most (like TCP's LAST_ACK, short): by then
 # both sequences are closed and acknowledged, so only the peer's bookkeeping is at stake.
 K_TERMINATE_RETRIES = 3
@@ -108,12 +117,14 @@ class SessionEngine:
         self._rtt = core.RttEstimator(K_INITIAL_RTT, MIN_RTO, MAX_RTO)
         self._cc = (NewReno(max_packet_size, window) if (not reliable_transport and settings.flow_control)
                     else None)
-        ack_reserve = min(ACK_RESERVE, max_packet_size // 4)
-        self._max_ack_ranges = max(1, min(MAX_ACK_RANGES, (ack_reserve - ACK_HEADER_BYTES) // ACK_RANGE_BYTES))
-        self._max_body = max_packet_size - ack_reserve
+        self._max_ack_ranges = max(1, min(MAX_ACK_RANGES, (max_packet_size - ACK_HEADER_BYTES) // ACK_RANGE_BYTES))
+        # DATA fills whole packets: acks and other control frames travel after the data, in
+        # a packet of their own (packets_to_send), so a burst is a run of equal-sized
+        # packets (one GSO send) ended by a shorter one.
+        self._max_body = max_packet_size
         self._ack_request = self._codec.encode_frame((F.ACK_REQUESTED, session_id))
         # UDP: a message larger than a datagram goes as fragments.
-        self._fragment_size = None if reliable_transport else self._max_body - 64
+        self._fragment_size = None if reliable_transport else self._max_body - FRAGMENT_OVERHEAD
         self.state = State.CONNECTING if is_client else State.ESTABLISHED
         self.error: TetherError | None = None
         self.peer_window = window
@@ -132,7 +143,6 @@ class SessionEngine:
         self._pending_bytes = 0
         self._fragments_queued = 0        # nonzero while a Fragment may be in _pending or the send window
         self._resend: list = []           # (number, payload) to retransmit
-        self._nacked: set = set()         # numbers a NACK put in _resend since the last send
         self._control_out: list[bytes] = []
         self._ctl: _Control | None = None
 
@@ -155,7 +165,6 @@ class SessionEngine:
         # Server: the client sent something only an established client sends, so it has our
         # CreateSequenceResponse (until then a move repeats the response: peer_moved).
         self._peer_confirmed = is_client
-        self._resume_frame: bytes | None = None
         self._address_token: bytes | None = None   # UDP client: from the server's Retry
 
         self._last_heard = now
@@ -164,6 +173,9 @@ class SessionEngine:
         # within an RTO of that (RFC 6298 5.3: the timer restarts when new data is acked).
         self._last_progress = now
         self._rto_burst = RTO_BURST
+        self._latest_rtt = 0.0               # the latest RTT sample (loss detection's time threshold)
+        self._ptos = 0                       # probe timeouts since an ack last acknowledged news
+        self._tail_asked = False             # the last data sent went with an AckRequested
         self._keepalive = settings.keepalive_interval
         self._probe_at = -1.0                # UDP: when the last keepalive went out
         self._probes_unanswered = 0          # ... and how many in a row nothing answered
@@ -635,18 +647,22 @@ class SessionEngine:
             count, nbytes, samples = sw.apply_ack(ranges, now)
             if samples:
                 self._rtt.update_many(samples)
+                self._latest_rtt = samples[-1]
                 self._rto_burst = RTO_BURST    # first transmissions arrive again
+                if self._cc is not None:
+                    self._cc.on_rtt(samples[-1])
             if count:
                 self.messages_acked += count
                 self._last_progress = now
+                self._ptos = 0
                 if self._cc is not None:
-                    self._cc.on_acked(nbytes)
+                    self._cc.on_acked(nbytes, now, self._rtt.srtt)
                 # Acked messages need not be fragments: the gate opens again only once no
                 # Fragment can be left anywhere (nothing in flight, nothing pending).
                 if self._fragments_queued and not sw.in_flight and not self.pending_count:
                     self._fragments_queued = 0
             if not self.reliable_transport and sw.in_flight:
-                lost = sw.fast_retransmit(now)
+                lost = sw.detect_lost(now, self._loss_delay())
                 if lost:
                     self.fast_retransmits += 1
                     self._lost(lost)
@@ -660,6 +676,13 @@ class SessionEngine:
         if self.settings.ordered:
             for lo, hi in above:
                 limit += hi - lo + 1
+        if limit - floor > self.peer_window and self.state is not State.CONNECTING:
+            # Its buffer and what it holds out of order fit its window (known once the
+            # handshake is done: an ack may overtake the response): a larger bound is no
+            # ack the peer made (a corrupted one would have us overrun
+            # its window, each refused message backing off its retransmissions for ever).
+            raise ProtocolError(f"ack opens {limit - floor} messages above {floor}, more than "
+                                f"the peer's window {self.peer_window}")
         if limit > self._send_limit:
             self._send_limit = limit
         self._advance_close(now)
@@ -669,6 +692,37 @@ class SessionEngine:
         self.messages_resent += len(lost)
         if self._cc is not None:
             self._cc.on_lost(max(n for n, _ in lost), self._sw.next_number)
+
+    def _timed_out(self, now: float) -> None:
+        """UDP, messages in flight: what the time threshold declares lost by now is resent
+        (RFC 9002 6.1.2), and after a probe timeout with no ack making progress the lowest
+        messages due go again as probes, with an AckRequested (6.2.4). A probe declares no
+        loss and leaves the congestion window alone; only K_PERSISTENT_CONGESTION_PTOS of
+        them in a row collapse it (7.6)."""
+        sw = self._sw
+        loss_delay = self._loss_delay()
+        lost_at = sw.loss_deadline(loss_delay)
+        if lost_at is not None and now >= lost_at:
+            lost = sw.detect_lost(now, loss_delay)
+            if lost:
+                self.fast_retransmits += 1
+                self._lost(lost)
+        if not sw.in_flight or now < self._last_progress + self._data_rto():
+            return
+        due = sw.retransmit_due(now, self._data_rto(), MAX_RTO, self._rto_burst)
+        if not due:
+            return
+        self.retransmission_timeouts += 1
+        self._resend.extend(due)
+        self.messages_resent += len(due)
+        self._ptos += 1
+        if self._cc is not None and self._ptos >= K_PERSISTENT_CONGESTION_PTOS:
+            self._cc.on_persistent_congestion()
+        # restart the timer (RFC 6298 5.6): what else is due waits an RTO more, or for acks
+        # showing it arrived (or lost: loss detection)
+        self._last_progress = now
+        self._rto_burst = min(self._rto_burst * 2, 1 << 20)
+        self._ask = True    # acks stopped coming: ask for the news at once
 
     # ---- one handler per frame type (_HANDLERS, at the end of this module) ----
 
@@ -800,21 +854,6 @@ class SessionEngine:
         ctl.frame = self._create_frame()
         self._control_out.append(ctl.frame)
 
-    def _on_nack(self, frame: tuple, now: float) -> None:
-        # A NACK is the peer's claim: each unacked message it names is queued once until
-        # the next send, however many NACKs repeat it, so a packet of them cannot multiply
-        # our output (or our work: only new numbers cost a scan of the window).
-        numbers = frame[2]
-        sw = self._sw
-        low, high, queued = sw.lowest_unacked, sw.next_number, self._nacked
-        wanted = {n for n in numbers if low <= n < high and n not in queued}
-        if not wanted:
-            return
-        resend = [(n, p) for n, p in sw.unacked() if n in wanted]
-        queued.update(n for n, _ in resend)
-        self._resend.extend(resend)
-        self.messages_resent += len(resend)
-
     def _check_incoming_closed(self) -> None:
         last = self._incoming_last
         if last is None or self._rw.floor <= last:
@@ -861,8 +900,9 @@ class SessionEngine:
             self._control_out.append(self._ctl.frame)
             self._ctl.deadline = now + self._rto()
         if self.state is not State.CONNECTING:
-            self._resume_frame = self._codec.encode_frame((F.RESUME, self.session_id, self.token))
-            self._control_out.insert(0, self._resume_frame)
+            # Resume leads the stream: the server's demux checks the token (and binds the
+            # new TCP connection) on the first frame.
+            self._control_out.insert(0, self._codec.encode_frame((F.RESUME, self.session_id, self.token)))
             self._resend_everything(now)
         self._last_heard = now
 
@@ -888,7 +928,6 @@ class SessionEngine:
             return
         if self._sw.in_flight:
             self._resend = self._sw.unacked()
-            self._nacked.clear()
             self._sw.mark_all_sent(now, reset_retries=True)
             self.messages_resent += len(self._resend)
         ctl = self._ctl
@@ -941,8 +980,17 @@ class SessionEngine:
         return self._rtt.rto
 
     def _data_rto(self) -> float:
-        # Data: the peer may delay its ack by its ack_interval (RFC 9002 6.2.1's max_ack_delay).
+        # Data: the probe timeout (RFC 9002 6.2.1). The peer may delay its ack by its
+        # ack_interval (max_ack_delay), unless the last data went with an AckRequested,
+        # which it answers at once.
+        if self._tail_asked:
+            return self._rtt.rto
         return self._rtt.rto + self.peer_ack_delay
+
+    def _loss_delay(self) -> float:
+        srtt = self._rtt.srtt
+        return max(K_TIME_THRESHOLD * max(srtt if srtt is not None else K_INITIAL_RTT, self._latest_rtt),
+                   K_GRANULARITY)
 
     def next_timer(self) -> float | None:
         """The earliest time handle_timer must be called; None when the session is over."""
@@ -960,12 +1008,15 @@ class SessionEngine:
         if self._pace_next is not None and self.pending_count and self.state in OPEN_STATES:
             t = min(t, self._pace_next)
         if not self.reliable_transport and self._sw.in_flight:
+            lost_at = self._sw.loss_deadline(self._loss_delay())
+            if lost_at is not None and lost_at < t and self.state in OPEN_STATES:
+                t = lost_at
             rto = self._data_rto()
             deadline = self._sw.next_deadline(rto, MAX_RTO)
             if deadline is not None:
                 # Acks that acknowledge new messages push every timeout back (RFC 6298 5.3):
                 # a receiver draining a deep queue is slow, not losing, and messages lost
-                # among acknowledged ones are found by fast retransmit.
+                # among acknowledged ones are found by loss detection.
                 deadline = max(deadline, self._last_progress + rto)
                 if deadline < t:
                     t = deadline
@@ -1026,21 +1077,12 @@ class SessionEngine:
             self._ack_now = True
         if self._pace_next is not None and now >= self._pace_next:
             self._pace_next = None     # packets_to_send takes what the pacer allows now
-        if (not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES
-                and now >= self._last_progress + self._data_rto()):
+        if not self.reliable_transport and self._sw.in_flight and self.state in OPEN_STATES:
             try:
-                due = self._sw.retransmit_due(now, self._data_rto(), MAX_RTO, self._rto_burst)
+                self._timed_out(now)
             except RetryLimitExceeded as exc:
                 self._fault(exc, now)
                 return
-            if due:
-                self.retransmission_timeouts += 1
-                self._lost(due)
-                # restart the timer (RFC 6298 5.6): what else is due waits an RTO more, or
-                # for acks showing it arrived (or lost: fast retransmit)
-                self._last_progress = now
-                self._rto_burst = min(self._rto_burst * 2, 1 << 20)
-                self._ask = True    # acks stopped coming: ask for the news at once
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
             self._control_out.append(self._ack_request)
             if self._last_heard >= self._probe_at:
@@ -1052,29 +1094,29 @@ class SessionEngine:
 
     def packets_to_send(self, now: float) -> list[bytes]:
         """Packet bodies to send now (each at most max_packet_size unless one message alone
-        is larger, TCP only). Acks ride on data when there is any."""
+        is larger, TCP only). DATA fills whole packets; an ack, AckRequested and the close
+        handshake's frames follow in a packet of their own (or alone when there is no data),
+        so a burst is equal-sized packets ended by a shorter one: one GSO run."""
         frames: list[bytes] = []
         if self._control_out:
             frames.extend(self._control_out)
             self._control_out = []
-        data_sent = False
+        data: list[bytes] = []
+        tail: list[bytes] = []
         if self.state in OPEN_STATES:
             try:
                 if self._resend:
                     resend, self._resend = self._resend, []
-                    self._nacked.clear()
                     resend.sort(key=_number)
-                    frames.extend(self._encode_runs(resend))
-                    data_sent = True
-                new = self._take_new(now)
+                    data.extend(self._encode_runs(resend))
+                data.extend(self._take_new(now))
             except TetherError as exc:
                 self._fault(exc, now)
+                frames.extend(data)
                 frames.extend(self._control_out)
                 self._control_out = []
                 return self._pack(frames, now)
-            if new:
-                frames.extend(new)
-                data_sent = True
+            data_sent = bool(data)
             if self._ask and not data_sent and self.all_acknowledged:
                 self._ask = False   # (the acks came meanwhile)
             if self._ask or (data_sent and self._window_nearly_full()):
@@ -1082,18 +1124,23 @@ class SessionEngine:
                 # packet: ask at once only when an ack is what we wait for (a window nearly
                 # full, flush, close, a retransmission timeout).
                 self._ask = False
-                frames.append(self._ack_request)
+                tail.append(self._ack_request)
+                self._tail_asked = True
+            elif data_sent:
+                self._tail_asked = False
             self._advance_close(now)
             if self._control_out:
-                frames.extend(self._control_out)
+                tail.extend(self._control_out)
                 self._control_out = []
             if self._ack_now or (self._ack_deadline is not None and (data_sent or now >= self._ack_deadline)):
-                # Resume leads its packet: the server's demux checks the token (and binds a
-                # new TCP connection) on the first frame.
-                frames.insert(1 if frames and frames[0] is self._resume_frame else 0, self._ack_frame())
-        if not frames:
-            return []
-        return self._pack(frames, now)
+                tail.append(self._ack_frame())
+        if not data:
+            return self._pack(frames + tail, now)
+        frames.extend(data)
+        packets = self._pack(frames, now)
+        if tail:
+            packets.extend(self._pack(tail, now))
+        return packets
 
     def _window_nearly_full(self) -> bool:
         """After a burst: nothing (or at most a quarter of a window) more may go before an
@@ -1341,7 +1388,6 @@ _HANDLERS = {int(kind): handler for kind, handler in {
     F.CREATE_SEQUENCE_REFUSED: SessionEngine._on_create_sequence_refused,
     F.DATA: SessionEngine._on_data,
     F.ACK: SessionEngine._on_ack,
-    F.NACK: SessionEngine._on_nack,
     F.ACK_REQUESTED: SessionEngine._on_ack_requested,
     F.CLOSE_SEQUENCE: SessionEngine._on_close_sequence,
     F.CLOSE_SEQUENCE_RESPONSE: SessionEngine._on_close_sequence_response,

@@ -8,9 +8,9 @@ import asyncio
 import struct
 from typing import Any, Callable
 
-from ..errors import ProtocolError
-from .core import default as default_core
-from .demux import Demux
+from ...errors import ProtocolError
+from ..sansio.core import default as default_core
+from ..sansio.demux import Demux
 from .timers import clock
 
 # TCP packets batch many messages; one message alone may be larger (up to max_message_size).

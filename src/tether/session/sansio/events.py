@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import TetherError
+from ...errors import TetherError
 
 
 @dataclass(slots=True)

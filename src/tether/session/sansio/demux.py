@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from ..errors import ProtocolError, UnknownSequence
+from ...errors import ProtocolError, UnknownSequence
 from .address_validation import AMPLIFICATION_LIMIT, AddressTokens, within_limit
 from .core import Core, default
 from .ended import EndedSessions

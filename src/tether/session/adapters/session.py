@@ -7,10 +7,11 @@ import asyncio
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
-from ..errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
-from .engine import SessionEngine
-from .events import Connected, MessagesDelivered, PeerClosed, SessionEnded
-from .settings import SessionSettings
+from ... import census
+from ...errors import RetryLimitExceeded, SendQueueFull, SequenceClosed, TetherError
+from ..sansio.engine import SessionEngine
+from ..sansio.events import Connected, MessagesDelivered, PeerClosed, SessionEnded
+from ..sansio.settings import SessionSettings
 from .timers import clock, timer_service
 
 # The most send_nowait() lets a session hold unacknowledged (queued or in flight); beyond
@@ -37,8 +38,10 @@ class Session:
     """
 
     def __init__(self, engine: SessionEngine, link: Link | None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, *, transport: str = "udp") -> None:
         self._engine = engine
+        #: "udp", "tcp" or "tls": what the session runs over
+        self.transport = transport
         self._link = link
         self._loop = loop or asyncio.get_running_loop()
         self._timers = timer_service(self._loop)
@@ -61,6 +64,7 @@ class Session:
         self._listener: Callable[[], None] | None = None
         self._link_listener: Callable[[Link | None], None] | None = None
         self.accepted = False
+        census.session_started(self)
 
     # ---- identity ----
 
@@ -447,6 +451,7 @@ class Session:
             return
         self._ended = True
         self._error = error
+        census.session_ended(self, self._engine.messages_resent)
         self._timers.cancel(self)
         if not self._connected.done():
             if error is not None:

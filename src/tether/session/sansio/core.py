@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 
-from .. import layer1
+from ... import layer1
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ class FrameType(enum.IntEnum):
     CREATE_SEQUENCE_REFUSED = 3
     DATA = 4
     ACK = 5
-    NACK = 6
+    # 6 was NACK (a list of numbers to resend), retired: an ACK's ranges show gaps, and loss
+    # detection (packet and time thresholds) decides what to resend.
     ACK_REQUESTED = 7
     CLOSE_SEQUENCE = 8
     CLOSE_SEQUENCE_RESPONSE = 9

@@ -2,7 +2,7 @@
 again on delivery. Only UDP needs this; TCP packets hold a whole message."""
 from __future__ import annotations
 
-from ..errors import ProtocolError
+from ...errors import ProtocolError
 
 
 class Fragment:

@@ -11,7 +11,7 @@ import time
 import weakref
 from typing import Protocol
 
-from .core import default as default_core
+from ..sansio.core import default as default_core
 
 
 clock = time.monotonic
