@@ -217,7 +217,7 @@ class Forwarder:
             entries = [entry]
             room = min(engine.room(now), TAKE_AT_ONCE) - 1
             if room > 0:
-                entries += operations.take_ready(name, room, BYTES_AT_ONCE - len(entry.body))
+                entries += await operations.take_many(name, room, BYTES_AT_ONCE - len(entry.body))
             while entries:
                 batch = []
                 for entry in entries:
