@@ -14,7 +14,7 @@ from tether.queue.transaction import Transaction
 MANAGER_ONLY = {"open", "listen", "services", "forwarders", "route", "transmission_queue", "return_queue",
                 "compact", "journal_bytes", "recovery_log", "manager_id", "statistics"}
 #: Only the client: connecting, the error that ended it, the forwarder's side of FORWARD.
-CLIENT_ONLY = {"connect", "failure", "forward", "settled"}
+CLIENT_ONLY = {"connect", "failure", "forward", "forward_batch", "settled"}
 
 
 def _public(cls: type) -> set[str]:

@@ -51,6 +51,12 @@ def seen_ops(monkeypatch):
     ([P.COMPLETE_BATCH, 1, [1, 0]], "tags"),
     ([P.COMPLETE_BATCH, 1, [1] * (P.MAX_BATCH + 1)], "tags"),
     ([P.COMPLETE_BATCH, 1, 5], "tags"),
+    ([P.FORWARD_BATCH, 1, []], "messages"),
+    ([P.FORWARD_BATCH, 1, [["q", 1, "id", b"x", None, 1.0, None]]], r"messages\[0\]"),
+    ([P.FORWARD_BATCH, 1, [["q", 1, "id", b"x", None, 1.0, None, None], ["q", -1, "id", b"x", None, 1.0, None,
+                                                                         None]]], r"messages\[1\]\.sequence"),
+    ([P.FORWARD_BATCH, 1, [["q", 1, "id", "x", None, 1.0, None, None]]], r"messages\[0\]\.body"),
+    ([P.FORWARD_BATCH, 1, [["q", 1, "id", b"x", None, 1.0, None, None]] * (P.MAX_BATCH + 1)], "messages"),
 ])
 def test_malformed_batch_items_are_refused_naming_the_field(item, match):
     with pytest.raises(ProtocolError, match=match):
@@ -60,6 +66,7 @@ def test_malformed_batch_items_are_refused_naming_the_field(item, match):
 def test_well_formed_batch_items_pass():
     assert P.parse_request([P.SEND_BATCH, 1, "q", [b"a", b""], P.MAX_SEQUENCE - 1])
     assert P.parse_request([P.COMPLETE_BATCH, 0, [1, 2, 3]])
+    assert P.parse_request([P.FORWARD_BATCH, 1, [["q", 1, "id", b"x", {"k": 1}, 1.0, 2.0, {"priority": 3}]]])
 
 
 def test_batch_outcomes_are_checked():
@@ -215,3 +222,42 @@ async def test_a_frame_of_more_batched_messages_than_items_ends_the_session(serv
         assert (await served.queue_info("q")).depth == 0
     finally:
         raw.session.abort("done")
+
+
+async def test_a_forward_batch_is_one_item_and_each_message_has_its_own_outcome(served, seen_ops):
+    url = f"tcp://127.0.0.1:{served.services[0].address[1]}"
+    async with tether.QueueClient.connect(url, client_id=b"forwarder-0001") as client:
+        def message(queue, sequence, body, **fields):
+            return [queue, sequence, f"id-{sequence}", body, fields.get("headers"), 1.0, fields.get("expires_at"),
+                    fields.get("options")]
+
+        outcomes = await client.forward_batch([
+            message("q", 1, b"one", headers={"k": "v"}),
+            message("nowhere", 2, b"lost"),
+            message("q", 3, b"x" * 100_000),                     # over the queue's max_message_size
+            message("q", 4, b"late", expires_at=2.0),           # expired in transit
+            message("q", 5, b"five", options={"priority": 6}),
+        ])
+        assert seen_ops[P.FORWARD_BATCH] == 1 and seen_ops[P.FORWARD] == 0
+        assert outcomes[0] is None and outcomes[4] is None
+        assert [getattr(o, "code", None) for o in outcomes[1:4]] == ["queue-not-found", "message-too-large",
+                                                                     "expired"]
+        # resent (a lost reply): the queued ones are answered as accepted and queued once
+        again = await client.forward_batch([message("q", 1, b"one"), message("q", 5, b"five"),
+                                            message("q", 6, b"six")])
+        assert again == [None, None, None]
+    got = []
+    while (m := await served.receive("q", timeout=0)) is not None:
+        got.append((m.id, m.body, dict(m.headers), m.priority))
+        await m.complete()
+    assert sorted(got) == [("id-1", b"one", {"k": "v"}, 3), ("id-5", b"five", {}, 6), ("id-6", b"six", {}, 3)]
+
+
+def test_a_forward_batch_to_a_system_queue_needs_admin():
+    from tether.queue.permissions import Permissions, RequestGuard
+    guard = RequestGuard("qm-east", Permissions(forward=True), "$return:qm-east:00")
+    ok = ["orders", 1, "id", b"x", None, 1.0, None, None]
+    assert guard.refusal([P.FORWARD_BATCH, 1, [ok, ok]]) is None
+    refusal = guard.refusal([P.FORWARD_BATCH, 1, [ok, ["$dead"] + ok[1:]]])
+    assert refusal is not None and "forward to '$dead'" in str(refusal)
+    assert RequestGuard("app", Permissions(), "$return:app:00").refusal([P.FORWARD_BATCH, 1, [ok]]) is not None

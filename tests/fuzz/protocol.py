@@ -142,6 +142,8 @@ def valid_requests() -> list[list]:
         [P.ACCEPT_GROUP, 26, "orders", 5.0],
         [P.GROUP_RECEIVE, 27, 1, None],
         [P.GROUP_RELEASE, 28, 1],
+        [P.FORWARD_BATCH, 29, [["orders", 5, "id-5", b"plain", None, 1000.0, None, None],
+                               ["orders", 6, "id-6", b"full", {"k": 1}, 1000.0, 2000.0, {"priority": 2}]]],
     ]
 
 

@@ -182,6 +182,8 @@ class Model:
         self.records: dict[int, Pending] = {}
         self.open: Pending | None = None
         self.next_number = 1
+        #: where a transmission queue's numbering starts in this life (opened())
+        self.numbering_floor = 1
         self.arrivals = 0
         self.crashed_once = False
         self.releases = 0
@@ -237,9 +239,19 @@ class Model:
 
     # ---------------------------------------------------------------- queues
 
+    def opened(self, now: float) -> None:
+        """The queue manager opened at `now`: its transmission queues number from at least
+        `now` in microseconds (so a restored older journal never reuses a number)."""
+        self.numbering_floor = max(1, int(now * 1_000_000))
+        for q in self.queues.values():
+            if q.numbered:
+                q.next_number = max(q.next_number, self.numbering_floor)
+
     def _make(self, name: str, settings: QueueSettings) -> None:
         journaled = self.journaled and settings.durable
         self.queues[name] = MQueue(name, settings, MAIN, name, journaled)
+        if self.queues[name].numbered:
+            self.queues[name].next_number = self.numbering_floor
         self.queues[name + ";retry"] = MQueue(name + ";retry", settings, RETRY, name, journaled)
         self.queues[name + ";poison"] = MQueue(name + ";poison", settings, POISON, name, journaled)
 

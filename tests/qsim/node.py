@@ -194,6 +194,7 @@ class Node:
             self.fail(f"recovery: the journal does not replay: {exc!r}")
         core = QueueCore(self.manager_id, journaled=True)
         core.load(state, self.now)
+        self.model.opened(self.now)
         self.core = core
         self.up = True
         self.trace("boot", len(self.journal.durable))

@@ -299,6 +299,8 @@ class QueueClient:
         self.client_id = client_id if client_id is not None else os.urandom(16)
         self.epoch = 0                 # the producer epoch the service gave us (0: not yet)
         self._next_sequence = 0
+        #: the first sequence the service has never seen from this producer (its last HELLO)
+        self.service_next_sequence = 0
         self._unanswered: OrderedDict[int, None] = OrderedDict()   # send sequences awaiting a reply
         self._numbering = False        # this client numbers its own sends ...
         self._forwarding = False       # ... or a forwarder numbers them: never both
@@ -376,7 +378,8 @@ class QueueClient:
         resumed = bool(reply.get("resumed"))
         self.user = reply.get("user")
         self.epoch = int(reply["epoch"])
-        self._next_sequence = max(self._next_sequence, int(reply["next_sequence"]))
+        self.service_next_sequence = int(reply["next_sequence"])
+        self._next_sequence = max(self._next_sequence, self.service_next_sequence)
         self._session = session
         self._connected = True
         self._disconnected_at = None
@@ -812,6 +815,36 @@ class QueueClient:
         self._forwarding = True
         return self._request([P.FORWARD, 0, queue, sequence, message_id, body, headers, enqueued_at, expires_at,
                               options])
+
+    def forward_batch(self, messages: list[list]) -> asyncio.Future:
+        """(For queue managers' forwarders.) Hand over many messages of a transmission
+        queue in one FORWARD_BATCH, each as the list [queue, sequence, id, body, headers,
+        enqueued_at, expires_at, options] (forward()'s arguments); a future for their
+        outcomes in order, each None (accepted) or the exception refusing that message. The
+        future itself fails when the whole batch was refused (every message's outcome)."""
+        self._check_open()
+        if self._numbering:
+            raise QueueError("a client that sends with send() cannot forward(): the two would share sequences")
+        self._forwarding = True
+        count = len(messages)
+        reply = self._request([P.FORWARD_BATCH, 0, messages])
+        outcomes = self._loop.create_future()
+
+        def answered(future: asyncio.Future) -> None:
+            if outcomes.done():
+                return
+            if future.cancelled():
+                outcomes.cancel()
+            elif future.exception() is not None:
+                outcomes.set_exception(future.exception())
+            else:
+                try:
+                    outcomes.set_result(P.batch_outcomes(future.result(), count, type(None)))
+                except ProtocolError as exc:
+                    outcomes.set_exception(exc)
+
+        reply.add_done_callback(answered)
+        return outcomes
 
     def settled(self, floor: int) -> None:
         """(For queue managers' forwarders.) Every sequence below `floor` is settled here."""

@@ -287,9 +287,10 @@ class Connection:
         for raw in items:
             item = P.parse_request(raw)
             op = item[0]
-            if op == P.SEND_BATCH or op == P.COMPLETE_BATCH:
+            where = P.BATCH_MESSAGES.get(op)
+            if where is not None:
                 # a frame costs no more than MAX_ITEMS single requests would
-                batched += len(item[3] if op == P.SEND_BATCH else item[2])
+                batched += len(item[where])
                 if batched > P.MAX_ITEMS:
                     raise ProtocolError(f"queue protocol: a frame carries at most {P.MAX_ITEMS} batched messages")
             if not guard.unrestricted:
@@ -309,7 +310,7 @@ class Connection:
                 sends.append(item)
             elif op == P.COMPLETE or op == P.COMPLETE_BATCH:
                 completes.append(item)
-            elif op == P.FORWARD:
+            elif op == P.FORWARD or op == P.FORWARD_BATCH:
                 forwards.append(item)
             elif op == P.CREDIT:
                 consumer = self.consumers.get(item[2])
@@ -473,8 +474,10 @@ class Connection:
             results[n] = result
 
     async def _forwards(self, items: list) -> None:
-        """FORWARD items from another queue manager's forwarder: queued keeping their id,
-        enqueue time and expiry; de-duplicated by the forwarder's sequence."""
+        """FORWARD and FORWARD_BATCH items from another queue manager's forwarder: queued
+        keeping their id, enqueue time and expiry, de-duplicated by the forwarder's
+        sequence, in one call (one journal record); one reply per item (a batch's: every
+        message's outcome)."""
         # a reject at this queue manager goes back to the sender through its return queue,
         # which must exist before the first message from it does. Batches queue in arrival
         # order (the order per sender): each takes its turn after the one before it.
@@ -501,9 +504,15 @@ class Connection:
         operations = self.operations
         producers = operations.core.producers
         now = operations.now()
-        results: list[Any] = [None] * len(items)
+        messages: list = []
+        for item in items:
+            if item[0] == P.FORWARD_BATCH:
+                messages.extend(item[2])
+            else:
+                messages.append(item[2:])
+        results: list[Any] = [None] * len(messages)
         entries, sequences, where = [], [], []
-        for n, (_, _, queue, sequence, message_id, body, headers, enqueued_at, expires_at, options) in enumerate(items):
+        for n, (queue, sequence, message_id, body, headers, enqueued_at, expires_at, options) in enumerate(messages):
             try:
                 if is_remote(queue):
                     raise ValueError(f"forwarded message {message_id}: {queue!r} is not a queue of this queue manager")
@@ -520,7 +529,7 @@ class Connection:
                 results[n] = exc
         await self._queue(entries, sequences, where, results, keep_ids=True)
         results = [None if isinstance(result, str) else result for result in results]    # accepted: nil
-        self._answer(items, results)
+        self._answer(items, _per_item(items, results))
 
     def _answer(self, items: list, results: list) -> None:
         """One reply per request that asked for one (rid > 0), in one go."""
@@ -901,15 +910,17 @@ class _Expired(QueueError):
 def _per_item(items: list, results: list) -> list:
     """Per-message results as per-item ones: a batch item's is the array of its messages'
     outcomes (protocol.batch_outcome), another's its own result."""
+    batches = P.BATCH_MESSAGES
     if len(results) == len(items):
-        if not any(item[0] == P.SEND_BATCH or item[0] == P.COMPLETE_BATCH for item in items):
+        if not any(item[0] in batches for item in items):
             return results
     out = []
     n = 0
     outcome = P.batch_outcome
     for item in items:
-        if item[0] == P.SEND_BATCH or item[0] == P.COMPLETE_BATCH:
-            count = len(item[3] if item[0] == P.SEND_BATCH else item[2])
+        where = batches.get(item[0])
+        if where is not None:
+            count = len(item[where])
             out.append([outcome(r) for r in results[n:n + count]])
             n += count
         else:

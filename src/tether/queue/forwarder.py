@@ -2,7 +2,7 @@
 manager that owns their target queue.
 
     qm.send("tether://10.0.0.2:7600/orders", b"...")  ->  $xmit:10.0.0.2:7600  ->  forwarder
-        -> FORWARD over a reliable session -> the target journals it (de-duplicated) -> REPLY
+        -> FORWARD_BATCH over a reliable session -> the target journals it (de-duplicated) -> REPLY
         -> the forwarder completes it here
 
 The forwarder is an idempotent producer at the target: its id is derived from this queue
@@ -10,8 +10,9 @@ manager's identity and the target's address (stable across restarts), each messa
 the sequence its transmission queue numbered it with, and the target queues each sequence
 once however often it is resent (after a lost answer, a reconnect, or a crash on either
 side). The forwarder receives from the transmission queue under peek-lock (FIFO), sends
-each message as a FORWARD (many per frame, up to MAX_IN_FLIGHT unanswered), and settles it
-by the rule of forwarding.py: completed once the target has it, dead-lettered here on a
+the messages it took in one pass as FORWARD_BATCH items (one reply and one journal record
+at the target each; up to MAX_IN_FLIGHT messages unanswered), and settles each message by
+the rule of forwarding.py: completed once the target has it, dead-lettered here on a
 definitive refusal, given back uncounted and retried after a pause on a transient one. Its
 floor (every sequence below is settled) is told to the target only from the transmission
 queue's state after the local completions are durable. The peek-locks of unanswered
@@ -56,6 +57,23 @@ RETURNS_POLL = 1.0          # the target makes our return queue with our first t
 AUTH_RETRY = 30.0           # seconds between attempts while the target refuses our credentials
 TAKE_AT_ONCE = 256          # messages taken from the transmission queue in one pass, at most
 BYTES_AT_ONCE = 1 << 20     # ... and their bodies' bytes (the pass ends once past this)
+FIELDS_BYTES = 128          # a forwarded message's wire size beyond its body and headers, about
+
+
+def _forward_fields(entry: Entry) -> list:
+    """A transmission queue's entry as a FORWARD_BATCH message: [queue, sequence, id,
+    body, headers, enqueued_at, expires_at, options]."""
+    address = entry.destination
+    target = address[address.index("/", len("tether://")) + 1:]
+    options = None
+    if entry.priority != DEFAULT_PRIORITY or entry.deliver_at is not None or entry.group_id is not None:
+        options = {"priority": entry.priority}
+        if entry.deliver_at is not None:
+            options["deliver_at"] = entry.deliver_at
+        if entry.group_id is not None:
+            options["group_id"] = entry.group_id
+    return [target, entry.sequence, entry.id, entry.body, plain_headers(entry.headers), entry.enqueued_at,
+            entry.expires_at, options]
 
 
 def producer_id(manager_id: bytes, authority: str) -> bytes:
@@ -146,6 +164,7 @@ class Forwarder:
             backoff.reset()
             log.info("forwarder to %s connected", self.url)
             client = self.client
+            await self._continue_numbering(client)
             returns = self._loop.create_task(self._take_back_rejects(client))
             self._tasks.append(returns)
             await self._pump(client)    # the client reconnects by itself, until a failure ends it
@@ -155,6 +174,25 @@ class Forwarder:
             log.warning("forwarder to %s: %s; connecting again in %g s", self.url, client.failure, AUTH_RETRY)
             await client.close()
             await asyncio.sleep(AUTH_RETRY)
+
+    async def _continue_numbering(self, client: QueueClient) -> None:
+        """Number new messages above every sequence the target has seen from us. It can
+        have seen more than we numbered only if this queue manager is an older copy of
+        itself (restored, with its clock behind the time the copy's later life ran; each
+        life numbers from its opening time, core/engine.py), or another one uses its data."""
+        seen = client.service_next_sequence
+        try:
+            before = await self.operations.raise_numbering(self.queue, seen)
+        except TetherError as exc:      # the journal failed: the next connection tries again
+            log.warning("forwarder to %s: could not number above the target's sequence %d: %s",
+                        self.url, seen, exc)
+            return
+        if before is not None:
+            log.warning("forwarder to %s: the target has seen sequences up to %d from this queue manager, "
+                        "which had numbered up to %d only: this data directory is an older copy (or is "
+                        "used by another queue manager); numbering from %d on. Messages waiting here "
+                        "numbered below %d may be taken by the target as ones it has",
+                        self.url, seen - 1, before - 1, seen, before)
 
     # ---- sending ----
 
@@ -175,40 +213,61 @@ class Forwarder:
             if not engine.may_send(now):       # a transient refusal came while we waited
                 operations.release(entry, entry.tag)
                 continue
+            # with whatever else is ready now: one FORWARD_BATCH
             entries = [entry]
+            room = min(engine.room(now), TAKE_AT_ONCE) - 1
+            if room > 0:
+                entries += await operations.take_many(name, room, BYTES_AT_ONCE - len(entry.body))
             while entries:
+                batch = []
                 for entry in entries:
                     if engine.sent(entry, now):
-                        self._send(client, entry)
+                        batch.append(entry)
                     else:                          # expired before it was forwarded
                         self._answered.set()
+                self._send(client, batch)
                 if not engine.has_room(now):
                     self._room.clear()
                     break
                 # then whatever else is ready, in one pass (no more than the window has room for)
                 entries = await operations.take_many(name, min(engine.room(now), TAKE_AT_ONCE), BYTES_AT_ONCE)
 
-    def _send(self, client: QueueClient, entry: Entry) -> None:
-        tag = entry.tag
-        address = entry.destination
-        target = address[address.index("/", len("tether://")) + 1:]
-        options = None
-        if entry.priority != DEFAULT_PRIORITY or entry.deliver_at is not None or entry.group_id is not None:
-            options = {"priority": entry.priority}
-            if entry.deliver_at is not None:
-                options["deliver_at"] = entry.deliver_at
-            if entry.group_id is not None:
-                options["group_id"] = entry.group_id
-        future = client.forward(target, entry.sequence, entry.id, entry.body, plain_headers(entry.headers),
-                                entry.enqueued_at, entry.expires_at, options)
-        future.add_done_callback(lambda f: self._on_answer(entry, tag, f))
+    def _send(self, client: QueueClient, entries: list[Entry]) -> None:
+        """Send `entries` (in flight) as FORWARD_BATCH items, one reply each: as many as
+        fit a frame per item (a larger message goes alone)."""
+        limit = client.max_frame_bytes
+        batch: list[Entry] = []
+        fields: list[list] = []
+        size = 0
+        for entry in entries:
+            cost = len(entry.body) + (len(entry.headers) if entry.headers else 0) + FIELDS_BYTES
+            if batch and size + cost > limit:
+                self._send_batch(client, batch, fields)
+                batch, fields, size = [], [], 0
+            batch.append(entry)
+            fields.append(_forward_fields(entry))
+            size += cost
+        if batch:
+            self._send_batch(client, batch, fields)
 
-    def _on_answer(self, entry: Entry, tag: int, future: asyncio.Future) -> None:
-        if future.cancelled() or self._closed:
+    def _send_batch(self, client: QueueClient, entries: list[Entry], fields: list[list]) -> None:
+        sent = [(entry, entry.tag) for entry in entries]
+        future = client.forward_batch(fields)
+        future.add_done_callback(lambda f: self._on_answers(sent, f))
+
+    def _on_answers(self, sent: list[tuple[Entry, int]], future: asyncio.Future) -> None:
+        """A FORWARD_BATCH was answered: each message's outcome goes to the engine (the
+        batch's error for every one when it was refused whole)."""
+        if future.cancelled():
             return
         error = future.exception()
-        code = None if error is None else getattr(error, "code", "internal-error")
-        self.engine.answered(entry, tag, code, error)
+        if self._closed:
+            return
+        outcomes = [error] * len(sent) if error is not None else future.result()
+        answered = self.engine.answered
+        for (entry, tag), outcome in zip(sent, outcomes):
+            code = None if outcome is None else getattr(outcome, "code", "internal-error")
+            answered(entry, tag, code, outcome)
         self._answered.set()
 
     async def _settle_loop(self) -> None:

@@ -259,6 +259,17 @@ class QueueOperations:
         self.core.raise_floor(producer, floor)
         self.settle()
 
+    async def raise_numbering(self, name: str, next_sequence: int) -> int | None:
+        """Transmission queue `name` numbers from `next_sequence` on (durably, on return):
+        the numbering it had, or None when it was there already (QueueCore.raise_numbering)."""
+        raised = self.core.raise_numbering(name, next_sequence)
+        if raised is None:
+            return None
+        before, record = raised
+        self.settle()
+        await self.wait_for(record)
+        return before
+
     # ---- receiving ----
 
     def take_now(self, name: str) -> Entry | None:

@@ -158,11 +158,14 @@ class RequestGuard:
             return self._send_refusal(item[3])
         if op == P.RECEIVE or op == P.SUBSCRIBE or op == P.PEEK or op == P.ACCEPT_GROUP:
             return self._receive_refusal(item[3] if op == P.SUBSCRIBE else item[2])
-        if op == P.FORWARD:
+        if op == P.FORWARD or op == P.FORWARD_BATCH:
             if not permissions.forward:
                 return self._denied("forward messages", "forward = false: only queue managers' users forward")
-            if item[2].startswith("$") and not permissions.admin:
-                return self._denied(f"forward to {item[2]!r}", "system queues need admin")
+            if not permissions.admin:
+                # (a batch is refused whole when one of its messages is)
+                for queue in ([item[2]] if op == P.FORWARD else [message[0] for message in item[2]]):
+                    if queue.startswith("$"):
+                        return self._denied(f"forward to {queue!r}", "system queues need admin")
             return None
         if op == P.CREATE or op == P.DELETE or op == P.PURGE:
             if not permissions.admin:

@@ -32,6 +32,9 @@ array whose first element is its op code:
     [SEND_BATCH, rid, address, bodies, first_sequence]  plain sends (no headers, ttl or options) of
                                                         many bodies, numbered first_sequence, +1, ...
     [COMPLETE_BATCH, rid, tags]                         complete many peek-locked messages
+    [FORWARD_BATCH, rid, messages]                      many FORWARDs, each message its fields
+                                                        [queue, sequence, id, body, headers,
+                                                        enqueued_at, expires_at, options]
 
     replies and pushes (service -> client)
     [REPLY, rid, value]
@@ -41,9 +44,11 @@ array whose first element is its op code:
     [CONSUMER_ERROR, consumer, code, text]              the subscription ended (e.g. poison)
 
 SEND_BATCH and COMPLETE_BATCH are what a client sends for the sends (and completes) its
-callers made in one loop turn: one item, one reply, however many messages. Their reply's
-value is an array with one outcome per message, in order (`batch_outcomes`): a SEND_BATCH's
-the message id or [code, text], a COMPLETE_BATCH's nil or [code, text]. The batches of one
+callers made in one loop turn: one item, one reply, however many messages; FORWARD_BATCH is
+what a forwarder sends for the messages it took from its transmission queue in one pass.
+Their reply's value is an array with one outcome per message, in order (`batch_outcomes`):
+a SEND_BATCH's the message id or [code, text], a COMPLETE_BATCH's and a FORWARD_BATCH's
+nil or [code, text]. The batches of one
 frame hold at most MAX_ITEMS messages in all (a frame costs no more than that many single
 requests would); the service ends a session that sends more.
 
@@ -84,7 +89,7 @@ import msgpack
 from .. import errors
 from ..errors import ProtocolError, TetherError
 
-VERSION = 5
+VERSION = 6
 
 # requests
 HELLO = 1
@@ -114,6 +119,7 @@ GROUP_RECEIVE = 24
 GROUP_RELEASE = 25
 SEND_BATCH = 26
 COMPLETE_BATCH = 27
+FORWARD_BATCH = 28
 # replies and pushes
 REPLY = 100
 ERROR = 101
@@ -135,7 +141,7 @@ MAX_ID = 255              # message ids
 MAX_CREDIT = 1 << 20
 MAX_SEQUENCE = (1 << 63) - 1
 MAX_PEEK = 4096           # messages one PEEK returns at most
-MAX_BATCH = 4096          # messages in one SEND_BATCH or COMPLETE_BATCH
+MAX_BATCH = 4096          # messages in one SEND_BATCH, COMPLETE_BATCH or FORWARD_BATCH
 EXPIRED_CODE = "expired"
 #: The length of a message on the wire (see the module docstring).
 MESSAGE_FIELDS = 12
@@ -349,6 +355,36 @@ REQUESTS: dict[int, tuple[str, tuple[tuple[str, Callable], ...]]] = {
     SEND_BATCH: ("send-batch", (("address", _name), ("bodies", _bodies), ("first_sequence", _sequence))),
     COMPLETE_BATCH: ("complete-batch", (("tags", _batch_tags),)),
 }
+#: A FORWARD_BATCH message's fields: a FORWARD's, after its op and rid.
+FORWARD_FIELDS = REQUESTS[FORWARD][1]
+
+
+def _forwards(op: str, field: str, value: Any) -> list[list]:
+    if value.__class__ is not list or not 0 < len(value) <= MAX_BATCH:
+        raise _fail(op, field, value, f"an array of 1..{MAX_BATCH} forwarded messages")
+    count = len(FORWARD_FIELDS)
+    isfinite = math.isfinite
+    for n, message in enumerate(value):
+        # the common message (no headers or options), checked inline: the same checks
+        if message.__class__ is list and len(message) == count:
+            queue, sequence, message_id, body, headers, enqueued_at, expires_at, options = message
+            if queue.__class__ is str and 0 < len(queue) <= MAX_NAME and sequence.__class__ is int \
+                    and 0 <= sequence <= MAX_SEQUENCE and message_id.__class__ is str \
+                    and 0 < len(message_id) <= MAX_ID and body.__class__ is bytes and headers is None \
+                    and enqueued_at.__class__ is float and isfinite(enqueued_at) and options is None \
+                    and (expires_at is None or (expires_at.__class__ is float and isfinite(expires_at))):
+                continue
+        if message.__class__ is not list or len(message) != count:
+            raise _fail(op, f"{field}[{n}]", message, f"an array of the {count} fields of a forwarded message")
+        for (name, check), item in zip(FORWARD_FIELDS, message):
+            check(op, f"{field}[{n}].{name}", item)
+    return value
+
+
+REQUESTS[FORWARD_BATCH] = ("forward-batch", (("messages", _forwards),))
+
+#: The batch requests, and where in the item each holds its messages.
+BATCH_MESSAGES = {SEND_BATCH: 3, COMPLETE_BATCH: 2, FORWARD_BATCH: 2}
 
 
 def parse_request(item: Any) -> list:

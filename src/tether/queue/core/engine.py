@@ -133,6 +133,8 @@ class QueueCore:
         self.dead_lettered: Counter[tuple[str, str]] = Counter()
         self._next_key = 1
         self._tags = 0
+        #: where a transmission queue's numbering starts in this life (load()): see _define
+        self._numbering_floor = 1
         self._producer_sweep_at = _INF
         self._identity_journaled = False
         self._closed = False
@@ -145,6 +147,12 @@ class QueueCore:
 
     def load(self, state: ReplayState, now: float) -> None:
         """Take over the state a journal described (replay.py); call once, before anything else."""
+        # A transmission queue's numbers are the forwarder's producer sequences at its
+        # target. A restored older copy of this journal must not number new messages with
+        # sequences its lost later life already forwarded (the target would take them for
+        # resends): each life numbers from at least the time it opened, in microseconds,
+        # which no earlier life reached unless it forwarded over a million messages a second.
+        self._numbering_floor = max(1, int(now * 1_000_000))
         if state.manager_id is not None:
             self.manager_id = state.manager_id
             self.id_prefix = state.manager_id[:8].hex() + "-"
@@ -291,6 +299,7 @@ class QueueCore:
             self._sendable[name] = main
         elif name.startswith(TRANSMISSION_PREFIX):
             main.numbered = True
+            main.next_sequence = self._numbering_floor
             main.numbers, main.retry.numbers = [], []
         return main
 
@@ -635,6 +644,20 @@ class QueueCore:
         queue = self._queue(name)
         lowest = queue.lowest_sequence()
         return queue.next_sequence if lowest is None else lowest
+
+    def raise_numbering(self, name: str, next_sequence: int) -> tuple[int, int | None] | None:
+        """The forwarder of transmission queue `name` learned that its target has seen
+        sequences up to `next_sequence` - 1 from it (a restored older copy of this journal,
+        or a clock set back): number from there on, durably. Returns (the numbering it
+        had, the record to wait for), or None when it numbered from there already."""
+        queue = self._queue(name)
+        if not queue.numbered:
+            raise ValueError(f"{name!r} is not a transmission queue")
+        before = queue.next_sequence
+        if next_sequence <= before:
+            return None
+        queue.next_sequence = next_sequence
+        return before, self.records.add_op([R.COUNTER, name, next_sequence]) if queue.journaled else None
 
     def _arrive_reserved(self, queue: Queue, entry: Entry, now: float) -> None:
         queue.reserved -= 1
