@@ -213,7 +213,9 @@ def _result(name: str, size: int, sent: dict, received: dict, **extra) -> Result
         raise session_peer.DeliveryError(
             f"{name}: the sender sent {sent['sent']:,} messages and the receiving application "
             f"got {received['received']:,}")
-    elapsed = received["end"] - sent["start"]
+    # from the first send to the last delivery, and never shorter than the time the sender
+    # kept sending (its last batch may be delivered before the deadline it stopped at)
+    elapsed = max(received["end"], sent["stopped"]) - sent["start"]
     counters = {k: v for k, v in {**sent, **received}.items()
                 if k in ("retransmission_timeouts", "fast_retransmits", "duplicates", "refused",
                          "srtt", "cwnd")}

@@ -150,7 +150,8 @@ async def send_session(kind: str, host: str, port: int, size: int, window: int,
         deadline = start + seconds
         while True:
             n = BATCH if count is None else min(BATCH, count - out.sent)
-            if n <= 0 or (count is None and time.perf_counter() >= deadline):
+            stopped = time.perf_counter()
+            if n <= 0 or (count is None and stopped >= deadline):
                 break
             await client.send_many(out.batch(n))
         await client.close(timeout=CLOSE_TIMEOUT)
@@ -158,7 +159,7 @@ async def send_session(kind: str, host: str, port: int, size: int, window: int,
         client.abort("the bench's sender failed")
         raise
     stats = client.stats
-    return {"start": start, "sent": out.sent, "resent": stats["resent"],
+    return {"start": start, "stopped": stopped, "sent": out.sent, "resent": stats["resent"],
             "retransmission_timeouts": stats["retransmission_timeouts"],
             "fast_retransmits": stats["fast_retransmits"], "srtt": stats["rtt"],
             "cwnd": stats["cwnd"]}
@@ -213,7 +214,8 @@ async def send_raw(host: str, port: int, size: int, seconds: float,
         deadline = start + seconds
         while True:
             n = BATCH if count is None else min(BATCH, count - out.sent)
-            if n <= 0 or (count is None and time.perf_counter() >= deadline):
+            stopped = time.perf_counter()
+            if n <= 0 or (count is None and stopped >= deadline):
                 break
             body = packer.pack(out.batch(n))
             writer.writelines((length(len(body)), body))
@@ -221,7 +223,7 @@ async def send_raw(host: str, port: int, size: int, seconds: float,
     finally:
         writer.close()
     await writer.wait_closed()
-    return {"start": start, "sent": out.sent, "resent": None}
+    return {"start": start, "stopped": stopped, "sent": out.sent, "resent": None}
 
 
 class _RawProtocol(asyncio.BufferedProtocol):

@@ -816,7 +816,7 @@ class QueueClient:
         return self._request([P.FORWARD, 0, queue, sequence, message_id, body, headers, enqueued_at, expires_at,
                               options])
 
-    def forward_batch(self, messages: list[list]) -> asyncio.Future:
+    def forward_batch(self, messages: list[list[Any]]) -> asyncio.Future[list[BaseException | None]]:
         """(For queue managers' forwarders.) Hand over many messages of a transmission
         queue in one FORWARD_BATCH, each as the list [queue, sequence, id, body, headers,
         enqueued_at, expires_at, options] (forward()'s arguments); a future for their
@@ -828,15 +828,16 @@ class QueueClient:
         self._forwarding = True
         count = len(messages)
         reply = self._request([P.FORWARD_BATCH, 0, messages])
-        outcomes = self._loop.create_future()
+        outcomes: asyncio.Future[list[BaseException | None]] = self._loop.create_future()
 
-        def answered(future: asyncio.Future) -> None:
+        def answered(future: asyncio.Future[Any]) -> None:
             if outcomes.done():
                 return
+            error = None if future.cancelled() else future.exception()
             if future.cancelled():
                 outcomes.cancel()
-            elif future.exception() is not None:
-                outcomes.set_exception(future.exception())
+            elif error is not None:
+                outcomes.set_exception(error)
             else:
                 try:
                     outcomes.set_result(P.batch_outcomes(future.result(), count, type(None)))
