@@ -281,7 +281,7 @@ def test_basic_scenarios_pass_on_both_transports() -> None:
 @pytest.mark.parametrize("core_name", ["native", "reference"])
 def test_congestion_window_falls_on_loss_recovers_and_stays_within_the_windows(core_name) -> None:
     """A bulk transfer through a 1 MB/s bottleneck with a short drop-tail queue: the queue
-    overflows, each loss period halves the window (the harness checks every step that it is
+    overflows, each loss period cuts the window (by 30%) (the harness checks every step that it is
     then its ssthresh, that it stays within [2 packets, both windows' worth of packets] and
     that no new message goes out at or over it), and it grows back in between."""
     cond = Conditions(delay=0.005, bandwidth=1e6, queue_limit=0.01)
@@ -315,7 +315,7 @@ def test_congestion_window_falls_on_loss_recovers_and_stays_within_the_windows(c
     assert falls, "the window never fell"
     for i in falls:
         before, after = trace[i - 1][1], trace[i][1]
-        assert after == max(before / 2, 2 * packet) or after < before   # halved (or less)
+        assert after < before   # cut (by 30%, or to what the path delivered)
     first = falls[0]
     assert max(cwnd for _, cwnd, _ in trace[first:]) > trace[first][1]   # and grew again
     most = min(256, 128) * packet

@@ -1,9 +1,9 @@
 """Congestion control for UDP sessions: NewReno (RFC 9002 section 7), counted in bytes with
 the datagram size as the segment size, with Westwood+'s reduction on loss: the window falls
-to the bandwidth delivered times the minimum RTT when that is more than half of it. A
+to the bandwidth delivered times the minimum RTT when that is more than 0.7 of it. A
 random loss on a path that is not queueing then costs little (the window already is the
 path's bandwidth-delay product), while a loss from a full queue (RTT far above the minimum)
-still cuts the window to half. TCP sessions leave this to TCP.
+still cuts the window by 30% (CUBIC's factor). TCP sessions leave this to TCP.
 
 Westwood+: L. A. Grieco, S. Mascolo, "Performance evaluation and comparison of Westwood+,
 New Reno, and Vegas TCP congestion control", ACM CCR 34(2), 2004 (Linux tcp_westwood)."""
@@ -12,8 +12,12 @@ from __future__ import annotations
 # RFC 9002 7.2: initial window of 10 datagrams, minimum of 2.
 K_INITIAL_WINDOW_PACKETS = 10
 K_MINIMUM_WINDOW_PACKETS = 2
-# RFC 9002 7.3.2: halve on loss.
-K_LOSS_REDUCTION_FACTOR = 0.5
+# On loss the window falls to this fraction of itself: CUBIC's 0.7 (RFC 9438 4.6) rather
+# than NewReno's half (RFC 9002 7.3.2). Under random loss at rate p the window saws
+# between b W and W with W = sqrt(2 / (p (1 - b**2))) packets (one loss per W (1 - b)
+# round trips of one packet's growth each): on average 5.5 packets at 5% loss with 0.5,
+# 7.5 with 0.7, while a queue that overflows still sheds 30% of the window per loss period.
+K_LOSS_REDUCTION_FACTOR = 0.7
 # RFC 9002 7.7: pace at N * cwnd / smoothed RTT, N = 1.25.
 K_PACING_GAIN = 1.25
 # Westwood+: one bandwidth sample per RTT, low-pass filtered with this gain.
@@ -27,7 +31,7 @@ class NewReno:
     The window never exceeds `max_packets` datagrams (at least the minimum of 2): the most
     the session's flow control lets be in flight, one message per datagram at most. Beyond
     that acks would grow it without bound while nothing could use it, and a loss would
-    then halve a number that limits nothing."""
+    then cut a number that limits nothing."""
 
     __slots__ = ("datagram_size", "cwnd", "ssthresh", "recovery_start", "losses", "max_cwnd",
                  "bandwidth", "min_rtt", "_sample_bytes", "_sample_start")
