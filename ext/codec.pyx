@@ -1138,12 +1138,23 @@ def data_runs(packets, session_id):
 
 # ================================================================ packets for datagrams
 
+cdef bytes _joined(PyObject** items, Py_ssize_t start, Py_ssize_t end, Py_ssize_t total):
+    """items[start:end] (bytes of `total` bytes in all) copied into one new bytes."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef Py_ssize_t j, size
+    for j in range(start, end):
+        size = raw_bytes_size(items[j])
+        memcpy(p, raw_bytes_data(items[j]), size)
+        p += size
+    return out
+
+
 def pack_frames(frames, max_packet_size):
     """Encoded frames (bytes) joined greedily, in order, into packet bodies of at most
     max_packet_size bytes; a frame larger than that alone is a packet of its own."""
-    cdef Py_ssize_t i, j, n, limit, size, fsize, start, total
+    cdef Py_ssize_t i, n, limit, size, fsize, start
     cdef PyObject** items
-    cdef unsigned char* p
     check_sequence(frames, "frames")
     limit = as_limit(max_packet_size, "max_packet_size", 1, PY_SSIZE_T_MAX)
     n = Py_SIZE(frames)
@@ -1162,16 +1173,7 @@ def pack_frames(frames, max_packet_size):
                 break
             size += fsize
             i += 1
-        if i == start + 1:
-            packets.append(<object>items[start])
-        else:
-            out = PyBytes_FromStringAndSize(NULL, size)
-            p = <unsigned char*>PyBytes_AS_STRING(out)
-            for j in range(start, i):
-                fsize = raw_bytes_size(items[j])
-                memcpy(p, raw_bytes_data(items[j]), fsize)
-                p += fsize
-            packets.append(out)
+        packets.append(<object>items[start] if i == start + 1 else _joined(items, start, i, size))
         start = i
     return packets
 
@@ -1182,9 +1184,8 @@ def segment_runs(packets, max_segments, max_bytes):
     have segment_size bytes except the last, which may be shorter. A run holds at most
     max_segments packets and max_bytes bytes (a packet larger than max_bytes is a run of
     its own); a run of one packet is that packet itself."""
-    cdef Py_ssize_t i, j, n, segments, limit, seg, size, total, start
+    cdef Py_ssize_t i, n, segments, limit, seg, size, total, start
     cdef PyObject** items
-    cdef unsigned char* p
     check_sequence(packets, "packets")
     segments = as_limit(max_segments, "max_segments", 1, PY_SSIZE_T_MAX)
     limit = as_limit(max_bytes, "max_bytes", 1, PY_SSIZE_T_MAX)
@@ -1209,16 +1210,7 @@ def segment_runs(packets, max_segments, max_bytes):
             i += 1
             if size < seg:
                 break
-        if i == start + 1:
-            runs.append((<object>items[start], seg, 1))
-        else:
-            out = PyBytes_FromStringAndSize(NULL, total)
-            p = <unsigned char*>PyBytes_AS_STRING(out)
-            for j in range(start, i):
-                size = raw_bytes_size(items[j])
-                memcpy(p, raw_bytes_data(items[j]), size)
-                p += size
-            runs.append((out, seg, i - start))
+        runs.append((<object>items[start] if i == start + 1 else _joined(items, start, i, total), seg, i - start))
         start = i
     return runs
 
