@@ -17,7 +17,7 @@ import warnings
 from types import ModuleType
 
 #: every ext/NAME.pyx, each with its twin tether._reference.NAME
-NAMES = ("codec", "journal_io", "rangeset", "receive_window", "rtt", "send_window")
+NAMES = ("codec", "journal_io", "rangeset", "receive_window", "rtt", "send_window", "udp_io")
 NATIVE_PACKAGE = "tether._native"
 REFERENCE_PACKAGE = "tether._reference"
 

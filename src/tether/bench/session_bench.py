@@ -127,7 +127,11 @@ class _InProcess:
                 done, _ = await asyncio.wait((receiving, sending), return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
                     task.result()          # the first failure, if any
-                return sending.result(), await receiving
+                sent, received = sending.result(), await receiving
+                # one process does both sides: its CPU time is no one side's
+                sent.pop("sender_cpu_s", None)
+                received.pop("receiver_cpu_s", None)
+                return sent, received
             finally:
                 for task in (receiving, sending):
                     if not task.done():
@@ -218,7 +222,13 @@ def _result(name: str, size: int, sent: dict, received: dict, **extra) -> Result
     elapsed = max(received["end"], sent["stopped"]) - sent["start"]
     counters = {k: v for k, v in {**sent, **received}.items()
                 if k in ("retransmission_timeouts", "fast_retransmits", "duplicates", "refused",
-                         "srtt", "cwnd")}
+                         "srtt", "cwnd", "receiver_packets", "receiver_sent")}
+    # CPU per message on each side (separate processes only): what a loaded machine blurs
+    # least
+    count = max(received["received"], 1)
+    for side in ("sender", "receiver"):
+        if f"{side}_cpu_s" in {**sent, **received}:
+            counters[f"{side}_cpu_us_per_msg"] = round({**sent, **received}[f"{side}_cpu_s"] * 1e6 / count, 3)
     return make_result(name, received["received"], size, elapsed, received["latencies"],
                        resent=sent["resent"], elapsed_s=round(elapsed, 3), messages=received["received"],
                        **counters, **extra)

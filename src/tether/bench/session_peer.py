@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import struct
 import sys
 import time
@@ -133,6 +134,13 @@ class Incoming:
         return {"received": self.count, "end": self.last, "latencies": self.latencies}
 
 
+def cpu_seconds() -> float:
+    """CPU time this process used (user and system, the kernel's work for its system calls
+    included): per message it is the cost a busy machine does not blur as it does msgs/s."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- sessions -----------------------------------------------------------------------------
 
 def _settings(window: int) -> dict[str, Any]:
@@ -145,6 +153,7 @@ async def send_session(kind: str, host: str, port: int, size: int, window: int,
     the receiver acknowledged everything."""
     client = await connect(f"{kind}://{host}:{port}", **_settings(window))
     out = Outgoing(size)
+    cpu = cpu_seconds()
     try:
         start = time.perf_counter()
         deadline = start + seconds
@@ -162,7 +171,7 @@ async def send_session(kind: str, host: str, port: int, size: int, window: int,
     return {"start": start, "stopped": stopped, "sent": out.sent, "resent": stats["resent"],
             "retransmission_timeouts": stats["retransmission_timeouts"],
             "fast_retransmits": stats["fast_retransmits"], "srtt": stats["rtt"],
-            "cwnd": stats["cwnd"]}
+            "cwnd": stats["cwnd"], "sender_cpu_s": cpu_seconds() - cpu}
 
 
 class SessionReceiver:
@@ -180,6 +189,7 @@ class SessionReceiver:
     async def run(self, accept_timeout: float = 60.0) -> dict[str, Any]:
         try:
             peer = await asyncio.wait_for(self.server.accept(), accept_timeout)
+            cpu = cpu_seconds()
             try:
                 while True:
                     try:
@@ -191,12 +201,15 @@ class SessionReceiver:
                 peer.abort("the bench's receiver failed")
                 raise
             stats = peer.stats
+            cpu = cpu_seconds() - cpu
             await peer.close(timeout=CLOSE_TIMEOUT)
         finally:
             self.server.close()
             await self.server.wait_closed()
         return {**self.incoming.result(), "delivered": stats["delivered"],
-                "duplicates": stats["duplicates"], "refused": stats["refused"]}
+                "duplicates": stats["duplicates"], "refused": stats["refused"],
+                "receiver_packets": stats["packets_received"], "receiver_sent": stats["packets_sent"],
+                "receiver_cpu_s": cpu}
 
 
 # -- the baseline: raw uvloop TCP ---------------------------------------------------------
@@ -207,6 +220,7 @@ async def send_raw(host: str, port: int, size: int, seconds: float,
     transport's buffer is above its high-water mark."""
     reader, writer = await asyncio.open_connection(host, port)
     out = Outgoing(size)
+    cpu = cpu_seconds()
     packer = msgpack.Packer(buf_size=BATCH * (size + 8))
     length = _LENGTH.pack
     try:
@@ -223,7 +237,8 @@ async def send_raw(host: str, port: int, size: int, seconds: float,
     finally:
         writer.close()
     await writer.wait_closed()
-    return {"start": start, "stopped": stopped, "sent": out.sent, "resent": None}
+    return {"start": start, "stopped": stopped, "sent": out.sent, "resent": None,
+            "sender_cpu_s": cpu_seconds() - cpu}
 
 
 class _RawProtocol(asyncio.BufferedProtocol):
@@ -281,6 +296,7 @@ class RawReceiver:
         self.incoming = Incoming(size)
         self.server = None
         self.done: asyncio.Future | None = None
+        self.cpu = 0.0
 
     async def start(self, host: str) -> int:
         loop = asyncio.get_running_loop()
@@ -294,6 +310,7 @@ class RawReceiver:
             return _RawProtocol(self.incoming, self.done)
 
         self.server = await loop.create_server(protocol, host, 0)
+        self.cpu = cpu_seconds()      # (waiting for the connection costs nothing)
         return self.server.sockets[0].getsockname()[1]
 
     async def run(self, accept_timeout: float = 60.0) -> dict[str, Any]:
@@ -301,7 +318,7 @@ class RawReceiver:
             await asyncio.wait_for(asyncio.shield(self.done), accept_timeout + CLOSE_TIMEOUT)
         finally:
             self.server.close()
-        return self.incoming.result()
+        return {**self.incoming.result(), "receiver_cpu_s": cpu_seconds() - self.cpu}
 
 
 def receiver(kind: str, size: int, window: int) -> SessionReceiver | RawReceiver:

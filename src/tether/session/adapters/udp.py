@@ -6,11 +6,12 @@ The adapter drives its own non-blocking socket from the event loop (`loop.add_re
 rather than the loop's datagram transport, because it needs ancillary data both ways
 (Linux UDP segmentation offload) and wants to read and hand over datagrams in batches:
 
-- **Receiving**: every time the socket is readable, up to RECV_BATCH reads, each with
-  `recvmsg`. With UDP_GRO on, the kernel may hand over several datagrams of one sender
-  coalesced into one buffer, and says the segment size in a cmsg; the buffer is cut back
-  into the datagrams at that size (each is a whole packet: GRO only joins datagrams of the
-  same size, the last may be shorter). The whole batch then goes to the engine (client)
+- **Receiving**: every time the socket is readable, up to RECV_BATCH reads, several per
+  `recvmmsg` call (layer 1's `udp_io.DatagramReader`). With UDP_GRO on, the kernel may
+  hand over several datagrams of one sender coalesced into one buffer, and says the
+  segment size in a cmsg; the buffer is cut back into the datagrams at that size, in C
+  (each is a whole packet: GRO only joins datagrams of the same size, the last may be
+  shorter). The whole batch then goes to the engine (client)
   or the Demux (server) in one call, and each session is pumped once per batch, so one
   ack answers a batch rather than every second datagram.
 - **Sending**: a burst of packets is cut into runs of equal-sized packets
@@ -34,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ... import layer1
 from ..sansio.core import default as default_core
 from ..sansio.demux import Demux
 from .timers import clock
@@ -59,8 +61,6 @@ UDP_GRO = getattr(socket, "UDP_GRO", 104)
 # this many bytes (a UDP payload is at most 65507 bytes over IPv4).
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
-# One read: the largest coalesced buffer GRO hands over, or one datagram.
-RECV_SIZE = 65536
 # Reads per wake-up, and datagrams, before the batch is handed on: the batch is acked
 # once, so it must stay well under a window, and the loop gets to run other work (32 reads
 # as libuv does for its own UDP handles, so a peer on the same loop is not outpaced).
@@ -72,7 +72,6 @@ SEND_QUEUE_LIMIT = 16 * 1024 * 1024
 _GSO_FAILURES = frozenset({errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT,
                            errno.EOPNOTSUPP})
 
-_GRO_CMSG_SIZE = socket.CMSG_SPACE(4)
 _offload: dict[int, tuple[bool, bool]] = {}
 
 
@@ -155,14 +154,15 @@ class UdpEndpoint:
         self.gso = gso
         self.gro = gro
         self._runs = default_core().codec.segment_runs
+        self._reader = layer1.module("udp_io").DatagramReader(
+            sock, gro=gro, max_reads=RECV_BATCH, max_datagrams=RECV_BATCH_DATAGRAMS)
         self._cmsgs: dict[int, list] = {}
         self._queue: deque = deque()      # (buffer, segment size, count, address) waiting for room
         self._queued_bytes = 0
         self._closed = False
-        self.errors = 0          # send or receive errors (ICMP unreachable, ...)
+        self._send_errors = 0
         self.dropped = 0         # datagrams dropped because the send queue was full
         self.gso_sends = 0       # sends that carried a run of several datagrams (GSO)
-        self.coalesced = 0       # reads that handed over several datagrams at once (GRO)
         self.sockname = sock.getsockname()
         loop.add_reader(sock.fileno(), self._read)
 
@@ -173,39 +173,19 @@ class UdpEndpoint:
     # ---- receiving ----
 
     def _read(self) -> None:
-        recvmsg = self._sock.recvmsg
-        ancsize = _GRO_CMSG_SIZE if self.gro else 0
-        batch: list = []
-        datagrams = 0
-        for _ in range(RECV_BATCH):
-            try:
-                data, ancillary, _flags, address = recvmsg(RECV_SIZE, ancsize)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                # ICMP unreachable reported on a connected socket while the peer restarts:
-                # retransmission copes
-                self.errors += 1
-                continue
-            segment = 0
-            if ancillary:
-                for level, kind, value in ancillary:
-                    if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
-                        segment = struct.unpack_from("=i", value)[0]
-            if 0 < segment < len(data):
-                bodies = [data[i:i + segment] for i in range(0, len(data), segment)]
-                self.coalesced += 1
-            else:
-                bodies = [data]
-            if batch and batch[-1][1] == address:
-                batch[-1][0].extend(bodies)
-            else:
-                batch.append((bodies, address))
-            datagrams += len(bodies)
-            if datagrams >= RECV_BATCH_DATAGRAMS:
-                break
+        batch = self._reader.read()
         if batch:
             self._on_batch(batch)
+
+    @property
+    def errors(self) -> int:
+        """Send or receive errors (ICMP unreachable, ...): retransmission copes."""
+        return self._send_errors + self._reader.errors
+
+    @property
+    def coalesced(self) -> int:
+        """Reads that handed over several datagrams at once (GRO)."""
+        return self._reader.coalesced
 
     # ---- sending ----
 
@@ -262,7 +242,7 @@ class UdpEndpoint:
                         self._loop.add_writer(sock.fileno(), self._write)
                         break
                 return True
-            self.errors += 1    # ICMP unreachable (connected socket), no route: retransmission copes
+            self._send_errors += 1    # ICMP unreachable (connected socket), no route: retransmission copes
         return True
 
     def _enqueue(self, buffer: bytes, segment: int, count: int, address: Any) -> None:
