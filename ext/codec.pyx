@@ -14,7 +14,7 @@ from cpython.bytearray cimport PyByteArray_Check
 from cpython.bool cimport PyBool_Check
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
-from cpython.list cimport PyList_Check, PyList_New
+from cpython.list cimport PyList_Check, PyList_CheckExact, PyList_New
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.memoryview cimport PyMemoryView_Check
@@ -122,6 +122,7 @@ cdef enum:
     T_ACK = 5
     T_RETIRED = 6      # NACK's number: decoding and encoding refuse it
     T_ACK_REQUESTED = 7
+    T_RESUME = 13
     T_CREATE_SEQUENCE = 1
     T_LAST = 17
     C_TOKEN_SIZE = 16
@@ -1134,6 +1135,52 @@ def data_runs(packets, session_id):
         if has_data:
             data_packets += 1
     return runs, data_packets, ack_requested
+
+
+def session_groups(decoded, bodies, full_size):
+    """A batch of packets split by the session they name, for routing a run at a time:
+    `decoded` is what decode_packets gave for `bodies`. Returns, in order, tuples
+    (session_id, packets, sizes, full): consecutive packets (their frame lists) whose
+    first frames name session_id, their lengths in bytes, and how many of those are at
+    least full_size. A packet that did not decode is a group of its own, (None, [the
+    error], [length], 0), and does not end the group around it (it names no session);
+    each packet opening with Resume (type 13), checked on its own, is a group of its own."""
+    cdef Py_ssize_t i, n, full = 0, size, limit
+    cdef object sid = None, frames, first
+    cdef bint alone
+    cdef list packets = None, sizes = None
+    check_sequence(decoded, "decoded")
+    check_sequence(bodies, "bodies")
+    n = Py_SIZE(decoded)
+    if Py_SIZE(bodies) != n:
+        raise ValueError(f"decoded has {n} packets but bodies has {Py_SIZE(bodies)}")
+    limit = as_limit(full_size, "full_size", 0, PY_SSIZE_T_MAX)
+    groups = []
+    for i in range(n):
+        frames = decoded[i]
+        size = len(bodies[i])
+        if not (PyList_CheckExact(frames) and Py_SIZE(frames) > 0):
+            groups.append((None, [frames], [size], 0))
+            continue
+        first = (<list>frames)[0]
+        if not PyTuple_Check(first) or Py_SIZE(first) < 2:
+            raise TypeError(f"decoded[{i}][0] must be a decoded frame tuple")
+        alone = first[0] == T_RESUME
+        if packets is not None and not alone and first[1] == sid:
+            packets.append(frames)
+            sizes.append(size)
+            full += size >= limit
+            continue
+        if packets is not None:
+            groups.append((sid, packets, sizes, full))
+            packets = None
+        if alone:
+            groups.append((first[1], [frames], [size], 1 if size >= limit else 0))
+        else:
+            sid, packets, sizes, full = first[1], [frames], [size], (1 if size >= limit else 0)
+    if packets is not None:
+        groups.append((sid, packets, sizes, full))
+    return groups
 
 
 # ================================================================ packets for datagrams

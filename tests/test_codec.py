@@ -879,6 +879,67 @@ def test_data_runs_joins_consecutive_data_and_twins_agree(packets):
         assert any(f[2] == first for f in data)
 
 
+@st.composite
+def routed_batches(draw):
+    """(decoded, bodies): what decode_packets gives for a batch from a few sessions, with
+    undecodable packets (a ProtocolError in place of frames) and Resume packets."""
+    decoded, bodies = [], []
+    for _ in range(draw(st.integers(0, 12))):
+        r = draw(st.integers(0, 9))
+        sid = draw(st.integers(1, 3))
+        if r == 0:
+            decoded.append(ProtocolError("bad packet"))
+        elif r == 1:
+            decoded.append([(13, sid, b"t" * 16), (7, sid)])
+        else:
+            decoded.append([(4, sid, 1, [b"x"], None)] + [(7, sid)] * (r == 2))
+        bodies.append(b"p" * draw(st.sampled_from([1, 700, 726, 727, 1452])))
+    return decoded, bodies
+
+
+@SETTINGS
+@given(routed_batches())
+def test_session_groups_split_a_batch_by_session_and_twins_agree(batch):
+    decoded, bodies = batch
+    groups = native.session_groups(decoded, bodies, 726)
+    assert repr(groups) == repr(reference.session_groups(decoded, bodies, 726))
+    # every packet once, in order within its group, with its length
+    flat = sorted((id(p), size) for _, packets, sizes, _ in groups for p, size in zip(packets, sizes))
+    assert flat == sorted((id(p), len(b)) for p, b in zip(decoded, bodies))
+    order = {id(p): i for i, p in enumerate(decoded)}
+    for sid, packets, sizes, full in groups:
+        assert [order[id(p)] for p in packets] == sorted(order[id(p)] for p in packets)
+        assert full == sum(1 for size in sizes if size >= 726) or sid is None
+        if sid is None:
+            assert len(packets) == 1 and type(packets[0]) is not list and full == 0
+            continue
+        assert all(p[0][1] == sid for p in packets)
+        if packets[0][0][0] == 13:
+            assert len(packets) == 1          # a Resume stands alone
+        # the packets of a group are consecutive but for undecodable ones between them
+        span = decoded[order[id(packets[0])]:order[id(packets[-1])] + 1]
+        assert [p for p in span if type(p) is list] == packets
+    # groups of decodable packets come in arrival order, and two in a row naming the same
+    # session are split only by a Resume
+    named = [g for g in groups if g[0] is not None]
+    for a, b in zip(named, named[1:]):
+        assert order[id(a[1][-1])] < order[id(b[1][0])]
+        if a[0] == b[0]:
+            assert a[1][-1][0][0] == 13 or b[1][0][0][0] == 13
+
+
+def test_session_groups_bad_arguments(codec):
+    with pytest.raises(ValueError, match="decoded has 1 packets but bodies has 0"):
+        codec.session_groups([[(4, 1, 1, [b""], None)]], [], 10)
+    with pytest.raises(TypeError):
+        codec.session_groups([[(4,)]], [b"x"], 10)
+    with pytest.raises(TypeError):
+        codec.session_groups(5, [], 10)
+    with pytest.raises(ValueError):
+        codec.session_groups([], [], -1)
+    assert codec.session_groups([], [], 0) == []
+
+
 def test_data_runs_bad_arguments(codec):
     with pytest.raises(TypeError):
         codec.data_runs([[(4,)]], 1)

@@ -8,6 +8,7 @@ this twin and the hand-written native reader accept and reject exactly the same 
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -592,6 +593,47 @@ def data_runs(packets: list, session_id: int) -> tuple | None:
         if has_data:
             data_packets += 1
     return runs, data_packets, ack_requested
+
+
+def session_groups(decoded: list, bodies: list, full_size: int) -> list[tuple]:
+    """A batch of packets split by the session they name, for routing a run at a time:
+    `decoded` is what decode_packets gave for `bodies`. Returns, in order, tuples
+    (session_id, packets, sizes, full): consecutive packets (their frame lists) whose
+    first frames name session_id, their lengths in bytes, and how many of those are at
+    least full_size. A packet that did not decode is a group of its own, (None, [the
+    error], [length], 0), and does not end the group around it (it names no session);
+    each packet opening with Resume (type 13), checked on its own, is a group of its own."""
+    decoded = _sequence(decoded, "decoded")
+    bodies = _sequence(bodies, "bodies")
+    if len(bodies) != len(decoded):
+        raise ValueError(f"decoded has {len(decoded)} packets but bodies has {len(bodies)}")
+    limit = _limit(full_size, "full_size", 0, sys.maxsize)
+    groups: list[tuple] = []
+    group: list | None = None      # [session_id, packets, sizes, full] of the open group
+    for i, (frames, body) in enumerate(zip(decoded, bodies)):
+        size = len(body)
+        if type(frames) is not list or not frames:
+            groups.append((None, [frames], [size], 0))
+            continue
+        first = frames[0]
+        if not isinstance(first, tuple) or len(first) < 2:
+            raise TypeError(f"decoded[{i}][0] must be a decoded frame tuple")
+        alone = first[0] == RESUME
+        if group is not None and not alone and first[1] == group[0]:
+            group[1].append(frames)
+            group[2].append(size)
+            group[3] += int(size >= limit)
+            continue
+        if group is not None:
+            groups.append(tuple(group))
+            group = None
+        if alone:
+            groups.append((first[1], [frames], [size], int(size >= limit)))
+        else:
+            group = [first[1], [frames], [size], int(size >= limit)]
+    if group is not None:
+        groups.append(tuple(group))
+    return groups
 
 
 # ---------------------------------------------------------------- packets for datagrams

@@ -28,7 +28,7 @@ from ...errors import ProtocolError, UnknownSequence
 from .address_validation import AMPLIFICATION_LIMIT, AddressTokens, within_limit
 from .core import Core, default
 from .ended import EndedSessions
-from .engine import MAX_FRAMES_PER_PACKET, SessionEngine
+from .engine import MAX_FRAMES_PER_PACKET, SessionEngine, full_packet_size
 from .frames import FrameType as F
 from .path_validation import PathChallenges, PeerPath
 from .settings import SessionSettings
@@ -62,6 +62,7 @@ class Demux:
         self.max_packet_size = max_packet_size
         self.core = core or default()
         self._codec = self.core.codec
+        self._full_packet = full_packet_size(max_packet_size)
         self.sessions: dict[int, SessionEngine] = {}
         # UDP: each session's validated peer address and the addresses it may move to
         self._paths: dict[int, PeerPath] = {}
@@ -100,42 +101,33 @@ class Demux:
 
     def route_many(self, bodies: list, now: float, *, source: Hashable = None) -> list[Routed]:
         """UDP: a batch of datagrams from one source address, in arrival order: the same as
-        route() for each, with the bodies decoded in one call and the packets that go on
-        path to the same session handed to it in one call (receive_frames_many). Returns a
-        Routed for each run of packets that reached a session, and for each packet that
-        was answered or went elsewhere (created a session, moved one, was refused)."""
+        route() for each, with the bodies decoded in one call, split natively into runs
+        naming one session (codec.session_groups), and each run that goes on path to its
+        session handed to it in one call (receive_frames_many); a datagram that does not
+        decode is dropped without ending a run. Returns a Routed for each run of packets
+        that reached a session, and for each packet that was answered or went elsewhere
+        (created a session, moved one, was refused)."""
         self._now = now
-        decoded = self._codec.decode_packets(bodies, self.settings.max_message_size,
-                                             MAX_FRAMES_PER_PACKET)
+        codec = self._codec
+        decoded = codec.decode_packets(bodies, self.settings.max_message_size,
+                                       MAX_FRAMES_PER_PACKET)
         out: list[Routed] = []
         sessions, paths = self.sessions, self._paths
-        run_engine: SessionEngine | None = None
-        run: list = []
-        sizes: list = []
-        for body, frames in zip(bodies, decoded):
-            if type(frames) is not list:
+        for session_id, packets, sizes, full in codec.session_groups(decoded, bodies,
+                                                                     self._full_packet):
+            if session_id is None:
                 self.dropped_packets += 1
                 continue
-            first = frames[0]
-            engine = sessions.get(first[1])
-            if (engine is not None and not self.reliable_transport and first[0] != _RESUME
-                    and paths[first[1]].address == source):
-                if engine is not run_engine:
-                    if run:
-                        run_engine.receive_frames_many(run, now, sizes)
-                        out.append(Routed(run_engine, False, [], source))
-                    run_engine, run, sizes = engine, [], []
-                run.append(frames)
-                sizes.append(len(body))
+            engine = sessions.get(session_id)
+            if (engine is not None and not self.reliable_transport
+                    and paths[session_id].address == source and packets[0][0][0] != _RESUME):
+                engine.receive_frames_many(packets, now, sizes, full_packets=full)
+                out.append(Routed(engine, False, [], source))
                 continue
-            if run:
-                run_engine.receive_frames_many(run, now, sizes)
-                out.append(Routed(run_engine, False, [], source))
-                run_engine, run, sizes = None, [], []
-            out.append(self._route_frames(frames, len(body), now, False, source))
-        if run:
-            run_engine.receive_frames_many(run, now, sizes)
-            out.append(Routed(run_engine, False, [], source))
+            # off path, unknown, or a Resume: packet by packet (a path answered or a
+            # session created on the way changes what the next packet finds)
+            for frames, size in zip(packets, sizes):
+                out.append(self._route_frames(frames, size, now, False, source))
         return out
 
     def _route_frames(self, frames: list, size: int, now: float, opening: bool,

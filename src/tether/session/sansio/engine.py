@@ -99,6 +99,12 @@ K_TERMINATE_RETRIES = 3
 _DATA, _ACK, _ACK_REQUESTED = int(F.DATA), int(F.ACK), int(F.ACK_REQUESTED)
 
 
+def full_packet_size(max_packet_size: int) -> int:
+    """The length from which a packet counts as full, towards the ack every second full
+    packet: messages are not cut to fill a packet, so half of one."""
+    return max_packet_size // 2
+
+
 class _Control:
     """A control frame that waits for its response; resent with doubling backoff."""
 
@@ -165,7 +171,7 @@ class SessionEngine:
         self._ack_now = False
         self._ack_deadline: float | None = None
         self._packets_unacked = 0             # full packets with data since our last ack
-        self._full_packet = max_packet_size // 2
+        self._full_packet = full_packet_size(max_packet_size)
         self._ask = False                    # send AckRequested with the next packets
         # The longest the peer delays an ack (its ack_interval, from the handshake): our
         # retransmission timeout for data waits that much longer (RFC 9002 6.2.1).
@@ -433,40 +439,44 @@ class SessionEngine:
     def receive_packets(self, bodies: list, now: float) -> None:
         """Several packets from the peer, in arrival order (a batch of datagrams, or the
         packets cut from a TCP read): the same as receive_packet for each, with the bodies
-        decoded in one call and the data of consecutive packets given to the receive window
-        in one call."""
+        decoded in one call and the frames of consecutive packets given to the engine in
+        one call (a UDP client's batch split natively by the session its packets name,
+        codec.session_groups, to drop the strangers')."""
         if self.state in FINAL_STATES:
             return
-        decoded = self._codec.decode_packets(bodies, self.settings.max_message_size,
-                                             MAX_FRAMES_PER_PACKET)
-        lenient = self.is_client and not self.reliable_transport
-        packets: list = []
-        sizes: list = []
-        for body, frames in zip(bodies, decoded):
-            if type(frames) is not list:
-                if lenient:
-                    self.packets_ignored += 1
-                    continue
-                self.receive_frames_many(packets, now, sizes)   # what arrived before it counts
-                self._fault(frames, now)
-                return
-            if lenient and frames[0][1] != self.session_id:
-                self.packets_ignored += 1
+        codec = self._codec
+        decoded = codec.decode_packets(bodies, self.settings.max_message_size,
+                                       MAX_FRAMES_PER_PACKET)
+        if not self.is_client or self.reliable_transport:
+            # a malformed packet faults the session, after what arrived before it
+            for index, frames in enumerate(decoded):
+                if type(frames) is not list:
+                    self.receive_frames_many(decoded[:index], now, [len(b) for b in bodies[:index]])
+                    self._fault(frames, now)
+                    return
+            self.receive_frames_many(decoded, now, [len(b) for b in bodies])
+            return
+        # a UDP client drops datagrams that do not decode or name another session
+        for session_id, packets, sizes, full in codec.session_groups(decoded, bodies,
+                                                                     self._full_packet):
+            if session_id != self.session_id:
+                self.packets_ignored += len(packets)
                 continue
-            packets.append(frames)
-            sizes.append(len(body))
-        if packets:
-            self.receive_frames_many(packets, now, sizes)
+            self.receive_frames_many(packets, now, sizes, full_packets=full)
+            if self.state in FINAL_STATES:
+                return
 
     def receive_frames(self, frames: list, now: float, size: int | None = None) -> None:
         """Decoded frames of one packet, all for this session; `size` is the packet's length
         in bytes (None: taken as a full packet)."""
         self.receive_frames_many([frames], now, None if size is None else [size])
 
-    def receive_frames_many(self, packets: list, now: float, sizes: list | None = None) -> None:
+    def receive_frames_many(self, packets: list, now: float, sizes: list | None = None, *,
+                            full_packets: int | None = None) -> None:
         """Decoded frames of several packets (a list of frame lists), all for this session,
         in arrival order, and their lengths in bytes (None: each taken as a full packet):
-        the same as receive_frames for each. DATA frames that continue one another are
+        the same as receive_frames for each. `full_packets`: how many of the sizes are
+        full (full_packet_size), when the caller counted them already. DATA frames that continue one another are
         joined into one run for the receive window; the run is accepted before any other
         frame but AckRequested is acted on, so every check sees the same state as packet by
         packet."""
@@ -476,7 +486,12 @@ class SessionEngine:
             fast = self._codec.data_runs(packets, self.session_id)
             if fast is not None:
                 self._peer_confirmed = True       # DATA: only an established peer sends it
-                full = len(packets) if sizes is None else sum(1 for size in sizes if size >= self._full_packet)
+                if full_packets is not None:
+                    full = full_packets
+                elif sizes is None:
+                    full = len(packets)
+                else:
+                    full = sum(1 for size in sizes if size >= self._full_packet)
                 self._receive_data_runs(len(packets), *fast, now, full)
                 return
         self._last_heard = now
