@@ -1,24 +1,29 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Reading a UDP socket in batches: `DatagramReader.read()` takes every datagram waiting
+"""Reading and writing a UDP socket in batches: `DatagramReader.read()` takes every datagram waiting
 (up to a bound) with recvmmsg, several per system call, and cuts the buffers UDP_GRO
 coalesced back into the datagrams sent, in C (contract: ext/README.md "udp_io").
 
+`send_runs()` sends a list of runs of datagrams (each a GSO buffer or one datagram, to
+one address each) with sendmmsg: the packets a turn of the event loop made for several
+sessions, acknowledgements included, go in one system call.
+
 Like journal_io this module does I/O: the session adapter calls it when the event loop
-says the socket is readable. The pure-Python twin is tether._reference.udp_io (one
+says the socket is readable, and at the end of such a turn. The pure-Python twin is tether._reference.udp_io (one
 recvmsg per datagram); both hand over the same batches from the same traffic.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
-from libc.errno cimport EAGAIN, EINTR, errno
-from libc.string cimport memcmp, memcpy
+from libc.errno cimport EAGAIN, EBADF, EINTR, errno
+from libc.string cimport memcmp, memcpy, memset
 
-__all__ = ["DatagramReader", "BUFFER_SIZE"]
+__all__ = ["DatagramReader", "BUFFER_SIZE", "send_runs"]
 
 cdef enum:
     # One slot per datagram read: the largest UDP payload, or the largest buffer GRO coalesces.
     SLOT_SIZE = 65536
     ADDRESS_CACHE_MAX = 4096     # distinct source addresses remembered (cleared when full)
+    SEND_BATCH = 1024            # messages per sendmmsg (UIO_MAXIOV)
 
 BUFFER_SIZE = SLOT_SIZE
 
@@ -34,7 +39,24 @@ cdef extern from *:
     #ifndef UDP_GRO
     #define UDP_GRO 104
     #endif
+    #include <arpa/inet.h>
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103
+    #endif
     #define TETHER_GRO_CMSG_SPACE CMSG_SPACE(sizeof(int))
+    #define TETHER_GSO_CMSG_SPACE CMSG_SPACE(sizeof(uint16_t))
+
+    /* A UDP_SEGMENT control message of `segment` bytes into `space`. */
+    static void tether_put_segment(struct msghdr *m, char *space, unsigned short segment) {
+        struct cmsghdr *c;
+        m->msg_control = space;
+        m->msg_controllen = TETHER_GSO_CMSG_SPACE;
+        c = CMSG_FIRSTHDR(m);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        memcpy(CMSG_DATA(c), &segment, sizeof segment);
+    }
 
     /* The segment size UDP_GRO reported for this message, or 0. */
     static int tether_gro_segment(struct msghdr *m) {
@@ -82,6 +104,24 @@ cdef extern from *:
                     char* serv, socklen_t servlen, int flags) nogil
     const char* gai_strerror(int errcode)
     int tether_gro_segment(msghdr* m) nogil
+    void tether_put_segment(msghdr* m, char* space, unsigned short segment) nogil
+    int sendmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags) nogil
+    int inet_pton(int af, const char* src, void* dst) nogil
+    unsigned short htons(unsigned short v) nogil
+    unsigned int htonl(unsigned int v) nogil
+    int TETHER_GSO_CMSG_SPACE
+    struct sockaddr_in_full "sockaddr_in":
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    struct in6_addr:
+        pass
+    struct sockaddr_in6_full "sockaddr_in6":
+        unsigned short sin6_family
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
     int AF_INET, AF_INET6, MSG_DONTWAIT, NI_NUMERICHOST, NI_MAXHOST
     int TETHER_GRO_CMSG_SPACE
     unsigned short ntohs(unsigned short v) nogil
@@ -249,3 +289,104 @@ cdef class DatagramReader:
             if <unsigned int>got < vlen:
                 break            # drained
         return batch
+
+
+cdef socklen_t _put_address(object address, sockaddr_storage* out, Py_ssize_t index) except 0:
+    """A numeric (host, port) or (host, port, flowinfo, scope_id) into `out`; its length."""
+    cdef sockaddr_in_full* v4 = <sockaddr_in_full*>out
+    cdef sockaddr_in6_full* v6 = <sockaddr_in6_full*>out
+    if not isinstance(address, tuple) or len(address) not in (2, 4) \
+            or not isinstance(address[0], str) or type(address[1]) is not int:
+        raise TypeError(f"runs[{index}]: the address must be (host, port) or "
+                        f"(host, port, flowinfo, scope_id), not {address!r}")
+    host = (<str>address[0]).encode("ascii", "replace")
+    port = address[1]
+    if not 0 <= port <= 65535:
+        raise ValueError(f"runs[{index}]: port {port} out of range")
+    memset(out, 0, sizeof(sockaddr_storage))
+    if len(address) == 2 and inet_pton(AF_INET, host, &v4.sin_addr) == 1:
+        v4.sin_family = AF_INET
+        v4.sin_port = htons(port)
+        return sizeof(sockaddr_in_full)
+    if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1:
+        v6.sin6_family = AF_INET6
+        v6.sin6_port = htons(port)
+        if len(address) == 4:
+            v6.sin6_flowinfo = htonl(address[2])
+            v6.sin6_scope_id = address[3]
+        return sizeof(sockaddr_in6_full)
+    raise ValueError(f"runs[{index}]: {address[0]!r} is not a numeric IP address")
+
+
+def send_runs(sock, runs, connected):
+    """Send runs of datagrams in order, as many per system call as will go (sendmmsg):
+    each run is (buffer, segment, count, address), `count` datagrams of `segment` bytes
+    joined in `buffer` (the last may be shorter), sent with a UDP_SEGMENT control message
+    when count > 1 (segmentation offload) and as one datagram otherwise; `address` a
+    numeric (host, port) or (host, port, flowinfo, scope_id), ignored when `connected`.
+    Returns (sent, error): the first `sent` runs went, and error is the errno that
+    stopped the next one (0: every run went)."""
+    cdef int fd
+    cdef Py_ssize_t n, i, base = 0, chunk
+    cdef int got, err = 0
+    cdef mmsghdr* msgs = NULL
+    cdef iovec* iovs = NULL
+    cdef sockaddr_storage* names = NULL
+    cdef char* controls = NULL
+    cdef object run, buffer
+    if not isinstance(runs, list):
+        raise TypeError(f"runs must be a list, not {type(runs).__name__}")
+    n = len(runs)
+    for i in range(n):
+        run = runs[i]
+        if not isinstance(run, tuple) or len(run) != 4 or type(run[0]) is not bytes \
+                or type(run[1]) is not int or type(run[2]) is not int:
+            raise TypeError(f"runs[{i}] must be (bytes, segment, count, address)")
+        if run[2] < 1 or not 1 <= run[1] <= 65535:
+            raise ValueError(f"runs[{i}]: segment {run[1]} or count {run[2]} out of range")
+    fd = sock.fileno()
+    if n == 0:
+        return 0, 0
+    if fd < 0:
+        return 0, EBADF
+    chunk = min(n, SEND_BATCH)
+    msgs = <mmsghdr*>PyMem_Calloc(chunk, sizeof(mmsghdr))
+    iovs = <iovec*>PyMem_Calloc(chunk, sizeof(iovec))
+    names = <sockaddr_storage*>PyMem_Calloc(chunk, sizeof(sockaddr_storage))
+    controls = <char*>PyMem_Calloc(chunk, TETHER_GSO_CMSG_SPACE)
+    try:
+        if not (msgs and iovs and names and controls):
+            raise MemoryError()
+        while base < n:
+            chunk = min(n - base, SEND_BATCH)
+            for i in range(chunk):
+                run = runs[base + i]
+                buffer = run[0]
+                iovs[i].iov_base = <void*>PyBytes_AS_STRING(buffer)
+                iovs[i].iov_len = PyBytes_GET_SIZE(buffer)
+                memset(&msgs[i].msg_hdr, 0, sizeof(msghdr))
+                msgs[i].msg_hdr.msg_iov = &iovs[i]
+                msgs[i].msg_hdr.msg_iovlen = 1
+                if not connected:
+                    msgs[i].msg_hdr.msg_name = &names[i]
+                    msgs[i].msg_hdr.msg_namelen = _put_address(run[3], &names[i], base + i)
+                if run[2] > 1:
+                    tether_put_segment(&msgs[i].msg_hdr, controls + i * TETHER_GSO_CMSG_SPACE,
+                                       <unsigned short>run[1])
+            i = 0
+            while i < chunk:
+                with nogil:
+                    got = sendmmsg(fd, msgs + i, <unsigned int>(chunk - i), 0)
+                    err = errno
+                if got < 0:
+                    if err == EINTR:
+                        continue
+                    return base + i, err
+                i += got
+            base += chunk
+        return n, 0
+    finally:
+        PyMem_Free(msgs)
+        PyMem_Free(iovs)
+        PyMem_Free(names)
+        PyMem_Free(controls)

@@ -129,6 +129,120 @@ async def test_a_failing_gso_send_falls_back_to_datagrams_and_loses_nothing():
     assert sender.gso is False
 
 
+async def _held_endpoint(receivers: int, sock=None):
+    loop = asyncio.get_running_loop()
+    targets = []
+    for _ in range(receivers):
+        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        r.bind(("127.0.0.1", 0))
+        r.setblocking(False)
+        targets.append(r)
+    if sock is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+    endpoint = udp.UdpEndpoint(loop, sock, lambda batch: None, connected=False,
+                               offload=(GSO, GRO))
+    return endpoint, targets
+
+
+def _drain(sock: socket.socket) -> list:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(65536))
+        except BlockingIOError:
+            return out
+
+
+class _Spy:
+    """Counts the calls of a function (optionally answering the first ones itself)."""
+
+    def __init__(self, wrapped, answers=()):
+        self.wrapped, self.answers, self.calls = wrapped, list(answers), []
+
+    def __call__(self, *args):
+        self.calls.append(args[1])
+        if self.answers:
+            return self.answers.pop(0)
+        return self.wrapped(*args)
+
+
+async def test_what_a_turn_sends_to_several_peers_goes_in_one_system_call():
+    """hold() .. flush(): acks and data for three peers (one each, as a server's turn
+    reaching three sessions makes them) leave in one send_runs call, in order, and no
+    send of their own."""
+    endpoint, targets = await _held_endpoint(3)
+    spy = endpoint._send_many = _Spy(endpoint._send_many)
+    singles = []
+    endpoint._send_run = lambda *args: singles.append(args) or True
+    try:
+        endpoint.hold()
+        sent = {}
+        for i, t in enumerate(targets):
+            packets = [bytes([i]) * 1452] * 3 + [bytes([i]) * 40]     # a burst, then its ack
+            endpoint.send(packets, t.getsockname())
+            sent[t.getsockname()] = packets
+        assert spy.calls == [] and all(_drain(t) == [] for t in targets)    # held
+        endpoint.flush()
+        assert len(spy.calls) == 1 and singles == []
+        await asyncio.sleep(0.01)
+        assert {t.getsockname(): _drain(t) for t in targets} == sent
+        endpoint.flush()                           # nothing held: nothing sent
+        assert len(spy.calls) == 1
+        endpoint.send([b"after"], targets[0].getsockname())    # not held: sent at once
+        assert singles and len(spy.calls) == 1
+    finally:
+        endpoint.close()
+        for t in targets:
+            t.close()
+
+
+async def test_a_full_socket_during_flush_queues_the_rest_and_the_writer_drains_it():
+    endpoint, targets = await _held_endpoint(1)
+    to = targets[0].getsockname()
+
+    def full_after_one(sock, runs, connected):
+        # the first run goes, then the socket is full
+        sock.sendto(runs[0][0], runs[0][3])
+        return 1, errno.EAGAIN
+
+    endpoint._send_many = full_after_one
+    try:
+        endpoint.hold()
+        for letter in b"abc":
+            endpoint.send([bytes([letter]) * 10], to)
+        endpoint.flush()
+        assert len(endpoint._queue) == 2      # b and c wait for room; the writer sends them
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if not endpoint._queue:
+                break
+        assert _drain(targets[0]) == [b"a" * 10, b"b" * 10, b"c" * 10]
+    finally:
+        endpoint.close()
+        targets[0].close()
+
+
+@needs_offload
+async def test_a_gso_failure_during_flush_falls_back_to_datagrams():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    endpoint, targets = await _held_endpoint(1, sock=sock)
+    endpoint._sock = _NoGso(sock)
+    endpoint._send_many = _Spy(endpoint._send_many, answers=[(0, errno.EIO)])
+    to = targets[0].getsockname()
+    packets = [bytes([i]) * 1000 for i in range(5)]
+    try:
+        endpoint.hold()
+        endpoint.send(packets, to)
+        endpoint.flush()
+        await asyncio.sleep(0.01)
+        assert _drain(targets[0]) == packets and endpoint.gso is False
+    finally:
+        endpoint.close()
+        targets[0].close()
+
+
 @pytest.mark.parametrize("offload", ["on", "off"])
 @pytest.mark.parametrize("size", [64, 1024, 5000])
 async def test_sessions_with_mtu_sized_datagrams_over_loopback(monkeypatch, offload, size):

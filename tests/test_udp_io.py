@@ -5,6 +5,7 @@ places, grouped by the same addresses (equal to what socket.recvfrom says), with
 same bounds, with the same counters."""
 from __future__ import annotations
 
+import errno
 import random
 import socket
 import struct
@@ -219,4 +220,104 @@ def test_bad_arguments_are_named(module):
 def test_both_twins_name_the_same_things():
     for module in (native_udp_io, reference_udp_io):
         assert module.BUFFER_SIZE == 65536
-        assert sorted(module.__all__) == ["BUFFER_SIZE", "DatagramReader"]
+        assert sorted(module.__all__) == ["BUFFER_SIZE", "DatagramReader", "send_runs"]
+
+
+# ---- send_runs: the packets of a turn in one sendmmsg ----
+
+def _runs_for(receivers: list, seed: int) -> list:
+    """Runs of one datagram and GSO runs, to several receivers, in an interleaved order."""
+    rng = random.Random(seed)
+    runs = []
+    for i in range(30):
+        to = receivers[rng.randrange(len(receivers))].getsockname()
+        if GSO and rng.random() < 0.3:
+            segment, count = rng.choice([100, 1452]), rng.randint(2, 10)
+            packets = [rng.randbytes(segment) for _ in range(count - 1)] + [rng.randbytes(rng.randint(1, segment))]
+            runs.append((b"".join(packets), segment, count, to))
+        else:
+            size = rng.choice([1, 300, 1452, 9000])
+            runs.append((rng.randbytes(size), size, 1, to))
+    return runs
+
+
+def _drain(sock: socket.socket) -> list:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(65536))
+        except BlockingIOError:
+            return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_send_runs_twins_send_the_same_datagrams(seed):
+    got = []
+    for module in (native_udp_io, reference_udp_io):
+        receivers = [_receiver() for _ in range(3)]
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            runs = _runs_for(receivers, seed)
+            assert module.send_runs(sender, runs, False) == (len(runs), 0)
+            expected = {r.getsockname(): [] for r in receivers}
+            for buffer, segment, count, to in runs:
+                expected[to] += [buffer[i:i + segment] for i in range(0, len(buffer), segment)]
+            received = {r.getsockname(): _drain(r) for r in receivers}
+            assert received == expected       # every datagram, cut at its run's segment size
+            got.append([len(v) for v in received.values()])
+        finally:
+            for s in receivers + [sender]:
+                s.close()
+    assert got[0] == got[1]
+
+
+@pytest.mark.parametrize("module", TWINS)
+def test_send_runs_on_a_connected_socket_ignores_the_address(module):
+    r = _receiver()
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.connect(r.getsockname())
+    try:
+        assert module.send_runs(c, [(b"a", 1, 1, None), (b"bb", 2, 1, None)], True) == (2, 0)
+        assert _drain(r) == [b"a", b"bb"]
+    finally:
+        r.close()
+        c.close()
+
+
+@pytest.mark.parametrize("module", TWINS)
+def test_send_runs_says_what_stopped_it(module):
+    r = _receiver()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    to = r.getsockname()
+    try:
+        # a datagram over the UDP limit fails with EMSGSIZE: the one before it went
+        runs = [(b"x", 1, 1, to), (b"y" * 70000, 65535, 1, to), (b"z", 1, 1, to)]
+        assert module.send_runs(s, runs, False) == (1, errno.EMSGSIZE)
+        assert _drain(r) == [b"x"]
+        assert module.send_runs(s, [], False) == (0, 0)
+        s.close()
+        assert module.send_runs(s, [(b"x", 1, 1, to)], False) == (0, errno.EBADF)
+    finally:
+        r.close()
+        s.close()
+
+
+@pytest.mark.parametrize("module", TWINS)
+def test_send_runs_bad_arguments_are_named(module):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    to = ("127.0.0.1", 9)
+    try:
+        with pytest.raises(TypeError, match="runs must be a list"):
+            module.send_runs(s, ((b"x", 1, 1, to),), False)
+        with pytest.raises(TypeError, match=r"runs\[0\] must be"):
+            module.send_runs(s, [("x", 1, 1, to)], False)
+        with pytest.raises(ValueError, match=r"runs\[1\]: segment 0"):
+            module.send_runs(s, [(b"x", 1, 1, to), (b"x", 0, 1, to)], False)
+        with pytest.raises(ValueError, match=r"runs\[0\]: 'localhost' is not a numeric IP address"):
+            module.send_runs(s, [(b"x", 1, 1, ("localhost", 9))], False)
+        with pytest.raises(TypeError, match=r"runs\[0\]: the address must be"):
+            module.send_runs(s, [(b"x", 1, 1, "127.0.0.1:9")], False)
+        with pytest.raises(ValueError, match=r"runs\[0\]: port 70000 out of range"):
+            module.send_runs(s, [(b"x", 1, 1, ("127.0.0.1", 70000))], False)
+    finally:
+        s.close()

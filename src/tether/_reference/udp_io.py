@@ -1,20 +1,24 @@
-"""Pure-Python twin of ext/udp_io.pyx: reading a UDP socket in batches, one recvmsg per
-datagram where the compiled module takes several per recvmmsg. The reads are grouped as
+"""Pure-Python twin of ext/udp_io.pyx: reading and writing a UDP socket in batches, one
+recvmsg per datagram where the compiled module takes several per recvmmsg, and one
+sendmsg per run where it sends several per sendmmsg. The reads are grouped as
 the compiled module's system calls are (`min(reads left, datagrams left)` per group), so
 both hand over the same batches from the same traffic."""
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from typing import Any
 
-__all__ = ["DatagramReader", "BUFFER_SIZE"]
+__all__ = ["DatagramReader", "BUFFER_SIZE", "send_runs"]
 
 BUFFER_SIZE = 65536
 
 _SOL_UDP = getattr(socket, "SOL_UDP", 17)
 _UDP_GRO = getattr(socket, "UDP_GRO", 104)
+_UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_SEND_BATCH = 1024        # runs per sendmmsg in the compiled module
 
 
 class DatagramReader:
@@ -92,3 +96,55 @@ class DatagramReader:
             if got < vlen:
                 break
         return batch
+
+
+def _check_address(address: Any, index: int) -> None:
+    """As the compiled module: a numeric (host, port) or (host, port, flowinfo, scope_id)."""
+    if not isinstance(address, tuple) or len(address) not in (2, 4) \
+            or not isinstance(address[0], str) or type(address[1]) is not int:
+        raise TypeError(f"runs[{index}]: the address must be (host, port) or "
+                        f"(host, port, flowinfo, scope_id), not {address!r}")
+    if not 0 <= address[1] <= 65535:
+        raise ValueError(f"runs[{index}]: port {address[1]} out of range")
+    families = (socket.AF_INET, socket.AF_INET6) if len(address) == 2 else (socket.AF_INET6,)
+    for family in families:
+        try:
+            socket.inet_pton(family, address[0])
+            return
+        except (OSError, UnicodeError):
+            pass
+    raise ValueError(f"runs[{index}]: {address[0]!r} is not a numeric IP address")
+
+
+def send_runs(sock: Any, runs: list, connected: bool) -> tuple[int, int]:
+    """Send runs of datagrams in order (see ext/udp_io.pyx): (sent, error)."""
+    if not isinstance(runs, list):
+        raise TypeError(f"runs must be a list, not {type(runs).__name__}")
+    for i, run in enumerate(runs):
+        if not isinstance(run, tuple) or len(run) != 4 or type(run[0]) is not bytes \
+                or type(run[1]) is not int or type(run[2]) is not int:
+            raise TypeError(f"runs[{i}] must be (bytes, segment, count, address)")
+        if run[2] < 1 or not 1 <= run[1] <= 65535:
+            raise ValueError(f"runs[{i}]: segment {run[1]} or count {run[2]} out of range")
+    if not runs:
+        return 0, 0
+    if sock.fileno() < 0:
+        return 0, errno.EBADF
+    for i, (buffer, segment, count, address) in enumerate(runs):
+        if not connected and i % _SEND_BATCH == 0:
+            # as the compiled module: each sendmmsg's addresses are checked before it
+            for j in range(i, min(i + _SEND_BATCH, len(runs))):
+                _check_address(runs[j][3], j)
+        cmsg = [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", segment))] if count > 1 else []
+        while True:
+            try:
+                if connected:
+                    sock.sendmsg((buffer,), cmsg)
+                else:
+                    sock.sendmsg((buffer,), cmsg, 0, address)
+                break
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                return i, exc.errno or errno.EIO
+    return len(runs), 0

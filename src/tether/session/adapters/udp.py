@@ -17,7 +17,10 @@ rather than the loop's datagram transport, because it needs ancillary data both 
 - **Sending**: a burst of packets is cut into runs of equal-sized packets
   (`codec.segment_runs`) and each run goes out in one `sendmsg` with a UDP_SEGMENT cmsg:
   the kernel (or the NIC) splits it into the datagrams again, so the receiver sees exactly
-  the packets the engine made.
+  the packets the engine made. What the sessions send while a received batch is handled
+  (each one's ack, data, the Demux's replies) is kept and goes out at the end of the
+  batch in one `sendmmsg` (`udp_io.send_runs`): one system call per batch, however many
+  sessions it reached.
 - **Fallback**: where the kernel or socket lacks GSO or GRO (detected once per address
   family and logged at DEBUG, or when a GSO send fails), one `send` per datagram and one
   datagram per read, as before. TETHER_UDP_OFFLOAD=0 forces the fallback.
@@ -154,8 +157,11 @@ class UdpEndpoint:
         self.gso = gso
         self.gro = gro
         self._runs = default_core().codec.segment_runs
-        self._reader = layer1.module("udp_io").DatagramReader(
+        udp_io = layer1.module("udp_io")
+        self._reader = udp_io.DatagramReader(
             sock, gro=gro, max_reads=RECV_BATCH, max_datagrams=RECV_BATCH_DATAGRAMS)
+        self._send_many = udp_io.send_runs
+        self._held: list | None = None    # runs kept between hold() and flush()
         self._cmsgs: dict[int, list] = {}
         self._queue: deque = deque()      # (buffer, segment size, count, address) waiting for room
         self._queued_bytes = 0
@@ -191,22 +197,61 @@ class UdpEndpoint:
 
     def send(self, packets: list[bytes], address: Any = None) -> None:
         """Send packets as datagrams, in order: runs of equal-sized packets in one GSO
-        send each where the kernel segments, one datagram per send otherwise. When the
-        socket is full they wait (the writer drains them), up to SEND_QUEUE_LIMIT bytes."""
+        send each where the kernel segments, one datagram per send otherwise. Between
+        hold() and flush() they wait, to go with the rest of the turn's. When the socket
+        is full they wait (the writer drains them), up to SEND_QUEUE_LIMIT bytes."""
         if self._closed or not packets:
             return
         if self.gso and len(packets) > 1:
-            runs = self._runs(packets, GSO_MAX_SEGMENTS, GSO_MAX_BYTES)
+            runs = [(buffer, segment, count, address)
+                    for buffer, segment, count in self._runs(packets, GSO_MAX_SEGMENTS, GSO_MAX_BYTES)]
         else:
-            runs = [(p, len(p), 1) for p in packets]
-        if self._queue:
-            for buffer, segment, count in runs:
-                self._enqueue(buffer, segment, count, address)
+            runs = [(p, len(p), 1, address) for p in packets]
+        if self._held is not None:
+            self._held.extend(runs)
+        elif self._queue:
+            for run in runs:
+                self._enqueue(*run)
+        else:
+            self._transmit(runs)
+
+    def hold(self) -> None:
+        """From now until flush(), keep what send() is given: the packets of a whole turn
+        (every session's acks and data, the Demux's replies) then go in one system call."""
+        if self._held is None:
+            self._held = []
+
+    def flush(self) -> None:
+        """Send what was kept since hold(), in order, as many runs per system call as the
+        socket takes (udp_io.send_runs: sendmmsg)."""
+        runs, self._held = self._held, None
+        if not runs or self._closed:
             return
-        for i, (buffer, segment, count) in enumerate(runs):
+        if self._queue:
+            for run in runs:
+                self._enqueue(*run)
+            return
+        sent, error = self._send_many(self._sock, runs, self._connected)
+        self.gso_sends += sum(1 for run in runs[:sent] if run[2] > 1)
+        if error == 0:
+            return
+        rest = runs[sent:]
+        if error in (errno.EAGAIN, errno.EWOULDBLOCK):
+            for run in rest:
+                self._enqueue(*run)
+            self._loop.add_writer(self._sock.fileno(), self._write)
+            return
+        # the run that failed goes again on its own: a GSO failure falls back to datagrams
+        # there, any other error is counted there
+        self._transmit(rest)
+
+    def _transmit(self, runs: list) -> None:
+        """Send runs one system call each, in order; queue them from the first that does
+        not fit the socket."""
+        for i, (buffer, segment, count, address) in enumerate(runs):
             if not self._send_run(buffer, segment, count, address):
-                for buffer, segment, count in runs[i:]:
-                    self._enqueue(buffer, segment, count, address)
+                for run in runs[i:]:
+                    self._enqueue(*run)
                 self._loop.add_writer(self._sock.fileno(), self._write)
                 return
 
@@ -347,12 +392,17 @@ class UdpClientProtocol:
 
     def _received(self, batch: list) -> None:
         session = self.session
-        if session is None:
+        endpoint = self.endpoint
+        if session is None or endpoint is None:
             return
-        if len(batch) == 1:
-            session.feed_many(batch[0][0])
-        else:
-            session.feed_many([body for bodies, _ in batch for body in bodies])
+        endpoint.hold()
+        try:
+            if len(batch) == 1:
+                session.feed_many(batch[0][0])
+            else:
+                session.feed_many([body for bodies, _ in batch for body in bodies])
+        finally:
+            endpoint.flush()
 
     # Link
     def transmit(self, packets: list[bytes]) -> None:
@@ -416,11 +466,22 @@ class UdpServerProtocol:
 
     def _received(self, batch: list) -> None:
         endpoint = self.endpoint
+        if endpoint is None:
+            return
+        endpoint.hold()
+        try:
+            self._route(endpoint, batch)
+        finally:
+            endpoint.flush()
+
+    def _route(self, endpoint: UdpEndpoint, batch: list) -> None:
+        """Route a batch through the Demux, then pump each session it reached once: what
+        they send then waits in the endpoint until the turn is over (hold/flush)."""
         now = clock()
         touched: dict = {}
         for bodies, address in batch:
             for routed in self.demux.route_many(bodies, now, source=address):
-                if routed.replies and endpoint is not None:
+                if routed.replies:
                     endpoint.send(routed.replies, address)
                 engine = routed.engine
                 if engine is None:
