@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import random
+import os
 import socket
+import sys
 
 import pytest
 
@@ -450,3 +452,18 @@ def test_a_timeout_after_a_stall_resends_a_burst_not_the_window(core):
     assert t2 >= t + client.stats["rto"]
     client.handle_timer(t2)
     assert client.stats["resent"] == RTO_BURST * 3
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or sys.platform != "linux",
+                    reason="forcing socket buffers needs CAP_NET_ADMIN (root) on Linux")
+def test_socket_buffers_are_forced_past_rmem_max_where_permitted():
+    """SO_RCVBUFFORCE/SO_SNDBUFFORCE are used even where the socket module lacks their names
+    (before Python 3.12): the 16 MiB asked for, not net.core.rmem_max."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        udp.tune_socket(sock)
+        # (Linux reports twice the size set, for its bookkeeping)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= udp.SOCKET_BUFFER
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= udp.SOCKET_BUFFER
+    finally:
+        sock.close()

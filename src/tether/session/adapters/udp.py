@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,11 @@ NETWORK_DATAGRAM = 1452
 # Large socket buffers absorb bursts of a full window (SO_RCVBUFFORCE where permitted,
 # else the kernel caps SO_RCVBUF at rmem_max).
 SOCKET_BUFFER = 16 * 1024 * 1024
+
+# Python names these from 3.12 only; without them a root process got rmem_max (often 4
+# MiB: a burst of a 4096-message window overflowed it and was resent) instead of 16 MiB.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32 if sys.platform == "linux" else None)
 
 # Linux UDP segmentation offload (include/uapi/linux/udp.h); Python names them from 3.12.
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
@@ -122,8 +128,7 @@ def tune_socket(transport: Any) -> None:
     sock = transport if isinstance(transport, socket.socket) else transport.get_extra_info("socket")
     if sock is None:
         return
-    for forced, option in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
-                           (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+    for forced, option in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
         for name in (forced, option):
             if name is None:
                 continue
