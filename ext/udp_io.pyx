@@ -17,7 +17,7 @@ from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from libc.errno cimport EAGAIN, EBADF, EINTR, errno
 from libc.string cimport memcmp, memcpy, memset
 
-__all__ = ["DatagramReader", "BUFFER_SIZE", "send_runs"]
+__all__ = ["BUFFER_SIZE", "DatagramReader", "send_runs"]
 
 cdef enum:
     # One slot per datagram read: the largest UDP payload, or the largest buffer GRO coalesces.

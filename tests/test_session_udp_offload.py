@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import random
 import os
+import random
 import socket
 import sys
 
 import pytest
+from udp_tools import drain
 
 import tether
 from tether.session.adapters import api, udp
@@ -147,15 +148,6 @@ async def _held_endpoint(receivers: int, sock=None):
     return endpoint, targets
 
 
-def _drain(sock: socket.socket) -> list:
-    out = []
-    while True:
-        try:
-            out.append(sock.recv(65536))
-        except BlockingIOError:
-            return out
-
-
 class _Spy:
     """Counts the calls of a function (optionally answering the first ones itself)."""
 
@@ -184,11 +176,11 @@ async def test_what_a_turn_sends_to_several_peers_goes_in_one_system_call():
             packets = [bytes([i]) * 1452] * 3 + [bytes([i]) * 40]     # a burst, then its ack
             endpoint.send(packets, t.getsockname())
             sent[t.getsockname()] = packets
-        assert spy.calls == [] and all(_drain(t) == [] for t in targets)    # held
+        assert spy.calls == [] and all(drain(t) == [] for t in targets)    # held
         endpoint.flush()
         assert len(spy.calls) == 1 and singles == []
         await asyncio.sleep(0.01)
-        assert {t.getsockname(): _drain(t) for t in targets} == sent
+        assert {t.getsockname(): drain(t) for t in targets} == sent
         endpoint.flush()                           # nothing held: nothing sent
         assert len(spy.calls) == 1
         endpoint.send([b"after"], targets[0].getsockname())    # not held: sent at once
@@ -219,7 +211,7 @@ async def test_a_full_socket_during_flush_queues_the_rest_and_the_writer_drains_
             await asyncio.sleep(0.005)
             if not endpoint._queue:
                 break
-        assert _drain(targets[0]) == [b"a" * 10, b"b" * 10, b"c" * 10]
+        assert drain(targets[0]) == [b"a" * 10, b"b" * 10, b"c" * 10]
     finally:
         endpoint.close()
         targets[0].close()
@@ -239,7 +231,7 @@ async def test_a_gso_failure_during_flush_falls_back_to_datagrams():
         endpoint.send(packets, to)
         endpoint.flush()
         await asyncio.sleep(0.01)
-        assert _drain(targets[0]) == packets and endpoint.gso is False
+        assert drain(targets[0]) == packets and endpoint.gso is False
     finally:
         endpoint.close()
         targets[0].close()

@@ -11,6 +11,7 @@ import socket
 import struct
 
 import pytest
+from udp_tools import drain
 
 from tether._native import udp_io as native_udp_io
 from tether._reference import udp_io as reference_udp_io
@@ -229,7 +230,7 @@ def _runs_for(receivers: list, seed: int) -> list:
     """Runs of one datagram and GSO runs, to several receivers, in an interleaved order."""
     rng = random.Random(seed)
     runs = []
-    for i in range(30):
+    for _ in range(30):
         to = receivers[rng.randrange(len(receivers))].getsockname()
         if GSO and rng.random() < 0.3:
             segment, count = rng.choice([100, 1452]), rng.randint(2, 10)
@@ -239,15 +240,6 @@ def _runs_for(receivers: list, seed: int) -> list:
             size = rng.choice([1, 300, 1452, 9000])
             runs.append((rng.randbytes(size), size, 1, to))
     return runs
-
-
-def _drain(sock: socket.socket) -> list:
-    out = []
-    while True:
-        try:
-            out.append(sock.recv(65536))
-        except BlockingIOError:
-            return out
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -260,9 +252,9 @@ def test_send_runs_twins_send_the_same_datagrams(seed):
             runs = _runs_for(receivers, seed)
             assert module.send_runs(sender, runs, False) == (len(runs), 0)
             expected = {r.getsockname(): [] for r in receivers}
-            for buffer, segment, count, to in runs:
+            for buffer, segment, _count, to in runs:
                 expected[to] += [buffer[i:i + segment] for i in range(0, len(buffer), segment)]
-            received = {r.getsockname(): _drain(r) for r in receivers}
+            received = {r.getsockname(): drain(r) for r in receivers}
             assert received == expected       # every datagram, cut at its run's segment size
             got.append([len(v) for v in received.values()])
         finally:
@@ -278,7 +270,7 @@ def test_send_runs_on_a_connected_socket_ignores_the_address(module):
     c.connect(r.getsockname())
     try:
         assert module.send_runs(c, [(b"a", 1, 1, None), (b"bb", 2, 1, None)], True) == (2, 0)
-        assert _drain(r) == [b"a", b"bb"]
+        assert drain(r) == [b"a", b"bb"]
     finally:
         r.close()
         c.close()
@@ -293,7 +285,7 @@ def test_send_runs_says_what_stopped_it(module):
         # a datagram over the UDP limit fails with EMSGSIZE: the one before it went
         runs = [(b"x", 1, 1, to), (b"y" * 70000, 65535, 1, to), (b"z", 1, 1, to)]
         assert module.send_runs(s, runs, False) == (1, errno.EMSGSIZE)
-        assert _drain(r) == [b"x"]
+        assert drain(r) == [b"x"]
         assert module.send_runs(s, [], False) == (0, 0)
         s.close()
         assert module.send_runs(s, [(b"x", 1, 1, to)], False) == (0, errno.EBADF)

@@ -10,7 +10,7 @@ import socket
 import struct
 from typing import Any
 
-__all__ = ["DatagramReader", "BUFFER_SIZE", "send_runs"]
+__all__ = ["BUFFER_SIZE", "DatagramReader", "send_runs"]
 
 BUFFER_SIZE = 65536
 
