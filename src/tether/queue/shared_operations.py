@@ -56,7 +56,8 @@ from .core.lifecycle import LOCKED
 from .core.producers import Producer
 from .core.retry_rule import POISON, RETRY_LATER, RETRY_NOW, after_failure
 from .core.settings import SYSTEM_DEAD_LETTER_QUEUE
-from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX
+from .core.system_queues import JOURNAL_QUEUE, RETURN_PREFIX, TRANSMISSION_PREFIX
+from . import shared_forwarding
 from .statement_batches import StatementBatches
 from .store.postgres import PostgresStore
 from .store.postgres_schema import MESSAGE_COLUMNS, NOW
@@ -75,27 +76,44 @@ _INSERT = f"""
 WITH u AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::float8[], $6::float8[],
                          $7::int4[], $8::text[], $9::text[], $10::text[], $11::float8[], $12::int8[],
-                         $13::text[], $14::int2[], $15::float8[], $16::text[], $17::int4[])
+                         $13::text[], $14::int2[], $15::float8[], $16::text[], $17::int4[], $19::int8[],
+                         $20::bool[])
         AS u(queue, id, body, headers, enqueued_at, expires_at, attempts, dead_letter_reason,
-             dead_letter_source, destination, retry_at, sequence, origin, priority, visible_at, group_id, n)),
+             dead_letter_source, destination, retry_at, sequence, origin, priority, visible_at, group_id, n,
+             dedupe, journal)),
 d AS (
     INSERT INTO tether_dedupe (queue, producer, sequence, message_id, at)
-    SELECT queue, $18, sequence, id, {NOW} FROM u WHERE $18::bytea IS NOT NULL AND sequence > 0
+    SELECT queue, $18, dedupe, id, {NOW} FROM u WHERE $18::bytea IS NOT NULL AND dedupe > 0
     ON CONFLICT DO NOTHING RETURNING queue, sequence),
 ins AS (
     INSERT INTO tether_messages (queue, id, body, headers, enqueued_at, expires_at, attempts, dead_letter_reason,
                                  dead_letter_source, destination, retry_at, sequence, origin, priority,
-                                 visible_at, group_id)
+                                 visible_at, group_id, journal)
     SELECT queue, id, body, headers, enqueued_at, expires_at, attempts, dead_letter_reason, dead_letter_source,
-           destination, retry_at, sequence, origin, priority, visible_at, group_id
-    FROM u WHERE $18::bytea IS NULL OR sequence = 0
-                 OR EXISTS (SELECT 1 FROM d WHERE d.queue = u.queue AND d.sequence = u.sequence)
-    RETURNING queue),
+           destination, retry_at, sequence, origin, priority, visible_at, group_id,
+           journal AND starts_with(queue, $21)
+    FROM u WHERE $18::bytea IS NULL OR dedupe = 0
+                 OR EXISTS (SELECT 1 FROM d WHERE d.queue = u.queue AND d.sequence = u.dedupe)
+    RETURNING queue, id, body, headers, enqueued_at, priority, journal),
+-- journal=True to a local queue: its $journal copy, once queued (not for a resend)
+jc AS (
+    INSERT INTO tether_messages (queue, id, body, headers, enqueued_at, expires_at, destination, priority)
+    SELECT '{JOURNAL_QUEUE}', i.id, i.body, i.headers, i.enqueued_at, $22, i.queue, i.priority
+    FROM ins i JOIN u ON u.queue = i.queue AND u.id = i.id WHERE u.journal AND NOT starts_with(i.queue, $21)
+    RETURNING 1),
 nt AS (SELECT pg_notify('tether_q', q) FROM (SELECT DISTINCT queue AS q FROM ins) s)
-SELECT u.n, old.message_id, (SELECT count(*) FROM nt) AS notified
+SELECT u.n, old.message_id, (SELECT count(*) FROM nt) AS notified, (SELECT count(*) FROM jc) AS copied
 FROM u LEFT JOIN tether_dedupe old ON $18::bytea IS NOT NULL AND old.queue = u.queue AND old.producer = $18
-                                      AND old.sequence = u.sequence
+                                      AND old.sequence = u.dedupe
 ORDER BY u.n
+"""
+
+# $journal holds at most $1 copies: the oldest unlocked ones go
+_TRIM_JOURNAL = f"""
+DELETE FROM tether_messages WHERE key IN (
+    SELECT key FROM (SELECT key, lock_owner, row_number() OVER (ORDER BY key DESC) AS n FROM tether_messages
+                     WHERE queue = '{JOURNAL_QUEUE}') j
+    WHERE j.n > $1 AND j.lock_owner IS NULL)
 """
 
 # the claim: up to $2 ready messages of queue $1, locked for $4 seconds by owner $3
@@ -199,6 +217,10 @@ class SharedQueueOperations:
         self._sweep_again = False
         self._refreshing: asyncio.Task | None = None
         self._local_changes = 0       # definitions this manager made or deleted
+        #: times this manager's lease ran out while it ran (its locks were returned)
+        self.lease_losses = 0
+        #: called with the name of every queue the mirror gains (the manager starts forwarders)
+        self.on_defined: Callable[[str], None] | None = None
         self._closed = False
         # single sends and completes share statements (and commits) under load
         self._sends = StatementBatches(self.send)
@@ -248,9 +270,9 @@ class SharedQueueOperations:
 
     def _entry(self, row: Any) -> Entry:
         (key, queue, id, body, headers, enqueued_at, expires_at, delivery_count, attempts, reason, source,
-         destination, retry_at, sequence, origin, priority, visible_at, group_id, tag, until) = row
+         destination, retry_at, sequence, origin, priority, visible_at, group_id, journal, tag, until) = row
         entry = Entry(key, id, body, headers, enqueued_at, expires_at, delivery_count, attempts, reason, source,
-                      destination, retry_at, 0, sequence, origin, priority, visible_at or None, group_id, False)
+                      destination, retry_at, 0, sequence, origin, priority, visible_at or None, group_id, journal)
         entry.queue = self._name(queue)
         if tag is not None:
             entry.state = LOCKED
@@ -279,6 +301,7 @@ class SharedQueueOperations:
             self._refreshing = self._spawn(self.refresh_definitions())
 
     def _lease_lost(self) -> None:
+        self.lease_losses += 1
         log.warning("peek-locks held through this queue manager were returned to their queues")
 
     @_database
@@ -294,6 +317,8 @@ class SharedQueueOperations:
         for name, settings in found.items():
             if not self.core.has_queue(name):
                 self.core.define(name, settings)
+                if self.on_defined is not None:
+                    self.on_defined(name)
         for name in self.core.queue_names():
             if name not in found and (not name.startswith("$")
                                       or name.startswith((TRANSMISSION_PREFIX, RETURN_PREFIX))):
@@ -488,6 +513,8 @@ class SharedQueueOperations:
                 stored = await conn.fetchval("SELECT settings FROM tether_queues WHERE name = $1", name)
                 if QueueSettings.from_dict(json.loads(stored)) != settings:
                     raise QueueExists(f"queue {name!r} exists with different settings")
+                if shared_forwarding.is_transmission(name):
+                    await shared_forwarding.define(conn, name)
                 await conn.execute("SELECT pg_notify('tether_defs', $1)", name)
         self._local_changes += 1
         if not self.core.has_queue(name):
@@ -505,6 +532,7 @@ class SharedQueueOperations:
                 await conn.execute("DELETE FROM tether_messages WHERE queue = ANY($1::text[])",
                                    [name, name + ";retry", name + ";poison"])
                 await conn.execute("DELETE FROM tether_groups WHERE queue = $1", name)
+                await shared_forwarding.delete(conn, name)
                 await conn.execute("SELECT pg_notify('tether_defs', $1)", name)
         self._local_changes += 1
         if self.core.has_queue(name):   # (a refresh on our own NOTIFY may have mirrored it already)
@@ -576,9 +604,6 @@ class SharedQueueOperations:
 
     def prepare(self, name: str, body: Any, **fields: Any) -> Entry:
         """A checked entry for queue `name` (see QueueCore.prepare)."""
-        if fields.get("destination") is not None:
-            raise QueueError("store-and-forward from a queue manager on a shared (PostgreSQL) store is not "
-                             "supported: send to a queue of this database, or from a journal-backed manager")
         return self.core.prepare(name, body, self._clock(), **fields)
 
     async def send_one(self, entry: Entry) -> str:
@@ -608,9 +633,10 @@ class SharedQueueOperations:
             return [error] * len(entries)
         limited = {e.queue.name for e in entries if e.queue.settings.max_length is not None}
         async with self._pool.acquire() as conn:
-            if limited:
+            if limited or self._numbered(entries):
                 async with conn.transaction():
-                    await self._check_lengths(conn, entries, limited)
+                    if limited:
+                        await self._check_lengths(conn, entries, limited)
                     rows = await self._insert(conn, entries, producer, sequences)
             else:
                 rows = await self._insert(conn, entries, producer, sequences)
@@ -629,17 +655,32 @@ class SharedQueueOperations:
             if held.get(name, 0) + adding > limit:
                 raise QueueFull(f"queue {name!r} is full (max_length={limit})")
 
+    @staticmethod
+    def _numbered(entries: list[Entry]) -> bool:
+        """True when some entry goes to a transmission queue (numbered in the transaction)."""
+        return any(shared_forwarding.is_transmission(e.queue.name) for e in entries)
+
     async def _insert(self, conn: Any, entries: list[Entry], producer: Producer | None,
                       sequences: list[int] | None) -> list[Any]:
-        columns: list[list] = [[] for _ in range(17)]
+        """Insert `entries` (in `conn`'s transaction when some go to a transmission queue:
+        they are numbered under its row's lock). A message's `sequence` is the producer's
+        (its de-duplication key), or in a transmission queue the forwarder's numbering."""
+        if self._numbered(entries):
+            await shared_forwarding.number(conn, entries)
+        columns: list[list] = [[] for _ in range(19)]
         for n, e in enumerate(entries):
-            sequence = sequences[n] if sequences is not None else e.sequence
+            dedupe = (sequences[n] if sequences is not None else e.sequence) or 0
+            sequence = e.sequence if shared_forwarding.is_transmission(e.queue.name) else dedupe
             for column, value in zip(columns, (
                     e.queue.name, e.id, e.body, e.headers, e.enqueued_at, e.expires_at, e.attempts,
-                    e.dead_letter_reason, e.dead_letter_source, e.destination, e.retry_at, sequence or 0,
-                    e.origin, e.priority, e.deliver_at or 0.0, e.group_id, n)):
+                    e.dead_letter_reason, e.dead_letter_source, e.destination, e.retry_at, sequence,
+                    e.origin, e.priority, e.deliver_at or 0.0, e.group_id, n, dedupe, e.journal)):
                 column.append(value)
-        rows = await conn.fetch(_INSERT, *columns, None if producer is None else producer.name)
+        journal = self.core.journal_settings
+        rows = await conn.fetch(_INSERT, *columns[:17], None if producer is None else producer.name,
+                                *columns[17:], TRANSMISSION_PREFIX, journal.expires_at(self._clock()))
+        if rows and rows[0][3] and journal.journal_max_length is not None:
+            await conn.execute(_TRIM_JOURNAL, journal.journal_max_length)
         soonest = min((e.deliver_at for e in entries if e.deliver_at), default=None)
         expiring = min((e.expires_at for e in entries if e.expires_at), default=None)
         for deadline in (soonest, expiring):
@@ -828,9 +869,70 @@ class SharedQueueOperations:
         return [None if e.key in gone else LockLost(f"message {e.id}: the peek-lock was lost (expired, or "
                                                     f"settled already)") for e, _ in receipts]
 
+    @_database
     async def forwarded_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
-        """Forwarders do not run on a shared store (see prepare())."""
-        raise QueueError("store-and-forward from a queue manager on a shared (PostgreSQL) store is not supported")
+        """Settle forwarded messages their target accepted, in one statement: completed, or
+        (sent with journal=True) moved to $journal; per pair None or LockLost."""
+        self._check_open()
+        if not receipts:
+            return []
+        journal = self.core.journal_settings
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    f"""WITH r AS (SELECT m.key, m.journal FROM tether_messages m
+                                   JOIN unnest($1::int8[], $2::int8[]) AS r(key, tag) ON m.key = r.key
+                                   AND m.lock_tag = r.tag
+                                   WHERE m.lock_owner = $3 AND m.lock_until > {NOW} FOR UPDATE OF m),
+                        gone AS (DELETE FROM tether_messages m USING r WHERE m.key = r.key AND NOT r.journal
+                                 RETURNING m.key),
+                        kept AS (UPDATE tether_messages m SET {_UNLOCK}, queue = '{JOURNAL_QUEUE}', journal = false,
+                                        expires_at = $4, retry_at = NULL, visible_at = 0, group_id = NULL
+                                 FROM r WHERE m.key = r.key AND r.journal RETURNING m.key)
+                        SELECT key, false FROM gone UNION ALL SELECT key, true FROM kept""",
+                    [e.key for e, _ in receipts], [t for _, t in receipts], self._owner,
+                    journal.expires_at(self._clock()))
+                if any(row[1] for row in rows) and journal.journal_max_length is not None:
+                    await conn.execute(_TRIM_JOURNAL, journal.journal_max_length)
+        done = {row[0] for row in rows}
+        return [None if e.key in done else LockLost(f"message {e.id}: the peek-lock was lost (expired, or "
+                                                    f"settled already)") for e, _ in receipts]
+
+    # ---- forwarding out of the database (shared_forwarding.py) ----
+
+    @_database
+    async def lowest_sequence(self, name: str) -> int:
+        """Transmission queue `name`'s lowest sequence still to be forwarded (every one below
+        is settled), read from the database."""
+        async with self._pool.acquire() as conn:
+            return await shared_forwarding.lowest_sequence(conn, name)
+
+    @_database
+    async def raise_numbering(self, name: str, next_sequence: int) -> int | None:
+        """Number `name`'s messages from `next_sequence` on; the numbering before, or None."""
+        self._check_open()
+        async with self._pool.acquire() as conn:
+            return await shared_forwarding.raise_numbering(conn, name, next_sequence)
+
+    @_database
+    async def hold_forwarding(self, name: str) -> bytes | None:
+        """Become the one forwarder of transmission queue `name` if nobody alive is: the
+        producer id to show its target, or None."""
+        self._check_open()
+        async with self._pool.acquire() as conn:
+            return await shared_forwarding.hold(conn, name, self._owner)
+
+    @_database
+    async def holds_forwarding(self, name: str) -> bool:
+        """True while this manager is the forwarder of `name` (and its lease alive)."""
+        async with self._pool.acquire() as conn:
+            return await shared_forwarding.holds(conn, name, self._owner)
+
+    @_database
+    async def let_go_forwarding(self, name: str) -> None:
+        """Stop being the forwarder of `name`."""
+        async with self._pool.acquire() as conn:
+            await shared_forwarding.let_go(conn, name, self._owner)
 
     async def _locked_row(self, conn: Any, entry: Entry, tag: int, valid_only: bool = True) -> Any:
         valid = f" AND lock_until > {NOW}" if valid_only else ""
