@@ -470,6 +470,23 @@ class SharedQueueOperations:
         assert step == POISON
         mode = settings.receive_error_handling
         log.warning("poison message %s in queue %r after %d deliveries: %s", row[2], main, attempts, mode)
+        notify = await self._poison(conn, row, main, attempts, mode)
+        group_id = row[17]
+        if group_id is not None:
+            # a group is poisoned as a whole (as in the journal's core): its waiting
+            # messages go the same way, in send order; one still locked follows when it fails
+            others = await conn.fetch(f"SELECT {_COLUMNS} FROM tether_messages WHERE queue = $1 AND group_id = $2 "
+                                      f"AND lock_owner IS NULL ORDER BY key FOR UPDATE", main, group_id)
+            if others:
+                log.warning("group %r of queue %r goes with it: %d more messages: %s", group_id, main,
+                            len(others), mode)
+            for other in others:
+                notify |= await self._poison(conn, other, main, other[8], mode)
+        return notify
+
+    async def _poison(self, conn: Any, row: Any, main: str, attempts: int, mode: str) -> set[str]:
+        """The message `row` of queue `main` failed for good: `receive_error_handling` `mode`."""
+        key = row[0]
         if mode == "drop":
             await conn.execute("DELETE FROM tether_messages WHERE key = $1", key)
             return set()
