@@ -30,11 +30,13 @@ How each feature keeps its meaning (docs/storage.md, "The PostgreSQL store"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -217,6 +219,13 @@ class SharedQueueOperations:
         self._sweep_again = False
         self._refreshing: asyncio.Task | None = None
         self._local_changes = 0       # definitions this manager made or deleted
+        #: what this process's operations did (the metrics' _total counters; other managers
+        #: of the database count their own): per main queue messages sent, and received
+        #: and completed; per (queue, reason) messages dead-lettered
+        self.sent: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        self.dead_lettered: Counter[tuple[str, str]] = Counter()
+        self._dying: dict[Any, list[tuple[str, str]]] = {}     # per connection, until its commit
         #: times this manager's lease ran out while it ran (its locks were returned)
         self.lease_losses = 0
         #: called with the name of every queue the mirror gains (the manager starts forwarders)
@@ -399,7 +408,7 @@ class SharedQueueOperations:
                     log.info("returned %d peek-locks of %d queue manager(s) whose lease ran out", len(rows), len(dead))
             # expired peek-locks: failed deliveries
             while True:
-                async with conn.transaction():
+                async with self._counted(conn):
                     rows = await conn.fetch(
                         f"SELECT {_COLUMNS} FROM tether_messages WHERE lock_owner IS NOT NULL "
                         f"AND lock_until <= {NOW} ORDER BY lock_until LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED")
@@ -409,7 +418,7 @@ class SharedQueueOperations:
                     break
             # expired time-to-lives: dead letters (not in ;poison: dead letters wait)
             while True:
-                async with conn.transaction():
+                async with self._counted(conn):
                     rows = await conn.fetch(
                         f"SELECT {_COLUMNS} FROM tether_messages WHERE lock_owner IS NULL AND expires_at <= {NOW} "
                         f"AND queue NOT LIKE '%;poison' ORDER BY expires_at LIMIT {SWEEP_BATCH} "
@@ -439,6 +448,36 @@ class SharedQueueOperations:
                 "SELECT pg_total_relation_size('tether_messages') + pg_total_relation_size('tether_dedupe')")
 
     # ---- the retry rule, dead letters ----
+
+    @contextlib.asynccontextmanager
+    async def _counted(self, conn: Any) -> AsyncIterator[None]:
+        """`conn.transaction()`, counting the dead letters it made once it committed."""
+        self._dying[conn] = dying = []
+        try:
+            async with conn.transaction():
+                yield
+        finally:
+            del self._dying[conn]
+        self.dead_lettered.update(dying)
+
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Per main queue (sent, received and completed) by this process's operations (as
+        QueueCore.traffic counts a journal-backed manager's)."""
+        return {name: (self.sent[name], self.received[name]) for name in self.core.traffic()}
+
+    def _count_received(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            name = entry.queue.name
+            self.received[split_subqueue(name)[0] if ";" in name else name] += 1
+
+    def _count_sent(self, entries: list[Entry], rows: list[Any]) -> None:
+        """`rows` (the insert's) say which entries were queued (a resend was not) and how
+        many $journal copies were made."""
+        for entry, row in zip(entries, rows):
+            if row[1] is None:
+                self.sent[entry.queue.name] += 1
+        if rows and rows[0][3]:
+            self.sent[JOURNAL_QUEUE] += rows[0][3]
 
     async def _fail(self, conn: Any, row: Any) -> set[str]:
         """A delivery of the locked message `row` failed: retry it now, later, or handle it
@@ -502,6 +541,8 @@ class SharedQueueOperations:
         main = split_subqueue(name)[0] if ";" in name else name
         target = dead_letter_queue_name(self.core.settings(main)) if self.core.has_queue(main) \
             else SYSTEM_DEAD_LETTER_QUEUE
+        if row[9] is None:       # (a dead letter moved on is not counted again)
+            self._dying[conn].append((main, reason))
         if target is None:
             log.info("message %s of queue %r dropped (%s, dead_letter_queue none)", row[2], main, reason)
             await conn.execute("DELETE FROM tether_messages WHERE key = $1", key)
@@ -657,6 +698,7 @@ class SharedQueueOperations:
                     rows = await self._insert(conn, entries, producer, sequences)
             else:
                 rows = await self._insert(conn, entries, producer, sequences)
+        self._count_sent(entries, rows)
         return [row[1] if row[1] is not None else entry.id for entry, row in zip(entries, rows)]
 
     async def _check_lengths(self, conn: Any, entries: list[Entry], names: set[str]) -> None:
@@ -883,6 +925,7 @@ class SharedQueueOperations:
             f"WHERE m.key = r.key AND m.lock_tag = r.tag AND m.lock_owner = $3 AND m.lock_until > {NOW} "
             f"RETURNING m.key", [e.key for e, _ in receipts], [t for _, t in receipts], self._owner)
         gone = {r[0] for r in rows}
+        self._count_received(e for e, _ in receipts if e.key in gone)
         return [None if e.key in gone else LockLost(f"message {e.id}: the peek-lock was lost (expired, or "
                                                     f"settled already)") for e, _ in receipts]
 
@@ -912,6 +955,7 @@ class SharedQueueOperations:
                 if any(row[1] for row in rows) and journal.journal_max_length is not None:
                     await conn.execute(_TRIM_JOURNAL, journal.journal_max_length)
         done = {row[0] for row in rows}
+        self._count_received(e for e, _ in receipts if e.key in done)
         return [None if e.key in done else LockLost(f"message {e.id}: the peek-lock was lost (expired, or "
                                                     f"settled already)") for e, _ in receipts]
 
@@ -969,7 +1013,7 @@ class SharedQueueOperations:
         """A failed delivery: retry, delay or poison per the queue. LockLost."""
         self._check_open()
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
+            async with self._counted(conn):
                 row = await self._locked_row(conn, entry, tag)
                 await self._notify(conn, await self._fail(conn, row))
 
@@ -978,7 +1022,7 @@ class SharedQueueOperations:
         """Move a locked message to its dead-letter queue with `reason`. LockLost."""
         self._check_open()
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
+            async with self._counted(conn):
                 row = await self._locked_row(conn, entry, tag)
                 await self._notify(conn, await self._dead_letter(conn, row, reason))
 
@@ -1047,7 +1091,7 @@ class SharedQueueOperations:
         if self._closed:
             return
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
+            async with self._counted(conn):
                 rows = await conn.fetch(f"SELECT {_COLUMNS} FROM tether_messages WHERE queue = $1 AND group_id = $2 "
                                         f"AND lock_owner = $3 ORDER BY key FOR UPDATE", group.queue, group.group_id,
                                         self._owner)
@@ -1082,10 +1126,13 @@ class SharedQueueOperations:
                         gone = {r[0] for r in rows}
                         lost = next(e for e, _ in receipts if e.key not in gone)
                         raise TransactionError(f"cannot commit: the peek-lock of message {lost.id} was lost")
+                rows = []
                 if entries:
                     if limited:
                         await self._check_lengths(conn, entries, limited)
-                    await self._insert(conn, entries, None, None)
+                    rows = await self._insert(conn, entries, None, None)
+        self._count_received(e for e, _ in receipts)
+        self._count_sent(entries, rows)
 
     @_database
     async def rollback(self, receipts: list[tuple[Entry, int]]) -> None:
@@ -1093,7 +1140,7 @@ class SharedQueueOperations:
         if not receipts or self._closed:
             return
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
+            async with self._counted(conn):
                 rows = await conn.fetch(
                     f"SELECT {', '.join('m.' + c for c in MESSAGE_COLUMNS)} FROM tether_messages m "
                     f"JOIN unnest($1::int8[], $2::int8[]) AS r(key, tag) ON m.key = r.key AND m.lock_tag = r.tag "
