@@ -71,12 +71,13 @@ class SharedForwarder:
 
     async def _run(self) -> None:
         operations = self.operations
-        while self.operations.core.has_queue(self.queue):
-            try:
-                producer = await operations.hold_forwarding(self.queue)
-            except TetherError as exc:       # the database is away: ask again
-                log.info("forwarding %s: cannot ask the database who forwards it: %s", self.queue, exc)
-                producer = None
+        while True:
+            producer = None
+            if operations.core.has_queue(self.queue):      # (deleted: it may be made again)
+                try:
+                    producer = await operations.hold_forwarding(self.queue)
+                except TetherError as exc:       # the database is away: ask again
+                    log.info("forwarding %s: cannot ask the database who forwards it: %s", self.queue, exc)
             if producer is None:
                 await asyncio.sleep(self.check_every)
                 continue

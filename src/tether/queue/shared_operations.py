@@ -26,6 +26,10 @@ How each feature keeps its meaning (docs/storage.md, "The PostgreSQL store"):
   transaction), not by polling.
 - dedupe: (queue, producer, sequence) is a primary key, inserted in the same statement as
   the messages: a resend through any manager is answered and not queued again.
+- store-and-forward: a message bound for a transmission queue is numbered in its sending
+  transaction (shared_forwarding.py); one manager at a time forwards each such queue
+  (shared_forwarder.py).
+- metrics: `sent`, `received` and `dead_lettered` count this process's operations.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ from ..errors import (
     StorageError,
     TransactionError,
 )
+from . import shared_forwarding
 from .core import Entry, QueueCore, QueueInfo, QueueSettings
 from .core.address import split_subqueue
 from .core.deadletter import EXPIRED, REJECTED, dead_letter_queue_name
@@ -59,7 +64,6 @@ from .core.producers import Producer
 from .core.retry_rule import POISON, RETRY_LATER, RETRY_NOW, after_failure
 from .core.settings import SYSTEM_DEAD_LETTER_QUEUE
 from .core.system_queues import JOURNAL_QUEUE, RETURN_PREFIX, TRANSMISSION_PREFIX
-from . import shared_forwarding
 from .statement_batches import StatementBatches
 from .store.postgres import PostgresStore
 from .store.postgres_schema import MESSAGE_COLUMNS, NOW
