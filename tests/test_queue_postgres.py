@@ -348,3 +348,34 @@ async def test_metrics_read_the_database_counts_as_of_the_previous_scrape(manage
     # three managers of this process share the database: its queue is reported once
     assert 'tether_queue_messages{queue="metered"} 2.0' in text
     assert 'tether_queue_in_flight{queue="metered"} 1.0' in text
+
+
+async def test_the_forwarding_floor_never_passes_a_send_still_committing(postgres_url):
+    """A message bound for a transmission queue is numbered under the queue's row lock in
+    its sending transaction: while that transaction is open, the floor told to the target
+    (every sequence below it settled) stays at or below its number, even with the queue
+    emptied meanwhile; and sequences committed one after another rise."""
+    import asyncpg
+
+    from tether.queue import shared_forwarding
+
+    async with tether.QueueManager.open(postgres_url) as qm:
+        address = "tether://127.0.0.1:9/q"          # nothing listens there: messages stay
+        xmit = "$xmit:127.0.0.1:9"
+        await qm.send(address, b"first")
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            sending = conn.transaction()
+            await sending.start()
+            entry = qm.operations.prepare(xmit, b"second", destination=address)
+            await shared_forwarding.number(conn, [entry])
+            assert await qm.purge_queue(xmit) == 1
+            assert await qm.operations.lowest_sequence(xmit) <= entry.sequence
+            await sending.rollback()
+        finally:
+            await conn.close()
+        await qm.send(address, b"third")
+        await qm.send(address, b"fourth")
+        third, fourth = await qm.operations.peek(xmit, 2)
+        assert entry.sequence <= third.sequence < fourth.sequence
+        assert await qm.operations.lowest_sequence(xmit) == third.sequence
