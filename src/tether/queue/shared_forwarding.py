@@ -103,8 +103,3 @@ async def holds(conn: Any, name: str, owner: bytes) -> bool:
     return bool(await conn.fetchval(
         "SELECT 1 FROM tether_forwarders f JOIN tether_owners o ON o.owner = f.holder "
         "WHERE f.queue = $1 AND f.holder = $2", name, owner))
-
-
-async def let_go(conn: Any, name: str, owner: bytes) -> None:
-    """Stop being the forwarder of `name` (another manager may take it at once)."""
-    await conn.execute("UPDATE tether_forwarders SET holder = NULL WHERE queue = $1 AND holder = $2", name, owner)

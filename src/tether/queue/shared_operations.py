@@ -993,12 +993,6 @@ class SharedQueueOperations:
         async with self._pool.acquire() as conn:
             return await shared_forwarding.holds(conn, name, self._owner)
 
-    @_database
-    async def let_go_forwarding(self, name: str) -> None:
-        """Stop being the forwarder of `name`."""
-        async with self._pool.acquire() as conn:
-            await shared_forwarding.let_go(conn, name, self._owner)
-
     async def _locked_row(self, conn: Any, entry: Entry, tag: int, valid_only: bool = True) -> Any:
         valid = f" AND lock_until > {NOW}" if valid_only else ""
         row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM tether_messages WHERE key = $1 AND lock_tag = $2 "
