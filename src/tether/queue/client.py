@@ -297,6 +297,9 @@ class QueueClient:
         self.request_timeout = _seconds_or_none("request_timeout", request_timeout)
         self._session_settings: dict[str, Any] = dict(P.SESSION_SETTINGS)
         self._session_settings.update(session_settings)
+        #: the largest body a send may carry (room for the frame around it); set once the
+        #: session settings were checked (_new_session)
+        self._body_limit = 0
         self._loop = asyncio.get_running_loop()
         self.client_id = client_id if client_id is not None else os.urandom(16)
         self.epoch = 0                 # the producer epoch the service gave us (0: not yet)
@@ -366,6 +369,7 @@ class QueueClient:
 
         session = await connect(self.url, ssl=self._ssl, connect_timeout=self.connect_timeout,
                                 **self._session_settings)
+        self._body_limit = session.settings.max_message_size - 4096
         try:
             # HELLO alone first: whether the service still knows us decides what to resend
             self._rids += 1
@@ -769,7 +773,7 @@ class QueueClient:
             if not isinstance(body, (bytearray, memoryview)):
                 raise TypeError(f"message body must be bytes, not {type(body).__name__}")
             body = bytes(body)
-        limit = self._session_settings["max_message_size"] - 4096
+        limit = self._body_limit
         if len(body) > limit:
             raise QueueMessageTooLarge(f"message of {len(body)} bytes is over the protocol's limit of {limit} bytes")
         if headers is not None:
@@ -802,12 +806,23 @@ class QueueClient:
         arguments are QueueManager.send's. Raises as QueueManager.send, and
         QueueUnavailable after request_timeout."""
         self._check_open()
+        if headers is None and time_to_live is None and delay is None and deliver_at is None \
+                and group_id is None and journal is None and priority.__class__ is int and priority == 3 \
+                and body.__class__ is bytes and address.__class__ is str and 0 < len(address) <= P.MAX_NAME \
+                and len(body) <= self._body_limit and self._connected and not self._forwarding:
+            # a plain send (checked here as _send_item checks it): it joins this loop
+            # turn's SEND_BATCH to the address
+            self._numbering = True
+            sequence = self._next_sequence
+            self._next_sequence = sequence + 1
+            self._unanswered[sequence] = None
+            batched_id: str = await self._batched(P.SEND_BATCH, address, body, 16 + len(body), sequence)
+            return batched_id
         options = _send_options(priority, delay, deliver_at, group_id, journal)
         item = self._send_item(address, body, headers, time_to_live, options)
         if headers is None and time_to_live is None and options is None and self._connected:
-            # a plain send: it joins this loop turn's SEND_BATCH to the address
             self._number(item)
-            batched_id: str = await self._batched(P.SEND_BATCH, address, item[3], 16 + len(item[3]), item[6])
+            batched_id = await self._batched(P.SEND_BATCH, address, item[3], 16 + len(item[3]), item[6])
             return batched_id
         message_id: str = await self._request(self._number(item), checked=True)
         return message_id
