@@ -725,11 +725,9 @@ class QueueClient:
         would cost the service a journal record (and a sync) of its own, which the next
         send then waits behind: it waits for a frame that goes anyway, at most
         SETTLE_DELAY (or `now`)."""
-        if self._numbering:
-            # every send below the lowest unanswered one was answered: never sent again
-            floor = next(iter(self._unanswered), self._next_sequence)
-        else:
-            floor = self._forward_floor
+        # numbering its own sends: every send below the lowest unanswered one was answered
+        # (never sent again); forwarding: the floor the forwarder set
+        floor = next(iter(self._unanswered), self._next_sequence) if self._numbering else self._forward_floor
         if floor <= self._floor_sent:
             return
         if self._out or now:
