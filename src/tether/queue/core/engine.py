@@ -138,6 +138,11 @@ class QueueCore:
         self._producer_sweep_at = _INF
         self._identity_journaled = False
         self._closed = False
+        # the effects of a run of plain sends (send_one), bound once: a record continues a
+        # run only while the effect is the same object (PendingRecords.add_to_run), and a
+        # bound method made per call never is -- every send would cost a closure pair
+        self._arrived_run = self._arrived_reserved
+        self._unreserved_run = self._unreserved
         self._define(SYSTEM_DEAD_LETTER_QUEUE, settings_for(SYSTEM_DEAD_LETTER_QUEUE))
         #: the source journal's settings, and its queue (source_journal.py)
         self.journal_settings = journal if journal is not None else JournalSettings()
@@ -601,8 +606,8 @@ class QueueCore:
             self._arrive(queue, entry, now)
             return None
         queue.reserved += 1
-        return self.records.add_to_run([R.ENQUEUE, queue.name, entry.to_record()], self._arrived_reserved,
-                                       self._unreserved, entry)
+        return self.records.add_to_run([R.ENQUEUE, queue.name, entry.to_record()], self._arrived_run,
+                                       self._unreserved_run, entry)
 
     def _journal_copy(self, entry: Entry, now: float) -> Entry:
         """The $journal copy of a message sent with journal=True to a local queue."""
