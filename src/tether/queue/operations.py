@@ -225,9 +225,8 @@ class QueueOperations:
         ids, waits = self.core.send(entries, self._clock(), producer=producer, epoch=epoch, sequences=sequences,
                                     keep_ids=keep_ids)
         self.settle()
-        records = set(waits)            # (most often one: the record this call filled)
-        records.discard(None)
-        failed: dict[int, BaseException] = {}
+        records = {record for record in set(waits) if record is not None}   # most often one
+        failed: dict[int | None, BaseException] = {}
         for record in records:
             try:
                 await self.writer.wait(record)
@@ -235,8 +234,7 @@ class QueueOperations:
                 failed[record] = exc
         if not failed:
             return ids
-        return [failed.get(record, outcome) if record is not None else outcome  # type: ignore[arg-type]
-                for outcome, record in zip(ids, waits)]
+        return [failed.get(record, outcome) for outcome, record in zip(ids, waits)]
 
     # ---- producers ----
 
