@@ -319,3 +319,23 @@ async def test_batches_queued_behind_a_failed_one_are_written_after_the_restore_
     async with await Journal.open(tmp_path) as reopened:
         assert reopened.recovered == [b"good"] + [b"r%d" % i for i in range(1, 6)] + [b"later"]
         assert reopened.recovery_log == []
+
+
+async def test_pipelining_stays_split_while_a_sync_is_quicker_than_the_round(tmp_path):
+    # split into cohorts, each cohort's turn is its share of the round: comparing a sync
+    # with one turn flipped the state whenever the sync took between a share and the round
+    journal = await Journal.open(tmp_path, max_in_flight=2)
+    commit = journal._commit
+    try:
+        commit.write_seconds, commit.turn_seconds = 0.9e-3, 1.0e-3     # one cohort: its turn is the round
+        assert commit.pipelined
+        commit.turn_seconds = 0.5e-3                 # split in two: a turn is half the round
+        assert commit.pipelined
+        commit.write_seconds = 1.1e-3                # a sync longer than the round: merge
+        assert not commit.pipelined
+        commit.turn_seconds = 0.6e-3                 # merged, a turn is the round again
+        assert not commit.pipelined
+        commit.turn_seconds = 1.2e-3
+        assert commit.pipelined
+    finally:
+        await journal.close()

@@ -482,8 +482,8 @@ class Node:
         except Expected as exc:
             expected, whole_error = None, exc.kind
         try:
-            results = self.core.send([e for _, e in pairs], self.now, producer=producer, epoch=epoch,
-                                     sequences=seqs, keep_ids=keep_ids)
+            ids, waits = self.core.send([e for _, e in pairs], self.now, producer=producer, epoch=epoch,
+                                        sequences=seqs, keep_ids=keep_ids)
         except _ERRORS as exc:
             if whole_error is None or not isinstance(exc, whole_error):
                 self.fail(f"{what}: the core raised {exc!r}, the model expected {whole_error or expected}")
@@ -492,16 +492,20 @@ class Node:
         if whole_error is not None:
             self.fail(f"{what}: the core answered, the model expected {whole_error.__name__}")
         out = []
-        for (msg, entry), result, want in zip(pairs, results, expected):
+        for (msg, entry), result, record, want in zip(pairs, ids, waits, expected):
             if isinstance(want, Expected):
                 if not isinstance(result, want.kind):
                     self.fail(f"{what}: m{msg.mid} got {result!r}, the model expected {want.kind.__name__}")
+                if record is not None:
+                    self.fail(f"{what}: m{msg.mid} is refused but told to wait for record {record}")
                 out.append(result)
                 continue
             if isinstance(result, BaseException):
                 self.fail(f"{what}: m{msg.mid} got {result!r}, the model expected {want}")
-            if result.record != want[1]:
-                self.fail(f"{what}: m{msg.mid} is answered with record {result.record}, the model expects {want}")
+            if result != entry.id:
+                self.fail(f"{what}: m{msg.mid} is answered with id {result!r}, its entry is {entry.id!r}")
+            if record != want[1]:
+                self.fail(f"{what}: m{msg.mid} is answered with record {record}, the model expects {want}")
             if want[0] == "duplicate":
                 self._check_duplicate(msg, entry, model_producer)
             if want[0] == "new":

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LimitExceeded, QueueError
-from .core import Entry, QueueCore, QueueInfo, QueueSettings, SendResult
+from .core import Entry, QueueCore, QueueInfo, QueueSettings
 from .core.producers import Producer
 from .store.interface import Store
 from .writer import RecordWriter
@@ -222,25 +222,19 @@ class QueueOperations:
         the exception refusing it. A failed write fails the entries it held."""
         if self.max_disk_bytes is not None:
             self._check_disk(entries)
-        results = self.core.send(entries, self._clock(), producer=producer, epoch=epoch, sequences=sequences,
-                                 keep_ids=keep_ids)
+        ids, waits = self.core.send(entries, self._clock(), producer=producer, epoch=epoch, sequences=sequences,
+                                    keep_ids=keep_ids)
         self.settle()
-        records = {r.record for r in results if r.__class__ is SendResult and r.record is not None}
-        outcome: dict[int, BaseException | None] = {}
+        records = {record for record in set(waits) if record is not None}   # most often one
+        failed: dict[int | None, BaseException] = {}
         for record in records:
             try:
                 await self.writer.wait(record)
-                outcome[record] = None
             except QueueError as exc:
-                outcome[record] = exc
-        out: list[str | BaseException] = []
-        for result in results:
-            if result.__class__ is SendResult:
-                error = outcome.get(result.record) if result.record is not None else None
-                out.append(result.id if error is None else error)
-            else:
-                out.append(result)
-        return out
+                failed[record] = exc
+        if not failed:
+            return ids
+        return [failed.get(record, outcome) for outcome, record in zip(ids, waits)]
 
     # ---- producers ----
 

@@ -4,7 +4,7 @@ Whatever the core journals in one loop iteration becomes one record: the first o
 that opens a record schedules a cut with `call_soon`, so every task ready to run this
 iteration (for instance all those the last write woke) joins it. One exception: when the
 store says so (`cut_early`: it is idle, and the turn has run longer than its write takes),
-a record holding at least EARLY_CUT_MIN operations' waiters is cut at once, so the disk
+a record holding a multiple of EARLY_CUT_MIN operations' waiters is cut at once, so the disk
 starts on them while the rest of the turn runs (the store's pipelining, group_commit.py).
 A cut always falls between two operations: an operation's ops are all in before it waits.
 The record goes to the store; when the store reports it durable (or failed), the core
@@ -31,7 +31,8 @@ from .store.interface import Store
 
 log = logging.getLogger("tether.queue")
 
-#: An early cut needs at least this many waiters on the open record.
+#: An early cut needs at least this many waiters on the open record (and is considered at
+#: each multiple of it).
 EARLY_CUT_MIN = 8
 
 #: Snapshot records are cut at about this size, so that no single record is huge.
@@ -73,7 +74,9 @@ class RecordWriter:
             self._opened_at = monotonic()
         else:
             waiters.append(future)
-            if len(waiters) >= EARLY_CUT_MIN and self._cut_early is not None \
+            # asked at every EARLY_CUT_MIN-th waiter only: the store's answer takes a few
+            # calls, and a turn's worth of senders is many times that many
+            if not len(waiters) % EARLY_CUT_MIN and self._cut_early is not None \
                     and record == self._core.pending_record and not (self._gate or self._compact_wanted) \
                     and self._cut_early(monotonic() - self._opened_at):
                 self._cut()

@@ -85,17 +85,6 @@ DEFAULT_MAX_QUEUES = 10000
 _INF = float("inf")
 
 
-class SendResult:
-    """The outcome of one message of `QueueCore.send`: its `id`, and the `record` to wait for
-    (None: nothing to wait for, it is queued or was queued before)."""
-
-    __slots__ = ("id", "record")
-
-    def __init__(self, id: str, record: int | None) -> None:
-        self.id = id
-        self.record = record
-
-
 class QueueCore:
     """The queues of one queue manager (see the module docstring)."""
 
@@ -138,6 +127,11 @@ class QueueCore:
         self._producer_sweep_at = _INF
         self._identity_journaled = False
         self._closed = False
+        # the effects of a run of plain sends (send_one), bound once: a record continues a
+        # run only while the effect is the same object (PendingRecords.add_to_run), and a
+        # bound method made per call never is -- every send would cost a closure pair
+        self._arrived_run = self._arrived_reserved
+        self._unreserved_run = self._unreserved
         self._define(SYSTEM_DEAD_LETTER_QUEUE, settings_for(SYSTEM_DEAD_LETTER_QUEUE))
         #: the source journal's settings, and its queue (source_journal.py)
         self.journal_settings = journal if journal is not None else JournalSettings()
@@ -462,13 +456,18 @@ class QueueCore:
 
     def send(self, entries: list[Entry], now: float, *, producer: Producer | None = None,
              epoch: int = 0, sequences: list[int] | None = None,
-             keep_ids: bool = False) -> list[SendResult | BaseException]:
-        """Queue prepared entries; per entry its SendResult or the exception refusing it
-        (QueueFull). With `producer` (and its current `epoch`; ProducerFenced otherwise),
-        entry i carries sequence `sequences[i]`: on an exactly_once queue a sequence queued
-        before is answered with its id and queued nowhere (one being written now is
-        answered with that write's record). A producer's message is named by its sequence
-        unless `keep_ids` (forwarded messages keep the id their first queue manager gave)."""
+             keep_ids: bool = False) -> tuple[list[str | BaseException], list[int | None]]:
+        """Queue prepared entries: (per entry its id or the exception refusing it (QueueFull),
+        per entry the record to wait for or None: queued already, or refused). With
+        `producer` (and its current `epoch`; ProducerFenced otherwise), entry i carries
+        sequence `sequences[i]`: on an exactly_once queue a sequence queued before is
+        answered with its id and queued nowhere (one being written now is answered with that
+        write's record). A producer's message is named by its sequence unless `keep_ids`
+        (forwarded messages keep the id their first queue manager gave).
+
+        Priced per batch: the answers are two flat lists, the producer's reservations and
+        acceptances go in one call each, and every journaled entry waits for the record
+        this call fills (its number is known before: no record is cut inside a core call)."""
         self._check_open()
         producers = self.producers
         if producer is not None:
@@ -476,16 +475,20 @@ class QueueCore:
             if sequences is None or len(sequences) != len(entries):
                 raise ValueError("send with a producer needs one sequence per entry")
             pid_prefix = f"{self.id_prefix}{producer.pid:x}."
-        results: list[SendResult | BaseException] = []
+        record = self.records.upcoming          # the record this call's ops join
+        ids: list[str | BaseException] = []
+        waits: list[int | None] = []
         ops: list[list] = []
-        journaled: list[tuple[Entry, int]] = []       # (entry, its producer sequence; -1: none)
+        journaled: list[Entry] = []
+        keys: list[tuple[str, int]] = []             # (queue, sequence) de-duplicated, journaled
         copied: list[Entry] = []                      # local, sent with journal=True: copies
-        added: Counter[Queue] = Counter()
+        added: dict[Queue, int] = {}
         in_batch: set[tuple[str, int]] = set()
+        enqueue = R.ENQUEUE
         for i, entry in enumerate(entries):
             queue = entry.queue
             settings = queue.settings
-            dedupe = -1
+            key = None
             if producer is not None:
                 sequence = sequences[i]
                 entry.producer = producer.pid
@@ -493,55 +496,64 @@ class QueueCore:
                 if not keep_ids:
                     entry.id = f"{pid_prefix}{sequence:x}"
                 if settings.exactly_once:
-                    if (queue.name, sequence) in in_batch:     # twice in this batch: one write
-                        results.append(SendResult(entry.id, 0 if queue.journaled else None))
+                    key = (queue.name, sequence)
+                    if key in in_batch:               # twice in this batch: one write
+                        ids.append(entry.id)
+                        waits.append(record if queue.journaled else None)
                         continue
                     seen = producers.classify(producer, queue.name, sequence)
                     if seen is DUPLICATE:
-                        results.append(SendResult(entry.id, None))
+                        ids.append(entry.id)
+                        waits.append(None)
                         continue
                     if seen is not NEW:                # being written now: its outcome decides
-                        results.append(SendResult(entry.id, seen[0]))
+                        ids.append(entry.id)
+                        waits.append(seen[0])
                         continue
-                    dedupe = sequence
             limit = settings.max_length
-            if limit is not None and queue.held + queue.reserved + added[queue] >= limit:
-                results.append(QueueFull(f"queue {queue.name!r} holds max_length={limit} messages"))
+            if limit is not None and queue.held + queue.reserved + added.get(queue, 0) >= limit:
+                ids.append(QueueFull(f"queue {queue.name!r} holds max_length={limit} messages"))
+                waits.append(None)
                 continue
             if queue.deleted:
-                results.append(QueueNotFound(f"queue {queue.name!r} was deleted"))
+                ids.append(QueueNotFound(f"queue {queue.name!r} was deleted"))
+                waits.append(None)
                 continue
-            if dedupe >= 0:
-                in_batch.add((queue.name, dedupe))
+            if key is not None:
+                in_batch.add(key)
             if queue.numbered:
                 self._number(queue, entry)
             elif entry.journal:
                 copied.append(entry)
+            ids.append(entry.id)
             if queue.journaled:
-                added[queue] += 1
-                ops.append([R.ENQUEUE, queue.name, entry.to_record(), dedupe] if dedupe >= 0
-                           else [R.ENQUEUE, queue.name, entry.to_record()])
-                journaled.append((entry, dedupe))
-                results.append(SendResult(entry.id, 0))       # its record number is set below
+                added[queue] = added.get(queue, 0) + 1
+                if key is None:
+                    ops.append([enqueue, queue.name, entry.to_record()])
+                else:
+                    ops.append([enqueue, queue.name, entry.to_record(), key[1]])
+                    keys.append(key)
+                journaled.append(entry)
+                waits.append(record)
             else:
-                if dedupe >= 0:
-                    producers.accept(producer, queue.name, dedupe, now)
+                if key is not None:
+                    producers.accept(producer, queue.name, key[1], now)
                 queue.sent += 1
                 self._arrive(queue, entry, now)
-                results.append(SendResult(entry.id, None))
+                waits.append(None)
         if not journaled:
             self._copy_to_journal(copied, now)
-            return results
+            return ids, waits
         for queue, count in added.items():
             queue.reserved += count
 
         def apply(now: float) -> None:
             for queue, count in added.items():
                 queue.reserved -= count
-            for entry, dedupe in journaled:
+            if keys:
+                producers.accept_many(producer, keys, now)
+            for entry in journaled:
                 queue = entry.queue
-                if dedupe >= 0:
-                    producers.accept(producer, queue.name, dedupe, now)
                 if queue.deleted:
                     self.events.append(("info", f"message {entry.id} dropped: queue {queue.name!r} was deleted"))
                 else:
@@ -551,20 +563,17 @@ class QueueCore:
         def undo(now: float) -> None:
             for queue, count in added.items():
                 queue.reserved -= count
-            for entry, dedupe in journaled:
+            for entry in journaled:
                 advance(entry, DROP)        # never queued (and no longer a number to forward)
-                if dedupe >= 0:
-                    producers.unreserve(producer, entry.queue.name, dedupe)
+            if keys:
+                producers.unreserve_many(producer, keys)
 
-        record = self.records.add(ops, apply, undo)
+        if self.records.add(ops, apply, undo) != record:
+            raise AssertionError("a send's ops went into another record than the one it answered with")
         self._copy_to_journal(copied, now)          # the same record
-        for entry, dedupe in journaled:
-            if dedupe >= 0:
-                producers.reserve(producer, entry.queue.name, dedupe, record)
-        for result in results:
-            if result.__class__ is SendResult and result.record == 0:
-                result.record = record
-        return results
+        if keys:
+            producers.reserve_many(producer, keys, record)
+        return ids, waits
 
     def prepare_plain(self, name: str, body: Any, now: float) -> Entry:
         """prepare() of a plain message (no headers, the queue's time-to-live) for an
@@ -606,8 +615,8 @@ class QueueCore:
             self._arrive(queue, entry, now)
             return None
         queue.reserved += 1
-        return self.records.add_to_run([R.ENQUEUE, queue.name, entry.to_record()], self._arrived_reserved,
-                                       self._unreserved, entry)
+        return self.records.add_to_run([R.ENQUEUE, queue.name, entry.to_record()], self._arrived_run,
+                                       self._unreserved_run, entry)
 
     def _journal_copy(self, entry: Entry, now: float) -> Entry:
         """The $journal copy of a message sent with journal=True to a local queue."""

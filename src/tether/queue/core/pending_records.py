@@ -83,6 +83,17 @@ class PendingRecords:
         return self.add([op], None, None)
 
     @property
+    def upcoming(self) -> int:
+        """The number of the record the next add() puts its ops in (the open one, or the
+        next to open): a core call knows its record before it adds (none is cut meanwhile)."""
+        return self._open.number if self._open is not None else self._next
+
+    @property
+    def open_effects(self) -> int:
+        """How many applies the open record will run (a run counts once); 0 when none is open."""
+        return 0 if self._open is None else len(self._open.applies)
+
+    @property
     def in_flight(self) -> int:
         """Records cut and not yet reported written or failed."""
         return len(self._in_flight)

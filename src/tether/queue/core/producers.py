@@ -147,16 +147,50 @@ class ProducerTable:
         producer.pending.pop((queue, sequence), None)
         if sequence < producer.floor:
             return
-        accepted = producer.accepted.get(queue)
-        if accepted is None:
-            accepted = producer.accepted[queue] = RangeSet()
-        accepted.add(sequence)
+        _accepted(producer, queue).add(sequence)
         producer.last_seen = now
 
     @staticmethod
     def unreserve(producer: Producer, queue: str, sequence: int) -> None:
         """The record holding `sequence` failed: it was never queued."""
         producer.pending.pop((queue, sequence), None)
+
+    # ---- a batch's: one call each for all of its (queue, sequence) keys ----
+
+    @staticmethod
+    def reserve_many(producer: Producer, keys: list[tuple[str, int]], record: int) -> None:
+        """reserve() of every (queue, sequence) in `keys`, all in record `record`."""
+        producer.pending.update(dict.fromkeys(keys, record))
+
+    @staticmethod
+    def accept_many(producer: Producer, keys: list[tuple[str, int]], now: float) -> None:
+        """accept() of every (queue, sequence) in `keys`, in order: consecutive sequences
+        of one queue join its set as one range."""
+        pending = producer.pending
+        floor = producer.floor
+        run_queue: str | None = None
+        lo = hi = 0
+        for key in keys:
+            pending.pop(key, None)
+            queue, sequence = key
+            if sequence < floor:
+                continue
+            if queue == run_queue and sequence == hi + 1:
+                hi = sequence
+                continue
+            if run_queue is not None:
+                _accepted(producer, run_queue).add_range(lo, hi)
+            run_queue, lo, hi = queue, sequence, sequence
+        if run_queue is not None:
+            _accepted(producer, run_queue).add_range(lo, hi)
+            producer.last_seen = now
+
+    @staticmethod
+    def unreserve_many(producer: Producer, keys: list[tuple[str, int]]) -> None:
+        """unreserve() of every (queue, sequence) in `keys`."""
+        pending = producer.pending
+        for key in keys:
+            pending.pop(key, None)
 
     @staticmethod
     def raise_floor(producer: Producer, floor: int) -> bool:
@@ -186,3 +220,11 @@ class ProducerTable:
 
     def __iter__(self) -> Iterator[Producer]:
         return iter(self.by_pid.values())
+
+
+def _accepted(producer: Producer, queue: str) -> RangeSet:
+    """The producer's set of sequences queued on `queue` (made on first use)."""
+    accepted = producer.accepted.get(queue)
+    if accepted is None:
+        accepted = producer.accepted[queue] = RangeSet()
+    return accepted

@@ -36,6 +36,13 @@ throughput when it takes longer (more syncs, each as slow). So:
 * otherwise: one batch in flight; records that arrive meanwhile wait, and when it is done
   they go one loop turn later, with the record of the senders it woke (cohorts merge).
 
+Once split, a cohort's turn is only its share of the loop's round (the senders' Python for
+every cohort), so staying pipelined compares a sync with max_in_flight turns, not one:
+splitting wins while a sync is quicker than the whole round (the round takes max(Python,
+cohorts x sync) split, Python + sync merged). Comparing with one turn made the state flip
+back and forth whenever a sync took between one cohort's turn and the round, merging the
+cohorts each time, and the disk and the loop waited for each other again.
+
 `run_exclusive(fn)` runs `fn` on the writer thread after every record added before the
 call is written, and holds every record added meanwhile until `fn` has returned: the
 ordering a journal rewrite or close needs.
@@ -91,7 +98,8 @@ class GroupCommit:
                  "_in_flight", "_scheduled", "_hold", "batch_count", "record_count", "max_in_flight",
                  "write_seconds", "turn_seconds", "_completed_at", "_early", "_last_submit",
                  "_fast", "_writer", "_fast_jobs", "_fast_bytes", "_slow_in_flight", "_token",
-                 "_restoring", "_retry_records", "_retry_waiters", "_idle_waiters", "_closed", "sync_seconds")
+                 "_restoring", "_retry_records", "_retry_waiters", "_idle_waiters", "_closed", "sync_seconds",
+                 "_split")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, thread: WriterThread,
                  write_batch: Callable[[list[bytes]], None],
@@ -117,6 +125,7 @@ class GroupCommit:
         # batch's completion to the record of the senders it woke
         self.write_seconds = 0.0
         self.turn_seconds = 0.0
+        self._split = False          # pipelined at the last look (senders split into cohorts)
         self._completed_at = 0.0     # when the last batch's completion ran (0: sampled)
         self._early = False          # the next add_then is a record cut early (not a turn)
         self._last_submit = 0.0
@@ -179,11 +188,17 @@ class GroupCommit:
 
     @property
     def pipelined(self) -> bool:
-        """More than one batch may be in flight: a sync is quicker than the loop's turn."""
-        return self.max_in_flight > 1 and self.write_seconds < self.turn_seconds
+        """More than one batch may be in flight: a sync is quicker than the loop's turn (one
+        turn to split the senders into cohorts, max_in_flight turns to stay split: see the
+        module docstring)."""
+        if self.max_in_flight <= 1:
+            return False
+        turn = self.turn_seconds
+        self._split = self.write_seconds < (turn * self.max_in_flight if self._split else turn)
+        return self._split
 
     def _limit(self) -> int:
-        return self.max_in_flight if self.write_seconds < self.turn_seconds else 1
+        return self.max_in_flight if self.pipelined else 1
 
     def _blocked(self) -> bool:
         return self._in_flight >= self._limit() or self._hold > 0 or self._restoring
