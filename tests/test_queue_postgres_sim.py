@@ -5,6 +5,7 @@ Every statement runs alone, in an order that depends only on the seed, so a seed
 the same schedule (checked: one seed twice, the same trace). A failing seed names itself:
     TETHER_PGSIM_SEED=N python -m pytest tests/test_queue_postgres_sim.py -k replay -s
 Many more seeds: TETHER_PGSIM_SOAK=300 python -m pytest tests/test_queue_postgres_sim.py -m soak
+(seeds from TETHER_PGSIM_SOAK_FIRST, default 1000, on).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from qsim.sim_loop import run
 
 CI_SEEDS = 4
 SOAK_SEEDS = int(os.environ.get("TETHER_PGSIM_SOAK", "300"))
-SOAK_FIRST = 1000
+SOAK_FIRST = int(os.environ.get("TETHER_PGSIM_SOAK_FIRST", "1000"))
+SOAK_BLOCK = 10
 
 
 def _url(cluster) -> str:
@@ -71,10 +73,11 @@ def test_replay(postgres_cluster):
 
 
 @pytest.mark.soak
-@pytest.mark.parametrize("start", range(SOAK_FIRST, SOAK_FIRST + SOAK_SEEDS, 25))
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("start", range(SOAK_FIRST, SOAK_FIRST + SOAK_SEEDS, SOAK_BLOCK))
 def test_soak(start, postgres_cluster):
     failures = []
-    for seed in range(start, min(start + 25, SOAK_FIRST + SOAK_SEEDS)):
+    for seed in range(start, min(start + SOAK_BLOCK, SOAK_FIRST + SOAK_SEEDS)):
         try:
             _run(seed, postgres_cluster, size=seed % 3 + 1)
         except AssertionError as exc:

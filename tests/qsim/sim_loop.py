@@ -34,6 +34,8 @@ from typing import Any
 EPOCH = 1_800_000_000.0
 #: Longest real wait for the database before the run is declared stuck (seconds).
 STUCK_AFTER = 60.0
+#: Real seconds a statement may take before pg_stat_activity is asked whether it waits on a lock.
+LOCK_CHECK_AFTER = 0.02
 #: Real time a notification may take to reach every listener before the run is stuck.
 NOTIFY_WAIT = 30.0
 #: The barrier: an empty notification on the queues' channel (a queue named "" has no
@@ -365,7 +367,7 @@ class SimLoop(asyncio.SelectorEventLoop):
                 continue
             if asked_at is None:
                 asked_at = time.monotonic()
-            elif target.pid is not None and time.monotonic() - asked_at > 0.004:
+            elif target.pid is not None and time.monotonic() - asked_at > LOCK_CHECK_AFTER:
                 if target.pid in self._lock_watch.waiting([target.pid]):
                     target.blocked = True       # (its lock's holder has a callback to run)
                     self.lock_waits += 1

@@ -99,7 +99,8 @@ class PostgresStore:
         except ImportError as exc:
             raise StorageError("the PostgreSQL store needs asyncpg: pip install 'tether[postgres]'") from exc
         try:
-            pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, setup=_clock_setup(clock))
+            pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, setup=_clock_setup(clock),
+                                             reset=_keep_session)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot connect to {redacted(url)}: {exc}") from exc
         listener = None
@@ -120,7 +121,7 @@ class PostgresStore:
             listener = await asyncpg.connect(url)
             lock_pool = await asyncpg.create_pool(url, min_size=1, max_size=max(2, pool_size // 2),
                                                   server_settings={"synchronous_commit": "off"},
-                                                  setup=_clock_setup(clock))
+                                                  setup=_clock_setup(clock), reset=_keep_session)
         except BaseException as exc:
             if listener is not None:
                 await listener.close()
@@ -238,10 +239,22 @@ class PostgresStore:
 
 def _clock_setup(clock: Callable[[], float] | None) -> Callable[[Any], Any] | None:
     """A pool's `setup` that gives each connection, as it is handed out, the clock's time as
-    `tether.now` (postgres_schema.NOW); None without a clock."""
+    `tether.now` (postgres_schema.NOW), unless it has that time already; None without a clock."""
     if clock is None:
         return None
+    given: dict[int, float] = {}      # server process id -> the time it was given last
 
     async def setup(conn: Any) -> None:
-        await conn.execute("SELECT set_config('tether.now', $1, false)", repr(float(clock())))
+        now = float(clock())
+        pid = conn.get_server_pid()
+        if given.get(pid) != now:
+            await conn.execute("SELECT set_config('tether.now', $1, false)", repr(now))
+            given[pid] = now
     return setup
+
+
+async def _keep_session(conn: Any) -> None:
+    """A pool's `reset`: nothing beyond asyncpg's own (an open transaction is rolled back).
+    The pools' sessions hold no state to clear (no LISTEN, cursors, session advisory locks or
+    settings but `tether.now`, set at every acquire), and the default reset costs a round
+    trip per release."""
