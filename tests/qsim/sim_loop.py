@@ -28,6 +28,7 @@ import threading
 import time
 import weakref
 from asyncio import selector_events
+from collections.abc import Iterator
 from typing import Any
 
 #: The simulated clock's epoch-seconds origin (messages carry realistic timestamps).
@@ -69,30 +70,13 @@ class Wire:
 
     def sent(self, data: bytes) -> None:
         self._out += data
-        while True:
-            if not self.started:
-                if len(self._out) < 4:
-                    return
-                (length,) = struct.unpack("!i", self._out[:4])
-                if len(self._out) < length:
-                    return
-                code = struct.unpack("!i", self._out[4:8])[0] if length >= 8 else 0
-                del self._out[:length]
-                if code == 80877102:      # CancelRequest: the server answers by closing
-                    self.started = True
-                    self.owed = 1
-                    continue
-                self.started = True
-                self.owed += 1            # authentication ends with ReadyForQuery
-                continue
-            if len(self._out) < 5:
+        if not self.started:        # the startup message has no type byte
+            if len(self._out) < 4 or len(self._out) < struct.unpack("!i", self._out[:4])[0]:
                 return
-            kind = self._out[0:1]
-            (length,) = struct.unpack("!i", self._out[1:5])
-            if len(self._out) < 1 + length:
-                return
-            body = bytes(self._out[5:1 + length])
-            del self._out[:1 + length]
+            del self._out[:struct.unpack("!i", self._out[:4])[0]]
+            self.started = True
+            self.owed += 1          # authentication ends with ReadyForQuery (a CancelRequest: closing)
+        for kind, body in _frames(self._out):
             if kind in (b"S", b"Q", b"H", b"X"):  # (H: asyncpg's prepare, Parse+Describe+Flush;
                 #                                     X: Terminate, answered by closing)
                 self.owed += 1
@@ -117,13 +101,7 @@ class Wire:
 
     def received(self, data: bytes) -> None:
         self._in += data
-        while len(self._in) >= 5:
-            kind = self._in[0:1]
-            (length,) = struct.unpack("!i", self._in[1:5])
-            if len(self._in) < 1 + length:
-                return
-            body = bytes(self._in[5:1 + length])
-            del self._in[:1 + length]
+        for kind, body in _frames(self._in):
             if kind == b"t":                   # ParameterDescription, then Row- or NoData
                 self._described = True
             elif kind in (b"T", b"n") and self._described:
@@ -148,6 +126,18 @@ class Wire:
                     self.markers += 1
             elif kind == b"K":
                 self.pid = struct.unpack("!i", body[:4])[0]
+
+
+def _frames(buffer: bytearray) -> Iterator[tuple[bytes, bytes]]:
+    """The complete typed messages (type byte, int32 length) at the front of `buffer`, each
+    removed as it is given."""
+    while len(buffer) >= 5:
+        (length,) = struct.unpack("!i", buffer[1:5])
+        if len(buffer) < 1 + length:
+            return
+        kind, body = bytes(buffer[0:1]), bytes(buffer[5:1 + length])
+        del buffer[:1 + length]
+        yield kind, body
 
 
 class _WatchedProtocol(asyncio.Protocol):
