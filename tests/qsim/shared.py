@@ -161,8 +161,10 @@ class SharedRun:
                     self._settled(n, body)
             except QueueError:
                 if stop.is_set() or qm.operations.store._closed:
+                    self.log("consumer-end", n)
                     return
                 raise
+        self.log("consumer-end", n)
 
     async def _in_transaction(self, n: int, qm: tether.QueueManager, rng: random.Random) -> None:
         pending = None
@@ -351,8 +353,8 @@ class SharedRun:
             done += sum(1 for bs in self.groups.values() for b in bs if self.completed[b])
             if not busy and (done >= expected_done or self.crash):
                 return      # (after a crash one may have become poison instead: _check decides)
-            await asyncio.sleep(0.1)
-        self.fail(f"did not settle in 60 simulated seconds: {[dict(i) for i in infos]}, {done} of "
+            await asyncio.sleep(0.5)
+        self.fail(f"did not settle in 300 simulated seconds: {[dict(i) for i in infos]}, {done} of "
                   f"{expected_done} done")
 
     # ---- the checks at the end ----
