@@ -418,3 +418,32 @@ async def test_accept_group_checks_its_arguments(api):
             pass
     with pytest.raises(ValueError, match="group_id"):
         await handle.send("q", b"x", group_id="")
+
+
+@pytest.mark.parametrize("mode, where", [("move", "q;poison"), ("reject", "$dead"), ("drop", None)])
+async def test_a_poisoned_group_goes_whole_on_every_store(api, mode, where):
+    """The journal's meaning on each store: once a group's message is poison, the group's
+    waiting messages go the same way, in send order, and other groups carry on."""
+    qm, handle = api
+    await handle.create_queue("q", receive_retry_count=0, max_retry_cycles=0, receive_error_handling=mode)
+    await handle.send_many("q", [b"a0", b"a1", b"a2"], group_id="A")
+    await handle.send("q", b"b0", group_id="B")
+    async with handle.accept_group("q", timeout=5) as group:
+        assert group.group_id == "A"
+        first = await group.receive(timeout=5)
+        assert first.body == b"a0"
+        await first.abandon()
+        assert await group.receive(timeout=0.2) is None      # the rest of A went with it
+    if where is not None:
+        moved = []
+        while (msg := await handle.receive(where, timeout=0.5)) is not None:
+            moved.append(msg.body)
+            await msg.complete()
+        assert moved == [b"a0", b"a1", b"a2"]
+    async with handle.accept_group("q", timeout=5) as group:
+        assert group.group_id == "B"
+        msg = await group.receive(timeout=5)
+        assert msg.body == b"b0"
+        await msg.complete()
+    info = await handle.queue_info("q")
+    assert (info["depth"], info["in_flight"], info["poison"]) == (0, 0, 0)

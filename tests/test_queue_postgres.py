@@ -262,9 +262,71 @@ async def test_groups_go_whole_to_one_manager(managers):
     assert got == [b"g1.0", b"g1.1", b"g1.2"]
 
 
-async def test_store_and_forward_is_refused_clearly(managers):
-    with pytest.raises(tether.QueueError, match="store-and-forward"):
-        await managers[0].send("tether://127.0.0.1:9/q", b"x")
+async def test_store_and_forward_by_one_forwarder_at_a_time_handed_over_on_close(postgres_url, tmp_path):
+    """Two managers send to one remote queue through the database's transmission queue;
+    exactly one forwards it; once it closes, the other takes over and nothing is doubled."""
+    async with tether.QueueManager.open(tmp_path / "target", listen="tcp://127.0.0.1:0") as target:
+        await target.create_queue("inbox")
+        address = f"tether://127.0.0.1:{target.services[0].address[1]}/inbox"
+        a = await tether.QueueManager.open(postgres_url, client_grace=0.6)
+        b = await tether.QueueManager.open(postgres_url, client_grace=0.6)
+        try:
+            for i in range(20):
+                await a.send(address, b"a.%d" % i)
+                await b.send(address, b"b.%d" % i)
+            got = []
+
+            async def receive(count):
+                while len(got) < count:
+                    msg = await target.receive("inbox", timeout=10)
+                    assert msg is not None, f"only {len(got)} of {count} messages arrived"
+                    got.append(msg.body)
+                    await msg.complete()
+
+            await receive(40)
+            assert [f.holding for f in a.forwarders + b.forwarders].count(True) == 1
+            holder, other = (a, b) if a.forwarders[0].holding else (b, a)
+            await holder.close()
+            for i in range(20, 30):
+                await other.send(address, b"o.%d" % i)
+            await receive(50)
+            assert other.forwarders[0].holding
+            assert await target.receive("inbox", timeout=0.3) is None
+            assert len(set(got)) == 50
+            for sender in (b"a", b"b", b"o"):
+                order = [int(x.split(b".")[1]) for x in got if x.startswith(sender + b".")]
+                assert order == sorted(order)
+            xmit = next(q for q in await other.queues() if q.startswith("$xmit:"))
+            info = await other.queue_info(xmit)
+            assert (info["depth"], info["in_flight"]) == (0, 0)
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_total_counters_count_what_this_process_did(managers):
+    """tether_queue_sent_total / received_total / dead_lettered_total on a shared store:
+    each manager counts its own operations (the database holds no per-process history)."""
+    from tether import metrics
+
+    a, b = managers[0], managers[1]
+    await a.create_queue("counted", receive_retry_count=0, max_retry_cycles=0, receive_error_handling="reject")
+    await a.send_many("counted", [b"1", b"2", b"3"])
+    first = await b.receive("counted", timeout=5)
+    await first.complete()
+    second = await b.receive("counted", timeout=5)
+    await second.abandon()                                  # poison, rejected: to $dead
+    async with b.transaction() as tx:                        # a rolled-back send counts nothing
+        await tx.send("counted", b"never")
+        await tx.rollback()
+    assert a.statistics().traffic["counted"] == (3, 0)
+    assert b.statistics().traffic["counted"] == (0, 1)
+    assert b.statistics().dead_lettered == {("counted", "rejected"): 1}
+    assert a.statistics().dead_lettered == {}
+    text = metrics.render().decode()
+    assert 'tether_queue_sent_total{queue="counted"} 3.0' in text
+    assert 'tether_queue_received_total{queue="counted"} 1.0' in text
+    assert 'tether_queue_dead_lettered_total{queue="counted",reason="rejected"} 1.0' in text
 
 
 async def test_metrics_read_the_database_counts_as_of_the_previous_scrape(managers):
@@ -288,6 +350,7 @@ async def test_metrics_read_the_database_counts_as_of_the_previous_scrape(manage
     assert 'tether_queue_in_flight{queue="metered"} 1.0' in text
 
 
+<<<<<<< HEAD
 async def test_a_managers_clock_replaces_the_databases(postgres_url):
     """With clock=, statements take `now` from it: the message is stamped, locked and found
     expired by that clock, not the database's (the queue simulation relies on it)."""
@@ -312,3 +375,34 @@ async def test_clock_must_be_callable(postgres_url):
         await tether.QueueManager.open(postgres_url, clock=5.0)
     with pytest.raises(TypeError, match="clock must be a callable"):
         await tether.QueueManager.open(clock="now")
+=======
+async def test_the_forwarding_floor_never_passes_a_send_still_committing(postgres_url):
+    """A message bound for a transmission queue is numbered under the queue's row lock in
+    its sending transaction: while that transaction is open, the floor told to the target
+    (every sequence below it settled) stays at or below its number, even with the queue
+    emptied meanwhile; and sequences committed one after another rise."""
+    import asyncpg
+
+    from tether.queue import shared_forwarding
+
+    async with tether.QueueManager.open(postgres_url) as qm:
+        address = "tether://127.0.0.1:9/q"          # nothing listens there: messages stay
+        xmit = "$xmit:127.0.0.1:9"
+        await qm.send(address, b"first")
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            sending = conn.transaction()
+            await sending.start()
+            entry = qm.operations.prepare(xmit, b"second", destination=address)
+            await shared_forwarding.number(conn, [entry])
+            assert await qm.purge_queue(xmit) == 1
+            assert await qm.operations.lowest_sequence(xmit) <= entry.sequence
+            await sending.rollback()
+        finally:
+            await conn.close()
+        await qm.send(address, b"third")
+        await qm.send(address, b"fourth")
+        third, fourth = await qm.operations.peek(xmit, 2)
+        assert entry.sequence <= third.sequence < fourth.sequence
+        assert await qm.operations.lowest_sequence(xmit) == third.sequence
+>>>>>>> main

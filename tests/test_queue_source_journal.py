@@ -139,9 +139,18 @@ async def _until(check, timeout=10.0):
         await asyncio.sleep(0.02)
 
 
-async def test_journal_end_to_end_embedded_and_through_the_service(tmp_path):
+@pytest.fixture(params=["journal", "postgres"])
+def source_store(request, tmp_path):
+    """Where the sending queue manager keeps its queues: its journal, or a PostgreSQL
+    database (the same meaning on both)."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / "source"
+
+
+async def test_journal_end_to_end_embedded_and_through_the_service(tmp_path, source_store):
     async with tether.QueueManager.open(tmp_path / "target", listen="tcp://127.0.0.1:0") as target, \
-            tether.QueueManager.open(tmp_path / "source", listen="tcp://127.0.0.1:0",
+            tether.QueueManager.open(source_store, listen="tcp://127.0.0.1:0",
                                      journal_max_length=100) as source:
         await target.create_queue("orders")
         await source.create_queue("local")
@@ -165,9 +174,39 @@ async def test_journal_end_to_end_embedded_and_through_the_service(tmp_path):
                                                       b"via client"]
             assert (await client.queue_info("local"))["depth"] == 2
         assert (await target.queue_info("orders"))["depth"] == 5
-    async with tether.QueueManager.open(tmp_path / "source") as source:
+    async with tether.QueueManager.open(source_store) as source:
         assert (await source.queue_info("$journal"))["depth"] == 6     # durable
         msg = await source.receive("$journal", timeout=1)
         await msg.complete()                                         # read and cleared like any queue
         assert (await source.purge_queue("$journal")) == 5
 
+
+
+async def test_journal_bounds_and_a_refusal_on_every_store(tmp_path, source_store):
+    """journal_max_length keeps the newest copies, journal_time_to_live drops old ones (not
+    to $dead), and a forward the target refuses is dead-lettered, not journaled."""
+    async with tether.QueueManager.open(tmp_path / "target", listen="tcp://127.0.0.1:0") as target, \
+            tether.QueueManager.open(source_store, source_journal=True, journal_max_length=3,
+                                     journal_time_to_live=5.0) as source:
+        await target.create_queue("orders")
+        host, port = target.services[0].address[:2]
+        for i in range(5):
+            await source.send(f"tether://{host}:{port}/orders", b"%d" % i)
+        await source.send(f"tether://{host}:{port}/missing", b"refused")
+
+        async def settled():
+            return (await source.queue_info("$dead"))["depth"] == 1 \
+                and (await target.queue_info("orders"))["depth"] == 5 \
+                and (await source.queue_info(f"$xmit:{host}:{port}"))["depth"] == 0 \
+                and (await source.queue_info("$journal"))["depth"] == 3
+
+        await _until(settled)
+        assert [m.body for m in await source.peek("$journal", 10)] == [b"2", b"3", b"4"]
+        copy = (await source.peek("$journal", 1))[0]
+        assert copy.destination == f"tether://{host}:{port}/orders"
+
+        async def expired():
+            return (await source.queue_info("$journal"))["depth"] == 0
+
+        await _until(expired, timeout=30.0)
+        assert (await source.queue_info("$dead"))["depth"] == 1     # dropped, not dead-lettered

@@ -85,13 +85,14 @@ class Forwarder:
     """Moves one transmission queue's messages to the queue manager at `authority`."""
 
     def __init__(self, operations: QueueOperations, queue: str, authority: str, manager_id: bytes,
-                 remote: Remote = DIRECT) -> None:
+                 remote: Remote = DIRECT, client_id: bytes | None = None) -> None:
         self.operations = operations
         self.queue = queue
         self.authority = authority
         self.remote = remote
         self.url = remote.url(authority)
-        self.client_id = producer_id(manager_id, authority)
+        # (a shared store's forwarders share one id, kept in the database: shared_forwarding.py)
+        self.client_id = client_id if client_id is not None else producer_id(manager_id, authority)
         self.client: QueueClient | None = None
         self.engine = ForwardEngine(queue, max_in_flight=MAX_IN_FLIGHT)
         self._loop = asyncio.get_running_loop()
@@ -114,10 +115,10 @@ class Forwarder:
 
     @classmethod
     def start(cls, operations: QueueOperations, queue: str, authority: str, manager_id: bytes,
-              remote: Remote = DIRECT) -> Forwarder:
+              remote: Remote = DIRECT, client_id: bytes | None = None) -> Forwarder:
         """A running forwarder for the transmission queue `queue`, reaching `authority` as
-        `remote` says."""
-        forwarder = cls(operations, queue, authority, manager_id, remote)
+        `remote` says (as producer `client_id` there: default, derived from `manager_id`)."""
+        forwarder = cls(operations, queue, authority, manager_id, remote, client_id)
         forwarder._tasks = [forwarder._loop.create_task(coro) for coro in
                             (forwarder._run(), forwarder._settle_loop(), forwarder._renew_locks())]
         return forwarder
@@ -297,17 +298,17 @@ class Forwarder:
                         log.info("forwarder: message %s delivered but not settled here: %s", entry.id, error)
                 for entry, tag in engine.completed(plan.delivered, errors, time.time()):
                     operations.release(entry, tag)
-                self._tell_floor()
+                await self._tell_floor()
             if not engine.full:
                 self._room.set()
 
-    def _tell_floor(self) -> None:
+    async def _tell_floor(self) -> None:
         """Tell the target which sequences are settled here (after durable completions)."""
         client = self.client
         if client is None:
             return
         try:
-            client.settled(self.engine.floor(self.operations.core))
+            client.settled(await self.operations.lowest_sequence(self.queue))
         except (QueueError, TetherError):
             pass    # closing, or the queue went: the next settle tells it
 

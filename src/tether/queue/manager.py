@@ -201,6 +201,10 @@ class QueueManager:
             raise
         # SharedQueueOperations has QueueOperations' methods (duck-typed: no Protocol names them yet)
         manager = cls(cast(QueueOperations, operations), redacted(url), remotes)
+        # transmission queues, made by any manager of the database: each gets its forwarder
+        operations.on_defined = manager._start_forwarder
+        for name in core.queue_names():
+            manager._start_forwarder(name)
         log.info("queue manager on %s: %d queues", redacted(url), len(core.queue_names()))
         if listen is not None:
             try:
@@ -316,9 +320,6 @@ class QueueManager:
         if not isinstance(address, str):
             raise TypeError(f"queue address must be a string, not {address!r}")
         if is_remote(address):
-            if self.operations.store.shared:
-                raise QueueError(f"cannot send to {address!r}: store-and-forward from a queue manager on a shared "
-                                 f"(PostgreSQL) store is not supported; send to a queue of the database")
             return await self.transmission_queue(parse_remote(address))
         base, sub = split_subqueue(address)
         if sub is not None:
@@ -346,13 +347,15 @@ class QueueManager:
         return name
 
     def _start_forwarder(self, name: str) -> None:
-        if not name.startswith(TRANSMISSION_PREFIX) or name in self._forwarders or self._closing \
-                or self.operations.store.shared:
+        if not name.startswith(TRANSMISSION_PREFIX) or name in self._forwarders or self._closing:
             return      # (one started while close() waits for the others would never close)
         from .forwarder import Forwarder
+        from .shared_forwarder import SharedForwarder
 
         authority = name[len(TRANSMISSION_PREFIX):]
-        self._forwarders[name] = Forwarder.start(self.operations, name, authority, self._core.manager_id,
+        # on a shared store every manager runs one; the one holding the queue forwards it
+        start = SharedForwarder.start if self.operations.store.shared else Forwarder.start
+        self._forwarders[name] = start(self.operations, name, authority, self._core.manager_id,
                                                  self.remotes.get(authority, DIRECT))
 
     @property

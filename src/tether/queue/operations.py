@@ -270,6 +270,11 @@ class QueueOperations:
         await self.wait_for(record)
         return before
 
+    async def lowest_sequence(self, name: str) -> int:
+        """Transmission queue `name`'s floor: every sequence below it is settled
+        (QueueCore.lowest_sequence; async as a shared store's, which asks its database)."""
+        return self.core.lowest_sequence(name)
+
     # ---- receiving ----
 
     def take_now(self, name: str) -> Entry | None:

@@ -26,15 +26,21 @@ How each feature keeps its meaning (docs/storage.md, "The PostgreSQL store"):
   transaction), not by polling.
 - dedupe: (queue, producer, sequence) is a primary key, inserted in the same statement as
   the messages: a resend through any manager is answered and not queued again.
+- store-and-forward: a message bound for a transmission queue is numbered in its sending
+  transaction (shared_forwarding.py); one manager at a time forwards each such queue
+  (shared_forwarder.py).
+- metrics: `sent`, `received` and `dead_lettered` count this process's operations.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -49,6 +55,7 @@ from ..errors import (
     StorageError,
     TransactionError,
 )
+from . import shared_forwarding
 from .core import Entry, QueueCore, QueueInfo, QueueSettings
 from .core.address import split_subqueue
 from .core.deadletter import EXPIRED, REJECTED, dead_letter_queue_name
@@ -56,7 +63,7 @@ from .core.lifecycle import LOCKED
 from .core.producers import Producer
 from .core.retry_rule import POISON, RETRY_LATER, RETRY_NOW, after_failure
 from .core.settings import SYSTEM_DEAD_LETTER_QUEUE
-from .core.system_queues import RETURN_PREFIX, TRANSMISSION_PREFIX
+from .core.system_queues import JOURNAL_QUEUE, RETURN_PREFIX, TRANSMISSION_PREFIX
 from .statement_batches import StatementBatches
 from .store.postgres import PostgresStore
 from .store.postgres_schema import MESSAGE_COLUMNS, NOW
@@ -75,27 +82,44 @@ _INSERT = f"""
 WITH u AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::float8[], $6::float8[],
                          $7::int4[], $8::text[], $9::text[], $10::text[], $11::float8[], $12::int8[],
-                         $13::text[], $14::int2[], $15::float8[], $16::text[], $17::int4[])
+                         $13::text[], $14::int2[], $15::float8[], $16::text[], $17::int4[], $19::int8[],
+                         $20::bool[])
         AS u(queue, id, body, headers, enqueued_at, expires_at, attempts, dead_letter_reason,
-             dead_letter_source, destination, retry_at, sequence, origin, priority, visible_at, group_id, n)),
+             dead_letter_source, destination, retry_at, sequence, origin, priority, visible_at, group_id, n,
+             dedupe, journal)),
 d AS (
     INSERT INTO tether_dedupe (queue, producer, sequence, message_id, at)
-    SELECT queue, $18, sequence, id, {NOW} FROM u WHERE $18::bytea IS NOT NULL AND sequence > 0
+    SELECT queue, $18, dedupe, id, {NOW} FROM u WHERE $18::bytea IS NOT NULL AND dedupe > 0
     ON CONFLICT DO NOTHING RETURNING queue, sequence),
 ins AS (
     INSERT INTO tether_messages (queue, id, body, headers, enqueued_at, expires_at, attempts, dead_letter_reason,
                                  dead_letter_source, destination, retry_at, sequence, origin, priority,
-                                 visible_at, group_id)
+                                 visible_at, group_id, journal)
     SELECT queue, id, body, headers, enqueued_at, expires_at, attempts, dead_letter_reason, dead_letter_source,
-           destination, retry_at, sequence, origin, priority, visible_at, group_id
-    FROM u WHERE $18::bytea IS NULL OR sequence = 0
-                 OR EXISTS (SELECT 1 FROM d WHERE d.queue = u.queue AND d.sequence = u.sequence)
-    RETURNING queue),
+           destination, retry_at, sequence, origin, priority, visible_at, group_id,
+           journal AND starts_with(queue, $21)
+    FROM u WHERE $18::bytea IS NULL OR dedupe = 0
+                 OR EXISTS (SELECT 1 FROM d WHERE d.queue = u.queue AND d.sequence = u.dedupe)
+    RETURNING queue, id, body, headers, enqueued_at, priority, journal),
+-- journal=True to a local queue: its $journal copy, once queued (not for a resend)
+jc AS (
+    INSERT INTO tether_messages (queue, id, body, headers, enqueued_at, expires_at, destination, priority)
+    SELECT '{JOURNAL_QUEUE}', i.id, i.body, i.headers, i.enqueued_at, $22, i.queue, i.priority
+    FROM ins i JOIN u ON u.queue = i.queue AND u.id = i.id WHERE u.journal AND NOT starts_with(i.queue, $21)
+    RETURNING 1),
 nt AS (SELECT pg_notify('tether_q', q) FROM (SELECT DISTINCT queue AS q FROM ins) s)
-SELECT u.n, old.message_id, (SELECT count(*) FROM nt) AS notified
+SELECT u.n, old.message_id, (SELECT count(*) FROM nt) AS notified, (SELECT count(*) FROM jc) AS copied
 FROM u LEFT JOIN tether_dedupe old ON $18::bytea IS NOT NULL AND old.queue = u.queue AND old.producer = $18
-                                      AND old.sequence = u.sequence
+                                      AND old.sequence = u.dedupe
 ORDER BY u.n
+"""
+
+# $journal holds at most $1 copies: the oldest unlocked ones go
+_TRIM_JOURNAL = f"""
+DELETE FROM tether_messages WHERE key IN (
+    SELECT key FROM (SELECT key, lock_owner, row_number() OVER (ORDER BY key DESC) AS n FROM tether_messages
+                     WHERE queue = '{JOURNAL_QUEUE}') j
+    WHERE j.n > $1 AND j.lock_owner IS NULL)
 """
 
 # the claim: up to $2 ready messages of queue $1, locked for $4 seconds by owner $3
@@ -201,6 +225,17 @@ class SharedQueueOperations:
         self._sweep_again = False
         self._refreshing: asyncio.Task | None = None
         self._local_changes = 0       # definitions this manager made or deleted
+        #: what this process's operations did (the metrics' _total counters; other managers
+        #: of the database count their own): per main queue messages sent, and received
+        #: and completed; per (queue, reason) messages dead-lettered
+        self.sent: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        self.dead_lettered: Counter[tuple[str, str]] = Counter()
+        self._dying: dict[Any, list[tuple[str, str]]] = {}     # per connection, until its commit
+        #: times this manager's lease ran out while it ran (its locks were returned)
+        self.lease_losses = 0
+        #: called with the name of every queue the mirror gains (the manager starts forwarders)
+        self.on_defined: Callable[[str], None] | None = None
         self._closed = False
         # single sends and completes share statements (and commits) under load
         self._sends = StatementBatches(self.send)
@@ -250,9 +285,9 @@ class SharedQueueOperations:
 
     def _entry(self, row: Any) -> Entry:
         (key, queue, id, body, headers, enqueued_at, expires_at, delivery_count, attempts, reason, source,
-         destination, retry_at, sequence, origin, priority, visible_at, group_id, tag, until) = row
+         destination, retry_at, sequence, origin, priority, visible_at, group_id, journal, tag, until) = row
         entry = Entry(key, id, body, headers, enqueued_at, expires_at, delivery_count, attempts, reason, source,
-                      destination, retry_at, 0, sequence, origin, priority, visible_at or None, group_id, False)
+                      destination, retry_at, 0, sequence, origin, priority, visible_at or None, group_id, journal)
         entry.queue = self._name(queue)
         if tag is not None:
             entry.state = LOCKED
@@ -281,6 +316,7 @@ class SharedQueueOperations:
             self._refreshing = self._spawn(self.refresh_definitions())
 
     def _lease_lost(self) -> None:
+        self.lease_losses += 1
         log.warning("peek-locks held through this queue manager were returned to their queues")
 
     @_database
@@ -296,6 +332,8 @@ class SharedQueueOperations:
         for name, settings in found.items():
             if not self.core.has_queue(name):
                 self.core.define(name, settings)
+                if self.on_defined is not None:
+                    self.on_defined(name)
         for name in self.core.queue_names():
             if name not in found and (not name.startswith("$")
                                       or name.startswith((TRANSMISSION_PREFIX, RETURN_PREFIX))):
@@ -376,7 +414,7 @@ class SharedQueueOperations:
                     log.info("returned %d peek-locks of %d queue manager(s) whose lease ran out", len(rows), len(dead))
             # expired peek-locks: failed deliveries
             while True:
-                async with conn.transaction():
+                async with self._counted(conn):
                     rows = await conn.fetch(
                         f"SELECT {_COLUMNS} FROM tether_messages WHERE lock_owner IS NOT NULL "
                         f"AND lock_until <= {NOW} ORDER BY lock_until LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED")
@@ -386,7 +424,7 @@ class SharedQueueOperations:
                     break
             # expired time-to-lives: dead letters (not in ;poison: dead letters wait)
             while True:
-                async with conn.transaction():
+                async with self._counted(conn):
                     rows = await conn.fetch(
                         f"SELECT {_COLUMNS} FROM tether_messages WHERE lock_owner IS NULL AND expires_at <= {NOW} "
                         f"AND queue NOT LIKE '%;poison' ORDER BY expires_at LIMIT {SWEEP_BATCH} "
@@ -416,6 +454,36 @@ class SharedQueueOperations:
                 "SELECT pg_total_relation_size('tether_messages') + pg_total_relation_size('tether_dedupe')")
 
     # ---- the retry rule, dead letters ----
+
+    @contextlib.asynccontextmanager
+    async def _counted(self, conn: Any) -> AsyncIterator[None]:
+        """`conn.transaction()`, counting the dead letters it made once it committed."""
+        self._dying[conn] = dying = []
+        try:
+            async with conn.transaction():
+                yield
+        finally:
+            del self._dying[conn]
+        self.dead_lettered.update(dying)
+
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Per main queue (sent, received and completed) by this process's operations (as
+        QueueCore.traffic counts a journal-backed manager's)."""
+        return {name: (self.sent[name], self.received[name]) for name in self.core.traffic()}
+
+    def _count_received(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            name = entry.queue.name
+            self.received[split_subqueue(name)[0] if ";" in name else name] += 1
+
+    def _count_sent(self, entries: list[Entry], rows: list[Any]) -> None:
+        """`rows` (the insert's) say which entries were queued (a resend was not) and how
+        many $journal copies were made."""
+        for entry, row in zip(entries, rows):
+            if row[1] is None:
+                self.sent[entry.queue.name] += 1
+        if rows and rows[0][3]:
+            self.sent[JOURNAL_QUEUE] += rows[0][3]
 
     async def _fail(self, conn: Any, row: Any) -> set[str]:
         """A delivery of the locked message `row` failed: retry it now, later, or handle it
@@ -447,6 +515,23 @@ class SharedQueueOperations:
         assert step == POISON
         mode = settings.receive_error_handling
         log.warning("poison message %s in queue %r after %d deliveries: %s", row[2], main, attempts, mode)
+        notify = await self._poison(conn, row, main, attempts, mode)
+        group_id = row[17]
+        if group_id is not None:
+            # a group is poisoned as a whole (as in the journal's core): its waiting
+            # messages go the same way, in send order; one still locked follows when it fails
+            others = await conn.fetch(f"SELECT {_COLUMNS} FROM tether_messages WHERE queue = $1 AND group_id = $2 "
+                                      f"AND lock_owner IS NULL ORDER BY key FOR UPDATE", main, group_id)
+            if others:
+                log.warning("group %r of queue %r goes with it: %d more messages: %s", group_id, main,
+                            len(others), mode)
+            for other in others:
+                notify |= await self._poison(conn, other, main, other[8], mode)
+        return notify
+
+    async def _poison(self, conn: Any, row: Any, main: str, attempts: int, mode: str) -> set[str]:
+        """The message `row` of queue `main` failed for good: `receive_error_handling` `mode`."""
+        key = row[0]
         if mode == "drop":
             await conn.execute("DELETE FROM tether_messages WHERE key = $1", key)
             return set()
@@ -462,6 +547,8 @@ class SharedQueueOperations:
         main = split_subqueue(name)[0] if ";" in name else name
         target = dead_letter_queue_name(self.core.settings(main)) if self.core.has_queue(main) \
             else SYSTEM_DEAD_LETTER_QUEUE
+        if row[9] is None:       # (a dead letter moved on is not counted again)
+            self._dying[conn].append((main, reason))
         if target is None:
             log.info("message %s of queue %r dropped (%s, dead_letter_queue none)", row[2], main, reason)
             await conn.execute("DELETE FROM tether_messages WHERE key = $1", key)
@@ -490,6 +577,8 @@ class SharedQueueOperations:
                 stored = await conn.fetchval("SELECT settings FROM tether_queues WHERE name = $1", name)
                 if QueueSettings.from_dict(json.loads(stored)) != settings:
                     raise QueueExists(f"queue {name!r} exists with different settings")
+                if shared_forwarding.is_transmission(name):
+                    await shared_forwarding.define(conn, name)
                 await conn.execute("SELECT pg_notify('tether_defs', $1)", name)
         self._local_changes += 1
         if not self.core.has_queue(name):
@@ -507,6 +596,7 @@ class SharedQueueOperations:
                 await conn.execute("DELETE FROM tether_messages WHERE queue = ANY($1::text[])",
                                    [name, name + ";retry", name + ";poison"])
                 await conn.execute("DELETE FROM tether_groups WHERE queue = $1", name)
+                await shared_forwarding.delete(conn, name)
                 await conn.execute("SELECT pg_notify('tether_defs', $1)", name)
         self._local_changes += 1
         if self.core.has_queue(name):   # (a refresh on our own NOTIFY may have mirrored it already)
@@ -578,9 +668,6 @@ class SharedQueueOperations:
 
     def prepare(self, name: str, body: Any, **fields: Any) -> Entry:
         """A checked entry for queue `name` (see QueueCore.prepare)."""
-        if fields.get("destination") is not None:
-            raise QueueError("store-and-forward from a queue manager on a shared (PostgreSQL) store is not "
-                             "supported: send to a queue of this database, or from a journal-backed manager")
         return self.core.prepare(name, body, self._clock(), **fields)
 
     async def send_one(self, entry: Entry) -> str:
@@ -610,12 +697,14 @@ class SharedQueueOperations:
             return [error] * len(entries)
         limited = {e.queue.name for e in entries if e.queue.settings.max_length is not None}
         async with self._pool.acquire() as conn:
-            if limited:
+            if limited or self._numbered(entries):
                 async with conn.transaction():
-                    await self._check_lengths(conn, entries, limited)
+                    if limited:
+                        await self._check_lengths(conn, entries, limited)
                     rows = await self._insert(conn, entries, producer, sequences)
             else:
                 rows = await self._insert(conn, entries, producer, sequences)
+        self._count_sent(entries, rows)
         return [row[1] if row[1] is not None else entry.id for entry, row in zip(entries, rows)]
 
     async def _check_lengths(self, conn: Any, entries: list[Entry], names: set[str]) -> None:
@@ -631,17 +720,32 @@ class SharedQueueOperations:
             if held.get(name, 0) + adding > limit:
                 raise QueueFull(f"queue {name!r} is full (max_length={limit})")
 
+    @staticmethod
+    def _numbered(entries: list[Entry]) -> bool:
+        """True when some entry goes to a transmission queue (numbered in the transaction)."""
+        return any(shared_forwarding.is_transmission(e.queue.name) for e in entries)
+
     async def _insert(self, conn: Any, entries: list[Entry], producer: Producer | None,
                       sequences: list[int] | None) -> list[Any]:
-        columns: list[list] = [[] for _ in range(17)]
+        """Insert `entries` (in `conn`'s transaction when some go to a transmission queue:
+        they are numbered under its row's lock). A message's `sequence` is the producer's
+        (its de-duplication key), or in a transmission queue the forwarder's numbering."""
+        if self._numbered(entries):
+            await shared_forwarding.number(conn, entries)
+        columns: list[list] = [[] for _ in range(19)]
         for n, e in enumerate(entries):
-            sequence = sequences[n] if sequences is not None else e.sequence
+            dedupe = (sequences[n] if sequences is not None else e.sequence) or 0
+            sequence = e.sequence if shared_forwarding.is_transmission(e.queue.name) else dedupe
             for column, value in zip(columns, (
                     e.queue.name, e.id, e.body, e.headers, e.enqueued_at, e.expires_at, e.attempts,
-                    e.dead_letter_reason, e.dead_letter_source, e.destination, e.retry_at, sequence or 0,
-                    e.origin, e.priority, e.deliver_at or 0.0, e.group_id, n)):
+                    e.dead_letter_reason, e.dead_letter_source, e.destination, e.retry_at, sequence,
+                    e.origin, e.priority, e.deliver_at or 0.0, e.group_id, n, dedupe, e.journal)):
                 column.append(value)
-        rows = await conn.fetch(_INSERT, *columns, None if producer is None else producer.name)
+        journal = self.core.journal_settings
+        rows = await conn.fetch(_INSERT, *columns[:17], None if producer is None else producer.name,
+                                *columns[17:], TRANSMISSION_PREFIX, journal.expires_at(self._clock()))
+        if rows and rows[0][3] and journal.journal_max_length is not None:
+            await conn.execute(_TRIM_JOURNAL, journal.journal_max_length)
         soonest = min((e.deliver_at for e in entries if e.deliver_at), default=None)
         expiring = min((e.expires_at for e in entries if e.expires_at), default=None)
         for deadline in (soonest, expiring):
@@ -827,12 +931,69 @@ class SharedQueueOperations:
             f"WHERE m.key = r.key AND m.lock_tag = r.tag AND m.lock_owner = $3 AND m.lock_until > {NOW} "
             f"RETURNING m.key", [e.key for e, _ in receipts], [t for _, t in receipts], self._owner)
         gone = {r[0] for r in rows}
+        self._count_received(e for e, _ in receipts if e.key in gone)
         return [None if e.key in gone else LockLost(f"message {e.id}: the peek-lock was lost (expired, or "
                                                     f"settled already)") for e, _ in receipts]
 
+    @_database
     async def forwarded_many(self, receipts: list[tuple[Entry, int]]) -> list[BaseException | None]:
-        """Forwarders do not run on a shared store (see prepare())."""
-        raise QueueError("store-and-forward from a queue manager on a shared (PostgreSQL) store is not supported")
+        """Settle forwarded messages their target accepted, in one statement: completed, or
+        (sent with journal=True) moved to $journal; per pair None or LockLost."""
+        self._check_open()
+        if not receipts:
+            return []
+        journal = self.core.journal_settings
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    f"""WITH r AS (SELECT m.key, m.journal FROM tether_messages m
+                                   JOIN unnest($1::int8[], $2::int8[]) AS r(key, tag) ON m.key = r.key
+                                   AND m.lock_tag = r.tag
+                                   WHERE m.lock_owner = $3 AND m.lock_until > {NOW} FOR UPDATE OF m),
+                        gone AS (DELETE FROM tether_messages m USING r WHERE m.key = r.key AND NOT r.journal
+                                 RETURNING m.key),
+                        kept AS (UPDATE tether_messages m SET {_UNLOCK}, queue = '{JOURNAL_QUEUE}', journal = false,
+                                        expires_at = $4, retry_at = NULL, visible_at = 0, group_id = NULL
+                                 FROM r WHERE m.key = r.key AND r.journal RETURNING m.key)
+                        SELECT key, false FROM gone UNION ALL SELECT key, true FROM kept""",
+                    [e.key for e, _ in receipts], [t for _, t in receipts], self._owner,
+                    journal.expires_at(self._clock()))
+                if any(row[1] for row in rows) and journal.journal_max_length is not None:
+                    await conn.execute(_TRIM_JOURNAL, journal.journal_max_length)
+        done = {row[0] for row in rows}
+        self._count_received(e for e, _ in receipts if e.key in done)
+        return [None if e.key in done else LockLost(f"message {e.id}: the peek-lock was lost (expired, or "
+                                                    f"settled already)") for e, _ in receipts]
+
+    # ---- forwarding out of the database (shared_forwarding.py) ----
+
+    @_database
+    async def lowest_sequence(self, name: str) -> int:
+        """Transmission queue `name`'s lowest sequence still to be forwarded (every one below
+        is settled), read from the database."""
+        async with self._pool.acquire() as conn:
+            return await shared_forwarding.lowest_sequence(conn, name)
+
+    @_database
+    async def raise_numbering(self, name: str, next_sequence: int) -> int | None:
+        """Number `name`'s messages from `next_sequence` on; the numbering before, or None."""
+        self._check_open()
+        async with self._pool.acquire() as conn:
+            return await shared_forwarding.raise_numbering(conn, name, next_sequence)
+
+    @_database
+    async def hold_forwarding(self, name: str) -> bytes | None:
+        """Become the one forwarder of transmission queue `name` if nobody alive is: the
+        producer id to show its target, or None."""
+        self._check_open()
+        async with self._pool.acquire() as conn:
+            return await shared_forwarding.hold(conn, name, self._owner)
+
+    @_database
+    async def holds_forwarding(self, name: str) -> bool:
+        """True while this manager is the forwarder of `name` (and its lease alive)."""
+        async with self._pool.acquire() as conn:
+            return await shared_forwarding.holds(conn, name, self._owner)
 
     async def _locked_row(self, conn: Any, entry: Entry, tag: int, valid_only: bool = True) -> Any:
         valid = f" AND lock_until > {NOW}" if valid_only else ""
@@ -852,7 +1013,7 @@ class SharedQueueOperations:
         """A failed delivery: retry, delay or poison per the queue. LockLost."""
         self._check_open()
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
+            async with self._counted(conn):
                 row = await self._locked_row(conn, entry, tag)
                 await self._notify(conn, await self._fail(conn, row))
 
@@ -861,7 +1022,7 @@ class SharedQueueOperations:
         """Move a locked message to its dead-letter queue with `reason`. LockLost."""
         self._check_open()
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
+            async with self._counted(conn):
                 row = await self._locked_row(conn, entry, tag)
                 await self._notify(conn, await self._dead_letter(conn, row, reason))
 
@@ -930,7 +1091,7 @@ class SharedQueueOperations:
         if self._closed:
             return
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
+            async with self._counted(conn):
                 rows = await conn.fetch(f"SELECT {_COLUMNS} FROM tether_messages WHERE queue = $1 AND group_id = $2 "
                                         f"AND lock_owner = $3 ORDER BY key FOR UPDATE", group.queue, group.group_id,
                                         self._owner)
@@ -965,10 +1126,13 @@ class SharedQueueOperations:
                         gone = {r[0] for r in rows}
                         lost = next(e for e, _ in receipts if e.key not in gone)
                         raise TransactionError(f"cannot commit: the peek-lock of message {lost.id} was lost")
+                rows = []
                 if entries:
                     if limited:
                         await self._check_lengths(conn, entries, limited)
-                    await self._insert(conn, entries, None, None)
+                    rows = await self._insert(conn, entries, None, None)
+        self._count_received(e for e, _ in receipts)
+        self._count_sent(entries, rows)
 
     @_database
     async def rollback(self, receipts: list[tuple[Entry, int]]) -> None:
@@ -976,7 +1140,7 @@ class SharedQueueOperations:
         if not receipts or self._closed:
             return
         async with self._pool.acquire() as conn:
-            async with conn.transaction():
+            async with self._counted(conn):
                 rows = await conn.fetch(
                     f"SELECT {', '.join('m.' + c for c in MESSAGE_COLUMNS)} FROM tether_messages m "
                     f"JOIN unnest($1::int8[], $2::int8[]) AS r(key, tag) ON m.key = r.key AND m.lock_tag = r.tag "

@@ -35,10 +35,12 @@ def gather(operations: Any, services: list[Any]) -> ManagerStatistics:
     """The statistics of the queues `operations` runs and the `services` serving them."""
     core = operations.core
     store = operations.store
+    # a shared store's operations count what this process did; a journal's core counts it all
+    counts = operations if store.shared else core
     return ManagerStatistics(
         queues=[operations.info_now(name) for name in core.queue_names()],
-        traffic=core.traffic(),
-        dead_lettered=dict(core.dead_lettered),
+        traffic=counts.traffic(),
+        dead_lettered=dict(counts.dead_lettered),
         journal_bytes=store.size_bytes,
         sync_seconds=store.sync_seconds,
         clients=sum(len(service.clients) for service in services),

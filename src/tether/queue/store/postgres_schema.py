@@ -5,7 +5,9 @@ and sub-queue (the `queue` column: `orders`, `orders;retry`, `orders;poison`, `$
 its peek-lock as three columns: the owning queue manager (`lock_owner`), the lock's number
 (`lock_tag`, from one sequence, so a number is never reused) and when it runs out
 (`lock_until`). `tether_owners` holds each running queue manager's lease; `tether_dedupe` the
-(queue, producer, sequence) triples already accepted; `tether_groups` who holds which group.
+(queue, producer, sequence) triples already accepted; `tether_groups` who holds which group;
+`tether_forwarders` per transmission queue its forwarder's producer id at the target, the
+next sequence to number a message with, and which queue manager forwards it now.
 Times are epoch seconds (double precision) of the database's clock (`NOW` below), so hosts
 whose clocks differ still agree on when a lock or a lease ran out; a store opened with a
 clock of its own (tests on a simulated clock) sets `tether.now` in each session instead.
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS tether_messages (
     priority smallint NOT NULL DEFAULT 3,
     visible_at float8 NOT NULL DEFAULT 0,
     group_id text,
+    journal boolean NOT NULL DEFAULT false,
     lock_owner bytea,
     lock_tag bigint,
     lock_until float8
@@ -95,9 +98,18 @@ CREATE TABLE IF NOT EXISTS tether_groups (
     holder_tag bigint NOT NULL,
     PRIMARY KEY (queue, group_id)
 );
+-- added to schema 1 after its first release: databases made before gain the column
+ALTER TABLE tether_messages ADD COLUMN IF NOT EXISTS journal boolean NOT NULL DEFAULT false;
+-- one row per transmission queue (shared_forwarding.py)
+CREATE TABLE IF NOT EXISTS tether_forwarders (
+    queue text PRIMARY KEY,
+    producer bytea NOT NULL,
+    next_sequence bigint NOT NULL,
+    holder bytea
+);
 """
 
 #: The columns of a message, in the order the store reads and writes them.
 MESSAGE_COLUMNS = ("key", "queue", "id", "body", "headers", "enqueued_at", "expires_at", "delivery_count",
                    "attempts", "dead_letter_reason", "dead_letter_source", "destination", "retry_at",
-                   "sequence", "origin", "priority", "visible_at", "group_id", "lock_tag", "lock_until")
+                   "sequence", "origin", "priority", "visible_at", "group_id", "journal", "lock_tag", "lock_until")
