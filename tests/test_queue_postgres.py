@@ -350,7 +350,6 @@ async def test_metrics_read_the_database_counts_as_of_the_previous_scrape(manage
     assert 'tether_queue_in_flight{queue="metered"} 1.0' in text
 
 
-<<<<<<< HEAD
 async def test_a_managers_clock_replaces_the_databases(postgres_url):
     """With clock=, statements take `now` from it: the message is stamped, locked and found
     expired by that clock, not the database's (the queue simulation relies on it)."""
@@ -375,7 +374,8 @@ async def test_clock_must_be_callable(postgres_url):
         await tether.QueueManager.open(postgres_url, clock=5.0)
     with pytest.raises(TypeError, match="clock must be a callable"):
         await tether.QueueManager.open(clock="now")
-=======
+
+
 async def test_the_forwarding_floor_never_passes_a_send_still_committing(postgres_url):
     """A message bound for a transmission queue is numbered under the queue's row lock in
     its sending transaction: while that transaction is open, the floor told to the target
@@ -405,4 +405,3 @@ async def test_the_forwarding_floor_never_passes_a_send_still_committing(postgre
         third, fourth = await qm.operations.peek(xmit, 2)
         assert entry.sequence <= third.sequence < fourth.sequence
         assert await qm.operations.lowest_sequence(xmit) == third.sequence
->>>>>>> main
