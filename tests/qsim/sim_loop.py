@@ -23,6 +23,7 @@ import asyncio
 import heapq
 import select
 import selectors
+import socket
 import struct
 import threading
 import time
@@ -58,6 +59,7 @@ class Wire:
         self.closed = False
         self.blocked = False        # its statement waits on a lock (pg_stat_activity)
         self.fd = -1
+        self.sock: Any = None
         self.ending = False         # closed here; its server process may still be ending
         self._out = bytearray()
         self._in = bytearray()
@@ -138,6 +140,16 @@ def _frames(buffer: bytearray) -> Iterator[tuple[bytes, bytes]]:
         kind, body = bytes(buffer[0:1]), bytes(buffer[5:1 + length])
         del buffer[:1 + length]
         yield kind, body
+
+
+def _holds_marker(sock: Any) -> bool:
+    """The barrier notification (channel tether_q, empty payload) waits in `sock` unread."""
+    try:
+        return MARKER_CHANNEL + b"\0\0" in sock.recv(1 << 20, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True         # (closed: nothing more will come)
 
 
 class _WatchedProtocol(asyncio.Protocol):
@@ -260,6 +272,7 @@ class SimLoop(asyncio.SelectorEventLoop):
         transport = _WatchedTransport.__new__(_WatchedTransport)
         transport.wire = wire
         wire.fd = sock.fileno()
+        wire.sock = sock
         _WatchedTransport.__init__(transport, self, sock, _WatchedProtocol(protocol, wire), waiter, extra, server)
         self._by_transport[transport] = wire
         return transport
@@ -283,15 +296,20 @@ class SimLoop(asyncio.SelectorEventLoop):
         return any(key.data[1] is not None and key.data[1] not in self._fired
                    for key in self._selector.get_map().values())
 
-    def _poll(self, timeout: float, only: set[Wire] | None = None) -> bool:
+    def _poll(self, timeout: float, only: set[Wire] | None = None, writes_only: bool = False) -> bool:
         """Handle the sockets ready within `timeout` (real seconds): read them now, in the
-        order the connections were made (`only`: just those connections'; the others' data
-        stays in their sockets for later). True when something was read."""
+        order the connections were made (`only`: just those connections'; `writes_only`:
+        just sockets becoming writable, a connection being made; the rest stays in the
+        sockets for later). True when something was handled."""
         if only is not None:
             if not select.select([w.fd for w in only if not w.closed], [], [], timeout)[0]:
                 return False
             timeout = 0
         events = self._selector.select(timeout)
+        if writes_only:
+            events = [(key, selectors.EVENT_WRITE) for key, mask in events if mask & selectors.EVENT_WRITE]
+            if not events:
+                return False
         if not events:
             return False
         start = len(self._ready)
@@ -334,7 +352,7 @@ class SimLoop(asyncio.SelectorEventLoop):
                         raise RuntimeError("a dropped connection's server process did not end")
                 continue
             if self._writing():        # a connection being made, or a write backed up
-                self._poll(0.005)
+                self._poll(0.005, writes_only=True)     # (answers stay: taken in order below)
                 if time.monotonic() - started > STUCK_AFTER:
                     raise RuntimeError(f"a socket was not writable within {STUCK_AFTER} s")
                 continue
@@ -368,12 +386,18 @@ class SimLoop(asyncio.SelectorEventLoop):
                                    f"{[(w.index, w.pid, w.owed) for w in owing]}")
 
     def _barrier(self) -> None:
-        """Every notification committed so far has reached every listener."""
+        """Every notification committed so far has reached every listener: the marker is
+        committed after them, and each listener's socket is read only once the marker is in
+        all of them (peeked), all in connection order, so no listener hears first by chance."""
         listeners = [w for w in self._wires if w.listening and not w.closed]
         want = {w: w.markers + 1 for w in listeners}
         self._lock_watch.mark()
         self.barriers += 1
         deadline = time.monotonic() + NOTIFY_WAIT
+        while not all(w.closed or _holds_marker(w.sock) for w in listeners):
+            if time.monotonic() > deadline:
+                raise RuntimeError("a committed NOTIFY did not reach every listener")
+            time.sleep(0.001)
         while any(w.markers < n and not w.closed for w, n in want.items()):
             if time.monotonic() > deadline:
                 raise RuntimeError("a committed NOTIFY did not reach every listener")
