@@ -217,7 +217,7 @@ def _result(name: str, size: int, sent: dict, received: dict, **extra) -> Result
     # kept sending (its last batch may be delivered before the deadline it stopped at)
     elapsed = max(received["end"], sent["stopped"]) - sent["start"]
     counters = {k: v for k, v in {**sent, **received}.items()
-                if k in ("retransmission_timeouts", "fast_retransmits", "duplicates", "refused",
+                if k in ("retransmission_timeouts", "fast_retransmits", "tail_probes", "duplicates", "refused",
                          "srtt", "cwnd")}
     return make_result(name, received["received"], size, elapsed, received["latencies"],
                        resent=sent["resent"], elapsed_s=round(elapsed, 3), messages=received["received"],
