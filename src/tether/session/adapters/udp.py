@@ -50,6 +50,11 @@ NETWORK_DATAGRAM = 1452
 # Large socket buffers absorb bursts of a full window (SO_RCVBUFFORCE where permitted,
 # else the kernel caps SO_RCVBUF at rmem_max).
 SOCKET_BUFFER = 16 * 1024 * 1024
+# Python's socket module does not name these (include/uapi/asm-generic/socket.h); without
+# them a root process got only rmem_max (the kernel's default cap, often 4 MB, doubled), and
+# a full window of 1 KiB messages in separate datagrams overflowed the receive buffer.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if os.uname().sysname == "Linux" else None)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32 if os.uname().sysname == "Linux" else None)
 
 # Linux UDP segmentation offload (include/uapi/linux/udp.h); Python names them from 3.12.
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
@@ -120,8 +125,7 @@ def tune_socket(transport: Any) -> None:
     sock = transport if isinstance(transport, socket.socket) else transport.get_extra_info("socket")
     if sock is None:
         return
-    for forced, option in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
-                           (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+    for forced, option in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
         for name in (forced, option):
             if name is None:
                 continue
