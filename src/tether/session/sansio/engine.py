@@ -197,6 +197,7 @@ class SessionEngine:
         self._last_progress = now
         self._rto_burst = RTO_BURST
         self._latest_rtt = 0.0               # the latest RTT sample (loss detection's time threshold)
+        self._min_rtt: float | None = None   # the smallest RTT sample (RACK's test for acked resends)
         self._ptos = 0                       # probe timeouts since an ack last acknowledged news
         self._tail_asked = False             # the last data sent went with an AckRequested
         self._last_data_sent = now           # UDP: when DATA last went out (the tail probe's clock)
@@ -671,10 +672,14 @@ class SessionEngine:
         _, _, ranges, buffer_remaining, _final = frame
         sw = self._sw
         if ranges:
-            count, nbytes, samples = sw.apply_ack(ranges, now)
+            # (an acked resend counts for loss detection once a minimum RTT has passed since it
+            # went: sooner, the ack is for an earlier copy)
+            count, nbytes, samples = sw.apply_ack(ranges, now, self._min_rtt)
             if samples:
                 self._rtt.update_many(samples)
                 self._latest_rtt = samples[-1]
+                if self._min_rtt is None or samples[-1] < self._min_rtt:
+                    self._min_rtt = max(0.0, samples[-1])
                 self._rto_burst = RTO_BURST    # first transmissions arrive again
                 if self._cc is not None:
                     self._cc.on_rtt(samples[-1])
