@@ -7,7 +7,7 @@ round trip) and keeps the largest of the last K_BANDWIDTH_SAMPLES samples as the
 bottleneck bandwidth. New data is paced at that rate times a gain that cycles through
 K_PROBE_GAINS (a round a quarter faster to find more bandwidth, a round a quarter slower to
 drain what that queued, then six at the estimate), and the window caps what is in flight at
-K_WINDOW_GAIN times the bandwidth-delay product. A random loss changes neither the estimate
+K_WINDOW_GAIN times the bandwidth times the smoothed RTT. A random loss changes neither the estimate
 nor the window: at 5% random loss a loss-based controller (NewReno, CUBIC) holds a window of
 a few packets whatever the path could carry. A queue that overflows is handled by the model
 itself: the delivery rate cannot exceed the bottleneck, so the pacing rate settles there and
@@ -35,12 +35,13 @@ K_STARTUP_ROUNDS = 3
 K_DRAIN_ROUNDS = 3
 # Pacing gains of the probing cycle, one per round.
 K_PROBE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
-# The window: this many bandwidth-delay products, the delay being the smoothed RTT but at
-# most K_DELAY_CAP minimum RTTs. Acks that come once per flight, and a receiver's own
-# processing time, make the minimum RTT alone too small to keep the pipe full; the cap keeps
-# a standing queue from inflating the window that made it.
+# The window: this many bandwidth-delay products, the delay being the smoothed RTT. With the
+# minimum RTT instead (BBR's choice), acks that come once per flight and a receiver's own
+# processing time (on a loaded host, RTTs from 0.1 to 10 ms) made the window limit the very
+# delivery rate it is computed from: on the veth bench it spiralled down to a few packets.
+# With the smoothed RTT the window always allows twice the estimate; pacing, not the window,
+# keeps the queue short, and drain empties what startup queued.
 K_WINDOW_GAIN = 2.0
-K_DELAY_CAP = 4.0
 # The bandwidth estimate is the largest of this many recent delivery-rate samples (rounds).
 K_BANDWIDTH_SAMPLES = 10
 
@@ -133,12 +134,11 @@ class PathModel:
         if not self.bandwidth or not srtt or self.min_rtt is None:
             self.cwnd += acked_bytes                       # slow start until a sample
         else:
+            bdp = self.bandwidth * srtt
             if self.state == STARTUP:
                 # slow start, at most startup's gain over the model (the estimate lags a round)
-                bdp = self.bandwidth * min(srtt, K_DELAY_CAP * self.min_rtt)
                 self.cwnd = max(self.cwnd, min(self.cwnd + acked_bytes, K_STARTUP_GAIN * bdp))
             else:
-                bdp = self.bandwidth * min(srtt, K_DELAY_CAP * self.min_rtt)
                 target = max(K_WINDOW_GAIN * bdp, K_MODEL_FLOOR_PACKETS * self.datagram_size)
                 # grow toward the model as acks arrive; fall to it at once
                 self.cwnd = min(target, self.cwnd + acked_bytes)

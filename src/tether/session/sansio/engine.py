@@ -674,7 +674,10 @@ class SessionEngine:
         if ranges:
             # (an acked resend counts for loss detection once a minimum RTT has passed since it
             # went: sooner, the ack is for an earlier copy)
-            count, nbytes, samples = sw.apply_ack(ranges, now, self._min_rtt)
+            # (an ack holding as many ranges as an ack may leaves out the numbers above its last
+            # range: an acked resend's new serial would then make those look lost)
+            full = len(ranges) >= self._max_ack_ranges
+            count, nbytes, samples = sw.apply_ack(ranges, now, None if full else self._min_rtt)
             if samples:
                 self._rtt.update_many(samples)
                 self._latest_rtt = samples[-1]
