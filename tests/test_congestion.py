@@ -26,14 +26,16 @@ class Flow:
         self.rate = rate
         self.now = now
 
-    def run(self, seconds: float, *, in_flight: int | None = None, app_limited: bool = False) -> None:
+    def run(self, seconds: float, *, in_flight: int | None = None, app_limited: bool = False,
+            srtt: float = RTT) -> None:
         step = 0.001
         for _ in range(round(seconds / step)):
             self.now += step
             if app_limited:
                 self.model.on_app_limited()
             self.model.on_rtt(RTT)
-            self.model.on_acked(int(self.rate * step), self.now, RTT, in_flight)
+            self.model.on_sent(int(self.rate * step))
+            self.model.on_acked(int(self.rate * step), self.now, srtt, in_flight)
 
 
 def _steady(rate: float = 1e6) -> tuple[PathModel, Flow]:
@@ -67,10 +69,11 @@ def test_a_random_loss_leaves_the_window_and_the_estimate_alone() -> None:
     assert model.bandwidth == pytest.approx(bandwidth, rel=0.05)
 
 
-def test_a_loss_ends_startup_and_drain_ends_once_the_queue_is_gone() -> None:
+def test_a_loss_with_a_queue_ends_startup_and_drain_ends_once_the_queue_is_gone() -> None:
     model = PathModel(PACKET, 4096)
     flow = Flow(model, 1e6)
-    flow.run(0.025, in_flight=100_000)     # two rounds: an estimate, no plateau yet
+    # a smoothed RTT twice the minimum: startup is queueing; one round, no plateau yet
+    flow.run(0.025, in_flight=100_000, srtt=2 * RTT)
     assert model.state == STARTUP and model.bandwidth
     model.on_lost(5, 50)
     assert model.state == DRAIN
@@ -116,6 +119,26 @@ def test_the_window_stays_within_the_flow_control_window_and_the_floor() -> None
     slow, flow = _steady(1e3)               # 2 x BDP would be 20 bytes
     flow.run(0.2)
     assert slow.cwnd == congestion.K_MODEL_FLOOR_PACKETS * PACKET
+
+
+def test_a_sample_is_at_most_what_was_sent_in_its_round() -> None:
+    """Acks that report at once what earlier acks left out do not raise the estimate above
+    the rate the sender sent at."""
+    model, flow = _steady(1e6)
+    now = flow.now
+    for _ in range(3 * K_BANDWIDTH_SAMPLES):
+        now += RTT / 2
+        model.on_sent(int(1e6 * RTT / 2))
+        model.on_acked(int(5e6 * RTT / 2), now, RTT)    # five times what was sent
+    assert model.bandwidth == pytest.approx(1e6, rel=0.05)
+
+
+def test_a_loss_in_startup_on_an_unqueued_path_does_not_end_it() -> None:
+    model = PathModel(PACKET, 4096)
+    flow = Flow(model, 1e6)
+    flow.run(0.025)                          # smoothed RTT = minimum RTT: no queue
+    model.on_lost(5, 50)
+    assert model.state == STARTUP
 
 
 def test_persistent_congestion_collapses_the_window_and_starts_over() -> None:

@@ -222,7 +222,7 @@ QUOTED = [
      (congestion.K_WINDOW_GAIN, congestion.K_MODEL_FLOOR_PACKETS), (2.0, 4)),
     ("wire-protocol.md", "pacing runs at 2.885 times the window per RTT",
      congestion.K_STARTUP_GAIN, 2.885),
-    ("wire-protocol.md", "the largest of the last 10 such samples", congestion.K_BANDWIDTH_SAMPLES, 10),
+    ("wire-protocol.md", "the largest of the last 10 such\n  samples", congestion.K_BANDWIDTH_SAMPLES, 10),
     ("wire-protocol.md", "a burst of at most 4\npackets or 2 ms of the rate",
      (engine.PACING_BURST_PACKETS, engine.PACING_BURST_TIME), (4, 0.002)),
     ("sessions.md", "`min(inactivity_timeout / 4, 30 s)`",

@@ -33,6 +33,9 @@ K_STARTUP_ROUNDS = 3
 # Drain (pacing at 1 / K_STARTUP_GAIN) ends once what is in flight fits one bandwidth-delay
 # product, or after this many rounds.
 K_DRAIN_ROUNDS = 3
+# A loss in startup ends it when the smoothed RTT is above this many minimum RTTs (startup
+# overran a queue); a random loss on a path that is not queueing does not.
+K_QUEUE_RTT = 1.25
 # Pacing gains of the probing cycle, one per round.
 K_PROBE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 # The window: this many bandwidth-delay products, the delay being the smoothed RTT. With the
@@ -57,7 +60,7 @@ class PathModel:
     __slots__ = ("datagram_size", "cwnd", "max_cwnd", "state", "bandwidth", "min_rtt",
                  "recovery_start", "losses", "rounds", "_samples", "_sample_bytes",
                  "_sample_start", "_app_limited", "_cycle", "_startup_best", "_startup_stalls",
-                 "_round_min_rtt", "_min_rtts", "_drain_rounds")
+                 "_round_min_rtt", "_min_rtts", "_drain_rounds", "_srtt", "_sample_sent")
 
     def __init__(self, datagram_size: int, max_packets: int | None = None) -> None:
         self.datagram_size = datagram_size
@@ -80,6 +83,8 @@ class PathModel:
         self._round_min_rtt: float | None = None
         self._min_rtts: list[float] = []
         self._drain_rounds = 0
+        self._srtt: float | None = None
+        self._sample_sent = 0
         if max_packets is not None:
             self.limit(max_packets)
 
@@ -107,6 +112,13 @@ class PathModel:
         if self.min_rtt is None or sample < self.min_rtt:
             self.min_rtt = sample
 
+    def on_sent(self, nbytes: int) -> None:
+        """`nbytes` of DATA (new or resent) went out: a round's delivery rate is at most
+        what was sent in it. An ack that reports at once what earlier acks left out (a
+        truncated ack, a lost one) would otherwise make a sample above the path's rate, and
+        the pacer would then overrun the bottleneck's queue."""
+        self._sample_sent += nbytes
+
     def on_app_limited(self) -> None:
         """The sender had window to spare and nothing to send: this round's delivery rate
         says how fast the application sent, not what the path carries."""
@@ -117,16 +129,20 @@ class PathModel:
         """`acked_bytes` newly acknowledged at `now`, leaving `in_flight` bytes in flight;
         with `srtt` a delivery-rate sample is taken once per smoothed RTT, and the window
         follows the model."""
+        if srtt:
+            self._srtt = srtt
         if now is not None and srtt:
             if self._sample_start is None:
                 self._sample_start = now
+                self._sample_sent = 0
                 self._app_limited = False
             else:
                 self._sample_bytes += acked_bytes
                 elapsed = now - self._sample_start
                 if elapsed >= srtt:
-                    self._end_round(self._sample_bytes / elapsed)
+                    self._end_round(min(self._sample_bytes, self._sample_sent) / elapsed)
                     self._sample_bytes = 0
+                    self._sample_sent = 0
                     self._sample_start = now
         if (self.state == DRAIN and in_flight is not None and self.min_rtt is not None
                 and in_flight <= self.bandwidth * self.min_rtt):
@@ -177,6 +193,11 @@ class PathModel:
         else:
             self._cycle = (self._cycle + 1) % len(K_PROBE_GAINS)
 
+    def _queueing(self) -> bool:
+        """The smoothed RTT is well above the smallest: a queue is standing."""
+        return (self.min_rtt is None or self._srtt is None
+                or self._srtt > K_QUEUE_RTT * self.min_rtt)
+
     def _probe(self) -> None:
         self.state = PROBE_BANDWIDTH
         self._cycle = 2              # start at a gain of 1: nothing to drain, nothing probed yet
@@ -187,15 +208,15 @@ class PathModel:
         says what the path carries); a loss while probing for more bandwidth ends the probe:
         the queue it built overflowed."""
         self.losses += 1
+        if self.state == STARTUP and self.bandwidth and self._queueing():
+            # startup doubles the rate each round: a loss with the RTT up means it overran a
+            # queue (a random loss on an unqueued path does not end it)
+            self.state = DRAIN
+            self._drain_rounds = 0
         if self.recovery_start is not None and highest_lost_number < self.recovery_start:
             return
         self.recovery_start = next_number
-        if self.state == STARTUP and self.bandwidth:
-            # startup doubles the rate each round: a loss means it may have overrun a queue
-            # (random loss too ends it; probing then finds the rest, a quarter per cycle)
-            self.state = DRAIN
-            self._drain_rounds = 0
-        elif self.state == PROBE_BANDWIDTH and K_PROBE_GAINS[self._cycle] > 1:
+        if self.state == PROBE_BANDWIDTH and K_PROBE_GAINS[self._cycle] > 1:
             self._cycle += 1
 
     def on_persistent_congestion(self) -> None:
@@ -207,6 +228,7 @@ class PathModel:
         self.bandwidth = 0.0
         self._samples.clear()
         self._sample_bytes = 0
+        self._sample_sent = 0
         self._sample_start = None
         self._startup_best = 0.0
         self._startup_stalls = 0

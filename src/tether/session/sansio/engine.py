@@ -1176,6 +1176,8 @@ class SessionEngine:
             self._probe_due = False
             if data_sent:
                 self._last_data_sent = now
+                if self._cc is not None:
+                    self._cc.on_sent(sum(map(len, data)))
             if self._ask and not data_sent and self.all_acknowledged:
                 self._ask = False   # (the acks came meanwhile)
             if self._ask or (data_sent and self._window_nearly_full()):
