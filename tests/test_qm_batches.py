@@ -104,6 +104,35 @@ async def test_a_refused_message_fails_alone_in_its_batch(served):
         assert (await served.queue_info("small")).depth == 2
 
 
+@pytest.mark.parametrize("refused", [{0}, {5}, {9}, {0, 1}, {3, 4, 5}, {0, 9}, set(range(10))])
+async def test_refusals_anywhere_in_a_batch_fail_alone_and_the_rest_keep_their_order(served, seen_ops, refused):
+    await served.create_queue("small", max_message_size=10)
+    async with tether.QueueClient.connect(served.services[0].url) as client:
+        bodies = [b"x" * 11 if n in refused else b"ok %d" % n for n in range(10)]
+        results = await asyncio.gather(*(client.send("small", body) for body in bodies), return_exceptions=True)
+        assert seen_ops[P.SEND_BATCH] == 1
+        for n, result in enumerate(results):
+            assert isinstance(result, QueueMessageTooLarge if n in refused else str), (n, result)
+        ids = [r for r in results if isinstance(r, str)]
+        assert len(set(ids)) == len(ids)
+        got = [await served.receive("small", timeout=0) for _ in ids]
+        assert [m.body for m in got] == [b for n, b in enumerate(bodies) if n not in refused]
+        assert [m.id for m in got] == ids
+        assert await served.receive("small", timeout=0) is None
+
+
+async def test_a_plain_send_of_a_bytearray_or_an_oversized_body(served):
+    async with tether.QueueClient.connect(served.services[0].url) as client:
+        assert isinstance(await client.send("q", bytearray(b"ba")), str)
+        with pytest.raises(QueueMessageTooLarge):
+            await client.send("q", b"x" * (P.SESSION_SETTINGS["max_message_size"] - 4095))
+        with pytest.raises(ValueError, match="address"):
+            await client.send("", b"x")
+        with pytest.raises(TypeError, match="address"):
+            await client.send(b"q", b"x")
+        assert (await served.receive("q", timeout=0)).body == b"ba"
+
+
 async def test_plain_and_other_sends_of_one_turn_keep_their_order(served, seen_ops):
     async with tether.QueueClient.connect(served.services[0].url) as client:
         await asyncio.gather(client.send("q", b"a"), client.send("q", b"b"), client.send("q", b"c", headers={"h": 1}),

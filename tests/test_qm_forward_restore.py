@@ -111,3 +111,25 @@ async def test_restored_copy_with_its_clock_behind_numbers_above_the_target(tmp_
 
     got, expected = await _restore_scenario(tmp_path, after_restore, on_restore)
     assert got == expected
+
+
+async def test_transmission_queue_deleted_and_made_again_numbers_above_the_old_one(tmp_path):
+    """Deleting a transmission queue (an operator clearing it) and sending to the same
+    target again in the same life: the new queue must not number from where the deleted
+    one started, or the target drops the new messages as resends of the old ones."""
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    address = f"tether://127.0.0.1:{port}/orders"
+    async with tether.QueueManager.open(tmp_path / "t", listen=url) as target:
+        await target.create_queue("orders")
+        async with tether.QueueManager.open(tmp_path / "a") as a:
+            await _send(a, address, [b"one", b"two"])
+            await _until(lambda: _xmit_empty(a, port), "the first messages were not forwarded")
+            await a.delete_queue(f"$xmit:127.0.0.1:{port}")
+            await _send(a, address, [b"three", b"four"])
+            await _until(lambda: _xmit_empty(a, port), "the later messages were not forwarded")
+        got = []
+        while (m := await target.receive("orders", timeout=0)) is not None:
+            got.append(m.body)
+            await m.complete()
+    assert got == [b"one", b"two", b"three", b"four"]

@@ -80,6 +80,8 @@ RECONNECT_FIRST = 0.05
 RECONNECT_CAP = 2.0     # never more than this between reconnect attempts
 DEFAULT_PREFETCH = 16
 DEFAULT_REQUEST_TIMEOUT = 30.0
+# A floor (SETTLED) travels with the next frame that goes anyway, or alone after this long
+SETTLE_DELAY = 0.05
 # requests that only mean something to the service process that saw the lock or transaction
 _NEEDS_THE_SAME_SERVICE = (P.COMPLETE, P.COMPLETE_BATCH, P.ABANDON, P.TX_SEND, P.TX_COMMIT, P.TX_ROLLBACK, P.RENEW,
                            P.GROUP_RECEIVE, P.GROUP_RELEASE)
@@ -295,6 +297,9 @@ class QueueClient:
         self.request_timeout = _seconds_or_none("request_timeout", request_timeout)
         self._session_settings: dict[str, Any] = dict(P.SESSION_SETTINGS)
         self._session_settings.update(session_settings)
+        #: the largest body a send may carry (room for the frame around it); set once the
+        #: session settings were checked (_new_session)
+        self._body_limit = 0
         self._loop = asyncio.get_running_loop()
         self.client_id = client_id if client_id is not None else os.urandom(16)
         self.epoch = 0                 # the producer epoch the service gave us (0: not yet)
@@ -305,6 +310,8 @@ class QueueClient:
         self._numbering = False        # this client numbers its own sends ...
         self._forwarding = False       # ... or a forwarder numbers them: never both
         self._floor_sent = 0
+        self._forward_floor = 0        # a forwarder's floor (settled()), told as SETTLED
+        self._settle_timer: asyncio.TimerHandle | None = None
         self._rids = 0
         self._consumer_ids = 0
         self._session: Any = None
@@ -362,6 +369,7 @@ class QueueClient:
 
         session = await connect(self.url, ssl=self._ssl, connect_timeout=self.connect_timeout,
                                 **self._session_settings)
+        self._body_limit = session.settings.max_message_size - 4096
         try:
             # HELLO alone first: whether the service still knows us decides what to resend
             self._rids += 1
@@ -554,15 +562,16 @@ class QueueClient:
                 consumer.wake_all()
 
     def _answered(self, item: list[Any]) -> None:
-        """A send (or forward) was answered: it will never be resent; the floor may rise."""
+        """A send (or forward) was answered: it will never be resent; the floor may rise
+        (told with the next frame, or after SETTLE_DELAY: see _flush)."""
         if item[0] == P.SEND:
             self._unanswered.pop(item[6], None)
-            self._schedule_flush()
+            self._floor_later()
         elif item[0] == P.SEND_BATCH:
             unanswered = self._unanswered
             for sequence in range(item[4], item[4] + len(item[3])):
                 unanswered.pop(sequence, None)
-            self._schedule_flush()
+            self._floor_later()
 
     def _message(self, fields: list[Any], validity: float) -> Message:
         tag, message_id, body, headers, count, enqueued_at, expires_at, reason, source, sequence, priority, \
@@ -688,7 +697,7 @@ class QueueClient:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, settle: bool = False) -> None:
         self._flush_scheduled = False
         for consumer in self._consumers.values():
             if consumer.owed and consumer.subscribed:
@@ -697,12 +706,7 @@ class QueueClient:
                 consumer.owed = 0
         if not self._connected:
             return
-        if self._numbering:
-            # every send below the lowest unanswered one was answered: never sent again
-            floor = next(iter(self._unanswered), self._next_sequence)
-            if floor > self._floor_sent:
-                self._out.append([P.SETTLED, 0, floor])
-                self._floor_sent = floor
+        self._tell_floor(settle)
         if not self._out:
             return
         out, self._out, self._out_bytes = self._out, [], 0
@@ -715,6 +719,33 @@ class QueueClient:
             self._session.abort("the queue service does not read our requests")
         except TetherError:
             pass    # the reader sees the end and reconnects; pending requests are resent
+
+    def _tell_floor(self, now: bool) -> None:
+        """Add SETTLED with the floor, when it rose, to the frame going out. A floor alone
+        would cost the service a journal record (and a sync) of its own, which the next
+        send then waits behind: it waits for a frame that goes anyway, at most
+        SETTLE_DELAY (or `now`)."""
+        if self._numbering:
+            # every send below the lowest unanswered one was answered: never sent again
+            floor = next(iter(self._unanswered), self._next_sequence)
+        else:
+            floor = self._forward_floor
+        if floor <= self._floor_sent:
+            return
+        if self._out or now:
+            self._out.append([P.SETTLED, 0, floor])
+            self._floor_sent = floor
+        else:
+            self._floor_later()
+
+    def _floor_later(self) -> None:
+        """Tell the floor in SETTLE_DELAY unless a frame carries it before."""
+        if self._settle_timer is None and not self._closing:
+            self._settle_timer = self._loop.call_later(SETTLE_DELAY, self._settle_due)
+
+    def _settle_due(self) -> None:
+        self._settle_timer = None
+        self._flush(settle=True)
 
     # ---- QueueManager's methods ----
 
@@ -742,7 +773,7 @@ class QueueClient:
             if not isinstance(body, (bytearray, memoryview)):
                 raise TypeError(f"message body must be bytes, not {type(body).__name__}")
             body = bytes(body)
-        limit = self._session_settings["max_message_size"] - 4096
+        limit = self._body_limit
         if len(body) > limit:
             raise QueueMessageTooLarge(f"message of {len(body)} bytes is over the protocol's limit of {limit} bytes")
         if headers is not None:
@@ -775,12 +806,23 @@ class QueueClient:
         arguments are QueueManager.send's. Raises as QueueManager.send, and
         QueueUnavailable after request_timeout."""
         self._check_open()
+        if headers is None and time_to_live is None and delay is None and deliver_at is None \
+                and group_id is None and journal is None and priority.__class__ is int and priority == 3 \
+                and body.__class__ is bytes and address.__class__ is str and 0 < len(address) <= P.MAX_NAME \
+                and len(body) <= self._body_limit and self._connected and not self._forwarding:
+            # a plain send (checked here as _send_item checks it): it joins this loop
+            # turn's SEND_BATCH to the address
+            self._numbering = True
+            sequence = self._next_sequence
+            self._next_sequence = sequence + 1
+            self._unanswered[sequence] = None
+            batched_id: str = await self._batched(P.SEND_BATCH, address, body, 16 + len(body), sequence)
+            return batched_id
         options = _send_options(priority, delay, deliver_at, group_id, journal)
         item = self._send_item(address, body, headers, time_to_live, options)
         if headers is None and time_to_live is None and options is None and self._connected:
-            # a plain send: it joins this loop turn's SEND_BATCH to the address
             self._number(item)
-            batched_id: str = await self._batched(P.SEND_BATCH, address, item[3], 16 + len(item[3]), item[6])
+            batched_id = await self._batched(P.SEND_BATCH, address, item[3], 16 + len(item[3]), item[6])
             return batched_id
         message_id: str = await self._request(self._number(item), checked=True)
         return message_id
@@ -848,10 +890,11 @@ class QueueClient:
         return outcomes
 
     def settled(self, floor: int) -> None:
-        """(For queue managers' forwarders.) Every sequence below `floor` is settled here."""
-        if floor > self._floor_sent and self._connected and self._forwarding:
-            self._floor_sent = floor
-            self._send([P.SETTLED, 0, floor])
+        """(For queue managers' forwarders.) Every sequence below `floor` is settled here
+        (told with the next frame, or after SETTLE_DELAY)."""
+        if floor > self._forward_floor and self._forwarding:
+            self._forward_floor = floor
+            self._floor_later()
 
     async def receive(self, name: str, timeout: float | None = None) -> Message | None:
         """The next message of a queue, peek-locked: complete() or abandon() it. Waits up
@@ -1097,11 +1140,14 @@ class QueueClient:
         consumers = list(self._consumers.values())
         for consumer in consumers:
             self._drop_consumer(consumer)
-        self._flush()
+        self._flush(settle=True)
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
         for consumer in consumers:
             consumer.wake_all()     # a waiting receive() sees the client closed and raises
         error = QueueError("the queue client is closed")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from itertools import islice
 from typing import Any, Protocol
 
 from ..errors import (
@@ -407,15 +408,27 @@ class Connection:
                     results.extend([error] * len(bodies))
                     continue
                 prepare = core.prepare_plain if name == address else self._prepare_routed(name, address)
-                n = len(results)
-                for k, body in enumerate(bodies):
+                k = 0
+                while k < len(bodies):
+                    # a run of accepted bodies at a time (every one, commonly), then a refusal
+                    prepared: list[Entry] = []
+                    add = prepared.append
+                    refusal = None
                     try:
-                        entries.append(prepare(name, body, now))
-                        sequences.append(first + k)
-                        where.append(n + k)
-                        results.append(None)
+                        for body in islice(bodies, k, None):
+                            add(prepare(name, body, now))
                     except (TetherError, ValueError, TypeError) as exc:
-                        results.append(exc)
+                        refusal = exc
+                    count = len(prepared)
+                    n = len(results)
+                    entries += prepared
+                    sequences += range(first + k, first + k + count)
+                    where += range(n, n + count)
+                    results += [None] * count
+                    k += count
+                    if refusal is not None:
+                        results.append(refusal)
+                        k += 1
                 continue
             _, _, address, body, headers, ttl, sequence, options = item
             results.append(None)

@@ -314,6 +314,11 @@ class QueueCore:
             if main is None:
                 return
             error = QueueNotFound(f"queue {name!r} was deleted")
+            if main.numbered:
+                # the target has seen this queue's numbers: a queue of the same name made
+                # later in this life numbers above them, or its messages would be dropped
+                # there as resends
+                self._numbering_floor = max(self._numbering_floor, main.next_sequence)
             for queue in (main, main.retry, main.poison):
                 queue.deleted = True
                 for entry in list(queue.entries()):
