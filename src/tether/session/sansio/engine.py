@@ -675,9 +675,13 @@ class SessionEngine:
             # (an acked resend counts for loss detection once a minimum RTT has passed since it
             # went: sooner, the ack is for an earlier copy)
             # (an ack holding as many ranges as an ack may leaves out the numbers above its last
-            # range: an acked resend's new serial would then make those look lost)
+            # range: an acked resend's new serial would then make those look lost; and after a
+            # probe timeout the resends were most likely of messages merely delayed behind a
+            # stalled receiver: their acks are for the first copies, and counting them would
+            # declare everything sent before the timeout lost)
             full = len(ranges) >= self._max_ack_ranges
-            count, nbytes, samples = sw.apply_ack(ranges, now, None if full else self._min_rtt)
+            count, nbytes, samples = sw.apply_ack(
+                ranges, now, None if full or self._ptos else self._min_rtt)
             if samples:
                 self._rtt.update_many(samples)
                 self._latest_rtt = samples[-1]
