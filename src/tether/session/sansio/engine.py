@@ -1267,11 +1267,15 @@ class SessionEngine:
                 room = self._cc.available(sw.bytes_in_flight)
                 room = self._paced(room, now)
                 if self._probe_due and room < self.max_packet_size:
-                    room = self.max_packet_size     # the tail probe goes beyond both
-                average = self._pending_bytes / waiting
-                allowed = min(allowed, int(room // average) if average >= 1 else allowed)
-                if allowed == 0 and room > 0:
-                    allowed = 1
+                    # the tail probe goes beyond both, by one packet of new data at most
+                    # (RFC 8985 7.3): the messages that fit one, at least one (a pending
+                    # item is never larger than a fragment)
+                    allowed = min(allowed, self._fitting(self._pending_head, self.max_packet_size))
+                else:
+                    average = self._pending_bytes / waiting
+                    allowed = min(allowed, int(room // average) if average >= 1 else allowed)
+                    if allowed == 0 and room > 0:
+                        allowed = 1
         if allowed <= 0:
             return []
         head = self._pending_head
@@ -1293,6 +1297,18 @@ class SessionEngine:
             self._pace_tokens -= sw.bytes_in_flight - bytes_before
         self.messages_sent += taken
         return self._encode_batch(first, batch)
+
+    def _fitting(self, head: int, size: int) -> int:
+        """How many pending messages from `head` on fit `size` bytes (at least one)."""
+        pending, count, total = self._pending, 0, 0
+        for i in range(head, len(pending)):
+            total += len(pending[i])
+            if total > size and count:
+                break
+            count += 1
+            if total >= size:
+                break
+        return count
 
     def _paced(self, room: int, now: float) -> int:
         """`room` (bytes the congestion window allows) cut to what the pacer allows now:
