@@ -536,6 +536,19 @@ class SharedQueueOperations:
             await conn.execute("DELETE FROM tether_messages WHERE key = $1", key)
             return set()
         if mode == "reject":
+            origin = row[14]
+            back = RETURN_PREFIX + origin if origin else None
+            if back is not None and self.core.has_queue(back):
+                # forwarded in: the negative acknowledgement goes home (its forwarder takes
+                # it from the return queue to its own dead-letter queue), as on the journal;
+                # counted as dead-lettered here, as there
+                if row[9] is None:
+                    self._dying[conn].append((main, REJECTED))
+                await conn.execute(
+                    f"UPDATE tether_messages SET {_UNLOCK}, queue = $2, expires_at = NULL, "
+                    f"dead_letter_reason = $3, dead_letter_source = $4, retry_at = NULL, visible_at = 0 "
+                    f"WHERE key = $1", key, back, REJECTED, main)
+                return {back}
             return await self._dead_letter(conn, row, REJECTED)
         await conn.execute(f"UPDATE tether_messages SET {_UNLOCK}, attempts = $2, queue = $3, retry_at = NULL "
                            f"WHERE key = $1", key, attempts, main + ";poison")
