@@ -1530,3 +1530,24 @@ def test_an_ack_that_was_asked_for_is_not_waited_for_with_the_peers_ack_delay(co
     _sent_packets(p2, [b"asked"], ask=True)     # with an AckRequested
     asked = p2.client.next_timer() - p2.now
     assert quiet == pytest.approx(asked + 0.5)
+
+
+@pytest.mark.parametrize("tcp", [True, False])
+def test_an_ack_rides_in_the_last_data_packet_over_tcp_only(core, tcp: bool) -> None:
+    # over TCP nothing keeps a burst's packets equal-sized (no GSO run): the ack the server
+    # owes joins its reply's packet, one packet for the client to take apart instead of two
+    p = Pair(core=core, tcp=tcp, packet=256 * 1024 if tcp else DATAGRAM)
+    p.client.send([b"request"], p.now)
+    p.to_server()
+    p.server.send([b"reply"], p.now)
+    packets = p.server.packets_to_send(p.now)
+    kinds = [p.kinds([packet]) for packet in packets]
+    if tcp:
+        assert kinds == [[F.DATA, F.ACK]]
+    else:
+        assert kinds == [[F.DATA], [F.ACK]]
+    for body in packets:
+        p.client.receive_packet(body, p.now)
+    p.exchange()
+    assert p.server_got == [b"request"] and p.client_got == [b"reply"]
+    assert p.client.all_acknowledged and p.server.all_acknowledged

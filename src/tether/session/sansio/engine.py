@@ -1163,9 +1163,10 @@ class SessionEngine:
 
     def packets_to_send(self, now: float) -> list[bytes]:
         """Packet bodies to send now (each at most max_packet_size unless one message alone
-        is larger, TCP only). DATA fills whole packets; an ack, AckRequested and the close
-        handshake's frames follow in a packet of their own (or alone when there is no data),
-        so a burst is equal-sized packets ended by a shorter one: one GSO run."""
+        is larger, TCP only). DATA fills whole packets; over UDP an ack, AckRequested and the
+        close handshake's frames follow in a packet of their own (or alone when there is no
+        data), so a burst is equal-sized packets ended by a shorter one: one GSO run; over
+        TCP they fill the last DATA packet first."""
         frames: list[bytes] = []
         if self._control_out:
             frames.extend(self._control_out)
@@ -1211,6 +1212,11 @@ class SessionEngine:
         if not data:
             return self._pack(frames + tail, now)
         frames.extend(data)
+        if self.reliable_transport:
+            # over TCP there is no GSO run to keep equal-sized: the tail rides in the last
+            # data packet where it fits (one packet less for the peer to take apart)
+            frames.extend(tail)
+            return self._pack(frames, now)
         packets = self._pack(frames, now)
         if tail:
             packets.extend(self._pack(tail, now))
