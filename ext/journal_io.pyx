@@ -22,6 +22,9 @@ __all__ = ["BatchWriter", "frame_records", "framed_size", "write_records", "CRC_
 CRC_SEED = 0x5EED_1E55
 MAX_RECORD_SIZE = 0x7FFF_FFFF
 RECORD_HEADER_SIZE = 12
+# the same limit as a C constant: the per-record check compares C integers (comparing with
+# the module's Python int cost ~0.1 us per record, most of submit() for large batches)
+cdef Py_ssize_t _MAX_RECORD = 0x7FFF_FFFF
 
 
 cdef extern from "zlib.h" nogil:
@@ -86,7 +89,7 @@ cdef tuple _records(object records):
         item = <object>PyTuple_GET_ITEM(items, i)
         if type(item) is not bytes:
             raise TypeError(f"records[{i}] must be bytes, got {type(item).__name__}")
-        if PyBytes_GET_SIZE(item) > MAX_RECORD_SIZE:
+        if PyBytes_GET_SIZE(item) > _MAX_RECORD:
             raise ValueError(f"records[{i}] is {PyBytes_GET_SIZE(item)} bytes; the limit is {MAX_RECORD_SIZE}")
     return items
 
@@ -296,6 +299,7 @@ ctypedef struct Shared:
     Job *done_tail
     int stopping             # close(): end once every pending job ran
     int stopped              # a job failed: later jobs are skipped until resume()
+    int idle                 # the writer waits on `wake`: submit() must signal it
     int event_fd
 
 
@@ -337,7 +341,9 @@ cdef void *_writer_main(void *arg) noexcept nogil:
     pthread_mutex_lock(&s.lock)
     while True:
         while s.pending_head == NULL and not s.stopping:
+            s.idle = 1
             pthread_cond_wait(&s.wake, &s.lock)
+        s.idle = 0
         job = s.pending_head
         if job == NULL:
             break
@@ -446,6 +452,7 @@ cdef class BatchWriter:
         job.keep = <PyObject *>items
         cdef Shared *s = self._s
         cdef Py_ssize_t total = job.total
+        cdef int wake
         # The GIL stays held: the writer thread holds the lock for a few instructions only
         # and never takes the GIL, so this cannot deadlock, and it saves a GIL handoff.
         pthread_mutex_lock(&s.lock)
@@ -454,8 +461,15 @@ cdef class BatchWriter:
         else:
             s.pending_tail.next = job
         s.pending_tail = job
+        # Signal only a writer that waits: a busy one takes the job when its current job is
+        # done (it looks at the list under the lock before it waits). This saves the futex
+        # wake-up, and on a loaded machine the preemption of this thread by the woken one,
+        # for every batch submitted while another is being written and synced.
+        wake = s.idle
+        s.idle = 0
         pthread_mutex_unlock(&s.lock)
-        pthread_cond_signal(&s.wake)            # outside the lock: the thread wakes to a free lock
+        if wake:
+            pthread_cond_signal(&s.wake)        # outside the lock: the thread wakes to a free lock
         return total
 
     def finished(self) -> list:

@@ -205,6 +205,31 @@ def test_batch_writer_twins_write_the_same_bytes_in_order(seed, tmp_path):
 
 
 @pytest.mark.parametrize("twin", BOTH, ids=["native", "reference"])
+def test_batch_writer_runs_jobs_submitted_while_it_is_busy_and_while_it_waits(twin, tmp_path):
+    # The native writer is signalled only when it waits for work; a job queued while it
+    # writes is taken when that write is done. Bursts (busy) and single jobs after it went
+    # idle (waiting) must all run, in order.
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    writer = twin.BatchWriter()
+    expected = []
+    token = 0
+    try:
+        for burst in (1, 30, 1, 5, 1, 1, 60):
+            for _ in range(burst):
+                records = [b"%d" % token] * (token % 7)
+                writer.submit(token, fd, records, 11, token % 3 == 0)
+                expected.append(records)
+                token += 1
+            assert [o[0] for o in collect(writer, burst)] == list(range(token - burst, token))
+            time.sleep(0.01)          # the writer goes back to waiting
+    finally:
+        writer.close()
+        os.close(fd)
+    assert path.read_bytes() == b"".join(segment.encode_records(r, 11) for r in expected)
+
+
+@pytest.mark.parametrize("twin", BOTH, ids=["native", "reference"])
 @pytest.mark.parametrize("step", ["write", "sync"])
 def test_batch_writer_stops_after_a_failed_job_until_resumed(twin, step, tmp_path):
     path = tmp_path / "f"
