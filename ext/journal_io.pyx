@@ -251,6 +251,12 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
     int pthread_cond_signal(pthread_cond_t *cond)
 
+cdef extern from "<sched.h>" nogil:
+    struct sched_param:
+        int sched_priority
+    int sched_setscheduler(int pid, int policy, const sched_param *param)
+    int SCHED_BATCH
+
 cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
     int EFD_CLOEXEC
@@ -300,6 +306,7 @@ ctypedef struct Shared:
     int stopping             # close(): end once every pending job ran
     int stopped              # a job failed: later jobs are skipped until resume()
     int idle                 # the writer waits on `wake`: submit() must signal it
+    int background           # run the thread under SCHED_BATCH (see BatchWriter)
     int event_fd
 
 
@@ -338,6 +345,11 @@ cdef void *_writer_main(void *arg) noexcept nogil:
     cdef int skip, was_empty
     cdef uint64_t one = 1
     cdef timespec t0, t1
+    cdef sched_param param
+    if s.background:
+        # pid 0: this thread. Best effort: if refused, the thread runs as before.
+        param.sched_priority = 0
+        sched_setscheduler(0, SCHED_BATCH, &param)
     pthread_mutex_lock(&s.lock)
     while True:
         while s.pending_head == NULL and not s.stopping:
@@ -384,17 +396,25 @@ cdef class BatchWriter:
     submits a batch and goes on; the thread frames, writes and fdatasyncs the batches one
     at a time in submission order, and `event_fd` (an eventfd) becomes readable when jobs
     have finished; `finished()` collects them. After a failed job the writer stops: the
-    jobs queued behind it are not run (reported "skipped") until `resume()`."""
+    jobs queued behind it are not run (reported "skipped") until `resume()`.
+
+    `background=True` runs the thread under SCHED_BATCH: waking it (a submit while it
+    waits) never preempts the submitting thread, which on a busy machine otherwise loses
+    its CPU to the writer at each batch; the writer runs on an idle CPU or at the next
+    scheduling tick instead. For batches nobody waits on a sync for (fsync "never")."""
 
     cdef Shared *_s
     cdef pthread_t _thread
     cdef bint _running
     cdef readonly int event_fd
 
-    def __cinit__(self):
+    def __cinit__(self, background=False):
+        if not isinstance(background, bool):
+            raise TypeError(f"background must be a bool, got {type(background).__name__}")
         self._s = <Shared *>calloc(1, sizeof(Shared))
         if self._s == NULL:
             raise MemoryError()
+        self._s.background = 1 if background else 0
         pthread_mutex_init(&self._s.lock, NULL)
         pthread_cond_init(&self._s.wake, NULL)
         fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
