@@ -258,8 +258,12 @@ cdef class ReceiveWindow:
 
     def ack_ranges(self, max_ranges) -> list:
         """Received numbers as ascending closed (lo, hi) ranges, at most max_ranges (>= 1):
-        when there are more, the lowest range and the max_ranges-1 highest ones. Empty when
-        nothing has been received."""
+        when there are more, the lowest max_ranges. Empty when nothing has been received.
+
+        The lowest, not the newest: a resent message keeps its old number, so ranges around
+        it would never be among the highest while new messages arrive above, and a sender
+        that sees newer messages acknowledged would declare it lost again and again. Every
+        number below the last range sent is accounted for; the rest the next acks say."""
         cdef Py_ssize_t most = _int(max_ranges, "max_ranges")
         cdef Py_ssize_t runs, total, skip_to, r
         cdef bint cumulative = self._complete or self._floor > self._first
@@ -271,14 +275,12 @@ cdef class ReceiveWindow:
                 raise ValueError(f"max_ranges must be >= 1, got {max_ranges}")
             most = (<Py_ssize_t>1) << 62
         runs = self._collect_runs()
-        total = runs + cumulative
-        # Keep range 0, then the highest most-1: skip ranges 1 .. total-most.
-        skip_to = total - most + 1 if total > most else 1
         if cumulative:
             out.append((self._first, self._floor_number() - 1))
         for r in range(runs):
-            if r + cumulative == 0 or r + cumulative >= skip_to:
-                out.append((self._floor + self._runs[2 * r], self._floor + self._runs[2 * r + 1]))
+            if len(out) >= most:
+                break
+            out.append((self._floor + self._runs[2 * r], self._floor + self._runs[2 * r + 1]))
         return out
 
     def __repr__(self) -> str:

@@ -61,10 +61,10 @@ cdef double _time(object value, str name) except? -1.0:
     return t
 
 
-cdef double _delay(object value) except? -1.0:
-    cdef double d = _time(value, "loss_delay")
+cdef double _delay(object value, str name="loss_delay") except? -1.0:
+    cdef double d = _time(value, name)
     if d < 0:
-        raise ValueError(f"loss_delay must be >= 0, got {d!r}")
+        raise ValueError(f"{name} must be >= 0, got {d!r}")
     return d
 
 
@@ -336,15 +336,24 @@ cdef class SendWindow:
             self._ranges[2 * i + 1] = hi
         return count
 
-    def apply_ack(self, list ranges not None, now) -> tuple:
+    def apply_ack(self, list ranges not None, now, resend_delay=None) -> tuple:
         """Apply one acknowledgement: ascending, disjoint (lo, hi) ranges as received (they
         may repeat acks already applied). Returns (newly acked count, newly acked bytes,
         RTT samples): at most one sample, now - the send time of the newest transmission
         this ack newly acknowledges, when it was sent once (Karn's rule) and is newer than
         any transmission acknowledged before (RFC 9002 5.1). A range with lo > hi, not above
         the previous one, or covering a number never sent raises InvalidAcknowledgement and
-        applies nothing."""
+        applies nothing.
+
+        Loss detection counts the newest transmission acknowledged: a message sent once, or,
+        with `resend_delay` (seconds, >= 0), a resent one whose latest transmission went at
+        least that long ago (RFC 8985 6.2: an ack sooner than the minimum RTT after the
+        resend is for an earlier copy). So a resend lost again is found by the resends and
+        new messages sent after it, not only by a timeout."""
         cdef double t = _time(now, "now")
+        cdef bint by_resends = resend_delay is not None
+        cdef double delay = _delay(resend_delay, "resend_delay") if by_resends else 0.0
+        cdef uint64_t newest_any = 0
         cdef Py_ssize_t count = self._parse_ranges(ranges)
         cdef Py_ssize_t r, acked = 0, acked_bytes = 0, i
         cdef uint64_t lowest = self._next - <uint64_t>self._span
@@ -374,9 +383,12 @@ cdef class SendWindow:
                     acked += 1
                     acked_bytes += slot.size
                     # Only a message sent once says which transmission arrived.
-                    if not slot.resent and slot.serial > newest:
-                        newest = slot.serial
-                        newest_sent = slot.first_sent
+                    if not slot.resent:
+                        if slot.serial > newest:
+                            newest = slot.serial
+                            newest_sent = slot.first_sent
+                    elif by_resends and slot.serial > newest_any and t - slot.last_sent >= delay:
+                        newest_any = slot.serial
                     self._unlink(index)
             # The window's low edge moves up over everything acked.
             while self._span > 0 and self._slots[lowest & self._mask].payload == NULL:
@@ -392,6 +404,8 @@ cdef class SendWindow:
             samples = [t - newest_sent]
         else:
             samples = []
+        if newest_any > self._largest_acked_serial:
+            self._largest_acked_serial = newest_any
         # Payloads are dropped last: a destructor then sees a consistent window.
         for i in range(acked):
             Py_DECREF(<object>self._released[i])

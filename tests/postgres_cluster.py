@@ -7,6 +7,8 @@ and yields its URL; at the end of the run it stops the server and removes the di
 Without the server binaries (PostgreSQL 15's, or any `initdb` on PATH), or as a user who can
 neither run them nor become `postgres`, the tests that need it skip, saying why.
 `postgres_database` gives each test a fresh database of its own in that cluster.
+A run that was killed (or ended by pytest-timeout) cannot stop its server: the directory
+names the run's process, and the next run stops and removes a cluster whose run is gone.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import uuid
 import pytest
 
 START_TIMEOUT = 60.0
+OWNER_FILE = "owner.pid"        # the pid of the test run that made the cluster
 
 
 def _bin_dir() -> str | None:
@@ -53,6 +56,8 @@ class Cluster:
             self.user = pwd.getpwnam("postgres")
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         self.superuser = self.user.pw_name if self.user else pwd.getpwuid(os.geteuid()).pw_name
+        with open(os.path.join(self.root, OWNER_FILE), "w") as f:
+            f.write(str(os.getpid()))
 
     def _run(self, *args: str, timeout: float = START_TIMEOUT) -> None:
         def demote() -> None:
@@ -90,6 +95,35 @@ class Cluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_abandoned(bin_dir: str) -> None:
+    """Stop and remove the clusters of earlier runs whose process is gone (a killed run
+    leaves its server running); the clusters of runs still going are left alone."""
+    for root in glob.glob(os.path.join(tempfile.gettempdir(), "tether-pg-*")):
+        try:
+            with open(os.path.join(root, OWNER_FILE)) as f:
+                owner = int(f.read().strip())
+        except (OSError, ValueError):
+            continue            # not made by this module, or still being made
+        if _alive(owner):
+            continue
+        data = os.path.join(root, "data")
+        if os.path.exists(os.path.join(data, "postmaster.pid")):
+            subprocess.run([os.path.join(bin_dir, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=START_TIMEOUT,
+                           user="postgres" if os.geteuid() == 0 else None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _why_not() -> str | None:
     try:
         import asyncpg  # noqa: F401
@@ -111,7 +145,9 @@ def postgres_cluster():
     reason = _why_not()
     if reason is not None:
         pytest.skip(f"PostgreSQL store tests: {reason}")
-    cluster = Cluster(_bin_dir())
+    bin_dir = _bin_dir()
+    remove_abandoned(bin_dir)
+    cluster = Cluster(bin_dir)
     try:
         cluster.start()
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:

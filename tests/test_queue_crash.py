@@ -87,6 +87,10 @@ def run_and_kill(directory, run: int, rng: random.Random) -> tuple[dict[str, str
             assert child.poll() is None, f"child exited with {child.returncode}"
             assert time.monotonic() < deadline, "child did not start"
             time.sleep(0.01)
+        if run % 2:
+            # every other run is killed only after a compaction finished (then anywhere in
+            # the next ones): on a loaded machine a purely timed kill may come before any
+            _wait_for_compaction(log_path, child)
         time.sleep(rng.uniform(0.02, 0.4))
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
@@ -108,6 +112,17 @@ def run_and_kill(directory, run: int, rng: random.Random) -> tuple[dict[str, str
         elif parts[0] == "K":
             COMPACTIONS.append(int(parts[1]))
     return sent, received, completed
+
+
+def _wait_for_compaction(log_path: str, child: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        with open(log_path, "rb") as f:
+            if b"\nK " in f.read():
+                return
+        assert child.poll() is None, f"child exited with {child.returncode}"
+        assert time.monotonic() < deadline, "no compaction within 60 s of load"
+        time.sleep(0.01)
 
 
 def _started(log_path: str) -> bool:

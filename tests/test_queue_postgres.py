@@ -350,6 +350,32 @@ async def test_metrics_read_the_database_counts_as_of_the_previous_scrape(manage
     assert 'tether_queue_in_flight{queue="metered"} 1.0' in text
 
 
+async def test_a_managers_clock_replaces_the_databases(postgres_url):
+    """With clock=, statements take `now` from it: the message is stamped, locked and found
+    expired by that clock, not the database's (the queue simulation relies on it)."""
+    now = [2_000_000_000.0]            # years ahead of the database's clock
+    async with tether.QueueManager.open(postgres_url, clock=lambda: now[0]) as qm:
+        await qm.create_queue("q", validity_duration=5.0)
+        await qm.send("q", b"a", time_to_live=60)
+        m = await qm.receive("q", timeout=0)
+        assert m.enqueued_at == now[0] and m.expires_at == now[0] + 60
+        assert m.lock_deadline == now[0] + 5.0          # lock_until computed in the database
+        await m.abandon()
+        now[0] += 61                                     # past its time-to-live by this clock only
+        assert await qm.receive("q", timeout=0) is None
+        await qm.operations._sweep()
+        dead = await qm.receive("$dead", timeout=0)
+        assert dead.body == b"a" and dead.dead_letter_reason == "expired"
+        await dead.complete()
+
+
+async def test_clock_must_be_callable(postgres_url):
+    with pytest.raises(TypeError, match="clock must be a callable"):
+        await tether.QueueManager.open(postgres_url, clock=5.0)
+    with pytest.raises(TypeError, match="clock must be a callable"):
+        await tether.QueueManager.open(clock="now")
+
+
 async def test_the_forwarding_floor_never_passes_a_send_still_committing(postgres_url):
     """A message bound for a transmission queue is numbered under the queue's row lock in
     its sending transaction: while that transaction is open, the floor told to the target

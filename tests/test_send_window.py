@@ -91,7 +91,7 @@ def test_native_matches_reference(capacity, max_retries, first_number, data):
             call = ("push", batch, now, start, count)
         elif op == "ack":
             ranges = data.draw(ack_ranges(first_number, reference.lowest_unacked, reference.next_number))
-            call = ("apply_ack", ranges, now)
+            call = ("apply_ack", ranges, now, data.draw(st.sampled_from([None, 0.0, 0.3, 1.0, 100.0])))
         elif op == "due":
             call = ("retransmit_due", now, data.draw(st.sampled_from([0.3, 1.0, 2.0])),
                     data.draw(st.sampled_from([1.5, 4.0, math.inf])), data.draw(st.sampled_from([-1, 0, 1, 3])))
@@ -369,6 +369,36 @@ def test_loss_detection_ignores_acks_of_resent_messages(SendWindow):
     assert w.loss_deadline(0.0) is None
     w.apply_ack([(1, 1), (5, 5)], 1.2)  # serial 6 acked: 2 (serial 2) is lost, 3 (4) is not
     assert [n for n, _ in w.detect_lost(1.2, LONG)] == [2]
+
+
+def test_with_a_resend_delay_an_acked_resend_finds_an_earlier_resend_lost(SendWindow):
+    """RFC 8985 by send order: 1 and 2 are resent (serials 3, 4), the resend of 1 is lost
+    again; acks of the resend of 2 and of messages sent after it find it."""
+    w = SendWindow(16, 5)
+    w.push(payloads(2), 0.0)                          # serials 1, 2
+    w.retransmit_due(1.0, 1.0, 60.0)                  # 1, 2 again: serials 3, 4
+    w.push(payloads(2, 2), 1.0)                       # 3, 4: serials 5, 6
+    # too soon after the resend (0.05 < 0.1): the ack of 2 may be for its first copy
+    w.apply_ack([(2, 2)], 1.05, 0.1)
+    assert w.detect_lost(1.05, LONG) == []
+    w.apply_ack([(2, 2)], 1.2, 0.1)                   # a repeat: 2 already acked, nothing new
+    assert w.detect_lost(1.2, LONG) == []
+    w2 = SendWindow(16, 5)
+    w2.push(payloads(2), 0.0)
+    w2.retransmit_due(1.0, 1.0, 60.0)
+    w2.push(payloads(2, 2), 1.0)
+    w2.apply_ack([(2, 2)], 1.2, 0.1)                  # serial 4 counts: 1 (serial 3) is before it
+    assert [n for n, _ in w2.detect_lost(1.2, 0.1)] == [1]   # by the time threshold
+    w3 = SendWindow(16, 5)
+    w3.push(payloads(2), 0.0)
+    w3.retransmit_due(1.0, 1.0, 60.0)
+    w3.push(payloads(4, 2), 1.0)                      # serials 5..8
+    w3.apply_ack([(2, 2), (5, 6)], 1.2)               # without resend_delay: serial 8 counts
+    assert [n for n, _ in w3.detect_lost(1.2, LONG)] == [1, 3]   # 3 (serial 5) too: 3 later
+    with pytest.raises(ValueError, match="resend_delay"):
+        SendWindow(4, 1).apply_ack([], 0.0, -1.0)
+    with pytest.raises(TypeError, match="resend_delay"):
+        SendWindow(4, 1).apply_ack([], 0.0, "0.1")
 
 
 def test_time_threshold_declares_older_transmissions_lost(SendWindow):

@@ -53,7 +53,7 @@ import re  # noqa: E402
 import tether  # noqa: E402
 from tether.errors import SESSION_FAULTS  # noqa: E402
 from tether.session.adapters import tcp, udp  # noqa: E402
-from tether.session.sansio import ended, engine  # noqa: E402
+from tether.session.sansio import congestion, ended, engine  # noqa: E402
 from tether.session.sansio.engine import SessionEngine  # noqa: E402
 from tether.session.sansio.frames import FrameType  # noqa: E402
 from tether.session.sansio.settings import SessionSettings  # noqa: E402
@@ -218,6 +218,13 @@ QUOTED = [
     ("wire-protocol.md", "at most `min(3, max_retry_count)` times", engine.K_TERMINATE_RETRIES, 3),
     ("wire-protocol.md", "the window starts at 10 packets",
      (_engine(1452, max_transfer_window=64)._cc.cwnd, _engine(1452)._cc.cwnd), (10 * 1452, 8 * 1452)),
+    ("wire-protocol.md", "twice the bandwidth times the smoothed RTT, never below 4 packets",
+     (congestion.K_WINDOW_GAIN, congestion.K_MODEL_FLOOR_PACKETS), (2.0, 4)),
+    ("wire-protocol.md", "pacing runs at 2.885 times the window per RTT",
+     congestion.K_STARTUP_GAIN, 2.885),
+    ("wire-protocol.md", "the largest of the last 10 such\n  samples", congestion.K_BANDWIDTH_SAMPLES, 10),
+    ("wire-protocol.md", "a burst of at most 4\npackets or 2 ms of the rate",
+     (engine.PACING_BURST_PACKETS, engine.PACING_BURST_TIME), (4, 0.002)),
     ("sessions.md", "`min(inactivity_timeout / 4, 30 s)`",
      (SessionSettings(inactivity_timeout=600).keepalive_interval,
       SessionSettings(inactivity_timeout=20).keepalive_interval), (30.0, 5.0)),

@@ -423,9 +423,14 @@ def test_rto_backoff_doubles_then_retry_limit_exceeded(core) -> None:
     p.client.flush(p.now)     # with an AckRequested, as every probe: no wait for the ack delay
     p.client.packets_to_send(p.now)              # the peer never hears it
     times = [p.now]
+    # first the tail probe: nothing new to send, so an AckRequested alone, nothing resent
+    p.fire(p.client)
+    assert p.kinds(p.client.packets_to_send(p.now)) == [F.ACK_REQUESTED]
+    assert (p.client.stats["tail_probes"], p.client.stats["resent"]) == (1, 0)
     for _ in range(4):
         times.append(p.fire(p.client))
         assert F.DATA in p.kinds(p.client.packets_to_send(p.now))
+    assert p.client.stats["tail_probes"] == 1     # one per flight, until an ack makes progress
     gaps = [b - a for a, b in zip(times, times[1:])]
     for a, b in zip(gaps, gaps[1:]):
         assert b == pytest.approx(2 * a)
@@ -1499,6 +1504,9 @@ def test_probe_timeouts_leave_the_window_alone_until_persistent_congestion(core)
     cwnd = p.client.stats["cwnd"]
     assert cwnd > 2 * DATAGRAM
     _sent_packets(p, [b"x" * 100])              # lost, and every probe after it
+    p.fire(p.client)                            # the tail probe: an AckRequested alone
+    assert p.client.stats["tail_probes"] == 1 and p.client.stats["cwnd"] == cwnd
+    p.client.packets_to_send(p.now)
     for timeouts in (1, 2):
         p.fire(p.client)
         assert F.DATA in p.kinds(p.client.packets_to_send(p.now))

@@ -81,6 +81,11 @@ REGRESSION_SEEDS = [
     # crawled a message per minute to the time limit. Fixed: an ack opening more than the
     # peer's window (its handshake's) is a ProtocolError.
     ("hostile", 883139024394),
+    # Soak: a tail probe (acks stopped; one packet of new data beyond the congestion window)
+    # took as many messages as the pending average said fit a packet, and with small and
+    # fragmented messages mixed that was more than a packet beyond the window. Fixed: the
+    # probe takes the messages that fit one packet.
+    ("spoofed", 32127868247),
 ]
 
 
@@ -278,48 +283,108 @@ def test_basic_scenarios_pass_on_both_transports() -> None:
 
 # ---- congestion control ----
 
-@pytest.mark.parametrize("core_name", ["native", "reference"])
-def test_congestion_window_falls_on_loss_recovers_and_stays_within_the_windows(core_name) -> None:
-    """A bulk transfer through a 1 MB/s bottleneck with a short drop-tail queue: the queue
-    overflows, each loss period cuts the window (by 30%) (the harness checks every step that it is
-    then its ssthresh, that it stays within [2 packets, both windows' worth of packets] and
-    that no new message goes out at or over it), and it grows back in between."""
-    cond = Conditions(delay=0.005, bandwidth=1e6, queue_limit=0.01)
-    scenario = basic(client={"max_transfer_window": 256}, server={"max_transfer_window": 128},
-                     client_total=4000, server_total=0, conditions=cond)
+def _bulk(cond: Conditions, total: int, *, size: int = 1000, client_window: int = 256,
+          server_window: int = 128):
+    """A client sending `total` messages of up to `size` bytes as fast as it may, the server
+    reading eagerly; both close once done."""
+    scenario = basic(client={"max_transfer_window": client_window},
+                     server={"max_transfer_window": server_window},
+                     client_total=total, server_total=0, conditions=cond)
     spec = scenario.clients[0]
-    plan = dataclasses.replace(spec.plan, small_max=1000, batch_max=64, gap=0.0)
+    plan = dataclasses.replace(spec.plan, small_max=size, batch_max=64, gap=0.0)
     server_plan = dataclasses.replace(spec.server_plan, close_role="closer")
-    scenario = dataclasses.replace(scenario, clients=(dataclasses.replace(
+    return dataclasses.replace(scenario, clients=(dataclasses.replace(
         spec, plan=plan, server_plan=server_plan),))
+
+
+def _run_bulk(scenario, core_name: str):
+    """Run it recording the client's controller after every step: (time, cwnd, bandwidth
+    estimate, state), and when the server had received everything."""
     sim = Simulation(scenario, _core(core_name), core_name=core_name)
-    client = None
-    trace: list[tuple[float, float, float]] = []
+    trace: list[tuple[float, float, float, str]] = []
+    done: list[float] = []
     pump = sim._pump
+    total = scenario.clients[0].plan.total
 
     def recording_pump(ep):
         pump(ep)
-        if ep.side == 0 and ep.engine._cc is not None:
-            cc = ep.engine._cc
-            if not trace or trace[-1][1:] != (cc.cwnd, cc.ssthresh):
-                trace.append((sim.clock.now, cc.cwnd, cc.ssthresh))
+        cc = sim.clients[0].engine._cc if sim.clients else None
+        if cc is not None and (not trace or trace[-1][1:] != (cc.cwnd, cc.bandwidth, cc.state)):
+            trace.append((sim.clock.now, cc.cwnd, cc.bandwidth, cc.state))
+        if not done and sim.servers and sim.servers[0].app.received >= total:
+            done.append(sim.clock.now)
 
     sim._pump = recording_pump
     sim.run()
+    assert sim.clients[0].app.error is None and sim.servers[0].app.received == total
+    return sim, trace, done[0]
+
+
+@pytest.mark.parametrize("core_name", ["native", "reference"])
+def test_congestion_control_converges_to_a_bottleneck_with_a_finite_queue(core_name) -> None:
+    """A bulk transfer through a 1 MB/s bottleneck with a short drop-tail queue (10 ms, about
+    one bandwidth-delay product): the queue overflows while the sender looks for the
+    bandwidth, then the bandwidth estimate settles at the bottleneck, the transfer runs near
+    its rate, and the queue drops stay a small share of what was sent. The window never
+    exceeds what both windows let be in flight (the harness also checks, every step, that it
+    stays within [2 packets, that] and that no new message goes out at or over it, a tail
+    probe's one packet aside)."""
+    cond = Conditions(delay=0.005, bandwidth=1e6, queue_limit=0.01)
+    sim, trace, done = _run_bulk(_bulk(cond, 4000), core_name)
+    up = sim.paths[0].up.stats
     client = sim.clients[0]
-    assert client.app.error is None and sim.servers[0].app.received == 4000
-    packet = scenario.max_packet_size
-    assert client.engine.stats["resent"] > 0 and sim.paths[0].up.stats.queue_drops > 0
-    assert client.cc_reductions >= 2                       # more than one loss period
-    falls = [i for i in range(1, len(trace)) if trace[i][1] < trace[i - 1][1]]
-    assert falls, "the window never fell"
-    for i in falls:
-        before, after = trace[i - 1][1], trace[i][1]
-        assert after < before   # cut (by 30%, or to what the path delivered)
-    first = falls[0]
-    assert max(cwnd for _, cwnd, _ in trace[first:]) > trace[first][1]   # and grew again
-    most = min(256, 128) * packet
-    assert max(cwnd for _, cwnd, _ in trace) <= most
+    assert up.queue_drops > 0                           # the queue did overflow
+    assert up.queue_drops <= 0.03 * up.sent             # ... a bounded share of the packets
+    settled = [bw for t, _, bw, state in trace if state == "probe_bandwidth" and t > done / 2]
+    assert settled and min(settled) >= 0.8e6 and max(settled) <= 1.3e6
+    # ~500 bytes a message on average: 4000 messages are ~2 MB, ~2 s at 1 MB/s
+    payload = 4000 * (1000 + 5) / 2
+    assert payload / done >= 0.8e6
+    most = min(256, 128) * sim.scenario.max_packet_size
+    assert max(cwnd for _, cwnd, _, _ in trace) <= most
+    assert client.cc_reductions >= 2                    # loss periods were seen and survived
+
+
+@pytest.mark.parametrize("core_name", ["native", "reference"])
+def test_congestion_control_keeps_the_rate_under_random_loss(core_name) -> None:
+    """5% random loss both ways on a path whose 1 MB/s bottleneck has room (a 100 ms queue):
+    losses do not shrink the window or the bandwidth estimate, so the transfer still runs
+    near the bottleneck's rate (a controller that cut the window once per loss period would
+    hold a few packets here: ~10 ms RTT, ~7 packets of window, ~0.7 MB/s at best), and the
+    window stays above the bandwidth-delay product."""
+    lossy = Conditions(delay=0.005, bandwidth=1e6, queue_limit=0.1, loss=0.05)
+    sim, trace, done = _run_bulk(_bulk(lossy, 4000), core_name)
+    assert sim.paths[0].up.stats.lost > 100 and sim.clients[0].engine.stats["resent"] > 100
+    payload = 4000 * (1000 + 5) / 2
+    assert payload / done >= 0.8e6 * 0.95
+    late = [(cwnd, bw) for t, cwnd, bw, state in trace if state == "probe_bandwidth" and t > done / 2]
+    assert late
+    assert min(bw for _, bw in late) >= 0.8e6
+    assert min(cwnd for cwnd, _ in late) >= 1e6 * 0.010   # at least one BDP (1 MB/s x 10 ms)
+
+
+def test_full_acks_under_loss_with_a_large_window(monkeypatch) -> None:
+    """A 50 MB/s path of 10 ms each way at 5% loss: the window holds hundreds of messages, so
+    acks reach their 32-range cap (they then carry the lowest ranges) while resends and new
+    messages mix; the transfer completes at a useful rate with no fault (the harness fails
+    on RetryLimitExceeded under these conditions). (On the veth bench, acks that kept the
+    newest ranges instead left the ranges around a resent message out for good and ended a
+    1 KiB row in RetryLimitExceeded; this schedule does not reproduce that.) Native core
+    only: the twin's windows scan every held message per call, too slow for 4096."""
+    from tether.session.sansio import engine as engine_module
+    most = [0]
+    on_ack = engine_module.SessionEngine._on_ack
+
+    def counting(self, frame, now):
+        most[0] = max(most[0], len(frame[2]))
+        return on_ack(self, frame, now)
+
+    monkeypatch.setitem(engine_module._HANDLERS, engine_module.F.ACK, counting)
+    cond = Conditions(delay=0.01, loss=0.05, bandwidth=50e6, queue_limit=0.005)
+    sim, _, done = _run_bulk(_bulk(cond, 12000, client_window=4096, server_window=4096), "native")
+    assert most[0] == 32                    # acks were full
+    assert sim.clients[0].engine.stats["resent"] > 300
+    assert 12000 * 500 / done > 5e6         # and the transfer kept going (~6 MB in < 1.2 s)
 
 
 # ---- replay and soak ----

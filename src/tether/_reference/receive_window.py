@@ -139,7 +139,8 @@ class ReceiveWindow:
 
     def ack_ranges(self, max_ranges: int) -> list[tuple[int, int]]:
         """Received numbers as ascending closed ranges; when there are more than
-        max_ranges, the lowest range and the max_ranges-1 highest ones."""
+        max_ranges, the lowest max_ranges (a resent message keeps its old number: ranges
+        around it must not be crowded out by newer ones)."""
         max_ranges = _int(max_ranges, "max_ranges")
         if max_ranges < 1:
             raise ValueError(f"max_ranges must be >= 1, got {max_ranges}")
@@ -151,9 +152,7 @@ class ReceiveWindow:
                 ranges[-1] = (ranges[-1][0], number)
             else:
                 ranges.append((number, number))
-        if len(ranges) > max_ranges:
-            ranges = ranges[:1] + (ranges[len(ranges) - max_ranges + 1:] if max_ranges > 1 else [])
-        return ranges
+        return ranges[:max_ranges]
 
     def __repr__(self) -> str:
         return (

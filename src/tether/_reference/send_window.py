@@ -58,10 +58,10 @@ def _rto_pair(rto: object, max_rto: object) -> tuple[float, float]:
     return r, m
 
 
-def _delay(value: object) -> float:
-    d = _time(value, "loss_delay")
+def _delay(value: object, name: str = "loss_delay") -> float:
+    d = _time(value, name)
     if d < 0:
-        raise ValueError(f"loss_delay must be >= 0, got {d!r}")
+        raise ValueError(f"{name} must be >= 0, got {d!r}")
     return d
 
 
@@ -174,14 +174,18 @@ class SendWindow:
 
     # ---- acknowledgement ----
 
-    def apply_ack(self, ranges: list, now: float) -> tuple[int, int, list[float]]:
+    def apply_ack(self, ranges: list, now: float,
+                  resend_delay: float | None = None) -> tuple[int, int, list[float]]:
         """Apply one acknowledgement; (newly acked count, newly acked bytes, RTT samples):
         at most one sample, now - the send time of the newest transmission this ack newly
         acknowledges, when it was sent once (Karn's rule) and is newer than any transmission
-        acknowledged before (RFC 9002 5.1)."""
+        acknowledged before (RFC 9002 5.1). Loss detection counts the newest transmission
+        acknowledged: one sent once, or with `resend_delay` a resent one whose latest
+        transmission went at least that long ago (RFC 8985 6.2)."""
         if not isinstance(ranges, list):
             raise TypeError(f"ranges must be a list, got {type(ranges).__name__}")
         now = _time(now, "now")
+        delay = None if resend_delay is None else _delay(resend_delay, "resend_delay")
         checked = []
         for i, item in enumerate(ranges):
             if not isinstance(item, tuple) or len(item) != 2:
@@ -202,6 +206,7 @@ class SendWindow:
             checked.append((lo, hi))
         acked = acked_bytes = 0
         newest: _Sent | None = None
+        newest_resent = 0   # serial of the newest resent transmission that counts
         lowest = self.lowest_unacked
         for lo, hi in checked:
             for number in range(max(lo, lowest), hi + 1):
@@ -212,13 +217,18 @@ class SendWindow:
                 acked += 1
                 acked_bytes += sent.size
                 # Only a message sent once says which transmission arrived (Karn's rule).
-                if not sent.resent and (newest is None or sent.serial > newest.serial):
-                    newest = sent
+                if not sent.resent:
+                    if newest is None or sent.serial > newest.serial:
+                        newest = sent
+                elif delay is not None and sent.serial > newest_resent and now - sent.last_sent >= delay:
+                    newest_resent = sent.serial
         self._bytes -= acked_bytes
         samples: list[float] = []
         if newest is not None and newest.serial > self._largest_acked_serial:
             self._largest_acked_serial = newest.serial
             samples.append(now - newest.first_sent)
+        if newest_resent > self._largest_acked_serial:
+            self._largest_acked_serial = newest_resent
         return acked, acked_bytes, samples
 
     # ---- retransmission ----

@@ -221,7 +221,7 @@ def _result(name: str, size: int, sent: dict, received: dict, **extra) -> Result
     # kept sending (its last batch may be delivered before the deadline it stopped at)
     elapsed = max(received["end"], sent["stopped"]) - sent["start"]
     counters = {k: v for k, v in {**sent, **received}.items()
-                if k in ("retransmission_timeouts", "fast_retransmits", "duplicates", "refused",
+                if k in ("retransmission_timeouts", "fast_retransmits", "tail_probes", "duplicates", "refused",
                          "srtt", "cwnd", "receiver_packets", "receiver_sent")}
     # CPU per message on each side (separate processes only): what a loaded machine blurs
     # least

@@ -170,8 +170,8 @@ async def send_session(kind: str, host: str, port: int, size: int, window: int,
     stats = client.stats
     return {"start": start, "stopped": stopped, "sent": out.sent, "resent": stats["resent"],
             "retransmission_timeouts": stats["retransmission_timeouts"],
-            "fast_retransmits": stats["fast_retransmits"], "srtt": stats["rtt"],
-            "cwnd": stats["cwnd"], "sender_cpu_s": cpu_seconds() - cpu}
+            "fast_retransmits": stats["fast_retransmits"], "tail_probes": stats["tail_probes"],
+            "srtt": stats["rtt"], "cwnd": stats["cwnd"], "sender_cpu_s": cpu_seconds() - cpu}
 
 
 class SessionReceiver:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, Unpack, cast
 
@@ -103,7 +104,8 @@ class QueueManager:
              max_disk_bytes: int | None = None, source_journal: bool = False,
              journal_max_length: int | None = DEFAULT_JOURNAL_MAX_LENGTH,
              journal_time_to_live: float | None = DEFAULT_JOURNAL_TIME_TO_LIVE,
-             client_grace: float = DEFAULT_CLIENT_GRACE) -> Opening[QueueManager]:
+             client_grace: float = DEFAULT_CLIENT_GRACE,
+             clock: Callable[[], float] | None = None) -> Opening[QueueManager]:
         """Open the queue manager whose journal is in `data_dir` (created if missing, 0700),
         recovering its queues and durable messages. Without `data_dir` everything is in
         memory. `data_dir` may instead be a PostgreSQL URL ("postgresql://user@host/db",
@@ -120,7 +122,10 @@ class QueueManager:
         LimitExceeded. `source_journal`: keep a copy of every message forwarded to another
         queue manager, once it acknowledged it, in `$journal` (a send's `journal=` decides
         for itself), at most `journal_max_length` copies (the oldest go) for
-        `journal_time_to_live` seconds (None: no such bound).
+        `journal_time_to_live` seconds (None: no such bound). `clock` (epoch seconds; default
+        the wall clock) stamps messages and keeps their deadlines; on a PostgreSQL store the
+        statements take their `now` from it too, instead of the database's clock (the
+        simulation drives every manager of one database on one simulated clock).
 
         Raises JournalCorrupt when the journal is damaged beyond a torn tail (nothing is
         changed; see `tether qm check` and `tether qm repair`), QueueError when another
@@ -141,6 +146,8 @@ class QueueManager:
         if isinstance(client_grace, bool) or not isinstance(client_grace, (int, float)) \
                 or not (client_grace > 0 and math.isfinite(client_grace)):
             raise ValueError(f"client_grace must be a finite number of seconds > 0, not {client_grace!r}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning epoch seconds, or None, not {clock!r}")
         checked_remotes = validate_remotes(remotes)
         journal = JournalSettings.create(source_journal, journal_max_length, journal_time_to_live)
 
@@ -148,7 +155,7 @@ class QueueManager:
             if is_postgres_url(data_dir):
                 return await cls._open_shared(str(data_dir), float(dedupe_window), max_queues, journal,
                                               checked_remotes, client_grace, listen,
-                                              dict(ssl=ssl, users=users, allow_anonymous=allow_anonymous))
+                                              dict(ssl=ssl, users=users, allow_anonymous=allow_anonymous), clock)
             store: Store
             if data_dir is None:
                 store = MemoryStore()
@@ -157,7 +164,7 @@ class QueueManager:
                                                 segment_size=segment_size, compact_ratio=compact_ratio,
                                                 compact_min_bytes=compact_min_bytes)
             try:
-                operations = _recover(store, float(dedupe_window), max_queues, max_disk_bytes, journal)
+                operations = _recover(store, float(dedupe_window), max_queues, max_disk_bytes, journal, clock)
                 await operations.wait_for(operations.core.start())
             except BaseException:
                 await store.close()
@@ -180,11 +187,11 @@ class QueueManager:
     @classmethod
     async def _open_shared(cls, url: str, dedupe_window: float, max_queues: int, journal: JournalSettings,
                            remotes: dict[str, Remote], client_grace: float, listen: str | None,
-                           serving: dict[str, Any]) -> QueueManager:
+                           serving: dict[str, Any], clock: Callable[[], float] | None = None) -> QueueManager:
         """A manager on a shared (PostgreSQL) store: its operations are the database's."""
         from .shared_operations import SharedQueueOperations
 
-        store = await PostgresStore.open(url, client_grace=client_grace)
+        store = await PostgresStore.open(url, client_grace=client_grace, clock=clock)
         try:
             core = QueueCore(store.owner, journaled=False, producer_expiry=dedupe_window, max_queues=max_queues,
                              journal=journal)
@@ -538,14 +545,14 @@ class QueueManager:
 
 
 def _recover(store: Store, dedupe_window: float, max_queues: int, max_disk_bytes: int | None,
-             journal: JournalSettings | None = None) -> QueueOperations:
+             journal: JournalSettings | None = None, clock: Callable[[], float] | None = None) -> QueueOperations:
     """A core with the store's records replayed into it, and its operations glue."""
     state = ReplayState()
     state.apply_records(store.recovered)
     store.release_recovered()
     core = QueueCore(state.manager_id or os.urandom(16), journaled=store.durable, producer_expiry=dedupe_window,
                      max_queues=max_queues, journal=journal)
-    operations = QueueOperations(core, store, max_disk_bytes=max_disk_bytes)
+    operations = QueueOperations(core, store, clock or time.time, max_disk_bytes=max_disk_bytes)
     now = operations.now()
     core.load(state, now)
     core.handle_timer(now)      # what fell due while the manager was down, before anyone receives

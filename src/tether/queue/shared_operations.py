@@ -211,7 +211,9 @@ class SharedQueueOperations:
         self._owner = store.owner
         self._loop = asyncio.get_running_loop()
         self._clock = clock
-        self._waiters: dict[str, set[asyncio.Future]] = {}
+        #: per queue, its receivers' wake-ups in the order they began waiting (a dict, not a
+        #: set: a NOTIFY wakes them in that order, the same in every run)
+        self._waiters: dict[str, dict[asyncio.Future, None]] = {}
         self._asking: dict[str, list[asyncio.Future]] = {}     # receives joining the next claim
         self._claiming: set[str] = set()                        # queues with a claim on its way
         self._names: dict[str, _QueueName] = {}
@@ -246,7 +248,7 @@ class SharedQueueOperations:
     @classmethod
     async def start(cls, core: QueueCore, store: PostgresStore, dedupe_window: float) -> SharedQueueOperations:
         """Operations on `store`: definitions loaded, notifications listened to, a first sweep."""
-        operations = cls(core, store, dedupe_window=dedupe_window)
+        operations = cls(core, store, store.clock or time.time, dedupe_window=dedupe_window)
         await store.listen(operations._notified, operations._definitions_changed, operations._lease_lost)
         await operations.refresh_definitions()
         await operations._sweep()
@@ -862,10 +864,10 @@ class SharedQueueOperations:
             if timeout != timeout:
                 raise ValueError("receive timeout must be a number of seconds or None, not nan")
         end = None if timeout is None else self._loop.time() + max(0.0, timeout)
-        waiters = self._waiters.setdefault(name, set())
+        waiters = self._waiters.setdefault(name, {})
         while True:
             wake = self._loop.create_future()
-            waiters.add(wake)      # before the attempt: a NOTIFY during it is not missed
+            waiters[wake] = None   # before the attempt: a NOTIFY during it is not missed
             try:
                 attempt_task = self._loop.create_task(attempt())
                 try:
@@ -886,7 +888,7 @@ class SharedQueueOperations:
                     return None
                 self._check_open()
             finally:
-                waiters.discard(wake)
+                waiters.pop(wake, None)
 
     def _give_back_late(self, task: asyncio.Task) -> None:
         if task.cancelled() or task.exception() is not None:

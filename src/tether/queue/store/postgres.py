@@ -57,8 +57,10 @@ class PostgresStore:
     shared = True
 
     def __init__(self, url: str, pool: Any, lock_pool: Any, listener: Any, owner: bytes,
-                 client_grace: float) -> None:
+                 client_grace: float, clock: Callable[[], float] | None = None) -> None:
         self.url = url
+        #: the clock statements take `now` from (None: the database's own)
+        self.clock = clock
         self.pool = pool
         #: for statements whose commit need not wait for the disk (claims, lock renewals):
         #: synchronous_commit off
@@ -78,9 +80,11 @@ class PostgresStore:
 
     @classmethod
     async def open(cls, url: str, *, client_grace: float = DEFAULT_CLIENT_GRACE,
-                   pool_size: int = DEFAULT_POOL_SIZE) -> PostgresStore:
-        """Connect, create the tables if missing, and take a lease. ValueError naming a bad
-        setting; StorageError when the database cannot be reached or is not ours."""
+                   pool_size: int = DEFAULT_POOL_SIZE, clock: Callable[[], float] | None = None) -> PostgresStore:
+        """Connect, create the tables if missing, and take a lease. With `clock` (epoch
+        seconds), statements take their `now` from it instead of the database's clock (a
+        simulated clock: every manager of the database must then share it). ValueError
+        naming a bad setting; StorageError when the database cannot be reached or is not ours."""
         if not is_postgres_url(url):
             raise ValueError(f"a PostgreSQL store needs a postgresql:// URL, not {url!r}")
         if isinstance(client_grace, bool) or not isinstance(client_grace, (int, float)) \
@@ -88,12 +92,15 @@ class PostgresStore:
             raise ValueError(f"client_grace must be a finite number of seconds > 0, not {client_grace!r}")
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 2:
             raise ValueError(f"pool_size must be an integer >= 2, not {pool_size!r}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning epoch seconds, or None, not {clock!r}")
         try:
             import asyncpg
         except ImportError as exc:
             raise StorageError("the PostgreSQL store needs asyncpg: pip install 'tether[postgres]'") from exc
         try:
-            pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size)
+            pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, setup=_clock_setup(clock),
+                                             reset=_keep_session)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot connect to {redacted(url)}: {exc}") from exc
         listener = None
@@ -113,7 +120,8 @@ class PostgresStore:
                                    socket.gethostname(), os.getpid(), float(client_grace))
             listener = await asyncpg.connect(url)
             lock_pool = await asyncpg.create_pool(url, min_size=1, max_size=max(2, pool_size // 2),
-                                                  server_settings={"synchronous_commit": "off"})
+                                                  server_settings={"synchronous_commit": "off"},
+                                                  setup=_clock_setup(clock), reset=_keep_session)
         except BaseException as exc:
             if listener is not None:
                 await listener.close()
@@ -121,7 +129,7 @@ class PostgresStore:
             if isinstance(exc, asyncpg.PostgresError):
                 raise StorageError(f"{redacted(url)}: {exc}") from exc
             raise
-        store = cls(url, pool, lock_pool, listener, owner, float(client_grace))
+        store = cls(url, pool, lock_pool, listener, owner, float(client_grace), clock)
         store._lease_task = asyncio.get_running_loop().create_task(store._keep_lease())
         return store
 
@@ -228,3 +236,25 @@ class PostgresStore:
                 await self.lock_pool.close()
                 await self.pool.close()
 
+
+def _clock_setup(clock: Callable[[], float] | None) -> Callable[[Any], Any] | None:
+    """A pool's `setup` that gives each connection, as it is handed out, the clock's time as
+    `tether.now` (postgres_schema.NOW), unless it has that time already; None without a clock."""
+    if clock is None:
+        return None
+    given: dict[int, float] = {}      # server process id -> the time it was given last
+
+    async def setup(conn: Any) -> None:
+        now = float(clock())
+        pid = conn.get_server_pid()
+        if given.get(pid) != now:
+            await conn.execute("SELECT set_config('tether.now', $1, false)", repr(now))
+            given[pid] = now
+    return setup
+
+
+async def _keep_session(conn: Any) -> None:
+    """A pool's `reset`: nothing beyond asyncpg's own (an open transaction is rolled back).
+    The pools' sessions hold no state to clear (no LISTEN, cursors, session advisory locks or
+    settings but `tether.now`, set at every acquire), and the default reset costs a round
+    trip per release."""

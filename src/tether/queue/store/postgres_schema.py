@@ -9,14 +9,17 @@ its peek-lock as three columns: the owning queue manager (`lock_owner`), the loc
 `tether_forwarders` per transmission queue its forwarder's producer id at the target, the
 next sequence to number a message with, and which queue manager forwards it now.
 Times are epoch seconds (double precision) of the database's clock (`NOW` below), so hosts
-whose clocks differ still agree on when a lock or a lease ran out.
+whose clocks differ still agree on when a lock or a lease ran out; a store opened with a
+clock of its own (tests on a simulated clock) sets `tether.now` in each session instead.
 
 Created once, under an advisory lock, by the first queue manager that opens the database.
 """
 from __future__ import annotations
 
-#: The database's wall clock, epoch seconds.
-NOW = "extract(epoch from clock_timestamp())::float8"
+#: The database's wall clock, epoch seconds; or the session's `tether.now` where a store
+#: with its own clock set it (PostgresStore.open(clock=...)).
+NOW = ("coalesce(nullif(current_setting('tether.now', true), '')::float8, "
+       "extract(epoch from clock_timestamp())::float8)")
 
 #: Bumped when the tables change shape; a database of another version is refused.
 SCHEMA_VERSION = 1

@@ -34,7 +34,6 @@ import logging
 import os
 import socket
 import struct
-import sys
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -56,11 +55,11 @@ NETWORK_DATAGRAM = 1452
 # Large socket buffers absorb bursts of a full window (SO_RCVBUFFORCE where permitted,
 # else the kernel caps SO_RCVBUF at rmem_max).
 SOCKET_BUFFER = 16 * 1024 * 1024
-
-# Python names these from 3.12 only; without them a root process got rmem_max (often 4
-# MiB: a burst of a 4096-message window overflowed it and was resent) instead of 16 MiB.
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32 if sys.platform == "linux" else None)
+# Python's socket module does not name these (include/uapi/asm-generic/socket.h); without
+# them a root process got only rmem_max (the kernel's default cap, often 4 MB, doubled), and
+# a full window of 1 KiB messages in separate datagrams overflowed the receive buffer.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if os.uname().sysname == "Linux" else None)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32 if os.uname().sysname == "Linux" else None)
 
 # Linux UDP segmentation offload (include/uapi/linux/udp.h); Python names them from 3.12.
 SOL_UDP = getattr(socket, "SOL_UDP", 17)

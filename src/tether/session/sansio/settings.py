@@ -92,7 +92,8 @@ class SessionSettings:
         "handshake and waits that much longer before resending.")
     flow_control: bool = setting(
         True, FLAG,
-        "UDP: respect the peer's advertised buffer and run NewReno congestion control. With False "
+        "UDP: respect the peer's advertised buffer and run congestion control (a model of the "
+        "path's bandwidth and RTT). With False "
         "the sender sends up to its own window regardless; what the receiver's window refuses is "
         "dropped and resent, which costs retries, and no congestion window slows the sender on a "
         "congested path. TCP: no effect (the peer's buffer is always respected, and TCP does "
