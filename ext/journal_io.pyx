@@ -22,6 +22,9 @@ __all__ = ["BatchWriter", "frame_records", "framed_size", "write_records", "CRC_
 CRC_SEED = 0x5EED_1E55
 MAX_RECORD_SIZE = 0x7FFF_FFFF
 RECORD_HEADER_SIZE = 12
+# the same limit as a C constant: the per-record check compares C integers (comparing with
+# the module's Python int cost ~0.1 us per record, most of submit() for large batches)
+cdef Py_ssize_t _MAX_RECORD = 0x7FFF_FFFF
 
 
 cdef extern from "zlib.h" nogil:
@@ -86,7 +89,7 @@ cdef tuple _records(object records):
         item = <object>PyTuple_GET_ITEM(items, i)
         if type(item) is not bytes:
             raise TypeError(f"records[{i}] must be bytes, got {type(item).__name__}")
-        if PyBytes_GET_SIZE(item) > MAX_RECORD_SIZE:
+        if PyBytes_GET_SIZE(item) > _MAX_RECORD:
             raise ValueError(f"records[{i}] is {PyBytes_GET_SIZE(item)} bytes; the limit is {MAX_RECORD_SIZE}")
     return items
 
@@ -248,6 +251,12 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mutex)
     int pthread_cond_signal(pthread_cond_t *cond)
 
+cdef extern from "<sched.h>" nogil:
+    struct sched_param:
+        int sched_priority
+    int sched_setscheduler(int pid, int policy, const sched_param *param)
+    int SCHED_BATCH
+
 cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
     int EFD_CLOEXEC
@@ -296,6 +305,8 @@ ctypedef struct Shared:
     Job *done_tail
     int stopping             # close(): end once every pending job ran
     int stopped              # a job failed: later jobs are skipped until resume()
+    int idle                 # the writer waits on `wake`: submit() must signal it
+    int background           # run the thread under SCHED_BATCH (see BatchWriter)
     int event_fd
 
 
@@ -334,10 +345,17 @@ cdef void *_writer_main(void *arg) noexcept nogil:
     cdef int skip, was_empty
     cdef uint64_t one = 1
     cdef timespec t0, t1
+    cdef sched_param param
+    if s.background:
+        # pid 0: this thread. Best effort: if refused, the thread runs as before.
+        param.sched_priority = 0
+        sched_setscheduler(0, SCHED_BATCH, &param)
     pthread_mutex_lock(&s.lock)
     while True:
         while s.pending_head == NULL and not s.stopping:
+            s.idle = 1
             pthread_cond_wait(&s.wake, &s.lock)
+        s.idle = 0
         job = s.pending_head
         if job == NULL:
             break
@@ -378,17 +396,25 @@ cdef class BatchWriter:
     submits a batch and goes on; the thread frames, writes and fdatasyncs the batches one
     at a time in submission order, and `event_fd` (an eventfd) becomes readable when jobs
     have finished; `finished()` collects them. After a failed job the writer stops: the
-    jobs queued behind it are not run (reported "skipped") until `resume()`."""
+    jobs queued behind it are not run (reported "skipped") until `resume()`.
+
+    `background=True` runs the thread under SCHED_BATCH: waking it (a submit while it
+    waits) never preempts the submitting thread, which on a busy machine otherwise loses
+    its CPU to the writer at each batch; the writer runs on an idle CPU or at the next
+    scheduling tick instead. For batches nobody waits on a sync for (fsync "never")."""
 
     cdef Shared *_s
     cdef pthread_t _thread
     cdef bint _running
     cdef readonly int event_fd
 
-    def __cinit__(self):
+    def __cinit__(self, background=False):
+        if not isinstance(background, bool):
+            raise TypeError(f"background must be a bool, got {type(background).__name__}")
         self._s = <Shared *>calloc(1, sizeof(Shared))
         if self._s == NULL:
             raise MemoryError()
+        self._s.background = 1 if background else 0
         pthread_mutex_init(&self._s.lock, NULL)
         pthread_cond_init(&self._s.wake, NULL)
         fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
@@ -446,6 +472,7 @@ cdef class BatchWriter:
         job.keep = <PyObject *>items
         cdef Shared *s = self._s
         cdef Py_ssize_t total = job.total
+        cdef int wake
         # The GIL stays held: the writer thread holds the lock for a few instructions only
         # and never takes the GIL, so this cannot deadlock, and it saves a GIL handoff.
         pthread_mutex_lock(&s.lock)
@@ -454,8 +481,16 @@ cdef class BatchWriter:
         else:
             s.pending_tail.next = job
         s.pending_tail = job
+        # Signal only a writer that waits: a busy one takes the job when its current job is
+        # done (it looks at the list under the lock before it waits). (glibc's signal with
+        # no waiter makes no syscall either; this states the hand-over rule in our code.
+        # What a wake-up costs the loop on a busy machine is the woken writer preempting
+        # it: see `background`.)
+        wake = s.idle
+        s.idle = 0
         pthread_mutex_unlock(&s.lock)
-        pthread_cond_signal(&s.wake)            # outside the lock: the thread wakes to a free lock
+        if wake:
+            pthread_cond_signal(&s.wake)        # outside the lock: the thread wakes to a free lock
         return total
 
     def finished(self) -> list:

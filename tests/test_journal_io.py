@@ -205,6 +205,67 @@ def test_batch_writer_twins_write_the_same_bytes_in_order(seed, tmp_path):
 
 
 @pytest.mark.parametrize("twin", BOTH, ids=["native", "reference"])
+def test_batch_writer_runs_jobs_submitted_while_it_is_busy_and_while_it_waits(twin, tmp_path):
+    # The native writer is signalled only when it waits for work; a job queued while it
+    # writes is taken when that write is done. Bursts (busy) and single jobs after it went
+    # idle (waiting) must all run, in order.
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    writer = twin.BatchWriter()
+    expected = []
+    token = 0
+    try:
+        for burst in (1, 30, 1, 5, 1, 1, 60):
+            for _ in range(burst):
+                records = [b"%d" % token] * (token % 7)
+                writer.submit(token, fd, records, 11, token % 3 == 0)
+                expected.append(records)
+                token += 1
+            assert [o[0] for o in collect(writer, burst)] == list(range(token - burst, token))
+            time.sleep(0.01)          # the writer goes back to waiting
+    finally:
+        writer.close()
+        os.close(fd)
+    assert path.read_bytes() == b"".join(segment.encode_records(r, 11) for r in expected)
+
+
+def _threads() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.parametrize("twin", BOTH, ids=["native", "reference"])
+@pytest.mark.parametrize("background", [False, True])
+def test_batch_writer_background_runs_its_thread_under_sched_batch(twin, background, tmp_path):
+    before = _threads()
+    writer = twin.BatchWriter(background=background)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        writer.submit(1, fd, [b"one"], 5, False)         # the thread has started and set its policy
+        assert [o[0] for o in collect(writer, 1)] == [1]
+        new = _threads() - before
+        policies = {os.sched_getscheduler(tid) for tid in new}
+        assert policies == {os.SCHED_BATCH if background else os.SCHED_OTHER}
+    finally:
+        writer.close()
+        os.close(fd)
+    with pytest.raises(TypeError, match="background must be a bool"):
+        twin.BatchWriter(background=1)
+
+
+@pytest.mark.skipif(os.environ.get("TETHER_JOURNAL_FAST", "1") == "0", reason="the fast path is turned off")
+async def test_a_journal_under_never_writes_in_the_background_and_under_always_not(tmp_path):
+    for policy, expected in (("never", True), ("always", False)):
+        before = _threads()
+        journal = await Journal.open(tmp_path / policy, fsync=policy)
+        try:
+            await journal.append(b"x")
+            policies = {os.sched_getscheduler(tid) for tid in _threads() - before}
+            assert (os.SCHED_BATCH in policies) == expected, (policy, policies)
+        finally:
+            await journal.close()
+
+
+@pytest.mark.parametrize("twin", BOTH, ids=["native", "reference"])
 @pytest.mark.parametrize("step", ["write", "sync"])
 def test_batch_writer_stops_after_a_failed_job_until_resumed(twin, step, tmp_path):
     path = tmp_path / "f"

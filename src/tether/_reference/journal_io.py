@@ -121,9 +121,15 @@ class BatchWriter:
     and `event_fd` (an eventfd) becomes readable when jobs have finished; `finished()`
     collects them. After a failed job the writer stops: the jobs queued behind it are not
     run (reported "skipped") until `resume()`. (The native twin's thread never takes the
-    GIL; this one is a Python thread.)"""
+    GIL; this one is a Python thread.)
 
-    def __init__(self) -> None:
+    `background=True` runs the thread under SCHED_BATCH: waking it never preempts the
+    submitting thread (see the native twin)."""
+
+    def __init__(self, background: bool = False) -> None:
+        if not isinstance(background, bool):
+            raise TypeError(f"background must be a bool, got {type(background).__name__}")
+        self._background = background
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: deque = deque()
@@ -151,6 +157,11 @@ class BatchWriter:
         return len(data)
 
     def _main(self) -> None:
+        if self._background:
+            try:
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_BATCH, os.sched_param(0))
+            except OSError:
+                pass        # best effort, as in the native twin: the thread runs as before
         while True:
             with self._lock:
                 while not self._pending and not self._stopping:
