@@ -148,8 +148,11 @@ async def test_target_refuses_a_forward_that_expired_in_transit(tmp_path):
         assert (m.id, m.body, m.expires_at) == ("id-2", b"y", now + 60)
 
 
-async def test_reject_at_the_target_dead_letters_at_the_sender(tmp_path):
-    async with tether.QueueManager.open(tmp_path / "t", listen="tcp://127.0.0.1:0") as target, \
+@pytest.mark.parametrize("target_store", ["journal", "postgres"])
+async def test_reject_at_the_target_dead_letters_at_the_sender(tmp_path, target_store, request):
+    # (on a PostgreSQL-backed target the return queue is in the database)
+    store = tmp_path / "t" if target_store == "journal" else request.getfixturevalue("postgres_url")
+    async with tether.QueueManager.open(store, listen="tcp://127.0.0.1:0") as target, \
             tether.QueueManager.open(tmp_path / "a") as a:
         await target.create_queue("strict", receive_retry_count=0, max_retry_cycles=0,
                                   receive_error_handling="reject")

@@ -406,31 +406,3 @@ async def test_the_forwarding_floor_never_passes_a_send_still_committing(postgre
         assert entry.sequence <= third.sequence < fourth.sequence
         assert await qm.operations.lowest_sequence(xmit) == third.sequence
 
-
-async def test_a_rejected_forwarded_message_goes_back_to_its_sender(postgres_url, tmp_path):
-    """A message forwarded in from another queue manager and rejected on a PostgreSQL-backed
-    target goes home, as on the journal: through the target's return queue to the sender's
-    `$dead` with reason `rejected`; the target keeps nothing."""
-    async with tether.QueueManager.open(postgres_url, listen="tcp://127.0.0.1:0") as target, \
-            tether.QueueManager.open(tmp_path / "a") as a:
-        await target.create_queue("strict", receive_retry_count=0, max_retry_cycles=0,
-                                  receive_error_handling="reject")
-        address = f"tether://127.0.0.1:{target.services[0].address[1]}/strict"
-        sent = await a.send(address, b"unprocessable", headers={"k": "v"})
-        m = await target.receive("strict", timeout=10)
-        await m.abandon()           # its only attempt failed: rejected
-        dead = await a.receive("$dead", timeout=10)
-        assert dead is not None, "the rejected message did not come back to its sender"
-        assert (dead.id, dead.body, dead.dead_letter_reason, dead.dead_letter_source, dead.headers) == \
-            (sent, b"unprocessable", "rejected", address, {"k": "v"})
-        await dead.complete()
-        assert await target.receive("$dead", timeout=0.2) is None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while True:
-            names = [n for n in await target.queues() if n.startswith("$return:")]
-            infos = [await target.queue_info(n) for n in names]
-            if names and all(i.depth == 0 and i.in_flight == 0 for i in infos):
-                break
-            assert loop.time() < deadline, "the target's return queue was not emptied"
-            await asyncio.sleep(0.05)
