@@ -686,8 +686,6 @@ class SessionEngine:
         _, _, ranges, buffer_remaining, _final = frame
         sw = self._sw
         if ranges:
-            # (an acked resend counts for loss detection once a minimum RTT has passed since it
-            # went: sooner, the ack is for an earlier copy)
             # Loss detection compares with messages sent once (Karn's rule) only: counting an
             # acked resend (apply_ack's resend_delay) cannot tell which copy arrived, and on the
             # veth bench it ended 1 KiB rows under 5% loss in RetryLimitExceeded twice (a
