@@ -1,0 +1,3 @@
+. /work/venv/bin/activate
+export PYTHONPATH=/work/wt-svcpath/src
+cd /work/wt-svcpath
