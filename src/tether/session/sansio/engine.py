@@ -375,16 +375,19 @@ class SessionEngine:
                 out.append(p)
         return out
 
-    def release(self, count: int, now: float) -> None:
+    def release(self, count: int, now: float) -> bool:
         """The application consumed `count` delivered messages: their buffer space frees up,
-        and the peer hears of it at once when the buffer had filled (flow control)."""
+        and the peer hears of it at once when the buffer had filled (flow control). True
+        when an ack is due now (packets_to_send has something to send); otherwise the
+        space freed rides with the next ack."""
         if count <= 0 or self.state in FINAL_STATES:
-            return
+            return False
         before = self._rw.buffer_remaining
         self._rw.release(count)
         capacity = self.settings.max_transfer_window
         if before == 0 or before * 2 < capacity <= self._rw.buffer_remaining * 2:
             self._ack_now = True
+        return self._ack_now
 
     def flush(self, now: float) -> None:
         """Ask the peer to acknowledge everything sent so far at once (an AckRequested goes
