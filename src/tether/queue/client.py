@@ -553,6 +553,10 @@ class QueueClient:
                 future.set_result(item[2])
             else:
                 future.set_exception(P.error_from_code(item[2], item[3]))
+            if request.__class__ is _Batch:
+                # its calls get their outcomes now, not a loop turn later from the callback
+                future.remove_done_callback(request.answered)
+                request.answered(future)
         elif op == P.CONSUMER_ERROR:
             consumer = self._by_consumer_id.get(item[1])
             if consumer is not None:
@@ -712,7 +716,7 @@ class QueueClient:
         out, self._out, self._out_bytes = self._out, [], 0
         self._batch = None      # gone out: it takes no more
         try:
-            self._session.send_nowait([P.encode(out)])
+            self._session.send_nowait([P.encode(out)], at_once=True)
         except SendQueueFull:
             # the service has not acknowledged 64 MiB of requests: end this session; the
             # reader sees the end and reconnects, and pending requests are resent
