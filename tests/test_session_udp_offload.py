@@ -272,21 +272,35 @@ async def test_sessions_with_mtu_sized_datagrams_over_loopback(monkeypatch, offl
 
 # ---------------------------------------------------------------- batches into the engine
 
-def _engines(core, window=64, ack_interval=0.2):
-    """A client engine and two identical server engines for the same session."""
+def _engines(core, window=64, ack_interval=0.2, *, tcp=False):
+    """A client engine and two identical server engines for the same session (over UDP,
+    or with tcp=True over TCP)."""
     settings = SessionSettings(max_transfer_window=window, ack_interval=ack_interval)
+    packet = 256 * 1024 if tcp else 1452
     client = SessionEngine.client(settings, session_id=0x51, token=bytes(16), now=0.0,
-                                  reliable_transport=False, max_packet_size=1452, core=core)
+                                  reliable_transport=tcp, max_packet_size=packet, core=core)
     client.start(0.0)
     offer = core.codec.decode_packet(client.packets_to_send(0.0)[0])[0]
     servers = [SessionEngine.accept(offer, SessionSettings(max_transfer_window=window),
-                                    now=0.0, reliable_transport=False, max_packet_size=1452,
+                                    now=0.0, reliable_transport=tcp, max_packet_size=packet,
                                     core=core) for _ in range(2)]
     response = servers[0].packets_to_send(0.0)
-    servers[1].packets_to_send(0.0)
+    assert response == servers[1].packets_to_send(0.0)
     for body in response:
         client.receive_packet(body, 0.001)
     return client, servers
+
+
+def _feed_both(one, batched, packets, now, delivered) -> None:
+    """`packets` to `one` packet by packet and to `batched` in one call; the messages each
+    delivered added to delivered[id(engine)]."""
+    for body in packets:
+        one.receive_packet(body, now)
+    batched.receive_packets(packets, now)
+    for engine in (one, batched):
+        for event in engine.events():
+            if type(event) is MessagesDelivered:
+                delivered[id(engine)].extend(event.messages)
 
 
 def _state(engine) -> tuple:
@@ -325,13 +339,7 @@ def test_receive_packets_is_receive_packet_one_by_one(core, seed):
             n = rng.randint(1, 8)
             chunk = wire[i:i + n]
             i += n
-            for body in chunk:
-                one.receive_packet(body, now)
-            batched.receive_packets(chunk, now)
-            for engine in (one, batched):
-                for event in engine.events():
-                    if type(event) is MessagesDelivered:
-                        delivered[id(engine)].extend(event.messages)
+            _feed_both(one, batched, chunk, now, delivered)
             assert _state(one) == _state(batched)
         assert delivered[id(one)] == delivered[id(batched)]
         now += 0.005
@@ -351,22 +359,6 @@ def test_receive_packets_is_receive_packet_one_by_one(core, seed):
     assert one.state == batched.state and one.error is None
 
 
-def _tcp_engines(core, window=64):
-    """A TCP client engine and two identical server engines for the same session."""
-    settings = SessionSettings(max_transfer_window=window)
-    client = SessionEngine.client(settings, session_id=0x52, token=bytes(16), now=0.0,
-                                  reliable_transport=True, max_packet_size=256 * 1024, core=core)
-    client.start(0.0)
-    offer = core.codec.decode_packet(client.packets_to_send(0.0)[0])[0]
-    servers = [SessionEngine.accept(offer, settings, now=0.0, reliable_transport=True,
-                                    max_packet_size=256 * 1024, core=core) for _ in range(2)]
-    response = servers[0].packets_to_send(0.0)
-    assert response == servers[1].packets_to_send(0.0)
-    for body in response:
-        client.receive_packet(body, 0.001)
-    return client, servers
-
-
 @pytest.mark.parametrize("core", [native(), reference()], ids=["native", "reference"])
 @pytest.mark.parametrize("seed", range(12))
 def test_tcp_batches_with_acks_riding_in_data_are_taken_as_frame_by_frame(core, seed):
@@ -375,7 +367,7 @@ def test_tcp_batches_with_acks_riding_in_data_are_taken_as_frame_by_frame(core, 
     engine taking them frame by frame does, also when a forged ACK in the batch faults
     the session (the messages before it delivered, none after it)."""
     rng = random.Random(seed)
-    client, (one, batched) = _tcp_engines(core)
+    client, (one, batched) = _engines(core, tcp=True)
     one._fast_receive = False
     codec = core.codec
     now = 0.01
@@ -390,21 +382,15 @@ def test_tcp_batches_with_acks_riding_in_data_are_taken_as_frame_by_frame(core, 
             wire += client.packets_to_send(now)
         if step == forge_at:
             # an ack opening far more than the server's window: a protocol error mid-batch
-            forged = codec.encode_ack(0x52, [(1, 1)], 10**6, False)
+            forged = codec.encode_ack(0x51, [(1, 1)], 10**6, False)
             wire.insert(rng.randrange(len(wire) + 1),
-                        codec.pack_frames([codec.split_data(0x52, 10**9, [b"x"], 1000)[0], forged],
+                        codec.pack_frames([codec.split_data(0x51, 10**9, [b"x"], 1000)[0], forged],
                                           256 * 1024)[0])
-        fast = codec.data_runs([codec.decode_packet(body) for body in wire], 0x52)
+        fast = codec.data_runs([codec.decode_packet(body) for body in wire], 0x51)
         if step != forge_at:      # (the forged packet is out of order: still plain DATA)
             assert fast is not None
         riding += fast is not None and any(len(s) != 2 for s in fast[0])
-        for body in wire:
-            one.receive_packet(body, now)
-        batched.receive_packets(wire, now)
-        for engine in (one, batched):
-            for event in engine.events():
-                if type(event) is MessagesDelivered:
-                    delivered[id(engine)].extend(event.messages)
+        _feed_both(one, batched, wire, now, delivered)
         assert delivered[id(one)] == delivered[id(batched)]
         if one.error is not None:
             assert step == forge_at and riding
