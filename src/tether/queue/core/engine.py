@@ -707,10 +707,9 @@ class QueueCore:
             self.commit([], [self._journal_copy(entry, now) for entry in entries], now)
 
     def _arrived_reserved(self, entries: list[Entry], now: float) -> None:
-        """A run of send_one() entries is written: they join their queues (_arrive_all)."""
-        for entry in entries:
-            entry.queue.reserved -= 1
-        self._arrive_all(entries, now)
+        """A run of send_one() entries is written: they join their queues (_arrive_all),
+        each no longer reserved there."""
+        self._arrive_all(entries, now, reserved=True)
 
     def _unreserved(self, entries: list[Entry], now: float) -> None:
         for entry in entries:
@@ -745,14 +744,6 @@ class QueueCore:
             return None
         queue.next_sequence = next_sequence
         return before, self.records.add_op([R.COUNTER, name, next_sequence]) if queue.journaled else None
-
-    def _arrive_reserved(self, queue: Queue, entry: Entry, now: float) -> None:
-        queue.reserved -= 1
-        if queue.deleted:
-            self.events.append(("info", f"message {entry.id} dropped: queue {queue.name!r} was deleted"))
-        else:
-            queue.sent += 1
-            self._arrive(queue, entry, now)
 
     @staticmethod
     def _unreserve(queue: Queue, entry: Entry) -> None:
@@ -905,10 +896,10 @@ class QueueCore:
             self._poison_changed(queue.main)
         self._offer(queue, entry, now, front)
 
-    def _arrive_all(self, entries: list[Entry], now: float) -> None:
+    def _arrive_all(self, entries: list[Entry], now: float, reserved: bool = False) -> None:
         """Sent entries, written, join their queues in order (one whose queue was deleted
         meanwhile is dropped, with a log line); each run of entries to one queue in one
-        call (_arrive_run)."""
+        call (_arrive_run). `reserved`: each was counted in its queue's `reserved` (send_one)."""
         run: list[Entry] = []
         add = run.append
         run_queue = None
@@ -916,19 +907,21 @@ class QueueCore:
             queue = entry.queue
             if queue is not run_queue:
                 if run:
-                    self._arrive_run(run_queue, run, now)       # type: ignore[arg-type]
+                    self._arrive_run(run_queue, run, now, reserved)     # type: ignore[arg-type]
                     run = []
                     add = run.append
                 run_queue = queue
             add(entry)
         if run:
-            self._arrive_run(run_queue, run, now)               # type: ignore[arg-type]
+            self._arrive_run(run_queue, run, now, reserved)     # type: ignore[arg-type]
 
-    def _arrive_run(self, queue: Queue, entries: list[Entry], now: float) -> None:
+    def _arrive_run(self, queue: Queue, entries: list[Entry], now: float, reserved: bool) -> None:
         """Sent entries join `queue`, in order, as _arrive() each. While nobody waits on an
         application queue, its plain entries (no delivery time, group or dead-letter
         source) go straight to the back of their ready lists (Queue.admit_ready); any other
         one takes _arrive()'s way."""
+        if reserved:
+            queue.reserved -= len(entries)
         if queue.deleted:
             events = self.events
             for entry in entries:
@@ -1535,12 +1528,7 @@ class QueueCore:
                 self._gone(entry.queue, entry, now)
             for queue, count in added.items():
                 queue.reserved -= count
-            for entry in entries:
-                if entry.queue.deleted:
-                    self.events.append(("info", f"message {entry.id} dropped: queue {entry.queue.name!r} was deleted"))
-                else:
-                    entry.queue.sent += 1
-                    self._arrive(entry.queue, entry, now)
+            self._arrive_all(entries, now)
 
         def undo(now: float) -> None:
             for queue, count in added.items():
