@@ -186,7 +186,8 @@ def test_a_written_batch_joins_its_queue_as_one_send_at_a_time_would(seed):
     handed = [e for w in waiters for e in w.entries]
     # receivers that waited get the first messages they can take (not delayed, not grouped)
     takeable = [e for e in sent if e.deliver_at is None and e.group_id is None]
-    assert [w.entries for w in waiters] == [[e] for e in takeable[:len(waiters)]] + [[]] * (len(waiters) - len(takeable))
+    idle = [[]] * (len(waiters) - len(takeable))
+    assert [w.entries for w in waiters] == [[e] for e in takeable[:len(waiters)]] + idle
     assert core.info("q").depth + core.info("q").scheduled + len(handed) == len(sent)
     earliest = min([e.expires_at for e in sent] + [e.deliver_at for e in sent if e.deliver_at is not None])
     assert core.next_deadline() <= earliest

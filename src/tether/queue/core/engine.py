@@ -25,7 +25,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ...errors import (
-    TetherError,
     LimitExceeded,
     LockLost,
     PoisonMessage,
@@ -34,6 +33,7 @@ from ...errors import (
     QueueFull,
     QueueMessageTooLarge,
     QueueNotFound,
+    TetherError,
     TransactionError,
 )
 from ...layer1 import RangeSet, module
