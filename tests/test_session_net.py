@@ -547,28 +547,3 @@ async def test_a_receive_pumps_only_when_it_makes_an_ack_due(scheme):
         assert got == [b"%d" % i for i in range(40)]
         await client.close()
 
-
-@pytest.mark.parametrize("scheme", ["udp", "tcp"])
-async def test_send_nowait_at_once_transmits_before_returning(scheme):
-    async with await tether.serve(None, f"{scheme}://127.0.0.1:0") as server:
-        client = await tether.connect(url(scheme, server.address))
-        peer = await server.accept()
-        link = client.link
-        sent = []
-        real = link.transmit
-
-        def transmit(packets):
-            sent.append(len(packets))
-            real(packets)
-        link.transmit = transmit
-        client.send_nowait([b"later"])
-        assert sent == []                   # at the end of the loop turn
-        await asyncio.sleep(0)
-        assert len(sent) == 1
-        client.send_nowait([b"now"], at_once=True)
-        assert len(sent) == 2               # before returning
-        got = []
-        while len(got) < 2:
-            got.extend(await asyncio.wait_for(peer.recv_many(), 5))
-        assert got == [b"later", b"now"]
-        await client.close()

@@ -67,7 +67,7 @@ class HostileSession:
         if listener is not None:
             self.connection = listener.__self__      # the Connection, to wait for its requests
 
-    def send_nowait(self, messages: list[bytes], *, at_once: bool = False) -> None:
+    def send_nowait(self, messages: list[bytes]) -> None:
         if self.closed:
             raise SequenceClosed("the session is closed")
         self.replies.extend(messages)

@@ -716,7 +716,7 @@ class QueueClient:
         out, self._out, self._out_bytes = self._out, [], 0
         self._batch = None      # gone out: it takes no more
         try:
-            self._session.send_nowait([P.encode(out)], at_once=True)
+            self._session.send_nowait([P.encode(out)])
         except SendQueueFull:
             # the service has not acknowledged 64 MiB of requests: end this session; the
             # reader sees the end and reconnects, and pending requests are resent

@@ -834,7 +834,7 @@ class Connection:
             return
         limit = self.session.settings.max_message_size
         try:
-            self.session.send_nowait(self._frames(out, limit), at_once=True)
+            self.session.send_nowait(self._frames(out, limit))
         except SendQueueFull:
             # the session holds as much unacknowledged as it takes: the client does not read
             log.warning("client %s does not read its replies: dropped", self.session.peer_address)

@@ -175,14 +175,12 @@ class Session:
             done += len(chunk)
             self._schedule()
 
-    def send_nowait(self, messages: list[bytes], *, at_once: bool = False) -> None:
+    def send_nowait(self, messages: list[bytes]) -> None:
         """Queue messages without waiting for window space: the caller bounds its own
         buffering (the asyncio Transport adapter pauses its protocol at its high-water
         mark). Raises SendQueueFull, queueing nothing, when the session would then hold
         more than SEND_NOWAIT_MAX_BYTES (64 MiB) or SEND_NOWAIT_MAX_MESSAGES (2**20)
-        unacknowledged. They go out at the end of this loop turn, with whatever else the
-        turn sends; `at_once`: now, for a caller that gathered the turn's messages itself
-        (one loop turn less before they leave)."""
+        unacknowledged."""
         if self._ended:
             raise self._error or SequenceClosed("the session is closed")
         engine = self._engine
@@ -194,10 +192,7 @@ class Session:
                 f"beyond {SEND_NOWAIT_MAX_MESSAGES} messages or {SEND_NOWAIT_MAX_BYTES} bytes: "
                 f"wait for acknowledgements (send(), drain(), flush())")
         engine.send(messages, clock())
-        if at_once:
-            self.pump()
-        else:
-            self._schedule()
+        self._schedule()
 
     async def flush(self) -> None:
         """Wait until every message sent so far has been acknowledged by the peer (who is
