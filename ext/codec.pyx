@@ -1092,22 +1092,25 @@ def decode_packets(bodies, max_message_size=65536, max_frames=4096):
 
 def data_runs(packets, session_id):
     """The receive fast path of a batch of decoded packets (lists of frames) that carry
-    nothing but DATA without fragments and AckRequested, all naming session_id:
-    (runs, data_packets, ack_requested), where runs are (first_number, payloads) with the
-    payloads of DATA frames that continue one another joined, in order; data_packets is
-    how many packets carry DATA. None when any frame is something else (the caller then
-    takes the packets frame by frame)."""
+    nothing but DATA without fragments, AckRequested and ACK (an ACK only in a packet that
+    also carries DATA: over TCP an ack rides in the last data packet), all naming
+    session_id: (steps, data_packets, ack_requested). steps are, in arrival order,
+    (first_number, payloads) with the payloads of DATA frames that continue one another
+    joined, and each ACK frame as decoded (a 5-tuple), which also ends the run before it;
+    data_packets is how many packets carry DATA. None when any frame is something else
+    (the caller then takes the packets frame by frame)."""
     cdef Py_ssize_t i, j, n, m, data_packets = 0
-    cdef bint ack_requested = False, has_data
+    cdef bint ack_requested = False, has_data, has_ack
     cdef list run = None
     cdef object run_next = None, first, payloads, frame, frames, kind
     check_sequence(packets, "packets")
-    runs = []
+    steps = []
     n = Py_SIZE(packets)
     for i in range(n):
         frames = packets[i]
         check_sequence(frames, f"packets[{i}]")
         has_data = False
+        has_ack = False
         m = Py_SIZE(frames)
         for j in range(m):
             frame = frames[j]
@@ -1125,16 +1128,24 @@ def data_runs(packets, session_id):
                     run.extend(payloads)
                 else:
                     run = list(payloads)
-                    runs.append((first, run))
+                    steps.append((first, run))
                 run_next = first + len(payloads)
                 has_data = True
             elif kind == T_ACK_REQUESTED:
                 ack_requested = True
+            elif kind == T_ACK:
+                if Py_SIZE(frame) != 5:
+                    return None
+                steps.append(frame)
+                run = None
+                has_ack = True
             else:
                 return None
         if has_data:
             data_packets += 1
-    return runs, data_packets, ack_requested
+        elif has_ack:
+            return None
+    return steps, data_packets, ack_requested
 
 
 def session_groups(decoded, bodies, full_size):

@@ -831,8 +831,9 @@ def test_batch_functions_bad_arguments_agree(name, args):
 
 @st.composite
 def plain_packets(draw):
-    """Decoded packets that are mostly DATA runs and AckRequested of session 1, sometimes
-    with fragments, another session or another frame type (then data_runs gives None)."""
+    """Decoded packets that are mostly DATA runs, AckRequested and ACK of session 1,
+    sometimes with fragments, another session, another frame type or an ACK in a packet
+    without DATA (then data_runs gives None)."""
     packets = []
     number = draw(st.integers(1, 1000))
     for _ in range(draw(st.integers(0, 6))):
@@ -840,13 +841,15 @@ def plain_packets(draw):
         for _ in range(draw(st.integers(1, 3))):
             r = draw(st.integers(0, 40))
             sid = 2 if r == 0 else 1
-            if r == 1:
-                frames.append((5, sid, [(1, 2)], 3, False))
+            if r in (1, 4):
+                frames.append((5, sid, [(1, draw(st.integers(1, 9)))], 3, False))
             elif r == 2:
                 frames.append((7, sid))
             elif r == 3:
                 frames.append((4, sid, number, [b"f"], [(0, 0, 2)]))
                 number += 1
+            elif r == 5:
+                frames.append((8, sid, number))
             else:
                 count = draw(st.integers(1, 4))
                 if draw(st.integers(0, 5)) == 0:
@@ -865,18 +868,45 @@ def test_data_runs_joins_consecutive_data_and_twins_agree(packets):
     assert repr(out) == repr(reference.data_runs(packets, 1))
     frames = [f for p in packets for f in p]
     if out is None:
-        assert any(f[1] != 1 or f[0] not in (4, 7) or (f[0] == 4 and f[4]) for f in frames)
+        assert any(f[1] != 1 or f[0] not in (4, 5, 7) or (f[0] == 4 and f[4]) for f in frames) \
+            or any(any(f[0] == 5 for f in p) and not any(f[0] == 4 for f in p) for p in packets)
         return
-    runs, data_packets, ack_requested = out
+    steps, data_packets, ack_requested = out
     assert data_packets == sum(1 for p in packets if any(f[0] == 4 for f in p))
     assert ack_requested == any(f[0] == 7 for f in frames)
-    data = [f for f in frames if f[0] == 4]
-    # the runs are the frames' payloads in order, cut only where a frame does not continue
-    assert [p for _, run in runs for p in run] == [p for f in data for p in f[3]]
-    assert len(runs) == 1 + sum(1 for a, b in zip(data, data[1:]) if b[2] != a[2] + len(a[3])) \
-        if data else runs == []
-    for first, _run in runs:
-        assert any(f[2] == first for f in data)
+    # the ACK frames, themselves, in arrival order among the runs
+    kept = [f for f in frames if f[0] in (4, 5)]
+    assert [s for s in steps if len(s) != 2] == [f for f in kept if f[0] == 5]
+    assert all(s is f for s, f in zip([s for s in steps if len(s) != 2], [f for f in kept if f[0] == 5]))
+    # between two ACKs, the runs are the frames' payloads in order, cut only where a frame
+    # does not continue the one before
+    def segments(items, is_ack):
+        out, current = [], []
+        for item in items:
+            if is_ack(item):
+                out.append(current)
+                current = []
+            else:
+                current.append(item)
+        return out + [current]
+    for runs, data in zip(segments(steps, lambda s: len(s) != 2),
+                          segments(kept, lambda f: f[0] == 5), strict=True):
+        assert [p for _, run in runs for p in run] == [p for f in data for p in f[3]]
+        assert len(runs) == 1 + sum(1 for a, b in zip(data, data[1:]) if b[2] != a[2] + len(a[3])) \
+            if data else runs == []
+        for first, _run in runs:
+            assert any(f[2] == first for f in data)
+
+
+def test_data_runs_takes_an_ack_riding_in_a_data_packet(codec):
+    ack = (5, 1, [(1, 4)], 10, False)
+    packets = [[(4, 1, 1, [b"a", b"b"], None), (4, 1, 3, [b"c"], None), (7, 1), ack],
+               [(4, 1, 4, [b"d"], None)]]
+    assert codec.data_runs(packets, 1) == ([(1, [b"a", b"b", b"c"]), ack, (4, [b"d"])], 2, True)
+    # an ACK in a packet without DATA, or a frame of another kind, leaves the fast path
+    assert codec.data_runs([[ack], [(4, 1, 1, [b"a"], None)]], 1) is None
+    assert codec.data_runs([[(4, 1, 1, [b"a"], None), (8, 1, 1)]], 1) is None
+    assert codec.data_runs([[(4, 1, 1, [b"a"], None), (5, 2, [(1, 1)], 3, False)]], 1) is None
 
 
 @st.composite

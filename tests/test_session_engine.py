@@ -346,6 +346,23 @@ def test_a_slow_reader_is_never_overrun(core) -> None:
     assert len(p.server_got) == 8 and p.server.stats["refused"] == 0
 
 
+def test_release_says_whether_an_ack_is_due(core) -> None:
+    # Session pumps after a receive only when release() says so: an ack is owed at once only
+    # when the buffer had filled (the peer waits for it); otherwise the space rides later
+    p = Pair(core=core, client={"max_transfer_window": 64}, server={"max_transfer_window": 8},
+             auto_release=False)
+    p.client.send([b"%d" % i for i in range(3)], p.now)
+    p.exchange()
+    assert p.server.release(1, p.now) is False
+    assert p.server.packets_to_send(p.now) == []
+    p.client.send([b"%d" % i for i in range(20)], p.now)
+    p.exchange()
+    assert p.server.stats["buffer_remaining"] == 0
+    assert p.server.release(2, p.now) is True
+    assert [F.ACK] in [p.kinds([packet]) for packet in p.server.packets_to_send(p.now)]
+    assert p.server.release(0, p.now) is False
+
+
 def test_a_blocked_sender_probes_every_rto_in_case_the_reopening_ack_was_lost(core) -> None:
     p = Pair(core=core, client={"max_transfer_window": 64}, server={"max_transfer_window": 2},
              auto_release=False)

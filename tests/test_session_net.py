@@ -516,3 +516,34 @@ async def test_send_waits_once_one_window_is_unacknowledged():
                 await client.close()
             finally:
                 relay.close()
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+async def test_a_receive_pumps_only_when_it_makes_an_ack_due(scheme):
+    # freeing buffer space after a receive costs no pump (engine work, a timer re-arm) unless
+    # the peer waits for it; a full buffer's release still reopens the window at once
+    async with await tether.serve(None, f"{scheme}://127.0.0.1:0", max_transfer_window=8) as server:
+        client = await tether.connect(url(scheme, server.address), max_transfer_window=64)
+        peer = await server.accept()
+        pumps = 0
+        real_pump = peer.pump
+
+        def counting_pump():
+            nonlocal pumps
+            pumps += 1
+            real_pump()
+        peer.pump = counting_pump
+        await client.send_many([b"a", b"b"])
+        await client.flush()
+        assert await peer.recv_many() == [b"a", b"b"]
+        before = pumps
+        await asyncio.sleep(0.01)
+        assert pumps == before
+        # the buffer fills: the reader's receive must reopen the window
+        await client.send_many([b"%d" % i for i in range(40)])
+        got = []
+        while len(got) < 40:
+            got.extend(await asyncio.wait_for(peer.recv_many(), 5))
+        assert got == [b"%d" % i for i in range(40)]
+        await client.close()
+

@@ -272,21 +272,35 @@ async def test_sessions_with_mtu_sized_datagrams_over_loopback(monkeypatch, offl
 
 # ---------------------------------------------------------------- batches into the engine
 
-def _engines(core, window=64, ack_interval=0.2):
-    """A client engine and two identical server engines for the same session."""
+def _engines(core, window=64, ack_interval=0.2, *, tcp=False):
+    """A client engine and two identical server engines for the same session (over UDP,
+    or with tcp=True over TCP)."""
     settings = SessionSettings(max_transfer_window=window, ack_interval=ack_interval)
+    packet = 256 * 1024 if tcp else 1452
     client = SessionEngine.client(settings, session_id=0x51, token=bytes(16), now=0.0,
-                                  reliable_transport=False, max_packet_size=1452, core=core)
+                                  reliable_transport=tcp, max_packet_size=packet, core=core)
     client.start(0.0)
     offer = core.codec.decode_packet(client.packets_to_send(0.0)[0])[0]
     servers = [SessionEngine.accept(offer, SessionSettings(max_transfer_window=window),
-                                    now=0.0, reliable_transport=False, max_packet_size=1452,
+                                    now=0.0, reliable_transport=tcp, max_packet_size=packet,
                                     core=core) for _ in range(2)]
     response = servers[0].packets_to_send(0.0)
-    servers[1].packets_to_send(0.0)
+    assert response == servers[1].packets_to_send(0.0)
     for body in response:
         client.receive_packet(body, 0.001)
     return client, servers
+
+
+def _feed_both(one, batched, packets, now, delivered) -> None:
+    """`packets` to `one` packet by packet and to `batched` in one call; the messages each
+    delivered added to delivered[id(engine)]."""
+    for body in packets:
+        one.receive_packet(body, now)
+    batched.receive_packets(packets, now)
+    for engine in (one, batched):
+        for event in engine.events():
+            if type(event) is MessagesDelivered:
+                delivered[id(engine)].extend(event.messages)
 
 
 def _state(engine) -> tuple:
@@ -325,13 +339,7 @@ def test_receive_packets_is_receive_packet_one_by_one(core, seed):
             n = rng.randint(1, 8)
             chunk = wire[i:i + n]
             i += n
-            for body in chunk:
-                one.receive_packet(body, now)
-            batched.receive_packets(chunk, now)
-            for engine in (one, batched):
-                for event in engine.events():
-                    if type(event) is MessagesDelivered:
-                        delivered[id(engine)].extend(event.messages)
+            _feed_both(one, batched, chunk, now, delivered)
             assert _state(one) == _state(batched)
         assert delivered[id(one)] == delivered[id(batched)]
         now += 0.005
@@ -349,6 +357,66 @@ def test_receive_packets_is_receive_packet_one_by_one(core, seed):
         client.handle_timer(now)
         now += 0.005
     assert one.state == batched.state and one.error is None
+
+
+@pytest.mark.parametrize("core", [native(), reference()], ids=["native", "reference"])
+@pytest.mark.parametrize("seed", range(12))
+def test_tcp_batches_with_acks_riding_in_data_are_taken_as_frame_by_frame(core, seed):
+    """Over TCP both sides send data and each ack rides in the last data packet: a batch of
+    such packets takes codec.data_runs (ACKs among the runs), and ends exactly where an
+    engine taking them frame by frame does, also when a forged ACK in the batch faults
+    the session (the messages before it delivered, none after it)."""
+    rng = random.Random(seed)
+    client, (one, batched) = _engines(core, tcp=True)
+    one._fast_receive = False
+    codec = core.codec
+    now = 0.01
+    delivered = {id(one): [], id(batched): [], id(client): []}
+    forge_at = rng.randrange(8, 40) if seed % 3 == 0 else None
+    riding = 0       # batches with an ACK among the runs
+    for step in range(40):
+        client.send([rng.randbytes(rng.choice([10, 64, 1000])) for _ in range(rng.randint(1, 30))], now)
+        wire = client.packets_to_send(now)
+        if rng.random() < 0.5:
+            client.send([rng.randbytes(64) for _ in range(rng.randint(1, 5))], now)
+            wire += client.packets_to_send(now)
+        if step == forge_at:
+            # an ack opening far more than the server's window: a protocol error mid-batch
+            forged = codec.encode_ack(0x51, [(1, 1)], 10**6, False)
+            wire.insert(rng.randrange(len(wire) + 1),
+                        codec.pack_frames([codec.split_data(0x51, 10**9, [b"x"], 1000)[0], forged],
+                                          256 * 1024)[0])
+        fast = codec.data_runs([codec.decode_packet(body) for body in wire], 0x51)
+        if step != forge_at:      # (the forged packet is out of order: still plain DATA)
+            assert fast is not None
+        riding += fast is not None and any(len(s) != 2 for s in fast[0])
+        _feed_both(one, batched, wire, now, delivered)
+        assert delivered[id(one)] == delivered[id(batched)]
+        if one.error is not None:
+            assert step == forge_at and riding
+            assert type(one.error) is type(batched.error) and str(one.error) == str(batched.error)
+            assert one.state == batched.state
+            return
+        assert _state(one) == _state(batched)
+        one.release(len(delivered[id(one)]), now)
+        batched.release(len(delivered[id(batched)]), now)
+        delivered[id(one)].clear()
+        delivered[id(batched)].clear()
+        replies = [rng.randbytes(rng.choice([8, 64])) for _ in range(rng.randint(0, 20))]
+        one.send(replies, now)
+        batched.send(replies, now)
+        out = one.packets_to_send(now)
+        assert out == batched.packets_to_send(now)
+        for body in out:
+            client.receive_packet(body, now)
+        for event in client.events():
+            if type(event) is MessagesDelivered:
+                client.release(len(event.messages), now)
+        now += 0.003
+        for engine in (one, batched, client):
+            engine.handle_timer(now)
+    assert forge_at is None and one.state == batched.state and one.error is None
+    assert riding > 10 and batched.stats["acked"] > 0
 
 
 @pytest.mark.parametrize("core", [native(), reference()], ids=["native", "reference"])

@@ -562,16 +562,20 @@ def decode_packets(bodies: list, max_message_size: int = 65536, max_frames: int 
 
 def data_runs(packets: list, session_id: int) -> tuple | None:
     """The receive fast path of a batch of decoded packets (lists of frames) that carry
-    nothing but DATA without fragments and AckRequested, all naming session_id:
-    (runs, data_packets, ack_requested), where runs are (first_number, payloads) with the
-    payloads of DATA frames that continue one another joined, in order; data_packets is
-    how many packets carry DATA. None when any frame is something else (the caller then
-    takes the packets frame by frame)."""
-    runs: list = []
+    nothing but DATA without fragments, AckRequested and ACK (an ACK only in a packet that
+    also carries DATA: over TCP an ack rides in the last data packet), all naming
+    session_id: (steps, data_packets, ack_requested). steps are, in arrival order,
+    (first_number, payloads) with the payloads of DATA frames that continue one another
+    joined, and each ACK frame as decoded (a 5-tuple), which also ends the run before it;
+    data_packets is how many packets carry DATA. None when any frame is something else
+    (the caller then takes the packets frame by frame)."""
+    steps: list = []
+    run: list | None = None        # the payloads of the run that a DATA frame may continue
+    run_next = 0
     data_packets = 0
     ack_requested = False
     for i, frames in enumerate(_sequence(packets, "packets")):
-        has_data = False
+        has_data = has_ack = False
         for j, frame in enumerate(_sequence(frames, f"packets[{i}]")):
             if not isinstance(frame, tuple) or len(frame) < 2:
                 raise TypeError(f"packets[{i}][{j}] must be a decoded frame tuple")
@@ -581,18 +585,28 @@ def data_runs(packets: list, session_id: int) -> tuple | None:
                 if len(frame) != 5 or frame[4] is not None:
                     return None
                 first, payloads = frame[2], frame[3]
-                if runs and first == runs[-1][0] + len(runs[-1][1]):
-                    runs[-1][1].extend(payloads)
+                if run is not None and first == run_next:
+                    run.extend(payloads)
                 else:
-                    runs.append((first, list(payloads)))
+                    run = list(payloads)
+                    steps.append((first, run))
+                run_next = first + len(payloads)
                 has_data = True
             elif frame[0] == ACK_REQUESTED:
                 ack_requested = True
+            elif frame[0] == ACK:
+                if len(frame) != 5:
+                    return None
+                steps.append(frame)
+                run = None
+                has_ack = True
             else:
                 return None
         if has_data:
             data_packets += 1
-    return runs, data_packets, ack_requested
+        elif has_ack:
+            return None
+    return steps, data_packets, ack_requested
 
 
 def session_groups(decoded: list, bodies: list, full_size: int) -> list[tuple]:

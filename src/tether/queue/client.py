@@ -553,6 +553,10 @@ class QueueClient:
                 future.set_result(item[2])
             else:
                 future.set_exception(P.error_from_code(item[2], item[3]))
+            if request.__class__ is _Batch:
+                # its calls get their outcomes now, not a loop turn later from the callback
+                future.remove_done_callback(request.answered)
+                request.answered(future)
         elif op == P.CONSUMER_ERROR:
             consumer = self._by_consumer_id.get(item[1])
             if consumer is not None:

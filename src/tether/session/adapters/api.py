@@ -133,7 +133,7 @@ class _TcpReconnector:
 
     def _first_packet(self, conn: TcpConnection, body: bytes) -> None:
         # The server answered on this connection: later packets go straight to the session.
-        conn.on_packet = self.session.feed
+        conn.on_packets = self.session.feed_many
         if self._unanswered is conn:
             self._unanswered = None
         self.backoff.reset()

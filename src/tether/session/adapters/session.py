@@ -222,7 +222,7 @@ class Session:
             await self._wait_inbox()
         self._consumed += 1
         if self._consumed >= self._release_batch or len(self._inbox) == 1:
-            self._schedule()
+            self._release_consumed()
         return self._inbox.popleft()
 
     async def recv_many(self, max_count: int | None = None) -> list[bytes]:
@@ -239,7 +239,7 @@ class Session:
         else:
             out = [inbox.popleft() for _ in range(max_count)]
         self._consumed += len(out)
-        self._schedule()
+        self._release_consumed()
         return out
 
     def recv_many_nowait(self, max_count: int | None = None) -> list[bytes]:
@@ -258,8 +258,17 @@ class Session:
             out = [inbox.popleft() for _ in range(max_count)]
         self._consumed += len(out)
         if self._consumed >= self._release_batch or not inbox:
-            self._schedule()
+            self._release_consumed()
         return out
+
+    def _release_consumed(self) -> None:
+        """Free the consumed messages' buffer space now; a pump only when that makes an ack
+        due (the peer was held back by a full buffer), not one per receive: otherwise the
+        space rides with the next ack, as it would from a pump."""
+        if self._consumed and not self._ended:
+            consumed, self._consumed = self._consumed, 0
+            if self._engine.release(consumed, clock()):
+                self._schedule()
 
     def set_listener(self, listener: Callable[[], None] | None) -> None:
         """Call listener() after every batch of work the session does (packets in, acks,

@@ -40,6 +40,9 @@ class TcpConnection(asyncio.Protocol):
                  on_error: Callable[[ProtocolError], None]) -> None:
         self._reader = default_core().codec.PacketReader(max_packet)
         self.on_packet = on_packet
+        # once the connection is bound to its session: every packet of a read in one call
+        # (Session.feed_many: one engine call and one pump per read, not per packet)
+        self.on_packets: Callable[[list[bytes]], None] | None = None
         self.on_lost = on_lost
         self.on_error = on_error
         self.transport: asyncio.Transport | None = None
@@ -55,8 +58,11 @@ class TcpConnection(asyncio.Protocol):
             self.on_error(exc)
             self.close()
             return
-        for body in packets:
+        for index, body in enumerate(packets):
             if self.closed:
+                return
+            if self.on_packets is not None:
+                self.on_packets(packets[index:] if index else packets)
                 return
             self.on_packet(body)
 
@@ -146,7 +152,7 @@ class TcpServerConnection(TcpConnection):
             if old is not None and old is not self:
                 old.close()  # the client resumed on this connection
         self.session = session
-        self.on_packet = session.feed
+        self.on_packets = session.feed_many
         session.pump()
 
     def _lost(self, conn: TcpConnection, exc: Exception | None) -> None:

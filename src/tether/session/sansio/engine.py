@@ -375,16 +375,19 @@ class SessionEngine:
                 out.append(p)
         return out
 
-    def release(self, count: int, now: float) -> None:
+    def release(self, count: int, now: float) -> bool:
         """The application consumed `count` delivered messages: their buffer space frees up,
-        and the peer hears of it at once when the buffer had filled (flow control)."""
+        and the peer hears of it at once when the buffer had filled (flow control). True
+        when an ack is due now (packets_to_send has something to send); otherwise the
+        space freed rides with the next ack."""
         if count <= 0 or self.state in FINAL_STATES:
-            return
+            return False
         before = self._rw.buffer_remaining
         self._rw.release(count)
         capacity = self.settings.max_transfer_window
         if before == 0 or before * 2 < capacity <= self._rw.buffer_remaining * 2:
             self._ack_now = True
+        return self._ack_now
 
     def flush(self, now: float) -> None:
         """Ask the peer to acknowledge everything sent so far at once (an AckRequested goes
@@ -584,15 +587,20 @@ class SessionEngine:
             self._delivered = []
         self._check_incoming_closed()
 
-    def _receive_data_runs(self, count: int, runs: list, data_packets: int, ack_requested: bool,
+    def _receive_data_runs(self, count: int, steps: list, data_packets: int, ack_requested: bool,
                            now: float, full_packets: int) -> None:
-        """receive_frames_many for `count` packets of nothing but DATA (no fragments) and
-        AckRequested, already joined into runs by codec.data_runs: the same end state, with
-        no Python work per frame."""
+        """receive_frames_many for `count` packets of nothing but DATA (no fragments),
+        AckRequested and ACK riding with data, already joined into runs by codec.data_runs
+        (steps: runs and ACK frames in arrival order): the same end state, with no Python
+        work per DATA frame."""
         self._last_heard = now
         self.packets_received += count
         try:
-            for first, payloads in runs:
+            for step in steps:
+                if len(step) != 2:
+                    self._on_ack(step, now)     # an ACK frame, after the runs before it
+                    continue
+                first, payloads = step
                 # (the decoder checked first + count - 1 <= 2**64-1 for every frame)
                 if first < FIRST_NUMBER:
                     raise ProtocolError(f"message numbers {first}..{first + len(payloads) - 1} out of range")
