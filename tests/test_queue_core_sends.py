@@ -146,6 +146,24 @@ def test_prepare_plain_many_stops_at_the_first_refusal_and_numbers_on():
     assert none == [] and isinstance(refusal, TypeError)
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_sequence_repeated_in_a_batch_out_of_order_is_queued_once(durable):
+    core = _core(durable=durable)
+    producer, _ = core.open_producer(b"producer-one", 0, 1.0)
+    _written(core, 1.0)
+    sequences = [3, 1, 2, 3, 1, 7, 2, 7]
+    entries = [core.prepare_plain("q", b"%d" % s, 1.0) for s in sequences]
+    ids, waits = core.send(entries, 1.0, producer=producer, epoch=producer.epoch, sequences=sequences)
+    assert ids[0] == ids[3] and ids[1] == ids[4] and ids[2] == ids[6] and ids[5] == ids[7]
+    assert len(set(ids)) == 4
+    assert waits == [core.records.open_number if durable else None] * len(sequences)
+    _written(core, 1.0)
+    bodies = []
+    while (entry := core.take("q", 2.0)) is not None:
+        bodies.append(entry.body)
+    assert bodies == [b"3", b"1", b"2", b"7"]
+
+
 def test_a_batch_prepared_for_its_producer_is_named_as_send_names_it():
     core = _core()
     producer, _ = core.open_producer(b"producer-one", 0, 1.0)

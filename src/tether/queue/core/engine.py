@@ -495,8 +495,16 @@ class QueueCore:
         keys: list[tuple[str, int]] = []             # (queue, sequence) de-duplicated, journaled
         copied: list[Entry] = []                      # local, sent with journal=True: copies
         added: dict[Queue, int] = {}
-        in_batch: set[tuple[str, int]] = set()
-        high = -1                 # no sequence above it is in in_batch
+        # the keys queued by this call, made from `keys` once a sequence is not above all
+        # before it (a client's batch numbers upwards: commonly never). A volatile queue's
+        # key needs none: it is accepted at once, and classify() finds it.
+        in_batch: set[tuple[str, int]] | None = None
+        high = -1                 # no sequence above it was queued by this call
+        add_id = ids.append
+        add_wait = waits.append
+        add_op = ops.append
+        add_key = keys.append
+        add_journaled = journaled.append
         enqueue = R.ENQUEUE
         # looked up once per run of entries to one queue (the queue before's, first none)
         current: Queue | None = None
@@ -530,10 +538,13 @@ class QueueCore:
                 entry.sequence = sequence
                 if exactly:
                     key = (name, sequence)
-                    if sequence <= high and key in in_batch:      # twice in this call: one write
-                        ids.append(entry.id)
-                        waits.append(record if journaled_queue else None)
-                        continue
+                    if sequence <= high:
+                        if in_batch is None:
+                            in_batch = set(keys)
+                        if key in in_batch:                 # twice in this call: one write
+                            add_id(entry.id)
+                            add_wait(record)
+                            continue
                     # above every sequence queued there, at or over the floor and not being
                     # written: new (the common case, decided without a call). A journaled
                     # queue's set does not change during this call; a volatile one's does.
@@ -541,45 +552,45 @@ class QueueCore:
                             and (not pending or key not in pending)):
                         seen = producers.classify(producer, name, sequence)   # type: ignore[arg-type]
                         if seen is DUPLICATE:
-                            ids.append(entry.id)
-                            waits.append(None)
+                            add_id(entry.id)
+                            add_wait(None)
                             continue
                         if seen is not NEW:                # being written now: its outcome decides
-                            ids.append(entry.id)
-                            waits.append(seen[0])
+                            add_id(entry.id)
+                            add_wait(seen[0])
                             continue
             if limit is not None and queue.held + queue.reserved + count >= limit:
-                ids.append(QueueFull(f"queue {name!r} holds max_length={limit} messages"))
-                waits.append(None)
+                add_id(QueueFull(f"queue {name!r} holds max_length={limit} messages"))
+                add_wait(None)
                 continue
             if queue.deleted:
-                ids.append(QueueNotFound(f"queue {name!r} was deleted"))
-                waits.append(None)
+                add_id(QueueNotFound(f"queue {name!r} was deleted"))
+                add_wait(None)
                 continue
-            if key is not None:
-                in_batch.add(key)
-                if key[1] > high:
-                    high = key[1]
             if numbered:
                 self._number(queue, entry)
             elif entry.journal:
                 copied.append(entry)
-            ids.append(entry.id)
+            add_id(entry.id)
             if journaled_queue:
                 count += 1
                 if key is None:
-                    ops.append([enqueue, name, entry.to_record()])
+                    add_op([enqueue, name, entry.to_record()])
                 else:
-                    ops.append([enqueue, name, entry.to_record(), key[1]])
-                    keys.append(key)
-                journaled.append(entry)
-                waits.append(record)
+                    add_op([enqueue, name, entry.to_record(), sequence])
+                    add_key(key)
+                    if in_batch is not None:
+                        in_batch.add(key)
+                    if sequence > high:
+                        high = sequence
+                add_journaled(entry)
+                add_wait(record)
             else:
                 if key is not None:
-                    producers.accept(producer, name, key[1], now)     # type: ignore[arg-type]
+                    producers.accept(producer, name, sequence, now)     # type: ignore[arg-type]
                 queue.sent += 1
                 self._arrive(queue, entry, now)
-                waits.append(None)
+                add_wait(None)
         if current is not None:
             added[current] = count
         if not journaled:
