@@ -146,6 +146,53 @@ def test_prepare_plain_many_stops_at_the_first_refusal_and_numbers_on():
     assert none == [] and isinstance(refusal, TypeError)
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_sequence_repeated_in_a_batch_out_of_order_is_queued_once(durable):
+    core = _core(durable=durable)
+    producer, _ = core.open_producer(b"producer-one", 0, 1.0)
+    _written(core, 1.0)
+    sequences = [3, 1, 2, 3, 1, 7, 2, 7]
+    entries = [core.prepare_plain("q", b"%d" % s, 1.0) for s in sequences]
+    ids, waits = core.send(entries, 1.0, producer=producer, epoch=producer.epoch, sequences=sequences)
+    assert ids[0] == ids[3] and ids[1] == ids[4] and ids[2] == ids[6] and ids[5] == ids[7]
+    assert len(set(ids)) == 4
+    assert waits == [core.records.open_number if durable else None] * len(sequences)
+    _written(core, 1.0)
+    bodies = []
+    while (entry := core.take("q", 2.0)) is not None:
+        bodies.append(entry.body)
+    assert bodies == [b"3", b"1", b"2", b"7"]
+
+
+def test_a_batch_prepared_for_its_producer_is_named_as_send_names_it():
+    core = _core()
+    producer, _ = core.open_producer(b"producer-one", 0, 1.0)
+    other, _ = core.open_producer(b"producer-two", 0, 1.0)
+    _written(core, 1.0)
+    plain = [core.prepare_plain("q", b"p%d" % s, 1.0) for s in (5, 6, 7)]
+    plain_ids, _ = core.send(plain, 1.0, producer=producer, epoch=producer.epoch, sequences=[5, 6, 7])
+    assert len(set(plain_ids)) == 3
+    _written(core, 1.0)
+    named, refusal = core.prepare_plain_many("q", [b"n5", b"n6", b"n7"], 1.0, producer, 5)
+    assert refusal is None and [e.id for e in named] == plain_ids     # named before send()
+    ids, waits = core.send(named, 1.0, producer=producer, epoch=producer.epoch, sequences=[5, 6, 7])
+    assert ids == plain_ids and waits == [None] * 3                     # resends, answered alike
+    # prepared for other sequences or another producer: send() names them by what it is told
+    moved, _ = core.prepare_plain_many("q", [b"m8", b"m9"], 1.0, producer, 20)
+    ids, _ = core.send(moved, 1.0, producer=producer, epoch=producer.epoch, sequences=[8, 9])
+    fresh = [core.prepare_plain("q", b"f", 1.0) for _ in range(2)]
+    assert ids == core.send(fresh, 1.0, producer=producer, epoch=producer.epoch, sequences=[8, 9])[0]
+    theirs, _ = core.prepare_plain_many("q", [b"o1"], 1.0, producer, 1)
+    ids, _ = core.send(theirs, 1.0, producer=other, epoch=other.epoch, sequences=[1])
+    assert ids[0] != core.prepare_plain_many("q", [b"o1"], 1.0, producer, 1)[0][0].id
+    assert ids[0] == core.prepare_plain_many("q", [b"o1"], 1.0, other, 1)[0][0].id
+    _written(core, 1.0)
+    bodies = []
+    while (entry := core.take("q", 2.0)) is not None:
+        bodies.append(entry.body)
+    assert bodies == [b"p5", b"p6", b"p7", b"m8", b"m9", b"o1"]
+
+
 class _Waiter:
     def __init__(self) -> None:
         self.entries: list = []

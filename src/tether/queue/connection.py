@@ -395,6 +395,9 @@ class Connection:
             turn.set_result(None)       # the next batch runs once this one yields: after it is queued
         core = self.operations.core
         now = self.operations.now()
+        # the journal's core names a producer's messages by their sequence (send()): each is
+        # prepared under that name, made once; a shared store keeps the names prepared
+        naming = None if self.operations.store.shared else self.state.producer
         results: list[Any] = []         # per message (a batch's one per body)
         entries, sequences, where = [], [], []
         for item in items:
@@ -411,7 +414,7 @@ class Connection:
                     # a run of accepted bodies at a time (every one, commonly), then a refusal
                     run = bodies[k:] if k else bodies
                     if name == address:
-                        prepared, refusal = core.prepare_plain_many(name, run, now)
+                        prepared, refusal = core.prepare_plain_many(name, run, now, naming, first + k)
                     else:
                         prepared, refusal = self._prepare_routed(name, address, run, now)
                     count = len(prepared)

@@ -102,6 +102,7 @@ class QueueCore:
         self.journaled = journaled
         self.manager_id = manager_id
         self.id_prefix = manager_id[:8].hex() + "-"
+        self._key_ids = self.id_prefix + "%x"      # an id from a key: `%` is the cheapest format
         self.producer_expiry = float(producer_expiry)
         self.producers = ProducerTable()
         #: (level, text) lines for the adapter's log: "info" or "warning"
@@ -151,6 +152,7 @@ class QueueCore:
         if state.manager_id is not None:
             self.manager_id = state.manager_id
             self.id_prefix = state.manager_id[:8].hex() + "-"
+            self._key_ids = self.id_prefix + "%x"
             self._identity_journaled = True
         self._next_key = max(self._next_key, state.next_key)
         self.producers.next_pid = max(self.producers.next_pid, state.next_pid)
@@ -436,7 +438,7 @@ class QueueCore:
         journal = self.journal_settings.wanted(journal, destination)
         key = self._next_key
         self._next_key = key + 1
-        entry = Entry(key, id if id is not None else f"{self.id_prefix}{key:x}", body, encoded,
+        entry = Entry(key, id if id is not None else self._key_ids % key, body, encoded,
                       now if enqueued_at is None else float(enqueued_at), expires_at,
                       destination=destination, origin=origin, priority=priority, deliver_at=deliver_at,
                       group_id=group_id, journal=journal)
@@ -474,7 +476,7 @@ class QueueCore:
         self._check_open()
         producers = self.producers
         pid = 0
-        pid_prefix = ""
+        sequence_ids = ""
         floor = 0
         pending: dict[tuple[str, int], int] = {}
         if producer is not None:
@@ -482,7 +484,7 @@ class QueueCore:
             if sequences is None or len(sequences) != len(entries):
                 raise ValueError("send with a producer needs one sequence per entry")
             pid = producer.pid
-            pid_prefix = f"{self.id_prefix}{pid:x}."
+            sequence_ids = self._sequence_ids(producer)
             floor = producer.floor
             pending = producer.pending
         record = self.records.upcoming          # the record this call's ops join
@@ -493,8 +495,16 @@ class QueueCore:
         keys: list[tuple[str, int]] = []             # (queue, sequence) de-duplicated, journaled
         copied: list[Entry] = []                      # local, sent with journal=True: copies
         added: dict[Queue, int] = {}
-        in_batch: set[tuple[str, int]] = set()
-        high = -1                 # no sequence above it is in in_batch
+        # the keys queued by this call, made from `keys` once a sequence is not above all
+        # before it (a client's batch numbers upwards: commonly never). A volatile queue's
+        # key needs none: it is accepted at once, and classify() finds it.
+        in_batch: set[tuple[str, int]] | None = None
+        high = -1                 # no sequence above it was queued by this call
+        add_id = ids.append
+        add_wait = waits.append
+        add_op = ops.append
+        add_key = keys.append
+        add_journaled = journaled.append
         enqueue = R.ENQUEUE
         # looked up once per run of entries to one queue (the queue before's, first none)
         current: Queue | None = None
@@ -522,16 +532,19 @@ class QueueCore:
             key = None
             if producer is not None:
                 sequence = sequences[i]        # type: ignore[index]
+                if not keep_ids and (entry.sequence != sequence or entry.producer != pid):
+                    entry.id = sequence_ids % sequence      # (not prepared under this name already)
                 entry.producer = pid
                 entry.sequence = sequence
-                if not keep_ids:
-                    entry.id = f"{pid_prefix}{sequence:x}"
                 if exactly:
                     key = (name, sequence)
-                    if sequence <= high and key in in_batch:      # twice in this call: one write
-                        ids.append(entry.id)
-                        waits.append(record if journaled_queue else None)
-                        continue
+                    if sequence <= high:
+                        if in_batch is None:
+                            in_batch = set(keys)
+                        if key in in_batch:                 # twice in this call: one write
+                            add_id(entry.id)
+                            add_wait(record)
+                            continue
                     # above every sequence queued there, at or over the floor and not being
                     # written: new (the common case, decided without a call). A journaled
                     # queue's set does not change during this call; a volatile one's does.
@@ -539,45 +552,45 @@ class QueueCore:
                             and (not pending or key not in pending)):
                         seen = producers.classify(producer, name, sequence)   # type: ignore[arg-type]
                         if seen is DUPLICATE:
-                            ids.append(entry.id)
-                            waits.append(None)
+                            add_id(entry.id)
+                            add_wait(None)
                             continue
                         if seen is not NEW:                # being written now: its outcome decides
-                            ids.append(entry.id)
-                            waits.append(seen[0])
+                            add_id(entry.id)
+                            add_wait(seen[0])
                             continue
             if limit is not None and queue.held + queue.reserved + count >= limit:
-                ids.append(QueueFull(f"queue {name!r} holds max_length={limit} messages"))
-                waits.append(None)
+                add_id(QueueFull(f"queue {name!r} holds max_length={limit} messages"))
+                add_wait(None)
                 continue
             if queue.deleted:
-                ids.append(QueueNotFound(f"queue {name!r} was deleted"))
-                waits.append(None)
+                add_id(QueueNotFound(f"queue {name!r} was deleted"))
+                add_wait(None)
                 continue
-            if key is not None:
-                in_batch.add(key)
-                if key[1] > high:
-                    high = key[1]
             if numbered:
                 self._number(queue, entry)
             elif entry.journal:
                 copied.append(entry)
-            ids.append(entry.id)
+            add_id(entry.id)
             if journaled_queue:
                 count += 1
                 if key is None:
-                    ops.append([enqueue, name, entry.to_record()])
+                    add_op([enqueue, name, entry.to_record()])
                 else:
-                    ops.append([enqueue, name, entry.to_record(), key[1]])
-                    keys.append(key)
-                journaled.append(entry)
-                waits.append(record)
+                    add_op([enqueue, name, entry.to_record(), sequence])
+                    add_key(key)
+                    if in_batch is not None:
+                        in_batch.add(key)
+                    if sequence > high:
+                        high = sequence
+                add_journaled(entry)
+                add_wait(record)
             else:
                 if key is not None:
-                    producers.accept(producer, name, key[1], now)     # type: ignore[arg-type]
+                    producers.accept(producer, name, sequence, now)     # type: ignore[arg-type]
                 queue.sent += 1
                 self._arrive(queue, entry, now)
-                waits.append(None)
+                add_wait(None)
         if current is not None:
             added[current] = count
         if not journaled:
@@ -618,15 +631,18 @@ class QueueCore:
         key = self._next_key
         self._next_key = key + 1
         ttl = queue.settings.time_to_live
-        entry = Entry(key, f"{self.id_prefix}{key:x}", body, None, now, None if ttl is None else now + ttl)
+        entry = Entry(key, self._key_ids % key, body, None, now, None if ttl is None else now + ttl)
         entry.queue = queue
         return entry
 
-    def prepare_plain_many(self, name: str, bodies: list[Any], now: float) -> tuple[list[Entry], Exception | None]:
+    def prepare_plain_many(self, name: str, bodies: list[Any], now: float, producer: Producer | None = None,
+                           first: int = 0) -> tuple[list[Entry], Exception | None]:
         """prepare_plain() of each body in turn, stopping at the first one refused: (the
         entries prepared, in order; the exception refusing the body after them, or None when
         every one was prepared). The queue, its limit and its time-to-live are looked up
-        once for the whole run (a service's batch of plain sends)."""
+        once for the whole run (a service's batch of plain sends). With `producer`, body i
+        is prepared as that producer's sequence `first + i`, named as send() names it, so
+        a send() with those sequences keeps the name instead of making it again."""
         entries: list[Entry] = []
         add = entries.append
         queue = self._sendable.get(name)
@@ -641,8 +657,13 @@ class QueueCore:
         limit = settings.max_message_size
         ttl = settings.time_to_live
         expires_at = None if ttl is None else now + ttl
-        prefix = self.id_prefix
+        pid = 0
+        ids = self._key_ids
+        if producer is not None:
+            pid = producer.pid
+            ids = self._sequence_ids(producer)
         key = self._next_key
+        sequence = first
         for body in bodies:
             if body.__class__ is not bytes or len(body) > limit:
                 self._next_key = key
@@ -651,14 +672,25 @@ class QueueCore:
                 except (TetherError, ValueError, TypeError) as exc:
                     return entries, exc
                 key = self._next_key
-                add(entry)
+                add(entry)              # (named by its key: send() names it by its sequence)
+                sequence += 1
                 continue
-            entry = Entry(key, f"{prefix}{key:x}", body, None, now, expires_at)
+            if pid:
+                entry = Entry(key, ids % sequence, body, None, now, expires_at, 0, 0, None, None, None, None,
+                              pid, sequence)
+            else:
+                entry = Entry(key, ids % key, body, None, now, expires_at)
             entry.queue = queue
             add(entry)
             key += 1
+            sequence += 1
         self._next_key = key
         return entries, None
+
+    def _sequence_ids(self, producer: Producer) -> str:
+        """The `%` format naming `producer`'s messages by their sequence (send() without
+        keep_ids): the same sequence resent is answered with the same id."""
+        return f"{self.id_prefix}{producer.pid:x}.%x"
 
     def send_body(self, name: str, body: Any, now: float) -> tuple[str, int | None]:
         """prepare() and send_one() of a plain send to application queue `name` (no
