@@ -400,3 +400,47 @@ async def test_pipelining_stays_split_while_a_sync_is_quicker_than_the_round(tmp
         assert commit.pipelined
     finally:
         await journal.close()
+
+
+# ---- sync marks (format version 3) ----
+
+@pytest.mark.parametrize("seed", range(12))
+def test_twins_write_the_same_sync_marks(seed, tmp_path):
+    rng = random.Random(seed)
+    records = random_records(rng)[:40]
+    salt = rng.getrandbits(32)
+    expected = segment.sync_mark(salt) + segment.encode_records(records, salt)
+    assert NATIVE.frame_records(records, salt, True) == REFERENCE.frame_records(records, salt, True) == expected
+    assert NATIVE.frame_records([], salt, True) == REFERENCE.frame_records([], salt, True) == segment.sync_mark(salt)
+    for twin in BOTH:
+        path = tmp_path / twin.__name__
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            assert twin.write_records(fd, records, salt, seed % 2 == 0, True) == len(expected)
+            assert twin.write_records(fd, [], salt, False, True) == segment.RECORD_HEADER_SIZE
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == expected + segment.sync_mark(salt)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_writer_twins_write_the_same_sync_marks(seed, tmp_path):
+    rng = random.Random(seed)
+    jobs = [(random_records(rng)[:30], rng.getrandbits(32), rng.random() < 0.3, rng.random() < 0.5)
+            for _ in range(30)]
+    results = []
+    for twin in BOTH:
+        path = tmp_path / twin.__name__
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        writer = twin.BatchWriter()
+        try:
+            sizes = [writer.submit(token, fd, records, salt, sync, mark)
+                     for token, (records, salt, sync, mark) in enumerate(jobs)]
+            outcomes = [outcome_shape(o) for o in collect(writer, len(jobs))]
+        finally:
+            writer.close()
+            os.close(fd)
+        assert outcomes == [(token, size, 0, None) for token, size in enumerate(sizes)]
+        results.append(path.read_bytes())
+    assert results[0] == results[1] == b"".join(
+        (segment.sync_mark(salt) if mark else b"") + segment.encode_records(r, salt) for r, salt, _, mark in jobs)

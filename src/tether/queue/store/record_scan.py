@@ -83,15 +83,23 @@ def data_end(data: bytes, start: int) -> int:
     return start
 
 
-def holds_zero_sector(data: bytes, offset: int, length: int) -> bool:
-    """True if `data[offset:offset + length]` holds a whole SECTOR_SIZE-aligned sector of
-    zero bytes (one a torn write may have left unwritten)."""
-    first = -(-offset // SECTOR_SIZE) * SECTOR_SIZE
+def holds_zero_sector(data: bytes, offset: int, length: int, first: bool = False) -> bool:
+    """True if `data[offset:offset + length]` holds a sector (SECTOR_SIZE-aligned) a torn
+    write may have left unwritten: a whole sector of zero bytes, or, if `first` (the range
+    starts the torn write), the zero bytes from `offset` to the end of its sector (the
+    sector also held synced bytes before `offset`, written with zeros after them)."""
     end = min(offset + length, len(data))
-    zeros = bytes(SECTOR_SIZE)
-    for sector in range(first, end - SECTOR_SIZE + 1, SECTOR_SIZE):
-        if data.startswith(zeros, sector):
+    sector = offset - offset % SECTOR_SIZE
+    if sector < offset and not first:
+        sector += SECTOR_SIZE
+    while sector < end:
+        low = max(sector, offset)
+        high = sector + SECTOR_SIZE
+        if high > end:
+            return False
+        if data.count(0, low, high) == high - low:
             return True
+        sector += SECTOR_SIZE
     return False
 
 

@@ -222,21 +222,26 @@ def _torn_suffix(data: bytes, contents: SegmentContents, preallocated: bool) -> 
     """The index of the first damaged range of the last segment's torn tail (rule 4), or
     len(damage) if it has none."""
     damage: list[Damage] = contents.damage
-    if not damage:
+    n = len(damage)
+    if not n:
         return 0
     last = damage[-1]
-    if last.after_close or last.offset + last.length < contents.data_end:
-        return len(damage)
+    reaches_end = last.offset + last.length >= contents.data_end and not last.after_close
     if not preallocated:
-        return len(damage) - 1
-    k = len(damage) - 1
-    if last.offset < contents.synced_to:
-        return len(damage)      # an intact sync mark follows it: those bytes were synced
-    while k > 0:
-        d = damage[k - 1]
-        if d.after_close or d.offset < contents.synced_to or not holds_zero_sector(data, d.offset, d.length):
+        return n - 1 if reaches_end else n
+    # Preallocated: from the end back, the ranges a torn write explains. Each needs a sector
+    # the write left unwritten (the last one may instead be a record cut short by the end);
+    # none may come before an intact sync mark.
+    k = n
+    for j in range(n - 1, -1, -1):
+        d = damage[j]
+        cut_short = j == n - 1 and reaches_end
+        if d.after_close or d.offset < contents.synced_to \
+                or not (cut_short or holds_zero_sector(data, d.offset, d.length, first=True)):
             break
-        k -= 1
+        k = j       # the torn write may start here ...
+        if not (cut_short or holds_zero_sector(data, d.offset, d.length)):
+            break   # ... but cannot have started earlier: a sector it wrote is here
     return k
 
 
