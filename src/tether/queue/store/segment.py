@@ -55,16 +55,21 @@ exactly as in version 2.
   before it (every batch under "always"). Intact, it proves that every byte before it was on
   the disk; it is not a record.
 
-Recovery's rule for the last segment of a version-3 journal (survey.py applies it): a crash
-may leave any mix of the sectors written since the last completed sync (a later sector on
-the disk, an earlier one still zero), and zeros after them. So the damage at the end of the
-last segment -- the first damaged range from which on no sync mark follows -- is a torn
-write, cut off with every record after it, when each of its damaged ranges but the last
-holds a whole 512-byte sector of zeros (a sector the crash did not write) and the journal
-was not closed cleanly. Damage before an intact sync mark, damage with intact records after
-it that no zero sector explains, and damage after the clean-close marker are refused, as in
-version 2. The records after a torn write's first damage were never synced (no sync mark
-follows it), so none was acknowledged under "always".
+Recovery's rule for the last segment when it is preallocated (survey.py applies it): a crash
+may leave any mix of the sectors (SECTOR_SIZE) written since the last completed sync -- a
+later sector on the disk, an earlier one still zero -- and zeros after them. So, going back
+from the end of the data, a damaged range belongs to a torn write if no intact sync mark
+follows it and it holds a sector the write did not reach: a whole sector of zeros, or, for
+the range where the torn write starts, the zeros from its start to the end of its sector
+(that sector also held synced bytes, written then with zeros after them); the last range
+may instead be a record cut short by the end of the data. The segment is cut where the
+first of these ranges starts, with every record after it: no sync mark follows them, so
+they were never synced (under "always": never acknowledged). Damage before an intact sync
+mark, damage with intact records after it that no unwritten sector explains (a changed
+byte), and damage after the clean-close marker (zeros included) are refused, as in
+version 2. What no rule can tell apart: damage in the last synced batch that looks like an
+unwritten sector, with nothing synced after it, is cut as a torn write, as a damaged last
+record is in the appending layout.
 """
 from __future__ import annotations
 

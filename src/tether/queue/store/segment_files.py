@@ -103,8 +103,8 @@ class SegmentFiles:
         self._fd = -1
         self._flagged = False                # the current segment is flagged preallocated
         self._size = 0                       # bytes in the current segment (its records)
-        # the current segment's file size: > _size while zero-filled space is ahead of the
-        # records (writer thread)
+        # the current segment's file size as far as zero jobs know (writer thread): > _size
+        # while zero-filled space is ahead of the records
         self._zeroed = 0
         self._zeroing = -1                   # loop: start of the zero job in flight (-1: none)
         self._zero_retry_at = 0.0            # loop: no zero job before this after one failed
@@ -132,11 +132,6 @@ class SegmentFiles:
     def mark(self) -> bool:
         """Each fast batch starts with a sync mark: "always", in a preallocated segment."""
         return self._flagged and self.policy == "always"
-
-    @property
-    def file_size(self) -> int:
-        """The current segment file's size: its records and the zero-filled space ahead."""
-        return max(self._zeroed, self._size)
 
     # ---- opening ----
 
@@ -170,12 +165,14 @@ class SegmentFiles:
             raise
         self._fd = fd
 
-    def _cut_zero_tail(self) -> None:
-        """Cut the current segment's zero-filled space off (before it is finished), and
-        sync that."""
-        if self._zeroed > self._size:
+    def _cut_zero_tail(self, sync: bool = True) -> None:
+        """Cut the current segment's zero-filled space off (before it is finished or closed),
+        and sync that unless the caller syncs next. The file's own size decides: `_zeroed`
+        may lag behind it (the loop and the writer thread both move the sizes)."""
+        if os.fstat(self._fd).st_size > self._size:
             os.ftruncate(self._fd, self._size)
-            datasync(self._fd)
+            if sync:
+                datasync(self._fd)
         self._zeroed = self._size
 
     def _start_segment(self, seq: int, base: int, prev_size: int) -> None:
@@ -338,8 +335,6 @@ class SegmentFiles:
         self._size += size
         self._sizes[self.seq] = self._size
         self.total_bytes += size
-        if self._size > self._zeroed:
-            self._zeroed = self._size       # appended past the zero-filled space
 
     def _sync(self) -> None:
         datasync(self._fd)
@@ -496,9 +491,7 @@ class SegmentFiles:
                     try:
                         if self.dirty:
                             self._sync()
-                        if self._zeroed > self._size:
-                            os.ftruncate(self._fd, self._size)    # synced with the marker
-                            self._zeroed = self._size
+                        self._cut_zero_tail(sync=False)     # synced with the marker
                         write_all(self._fd, close_marker(self.salt))
                         datasync(self._fd)
                     except OSError as exc:
