@@ -93,7 +93,7 @@ class FastPath(Protocol):
     def zero_plan(self, in_flight: int) -> tuple[int, int, int] | None:
         """The zero job to post now, or None."""
 
-    def zero_ahead(self, seq: int, start: int, stop: int) -> bool:
+    def zero_ahead(self, seq: int, start: int, stop: int) -> bool | None:
         """Writer thread: the zero job."""
 
     def zero_done(self, arg: object, done: bool | None, error: BaseException | None) -> None:

@@ -286,13 +286,14 @@ class SegmentFiles:
         self._zeroing = start
         return self.seq, start, stop
 
-    def zero_ahead(self, seq: int, start: int, stop: int) -> bool:
-        """Writer thread: write zeros over [start, stop) of segment `seq` and fdatasync
-        them, unless that is no longer the current segment, or its records have reached
-        `start` meanwhile (a batch of this thread), or the journal is failed. True if done;
-        a failure is logged and False (zeroing is tried again after `retry_interval`)."""
+    def zero_ahead(self, seq: int, start: int, stop: int) -> bool | None:
+        """Writer thread: write zeros over [start, stop) of segment `seq` and sync them;
+        None (nothing done) if that is no longer the current segment, or its records have
+        reached `start` meanwhile (a batch of this thread), or the journal is failed. True
+        if done; a failure is logged and False (zeroing is tried again after
+        `retry_interval`)."""
         if seq != self.seq or self._fd < 0 or self.broken is not None or self._size > start:
-            return False
+            return None
         try:
             for offset in range(start, stop, ZERO_PIECE):
                 os.pwrite(self._fd, _ZEROS[:min(ZERO_PIECE, stop - offset)], offset)
@@ -307,10 +308,11 @@ class SegmentFiles:
         self._zeroed = max(self._zeroed, stop)
         return True
 
-    def zero_done(self, _arg: object, done: bool | None, _error: BaseException | None) -> None:
-        """Loop: the zero job planned last is over (`done`: it zero-filled its chunk)."""
+    def zero_done(self, _arg: object, done: bool | None, error: BaseException | None) -> None:
+        """Loop: the zero job planned last is over (`done`: True, or None if skipped, or
+        False if it failed)."""
         self._zeroing = -1
-        if not done:
+        if done is False or error is not None:
             self._zero_retry_at = time.monotonic() + self.retry_interval
 
     def fast_written(self, size: int) -> None:
