@@ -184,24 +184,28 @@ def outcome_shape(outcome: tuple) -> tuple:
     return token, written, err, step
 
 
+@pytest.mark.parametrize("marks", [False, True], ids=["records", "with-sync-marks"])
 @pytest.mark.parametrize("seed", range(8))
-def test_batch_writer_twins_write_the_same_bytes_in_order(seed, tmp_path):
+def test_batch_writer_twins_write_the_same_bytes_in_order(seed, marks, tmp_path):
     rng = random.Random(seed)
-    jobs = [(random_records(rng)[:50], rng.getrandbits(32), rng.random() < 0.3) for _ in range(40)]
+    jobs = [(random_records(rng)[:50], rng.getrandbits(32), rng.random() < 0.3, marks and rng.random() < 0.5)
+            for _ in range(40)]
     results = []
     for twin in BOTH:
         path = tmp_path / twin.__name__
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         writer = twin.BatchWriter()
         try:
-            sizes = [writer.submit(token, fd, records, salt, sync) for token, (records, salt, sync) in enumerate(jobs)]
+            sizes = [writer.submit(token, fd, records, salt, sync, mark)
+                     for token, (records, salt, sync, mark) in enumerate(jobs)]
             outcomes = [outcome_shape(o) for o in collect(writer, len(jobs))]
         finally:
             writer.close()
             os.close(fd)
         assert outcomes == [(token, size, 0, None) for token, size in enumerate(sizes)]
         results.append(path.read_bytes())
-    assert results[0] == results[1] == b"".join(segment.encode_records(r, salt) for r, salt, _ in jobs)
+    assert results[0] == results[1] == b"".join(
+        (segment.sync_mark(salt) if mark else b"") + segment.encode_records(r, salt) for r, salt, _, mark in jobs)
 
 
 @pytest.mark.parametrize("twin", BOTH, ids=["native", "reference"])
@@ -421,26 +425,3 @@ def test_twins_write_the_same_sync_marks(seed, tmp_path):
         finally:
             os.close(fd)
         assert path.read_bytes() == expected + segment.sync_mark(salt)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_batch_writer_twins_write_the_same_sync_marks(seed, tmp_path):
-    rng = random.Random(seed)
-    jobs = [(random_records(rng)[:30], rng.getrandbits(32), rng.random() < 0.3, rng.random() < 0.5)
-            for _ in range(30)]
-    results = []
-    for twin in BOTH:
-        path = tmp_path / twin.__name__
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        writer = twin.BatchWriter()
-        try:
-            sizes = [writer.submit(token, fd, records, salt, sync, mark)
-                     for token, (records, salt, sync, mark) in enumerate(jobs)]
-            outcomes = [outcome_shape(o) for o in collect(writer, len(jobs))]
-        finally:
-            writer.close()
-            os.close(fd)
-        assert outcomes == [(token, size, 0, None) for token, size in enumerate(sizes)]
-        results.append(path.read_bytes())
-    assert results[0] == results[1] == b"".join(
-        (segment.sync_mark(salt) if mark else b"") + segment.encode_records(r, salt) for r, salt, _, mark in jobs)
