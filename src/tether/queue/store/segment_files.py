@@ -20,8 +20,8 @@ Preallocation (under "always", with `preallocate`): the current segment is zero-
 of its last record -- zeros really written, then fdatasync'ed -- so that a batch's fdatasync
 overwrites blocks the file already has and need not commit a new size (on ext4 an append's
 sync costs about twice an overwrite's). The zeroing runs on the writer thread as a job of
-its own (`zero_ahead`), a chunk at a time (64 KiB -- an eighth of a smaller segment --
-growing with the segment up to 4 MiB, about one chunk ahead), while
+its own (`zero_ahead`), a chunk at a time (64 KiB -- an eighth of a smaller segment, none
+under 32 KiB -- growing with the segment up to 4 MiB, about one chunk ahead), while
 the fast path's batches go on below it: the loop plans it (`zero_plan`) and keeps fast
 batches below the planned start until it is done. Records are written at the fd's position
 (never O_APPEND, whose writes would go after the zeros), which the writes advance and every
@@ -64,6 +64,7 @@ logger = logging.getLogger("tether.journal")
 ZERO_MIN_CHUNK = 64 * 1024
 ZERO_MAX_CHUNK = 4 * 1024 * 1024
 ZERO_PIECE = 256 * 1024
+ZERO_SMALLEST = 4096
 _ZEROS = bytes(ZERO_PIECE)
 
 
@@ -275,6 +276,8 @@ class SegmentFiles:
         end = self._size + in_flight
         zeroed = self._zeroed
         first = min(ZERO_MIN_CHUNK, self.segment_size // 8)
+        if first < ZERO_SMALLEST:
+            return None         # segments under 32 KiB: a sync per few records is no gain
         chunk = min(max(first, end - HEADER_SIZE), ZERO_MAX_CHUNK)     # grows with the segment
         if zeroed - end >= chunk or time.monotonic() < self._zero_retry_at:
             return None
