@@ -321,3 +321,36 @@ async def test_any_crash_of_the_unsynced_batch_keeps_every_synced_one(tmp_path, 
 def test_zero_chunk_settings_are_sane():
     assert segment_files.ZERO_MIN_CHUNK <= segment_files.ZERO_MAX_CHUNK
     assert segment_files.ZERO_MAX_CHUNK % segment_files.ZERO_PIECE == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_flipped_bit_is_refused_unless_nothing_intact_follows_it(tmp_path, seed):
+    """A killed preallocated journal (records, then zeros) with one bit flipped anywhere:
+    refused and unchanged while any intact record or mark follows the damaged one; else cut
+    there as a torn tail, keeping every record before it."""
+    rng = random.Random(seed)
+    batches = [[numbered(100 * b + i, rng.choice([10, 70, 200])) for i in range(rng.randint(1, 8))]
+               for b in range(6)]
+    frames: list[tuple[int, int, bytes | None]] = []       # (start, end, record; None: a mark)
+    pos = seg.HEADER_SIZE
+    for records in batches:
+        frames.append((pos, pos + seg.RECORD_HEADER_SIZE, None))
+        pos += seg.RECORD_HEADER_SIZE
+        for record in records:
+            frames.append((pos, pos + seg.RECORD_HEADER_SIZE + len(record), record))
+            pos = frames[-1][1]
+    template = image([batch(records) for records in batches], pos + 3000)
+    for case in range(25):
+        offset = rng.randrange(seg.HEADER_SIZE, pos + 200)
+        damaged = bytearray(template)
+        damaged[offset] ^= 1 << rng.randrange(8)
+        directory = tmp_path / f"case{case}"
+        directory.mkdir()
+        write(directory, seg.segment_name(1), bytes(damaged))
+        hit = next((k for k, (start, end, _r) in enumerate(frames) if start <= offset < end), len(frames))
+        before = [r for _s, _e, r in frames[:hit] if r is not None]
+        if hit < len(frames) - 1:
+            await refused(directory)
+        else:
+            records, log = await recovered(directory)
+            assert records == before and len(log) == 1, (offset, hit)
