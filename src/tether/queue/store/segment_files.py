@@ -166,14 +166,13 @@ class SegmentFiles:
             raise
         self._fd = fd
 
-    def _cut_zero_tail(self, sync: bool = True) -> None:
+    def _cut_zero_tail(self) -> None:
         """Cut the current segment's zero-filled space off (before it is finished or closed),
-        and sync that unless the caller syncs next. The file's own size decides: `_zeroed`
-        may lag behind it (the loop and the writer thread both move the sizes)."""
+        and sync that. The file's own size decides: `_zeroed` may lag behind it (the loop
+        and the writer thread both move the sizes)."""
         if os.fstat(self._fd).st_size > self._size:
             os.ftruncate(self._fd, self._size)
-            if sync:
-                datasync(self._fd)
+            datasync(self._fd)
         self._zeroed = self._size
 
     def _start_segment(self, seq: int, base: int, prev_size: int) -> None:
@@ -496,7 +495,9 @@ class SegmentFiles:
                     try:
                         if self.dirty:
                             self._sync()
-                        self._cut_zero_tail(sync=False)     # synced with the marker
+                        # the cut is synced before the marker is written: a marker with
+                        # zeros still after it would read as damage after a power loss
+                        self._cut_zero_tail()
                         write_all(self._fd, close_marker(self.salt))
                         datasync(self._fd)
                     except OSError as exc:
