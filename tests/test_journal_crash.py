@@ -195,7 +195,8 @@ def test_sigkill_while_zero_filling_ahead_and_rolling_over_loses_no_acknowledged
         assert last.header is not None and last.header.preallocated, context
         if last.contents.zero_from is not None:
             zero_tails += 1
-        assert all(s.contents.zero_from is None for s in found.segments[:-1]), f"{context}: a finished segment kept zeros"
+        finished = found.segments[:-1]
+        assert all(s.contents.zero_from is None for s in finished), f"{context}: a finished segment kept zeros"
         check_recovered(directory, run, acked, acknowledged, context)
     assert zero_tails >= 2, f"seed={seed}: only {zero_tails} kills left zeros ahead of the records"
     assert len(acknowledged) > 1000, f"seed={seed}: too few appends to mean anything"

@@ -17,7 +17,7 @@ and the restore is tried again before a later batch (at most once per `retry_int
 also by the interval policy's timer) until it succeeds; then appends go on.
 
 Preallocation (under "always", with `preallocate`): the current segment is zero-filled ahead
-of its last record -- zeros really written, then fdatasync'ed -- so that a batch's fdatasync
+of its last record -- zeros really written, then synced -- so that a batch's fdatasync
 overwrites blocks the file already has and need not commit a new size (on ext4 an append's
 sync costs about twice an overwrite's). The zeroing runs on the writer thread as a job of
 its own (`zero_ahead`), a chunk at a time (64 KiB -- an eighth of a smaller segment, none
