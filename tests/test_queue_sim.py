@@ -172,9 +172,23 @@ def test_harness_catches_a_lost_message(monkeypatch) -> None:
             return                      # acknowledged, never queued
         real(self, queue, entry, now, front)
 
+    real_run = engine.QueueCore._arrive_run
+
+    def losing_run(self, queue, entries, now, reserved):      # a written batch's way in
+        for n, entry in enumerate(entries):
+            if entry.body.startswith(b"m3.") and not lost:
+                lost.append(entry)
+                if reserved:
+                    queue.reserved -= 1
+                entries = entries[:n] + entries[n + 1:]        # acknowledged, never queued
+                break
+        real_run(self, queue, entries, now, reserved)
+
     monkeypatch.setattr(engine.QueueCore, "_arrive", losing)
+    monkeypatch.setattr(engine.QueueCore, "_arrive_run", losing_run)
     with pytest.raises(SimulationFailure, match="counts .* in the core|lost"):
         run_scenario(clean(1))
+    assert lost
 
 
 def test_harness_failure_names_the_replay_command(monkeypatch) -> None:

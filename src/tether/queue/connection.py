@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from itertools import islice
 from typing import Any, Protocol
 
 from ..errors import (
@@ -407,18 +406,14 @@ class Connection:
                     error = refused.get(address) or QueueError(f"queue address {address!r} was not routed")
                     results.extend([error] * len(bodies))
                     continue
-                prepare = core.prepare_plain if name == address else self._prepare_routed(name, address)
                 k = 0
                 while k < len(bodies):
                     # a run of accepted bodies at a time (every one, commonly), then a refusal
-                    prepared: list[Entry] = []
-                    add = prepared.append
-                    refusal = None
-                    try:
-                        for body in islice(bodies, k, None):
-                            add(prepare(name, body, now))
-                    except (TetherError, ValueError, TypeError) as exc:
-                        refusal = exc
+                    run = bodies[k:] if k else bodies
+                    if name == address:
+                        prepared, refusal = core.prepare_plain_many(name, run, now)
+                    else:
+                        prepared, refusal = self._prepare_routed(name, address, run, now)
                     count = len(prepared)
                     n = len(results)
                     entries += prepared
@@ -449,10 +444,18 @@ class Connection:
         await self._queue(entries, sequences, where, results, keep_ids=False)
         self._answer(items, _per_item(items, results))
 
-    def _prepare_routed(self, name: str, address: str) -> Any:
-        """prepare() of a plain send to `address`, which routes to local queue `name`."""
+    def _prepare_routed(self, name: str, address: str, bodies: list, now: float) -> tuple[list[Entry], Any]:
+        """prepare() of plain sends to `address`, which routes to local queue `name`, as
+        QueueCore.prepare_plain_many: (the entries prepared, the exception refusing the
+        body after them or None)."""
         core = self.operations.core
-        return lambda name, body, now: core.prepare(name, body, now, destination=address)
+        prepared: list[Entry] = []
+        try:
+            for body in bodies:
+                prepared.append(core.prepare(name, body, now, destination=address))
+        except (TetherError, ValueError, TypeError) as exc:
+            return prepared, exc
+        return prepared, None
 
     def _take_turn(self) -> tuple[asyncio.Future | None, asyncio.Future]:
         """(the turn before ours, ours): call first thing in a batch's task (tasks start in

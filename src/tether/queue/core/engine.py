@@ -33,6 +33,7 @@ from ...errors import (
     QueueFull,
     QueueMessageTooLarge,
     QueueNotFound,
+    TetherError,
     TransactionError,
 )
 from ...layer1 import RangeSet, module
@@ -465,16 +466,25 @@ class QueueCore:
         write's record). A producer's message is named by its sequence unless `keep_ids`
         (forwarded messages keep the id their first queue manager gave).
 
-        Priced per batch: the answers are two flat lists, the producer's reservations and
-        acceptances go in one call each, and every journaled entry waits for the record
-        this call fills (its number is known before: no record is cut inside a core call)."""
+        Priced per batch: the answers are two flat lists, what depends on the queue alone is
+        looked up once per run of entries to one queue, the producer's reservations and
+        acceptances go in one call each, the entries join their queues in one call once
+        written (_arrive_all), and every journaled entry waits for the record this call
+        fills (its number is known before: no record is cut inside a core call)."""
         self._check_open()
         producers = self.producers
+        pid = 0
+        pid_prefix = ""
+        floor = 0
+        pending: dict[tuple[str, int], int] = {}
         if producer is not None:
             producers.check_epoch(producer, epoch)
             if sequences is None or len(sequences) != len(entries):
                 raise ValueError("send with a producer needs one sequence per entry")
-            pid_prefix = f"{self.id_prefix}{producer.pid:x}."
+            pid = producer.pid
+            pid_prefix = f"{self.id_prefix}{pid:x}."
+            floor = producer.floor
+            pending = producer.pending
         record = self.records.upcoming          # the record this call's ops join
         ids: list[str | BaseException] = []
         waits: list[int | None] = []
@@ -484,66 +494,96 @@ class QueueCore:
         copied: list[Entry] = []                      # local, sent with journal=True: copies
         added: dict[Queue, int] = {}
         in_batch: set[tuple[str, int]] = set()
+        high = -1                 # no sequence above it is in in_batch
         enqueue = R.ENQUEUE
+        # looked up once per run of entries to one queue (the queue before's, first none)
+        current: Queue | None = None
+        name = ""
+        journaled_queue = exactly = numbered = False
+        limit: int | None = None
+        count = 0                 # the current queue's entries added so far in this call
+        top: int | None = None    # the highest sequence the producer has queued on it
         for i, entry in enumerate(entries):
             queue = entry.queue
-            settings = queue.settings
+            if queue is not current:
+                if current is not None:
+                    added[current] = count
+                current = queue
+                count = added.get(queue, 0)
+                settings = queue.settings
+                name = queue.name
+                limit = settings.max_length
+                journaled_queue = queue.journaled
+                numbered = queue.numbered
+                exactly = producer is not None and settings.exactly_once
+                if exactly:
+                    accepted = producer.accepted.get(name)      # type: ignore[union-attr]
+                    top = None if accepted is None else accepted.max
             key = None
             if producer is not None:
-                sequence = sequences[i]
-                entry.producer = producer.pid
+                sequence = sequences[i]        # type: ignore[index]
+                entry.producer = pid
                 entry.sequence = sequence
                 if not keep_ids:
                     entry.id = f"{pid_prefix}{sequence:x}"
-                if settings.exactly_once:
-                    key = (queue.name, sequence)
-                    if key in in_batch:               # twice in this batch: one write
+                if exactly:
+                    key = (name, sequence)
+                    if sequence <= high and key in in_batch:      # twice in this call: one write
                         ids.append(entry.id)
-                        waits.append(record if queue.journaled else None)
+                        waits.append(record if journaled_queue else None)
                         continue
-                    seen = producers.classify(producer, queue.name, sequence)
-                    if seen is DUPLICATE:
-                        ids.append(entry.id)
-                        waits.append(None)
-                        continue
-                    if seen is not NEW:                # being written now: its outcome decides
-                        ids.append(entry.id)
-                        waits.append(seen[0])
-                        continue
-            limit = settings.max_length
-            if limit is not None and queue.held + queue.reserved + added.get(queue, 0) >= limit:
-                ids.append(QueueFull(f"queue {queue.name!r} holds max_length={limit} messages"))
+                    # above every sequence queued there, at or over the floor and not being
+                    # written: new (the common case, decided without a call). A journaled
+                    # queue's set does not change during this call; a volatile one's does.
+                    if not (journaled_queue and sequence >= floor and (top is None or sequence > top)
+                            and (not pending or key not in pending)):
+                        seen = producers.classify(producer, name, sequence)   # type: ignore[arg-type]
+                        if seen is DUPLICATE:
+                            ids.append(entry.id)
+                            waits.append(None)
+                            continue
+                        if seen is not NEW:                # being written now: its outcome decides
+                            ids.append(entry.id)
+                            waits.append(seen[0])
+                            continue
+            if limit is not None and queue.held + queue.reserved + count >= limit:
+                ids.append(QueueFull(f"queue {name!r} holds max_length={limit} messages"))
                 waits.append(None)
                 continue
             if queue.deleted:
-                ids.append(QueueNotFound(f"queue {queue.name!r} was deleted"))
+                ids.append(QueueNotFound(f"queue {name!r} was deleted"))
                 waits.append(None)
                 continue
             if key is not None:
                 in_batch.add(key)
-            if queue.numbered:
+                if key[1] > high:
+                    high = key[1]
+            if numbered:
                 self._number(queue, entry)
             elif entry.journal:
                 copied.append(entry)
             ids.append(entry.id)
-            if queue.journaled:
-                added[queue] = added.get(queue, 0) + 1
+            if journaled_queue:
+                count += 1
                 if key is None:
-                    ops.append([enqueue, queue.name, entry.to_record()])
+                    ops.append([enqueue, name, entry.to_record()])
                 else:
-                    ops.append([enqueue, queue.name, entry.to_record(), key[1]])
+                    ops.append([enqueue, name, entry.to_record(), key[1]])
                     keys.append(key)
                 journaled.append(entry)
                 waits.append(record)
             else:
                 if key is not None:
-                    producers.accept(producer, queue.name, key[1], now)
+                    producers.accept(producer, name, key[1], now)     # type: ignore[arg-type]
                 queue.sent += 1
                 self._arrive(queue, entry, now)
                 waits.append(None)
+        if current is not None:
+            added[current] = count
         if not journaled:
             self._copy_to_journal(copied, now)
             return ids, waits
+        added = {queue: count for queue, count in added.items() if count}
         for queue, count in added.items():
             queue.reserved += count
 
@@ -551,14 +591,8 @@ class QueueCore:
             for queue, count in added.items():
                 queue.reserved -= count
             if keys:
-                producers.accept_many(producer, keys, now)
-            for entry in journaled:
-                queue = entry.queue
-                if queue.deleted:
-                    self.events.append(("info", f"message {entry.id} dropped: queue {queue.name!r} was deleted"))
-                else:
-                    queue.sent += 1
-                    self._arrive(queue, entry, now)
+                producers.accept_many(producer, keys, now)      # type: ignore[arg-type]
+            self._arrive_all(journaled, now)
 
         def undo(now: float) -> None:
             for queue, count in added.items():
@@ -566,13 +600,13 @@ class QueueCore:
             for entry in journaled:
                 advance(entry, DROP)        # never queued (and no longer a number to forward)
             if keys:
-                producers.unreserve_many(producer, keys)
+                producers.unreserve_many(producer, keys)        # type: ignore[arg-type]
 
         if self.records.add(ops, apply, undo) != record:
             raise AssertionError("a send's ops went into another record than the one it answered with")
         self._copy_to_journal(copied, now)          # the same record
         if keys:
-            producers.reserve_many(producer, keys, record)
+            producers.reserve_many(producer, keys, record)      # type: ignore[arg-type]
         return ids, waits
 
     def prepare_plain(self, name: str, body: Any, now: float) -> Entry:
@@ -587,6 +621,44 @@ class QueueCore:
         entry = Entry(key, f"{self.id_prefix}{key:x}", body, None, now, None if ttl is None else now + ttl)
         entry.queue = queue
         return entry
+
+    def prepare_plain_many(self, name: str, bodies: list[Any], now: float) -> tuple[list[Entry], Exception | None]:
+        """prepare_plain() of each body in turn, stopping at the first one refused: (the
+        entries prepared, in order; the exception refusing the body after them, or None when
+        every one was prepared). The queue, its limit and its time-to-live are looked up
+        once for the whole run (a service's batch of plain sends)."""
+        entries: list[Entry] = []
+        add = entries.append
+        queue = self._sendable.get(name)
+        if queue is None:           # a system queue, or none: prepare()'s checks, one at a time
+            for body in bodies:
+                try:
+                    add(self.prepare(name, body, now))
+                except (TetherError, ValueError, TypeError) as exc:
+                    return entries, exc
+            return entries, None
+        settings = queue.settings
+        limit = settings.max_message_size
+        ttl = settings.time_to_live
+        expires_at = None if ttl is None else now + ttl
+        prefix = self.id_prefix
+        key = self._next_key
+        for body in bodies:
+            if body.__class__ is not bytes or len(body) > limit:
+                self._next_key = key
+                try:
+                    entry = self.prepare(name, body, now)       # converts, or refuses with its error
+                except (TetherError, ValueError, TypeError) as exc:
+                    return entries, exc
+                key = self._next_key
+                add(entry)
+                continue
+            entry = Entry(key, f"{prefix}{key:x}", body, None, now, expires_at)
+            entry.queue = queue
+            add(entry)
+            key += 1
+        self._next_key = key
+        return entries, None
 
     def send_body(self, name: str, body: Any, now: float) -> tuple[str, int | None]:
         """prepare() and send_one() of a plain send to application queue `name` (no
@@ -635,9 +707,9 @@ class QueueCore:
             self.commit([], [self._journal_copy(entry, now) for entry in entries], now)
 
     def _arrived_reserved(self, entries: list[Entry], now: float) -> None:
-        """A run of send_one() entries is written: each joins its queue."""
-        for entry in entries:
-            self._arrive_reserved(entry.queue, entry, now)
+        """A run of send_one() entries is written: they join their queues (_arrive_all),
+        each no longer reserved there."""
+        self._arrive_all(entries, now, reserved=True)
 
     def _unreserved(self, entries: list[Entry], now: float) -> None:
         for entry in entries:
@@ -672,14 +744,6 @@ class QueueCore:
             return None
         queue.next_sequence = next_sequence
         return before, self.records.add_op([R.COUNTER, name, next_sequence]) if queue.journaled else None
-
-    def _arrive_reserved(self, queue: Queue, entry: Entry, now: float) -> None:
-        queue.reserved -= 1
-        if queue.deleted:
-            self.events.append(("info", f"message {entry.id} dropped: queue {queue.name!r} was deleted"))
-        else:
-            queue.sent += 1
-            self._arrive(queue, entry, now)
 
     @staticmethod
     def _unreserve(queue: Queue, entry: Entry) -> None:
@@ -831,6 +895,50 @@ class QueueCore:
         if queue.kind == POISON:
             self._poison_changed(queue.main)
         self._offer(queue, entry, now, front)
+
+    def _arrive_all(self, entries: list[Entry], now: float, reserved: bool = False) -> None:
+        """Sent entries, written, join their queues in order (one whose queue was deleted
+        meanwhile is dropped, with a log line); each run of entries to one queue in one
+        call (_arrive_run). `reserved`: each was counted in its queue's `reserved` (send_one)."""
+        run: list[Entry] = []
+        add = run.append
+        run_queue = None
+        for entry in entries:
+            queue = entry.queue
+            if queue is not run_queue:
+                if run:
+                    self._arrive_run(run_queue, run, now, reserved)     # type: ignore[arg-type]
+                    run = []
+                    add = run.append
+                run_queue = queue
+            add(entry)
+        if run:
+            self._arrive_run(run_queue, run, now, reserved)     # type: ignore[arg-type]
+
+    def _arrive_run(self, queue: Queue, entries: list[Entry], now: float, reserved: bool) -> None:
+        """Sent entries join `queue`, in order, as _arrive() each. While nobody waits on an
+        application queue, its plain entries (no delivery time, group or dead-letter
+        source) go straight to the back of their ready lists (Queue.admit_ready); any other
+        one takes _arrive()'s way."""
+        if reserved:
+            queue.reserved -= len(entries)
+        if queue.deleted:
+            events = self.events
+            for entry in entries:
+                events.append(("info", f"message {entry.id} dropped: queue {queue.name!r} was deleted"))
+            return
+        queue.sent += len(entries)
+        i = 0
+        n = len(entries)
+        while i < n:
+            if queue.app and not queue.waiters:
+                i, earliest = queue.admit_ready(entries, i)
+                if earliest < queue.timer_at:
+                    self._schedule(queue, earliest)
+                if i == n:
+                    return
+            self._arrive(queue, entries[i], now)
+            i += 1
 
     def _admit_scheduled(self, queue: Queue, entry: Entry) -> None:
         """A READY `entry` is held in application queue `queue` until its deliver_at (its
@@ -1420,12 +1528,7 @@ class QueueCore:
                 self._gone(entry.queue, entry, now)
             for queue, count in added.items():
                 queue.reserved -= count
-            for entry in entries:
-                if entry.queue.deleted:
-                    self.events.append(("info", f"message {entry.id} dropped: queue {entry.queue.name!r} was deleted"))
-                else:
-                    entry.queue.sent += 1
-                    self._arrive(entry.queue, entry, now)
+            self._arrive_all(entries, now)
 
         def undo(now: float) -> None:
             for queue, count in added.items():

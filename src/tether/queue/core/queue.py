@@ -26,6 +26,7 @@ RETRY = "retry"
 POISON = "poison"
 
 _STALE_SLACK = 1024
+_INF = float("inf")
 
 
 class Waiter(Protocol):
@@ -165,6 +166,52 @@ class Queue:
             self.levels[level].appendleft(entry)
         else:
             self.levels[level].append(entry)
+
+    def admit_ready(self, entries: list[Entry], start: int) -> tuple[int, float]:
+        """In an application queue nobody waits on: hold entries[start:] as add() each
+        would, READY at the back of their priority's list and indexed for expiry, until one
+        that is not plain (a delivery time, a group, a dead-letter source: the engine
+        admits that one). Returns (the index after the last one held, the earliest
+        expires_at indexed or inf). One call for a written batch of sends."""
+        levels = self.levels
+        top = self.top
+        expiry = self.expiry
+        fifo = expiry.fifo
+        tail = expiry.tail
+        earliest = _INF
+        size = 0
+        i = start
+        n = len(entries)
+        while i < n:
+            entry = entries[i]
+            if entry.deliver_at is not None or entry.group_id is not None or entry.dead_letter_source is not None:
+                break
+            entry.state = READY
+            entry.queue = self
+            entry.in_ready = True
+            size += len(entry.body)
+            expires_at = entry.expires_at
+            if expires_at is not None:          # (no application queue is numbered: it expires here)
+                if expires_at >= tail:
+                    fifo.append(entry)
+                    tail = expires_at
+                else:
+                    expiry.tail = tail
+                    expiry.add(entry)
+                if expires_at < earliest:
+                    earliest = expires_at
+            level = entry.priority
+            if level > top:
+                top = level
+            levels[level].append(entry)
+            i += 1
+        expiry.tail = tail
+        self.top = top
+        count = i - start
+        self.held += count
+        self.depth += count
+        self.bytes += size
+        return i, earliest
 
     def schedule(self, entry: Entry) -> None:
         """Hold a SCHEDULED entry until its deliver_at."""
