@@ -1,8 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The journal's batch write: records framed with the segment format v2 record header
+"""The journal's batch write: records framed with the segment format record header
 (`u32 length | u32 crc32(payload, key) | u32 crc32(previous 8 bytes, key)`, key =
-salt ^ CRC_SEED, little-endian; see src/tether/queue/store/segment.py), written with
-writev and fdatasync'ed in one call, with the GIL released for the CRCs, the write and
+salt ^ CRC_SEED, little-endian; see src/tether/queue/store/segment.py), after a sync mark
+if asked (a record header alone with length SYNC_LENGTH), written with writev at the fd's
+position and fdatasync'ed in one call, with the GIL released for the CRCs, the write and
 the sync (contract: ext/README.md "journal_io").
 
 The pure-Python twin is tether._reference.journal_io; both produce identical bytes and
@@ -17,11 +18,12 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memcpy, strerror
 
 __all__ = ["BatchWriter", "frame_records", "framed_size", "write_records", "CRC_SEED", "MAX_RECORD_SIZE",
-           "RECORD_HEADER_SIZE", "fail_next"]
+           "RECORD_HEADER_SIZE", "SYNC_LENGTH", "fail_next"]
 
 CRC_SEED = 0x5EED_1E55
 MAX_RECORD_SIZE = 0x7FFF_FFFF
 RECORD_HEADER_SIZE = 12
+SYNC_LENGTH = 0xFFFF_FFFE
 # the same limit as a C constant: the per-record check compares C integers (comparing with
 # the module's Python int cost ~0.1 us per record, most of submit() for large batches)
 cdef Py_ssize_t _MAX_RECORD = 0x7FFF_FFFF
@@ -108,6 +110,13 @@ cdef inline void _header(unsigned char *head, const unsigned char *payload, uint
     _put32(head + 8, <uint32_t>crc32(key, head, 8))
 
 
+cdef inline void _sync_mark(unsigned char *head, uint32_t key) noexcept nogil:
+    # a header alone: length SYNC_LENGTH, the CRC of an empty payload (the key itself)
+    _put32(head, 0xFFFFFFFE)
+    _put32(head + 4, key)
+    _put32(head + 8, <uint32_t>crc32(key, head, 8))
+
+
 def framed_size(records) -> int:
     """Bytes `records` take framed: their lengths plus a 12-byte header each."""
     cdef tuple items = _records(records)
@@ -117,17 +126,21 @@ def framed_size(records) -> int:
     return total
 
 
-def frame_records(records, salt) -> bytes:
+def frame_records(records, salt, bint mark=False) -> bytes:
     """The on-disk bytes of `records` (a list of bytes), framed for a segment with `salt`,
-    in order: identical to segment.encode_records."""
+    in order, after a sync mark if `mark`: identical to segment.encode_records (with
+    segment.sync_mark before)."""
     cdef uint32_t key = _key(salt)
     cdef tuple items = _records(records)
-    cdef Py_ssize_t i, n = PyTuple_GET_SIZE(items), total = 0, length
+    cdef Py_ssize_t i, n = PyTuple_GET_SIZE(items), total = HEAD if mark else 0, length
     for i in range(n):
         total += PyBytes_GET_SIZE(<object>PyTuple_GET_ITEM(items, i)) + HEAD
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
     cdef const unsigned char *payload
+    if mark:
+        _sync_mark(p, key)
+        p += HEAD
     for i in range(n):
         item = <object>PyTuple_GET_ITEM(items, i)
         payload = <const unsigned char *>PyBytes_AS_STRING(item)
@@ -163,10 +176,11 @@ cdef int _write_all(int fd, iovec *iov, int count) noexcept nogil:
     return 0
 
 
-def write_records(fd, records, salt, bint sync) -> int:
-    """Frame `records` for `salt`, write them at `fd`'s position (writev; a short write goes
-    on where it stopped), then fdatasync(fd) if `sync`. The GIL is released for the CRCs,
-    the write and the sync. Returns the bytes written (framed_size(records)).
+def write_records(fd, records, salt, bint sync, bint mark=False) -> int:
+    """Frame `records` for `salt` (after a sync mark if `mark`), write them at `fd`'s
+    position (writev; a short write goes on where it stopped), then fdatasync(fd) if `sync`.
+    The GIL is released for the CRCs, the write and the sync. Returns the bytes written
+    (framed_size(records), plus 12 for the mark).
 
     A failed write or sync raises OSError (errno, strerror) whose `journal_step` is "write"
     or "sync"; how much of a failed write reached the file is unknown."""
@@ -181,32 +195,41 @@ def write_records(fd, records, salt, bint sync) -> int:
     cdef unsigned char *heads = NULL
     cdef iovec *iov = NULL
     cdef int err = 0, step = STEP_NONE, rc
+    cdef int m = 1 if mark else 0       # iovecs before the records': the mark's
+    cdef iovec *rec
     global _fail_write_times, _fail_sync_times
-    if n:
-        heads = <unsigned char *>PyMem_Malloc(n * HEAD)
-        iov = <iovec *>PyMem_Malloc(2 * n * sizeof(iovec))
+    if n or m:
+        heads = <unsigned char *>PyMem_Malloc((n + m) * HEAD)
+        iov = <iovec *>PyMem_Malloc((2 * n + m) * sizeof(iovec))
         if heads == NULL or iov == NULL:
             PyMem_Free(heads)
             PyMem_Free(iov)
             raise MemoryError()
+    rec = iov + m
     try:
+        if m:
+            iov[0].iov_base = heads + n * HEAD
+            iov[0].iov_len = HEAD
+            total = HEAD
         for i in range(n):
             item = <object>PyTuple_GET_ITEM(items, i)
-            iov[2 * i].iov_base = heads + i * HEAD
-            iov[2 * i].iov_len = HEAD
-            iov[2 * i + 1].iov_base = PyBytes_AS_STRING(item)
-            iov[2 * i + 1].iov_len = PyBytes_GET_SIZE(item)
+            rec[2 * i].iov_base = heads + i * HEAD
+            rec[2 * i].iov_len = HEAD
+            rec[2 * i + 1].iov_base = PyBytes_AS_STRING(item)
+            rec[2 * i + 1].iov_len = PyBytes_GET_SIZE(item)
             total += HEAD + PyBytes_GET_SIZE(item)
         # `items` holds every payload until we return, and bytes never change
         with nogil:
+            if m:
+                _sync_mark(heads + n * HEAD, key)
             for i in range(n):
-                _header(heads + i * HEAD, <const unsigned char *>iov[2 * i + 1].iov_base,
-                        <uint32_t>iov[2 * i + 1].iov_len, key)
+                _header(heads + i * HEAD, <const unsigned char *>rec[2 * i + 1].iov_base,
+                        <uint32_t>rec[2 * i + 1].iov_len, key)
             if _fail_write_times > 0:
                 _fail_write_times -= 1
                 err, step = _fail_write_errno, STEP_WRITE
-            elif n:
-                err = _write_all(cfd, iov, <int>(2 * n))
+            elif n or m:
+                err = _write_all(cfd, iov, <int>(2 * n + m))
                 if err:
                     step = STEP_WRITE
             if not err and sync:
@@ -285,6 +308,7 @@ ctypedef struct Job:
     long long token
     int fd
     int sync
+    int mark                 # 1: iov[0] is a sync mark (its header at heads + count * HEAD)
     Py_ssize_t count
     iovec *iov
     unsigned char *heads
@@ -313,16 +337,19 @@ ctypedef struct Shared:
 cdef void _run_job(Job *job) noexcept nogil:
     cdef Py_ssize_t i
     cdef int rc
+    cdef iovec *rec = job.iov + job.mark
     global _fail_write_times, _fail_sync_times
+    if job.mark:
+        _sync_mark(job.heads + job.count * HEAD, job.key)
     for i in range(job.count):
-        _header(job.heads + i * HEAD, <const unsigned char *>job.iov[2 * i + 1].iov_base,
-                <uint32_t>job.iov[2 * i + 1].iov_len, job.key)
+        _header(job.heads + i * HEAD, <const unsigned char *>rec[2 * i + 1].iov_base,
+                <uint32_t>rec[2 * i + 1].iov_len, job.key)
     if _fail_write_times > 0:
         _fail_write_times -= 1
         job.err, job.step = _fail_write_errno, STEP_WRITE
         return
-    if job.count:
-        job.err = _write_all(job.fd, job.iov, <int>(2 * job.count))
+    if job.count or job.mark:
+        job.err = _write_all(job.fd, job.iov, <int>(2 * job.count + job.mark))
         if job.err:
             job.step = STEP_WRITE
             return
@@ -436,9 +463,10 @@ cdef class BatchWriter:
             free(self._s)
             self._s = NULL
 
-    def submit(self, token, fd, records, salt, bint sync) -> int:
-        """Queue a job writing `records` framed for `salt` at `fd`, then fdatasync(fd) if
-        `sync`; returns the bytes it writes. `token` (an int) names it in finished()."""
+    def submit(self, token, fd, records, salt, bint sync, bint mark=False) -> int:
+        """Queue a job writing `records` framed for `salt` (after a sync mark if `mark`) at
+        `fd`, then fdatasync(fd) if `sync`; returns the bytes it writes. `token` (an int)
+        names it in finished()."""
         cdef uint32_t key = _key(salt)
         cdef tuple items = _records(records)
         if isinstance(fd, bool) or not isinstance(fd, int):
@@ -452,21 +480,27 @@ cdef class BatchWriter:
         cdef Job *job = <Job *>PyMem_Malloc(sizeof(Job))
         if job == NULL:
             raise MemoryError()
-        job.heads = <unsigned char *>PyMem_Malloc(n * HEAD + 1)
-        job.iov = <iovec *>PyMem_Malloc(2 * n * sizeof(iovec) + 1)
+        cdef int m = 1 if mark else 0
+        job.heads = <unsigned char *>PyMem_Malloc((n + m) * HEAD + 1)
+        job.iov = <iovec *>PyMem_Malloc((2 * n + m) * sizeof(iovec) + 1)
         if job.heads == NULL or job.iov == NULL:
             PyMem_Free(job.heads)
             PyMem_Free(job.iov)
             PyMem_Free(job)
             raise MemoryError()
-        job.token, job.fd, job.sync, job.count, job.key = ctoken, <int>fd, sync, n, key
+        job.token, job.fd, job.sync, job.mark, job.count, job.key = ctoken, <int>fd, sync, m, n, key
         job.total, job.err, job.step, job.next, job.seconds = 0, 0, STEP_NONE, NULL, 0.0
+        cdef iovec *rec = job.iov + m
+        if m:
+            job.iov[0].iov_base = job.heads + n * HEAD
+            job.iov[0].iov_len = HEAD
+            job.total = HEAD
         for i in range(n):
             item = <object>PyTuple_GET_ITEM(items, i)
-            job.iov[2 * i].iov_base = job.heads + i * HEAD
-            job.iov[2 * i].iov_len = HEAD
-            job.iov[2 * i + 1].iov_base = PyBytes_AS_STRING(item)
-            job.iov[2 * i + 1].iov_len = PyBytes_GET_SIZE(item)
+            rec[2 * i].iov_base = job.heads + i * HEAD
+            rec[2 * i].iov_len = HEAD
+            rec[2 * i + 1].iov_base = PyBytes_AS_STRING(item)
+            rec[2 * i + 1].iov_len = PyBytes_GET_SIZE(item)
             job.total += HEAD + PyBytes_GET_SIZE(item)
         Py_INCREF(items)
         job.keep = <PyObject *>items

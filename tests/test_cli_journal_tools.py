@@ -25,7 +25,8 @@ def one_error_line(err: str) -> str:
 
 
 async def write_journal(path, count: int = 30) -> None:
-    async with await Journal.open(path, segment_size=1024) as journal:
+    # appending, not preallocated: the segment counts below are those of that layout
+    async with await Journal.open(path, segment_size=1024, preallocate=False) as journal:
         for i in range(count):
             await journal.append(b"record %03d " % i + b"x" * 40)
 
@@ -35,6 +36,26 @@ async def test_check_of_a_clean_journal_exits_0(tmp_path):
     code, out, err = tether_cli("qm", "check", "--data-dir", str(tmp_path))
     assert (code, err) == (0, "")
     assert out.strip() == f"journal in {tmp_path}: clean: 30 intact record(s) in 2 segment(s)"
+
+
+async def test_check_of_a_killed_preallocated_journal_exits_0(tmp_path):
+    """What a killed queue manager leaves: the records, then the zeros written ahead of them
+    (a copy taken while the journal is open, so nothing cut them)."""
+    journal = await Journal.open(tmp_path / "live", segment_size=64 * 1024)
+    try:
+        for i in range(30):
+            await journal.append(b"record %03d " % i + b"x" * 40)
+        (tmp_path / "copy").mkdir()
+        for name in os.listdir(tmp_path / "live"):
+            if name.endswith(".seg"):
+                (tmp_path / "copy" / name).write_bytes((tmp_path / "live" / name).read_bytes())
+    finally:
+        await journal.close()
+    copy = tmp_path / "copy" / seg.segment_name(1)
+    assert os.path.getsize(copy) > journal.size_bytes       # zeros ahead of the records
+    code, out, err = tether_cli("qm", "check", "--data-dir", str(tmp_path / "copy"))
+    assert (code, err) == (0, "")
+    assert out.strip() == f"journal in {tmp_path / 'copy'}: clean: 30 intact record(s) in 1 segment(s)"
 
 
 async def test_check_reports_each_problem_then_repair_fixes_it(tmp_path):

@@ -351,7 +351,7 @@ async def test_failed_fdatasync_fails_the_batch_and_the_journal_goes_on(tmp_path
 # ---- segments ----
 
 async def test_segment_rollover_keeps_segments_within_size(tmp_path):
-    journal = await Journal.open(tmp_path, segment_size=1024)
+    journal = await Journal.open(tmp_path, segment_size=1024, preallocate=False)   # file sizes are record bytes
     for i in range(200):
         await journal.append(numbered(i, 100))
     names = seg_files(tmp_path)
@@ -378,7 +378,7 @@ async def test_record_larger_than_segment_size_gets_its_own_segment(tmp_path):
 # ---- rewrite ----
 
 async def test_rewrite_with_concurrent_appends_keeps_everything_in_order(tmp_path):
-    journal = await Journal.open(tmp_path, segment_size=4096)
+    journal = await Journal.open(tmp_path, segment_size=4096, preallocate=False)   # file sizes are record bytes
     state: list[bytes] = []            # the owner's view: applied before append
 
     async def submit(record: bytes) -> None:
@@ -427,7 +427,7 @@ async def test_rewrite_with_concurrent_appends_keeps_everything_in_order(tmp_pat
 
 
 async def test_rewrite_snapshot_spanning_segments_and_back_to_back_rewrites(tmp_path):
-    journal = await Journal.open(tmp_path, segment_size=512)
+    journal = await Journal.open(tmp_path, segment_size=512, preallocate=False)   # file sizes are record bytes
     for i in range(100):
         await journal.append(numbered(i))
     big = [numbered(1000 + i, 100) for i in range(30)]      # ~3.3 KB: several segments
@@ -535,7 +535,9 @@ async def test_crash_before_old_segments_deleted_recovers_new_journal(tmp_path, 
 # any other damage makes open() raise JournalCorrupt and leaves every byte as it was.
 
 async def write_journal(path, records, segment_size=64 * 1024 * 1024) -> None:
-    async with await Journal.open(path, segment_size=segment_size) as journal:
+    # appending, not preallocated: the offsets these tests compute are those of that layout
+    # (test_journal_prealloc.py has the preallocated one's)
+    async with await Journal.open(path, segment_size=segment_size, preallocate=False) as journal:
         for r in records:
             await journal.append(r)
 

@@ -184,24 +184,28 @@ def outcome_shape(outcome: tuple) -> tuple:
     return token, written, err, step
 
 
+@pytest.mark.parametrize("marks", [False, True], ids=["records", "with-sync-marks"])
 @pytest.mark.parametrize("seed", range(8))
-def test_batch_writer_twins_write_the_same_bytes_in_order(seed, tmp_path):
+def test_batch_writer_twins_write_the_same_bytes_in_order(seed, marks, tmp_path):
     rng = random.Random(seed)
-    jobs = [(random_records(rng)[:50], rng.getrandbits(32), rng.random() < 0.3) for _ in range(40)]
+    jobs = [(random_records(rng)[:50], rng.getrandbits(32), rng.random() < 0.3, marks and rng.random() < 0.5)
+            for _ in range(40)]
     results = []
     for twin in BOTH:
         path = tmp_path / twin.__name__
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         writer = twin.BatchWriter()
         try:
-            sizes = [writer.submit(token, fd, records, salt, sync) for token, (records, salt, sync) in enumerate(jobs)]
+            sizes = [writer.submit(token, fd, records, salt, sync, mark)
+                     for token, (records, salt, sync, mark) in enumerate(jobs)]
             outcomes = [outcome_shape(o) for o in collect(writer, len(jobs))]
         finally:
             writer.close()
             os.close(fd)
         assert outcomes == [(token, size, 0, None) for token, size in enumerate(sizes)]
         results.append(path.read_bytes())
-    assert results[0] == results[1] == b"".join(segment.encode_records(r, salt) for r, salt, _ in jobs)
+    assert results[0] == results[1] == b"".join(
+        (segment.sync_mark(salt) if mark else b"") + segment.encode_records(r, salt) for r, salt, _, mark in jobs)
 
 
 @pytest.mark.parametrize("twin", BOTH, ids=["native", "reference"])
@@ -334,7 +338,7 @@ def test_batch_writer_twins_refuse_the_same_arguments_the_same_way(args, tmp_pat
 
 
 async def test_the_journal_batches_go_through_the_batch_writer(tmp_path):
-    journal = await Journal.open(tmp_path)
+    journal = await Journal.open(tmp_path, preallocate=False)      # file sizes are record bytes
     try:
         assert isinstance(journal._writer, NATIVE.BatchWriter)
         await asyncio.gather(*(journal.append(b"%d" % i) for i in range(50)))
@@ -400,3 +404,24 @@ async def test_pipelining_stays_split_while_a_sync_is_quicker_than_the_round(tmp
         assert commit.pipelined
     finally:
         await journal.close()
+
+
+# ---- sync marks (format version 3) ----
+
+@pytest.mark.parametrize("seed", range(12))
+def test_twins_write_the_same_sync_marks(seed, tmp_path):
+    rng = random.Random(seed)
+    records = random_records(rng)[:40]
+    salt = rng.getrandbits(32)
+    expected = segment.sync_mark(salt) + segment.encode_records(records, salt)
+    assert NATIVE.frame_records(records, salt, True) == REFERENCE.frame_records(records, salt, True) == expected
+    assert NATIVE.frame_records([], salt, True) == REFERENCE.frame_records([], salt, True) == segment.sync_mark(salt)
+    for twin in BOTH:
+        path = tmp_path / twin.__name__
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            assert twin.write_records(fd, records, salt, seed % 2 == 0, True) == len(expected)
+            assert twin.write_records(fd, [], salt, False, True) == segment.RECORD_HEADER_SIZE
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == expected + segment.sync_mark(salt)

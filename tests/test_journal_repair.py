@@ -46,7 +46,9 @@ def record_offset(i: int) -> tuple[int, int]:
 
 
 async def write_journal(path, records=RECORDS, segment_size=1024) -> None:
-    async with await Journal.open(path, segment_size=segment_size) as journal:
+    # appending, not preallocated: the offsets these tests compute are those of that layout
+    # (test_journal_prealloc.py has the preallocated one's)
+    async with await Journal.open(path, segment_size=segment_size, preallocate=False) as journal:
         for r in records:
             await journal.append(r)
 

@@ -1,5 +1,6 @@
 """Pure-Python twin of tether._native.journal_io (ext/journal_io.pyx): the journal's batch
-write, records framed with the segment format v2 record header, written and fdatasync'ed.
+write, records framed with the segment format record header (after a sync mark if asked),
+written and fdatasync'ed.
 Same API, same bytes, same errors. It calls os.write and os.fdatasync (looked up on each
 call), so tests can fail them with monkeypatch."""
 from __future__ import annotations
@@ -15,6 +16,7 @@ __all__ = [
     "CRC_SEED",
     "MAX_RECORD_SIZE",
     "RECORD_HEADER_SIZE",
+    "SYNC_LENGTH",
     "BatchWriter",
     "fail_next",
     "frame_records",
@@ -25,6 +27,7 @@ __all__ = [
 CRC_SEED = 0x5EED_1E55
 MAX_RECORD_SIZE = 0x7FFF_FFFF
 RECORD_HEADER_SIZE = 12
+SYNC_LENGTH = 0xFFFF_FFFE
 
 _LENGTH_AND_CRC = struct.Struct("<II")
 _CRC = struct.Struct("<I")
@@ -73,11 +76,16 @@ def framed_size(records: list) -> int:
     return sum(len(r) + RECORD_HEADER_SIZE for r in _records(records))
 
 
-def frame_records(records: list, salt: int) -> bytes:
+def frame_records(records: list, salt: int, mark: bool = False) -> bytes:
     """The on-disk bytes of `records` (a list of bytes), framed for a segment with `salt`,
-    in order: identical to segment.encode_records."""
+    in order, after a sync mark if `mark`: identical to segment.encode_records (with
+    segment.sync_mark before)."""
     key = _key(salt)
     parts: list[bytes] = []
+    if mark:
+        head = _LENGTH_AND_CRC.pack(SYNC_LENGTH, key)     # an empty payload's CRC is the key
+        parts.append(head)
+        parts.append(_CRC.pack(zlib.crc32(head, key)))
     for payload in _records(records):
         head = _LENGTH_AND_CRC.pack(len(payload), zlib.crc32(payload, key))
         parts.append(head)
@@ -86,13 +94,14 @@ def frame_records(records: list, salt: int) -> bytes:
     return b"".join(parts)
 
 
-def write_records(fd: int, records: list, salt: int, sync: bool) -> int:
-    """Frame `records` for `salt`, write them at `fd`'s position (a short write goes on
-    where it stopped), then fdatasync(fd) if `sync`. Returns the bytes written.
+def write_records(fd: int, records: list, salt: int, sync: bool, mark: bool = False) -> int:
+    """Frame `records` for `salt` (after a sync mark if `mark`), write them at `fd`'s
+    position (a short write goes on where it stopped), then fdatasync(fd) if `sync`.
+    Returns the bytes written.
 
     A failed write or sync raises OSError (errno, strerror) whose `journal_step` is "write"
     or "sync"; how much of a failed write reached the file is unknown."""
-    data = frame_records(records, salt)
+    data = frame_records(records, salt, bool(mark))
     if isinstance(fd, bool) or not isinstance(fd, int):
         raise TypeError(f"fd must be an int, got {type(fd).__name__}")
     if fd < 0 or fd > 0x7FFF_FFFF:
@@ -141,10 +150,11 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._main, name="tether-journal-io", daemon=True)
         self._thread.start()
 
-    def submit(self, token: int, fd: int, records: list, salt: int, sync: bool) -> int:
-        """Queue a job writing `records` framed for `salt` at `fd`, then fdatasync(fd) if
-        `sync`; returns the bytes it writes. `token` (an int) names it in finished()."""
-        data = frame_records(records, salt)
+    def submit(self, token: int, fd: int, records: list, salt: int, sync: bool, mark: bool = False) -> int:
+        """Queue a job writing `records` framed for `salt` (after a sync mark if `mark`) at
+        `fd`, then fdatasync(fd) if `sync`; returns the bytes it writes. `token` (an int)
+        names it in finished()."""
+        data = frame_records(records, salt, bool(mark))
         if isinstance(fd, bool) or not isinstance(fd, int):
             raise TypeError(f"fd must be an int, got {type(fd).__name__}")
         if fd < 0 or fd > 0x7FFF_FFFF:

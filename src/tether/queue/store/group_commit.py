@@ -46,6 +46,11 @@ cohorts each time, and the disk and the loop waited for each other again.
 `run_exclusive(fn)` runs `fn` on the writer thread after every record added before the
 call is written, and holds every record added meanwhile until `fn` has returned: the
 ordering a journal rewrite or close needs.
+
+Zero-filling ahead (segment_files, preallocation): while no batch of the writer thread is in
+flight, the loop asks the files for a zero job after each fast batch is submitted or done,
+and posts it to the writer thread, where it runs beside the fast path's batches (which the
+files keep below the region it fills).
 """
 from __future__ import annotations
 
@@ -72,6 +77,7 @@ class FastPath(Protocol):
 
     salt: int
     policy: str
+    mark: bool        # each fast batch starts with a sync mark
 
     def fast_fd(self, size: int, in_flight: int) -> int:
         """The fd a batch of `size` framed bytes may be written to the fast way, behind
@@ -83,6 +89,15 @@ class FastPath(Protocol):
     def fast_failed(self, err: int, step: str, message: str) -> StorageError:
         """Writer thread: a fast batch failed at `step` with errno `err` (`message`: its
         text); restore, and return the StorageError for the batch."""
+
+    def zero_plan(self, in_flight: int) -> tuple[int, int, int] | None:
+        """The zero job to post now, or None."""
+
+    def zero_ahead(self, seq: int, start: int, stop: int) -> bool | None:
+        """Writer thread: the zero job."""
+
+    def zero_done(self, arg: object, done: bool | None, error: BaseException | None) -> None:
+        """Loop: the zero job is over."""
 
 
 class GroupCommit:
@@ -274,20 +289,29 @@ class GroupCommit:
         fast = self._fast
         if fast is not None and not self._slow_in_flight:
             records = self._records
-            size = sum(map(len, records)) + 12 * len(records)
+            mark = fast.mark
+            size = sum(map(len, records)) + 12 * (len(records) + mark)
             fd = fast.fast_fd(size, self._fast_bytes)
             if fd >= 0:
                 records, waiters = self._take()
                 self._token += 1
-                self._writer.submit(self._token, fd, records, fast.salt, fast.policy == "always")
+                self._writer.submit(self._token, fd, records, fast.salt, fast.policy == "always", mark)
                 self._fast_jobs.append((self._token, records, waiters, size))
                 self._fast_bytes += size
                 self._in_flight += 1
                 self._last_submit = time.monotonic()
+                self._zero_ahead()
                 return
             if self._fast_jobs:
                 return      # the slow way, once the fast batches in flight are done
         self._submit_slow(*self._take())
+
+    def _zero_ahead(self) -> None:
+        if self._slow_in_flight or self._hold or self._restoring or self._closed:
+            return
+        plan = self._fast.zero_plan(self._fast_bytes)
+        if plan is not None:
+            self._thread.post(self._fast.zero_ahead, plan, self._fast.zero_done, None)
 
     def _submit_slow(self, records: list[bytes], waiters: list) -> None:
         self._in_flight += 1
@@ -366,6 +390,7 @@ class GroupCommit:
         if not self._fast_jobs and not self._restoring:
             self._wake_idle()
             self._kick()
+        self._zero_ahead()
 
     def _fast_restored(self, batch: tuple, error: StorageError | None, raised: BaseException | None) -> None:
         self._slow_in_flight -= 1

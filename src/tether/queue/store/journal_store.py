@@ -38,9 +38,10 @@ class JournalStore:
     @classmethod
     async def open(cls, directory: str | os.PathLike, *, fsync: str = "always", fsync_interval: float = 0.05,
                    segment_size: int = DEFAULT_SEGMENT_SIZE, compact_ratio: float = DEFAULT_COMPACT_RATIO,
-                   compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES) -> JournalStore:
+                   compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES, preallocate: bool = True) -> JournalStore:
         """Open (recovering) the journal in `directory`. ValueError naming a bad setting;
-        JournalCorrupt for damage beyond a torn tail; QueueError if another process holds it."""
+        JournalCorrupt for damage beyond a torn tail; QueueError if another process holds it.
+        `preallocate`: see Journal.open."""
         if isinstance(compact_ratio, bool) or not isinstance(compact_ratio, (int, float)) \
                 or not (compact_ratio > 1 and math.isfinite(compact_ratio)):
             raise ValueError(f"compact_ratio must be a finite number > 1, not {compact_ratio!r}")
@@ -50,7 +51,7 @@ class JournalStore:
         # be written while the loop still runs the first one's senders (group_commit.py,
         # pipelining); when it is slower, one batch at a time and what waited merges
         journal = await Journal.open(directory, fsync=fsync, fsync_interval=fsync_interval,
-                                     segment_size=segment_size, max_in_flight=2)
+                                     segment_size=segment_size, max_in_flight=2, preallocate=preallocate)
         return cls(journal, compact_ratio=float(compact_ratio), compact_min_bytes=compact_min_bytes)
 
     @property

@@ -2,7 +2,9 @@
 what a crash left and open the last segment for appending.
 
 Only a torn tail is repaired: the last segment is cut back to its last intact record, or
-removed if it was still being created; one line in the recovery log says so. Leftovers of
+removed if it was still being created; one line in the recovery log says so. (In a
+preallocated segment a zero tail after the last record is not a repair: it is the space the
+journal zero-filled ahead of its records, and appends go on into it.) Leftovers of
 our own rewrite protocol are removed too (one line each kind). Anything else is corruption:
 `JournalCorrupt`, naming the file and offset, and nothing in the directory is changed
 (`tether qm check` lists the damage, `tether qm repair` salvages every intact record).
@@ -33,20 +35,20 @@ def corruption_error(directory: str, problems: list[Problem]) -> JournalCorrupt:
 
 
 def recover(directory: str, segment_size: int, policy: str, interval: float,
-            retry_interval: float) -> tuple[SegmentFiles, list[bytes], list[str]]:
+            retry_interval: float, preallocate: bool = True) -> tuple[SegmentFiles, list[bytes], list[str]]:
     """Recovery, on the writer thread: create or lock the directory, then recover it. Returns
     the open segment files, the journal's records, and one line per repair."""
     make_private_directory(directory)
     lock_fd = lock_directory(directory)
     try:
-        return _recover_locked(directory, lock_fd, segment_size, policy, interval, retry_interval)
+        return _recover_locked(directory, lock_fd, segment_size, policy, interval, retry_interval, preallocate)
     except BaseException:
         os.close(lock_fd)
         raise
 
 
 def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str, interval: float,
-                    retry_interval: float) -> tuple[SegmentFiles, list[bytes], list[str]]:
+                    retry_interval: float, preallocate: bool) -> tuple[SegmentFiles, list[bytes], list[str]]:
     log: list[str] = []
 
     def note(line: str) -> None:
@@ -84,16 +86,22 @@ def _recover_locked(directory: str, lock_fd: int, segment_size: int, policy: str
         # Closed cleanly: the marker goes, so that appends do not follow it.
         truncate_file(segments[-1].path, close_at)
         segments[-1].size = close_at
+    elif torn is None and segments and segments[-1].contents.zero_from is not None:
+        zero_from = segments[-1].contents.zero_from
+        logger.info("journal in %s: segment %s holds %d bytes of records and %d zero-filled bytes ahead of them",
+                    directory, segments[-1].name, zero_from, segments[-1].size - zero_from)
 
     for name in doomed:
         unlink_quietly(os.path.join(directory, name))
     if doomed:
         fsync_directory(directory)
-    files = SegmentFiles(directory, lock_fd, policy, interval, segment_size, retry_interval)
+    files = SegmentFiles(directory, lock_fd, policy, interval, segment_size, retry_interval, preallocate)
     for segment in segments:
         header = segment.header
         assert header is not None       # a damaged header is corruption, a stub was removed
-        files.adopt(segment.seq, header.base, header.salt, segment.size)
+        zero_from = segment.contents.zero_from
+        used = segment.size if zero_from is None or segment.size < zero_from else zero_from
+        files.adopt(segment.seq, header.base, header.salt, used, segment.size, header.preallocated)
     files.open_current()
     records = found.records
     logger.info("journal in %s opened: %d records in %d segment(s)%s", directory, len(records),

@@ -22,7 +22,7 @@ from .segment import HEADER_SIZE, RECORD_HEADER_SIZE, TMP_SUFFIX, encode_header,
 @dataclass
 class NewJournal:
     """A journal start written by `write_new_journal`: its segments' sizes (seq -> bytes) and
-    an fd open for appending to its last segment."""
+    an fd open for writing to its last segment, at its end."""
 
     base: int
     salt: int
@@ -49,13 +49,14 @@ def plan_segments(records: list[bytes], segment_size: int) -> list[list[bytes]]:
 
 
 def write_new_journal(directory: str, base: int, salt: int, records: list[bytes], segment_size: int,
-                      stray: list[str]) -> NewJournal:
+                      stray: list[str], preallocated: bool = False) -> NewJournal:
     """Steps 1 to 3: `records` become the journal started by segment `base` (which must be
     above every segment number in `directory`), in segments of at most `segment_size` bytes.
 
     Raises OSError if a step fails before the new journal is committed: then every file it
     wrote is removed again, and the members already renamed into place that could not be are
-    appended to `stray` (they must go before a segment with their number is created)."""
+    appended to `stray` (they must go before a segment with their number is created). The
+    segments are flagged `preallocated` (segment.py) when the journal appends that way."""
     chunks = plan_segments(records, segment_size)
     tmp_paths: list[str] = []
     placed: list[str] = []
@@ -69,9 +70,11 @@ def write_new_journal(directory: str, base: int, salt: int, records: list[bytes]
                 os.close(fd)
                 fd = -1
             path = os.path.join(directory, segment_name(seq)) + TMP_SUFFIX
-            fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+            # not O_APPEND: the journal zero-fills ahead of the records with pwrite, which
+            # O_APPEND would turn into appends
+            fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             tmp_paths.append(path)
-            data = encode_header(seq, base, prev_size, salt) + encode_records(chunk, salt)
+            data = encode_header(seq, base, prev_size, salt, preallocated) + encode_records(chunk, salt)
             write_all(fd, data)
             datasync(fd)
             sizes[seq] = prev_size = len(data)

@@ -15,8 +15,12 @@ problem. `Journal.open` (recovery), `check` and `repair` all start from a `Surve
 4. One problem is a torn tail, the unsynced end of the last batch, which `Journal.open` may
    repair: the last segment was being created (empty, a short header, or a zero-filled
    header with nothing after it), or its last damaged range reaches the end of the file with
-   no intact record after it and does not follow the clean-close marker. Every other problem
-   is corruption.
+   no intact record after it and does not follow the clean-close marker. In a preallocated
+   segment (segment.py) the end is the end of its data (a zero tail after it is no problem), and a torn
+   write may leave intact records between damaged ranges: the torn tail is the longest run
+   of damaged ranges at the end after the last sync mark in which every range but the last
+   holds a zero sector (segment.py); the records in it go with it. Every other problem is
+   corruption.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 
 from .files import read_file, read_head
-from .record_scan import SegmentContents, scan_segment
+from .record_scan import Damage, SegmentContents, holds_zero_sector, scan_segment
 from .segment import (
     HEADER_SIZE,
     SEGMENT_SUFFIX,
@@ -189,18 +193,56 @@ def _walk(result: Survey, directory: str, members: list[int], heads: dict, base:
                                         abs(prev.size - header.prev_size),
                                         f"segment holds {prev.size} bytes but held {header.prev_size} when "
                                         f"{segment_name(seq)} was started", damaged=False))
-            segment = SurveyedSegment(seq, path, len(data), header, scan_segment(data, HEADER_SIZE, header.salt))
-        damage = segment.contents.damage
-        for k, d in enumerate(damage):
-            torn = (is_last and segment.header is not None and k == len(damage) - 1
-                    and d.offset + d.length == len(data) and not d.after_close)
+            segment = SurveyedSegment(seq, path, len(data), header,
+                                      scan_segment(data, HEADER_SIZE, header.salt, header.preallocated))
+        contents = segment.contents
+        damage = contents.damage
+        torn_from = len(damage)
+        if is_last and segment.header is not None:
+            torn_from = _torn_suffix(data, contents, segment.header.preallocated)
+        for d in damage[:torn_from]:
             what = d.what + (" after the clean-close marker" if d.after_close else "")
-            problems.append(Problem(path, d.offset, d.length, what, torn))
+            problems.append(Problem(path, d.offset, d.length, what))
+        if torn_from < len(damage):
+            first = damage[torn_from]
+            dropped = len(contents.records) - first.records_before
+            what = first.what + (f" (a torn write; {dropped} unsynced record(s) after it go with it)"
+                                 if dropped else "")
+            end = max(contents.data_end, *(d.offset + d.length for d in damage[torn_from:]))
+            problems.append(Problem(path, first.offset, end - first.offset, what, torn_tail=True))
+            del contents.records[first.records_before:]
         if keep_data:
             segment.data = data
         result.segments.append(segment)
         prev = segment
         expected = seq + 1
+
+
+def _torn_suffix(data: bytes, contents: SegmentContents, preallocated: bool) -> int:
+    """The index of the first damaged range of the last segment's torn tail (rule 4), or
+    len(damage) if it has none."""
+    damage: list[Damage] = contents.damage
+    n = len(damage)
+    if not n:
+        return 0
+    last = damage[-1]
+    reaches_end = last.offset + last.length >= contents.data_end and not last.after_close
+    if not preallocated:
+        return n - 1 if reaches_end else n
+    # Preallocated: from the end back, the ranges a torn write explains. Each needs a sector
+    # the write left unwritten (the last one may instead be a record cut short by the end);
+    # none may come before an intact sync mark.
+    k = n
+    for j in range(n - 1, -1, -1):
+        d = damage[j]
+        cut_short = j == n - 1 and reaches_end
+        if d.after_close or d.offset < contents.synced_to \
+                or not (cut_short or holds_zero_sector(data, d.offset, d.length, first=True)):
+            break
+        k = j       # the torn write may start here ...
+        if not (cut_short or holds_zero_sector(data, d.offset, d.length)):
+            break   # ... but cannot have started earlier: a sector it wrote is here
+    return k
 
 
 def _salvage(data: bytes, salts: list[int | None]) -> SegmentContents:
