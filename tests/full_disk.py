@@ -25,7 +25,9 @@ def small_tmpfs(tmp_path) -> Iterator:
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=True)
+        # Lazy: a test that failed with a journal still open there leaves the mount busy; it
+        # must not stay mounted (and pile up under pytest's temporary directories) for that.
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
 def fill_disk(path) -> None:
