@@ -965,11 +965,30 @@ def test_round_trip_with_concurrent_appends_and_rewrite_on_uvloop(tmp_path):
 
 # ---- the benchmark baseline ----
 
-def test_fdatasync_baseline_measures_and_cleans_up(tmp_path):
+@pytest.mark.parametrize("prezeroed", [False, True])
+def test_fdatasync_baseline_measures_and_cleans_up(tmp_path, prezeroed):
     from tether.bench.fsync_baseline import fdatasync_baseline
-    rate = fdatasync_baseline(tmp_path, 64, 10.5, 0.05)
+    rate = fdatasync_baseline(tmp_path, 64, 10.5, 0.05, prezeroed)
     assert rate > 0
     assert os.listdir(tmp_path) == []
+
+
+def test_prezeroed_baseline_overwrites_in_place_and_wraps(tmp_path, monkeypatch):
+    """The prezeroed loop never grows its file: it overwrites the zero-filled region and
+    starts again at its beginning, so no fdatasync has a file size to commit."""
+    from tether.bench import fsync_baseline as baseline
+
+    monkeypatch.setattr(baseline, "PREZEROED_BYTES", 4096)
+    sizes, real_fdatasync = [], os.fdatasync
+
+    def fdatasync(fd):
+        sizes.append(os.fstat(fd).st_size)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(baseline.os, "fdatasync", fdatasync)
+    baseline.fdatasync_baseline(tmp_path, 64, 10, 0.05, prezeroed=True)
+    assert len(sizes) > 6          # 720 bytes a write: the 4096-byte region wrapped
+    assert set(sizes) == {4096}
 
 
 @pytest.mark.parametrize("args, name", [
@@ -982,6 +1001,7 @@ def test_fdatasync_baseline_measures_and_cleans_up(tmp_path):
     ((".", 64, True, 0.1), "batch_size"),
     ((".", 64, 1, 0), "seconds"),
     ((".", 64, 1, float("inf")), "seconds"),
+    ((".", 64, 1, 0.1, "yes"), "prezeroed"),
 ])
 def test_fdatasync_baseline_rejects_bad_arguments(tmp_path, monkeypatch, args, name):
     from tether.bench.fsync_baseline import fdatasync_baseline

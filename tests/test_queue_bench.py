@@ -21,6 +21,10 @@ def test_bench_queue_json_rows_and_ratios(capsys, tmp_path):
                 assert row["baseline"] == f"baseline-fdatasync-{size}"
                 assert row["ratio"] == row["msgs_per_s"] / base["msgs_per_s"]
                 assert row["paired_ratio_median"] > 0
+        zeroed = rows[f"baseline-fdatasync-prezeroed-{size}"]
+        assert zeroed["msgs_per_s"] > 0 and zeroed["msgs_per_fsync"] == base["msgs_per_fsync"]
+        send = rows[f"durable-{size}-send"]
+        assert send["vs_prezeroed"] == round(send["msgs_per_s"] / zeroed["msgs_per_s"], 3)
         assert rows[f"durable-{size}-send"]["msgs_per_fsync"] >= 1
         assert rows[f"durable-{size}-send"]["p50_us"] > 0
         one, batch = rows[f"durable-{size}-tx-per-message"], rows[f"durable-{size}-receive-batch"]

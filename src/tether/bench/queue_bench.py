@@ -24,7 +24,11 @@ write to: it creates, fills and deletes the queue `bench`).
 Beside them, measured in the same run on the same disk, `baseline-fdatasync-{size}`: a
 plain os.write + os.fdatasync loop writing as many messages per fdatasync as the durable
 send phase averaged per journal batch (`tether.bench.fsync_baseline`). Every row's ratio
-divides by the baseline of its size, so the journal's overhead is a ratio.
+divides by the baseline of its size, so the journal's overhead is a ratio. A journal under
+fsync "always" writes into segments whose blocks were zero-filled ahead (its fdatasync
+commits no file size), so `baseline-fdatasync-prezeroed-{size}` runs the same loop
+overwriting a zero-filled file, and every row also carries `vs_prezeroed`: its msgs/s over
+that baseline's.
 
 Shared machines are noisy: everything runs `--repeat` times, interleaved (each mode, then
 the baseline), and each row keeps its best run, as timeit does (the table's ratio is best
@@ -312,11 +316,15 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[Result]:
                     rows.extend(mode_rows)
                 # right after the runs it is compared with, so the shared disk's mood is alike
                 base = await _baseline(size_name, size, per_batch, directory, args, progress)
+                zeroed = await _baseline(size_name, size, per_batch, directory, args, progress, prezeroed=True)
                 for row in rows:
                     paired.setdefault(row.name, []).append(row.msgs_per_s / max(base.msgs_per_s, 1e-9))
-                _keep_best(best, rows + [base])
+                _keep_best(best, rows + [base, zeroed])
             group = list(best.values())
             apply_ratios(group, f"baseline-fdatasync-{size_name}")
+            prezeroed = best[f"baseline-fdatasync-prezeroed-{size_name}"].msgs_per_s
+            for row in group:
+                row.extra["vs_prezeroed"] = round(row.msgs_per_s / max(prezeroed, 1e-9), 3)
             for row in group:
                 if row.name.startswith("postgres-"):
                     journal_row = best.get("durable-" + row.name[len("postgres-"):])
@@ -339,13 +347,14 @@ def _keep_best(best: dict[str, Result], rows: list[Result]) -> None:
 
 
 async def _baseline(size_name: str, size: int, per_batch: float, directory: str,
-                    args: argparse.Namespace, progress: Progress) -> Result:
-    """The append + fdatasync loop, `per_batch` messages of `size` bytes per fdatasync."""
-    label = f"baseline {size_name} fdatasync"
+                    args: argparse.Namespace, progress: Progress, prezeroed: bool = False) -> Result:
+    """The write + fdatasync loop, `per_batch` messages of `size` bytes per fdatasync:
+    appending, or overwriting a zero-filled file (`prezeroed`)."""
+    name = f"baseline-fdatasync-prezeroed-{size_name}" if prezeroed else f"baseline-fdatasync-{size_name}"
+    label = f"baseline {size_name} fdatasync{' prezeroed' if prezeroed else ''}"
     progress.update(label, 0, 1, force=True)
     loop = asyncio.get_running_loop()
     per_s = await loop.run_in_executor(
-        None, fdatasync_baseline, directory, size, max(1.0, per_batch), args.baseline_seconds)
+        None, fdatasync_baseline, directory, size, max(1.0, per_batch), args.baseline_seconds, prezeroed)
     progress.done(label)
-    return make_result(f"baseline-fdatasync-{size_name}", int(per_s), size, 1.0,
-                       msgs_per_fsync=round(per_batch, 1))
+    return make_result(name, int(per_s), size, 1.0, msgs_per_fsync=round(per_batch, 1))
