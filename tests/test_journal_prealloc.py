@@ -196,7 +196,21 @@ async def test_a_zero_tail_in_an_earlier_segment_is_refused(tmp_path):
     write(tmp_path, seg.segment_name(1), records_only + bytes(1024))
     write(tmp_path, seg.segment_name(2), image([batch(SECOND)], 8192, prev_size=len(records_only), seq=2))
     error = await refused(tmp_path)
-    assert "held" in str(error)
+    assert error.path.endswith(seg.segment_name(1))
+    whats = [p.what for p in check(tmp_path).corruption]
+    assert len(whats) == 2 and "zero bytes after the last record" in whats[0] and "held" in whats[1]
+
+
+async def test_records_zeroed_at_the_end_of_an_earlier_segment_are_refused(tmp_path):
+    """Synced records of a finished segment zeroed from a record boundary to its end (its size
+    still what the next segment says): lost records, not a zero tail."""
+    first = seg.encode_header(1, 1, 0, SALT, preallocated=True) + batch(FIRST) + batch(SECOND)
+    lost = sum(seg.RECORD_HEADER_SIZE + len(r) for r in SECOND[-10:])
+    write(tmp_path, seg.segment_name(1), first[:-lost] + bytes(lost))
+    write(tmp_path, seg.segment_name(2), image([batch([numbered(99)])], 8192, prev_size=len(first), seq=2))
+    error = await refused(tmp_path)
+    assert error.path.endswith(seg.segment_name(1)) and error.offset == len(first) - lost
+    assert "zero bytes after the last record" in str(error)
 
 
 def test_unknown_header_flags_are_refused(tmp_path):
