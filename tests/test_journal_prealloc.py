@@ -282,6 +282,34 @@ async def test_the_journal_zero_fills_ahead_and_cuts_finished_segments_to_size(t
     assert await recovered(tmp_path, segment_size=64 * 1024) == (written, [])
 
 
+
+async def test_the_zero_job_syncs_through_a_file_description_of_its_own(tmp_path, monkeypatch):
+    """The zero job's fsync writes back the batches' pages too, and Linux reports a failed
+    writeback once per open file description: through the batches' fd, an error the zero job
+    only logs would leave the batch whose pages were lost to be acknowledged (its fdatasync
+    sees nothing new). So the zero job must write and sync through another description."""
+    zero_fds: list[tuple[int, int]] = []               # (fd, inode) of each zero write
+    real_pwrite = os.pwrite
+
+    def spy(fd, data, offset):
+        zero_fds.append((fd, os.fstat(fd).st_ino))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(segment_files.os, "pwrite", spy)
+    journal = await Journal.open(tmp_path, segment_size=1024 * 1024)
+    try:
+        for i in range(300):
+            await journal.append(numbered(i, 200))
+        files = journal._files
+        assert files._zeroed > files.last_size and zero_fds      # a zero job ran
+        batch_fd, batch_ino = files._fd, os.fstat(files._fd).st_ino
+        assert all(ino == batch_ino for _fd, ino in zero_fds)     # the current segment ...
+        assert all(fd != batch_fd for fd, _ino in zero_fds)       # ... not through the batches' fd
+        # and the batches' position was never moved by it
+        assert os.lseek(batch_fd, 0, os.SEEK_CUR) == files.last_size
+    finally:
+        await journal.close()
+
 async def test_preallocate_false_and_other_policies_append_as_before(tmp_path):
     for policy, preallocate in [("always", False), ("interval", True), ("never", True)]:
         directory = tmp_path / f"{policy}-{preallocate}"
