@@ -20,8 +20,9 @@ Preallocation (under "always", with `preallocate`): the current segment is zero-
 of its last record -- zeros really written, then synced -- so that a batch's fdatasync
 overwrites blocks the file already has and need not commit a new size (on ext4 an append's
 sync costs about twice an overwrite's). The zeroing runs on the writer thread as a job of
-its own (`zero_ahead`, through an fd of its own: see there), a chunk at a time (64 KiB -- an eighth of a smaller segment, none
-under 32 KiB -- growing with the segment up to 4 MiB, about one chunk ahead), while
+its own (`zero_ahead`, through an fd of its own: see there), a chunk at a time (64 KiB --
+an eighth of a smaller segment, none under 32 KiB -- growing with the segment up to 4 MiB,
+about one chunk ahead), while
 the fast path's batches go on below it: the loop plans it (`zero_plan`) and keeps fast
 batches below the planned start until it is done. Records are written at the fd's position
 (never O_APPEND, whose writes would go after the zeros), which the writes advance and every
