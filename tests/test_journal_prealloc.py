@@ -167,6 +167,28 @@ async def test_damage_before_an_intact_sync_mark_is_refused(tmp_path):
     assert error.offset < SECTOR * 3
 
 
+
+async def test_a_batch_on_the_disk_but_zeros_after_a_record_in_one_sector_is_torn(tmp_path):
+    """Writeback between two write calls of one batch (journal_io ends each call after a
+    record) may leave a sector holding whole records then zeros, and later sectors written:
+    a torn write, cut where the zeros start."""
+    synced = seg.encode_header(1, 1, 0, SALT, preallocated=True) + batch(FIRST)
+    full = image([batch(FIRST), batch(SECOND)], 16384)
+    end = len(synced) + len(batch(SECOND))
+    at = len(synced) + seg.RECORD_HEADER_SIZE
+    for k, record in enumerate(SECOND[:-1]):
+        at += seg.RECORD_HEADER_SIZE + len(record)
+        sector_end = -(-at // SECTOR) * SECTOR
+        if at == sector_end or sector_end >= end:
+            continue        # no zeros, or nothing written after them (then the data just ends)
+        data = bytearray(full)
+        data[at:sector_end] = bytes(sector_end - at)
+        case = tmp_path / str(k)
+        case.mkdir()
+        write(case, seg.segment_name(1), bytes(data))
+        records, log = await recovered(case)
+        assert records == FIRST + SECOND[:k + 1] and len(log) == 1 and f"truncated to {at}" in log[0]
+
 async def test_a_changed_byte_with_intact_records_after_it_is_refused_before_a_zero_tail(tmp_path):
     """The last batch has no mark after it, but a flipped bit is no torn write (no zero
     sector explains it): refused, as in version 2."""
