@@ -151,15 +151,23 @@ def frame_records(records, salt, bint mark=False) -> bytes:
     return out
 
 
-cdef int _write_all(int fd, iovec *iov, int count) noexcept nogil:
+cdef int _write_all(int fd, iovec *iov, int count, int lead) noexcept nogil:
     """writev every byte the `count` iovecs hold (a short write goes on where it stopped);
-    0, or the errno of the call that failed. May change `iov`."""
+    0, or the errno of the call that failed. May change `iov`. `lead` iovecs (the sync
+    mark) come before the records' pairs (header, payload).
+
+    Each call but the last ends after a payload, never between a record's header and its
+    payload: between two calls, writeback may put the page of the first call's end on the
+    disk with zeros after it, and a crash then must leave whole records before those zeros
+    (what recovery's torn-write rule expects of the sector where the zeros start)."""
     cdef int first = 0, batch
     cdef ssize_t written
     while first < count:
         batch = count - first
         if batch > IOV_BATCH:
             batch = IOV_BATCH
+            if (first + batch - lead) & 1:
+                batch -= 1
         written = writev(fd, iov + first, batch)
         if written < 0:
             if errno == EINTR:
@@ -229,7 +237,7 @@ def write_records(fd, records, salt, bint sync, bint mark=False) -> int:
                 _fail_write_times -= 1
                 err, step = _fail_write_errno, STEP_WRITE
             elif n or m:
-                err = _write_all(cfd, iov, <int>(2 * n + m))
+                err = _write_all(cfd, iov, <int>(2 * n + m), m)
                 if err:
                     step = STEP_WRITE
             if not err and sync:
@@ -349,7 +357,7 @@ cdef void _run_job(Job *job) noexcept nogil:
         job.err, job.step = _fail_write_errno, STEP_WRITE
         return
     if job.count or job.mark:
-        job.err = _write_all(job.fd, job.iov, <int>(2 * job.count + job.mark))
+        job.err = _write_all(job.fd, job.iov, <int>(2 * job.count + job.mark), job.mark)
         if job.err:
             job.step = STEP_WRITE
             return

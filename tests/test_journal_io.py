@@ -10,6 +10,7 @@ import errno
 import functools
 import os
 import random
+import socket
 import time
 
 import pytest
@@ -59,6 +60,37 @@ def test_many_records_span_several_writev_calls(tmp_path):
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == segment.encode_records(records, 77)
 
+
+
+@pytest.mark.parametrize("mark", [False, True])
+def test_each_write_call_ends_at_a_record_boundary(mark):
+    """Between two write calls of one batch, writeback may put the first call's end on the
+    disk with zeros after it; recovery's torn-write rule needs whole records before such
+    zeros. A SOCK_SEQPACKET socket makes each writev call one message, so the calls show."""
+    records = [b"r%03d" % i + bytes(12) for i in range(700)]        # 1,400 iovecs and more
+    ends = {0, 12} if mark else {0}
+    offset = 12 if mark else 0
+    for record in records:
+        offset += 12 + len(record)
+        ends.add(offset)
+    for twin in BOTH:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            twin.write_records(ours.fileno(), records, 77, False, mark)
+            theirs.setblocking(False)
+            messages = []
+            while sum(map(len, messages)) < offset:
+                messages.append(theirs.recv(1 << 20))
+        finally:
+            ours.close()
+            theirs.close()
+        assert b"".join(messages) == (segment.sync_mark(77) if mark else b"") + segment.encode_records(records, 77)
+        assert len(messages) > (1 if twin is NATIVE else 0)
+        at = 0
+        for message in messages:
+            at += len(message)
+            assert at in ends, (twin.__name__, [len(m) for m in messages])
 
 @pytest.mark.parametrize("args", [
     (["x"], 1), ([b"a", bytearray(b"b")], 1), ("abc", 1), (None, 1), ([b"a"], -1), ([b"a"], 2**32),

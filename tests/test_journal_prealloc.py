@@ -167,6 +167,28 @@ async def test_damage_before_an_intact_sync_mark_is_refused(tmp_path):
     assert error.offset < SECTOR * 3
 
 
+
+async def test_a_batch_on_the_disk_but_zeros_after_a_record_in_one_sector_is_torn(tmp_path):
+    """Writeback between two write calls of one batch (journal_io ends each call after a
+    record) may leave a sector holding whole records then zeros, and later sectors written:
+    a torn write, cut where the zeros start."""
+    synced = seg.encode_header(1, 1, 0, SALT, preallocated=True) + batch(FIRST)
+    full = image([batch(FIRST), batch(SECOND)], 16384)
+    end = len(synced) + len(batch(SECOND))
+    at = len(synced) + seg.RECORD_HEADER_SIZE
+    for k, record in enumerate(SECOND[:-1]):
+        at += seg.RECORD_HEADER_SIZE + len(record)
+        sector_end = -(-at // SECTOR) * SECTOR
+        if at == sector_end or sector_end >= end:
+            continue        # no zeros, or nothing written after them (then the data just ends)
+        data = bytearray(full)
+        data[at:sector_end] = bytes(sector_end - at)
+        case = tmp_path / str(k)
+        case.mkdir()
+        write(case, seg.segment_name(1), bytes(data))
+        records, log = await recovered(case)
+        assert records == FIRST + SECOND[:k + 1] and len(log) == 1 and f"truncated to {at}" in log[0]
+
 async def test_a_changed_byte_with_intact_records_after_it_is_refused_before_a_zero_tail(tmp_path):
     """The last batch has no mark after it, but a flipped bit is no torn write (no zero
     sector explains it): refused, as in version 2."""
@@ -196,7 +218,21 @@ async def test_a_zero_tail_in_an_earlier_segment_is_refused(tmp_path):
     write(tmp_path, seg.segment_name(1), records_only + bytes(1024))
     write(tmp_path, seg.segment_name(2), image([batch(SECOND)], 8192, prev_size=len(records_only), seq=2))
     error = await refused(tmp_path)
-    assert "held" in str(error)
+    assert error.path.endswith(seg.segment_name(1))
+    whats = [p.what for p in check(tmp_path).corruption]
+    assert len(whats) == 2 and "zero bytes after the last record" in whats[0] and "held" in whats[1]
+
+
+async def test_records_zeroed_at_the_end_of_an_earlier_segment_are_refused(tmp_path):
+    """Synced records of a finished segment zeroed from a record boundary to its end (its size
+    still what the next segment says): lost records, not a zero tail."""
+    first = seg.encode_header(1, 1, 0, SALT, preallocated=True) + batch(FIRST) + batch(SECOND)
+    lost = sum(seg.RECORD_HEADER_SIZE + len(r) for r in SECOND[-10:])
+    write(tmp_path, seg.segment_name(1), first[:-lost] + bytes(lost))
+    write(tmp_path, seg.segment_name(2), image([batch([numbered(99)])], 8192, prev_size=len(first), seq=2))
+    error = await refused(tmp_path)
+    assert error.path.endswith(seg.segment_name(1)) and error.offset == len(first) - lost
+    assert "zero bytes after the last record" in str(error)
 
 
 def test_unknown_header_flags_are_refused(tmp_path):
@@ -267,6 +303,34 @@ async def test_the_journal_zero_fills_ahead_and_cuts_finished_segments_to_size(t
     assert os.path.getsize(tmp_path / names[-1]) == journal.size_bytes - sum(sizes[:-1]) + seg.RECORD_HEADER_SIZE
     assert await recovered(tmp_path, segment_size=64 * 1024) == (written, [])
 
+
+
+async def test_the_zero_job_syncs_through_a_file_description_of_its_own(tmp_path, monkeypatch):
+    """The zero job's fsync writes back the batches' pages too, and Linux reports a failed
+    writeback once per open file description: through the batches' fd, an error the zero job
+    only logs would leave the batch whose pages were lost to be acknowledged (its fdatasync
+    sees nothing new). So the zero job must write and sync through another description."""
+    zero_fds: list[tuple[int, int]] = []               # (fd, inode) of each zero write
+    real_pwrite = os.pwrite
+
+    def spy(fd, data, offset):
+        zero_fds.append((fd, os.fstat(fd).st_ino))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(segment_files.os, "pwrite", spy)
+    journal = await Journal.open(tmp_path, segment_size=1024 * 1024)
+    try:
+        for i in range(300):
+            await journal.append(numbered(i, 200))
+        files = journal._files
+        assert files._zeroed > files.last_size and zero_fds      # a zero job ran
+        batch_fd, batch_ino = files._fd, os.fstat(files._fd).st_ino
+        assert all(ino == batch_ino for _fd, ino in zero_fds)     # the current segment ...
+        assert all(fd != batch_fd for fd, _ino in zero_fds)       # ... not through the batches' fd
+        # and the batches' position was never moved by it
+        assert os.lseek(batch_fd, 0, os.SEEK_CUR) == files.last_size
+    finally:
+        await journal.close()
 
 async def test_preallocate_false_and_other_policies_append_as_before(tmp_path):
     for policy, preallocate in [("always", False), ("interval", True), ("never", True)]:

@@ -20,8 +20,9 @@ Preallocation (under "always", with `preallocate`): the current segment is zero-
 of its last record -- zeros really written, then synced -- so that a batch's fdatasync
 overwrites blocks the file already has and need not commit a new size (on ext4 an append's
 sync costs about twice an overwrite's). The zeroing runs on the writer thread as a job of
-its own (`zero_ahead`), a chunk at a time (64 KiB -- an eighth of a smaller segment, none
-under 32 KiB -- growing with the segment up to 4 MiB, about one chunk ahead), while
+its own (`zero_ahead`, through an fd of its own: see there), a chunk at a time (64 KiB --
+an eighth of a smaller segment, none under 32 KiB -- growing with the segment up to 4 MiB,
+about one chunk ahead), while
 the fast path's batches go on below it: the loop plans it (`zero_plan`) and keeps fast
 batches below the planned start until it is done. Records are written at the fd's position
 (never O_APPEND, whose writes would go after the zeros), which the writes advance and every
@@ -297,11 +298,19 @@ class SegmentFiles:
         if seq != self.seq or self._fd < 0 or self.broken is not None or self._size > start:
             return None
         try:
-            for offset in range(start, stop, ZERO_PIECE):
-                os.pwrite(self._fd, _ZEROS[:min(ZERO_PIECE, stop - offset)], offset)
-            # fsync, not fdatasync: the new size must be committed anyway, and so the
-            # fdatasync calls stay one per batch (tests count them)
-            os.fsync(self._fd)
+            # An open file description of its own: this fsync also writes back the batches'
+            # pages, and Linux reports a failed writeback once per file description. Through
+            # the batches' fd, an error this job logs and goes past would never reach the
+            # fdatasync of the batch whose pages were lost, which would be acknowledged.
+            fd = open_file(self._path(seq), os.O_WRONLY)
+            try:
+                for offset in range(start, stop, ZERO_PIECE):
+                    os.pwrite(fd, _ZEROS[:min(ZERO_PIECE, stop - offset)], offset)
+                # fsync, not fdatasync: the new size must be committed anyway, and so the
+                # fdatasync calls stay one per batch (tests count them)
+                os.fsync(fd)
+            finally:
+                _close_quietly(fd)
         except OSError as exc:
             logger.warning("journal in %s: zero-filling %d bytes ahead of the records of segment %s failed (%s); "
                            "batches go on appending", self.directory, stop - start, segment_name(seq),

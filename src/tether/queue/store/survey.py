@@ -11,7 +11,8 @@ problem. `Journal.open` (recovery), `check` and `repair` all start from a `Surve
    leftovers, as are damaged ones numbered from that base on.
 3. Every other segment from the start on belongs to the journal, and each of these is a
    problem: a missing segment number; a header that fails its checks; a `prev_size` that is
-   not the previous segment's size; a damaged range among the records.
+   not the previous segment's size; a damaged range among the records; zeros after the
+   records of a preallocated segment that is not the last (it was cut to its records).
 4. One problem is a torn tail, the unsynced end of the last batch, which `Journal.open` may
    repair: the last segment was being created (empty, a short header, or a zero-filled
    header with nothing after it), or its last damaged range reaches the end of the file with
@@ -197,6 +198,11 @@ def _walk(result: Survey, directory: str, members: list[int], heads: dict, base:
                                       scan_segment(data, HEADER_SIZE, header.salt, header.preallocated))
         contents = segment.contents
         damage = contents.damage
+        if not is_last and contents.zero_from is not None:
+            # A finished segment was cut to its records before the next one started: zeros
+            # after them are records lost (zeroed from a record boundary on), not a zero tail.
+            problems.append(Problem(path, contents.zero_from, len(data) - contents.zero_from,
+                                    "zero bytes after the last record of a finished segment"))
         torn_from = len(damage)
         if is_last and segment.header is not None:
             torn_from = _torn_suffix(data, contents, segment.header.preallocated)
