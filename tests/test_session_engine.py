@@ -512,6 +512,29 @@ def test_an_unanswered_keepalive_is_repeated_with_backoff_over_udp(core) -> None
     assert t.now == pytest.approx(20.0, abs=0.1)   # TCP loses nothing: no repeats
 
 
+def test_a_path_challenge_does_not_answer_a_keepalive(core) -> None:
+    """An idle client that moved: its keepalive earns a PathChallenge from the server's
+    Demux (the session itself never saw the keepalive) and its PathResponse is lost. The
+    keepalive must be repeated after an RTO, earning another challenge, not a keepalive
+    interval later (simulation seed spoofed 580151042336: three keepalives 7.5 s apart,
+    each PathResponse lost, and the server's inactivity timeout ended the session)."""
+    p = Pair(core=core, client={"inactivity_timeout": 40.0})   # keepalive every 10 s
+    rto = p.client.rto
+    p.fire(p.client)
+    assert F.ACK_REQUESTED in p.kinds(p.client.packets_to_send(p.now))
+    first = p.now
+    challenge = core.codec.encode_frame((F.PATH_CHALLENGE, SESSION_ID, b"c" * 16))
+    p.advance(0.001)
+    p.client.receive_packet(challenge, p.now)
+    assert p.frames(p.client.packets_to_send(p.now)) == [(F.PATH_RESPONSE, SESSION_ID, b"c" * 16)]
+    p.fire(p.client)                              # the response was lost
+    assert F.ACK_REQUESTED in p.kinds(p.client.packets_to_send(p.now))
+    assert p.now == pytest.approx(first + rto, abs=0.002)
+    p.client.receive_packet(core.codec.encode_ack(SESSION_ID, [], 8, False), p.now)
+    p.fire(p.client)                              # the session answered: back to 10 s
+    assert p.now == pytest.approx(first + rto + 10.0, abs=0.002)
+
+
 def test_silent_peer_gives_inactivity_timeout(core) -> None:
     p = Pair(core=core, client={"inactivity_timeout": 20.0})
     kinds = []

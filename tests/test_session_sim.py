@@ -86,6 +86,12 @@ REGRESSION_SEEDS = [
     # fragmented messages mixed that was more than a packet beyond the window. Fixed: the
     # probe takes the messages that fit one packet.
     ("spoofed", 32127868247),
+    # Soak: an idle client moved; each of its keepalives (7.5 s apart) earned a PathChallenge
+    # from the server's Demux, and each PathResponse was lost. The client took the challenge
+    # for an answer and waited a whole keepalive interval again, and the server, which never
+    # validated the new address, hit its inactivity timeout. Fixed: a PathChallenge answers
+    # no keepalive, so an unanswered one is repeated after an RTO (each earning a challenge).
+    ("spoofed", 580151042336),
 ]
 
 

@@ -197,6 +197,10 @@ class SessionEngine:
         self._address_token: bytes | None = None   # UDP client: from the server's Retry
 
         self._last_heard = now
+        # when the peer's session last sent anything: every packet but a lone PathChallenge,
+        # which the server's Demux sends while our address is not yet validated (it answers
+        # no keepalive: _keepalive_interval)
+        self._last_answered = now
         self._last_sent = now
         # UDP: when an ack last acknowledged new messages; no message is resent by timeout
         # within an RTO of that (RFC 6298 5.3: the timer restarts when new data is acked).
@@ -509,6 +513,7 @@ class SessionEngine:
                 self._receive_data_runs(len(packets), *fast, now, full)
                 return
         self._last_heard = now
+        challenge_only = True
         sid = self.session_id
         run: list | None = None    # payloads of consecutive DATA frames not yet accepted
         run_first = 0
@@ -517,6 +522,9 @@ class SessionEngine:
         try:
             for index, frames in enumerate(packets):
                 self.packets_received += 1
+                if challenge_only and (len(frames) != 1 or frames[0][0] != _PATH_CHALLENGE):
+                    challenge_only = False
+                    self._last_answered = now
                 if not self._peer_confirmed:
                     self._peer_confirmed = any(f[0] not in _HANDSHAKE_FRAMES for f in frames)
                 had_data = False
@@ -594,6 +602,7 @@ class SessionEngine:
         (steps: runs and ACK frames in arrival order): the same end state, with no Python
         work per DATA frame."""
         self._last_heard = now
+        self._last_answered = now
         self.packets_received += count
         try:
             for step in steps:
@@ -960,6 +969,7 @@ class SessionEngine:
             self._control_out.insert(0, self._codec.encode_frame((F.RESUME, self.session_id, self.token)))
             self._resend_everything(now)
         self._last_heard = now
+        self._last_answered = now
 
     def peer_resumed(self, now: float) -> None:
         """Server: the client re-attached on a new connection (token already checked)."""
@@ -1100,9 +1110,11 @@ class SessionEngine:
         # is repeated after an RTO, doubling up to the keepalive interval: a lost datagram,
         # or a client whose address changed and whose packets the server must first see to
         # challenge the new address (path_validation.py), then costs round trips, not a
-        # whole keepalive interval.
+        # whole keepalive interval. A PathChallenge is no answer: the server's Demux sends
+        # it without giving the session our packet, and until our PathResponse arrives (it
+        # may be lost) only another packet of ours earns another challenge.
         if (self._probes_unanswered and not self.reliable_transport
-                and self._last_heard < self._probe_at):
+                and self._last_answered < self._probe_at):
             return min(self._rto() * 2 ** min(self._probes_unanswered - 1, 30), self._keepalive)
         return self._keepalive
 
@@ -1160,7 +1172,7 @@ class SessionEngine:
                 return
         if self.state in OPEN_STATES and now >= self._last_sent + self._keepalive_interval():
             self._control_out.append(self._ack_request)
-            if self._last_heard >= self._probe_at:
+            if self._last_answered >= self._probe_at:
                 self._probes_unanswered = 0      # the last one was answered: start over
             self._probes_unanswered += 1
             self._probe_at = now
@@ -1486,6 +1498,7 @@ def _number(item: tuple) -> int:
 
 
 _DATA = int(F.DATA)
+_PATH_CHALLENGE = int(F.PATH_CHALLENGE)
 # What a client sends before it has the server's CreateSequenceResponse.
 _HANDSHAKE_FRAMES = frozenset({int(F.CREATE_SEQUENCE), int(F.PATH_RESPONSE)})
 # Every frame type a session acts on, and its handler (one per type; receive_frames
