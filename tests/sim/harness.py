@@ -205,6 +205,10 @@ class Simulation:
         return self
 
     def _all_ended(self) -> bool:
+        # A client not yet started has not ended: an abort drawn before it starts must not
+        # mark the run finished (the spoofer and other scenario events stop at that mark).
+        if any(ep.engine is None for ep in self.clients):
+            return False
         return all(ep.app.ended for ep in self.clients + self.servers if ep.engine is not None)
 
     def fail(self, message: str) -> None:
