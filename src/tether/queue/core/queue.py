@@ -175,9 +175,7 @@ class Queue:
         expires_at indexed or inf). One call for a written batch of sends."""
         levels = self.levels
         top = self.top
-        expiry = self.expiry
-        fifo = expiry.fifo
-        tail = expiry.tail
+        index_expiry = self.expiry.add
         earliest = _INF
         size = 0
         i = start
@@ -192,12 +190,7 @@ class Queue:
             size += len(entry.body)
             expires_at = entry.expires_at
             if expires_at is not None:          # (no application queue is numbered: it expires here)
-                if expires_at >= tail:
-                    fifo.append(entry)
-                    tail = expires_at
-                else:
-                    expiry.tail = tail
-                    expiry.add(entry)
+                index_expiry(entry)
                 if expires_at < earliest:
                     earliest = expires_at
             level = entry.priority
@@ -205,7 +198,6 @@ class Queue:
                 top = level
             levels[level].append(entry)
             i += 1
-        expiry.tail = tail
         self.top = top
         count = i - start
         self.held += count
